@@ -1,1 +1,20 @@
-//! placeholder
+//! The sans-IO core of aios, shared by the control plane and the edge agent.
+//!
+//! Nothing here opens a socket or a file or reads a clock: time comes in as
+//! arguments, bytes come in and go out as values. That keeps the protocol and
+//! the security checks deterministic and testable on a virtual clock.
+//!
+//! # Layout
+//! - [`wire`]: frames and their length-delimited encoding.
+//! - [`sync`]: the edge and control-plane sync state machines.
+//! - [`audit`]: the hash-chained audit log and its verification.
+//! - [`bundle`]: signed policy bundles, their verification and freshness rules.
+//! - [`backoff`]: reconnect delays with jitter.
+//! - [`duration`]: `30d`-style durations for flags and files.
+
+pub mod audit;
+pub mod backoff;
+pub mod bundle;
+pub mod duration;
+pub mod sync;
+pub mod wire;
