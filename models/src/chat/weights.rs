@@ -1,0 +1,199 @@
+//! Loads a GGUF chat model into the matching candle quantized implementation,
+//! dispatching on `general.architecture`. The file is checked before any
+//! tensor is read: every tensor must lie inside the file (a truncated download
+//! is a clear error, not a short read deep inside candle) and use a tensor
+//! type this build can run.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::{quantized_gemma3, quantized_llama, quantized_phi3, quantized_qwen2};
+
+use crate::error::ModelError;
+
+/// The architectures this build can run, as `general.architecture` names them.
+pub const SUPPORTED_ARCHITECTURES: [&str; 4] = ["llama", "qwen2", "phi3", "gemma3"];
+
+/// candle's quantized llama precomputes rotary tables for this many positions.
+const LLAMA_MAX_POSITIONS: usize = quantized_llama::MAX_SEQ_LEN;
+/// candle's quantized gemma3 precomputes rotary tables for this many positions.
+const GEMMA3_MAX_POSITIONS: usize = quantized_gemma3::MAX_SEQ_LEN;
+
+/// A loaded model of one of the supported architectures. Cloning is cheap
+/// (weights are shared). For every architecture but qwen2 a clone also
+/// copies the KV cache ([`ChatWeights::can_fork`]), which is how scored
+/// choice evaluates every candidate from one prefill; candle's qwen2 is not
+/// `Clone`, so its clones share one model and one cache, and a forward pass
+/// at position 0 starts that cache afresh.
+#[derive(Debug, Clone)]
+pub enum ChatWeights {
+    /// `general.architecture = "gemma3"`.
+    Gemma3(quantized_gemma3::ModelWeights),
+    /// `general.architecture = "llama"` (also SmolLM, Mistral-style llama files).
+    Llama(quantized_llama::ModelWeights),
+    /// `general.architecture = "phi3"`.
+    Phi3(quantized_phi3::ModelWeights),
+    /// `general.architecture = "qwen2"`.
+    Qwen2(SharedQwen2),
+}
+
+/// candle's quantized qwen2 behind a lock, since it implements neither
+/// `Clone` nor `Debug`.
+#[derive(Clone)]
+pub struct SharedQwen2(Arc<Mutex<quantized_qwen2::ModelWeights>>);
+
+impl std::fmt::Debug for SharedQwen2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedQwen2")
+    }
+}
+
+impl ChatWeights {
+    /// Logits for the last position of `tokens` (shape `[1, len]`), with the
+    /// first token at position `index_pos`; extends the KV cache.
+    pub fn forward(&mut self, tokens: &Tensor, index_pos: usize) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Gemma3(model) => model.forward(tokens, index_pos),
+            Self::Llama(model) => model.forward(tokens, index_pos),
+            Self::Phi3(model) => model.forward(tokens, index_pos),
+            Self::Qwen2(model) => match model.0.lock() {
+                Ok(mut model) => model.forward(tokens, index_pos),
+                Err(_) => Err(candle_core::Error::Msg("the qwen2 model lock is poisoned".to_owned())),
+            },
+        }
+    }
+
+    /// Whether a clone owns an independent copy of the KV cache.
+    pub fn can_fork(&self) -> bool {
+        !matches!(self, Self::Qwen2(_))
+    }
+}
+
+/// What was read from the file besides the weights.
+#[derive(Debug)]
+pub struct LoadedGguf {
+    /// The model.
+    pub weights: ChatWeights,
+    /// `general.architecture`.
+    pub architecture: String,
+    /// Usable context length: the model's, capped by the implementation.
+    pub context_length: usize,
+    /// All metadata (the tokenizer and template are built from it).
+    pub metadata: std::collections::HashMap<String, Value>,
+}
+
+/// Reads, checks and loads a GGUF chat model onto `device`.
+pub fn load_gguf(path: &Path, device: &Device) -> Result<LoadedGguf, ModelError> {
+    let corrupt = |reason: String| ModelError::CorruptFile {
+        file: path.to_path_buf(),
+        reason,
+    };
+    let file = File::open(path).map_err(|e| corrupt(format!("cannot open: {e}")))?;
+    let file_len = file.metadata().map_err(|e| corrupt(e.to_string()))?.len();
+    let mut reader = BufReader::new(file);
+    let content = Content::read(&mut reader).map_err(|e| corrupt(format!("not a readable GGUF file: {e}")))?;
+    let architecture = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .ok_or_else(|| corrupt("no `general.architecture` in metadata".to_owned()))?;
+    if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
+        return Err(ModelError::UnsupportedArchitecture(architecture));
+    }
+    check_tensors(&content, file_len).map_err(|reason| match reason {
+        TensorProblem::Truncated(reason) => corrupt(reason),
+        TensorProblem::Unsupported(reason) => ModelError::UnsupportedFormat(reason),
+    })?;
+    let model_context = content
+        .metadata
+        .get(&format!("{architecture}.context_length"))
+        .and_then(|v| v.to_u64().ok())
+        .map(|v| v as usize);
+    let metadata = content.metadata.clone();
+    let load_error = |e: candle_core::Error| corrupt(format!("cannot load weights: {e}"));
+    let (weights, context_length) = match architecture.as_str() {
+        "llama" => {
+            let model = quantized_llama::ModelWeights::from_gguf(content, &mut reader, device).map_err(load_error)?;
+            let context = model_context.unwrap_or(LLAMA_MAX_POSITIONS).min(LLAMA_MAX_POSITIONS);
+            (ChatWeights::Llama(model), context)
+        }
+        "qwen2" => {
+            let model = quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, device).map_err(load_error)?;
+            (ChatWeights::Qwen2(SharedQwen2(Arc::new(Mutex::new(model)))), model_context.unwrap_or(LLAMA_MAX_POSITIONS))
+        }
+        "phi3" => {
+            let model =
+                quantized_phi3::ModelWeights::from_gguf(false, content, &mut reader, device).map_err(load_error)?;
+            (ChatWeights::Phi3(model), model_context.unwrap_or(LLAMA_MAX_POSITIONS))
+        }
+        _ => {
+            let model = quantized_gemma3::ModelWeights::from_gguf(content, &mut reader, device).map_err(load_error)?;
+            let context = model_context.unwrap_or(GEMMA3_MAX_POSITIONS).min(GEMMA3_MAX_POSITIONS);
+            (ChatWeights::Gemma3(model), context)
+        }
+    };
+    Ok(LoadedGguf {
+        weights,
+        architecture,
+        context_length,
+        metadata,
+    })
+}
+
+enum TensorProblem {
+    Truncated(String),
+    Unsupported(String),
+}
+
+/// Every tensor must use a runnable type and end inside the file.
+fn check_tensors(content: &Content, file_len: u64) -> Result<(), TensorProblem> {
+    for (name, info) in &content.tensor_infos {
+        let runnable = matches!(
+            info.ggml_dtype,
+            GgmlDType::F32
+                | GgmlDType::F16
+                | GgmlDType::BF16
+                | GgmlDType::Q4_0
+                | GgmlDType::Q4_1
+                | GgmlDType::Q5_0
+                | GgmlDType::Q5_1
+                | GgmlDType::Q8_0
+                | GgmlDType::Q2K
+                | GgmlDType::Q3K
+                | GgmlDType::Q4K
+                | GgmlDType::Q5K
+                | GgmlDType::Q6K
+        );
+        if !runnable {
+            return Err(TensorProblem::Unsupported(format!(
+                "tensor `{name}` has quantisation {:?}",
+                info.ggml_dtype
+            )));
+        }
+        let elements = info.shape.elem_count();
+        let block = info.ggml_dtype.block_size();
+        if elements % block != 0 {
+            return Err(TensorProblem::Unsupported(format!(
+                "tensor `{name}` has {elements} elements, not a multiple of the {:?} block size {block}",
+                info.ggml_dtype
+            )));
+        }
+        let bytes = (elements / block) as u64 * info.ggml_dtype.type_size() as u64;
+        let end = content
+            .tensor_data_offset
+            .saturating_add(info.offset)
+            .saturating_add(bytes);
+        if end > file_len {
+            return Err(TensorProblem::Truncated(format!(
+                "tensor `{name}` ends at byte {end} but the file has {file_len} bytes (truncated download?)"
+            )));
+        }
+    }
+    Ok(())
+}

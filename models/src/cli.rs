@@ -1,0 +1,283 @@
+//! The `models` command family, mounted by the edge agent as
+//! `aios-edge models ...` and by this crate's own `aios-models` binary:
+//! list the catalogue, pull, verify, print paths, and benchmark a model on
+//! this machine.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::catalog::{Catalog, ModelKind};
+use crate::chat::{ChatMessage, GenerateRequest, Prompt, SamplingParams};
+use crate::device::DeviceConfig;
+use crate::store::{cache, ModelStore};
+use crate::worker::{ChatModel, EmbeddingModel, FetchPolicy, LoadOptions};
+
+/// `models` subcommands. The cache is `$AIOS_MODEL_CACHE`, else
+/// `$HF_HOME/hub`, else `~/.cache/huggingface/hub`; `$AIOS_MODEL_CATALOG`
+/// replaces the built-in catalogue.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ModelsCommand {
+    /// List the catalogue and whether each model's files are cached
+    List,
+    /// Fetch a model into the cache, verifying every file
+    Pull {
+        /// Catalogue id, e.g. smollm2-135m-instruct
+        id: String,
+    },
+    /// Re-hash cached files against the catalogue (every cached model when no id is given)
+    Verify {
+        /// Catalogue id
+        id: Option<String>,
+    },
+    /// Print the cached path of each file of a model
+    Path {
+        /// Catalogue id
+        id: String,
+    },
+    /// Measure load time, throughput, latency and peak memory on this machine
+    Bench {
+        /// Catalogue id (a chat or an embedding model)
+        id: String,
+        /// Device: cpu, cuda[:N] or metal[:N] (default cpu)
+        #[arg(long, default_value = "cpu", env = "AIOS_MODEL_DEVICE")]
+        device: DeviceConfig,
+        /// Tokens to generate for the generation figure (default 128)
+        #[arg(long, default_value_t = 128)]
+        generate_tokens: usize,
+        /// Approximate prompt length for the prompt-processing figure (default 200)
+        #[arg(long, default_value_t = 200)]
+        prompt_tokens: usize,
+    },
+}
+
+/// Runs one `models` subcommand, printing to stdout.
+pub async fn run_models_command(command: ModelsCommand) -> anyhow::Result<()> {
+    let catalog = match std::env::var_os("AIOS_MODEL_CATALOG") {
+        Some(path) => Catalog::from_file(std::path::Path::new(&path))
+            .with_context(|| format!("loading catalogue {}", std::path::Path::new(&path).display()))?,
+        None => Catalog::builtin(),
+    };
+    let store = ModelStore::new(catalog, cache::default_cache_root());
+    match command {
+        ModelsCommand::List => {
+            println!("cache: {}", store.cache_root().display());
+            for model in &store.catalog().models {
+                let cached = if model_files_present(&store, &model.id) { "cached" } else { "not cached" };
+                let size: u64 = model.files.iter().filter_map(|f| f.size).sum();
+                println!(
+                    "{:<24} {:<9} {:>7.1} MB  {:<12} {:<10}  {}",
+                    model.id,
+                    model.kind.as_str(),
+                    size as f64 / 1e6,
+                    model.licence,
+                    cached,
+                    model.description
+                );
+            }
+        }
+        ModelsCommand::Pull { id } => {
+            let resolved = blocking(move || store.pull(&id)).await?;
+            println!("{} is ready:", resolved.entry.id);
+            for (name, path) in &resolved.files {
+                println!("  {name}: {}", path.display());
+            }
+        }
+        ModelsCommand::Verify { id } => {
+            let ids: Vec<String> = match id {
+                Some(id) => vec![id],
+                None => store
+                    .catalog()
+                    .models
+                    .iter()
+                    .filter(|m| model_files_present(&store, &m.id))
+                    .map(|m| m.id.clone())
+                    .collect(),
+            };
+            if ids.is_empty() {
+                println!("no cached models to verify");
+            }
+            for id in ids {
+                let store = store.clone();
+                let resolved = blocking(move || store.verify(&id)).await?;
+                println!("{}: {} files verified", resolved.entry.id, resolved.files.len());
+            }
+        }
+        ModelsCommand::Path { id } => {
+            let resolved = blocking(move || store.locate(&id)).await?;
+            for path in resolved.files.values() {
+                println!("{}", path.display());
+            }
+        }
+        ModelsCommand::Bench {
+            id,
+            device,
+            generate_tokens,
+            prompt_tokens,
+        } => {
+            let kind = store.catalog().find(&id)?.kind;
+            let options = LoadOptions {
+                device,
+                fetch: FetchPolicy::Pull,
+                embedding_batch_size: 32,
+            };
+            // Fetch and verify first so load time measures loading only.
+            let pull_store = store.clone();
+            let pull_id = id.clone();
+            blocking(move || pull_store.pull(&pull_id)).await?;
+            let options = LoadOptions {
+                fetch: FetchPolicy::CacheOnly,
+                ..options
+            };
+            match kind {
+                ModelKind::Chat => bench_chat(&store, &id, &options, generate_tokens, prompt_tokens).await?,
+                ModelKind::Embedding => bench_embed(&store, &id, &options).await?,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn model_files_present(store: &ModelStore, id: &str) -> bool {
+    let Ok(entry) = store.catalog().find(id) else {
+        return false;
+    };
+    let repo = cache::RepoCache::new(store.cache_root(), &entry.repo);
+    let snapshots = repo.snapshot_candidates(entry);
+    entry
+        .files
+        .iter()
+        .all(|file| snapshots.iter().any(|s| s.join(&file.name).is_file()))
+}
+
+async fn blocking<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, crate::StoreError> + Send + 'static,
+) -> anyhow::Result<T> {
+    Ok(tokio::task::spawn_blocking(job).await.context("store task failed")??)
+}
+
+async fn bench_chat(
+    store: &ModelStore,
+    id: &str,
+    options: &LoadOptions,
+    generate_tokens: usize,
+    prompt_tokens: usize,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let model = ChatModel::load(store, id, options).await?;
+    let load_time = started.elapsed();
+    let info = model.info().clone();
+
+    // A prompt of about `prompt_tokens` tokens.
+    let sentence = "The shop ships parcels every weekday morning, and customers may ask for a refund within thirty days of delivery. ";
+    let mut text = String::new();
+    let mut prompt_len = 0;
+    while prompt_len < prompt_tokens {
+        text.push_str(sentence);
+        prompt_len = model.tokenize(Prompt::Text(text.clone())).await?.1.len();
+    }
+    let prefill_request = GenerateRequest {
+        prompt: Prompt::Text(text),
+        max_tokens: 1,
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+        ignore_eos: true,
+    };
+    model.generate(prefill_request.clone()).await?; // warm-up
+    let mut prefill_times = Vec::new();
+    for _ in 0..3 {
+        prefill_times.push(model.generate(prefill_request.clone()).await?.time_to_first_token);
+    }
+    let prefill = median(&mut prefill_times);
+
+    let generation = model
+        .generate(GenerateRequest {
+            prompt: Prompt::Chat(vec![ChatMessage::user("Write a long story about a lighthouse keeper.")]),
+            max_tokens: generate_tokens,
+            sampling: SamplingParams::greedy(),
+            stop: Vec::new(),
+            ignore_eos: true,
+        })
+        .await?;
+    let decode_tokens = generation.completion_tokens.saturating_sub(1).max(1);
+    let decode_rate = decode_tokens as f64 / generation.decode_time.as_secs_f64();
+
+    let labels: Vec<String> = ["refund", "shipping", "other"].iter().map(|s| s.to_string()).collect();
+    let score_prompt = Prompt::Chat(vec![ChatMessage::user(
+        "Classify this customer message as refund, shipping or other: 'Where is my parcel?'",
+    )]);
+    model.score(score_prompt.clone(), labels.clone()).await?; // warm-up
+    let mut score_times = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        model.score(score_prompt.clone(), labels.clone()).await?;
+        score_times.push(started.elapsed());
+    }
+    let score_latency = median(&mut score_times);
+
+    println!("model: {id} ({}, context {} tokens) on {}", info.architecture, info.context_length, options.device);
+    println!("threads: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!("load time: {:.3} s", load_time.as_secs_f64());
+    println!(
+        "prompt processing: {:.1} tokens/s ({prompt_len} tokens in {:.3} s)",
+        prompt_len as f64 / prefill.as_secs_f64(),
+        prefill.as_secs_f64()
+    );
+    println!("time to first token ({prompt_len}-token prompt): {:.1} ms", prefill.as_secs_f64() * 1e3);
+    println!(
+        "generation: {decode_rate:.1} tokens/s ({} greedy tokens, end-of-sequence ignored)",
+        generation.completion_tokens
+    );
+    println!(
+        "scored choice (3 labels, {} prompt tokens): {:.1} ms",
+        model.tokenize(score_prompt).await?.1.len(),
+        score_latency.as_secs_f64() * 1e3
+    );
+    println!("peak RSS: {}", peak_rss());
+    Ok(())
+}
+
+async fn bench_embed(store: &ModelStore, id: &str, options: &LoadOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let model = EmbeddingModel::load(store, id, options).await?;
+    let load_time = started.elapsed();
+    let subjects = ["My parcel", "The refund", "Our store", "The kettle", "A customer", "The courier", "This order", "The invoice"];
+    let verbs = ["arrived late", "was never sent", "needs checking", "is broken", "was cancelled", "looks fine", "got lost", "came twice"];
+    let places = ["today.", "last week.", "in Paris.", "again.", "yesterday.", "at the depot.", "on Monday.", "this morning."];
+    let sentences: Vec<String> = (0..256)
+        .map(|i| format!("{} {} {}", subjects[i % 8], verbs[(i / 8) % 8], places[(i / 64 + i) % 8]))
+        .collect();
+    model.embed(sentences[..32].to_vec()).await?; // warm-up
+    let started = Instant::now();
+    let vectors = model.embed(sentences.clone()).await?;
+    let elapsed = started.elapsed();
+    println!("model: {id} ({} dimensions) on {}", model.dimensions(), options.device);
+    println!("threads: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!("load time: {:.3} s", load_time.as_secs_f64());
+    println!(
+        "embeddings: {:.1} sentences/s ({} short sentences in batches of 32, {:.3} s)",
+        vectors.len() as f64 / elapsed.as_secs_f64(),
+        vectors.len(),
+        elapsed.as_secs_f64()
+    );
+    println!("peak RSS: {}", peak_rss());
+    Ok(())
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// `VmHWM` from `/proc/self/status` (Linux), else "unknown".
+fn peak_rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .map(|line| line.trim_start_matches("VmHWM:").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}

@@ -1,0 +1,151 @@
+//! The embedding backend: a BERT-family sentence embedder (weights in
+//! safetensors, `config.json`, `tokenizer.json`) run with candle's BERT
+//! implementation. Texts are tokenised as a padded batch with an attention
+//! mask; token vectors are mean-pooled over the mask and L2-normalised, which
+//! is what sentence-transformers does for models such as all-MiniLM-L6-v2.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::error::ModelError;
+
+/// The files an embedder needs.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbedderFiles<'a> {
+    /// `model.safetensors`.
+    pub weights: &'a Path,
+    /// `config.json` (BERT configuration).
+    pub config: &'a Path,
+    /// `tokenizer.json`.
+    pub tokenizer: &'a Path,
+}
+
+/// A loaded sentence embedder.
+pub struct EmbeddingEngine {
+    /// The BERT encoder.
+    model: BertModel,
+    /// Tokenizer with batch-longest padding and truncation set.
+    tokenizer: Tokenizer,
+    /// Where the tensors live.
+    device: Device,
+    /// Width of the output vectors.
+    dimensions: usize,
+    /// Texts per forward pass.
+    batch_size: usize,
+}
+
+impl std::fmt::Debug for EmbeddingEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddingEngine")
+            .field("dimensions", &self.dimensions)
+            .field("batch_size", &self.batch_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddingEngine {
+    /// Loads the model; `max_tokens` caps each text's length (the model's
+    /// position limit when `None`), `batch_size` texts run per forward pass.
+    pub fn load(
+        files: EmbedderFiles<'_>,
+        device: &Device,
+        max_tokens: Option<usize>,
+        batch_size: usize,
+    ) -> Result<Self, ModelError> {
+        let corrupt = |file: &Path, reason: String| ModelError::CorruptFile {
+            file: file.to_path_buf(),
+            reason,
+        };
+        let config_text =
+            std::fs::read_to_string(files.config).map_err(|e| corrupt(files.config, e.to_string()))?;
+        let config: Config =
+            serde_json::from_str(&config_text).map_err(|e| corrupt(files.config, format!("not a BERT config: {e}")))?;
+        let mut tokenizer = Tokenizer::from_file(files.tokenizer)
+            .map_err(|e| corrupt(files.tokenizer, format!("not a tokenizer.json: {e}")))?;
+        let pad_id = config.pad_token_id as u32;
+        let pad_token = tokenizer.id_to_token(pad_id).unwrap_or_else(|| "[PAD]".to_owned());
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            pad_id,
+            pad_token,
+            ..PaddingParams::default()
+        }));
+        let max_length = max_tokens
+            .unwrap_or(config.max_position_embeddings)
+            .min(config.max_position_embeddings);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let tensors = candle_core::safetensors::load(files.weights, device)
+            .map_err(|e| corrupt(files.weights, format!("not a readable safetensors file: {e}")))?;
+        let builder = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let model = BertModel::load(builder, &config)
+            .map_err(|e| corrupt(files.weights, format!("weights do not match config.json: {e}")))?;
+        Ok(Self {
+            model,
+            tokenizer,
+            device: device.clone(),
+            dimensions: config.hidden_size,
+            batch_size: batch_size.max(1),
+        })
+    }
+
+    /// Width of the output vectors.
+    pub fn dimensions(&self) -> usize {
+        self.dimensions
+    }
+
+    /// One unit-length vector per text, in input order. `cancelled` is
+    /// polled between batches.
+    pub fn embed(&self, texts: &[String], cancelled: &dyn Fn() -> bool) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(self.batch_size) {
+            if cancelled() {
+                return Err(ModelError::Cancelled);
+            }
+            out.extend(self.embed_batch(chunk)?);
+        }
+        Ok(out)
+    }
+
+    fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let rows = encodings.len();
+        let width = encodings.first().map(|e| e.len()).unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows * width);
+        let mut mask = Vec::with_capacity(rows * width);
+        for encoding in &encodings {
+            ids.extend_from_slice(encoding.get_ids());
+            mask.extend_from_slice(encoding.get_attention_mask());
+        }
+        let ids = Tensor::from_vec(ids, (rows, width), &self.device)?;
+        let mask = Tensor::from_vec(mask, (rows, width), &self.device)?;
+        let type_ids = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+        let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;
+        let mean = summed.broadcast_div(&counts)?;
+        let norms = mean.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+        let normalised = mean.broadcast_div(&norms)?;
+        Ok(normalised.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    }
+}
+
+/// Cosine similarity of two vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm_a: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let norm_b: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm_a * norm_b).max(f32::MIN_POSITIVE)
+}

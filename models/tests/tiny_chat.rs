@@ -1,0 +1,258 @@
+//! The chat backend on a tiny random llama written as GGUF at test time:
+//! loading, tokenisation, templates, generation, scored choice, the async
+//! worker and the error paths. No download involved.
+
+mod common;
+
+use std::path::PathBuf;
+
+use aios_models::chat::engine::ChatEngine;
+use aios_models::chat::sampling::log_prob;
+use aios_models::{
+    ChatMessage, ChatModel, DeviceConfig, FinishReason, GenerateRequest, ModelError, Prompt, SamplingParams,
+};
+use candle_core::Device;
+
+fn tiny_model() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tiny.gguf");
+    common::write_tiny_gguf(&path, "llama");
+    (dir, path)
+}
+
+fn engine() -> (tempfile::TempDir, ChatEngine) {
+    let (dir, path) = tiny_model();
+    let engine = ChatEngine::load(&path, &Device::Cpu).expect("tiny model loads");
+    (dir, engine)
+}
+
+fn never() -> bool {
+    false
+}
+
+#[test]
+fn loads_with_metadata_facts() {
+    let (_dir, engine) = engine();
+    assert_eq!(engine.architecture(), "llama");
+    assert_eq!(engine.context_length(), common::CONTEXT as usize);
+    let tokenizer = engine.tokenizer();
+    assert_eq!(tokenizer.vocab_size(), common::vocabulary().0.len());
+    assert_eq!(tokenizer.bos.as_ref().map(|b| b.0), Some(1));
+    assert!(tokenizer.end_of_turn.contains(&2));
+}
+
+#[test]
+fn tokenisation_round_trips_and_splits_digits() {
+    let (_dir, engine) = engine();
+    let tokenizer = engine.tokenizer();
+    for text in ["the shop sells the", "Ünïcödé 🚚 and   spaces\n\ttabs", "order 1042!", ""] {
+        let ids = tokenizer.encode(text).expect("encode");
+        assert_eq!(tokenizer.decode(&ids).expect("decode"), text);
+    }
+    let ids = tokenizer.encode(" the").expect("encode");
+    assert_eq!(ids.len(), 1, "merges apply: {ids:?}");
+    let digits = tokenizer.encode("123").expect("encode");
+    assert_eq!(digits.len(), 3, "every digit is its own token");
+    let special = tokenizer.encode("<|im_start|>user").expect("encode");
+    assert_eq!(special[0], 1, "special tokens in text become their ids");
+}
+
+#[test]
+fn renders_the_template_from_metadata() {
+    let (_dir, engine) = engine();
+    let prompt = Prompt::Chat(vec![ChatMessage::user("hi")]);
+    let text = engine.render(&prompt).expect("render");
+    assert_eq!(
+        text,
+        "<|im_start|>system\nYou are a tiny test model<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let ids = engine.prompt_tokens(&prompt).expect("tokens");
+    assert_eq!(ids[0], 1, "no extra BOS: add_bos_token is false");
+    assert_eq!(ids.iter().filter(|&&id| id == 1).count(), 3);
+}
+
+#[test]
+fn greedy_and_seeded_sampling_are_deterministic() {
+    let (_dir, engine) = engine();
+    let mut request = GenerateRequest::chat(vec![ChatMessage::user("the shop")], 12);
+    request.ignore_eos = true;
+    let run = |request: &GenerateRequest| engine.generate(request, &mut |_| true, &never).expect("generate");
+    let first = run(&request);
+    assert_eq!(first.completion_tokens, 12);
+    assert_eq!(first.finish_reason, FinishReason::Length);
+    assert_eq!(first.token_ids, run(&request).token_ids);
+
+    request.sampling = SamplingParams {
+        temperature: 5.0,
+        top_k: 50,
+        top_p: 0.95,
+        repetition_penalty: 1.1,
+        repeat_last_n: 16,
+        seed: 1234,
+    };
+    let sampled = run(&request);
+    assert_eq!(sampled.token_ids, run(&request).token_ids, "same seed, same tokens");
+    request.sampling.seed = 4321;
+    assert_ne!(sampled.token_ids, run(&request).token_ids, "another seed, other tokens");
+}
+
+#[test]
+fn streamed_pieces_add_up_and_stop_sequences_cut() {
+    let (_dir, engine) = engine();
+    let mut request = GenerateRequest::chat(vec![ChatMessage::user("hello")], 20);
+    request.ignore_eos = true;
+    let mut pieces = String::new();
+    let full = engine
+        .generate(&request, &mut |piece| {
+            pieces.push_str(piece);
+            true
+        }, &never)
+        .expect("generate");
+    assert_eq!(pieces, full.text);
+    // Use a piece of the greedy output as a stop sequence.
+    let chars: Vec<char> = full.text.chars().collect();
+    if chars.len() >= 6 {
+        let stop: String = chars[3..5].iter().collect();
+        request.stop = vec![stop.clone()];
+        let mut streamed = String::new();
+        let cut = engine
+            .generate(&request, &mut |piece| {
+                streamed.push_str(piece);
+                true
+            }, &never)
+            .expect("generate");
+        assert_eq!(cut.finish_reason, FinishReason::Stop);
+        assert!(!cut.text.contains(&stop));
+        assert_eq!(streamed, cut.text);
+        assert!(full.text.starts_with(&cut.text));
+    }
+}
+
+#[test]
+fn cancellation_stops_generation() {
+    let (_dir, engine) = engine();
+    let mut request = GenerateRequest::chat(vec![ChatMessage::user("hello")], 50);
+    request.ignore_eos = true;
+    let generation = engine.generate(&request, &mut |_| true, &|| true).expect("generate");
+    assert_eq!(generation.finish_reason, FinishReason::Cancelled);
+    assert!(generation.completion_tokens <= 1);
+}
+
+#[test]
+fn scored_choice_matches_full_prefill() {
+    let (_dir, engine) = engine();
+    let prompt = Prompt::Chat(vec![ChatMessage::user("where is my parcel")]);
+    let labels = vec!["refund".to_owned(), "shipping".to_owned(), "other".to_owned()];
+    let scored = engine.score(&prompt, &labels, &never).expect("score");
+    let total: f64 = scored.candidates.iter().map(|c| c.confidence).sum();
+    assert!((total - 1.0).abs() < 1e-9);
+    let best = scored.candidates.iter().map(|c| c.log_prob).fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(scored.best().log_prob, best);
+    // The shared-prefill score equals one computed from scratch, token by token.
+    let ids = engine.prompt_tokens(&prompt).expect("tokens");
+    for candidate in &scored.candidates {
+        let tokens = engine.tokenizer().encode(&candidate.label).expect("encode");
+        let mut expected = 0.0;
+        for k in 0..tokens.len() {
+            let mut context = ids.clone();
+            context.extend_from_slice(&tokens[..k]);
+            let (_, logits) = engine.prefill(&context).expect("prefill");
+            expected += log_prob(&logits, tokens[k]);
+        }
+        assert!(
+            (candidate.log_prob - expected).abs() < 1e-3,
+            "{}: cached {} vs fresh {}",
+            candidate.label,
+            candidate.log_prob,
+            expected
+        );
+    }
+    assert!(matches!(engine.score(&prompt, &[], &never), Err(ModelError::InvalidRequest(_))));
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_an_error() {
+    let (_dir, engine) = engine();
+    let long = "the shop ".repeat(200);
+    let request = GenerateRequest::chat(vec![ChatMessage::user(long)], 4);
+    match engine.generate(&request, &mut |_| true, &never) {
+        Err(ModelError::PromptTooLong { context_length, .. }) => assert_eq!(context_length, common::CONTEXT as usize),
+        other => panic!("expected PromptTooLong, got {other:?}"),
+    }
+}
+
+#[test]
+fn truncated_file_is_a_clear_error() {
+    let (dir, path) = tiny_model();
+    let truncated = dir.path().join("truncated.gguf");
+    let length = std::fs::metadata(&path).expect("stat").len() as usize;
+    for keep in [length - 100, length / 2, 200, 3] {
+        common::truncate_copy(&path, &truncated, keep);
+        match ChatEngine::load(&truncated, &Device::Cpu) {
+            Err(ModelError::CorruptFile { file, reason }) => {
+                assert_eq!(file, truncated);
+                assert!(!reason.is_empty());
+            }
+            other => panic!("keep {keep}: expected CorruptFile, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn unknown_architecture_is_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("mamba.gguf");
+    common::write_tiny_gguf(&path, "mamba9");
+    match ChatEngine::load(&path, &Device::Cpu) {
+        Err(ModelError::UnsupportedArchitecture(arch)) => assert_eq!(arch, "mamba9"),
+        other => panic!("expected UnsupportedArchitecture, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_worker_generates_streams_and_scores() {
+    let (_dir, path) = tiny_model();
+    let model = ChatModel::load_file(path, DeviceConfig::Cpu).await.expect("load");
+    assert_eq!(*model.health().borrow(), aios_models::Health::Ready);
+    let mut request = GenerateRequest::chat(vec![ChatMessage::user("hi")], 8);
+    request.ignore_eos = true;
+    let whole = model.generate(request.clone()).await.expect("generate");
+    let mut stream = model.generate_stream(request);
+    let mut pieces = String::new();
+    while let Some(piece) = stream.next_piece().await {
+        pieces.push_str(&piece);
+    }
+    let streamed = stream.finish().await.expect("finish");
+    assert_eq!(streamed.text, whole.text);
+    assert_eq!(pieces, whole.text);
+    let scored = model
+        .score(Prompt::Text("the".into()), vec!["re".into(), "ou".into()])
+        .await
+        .expect("score");
+    assert_eq!(scored.candidates.len(), 2);
+    let (text, ids) = model.tokenize(Prompt::Text("the".into())).await.expect("tokenize");
+    assert_eq!(text, "the");
+    assert!(!ids.is_empty());
+    // A dropped stream cancels its generation; the worker stays usable.
+    let mut long = GenerateRequest::chat(vec![ChatMessage::user("hi")], 80);
+    long.ignore_eos = true;
+    drop(model.generate_stream(long));
+    assert!(model.generate(GenerateRequest::chat(vec![ChatMessage::user("hi")], 2)).await.is_ok());
+}
+
+#[tokio::test]
+async fn missing_model_names_the_pull_command() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = aios_models::ModelStore::new(aios_models::Catalog::builtin(), dir.path().to_path_buf());
+    let options = aios_models::LoadOptions {
+        fetch: aios_models::FetchPolicy::CacheOnly,
+        ..Default::default()
+    };
+    let error = ChatModel::load(&store, "smollm2-135m-instruct", &options).await.unwrap_err();
+    assert!(
+        error.to_string().contains("aios-edge models pull smollm2-135m-instruct"),
+        "{error}"
+    );
+    let wrong_kind = ChatModel::load(&store, "all-minilm-l6-v2", &options).await.unwrap_err();
+    assert!(matches!(wrong_kind, ModelError::WrongKind { .. }));
+}
