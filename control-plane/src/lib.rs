@@ -1,1 +1,21 @@
-//! placeholder
+//! The aios control plane: enrols edges, signs and publishes policy bundles,
+//! ingests and verifies every edge's audit chain, and serves the admin API.
+//!
+//! # Layout
+//! - [`app`]: assembles a running control plane.
+//! - [`server`]: the QUIC endpoint: enrolment and the sync driver.
+//! - [`api`]: the admin HTTP API (axum).
+//! - [`store`]: the SQLite state: tokens, edges, bundles, audit, alarms.
+//! - [`pki`]: the fleet CA, server certificate and bundle-signing key.
+//! - [`client`]: the admin API client the CLI uses.
+//! - [`cli`]: the `aios-control-plane` command line.
+//! - [`up`]: the one-command start (control plane and a local edge).
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod client;
+pub mod pki;
+pub mod server;
+pub mod store;
+pub mod up;

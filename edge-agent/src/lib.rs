@@ -1,1 +1,28 @@
-//! placeholder
+//! The aios edge agent: the process on an office machine that runs agents,
+//! keeps the hash-chained audit log and syncs with the control plane.
+//!
+//! # Layout
+//! - [`cli`]: the `aios-edge` command line.
+//! - [`daemon`]: `aios-edge run`: start-up, expiry checks, the uplink task.
+//! - [`uplink`]: the QUIC sync driver around `aios_shared::sync::EdgeSync`.
+//! - [`enroll`]: trading a one-time token for a certificate.
+//! - [`identity`]: the edge's key and pins, and TLS client configurations.
+//! - [`store`]: the edge's SQLite state: identity, audit chain, bundle.
+//! - [`db`]: SQLite plumbing shared with the control plane (writer thread,
+//!   group commit, migrations).
+//! - [`transport`]: frames over QUIC streams and the QUIC settings.
+
+pub mod cli;
+pub mod daemon;
+pub mod db;
+pub mod enroll;
+pub mod identity;
+pub mod store;
+pub mod transport;
+pub mod uplink;
+
+/// Milliseconds since the Unix epoch: the only wall clock the edge reads.
+pub fn unix_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}

@@ -9,6 +9,7 @@
 //! - [`sync`]: the edge and control-plane sync state machines.
 //! - [`audit`]: the hash-chained audit log and its verification.
 //! - [`bundle`]: signed policy bundles, their verification and freshness rules.
+//! - [`token`]: one-time enrolment tokens that pin the CA.
 //! - [`backoff`]: reconnect delays with jitter.
 //! - [`duration`]: `30d`-style durations for flags and files.
 
@@ -17,4 +18,5 @@ pub mod backoff;
 pub mod bundle;
 pub mod duration;
 pub mod sync;
+pub mod token;
 pub mod wire;

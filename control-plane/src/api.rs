@@ -1,0 +1,233 @@
+//! The admin API (axum), authenticated by a bearer token.
+//!
+//! Every CLI subcommand is a client of this API; the fleet console will be
+//! built on it too. Errors come back as `{"error": "..."}` with a fitting
+//! status code.
+
+use std::sync::Arc;
+
+use aios_edge_agent::unix_ms;
+use aios_shared::bundle::{Autonomy, BundleBody, BundleSpec, SignedBundle};
+use aios_shared::duration::parse_duration;
+use aios_shared::token::EnrollToken;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Mutex};
+
+use crate::pki::Pki;
+use crate::server::Registry;
+use crate::store::{AuditFilter, CpStore};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The database.
+    pub store: CpStore,
+    /// Keys (bundle signing, CA fingerprint for tokens).
+    pub pki: Arc<Pki>,
+    /// Live connections, for revocation.
+    pub registry: Arc<Registry>,
+    /// Where new bundles are announced to sync connections.
+    pub bundles: Arc<watch::Sender<Option<(u64, SignedBundle)>>>,
+    /// Serialises publishing so versions stay strictly increasing.
+    pub publish_lock: Arc<Mutex<()>>,
+    /// SHA-256 of the admin token.
+    pub token_hash: [u8; 32],
+}
+
+/// An API error: a status and a message.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<aios_edge_agent::db::DbError> for ApiError {
+    fn from(err: aios_edge_agent::db::DbError) -> ApiError {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// The router with every route.
+pub fn router(state: ApiState) -> Router {
+    let authed = Router::new()
+        .route("/v1/tokens", post(create_token))
+        .route("/v1/edges", get(list_edges))
+        .route("/v1/edges/{id}/revoke", post(revoke_edge))
+        .route("/v1/policy", get(current_policy).post(publish_policy))
+        .route("/v1/policy/history", get(policy_history))
+        .route("/v1/policy/kill-switch", post(kill_switch))
+        .route("/v1/policy/{version}", get(policy_version))
+        .route("/v1/audit", get(query_audit))
+        .route("/v1/audit/verify", get(verify_audit))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new().route("/v1/health", get(health)).merge(authed).with_state(state)
+}
+
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    // Comparing hashes keeps the comparison's timing independent of the token.
+    match presented {
+        Some(token) if <[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())) == state.token_hash => {
+            next.run(request).await
+        }
+        _ => ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see DATA_DIR/admin-token)".into())
+            .into_response(),
+    }
+}
+
+async fn health(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "connected_edges": state.registry.len() }))
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    /// Validity such as `1h`.
+    ttl: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct TokenResponse {
+    pub token: String,
+    pub expires_at_ms: i64,
+}
+
+async fn create_token(State(state): State<ApiState>, Json(request): Json<TokenRequest>) -> ApiResult<TokenResponse> {
+    let ttl = parse_duration(&request.ttl).map_err(bad_request)?;
+    let token = EnrollToken::new(rand::random(), &state.pki.ca_der);
+    let now = unix_ms();
+    let expires_at_ms = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+    state.store.create_token(token.secret_hash(), now, expires_at_ms).await?;
+    Ok(Json(TokenResponse { token: token.to_text(), expires_at_ms }))
+}
+
+async fn list_edges(State(state): State<ApiState>) -> ApiResult<Vec<crate::store::EdgeRecord>> {
+    Ok(Json(state.store.edges().await?))
+}
+
+async fn revoke_edge(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<serde_json::Value> {
+    if !state.store.revoke(id.clone(), unix_ms()).await? {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no edge {id}")));
+    }
+    let was_connected = state.registry.cut_off(&id);
+    tracing::info!(edge_id = %id, was_connected, "edge revoked");
+    Ok(Json(serde_json::json!({ "revoked": id, "was_connected": was_connected })))
+}
+
+/// A bundle as the API shows it.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct BundleView {
+    pub version: u64,
+    pub body: BundleBody,
+    pub signed: SignedBundle,
+}
+
+async fn current_policy(State(state): State<ApiState>) -> ApiResult<Option<BundleView>> {
+    view(&state, None).await
+}
+
+async fn policy_version(State(state): State<ApiState>, Path(version): Path<u64>) -> ApiResult<Option<BundleView>> {
+    match view(&state, Some(version)).await? {
+        Json(None) => Err(ApiError(StatusCode::NOT_FOUND, format!("no bundle version {version}"))),
+        found => Ok(found),
+    }
+}
+
+async fn view(state: &ApiState, version: Option<u64>) -> ApiResult<Option<BundleView>> {
+    let Some((version, signed)) = state.store.bundle(version).await? else { return Ok(Json(None)) };
+    let body = signed
+        .open(&state.pki.bundle_key.verifying_key())
+        .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("stored bundle {version}: {err}")))?;
+    Ok(Json(Some(BundleView { version, body, signed })))
+}
+
+async fn policy_history(State(state): State<ApiState>) -> ApiResult<Vec<serde_json::Value>> {
+    let history = state.store.bundle_history().await?;
+    Ok(Json(
+        history
+            .into_iter()
+            .map(|(version, published_at_ms, body)| {
+                serde_json::json!({ "version": version, "published_at_ms": published_at_ms, "body": body })
+            })
+            .collect(),
+    ))
+}
+
+async fn publish_policy(State(state): State<ApiState>, text: String) -> ApiResult<serde_json::Value> {
+    let spec = BundleSpec::from_toml(&text).map_err(|err| bad_request(err.to_string()))?;
+    let version = publish(&state, spec).await?;
+    Ok(Json(serde_json::json!({ "version": version })))
+}
+
+async fn kill_switch(State(state): State<ApiState>) -> ApiResult<serde_json::Value> {
+    let current = state.store.bundle(None).await?;
+    let (valid_for, extensions) = match current {
+        Some((_, signed)) => {
+            let body = signed
+                .open(&state.pki.bundle_key.verifying_key())
+                .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+            (None, body.extensions)
+        }
+        None => (None, Default::default()),
+    };
+    let spec = BundleSpec { autonomy: Autonomy::Off, valid_for, version: None, extensions };
+    let version = publish(&state, spec).await?;
+    tracing::warn!(version, "kill switch: autonomy off fleet-wide");
+    Ok(Json(serde_json::json!({ "version": version, "autonomy": "off" })))
+}
+
+/// Validates, signs, stores and announces a bundle; returns its version.
+pub async fn publish(state: &ApiState, spec: BundleSpec) -> Result<u64, ApiError> {
+    let _guard = state.publish_lock.lock().await;
+    let current = state.store.bundle(None).await?.map_or(0, |(version, _)| version);
+    let body = spec.into_body(current, unix_ms()).map_err(|err| ApiError(StatusCode::CONFLICT, err.to_string()))?;
+    let signed = body.sign(&state.pki.bundle_key);
+    if !state.store.insert_bundle(body.version, signed.clone(), unix_ms()).await? {
+        return Err(ApiError(StatusCode::CONFLICT, format!("version {} is not above the current one", body.version)));
+    }
+    state.bundles.send_replace(Some((body.version, signed)));
+    tracing::info!(version = body.version, autonomy = %body.autonomy, "bundle published");
+    Ok(body.version)
+}
+
+async fn query_audit(
+    State(state): State<ApiState>,
+    Query(filter): Query<AuditFilter>,
+) -> ApiResult<Vec<crate::store::StoredEvent>> {
+    Ok(Json(state.store.query_audit(filter).await?))
+}
+
+#[derive(Deserialize)]
+struct VerifyQuery {
+    edge: Option<String>,
+}
+
+async fn verify_audit(
+    State(state): State<ApiState>,
+    Query(query): Query<VerifyQuery>,
+) -> ApiResult<Vec<crate::store::EdgeVerification>> {
+    let reports = state.store.verify(query.edge.clone()).await?;
+    if let (Some(edge), true) = (&query.edge, reports.is_empty()) {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no edge {edge}")));
+    }
+    Ok(Json(reports))
+}

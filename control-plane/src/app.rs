@@ -1,0 +1,137 @@
+//! Assembles a running control plane: keys, database, the QUIC endpoint and
+//! the admin API. `serve`, `up`, the benchmarks and the tests all start it
+//! through [`ControlPlane::start`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Mutex};
+use tracing::info;
+
+use crate::api::{self, ApiState};
+use crate::pki::{write_new, Pki, PkiError};
+use crate::server::{self, Registry, SyncContext};
+use crate::store::CpStore;
+
+/// Where and how to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Directory for keys, the database and the admin token.
+    pub data_dir: PathBuf,
+    /// UDP address of the sync endpoint.
+    pub sync_listen: SocketAddr,
+    /// TCP address of the admin API.
+    pub admin_listen: SocketAddr,
+    /// Extra DNS names for the server certificate.
+    pub server_names: Vec<String>,
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Keys could not be loaded or created.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] aios_edge_agent::db::DbError),
+    /// The QUIC endpoint failed.
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    /// A file or socket failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    /// The bound sync address.
+    pub sync_addr: SocketAddr,
+    /// The bound admin API address.
+    pub admin_addr: SocketAddr,
+    /// The file holding the admin token.
+    pub admin_token_file: PathBuf,
+    /// The API's state, for in-process use (`up`, benchmarks).
+    pub api: ApiState,
+    endpoint: quinn::Endpoint,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Starts everything and returns once both listeners are bound.
+    pub async fn start(options: Options) -> Result<ControlPlane, StartError> {
+        let io = |what: String| move |source| StartError::Io { what, source };
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(io(format!("cannot create {}", options.data_dir.display())))?;
+        let pki = Arc::new(Pki::load_or_create(&options.data_dir, &options.server_names)?);
+        let store = CpStore::open(&options.data_dir)?;
+        store.reset_connections().await?;
+        let (admin_token_file, token_hash) = admin_token(&options.data_dir)?;
+
+        let latest = store.bundle(None).await?;
+        let (bundles_tx, bundles) = watch::channel(latest);
+        let registry = Arc::new(Registry::default());
+        let endpoint = server::bind(&pki, options.sync_listen)?;
+        let sync_addr = endpoint.local_addr().map_err(io("cannot read the sync address".into()))?;
+        let ctx = SyncContext { store: store.clone(), pki: pki.clone(), registry: registry.clone(), bundles };
+        let mut tasks = vec![tokio::spawn(server::serve(endpoint.clone(), ctx))];
+
+        let api = ApiState {
+            store,
+            pki,
+            registry,
+            bundles: Arc::new(bundles_tx),
+            publish_lock: Arc::new(Mutex::new(())),
+            token_hash,
+        };
+        let listener = tokio::net::TcpListener::bind(options.admin_listen)
+            .await
+            .map_err(io(format!("cannot listen on {}", options.admin_listen)))?;
+        let admin_addr = listener.local_addr().map_err(io("cannot read the admin address".into()))?;
+        let (shutdown, mut shutdown_rx) = watch::channel(false);
+        let router = api::router(api.clone());
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = shutdown_rx.changed().await;
+            });
+            if let Err(err) = serve.await {
+                tracing::error!(%err, "admin API stopped");
+            }
+        }));
+        // Where CLI clients on this machine find the API.
+        std::fs::write(options.data_dir.join("admin.url"), format!("http://{admin_addr}\n"))
+            .map_err(io("cannot write admin.url".into()))?;
+        info!(%sync_addr, %admin_addr, "control plane started");
+        Ok(ControlPlane { sync_addr, admin_addr, admin_token_file, api, endpoint, shutdown, tasks })
+    }
+
+    /// Stops listening, closes connections and waits for the tasks.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        self.endpoint.close(aios_edge_agent::transport::close_code::SHUTDOWN.into(), b"control plane shutting down");
+        for task in self.tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        }
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// Reads the admin token file, creating it on first start; returns its path
+/// and the token's hash.
+fn admin_token(data_dir: &Path) -> Result<(PathBuf, [u8; 32]), StartError> {
+    let path = data_dir.join("admin-token");
+    if !path.exists() {
+        write_new(&path, hex::encode(rand::random::<[u8; 32]>()).as_bytes())?;
+    }
+    let token = std::fs::read_to_string(&path)
+        .map_err(|source| StartError::Io { what: format!("cannot read {}", path.display()), source })?;
+    Ok((path, Sha256::digest(token.trim().as_bytes()).into()))
+}

@@ -1,0 +1,330 @@
+//! The `aios-control-plane` command line.
+//!
+//! `serve` and `up` run the daemon; every other subcommand is a client of the
+//! admin API of a running control plane, found through `--admin-url` or the
+//! `admin.url` and `admin-token` files in its data directory. Nothing but
+//! the daemon ever opens the database, so there is one writer.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use reqwest::Method;
+use serde::Deserialize;
+
+use crate::app::{ControlPlane, Options};
+use crate::client::{AdminClient, Body};
+
+/// The aios control plane.
+#[derive(Debug, Parser)]
+#[command(name = "aios-control-plane", version, about)]
+pub struct Cli {
+    /// Data directory: keys, database, admin token [default: ./aios-data/control-plane].
+    #[arg(long, global = true, env = "AIOS_CP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Admin API base URL for client subcommands [default: read from DATA_DIR/admin.url].
+    #[arg(long, global = true, env = "AIOS_ADMIN_URL")]
+    pub admin_url: Option<String>,
+    /// Admin API token for client subcommands [default: read from DATA_DIR/admin-token].
+    #[arg(long, global = true, env = "AIOS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "AIOS_LOG_FORMAT", default_value = "text")]
+    pub log_format: aios_edge_agent::cli::LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Start a control plane and one local edge, enrolled, under ./aios-data.
+    Up,
+    /// Enrolment tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Enrolled edges.
+    #[command(subcommand)]
+    Edge(EdgeCommand),
+    /// Policy bundles.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The fleet's audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `serve` flags; each overrides the configuration file.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML configuration (see control-plane/examples/control-plane.toml).
+    #[arg(long, env = "AIOS_CP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// UDP address for edge sync (QUIC) [default: 0.0.0.0:7443].
+    #[arg(long, env = "AIOS_SYNC_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// TCP address of the admin API [default: 127.0.0.1:7480].
+    #[arg(long, env = "AIOS_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Extra DNS name for the server certificate; repeatable.
+    #[arg(long = "server-name")]
+    pub server_names: Vec<String>,
+}
+
+/// The configuration file of `serve`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// UDP address for edge sync.
+    pub listen: Option<SocketAddr>,
+    /// TCP address of the admin API.
+    pub admin_listen: Option<SocketAddr>,
+    /// Extra DNS names for the server certificate.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a one-time enrolment token that pins this control plane's CA.
+    Create {
+        /// How long the token is valid, such as 15m or 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+/// `edge` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EdgeCommand {
+    /// List enrolled edges as JSON lines.
+    List,
+    /// Revoke an edge: cut it off now and refuse it from then on.
+    Revoke {
+        /// The edge id.
+        id: String,
+    },
+}
+
+/// `policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate, sign, store and push a bundle written in TOML.
+    Publish {
+        /// The bundle file.
+        file: PathBuf,
+    },
+    /// Print the current bundle (or one version) as JSON.
+    Show {
+        /// A version to show instead of the current one.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// List every published version.
+    History,
+    /// Publish autonomy `off` fleet-wide, keeping the rest of the current bundle.
+    KillSwitch,
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the newest events as JSON lines.
+    Tail {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u32,
+    },
+    /// Print events matching filters as JSON lines, oldest first.
+    Query {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Re-verify every stored chain; exits non-zero on any break or alarm.
+    Verify {
+        /// Only this edge.
+        #[arg(long)]
+        edge: Option<String>,
+    },
+}
+
+/// Audit filters.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Only this edge.
+    #[arg(long)]
+    pub edge: Option<String>,
+    /// Only this kind (such as bundle.applied).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only events at or after this time (ms since the epoch).
+    #[arg(long)]
+    pub since_ms: Option<i64>,
+    /// Only events before this time (ms since the epoch).
+    #[arg(long)]
+    pub until_ms: Option<i64>,
+}
+
+impl FilterArgs {
+    fn query(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(edge) = &self.edge {
+            parts.push(format!("edge={edge}"));
+        }
+        if let Some(kind) = &self.kind {
+            parts.push(format!("kind={kind}"));
+        }
+        if let Some(since) = self.since_ms {
+            parts.push(format!("since_ms={since}"));
+        }
+        if let Some(until) = self.until_ms {
+            parts.push(format!("until_ms={until}"));
+        }
+        parts.join("&")
+    }
+}
+
+/// Entry point shared by `aios-control-plane` and the test build of it.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    aios_edge_agent::cli::init_tracing(cli.log_format);
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(run(cli))
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli.data_dir.clone().unwrap_or_else(|| PathBuf::from("aios-data/control-plane"));
+    let client = || AdminClient::discover(&data_dir, cli.admin_url.clone(), cli.admin_token.clone());
+    match cli.command {
+        Command::Serve(args) => serve(cli.data_dir.clone(), args).await,
+        Command::Up => crate::up::up().await,
+        Command::Token(TokenCommand::Create { ttl }) => {
+            let answer =
+                client()?.send(Method::POST, "/v1/tokens", Some(Body::Json(serde_json::json!({ "ttl": ttl })))).await?;
+            println!("{}", answer["token"].as_str().context("no token in the answer")?);
+            Ok(())
+        }
+        Command::Edge(EdgeCommand::List) => print_lines(client()?.send(Method::GET, "/v1/edges", None).await?),
+        Command::Edge(EdgeCommand::Revoke { id }) => {
+            let answer = client()?.send(Method::POST, &format!("/v1/edges/{id}/revoke"), None).await?;
+            println!("{answer}");
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::Publish { file }) => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let answer = client()?.send(Method::POST, "/v1/policy", Some(Body::Text(text))).await?;
+            println!("published bundle version {}", answer["version"]);
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::Show { version }) => {
+            let path = version.map_or("/v1/policy".to_owned(), |v| format!("/v1/policy/{v}"));
+            let answer = client()?.send(Method::GET, &path, None).await?;
+            if answer.is_null() {
+                bail!("no bundle has been published yet");
+            }
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::History) => {
+            print_lines(client()?.send(Method::GET, "/v1/policy/history", None).await?)
+        }
+        Command::Policy(PolicyCommand::KillSwitch) => {
+            let answer = client()?.send(Method::POST, "/v1/policy/kill-switch", None).await?;
+            println!("kill switch published as bundle version {}: autonomy off fleet-wide", answer["version"]);
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Tail { filter, lines }) => {
+            let path = format!("/v1/audit?{}&newest_first=true&limit={lines}", filter.query());
+            let mut events = client()?.send(Method::GET, &path, None).await?;
+            if let Some(list) = events.as_array_mut() {
+                list.reverse();
+            }
+            print_lines(events)
+        }
+        Command::Audit(AuditCommand::Query { filter, limit }) => {
+            let path = format!("/v1/audit?{}&limit={limit}", filter.query());
+            print_lines(client()?.send(Method::GET, &path, None).await?)
+        }
+        Command::Audit(AuditCommand::Verify { edge }) => {
+            let path = edge.map_or("/v1/audit/verify".to_owned(), |e| format!("/v1/audit/verify?edge={e}"));
+            let reports = client()?.send(Method::GET, &path, None).await?;
+            let mut broken = 0;
+            for report in reports.as_array().into_iter().flatten() {
+                let ok = report["ok"].as_bool().unwrap_or(false);
+                broken += usize::from(!ok);
+                println!(
+                    "{} {}: {} events, acknowledged up to {}",
+                    if ok { "ok    " } else { "BROKEN" },
+                    report["edge_id"].as_str().unwrap_or("?"),
+                    report["events"],
+                    report["acked_seq"]
+                );
+                for line in report["breaks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .chain(report["alarms"].as_array().into_iter().flatten())
+                {
+                    println!("    {}", line.as_str().unwrap_or_default());
+                }
+            }
+            if broken > 0 {
+                bail!("{broken} edge chain(s) failed verification");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_lines(value: serde_json::Value) -> anyhow::Result<()> {
+    for item in value.as_array().into_iter().flatten() {
+        println!("{item}");
+    }
+    Ok(())
+}
+
+async fn serve(data_dir_flag: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str::<FileConfig>(&text)
+                .with_context(|| format!("invalid configuration in {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let mut server_names = file.server_names;
+    server_names.extend(args.server_names);
+    let options = Options {
+        data_dir: data_dir_flag.or(file.data_dir).unwrap_or_else(|| PathBuf::from("aios-data/control-plane")),
+        sync_listen: args.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:7443".parse().expect("valid literal")),
+        admin_listen: args
+            .admin_listen
+            .or(file.admin_listen)
+            .unwrap_or_else(|| "127.0.0.1:7480".parse().expect("valid literal")),
+        server_names,
+    };
+    let control_plane = ControlPlane::start(options).await?;
+    println!("sync (QUIC) listening on {}", control_plane.sync_addr);
+    println!(
+        "admin API on http://{} (token in {})",
+        control_plane.admin_addr,
+        control_plane.admin_token_file.display()
+    );
+    aios_edge_agent::cli::shutdown_signal().await;
+    tracing::info!("shutting down");
+    control_plane.stop().await;
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! A client of the admin API, used by every CLI subcommand.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use reqwest::{Method, RequestBuilder};
+
+/// Talks to a running control plane's admin API.
+pub struct AdminClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// Finds the API from flags, or from the files a local control plane
+    /// writes into its data directory.
+    pub fn discover(data_dir: &Path, url: Option<String>, token: Option<String>) -> anyhow::Result<AdminClient> {
+        let base = match url {
+            Some(url) => url,
+            None => {
+                std::fs::read_to_string(data_dir.join("admin.url")).map(|s| s.trim().to_owned()).with_context(|| {
+                    format!(
+                        "no admin API address: is the control plane running (aios-control-plane serve)? \
+                         Pass --admin-url or --data-dir (looked in {})",
+                        data_dir.display()
+                    )
+                })?
+            }
+        };
+        let token = match token {
+            Some(token) => token,
+            None => std::fs::read_to_string(data_dir.join("admin-token")).map(|s| s.trim().to_owned()).with_context(
+                || format!("cannot read the admin token in {}; pass --admin-token", data_dir.display()),
+            )?,
+        };
+        Ok(AdminClient { base: base.trim_end_matches('/').to_owned(), token, http: reqwest::Client::new() })
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{}", self.base, path)).bearer_auth(&self.token)
+    }
+
+    /// Sends a request and decodes the JSON answer, turning API errors into one clear line.
+    pub async fn send(&self, method: Method, path: &str, body: Option<Body>) -> anyhow::Result<serde_json::Value> {
+        let mut request = self.request(method, path);
+        request = match body {
+            Some(Body::Json(value)) => request.json(&value),
+            Some(Body::Text(text)) => request.header("content-type", "text/plain").body(text),
+            None => request,
+        };
+        let response = request.send().await.with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        let status = response.status();
+        let value: serde_json::Value =
+            response.json().await.context("the admin API sent a response that is not JSON")?;
+        if !status.is_success() {
+            let message = value.get("error").and_then(|e| e.as_str()).unwrap_or("unknown error");
+            bail!("{message} (HTTP {})", status.as_u16());
+        }
+        Ok(value)
+    }
+}
+
+/// A request body.
+pub enum Body {
+    /// A JSON document.
+    Json(serde_json::Value),
+    /// Plain text (a TOML bundle).
+    Text(String),
+}

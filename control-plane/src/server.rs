@@ -1,0 +1,408 @@
+//! The QUIC side of the control plane: enrolment and sync connections.
+//!
+//! Every connection is handled by its own task. Client certificates are
+//! optional at the TLS layer so that an edge without one can enrol; a sync
+//! stream then demands one, looks its fingerprint up, and refuses unknown and
+//! revoked edges with an error frame and a close code the edge understands.
+//! The sync loop is a thin driver of [`ControlSync`]: a batch is acknowledged
+//! only after the store committed it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use aios_edge_agent::transport::{
+    close_code, peer_certificate, read_frame, sleep_until, spawn_frame_reader, transport_config, write_frame,
+    FrameStream, ALPN,
+};
+use aios_edge_agent::unix_ms;
+use aios_shared::bundle::SignedBundle;
+use aios_shared::sync::{ControlConfig, ControlEvent, ControlSync};
+use aios_shared::token::{fingerprint, secret_hash};
+use aios_shared::wire::{EnrollRequest, Enrolled, ErrorCode, ErrorFrame, Frame};
+use rustls::pki_types::CertificateDer;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::pki::Pki;
+use crate::store::CpStore;
+
+/// The newest published bundle, watched by every sync connection.
+pub type BundleWatch = watch::Receiver<Option<(u64, SignedBundle)>>;
+
+/// Live sync connections by edge id, so a revocation can cut one off at once.
+#[derive(Default)]
+pub struct Registry {
+    connections: Mutex<HashMap<String, quinn::Connection>>,
+}
+
+impl Registry {
+    /// Records `connection` as the edge's live one, closing any older one.
+    fn insert(&self, edge_id: &str, connection: quinn::Connection) {
+        let old = self.lock().insert(edge_id.to_owned(), connection);
+        if let Some(old) = old {
+            old.close(close_code::REFUSED.into(), b"superseded by a newer connection from the same edge");
+        }
+    }
+
+    /// Forgets the edge's connection if it is still `connection`.
+    fn remove(&self, edge_id: &str, connection: &quinn::Connection) {
+        let mut map = self.lock();
+        if map.get(edge_id).is_some_and(|c| c.stable_id() == connection.stable_id()) {
+            map.remove(edge_id);
+        }
+    }
+
+    /// Closes the edge's live connection, if any, as revoked.
+    pub fn cut_off(&self, edge_id: &str) -> bool {
+        match self.lock().remove(edge_id) {
+            Some(connection) => {
+                connection.close(close_code::REVOKED.into(), b"edge revoked by an operator");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many edges are connected.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no edge is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, quinn::Connection>> {
+        self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What every connection task shares.
+#[derive(Clone)]
+pub struct SyncContext {
+    /// The database.
+    pub store: CpStore,
+    /// Keys and certificates.
+    pub pki: Arc<Pki>,
+    /// Live connections.
+    pub registry: Arc<Registry>,
+    /// The newest bundle.
+    pub bundles: BundleWatch,
+}
+
+/// Errors starting the QUIC endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// TLS configuration failed.
+    #[error("tls configuration: {0}")]
+    Tls(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the sync endpoint.
+pub fn bind(pki: &Pki, addr: SocketAddr) -> Result<quinn::Endpoint, ServerError> {
+    let tls_err = |err: &dyn std::fmt::Display| ServerError::Tls(err.to_string());
+    let provider = aios_edge_agent::transport::crypto_provider();
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(pki.ca_der.clone())).map_err(|e| tls_err(&e))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| tls_err(&e))?;
+    let (chain, key) = pki.server_identity();
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_err(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls_err(&e))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // No 0-RTT: early data could be replayed.
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_err(&e))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config()));
+    // Identity is the certificate; a changed address (NAT rebinding) is fine.
+    config.migration(true);
+    quinn::Endpoint::server(config, addr).map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Accepts connections until the endpoint is closed.
+pub async fn serve(endpoint: quinn::Endpoint, ctx: SyncContext) {
+    while let Some(incoming) = endpoint.accept().await {
+        let ctx = ctx.clone();
+        let remote = incoming.remote_address();
+        tokio::spawn(
+            async move {
+                match incoming.await {
+                    Ok(connection) => handle_connection(connection, ctx).await,
+                    Err(err) => debug!(%err, "handshake failed"),
+                }
+            }
+            .instrument(info_span!("conn", %remote)),
+        );
+    }
+}
+
+async fn handle_connection(connection: quinn::Connection, ctx: SyncContext) {
+    let peer_cert = peer_certificate(&connection);
+    let (mut send, mut recv) = match connection.accept_bi().await {
+        Ok(streams) => streams,
+        Err(err) => return debug!(%err, "connection closed before opening a stream"),
+    };
+    let first = match read_frame(&mut recv).await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return,
+        Err(err) => {
+            let error = ErrorFrame { code: ErrorCode::Malformed, message: err.to_string() };
+            return refuse(&connection, &mut send, error, close_code::PROTOCOL).await;
+        }
+    };
+    match first {
+        Frame::Enroll(request) => {
+            let reply = match enroll(&ctx, request).await {
+                Ok(enrolled) => Frame::Enrolled(enrolled),
+                Err(error) => Frame::Error(error),
+            };
+            let _ = write_frame(&mut send, &reply).await;
+            let _ = send.finish();
+            // Let the edge read the answer and close.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), connection.closed()).await;
+        }
+        Frame::Hello(hello) => {
+            let Some(cert) = peer_cert else {
+                let message = "a client certificate is required; enrol this edge first".to_owned();
+                let error = ErrorFrame { code: ErrorCode::CertificateRequired, message };
+                return refuse(&connection, &mut send, error, close_code::REFUSED).await;
+            };
+            let cert_fingerprint = hex::encode(fingerprint(&cert));
+            let edge = match ctx.store.edge_by_fingerprint(cert_fingerprint.clone()).await {
+                Ok(Some(edge)) => edge,
+                Ok(None) => {
+                    let error = ErrorFrame { code: ErrorCode::UnknownEdge, message: "unknown edge certificate".into() };
+                    return refuse(&connection, &mut send, error, close_code::REFUSED).await;
+                }
+                Err(err) => {
+                    let error = ErrorFrame { code: ErrorCode::Internal, message: err.to_string() };
+                    return refuse(&connection, &mut send, error, close_code::REFUSED).await;
+                }
+            };
+            if edge.revoked {
+                let error = ErrorFrame { code: ErrorCode::Revoked, message: format!("edge {} is revoked", edge.id) };
+                return refuse(&connection, &mut send, error, close_code::REVOKED).await;
+            }
+            if hello.edge_id != edge.id {
+                let message = format!("certificate belongs to {}, not {}", edge.id, hello.edge_id);
+                let error = ErrorFrame { code: ErrorCode::UnknownEdge, message };
+                return refuse(&connection, &mut send, error, close_code::REFUSED).await;
+            }
+            let span = info_span!("sync", edge_id = %edge.id);
+            SyncSession { ctx, connection, edge_id: edge.id, cert_fingerprint }
+                .run(send, recv, Frame::Hello(hello))
+                .instrument(span)
+                .await;
+        }
+        other => {
+            let message = format!("expected Hello or Enroll, got {other:?}");
+            let error = ErrorFrame { code: ErrorCode::Malformed, message };
+            refuse(&connection, &mut send, error, close_code::PROTOCOL).await;
+        }
+    }
+}
+
+async fn refuse(connection: &quinn::Connection, send: &mut quinn::SendStream, error: ErrorFrame, code: u32) {
+    info!(code = ?error.code, message = %error.message, "refusing connection");
+    let _ = write_frame(send, &Frame::Error(error.clone())).await;
+    let _ = send.finish();
+    // Give the error frame a moment to arrive before the close overtakes it.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), send.stopped()).await;
+    connection.close(code.into(), error.message.as_bytes());
+}
+
+async fn enroll(ctx: &SyncContext, request: EnrollRequest) -> Result<Enrolled, ErrorFrame> {
+    let bad_token = |message: String| ErrorFrame { code: ErrorCode::BadToken, message };
+    let internal = |message: String| ErrorFrame { code: ErrorCode::Internal, message };
+    let hash = secret_hash(&request.token);
+    let now = unix_ms();
+    match ctx.store.check_token(hash.clone(), now).await {
+        Ok(Ok(())) => {}
+        Ok(Err(refusal)) => return Err(bad_token(refusal.to_string())),
+        Err(err) => return Err(internal(err.to_string())),
+    }
+    let edge_id = format!("edge-{}", hex::encode(rand::random::<[u8; 6]>()));
+    let since_epoch = std::time::Duration::from_millis(now as u64);
+    let (cert_der, public_key) = ctx
+        .pki
+        .issue_edge_certificate(&edge_id, &request.csr_der, since_epoch)
+        .map_err(|err| ErrorFrame { code: ErrorCode::Malformed, message: err.to_string() })?;
+    let labels: serde_json::Map<String, serde_json::Value> =
+        request.labels.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
+    let name = if request.name.is_empty() { edge_id.clone() } else { request.name };
+    let fp = hex::encode(fingerprint(&cert_der));
+    match ctx.store.enroll_edge(hash, now, edge_id.clone(), name, labels.into(), fp, public_key).await {
+        Ok(Ok(())) => {}
+        Ok(Err(refusal)) => return Err(bad_token(refusal.to_string())),
+        Err(err) => return Err(internal(err.to_string())),
+    }
+    info!(%edge_id, "edge enrolled");
+    Ok(Enrolled {
+        edge_id,
+        cert_der,
+        ca_der: ctx.pki.ca_der.clone(),
+        bundle_key: ctx.pki.bundle_key.verifying_key().to_bytes(),
+    })
+}
+
+/// One edge's sync connection.
+struct SyncSession {
+    ctx: SyncContext,
+    connection: quinn::Connection,
+    edge_id: String,
+    /// SHA-256 of the edge's certificate, hex: the key to its record.
+    cert_fingerprint: String,
+}
+
+impl SyncSession {
+    async fn run(mut self, mut send: quinn::SendStream, recv: quinn::RecvStream, hello: Frame) {
+        let (mut frames, reader) = spawn_frame_reader(recv);
+        let mut sync = ControlSync::new(ControlConfig::default());
+        sync.handle_frame(Instant::now().into_std(), hello);
+        let reason = self.drive(&mut sync, &mut send, &mut frames).await;
+        drop(reader);
+        self.ctx.registry.remove(&self.edge_id, &self.connection);
+        if let Err(err) = self.ctx.store.edge_seen(self.edge_id.clone(), false, None, None, unix_ms()).await {
+            warn!(%err, "cannot record the disconnect");
+        }
+        info!(%reason, "edge disconnected");
+    }
+
+    async fn drive(
+        &mut self,
+        sync: &mut ControlSync,
+        send: &mut quinn::SendStream,
+        frames: &mut FrameStream,
+    ) -> String {
+        let mut bundles = self.ctx.bundles.clone();
+        loop {
+            loop {
+                let mut busy = false;
+                while let Some(frame) = sync.poll_transmit() {
+                    busy = true;
+                    let is_error = matches!(frame, Frame::Error(_));
+                    if let Err(err) = write_frame(send, &frame).await {
+                        return err.to_string();
+                    }
+                    if is_error {
+                        let _ = send.finish();
+                        self.connection.close(close_code::PROTOCOL.into(), b"protocol error");
+                        return "closed after a protocol error".into();
+                    }
+                }
+                while let Some(event) = sync.poll_event() {
+                    busy = true;
+                    if let Err(reason) = self.handle_event(sync, event, &mut bundles).await {
+                        return reason;
+                    }
+                }
+                if !busy {
+                    break;
+                }
+            }
+            let timeout = sync.poll_timeout().map(Instant::from_std);
+            tokio::select! {
+                item = frames.recv(), if sync.wants_frames() => match item {
+                    Some(Ok(frame)) => sync.handle_frame(Instant::now().into_std(), frame),
+                    Some(Err(reason)) => return self.connection.close_reason().map_or(reason, |r| r.to_string()),
+                    None => return "reader stopped".into(),
+                },
+                _ = sleep_until(timeout) => sync.handle_timeout(Instant::now().into_std()),
+                changed = bundles.changed(), if sync.is_connected() => {
+                    if changed.is_err() {
+                        return "control plane shutting down".into();
+                    }
+                    let latest = bundles.borrow_and_update().clone();
+                    if let Some((version, signed)) = latest {
+                        sync.push_bundle(Instant::now().into_std(), version, signed);
+                    }
+                }
+                reason = self.connection.closed() => return reason.to_string(),
+            }
+        }
+    }
+
+    async fn handle_event(
+        &self,
+        sync: &mut ControlSync,
+        event: ControlEvent,
+        bundles: &mut BundleWatch,
+    ) -> Result<(), String> {
+        let store = &self.ctx.store;
+        match event {
+            ControlEvent::HelloReceived(hello) => {
+                // Re-read under this connection: the stored head may have moved
+                // since the certificate lookup.
+                let edge = store
+                    .edge_by_fingerprint(self.cert_fingerprint.clone())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("edge record disappeared")?;
+                self.ctx.registry.insert(&self.edge_id, self.connection.clone());
+                store
+                    .edge_seen(
+                        self.edge_id.clone(),
+                        true,
+                        Some(hello.agent_version.clone()),
+                        Some(hello.bundle_version),
+                        unix_ms(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sync.accept(edge.audit_seq);
+                info!(audit_acked_seq = edge.audit_seq, edge_head = hello.audit_head_seq, "edge connected");
+                let latest = bundles.borrow_and_update().clone();
+                if let Some((version, signed)) = latest {
+                    if hello.bundle_version < version {
+                        sync.push_bundle(Instant::now().into_std(), version, signed);
+                    }
+                }
+            }
+            ControlEvent::Ingest(events) => {
+                let n_events = events.len();
+                match store.ingest(self.edge_id.clone(), events, unix_ms()).await {
+                    Ok((head, breaks)) => {
+                        for chain_break in breaks {
+                            warn!(%chain_break, "audit chain break detected; alarm raised");
+                        }
+                        debug!(n_events, head, "audit batch committed");
+                        sync.committed(head);
+                    }
+                    Err(err) => {
+                        warn!(%err, "audit ingest failed");
+                        sync.commit_failed();
+                        return Err(format!("ingest failed: {err}"));
+                    }
+                }
+            }
+            ControlEvent::BundleAcked { version } => {
+                info!(version, "bundle applied by edge");
+                store.edge_bundle_acked(self.edge_id.clone(), version).await.map_err(|e| e.to_string())?;
+            }
+            ControlEvent::BundleRefused { version, reason } => warn!(version, %reason, "bundle refused by edge"),
+            ControlEvent::PeerError(error) => return Err(format!("edge closed: {}", error.message)),
+            ControlEvent::ProtocolError(message) => warn!(%message, "protocol error"),
+        }
+        Ok(())
+    }
+}

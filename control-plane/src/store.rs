@@ -1,0 +1,575 @@
+//! The control plane's durable state: enrolment tokens, edges, published
+//! bundles, every edge's audit events, and alarms.
+//!
+//! Audit ingest verifies each event against the chain head already stored for
+//! its edge (links, hashes, checkpoint signatures with the edge's key) and
+//! commits events and the new head in one transaction; only then is the batch
+//! acknowledged. A break is stored as an alarm and the events are kept anyway:
+//! the auditor must see exactly what arrived. Ingest is idempotent by
+//! `(edge_id, seq)`.
+
+use std::path::Path;
+
+use aios_edge_agent::db::{Db, DbError};
+use aios_shared::audit::{verify_chain, AuditEvent, ChainBreak, ChainHead, ChainVerifier};
+use aios_shared::bundle::{BundleBody, SignedBundle};
+use ed25519_dalek::VerifyingKey;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tokens (
+    secret_hash TEXT PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    used_at_ms INTEGER,
+    used_by TEXT
+);
+CREATE TABLE edges (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    cert_fingerprint TEXT NOT NULL UNIQUE,
+    public_key BLOB NOT NULL,
+    enrolled_at_ms INTEGER NOT NULL,
+    revoked_at_ms INTEGER,
+    connected INTEGER NOT NULL DEFAULT 0,
+    last_seen_ms INTEGER,
+    agent_version TEXT,
+    bundle_version INTEGER NOT NULL DEFAULT 0,
+    audit_seq INTEGER NOT NULL DEFAULT 0,
+    audit_head BLOB NOT NULL
+);
+CREATE TABLE bundles (
+    version INTEGER PRIMARY KEY,
+    body BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    published_at_ms INTEGER NOT NULL
+);
+CREATE TABLE audit_events (
+    edge_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (edge_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX audit_events_ts ON audit_events (ts_ms);
+CREATE INDEX audit_events_kind ON audit_events (kind, ts_ms);
+CREATE TABLE alarms (
+    id INTEGER PRIMARY KEY,
+    edge_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    raised_at_ms INTEGER NOT NULL
+);
+"#];
+
+/// An enrolled edge as the fleet view shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EdgeRecord {
+    /// The id assigned at enrolment.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Operator labels.
+    pub labels: serde_json::Value,
+    /// When it enrolled.
+    pub enrolled_at_ms: i64,
+    /// When it was revoked, if it was.
+    pub revoked_at_ms: Option<i64>,
+    /// Whether a sync connection is open now.
+    pub connected: bool,
+    /// Last handshake or disconnect.
+    pub last_seen_ms: Option<i64>,
+    /// The edge's software version.
+    pub agent_version: Option<String>,
+    /// The bundle version it last acknowledged.
+    pub bundle_version: u64,
+    /// Highest audit sequence stored.
+    pub audit_seq: u64,
+}
+
+/// An edge's identity as the sync handler needs it.
+#[derive(Debug, Clone)]
+pub struct EdgeAuth {
+    /// The edge's id.
+    pub id: String,
+    /// Its ed25519 key (checkpoint signatures).
+    pub public_key: VerifyingKey,
+    /// Set once revoked.
+    pub revoked: bool,
+    /// Highest audit sequence stored.
+    pub audit_seq: u64,
+}
+
+/// A stored audit event with its edge.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    /// The edge that recorded it.
+    pub edge_id: String,
+    /// Its position in that edge's chain.
+    pub seq: u64,
+    /// When the edge recorded it (ms since the epoch).
+    pub ts_ms: i64,
+    /// What happened.
+    pub kind: String,
+    /// Details (JSON).
+    pub payload: serde_json::Value,
+    /// Hex of the event hash.
+    pub hash: String,
+}
+
+/// Filters of `audit query`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct AuditFilter {
+    /// Only this edge.
+    pub edge: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Recorded at or after (ms).
+    pub since_ms: Option<i64>,
+    /// Recorded before (ms).
+    pub until_ms: Option<i64>,
+    /// Only events after this sequence (with `edge`, for paging).
+    pub after_seq: Option<u64>,
+    /// At most this many (default 1000, at most 100000).
+    pub limit: Option<u32>,
+    /// Newest first instead of oldest first (for `audit tail`).
+    pub newest_first: Option<bool>,
+}
+
+/// The verification report for one edge.
+#[derive(Debug, Clone, Serialize)]
+pub struct EdgeVerification {
+    /// The edge.
+    pub edge_id: String,
+    /// Events stored.
+    pub events: u64,
+    /// Highest sequence acknowledged.
+    pub acked_seq: u64,
+    /// Whether the stored chain verifies end to end and no alarm was raised.
+    pub ok: bool,
+    /// Breaks found now by re-verifying the stored chain.
+    pub breaks: Vec<String>,
+    /// Alarms raised at ingest.
+    pub alarms: Vec<String>,
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// No such token.
+    Unknown,
+    /// Already used.
+    Used,
+    /// Past its expiry.
+    Expired,
+}
+
+impl std::fmt::Display for TokenRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenRefusal::Unknown => "unknown enrolment token",
+            TokenRefusal::Used => "enrolment token already used (tokens are single-use; create a new one)",
+            TokenRefusal::Expired => "enrolment token expired (create a new one)",
+        })
+    }
+}
+
+/// The control plane's database.
+#[derive(Clone)]
+pub struct CpStore {
+    db: Db,
+}
+
+impl CpStore {
+    /// Opens `data_dir/control-plane.db`.
+    pub fn open(data_dir: &Path) -> Result<CpStore, DbError> {
+        Ok(CpStore { db: Db::open(&data_dir.join("control-plane.db"), MIGRATIONS)? })
+    }
+
+    /// Records a new token by the hash of its secret.
+    pub async fn create_token(&self, secret_hash: String, now_ms: i64, expires_at_ms: i64) -> Result<(), DbError> {
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO tokens VALUES (?1, ?2, ?3, NULL, NULL)",
+                    params![secret_hash, now_ms, expires_at_ms],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Checks a token without using it (before the certificate is issued).
+    pub async fn check_token(&self, secret_hash: String, now_ms: i64) -> Result<Result<(), TokenRefusal>, DbError> {
+        self.db.read(move |c| token_state(c, &secret_hash, now_ms)).await
+    }
+
+    /// Atomically uses the token and records the new edge; refuses a token
+    /// used in the meantime.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn enroll_edge(
+        &self,
+        secret_hash: String,
+        now_ms: i64,
+        edge_id: String,
+        name: String,
+        labels: serde_json::Value,
+        cert_fingerprint: String,
+        public_key: [u8; 32],
+    ) -> Result<Result<(), TokenRefusal>, DbError> {
+        self.db
+            .write(move |c| {
+                if let Err(refusal) = token_state(c, &secret_hash, now_ms)? {
+                    return Ok(Err(refusal));
+                }
+                c.execute(
+                    "UPDATE tokens SET used_at_ms = ?2, used_by = ?3 WHERE secret_hash = ?1",
+                    params![secret_hash, now_ms, edge_id],
+                )?;
+                c.execute(
+                    "INSERT INTO edges (id, name, labels, cert_fingerprint, public_key, enrolled_at_ms, audit_head)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        edge_id,
+                        name,
+                        labels.to_string(),
+                        cert_fingerprint,
+                        public_key.to_vec(),
+                        now_ms,
+                        vec![0u8; 32]
+                    ],
+                )?;
+                Ok(Ok(()))
+            })
+            .await
+    }
+
+    /// The edge holding the certificate with this fingerprint.
+    pub async fn edge_by_fingerprint(&self, fingerprint: String) -> Result<Option<EdgeAuth>, DbError> {
+        self.db
+            .read(move |c| {
+                let row = c
+                    .query_row(
+                        "SELECT id, public_key, revoked_at_ms, audit_seq FROM edges WHERE cert_fingerprint = ?1",
+                        [fingerprint],
+                        |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, Vec<u8>>(1)?,
+                                r.get::<_, Option<i64>>(2)?,
+                                r.get::<_, i64>(3)?,
+                            ))
+                        },
+                    )
+                    .optional()?;
+                let Some((id, key, revoked, audit_seq)) = row else { return Ok(None) };
+                Ok(Some(EdgeAuth {
+                    id,
+                    public_key: to_key(&key)?,
+                    revoked: revoked.is_some(),
+                    audit_seq: audit_seq as u64,
+                }))
+            })
+            .await
+    }
+
+    /// Records a handshake or a disconnect.
+    pub async fn edge_seen(
+        &self,
+        edge_id: String,
+        connected: bool,
+        agent_version: Option<String>,
+        bundle_version: Option<u64>,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE edges SET connected = ?2, last_seen_ms = ?3,
+                        agent_version = COALESCE(?4, agent_version),
+                        bundle_version = MAX(bundle_version, COALESCE(?5, 0))
+                     WHERE id = ?1",
+                    params![edge_id, connected, now_ms, agent_version, bundle_version.map(|v| v as i64)],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Records the bundle version an edge acknowledged.
+    pub async fn edge_bundle_acked(&self, edge_id: String, version: u64) -> Result<(), DbError> {
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE edges SET bundle_version = MAX(bundle_version, ?2) WHERE id = ?1",
+                    params![edge_id, version as i64],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Marks every edge disconnected (at start, after a crash).
+    pub async fn reset_connections(&self) -> Result<(), DbError> {
+        self.db.write(|c| Ok(c.execute("UPDATE edges SET connected = 0", []).map(|_| ())?)).await
+    }
+
+    /// Revokes an edge; false if there is no such edge.
+    pub async fn revoke(&self, edge_id: String, now_ms: i64) -> Result<bool, DbError> {
+        self.db
+            .write(move |c| {
+                let n = c.execute(
+                    "UPDATE edges SET revoked_at_ms = COALESCE(revoked_at_ms, ?2) WHERE id = ?1",
+                    params![edge_id, now_ms],
+                )?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    /// All edges.
+    pub async fn edges(&self) -> Result<Vec<EdgeRecord>, DbError> {
+        self.db
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT id, name, labels, enrolled_at_ms, revoked_at_ms, connected, last_seen_ms, agent_version,
+                            bundle_version, audit_seq FROM edges ORDER BY enrolled_at_ms, id",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(EdgeRecord {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        labels: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
+                        enrolled_at_ms: r.get(3)?,
+                        revoked_at_ms: r.get(4)?,
+                        connected: r.get(5)?,
+                        last_seen_ms: r.get(6)?,
+                        agent_version: r.get(7)?,
+                        bundle_version: r.get::<_, i64>(8)? as u64,
+                        audit_seq: r.get::<_, i64>(9)? as u64,
+                    })
+                })?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    /// Verifies and commits a batch of consecutive events from an edge.
+    /// Returns the new stored head sequence and any breaks found.
+    pub async fn ingest(
+        &self,
+        edge_id: String,
+        events: Vec<AuditEvent>,
+        now_ms: i64,
+    ) -> Result<(u64, Vec<ChainBreak>), DbError> {
+        self.db.write(move |c| ingest(c, &edge_id, &events, now_ms)).await
+    }
+
+    /// Stores a signed bundle if its version is above every stored one.
+    pub async fn insert_bundle(&self, version: u64, signed: SignedBundle, now_ms: i64) -> Result<bool, DbError> {
+        self.db
+            .write(move |c| {
+                let max: i64 = c.query_row("SELECT COALESCE(MAX(version), 0) FROM bundles", [], |r| r.get(0))?;
+                if version as i64 <= max {
+                    return Ok(false);
+                }
+                c.execute(
+                    "INSERT INTO bundles VALUES (?1, ?2, ?3, ?4)",
+                    params![version as i64, signed.body, signed.signature, now_ms],
+                )?;
+                Ok(true)
+            })
+            .await
+    }
+
+    /// The newest bundle, or the one of `version`.
+    pub async fn bundle(&self, version: Option<u64>) -> Result<Option<(u64, SignedBundle)>, DbError> {
+        self.db
+            .read(move |c| {
+                let sql = "SELECT version, body, signature FROM bundles WHERE (?1 IS NULL OR version = ?1) ORDER BY version DESC LIMIT 1";
+                Ok(c.query_row(sql, [version.map(|v| v as i64)], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, SignedBundle { body: r.get(1)?, signature: r.get(2)? }))
+                })
+                .optional()?)
+            })
+            .await
+    }
+
+    /// Versions of all stored bundles with their bodies, newest first.
+    pub async fn bundle_history(&self) -> Result<Vec<(u64, i64, BundleBody)>, DbError> {
+        self.db
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT version, published_at_ms, body FROM bundles ORDER BY version DESC")?;
+                let rows =
+                    stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)))?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (version, at, body) = row?;
+                    let body = serde_json::from_slice(&body).map_err(|e| DbError::Corrupt(e.to_string()))?;
+                    out.push((version as u64, at, body));
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Audit events matching `filter`, oldest first.
+    pub async fn query_audit(&self, filter: AuditFilter) -> Result<Vec<StoredEvent>, DbError> {
+        self.db
+            .read(move |c| {
+                let limit = filter.limit.unwrap_or(1000).min(100_000);
+                let order = if filter.newest_first == Some(true) {
+                    "ts_ms DESC, edge_id DESC, seq DESC"
+                } else {
+                    "ts_ms, edge_id, seq"
+                };
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT edge_id, seq, ts_ms, kind, payload, hash FROM audit_events
+                     WHERE (?1 IS NULL OR edge_id = ?1) AND (?2 IS NULL OR kind = ?2)
+                       AND (?3 IS NULL OR ts_ms >= ?3) AND (?4 IS NULL OR ts_ms < ?4)
+                       AND (?5 IS NULL OR seq > ?5)
+                     ORDER BY {order} LIMIT ?6"
+                ))?;
+                let rows = stmt.query_map(
+                    params![
+                        filter.edge,
+                        filter.kind,
+                        filter.since_ms,
+                        filter.until_ms,
+                        filter.after_seq.map(|s| s as i64),
+                        limit
+                    ],
+                    |r| {
+                        Ok(StoredEvent {
+                            edge_id: r.get(0)?,
+                            seq: r.get::<_, i64>(1)? as u64,
+                            ts_ms: r.get(2)?,
+                            kind: r.get(3)?,
+                            payload: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or(serde_json::Value::Null),
+                            hash: hex::encode(r.get::<_, Vec<u8>>(5)?),
+                        })
+                    },
+                )?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    /// Re-verifies the stored chains of one edge or all.
+    pub async fn verify(&self, edge: Option<String>) -> Result<Vec<EdgeVerification>, DbError> {
+        self.db.read(move |c| verify_edges(c, edge.as_deref())).await
+    }
+}
+
+fn to_key(bytes: &[u8]) -> Result<VerifyingKey, DbError> {
+    <[u8; 32]>::try_from(bytes)
+        .ok()
+        .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+        .ok_or_else(|| DbError::Corrupt("stored edge key is not an ed25519 key".into()))
+}
+
+fn to_hash(bytes: &[u8]) -> Result<[u8; 32], DbError> {
+    bytes.try_into().map_err(|_| DbError::Corrupt("stored hash is not 32 bytes".into()))
+}
+
+fn token_state(c: &Connection, secret_hash: &str, now_ms: i64) -> Result<Result<(), TokenRefusal>, DbError> {
+    let row = c
+        .query_row("SELECT expires_at_ms, used_at_ms FROM tokens WHERE secret_hash = ?1", [secret_hash], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+        })
+        .optional()?;
+    Ok(match row {
+        None => Err(TokenRefusal::Unknown),
+        Some((_, Some(_))) => Err(TokenRefusal::Used),
+        Some((expires, None)) if now_ms >= expires => Err(TokenRefusal::Expired),
+        Some(_) => Ok(()),
+    })
+}
+
+fn ingest(
+    c: &Connection,
+    edge_id: &str,
+    events: &[AuditEvent],
+    now_ms: i64,
+) -> Result<(u64, Vec<ChainBreak>), DbError> {
+    let (seq, head, key): (i64, Vec<u8>, Vec<u8>) =
+        c.query_row("SELECT audit_seq, audit_head, public_key FROM edges WHERE id = ?1", [edge_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    let head = ChainHead { seq: seq as u64, hash: to_hash(&head)? };
+    let mut verifier = ChainVerifier::new(edge_id, Some(to_key(&key)?), head);
+    let mut breaks = Vec::new();
+    let mut insert = c.prepare_cached("INSERT OR IGNORE INTO audit_events VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?;
+    for event in events.iter().filter(|e| e.seq > head.seq) {
+        if let Err(chain_break) = verifier.push(event) {
+            c.prepare_cached("INSERT INTO alarms (edge_id, seq, detail, raised_at_ms) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![edge_id, event.seq as i64, chain_break.to_string(), now_ms])?;
+            breaks.push(chain_break);
+            verifier.skip_to(event);
+        }
+        insert.execute(params![
+            edge_id,
+            event.seq as i64,
+            event.ts_ms,
+            event.kind,
+            event.payload,
+            event.prev_hash.as_slice(),
+            event.hash.as_slice(),
+            now_ms
+        ])?;
+    }
+    let new_head = verifier.head();
+    c.execute(
+        "UPDATE edges SET audit_seq = ?2, audit_head = ?3 WHERE id = ?1",
+        params![edge_id, new_head.seq as i64, new_head.hash.as_slice()],
+    )?;
+    Ok((new_head.seq, breaks))
+}
+
+fn verify_edges(c: &Connection, only: Option<&str>) -> Result<Vec<EdgeVerification>, DbError> {
+    let mut stmt =
+        c.prepare("SELECT id, public_key, audit_seq FROM edges WHERE (?1 IS NULL OR id = ?1) ORDER BY id")?;
+    let edges: Vec<(String, Vec<u8>, i64)> =
+        stmt.query_map([only], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+    let mut reports = Vec::new();
+    for (edge_id, key, acked) in edges {
+        let mut events_stmt = c.prepare_cached(
+            "SELECT seq, ts_ms, kind, payload, prev_hash, hash FROM audit_events WHERE edge_id = ?1 ORDER BY seq",
+        )?;
+        let mut events = Vec::new();
+        let mut rows = events_stmt.query([&edge_id])?;
+        while let Some(r) = rows.next()? {
+            events.push(AuditEvent {
+                seq: r.get::<_, i64>(0)? as u64,
+                ts_ms: r.get(1)?,
+                kind: r.get(2)?,
+                payload: r.get(3)?,
+                prev_hash: to_hash(&r.get::<_, Vec<u8>>(4)?)?,
+                hash: to_hash(&r.get::<_, Vec<u8>>(5)?)?,
+            });
+        }
+        let breaks: Vec<String> = verify_chain(&edge_id, Some(to_key(&key)?), &events, acked as u64)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let mut alarm_stmt = c.prepare_cached("SELECT seq, detail FROM alarms WHERE edge_id = ?1 ORDER BY id")?;
+        let alarms: Vec<String> = alarm_stmt
+            .query_map([&edge_id], |r| Ok(format!("at event {}: {}", r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<Result<_, _>>()?;
+        reports.push(EdgeVerification {
+            ok: breaks.is_empty() && alarms.is_empty(),
+            edge_id,
+            events: events.len() as u64,
+            acked_seq: acked as u64,
+            breaks,
+            alarms,
+        });
+    }
+    Ok(reports)
+}

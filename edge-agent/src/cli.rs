@@ -1,0 +1,256 @@
+//! The `aios-edge` command line.
+//!
+//! Parsing is separate from running (ripgrep's two stages): [`Cli`] holds only
+//! validated flags; [`run`] opens files and sockets.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::daemon::{self, DaemonOptions};
+use crate::enroll::{self, EnrollOptions};
+use crate::store::EdgeStore;
+use crate::unix_ms;
+use crate::uplink::UplinkOptions;
+
+/// The aios edge agent.
+#[derive(Debug, Parser)]
+#[command(name = "aios-edge", version, about)]
+pub struct Cli {
+    /// Directory of the edge's database and identity [default: ./aios-data/edge].
+    #[arg(long, global = true, env = "AIOS_EDGE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "AIOS_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enrol this edge with a control plane using a one-time token.
+    Enroll(EnrollArgs),
+    /// Run the edge daemon until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Print this edge's identity, bundle and audit position as JSON.
+    Status,
+    /// Test entry points (built only with the `debug-hooks` feature).
+    #[cfg(feature = "debug-hooks")]
+    #[command(subcommand)]
+    Debug(DebugCommand),
+}
+
+/// `aios-edge enroll`.
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// The control plane's sync address, HOST:PORT.
+    #[arg(long, env = "AIOS_CONTROL_PLANE")]
+    pub control_plane: String,
+    /// The token printed by `aios-control-plane token create`.
+    #[arg(long, env = "AIOS_ENROLL_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Display name of this edge [default: the host name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A label KEY=VALUE the operator can target; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+/// `aios-edge run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML configuration file (see edge-agent/examples/edge.toml); flags override it.
+    #[arg(long, env = "AIOS_EDGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Dial this control plane address instead of the one stored at enrolment.
+    #[arg(long, env = "AIOS_CONTROL_PLANE")]
+    pub control_plane: Option<String>,
+    /// Longest reconnect delay, such as 30s [default: 30s].
+    #[arg(long, env = "AIOS_RECONNECT_MAX")]
+    pub reconnect_max: Option<String>,
+}
+
+/// Test entry points.
+#[cfg(feature = "debug-hooks")]
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// Append COUNT debug events to the audit log (the daemon may be running).
+    EmitAudit {
+        /// How many events.
+        #[arg(long)]
+        count: u64,
+        /// Events per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: u64,
+    },
+    /// Offer a signed bundle (JSON as served by the admin API) as if it came
+    /// from the control plane; exits non-zero if it is refused.
+    OfferBundle {
+        /// The bundle file.
+        file: PathBuf,
+    },
+}
+
+/// The configuration file of `aios-edge run`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Directory of the edge's database.
+    pub data_dir: Option<PathBuf>,
+    /// Control plane address override.
+    pub control_plane: Option<String>,
+    /// Longest reconnect delay.
+    pub reconnect_max: Option<String>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("'{text}' is not KEY=VALUE")),
+    }
+}
+
+/// Installs the log subscriber (only binaries call this).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIOS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Entry point shared by `aios-edge` and the test build of it.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(run(cli))
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli.data_dir.clone().unwrap_or_else(|| PathBuf::from("aios-data/edge"));
+    match cli.command {
+        Command::Enroll(args) => {
+            let store = EdgeStore::open(&data_dir).context("cannot open the edge database")?;
+            let name = args.name.unwrap_or_else(host_name);
+            let options = EnrollOptions { name, labels: args.labels };
+            let identity = enroll::enroll(&store, &args.control_plane, &args.token, options, unix_ms()).await?;
+            println!("enrolled as {} with {}", identity.edge_id, identity.control_plane);
+            Ok(())
+        }
+        Command::Run(args) => run_daemon(cli.data_dir, args).await,
+        Command::Status => status(&data_dir).await,
+        #[cfg(feature = "debug-hooks")]
+        Command::Debug(command) => debug(&data_dir, command).await,
+    }
+}
+
+async fn run_daemon(data_dir_flag: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str::<FileConfig>(&text)
+                .with_context(|| format!("invalid configuration in {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let data_dir = data_dir_flag.or(file.data_dir).unwrap_or_else(|| PathBuf::from("aios-data/edge"));
+    let mut uplink = UplinkOptions { control_plane: args.control_plane.or(file.control_plane), ..Default::default() };
+    if let Some(max) = args.reconnect_max.or(file.reconnect_max) {
+        uplink.backoff_max = aios_shared::duration::parse_duration(&max).map_err(anyhow::Error::msg)?;
+    }
+    let handle = daemon::start(DaemonOptions { data_dir, uplink }).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    handle.stop().await;
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on unix");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn status(data_dir: &Path) -> anyhow::Result<()> {
+    let store = EdgeStore::open(data_dir).context("cannot open the edge database")?;
+    let Some(identity) = store.identity().await? else {
+        bail!("this edge has not enrolled (data directory {})", data_dir.display());
+    };
+    let head = store.audit_head().await?;
+    let bundle = store.bundle().await?.and_then(|b| b.peek_version());
+    let status = serde_json::json!({
+        "edge_id": identity.edge_id,
+        "control_plane": identity.control_plane,
+        "bundle_version": bundle,
+        "autonomy": store.autonomy().await?,
+        "audit_head_seq": head.seq,
+    });
+    println!("{status}");
+    Ok(())
+}
+
+#[cfg(feature = "debug-hooks")]
+async fn debug(data_dir: &Path, command: DebugCommand) -> anyhow::Result<()> {
+    match command {
+        DebugCommand::EmitAudit { count, batch } => {
+            let dir = data_dir.to_owned();
+            let head = tokio::task::spawn_blocking(move || {
+                crate::store::emit_debug_events(&dir, count, batch.max(1), unix_ms)
+            })
+            .await??;
+            println!("{}", head.seq);
+            Ok(())
+        }
+        DebugCommand::OfferBundle { file } => {
+            let store = EdgeStore::open(data_dir)?;
+            let identity = store.identity().await?.context("this edge has not enrolled")?;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let signed: aios_shared::bundle::SignedBundle =
+                serde_json::from_str(&text).context("not a signed bundle as served by the admin API")?;
+            match store.offer_bundle(&identity, signed, unix_ms()).await? {
+                crate::store::BundleOutcome::Refused(err) => bail!("bundle refused: {err}"),
+                outcome => {
+                    println!("{outcome:?}");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "edge".to_owned())
+}

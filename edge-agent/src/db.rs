@@ -1,0 +1,227 @@
+//! SQLite access for both daemons: one writer thread with group commit, one
+//! reader connection, and schema migrations.
+//!
+//! Every write is a closure run on the writer thread inside its own savepoint;
+//! the thread runs as many queued closures as are waiting in one transaction
+//! and replies to each caller only after `COMMIT` returned. With WAL and
+//! `synchronous=FULL`, a reply therefore means the write is on disk: callers
+//! may acknowledge it to a peer. The control plane's `up` links this module
+//! too, so both daemons share one durability story.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+/// Errors from the database layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DbError {
+    /// SQLite refused an operation.
+    #[error("database error: {0}")]
+    Sqlite(String),
+    /// The writer thread is gone (the process is shutting down).
+    #[error("database writer has stopped")]
+    WriterStopped,
+    /// The file was written by a newer version of aios.
+    #[error("database schema version {found} is newer than this build supports ({supported}); upgrade aios")]
+    SchemaTooNew {
+        /// Version found in the file.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// A stored value is not what the schema promises.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(err: rusqlite::Error) -> DbError {
+        DbError::Sqlite(err.to_string())
+    }
+}
+
+type Finisher = Box<dyn FnOnce(Result<(), DbError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Finisher + Send>;
+
+/// Most closures committed in one transaction.
+const MAX_GROUP: usize = 512;
+
+/// A database with a single writer thread and a shared reader.
+#[derive(Clone)]
+pub struct Db {
+    /// Queue of the writer thread.
+    writer: mpsc::UnboundedSender<Job>,
+    /// Connection for reads; WAL lets it read while the writer writes.
+    reader: Arc<Mutex<Connection>>,
+    /// Where the file lives, for messages.
+    path: PathBuf,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and applies
+    /// `migrations` in order; `migrations[i]` moves the schema to version i+1.
+    pub fn open(path: &Path, migrations: &[&str]) -> Result<Db, DbError> {
+        let mut conn = open_connection(path)?;
+        migrate(&mut conn, migrations)?;
+        let reader = open_connection(path)?;
+        let (writer, mut queue) = mpsc::unbounded_channel::<Job>();
+        std::thread::Builder::new()
+            .name("aios-db-writer".into())
+            .spawn(move || {
+                while let Some(first) = queue.blocking_recv() {
+                    let mut jobs = vec![first];
+                    while jobs.len() < MAX_GROUP {
+                        match queue.try_recv() {
+                            Ok(job) => jobs.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    run_group(&conn, jobs);
+                }
+            })
+            .map_err(|err| DbError::Sqlite(format!("cannot start the writer thread: {err}")))?;
+        Ok(Db { writer, reader: Arc::new(Mutex::new(reader)), path: path.to_owned() })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `write` on the writer thread; returns once its transaction is durably committed.
+    pub async fn write<R, F>(&self, write: F) -> Result<R, DbError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, DbError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = in_savepoint(conn, write);
+            Box::new(move |commit| {
+                let _ = reply.send(commit.and(result));
+            })
+        });
+        self.writer.send(job).map_err(|_| DbError::WriterStopped)?;
+        answer.await.map_err(|_| DbError::WriterStopped)?
+    }
+
+    /// Runs `read` on the reader connection, off the async workers.
+    pub async fn read<R, F>(&self, read: F) -> Result<R, DbError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, DbError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            read(&conn)
+        })
+        .await
+        .map_err(|err| DbError::Sqlite(format!("reader task failed: {err}")))?
+    }
+}
+
+/// Opens a connection with the pragmas every aios database uses.
+pub fn open_connection(path: &Path) -> Result<Connection, DbError> {
+    let conn = Connection::open(path)?;
+    restrict_permissions(path);
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// Makes a file readable by its owner only (keys, tokens, the databases).
+pub fn restrict_permissions(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+}
+
+fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), DbError> {
+    let supported = migrations.len() as i64;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > supported {
+        return Err(DbError::SchemaTooNew { found, supported });
+    }
+    for (idx, sql) in migrations.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(sql)
+            .map_err(|err| DbError::Sqlite(format!("migration to schema version {} failed: {err}", idx + 1)))?;
+    }
+    tx.pragma_update(None, "user_version", supported)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn in_savepoint<R>(conn: &Connection, write: impl FnOnce(&Connection) -> Result<R, DbError>) -> Result<R, DbError> {
+    conn.execute_batch("SAVEPOINT job")?;
+    let result = write(conn);
+    let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+    conn.execute_batch(end)?;
+    result
+}
+
+fn run_group(conn: &Connection, jobs: Vec<Job>) {
+    if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let err = DbError::from(err);
+        // Still run nothing: every caller hears why.
+        for job in jobs {
+            let finish = job(conn);
+            finish(Err(err.clone()));
+        }
+        return;
+    }
+    let finishers: Vec<Finisher> = jobs.into_iter().map(|job| job(conn)).collect();
+    let commit = conn.execute_batch("COMMIT").map_err(DbError::from);
+    if commit.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for finish in finishers {
+        finish(commit.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIGRATIONS: &[&str] = &["CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);"];
+
+    #[tokio::test]
+    async fn failed_job_rolls_back_alone_and_others_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db"), MIGRATIONS).unwrap();
+        let ok = db.write(|c| Ok(c.execute("INSERT INTO t VALUES (1, 'a')", [])?));
+        let bad = db.write(|c| {
+            c.execute("INSERT INTO t VALUES (2, 'b')", [])?;
+            Err::<(), _>(DbError::Corrupt("refused".into()))
+        });
+        let (ok, bad) = tokio::join!(ok, bad);
+        assert_eq!(ok.unwrap(), 1);
+        assert!(bad.is_err());
+        let keys: Vec<i64> = db
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT k FROM t ORDER BY k")?;
+                let keys = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                Ok(keys)
+            })
+            .await
+            .unwrap();
+        assert_eq!(keys, vec![1]);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        Db::open(&path, &[MIGRATIONS[0], "CREATE TABLE u (x);"]).unwrap();
+        let err = Db::open(&path, MIGRATIONS).err().unwrap();
+        assert!(matches!(err, DbError::SchemaTooNew { found: 2, supported: 1 }), "{err}");
+    }
+}

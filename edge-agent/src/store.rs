@@ -1,0 +1,359 @@
+//! The edge's durable state in SQLite: identity, the audit chain, the policy
+//! bundle in force and the autonomy mode last recorded.
+//!
+//! Every audit append reads the head and inserts in one immediate
+//! transaction, so two processes appending to the same file (the daemon and
+//! `aios-edge debug emit-audit`) can never fork the chain.
+
+use std::path::Path;
+
+use aios_shared::audit::{kinds, AuditEvent, ChainHead};
+use aios_shared::bundle::{Autonomy, BundleBody, BundleError, Offer, SignedBundle};
+use ed25519_dalek::VerifyingKey;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::db::{Db, DbError};
+use crate::identity::{key_from_pkcs8, key_pkcs8, Identity};
+
+/// A signed checkpoint is appended after every this many events.
+pub const CHECKPOINT_EVERY: u64 = 1000;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE identity (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    edge_id TEXT NOT NULL,
+    control_plane TEXT NOT NULL,
+    key_pkcs8 BLOB NOT NULL,
+    cert_der BLOB NOT NULL,
+    ca_der BLOB NOT NULL,
+    bundle_key BLOB NOT NULL,
+    enrolled_at_ms INTEGER NOT NULL
+);
+CREATE TABLE audit_log (
+    seq INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE TABLE bundle (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    applied_at_ms INTEGER NOT NULL
+);
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"#];
+
+/// The edge's database.
+#[derive(Clone)]
+pub struct EdgeStore {
+    db: Db,
+}
+
+/// What happened to an offered bundle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BundleOutcome {
+    /// Newly persisted and in force.
+    Applied(u64),
+    /// An exact copy of the bundle in force.
+    AlreadyApplied(u64),
+    /// Refused; the last good bundle stays.
+    Refused(BundleError),
+}
+
+impl EdgeStore {
+    /// Opens the database in `data_dir`, creating both if needed.
+    pub fn open(data_dir: &Path) -> Result<EdgeStore, DbError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|err| DbError::Sqlite(format!("cannot create {}: {err}", data_dir.display())))?;
+        Ok(EdgeStore { db: Db::open(&data_dir.join("edge.db"), MIGRATIONS)? })
+    }
+
+    /// The identity, if this edge has enrolled.
+    pub async fn identity(&self) -> Result<Option<Identity>, DbError> {
+        self.db.read(read_identity).await
+    }
+
+    /// Stores the identity and records the enrolment as the chain's first event.
+    pub async fn save_identity(&self, identity: Identity, now_ms: i64) -> Result<(), DbError> {
+        let key = key_pkcs8(&identity.signing_key).map_err(|err| DbError::Corrupt(err.to_string()))?;
+        self.db
+            .write(move |conn| {
+                let existing: Option<String> =
+                    conn.query_row("SELECT edge_id FROM identity", [], |r| r.get(0)).optional()?;
+                if let Some(existing) = existing {
+                    return Err(DbError::Corrupt(format!(
+                        "this data directory already belongs to edge {existing}; use a new one to enrol again"
+                    )));
+                }
+                conn.execute(
+                    "INSERT INTO identity VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        identity.edge_id,
+                        identity.control_plane,
+                        key,
+                        identity.cert_der,
+                        identity.ca_der,
+                        identity.bundle_key.as_bytes().to_vec(),
+                        now_ms
+                    ],
+                )?;
+                let payload = serde_json::json!({ "control_plane": identity.control_plane }).to_string();
+                append_event(conn, &identity, now_ms, kinds::ENROLLED, &payload)?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Appends an event to the audit chain.
+    pub async fn append_audit(
+        &self,
+        identity: &Identity,
+        now_ms: i64,
+        kind: &str,
+        payload: String,
+    ) -> Result<ChainHead, DbError> {
+        let identity = identity.clone();
+        let kind = kind.to_owned();
+        self.db.write(move |conn| append_event(conn, &identity, now_ms, &kind, &payload)).await
+    }
+
+    /// Stored events `from_seq ..`, at most `max`.
+    pub async fn load_audit(&self, from_seq: u64, max: usize) -> Result<Vec<AuditEvent>, DbError> {
+        self.db.read(move |conn| load_events(conn, from_seq, max)).await
+    }
+
+    /// The head of the stored chain.
+    pub async fn audit_head(&self) -> Result<ChainHead, DbError> {
+        self.db.read(chain_head).await
+    }
+
+    /// The bundle in force, as signed.
+    pub async fn bundle(&self) -> Result<Option<SignedBundle>, DbError> {
+        self.db.read(read_bundle).await
+    }
+
+    /// Verifies an offered bundle and, if it is newer and valid, persists it
+    /// before returning; records the verdict and any autonomy change in the
+    /// audit log in the same transaction.
+    pub async fn offer_bundle(
+        &self,
+        identity: &Identity,
+        signed: SignedBundle,
+        now_ms: i64,
+    ) -> Result<BundleOutcome, DbError> {
+        let identity = identity.clone();
+        self.db
+            .write(move |conn| {
+                let current = read_bundle(conn)?;
+                let outcome = match signed.offer(&identity.bundle_key, current.as_ref(), now_ms) {
+                    Ok(Offer::AlreadyApplied(body)) => return Ok(BundleOutcome::AlreadyApplied(body.version)),
+                    Ok(Offer::Apply(body)) => {
+                        conn.execute(
+                            "INSERT OR REPLACE INTO bundle VALUES (1, ?1, ?2, ?3, ?4)",
+                            params![body.version as i64, signed.body, signed.signature, now_ms],
+                        )?;
+                        let payload = serde_json::json!({
+                            "version": body.version,
+                            "autonomy": body.autonomy,
+                            "expires_at_ms": body.expires_at_ms,
+                        });
+                        append_event(conn, &identity, now_ms, kinds::BUNDLE_APPLIED, &payload.to_string())?;
+                        BundleOutcome::Applied(body.version)
+                    }
+                    Err(err) => {
+                        let payload = serde_json::json!({
+                            "version": signed.peek_version(),
+                            "reason": err.to_string(),
+                        });
+                        append_event(conn, &identity, now_ms, kinds::BUNDLE_REFUSED, &payload.to_string())?;
+                        BundleOutcome::Refused(err)
+                    }
+                };
+                refresh_autonomy(conn, &identity, now_ms)?;
+                Ok(outcome)
+            })
+            .await
+    }
+
+    /// Re-evaluates the autonomy mode at `now_ms` (an expired bundle fails
+    /// closed to supervised) and records a change in the audit log.
+    pub async fn refresh_autonomy(&self, identity: &Identity, now_ms: i64) -> Result<Autonomy, DbError> {
+        let identity = identity.clone();
+        self.db.write(move |conn| refresh_autonomy(conn, &identity, now_ms)).await
+    }
+
+    /// The autonomy mode last recorded.
+    pub async fn autonomy(&self) -> Result<Autonomy, DbError> {
+        self.db.read(recorded_autonomy).await
+    }
+}
+
+fn read_identity(conn: &Connection) -> Result<Option<Identity>, DbError> {
+    let row = conn
+        .query_row("SELECT edge_id, control_plane, key_pkcs8, cert_der, ca_der, bundle_key FROM identity", [], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, Vec<u8>>(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((edge_id, control_plane, key, cert_der, ca_der, bundle_key)) = row else { return Ok(None) };
+    let signing_key = key_from_pkcs8(&key).map_err(|err| DbError::Corrupt(err.to_string()))?;
+    let bundle_key = <[u8; 32]>::try_from(bundle_key.as_slice())
+        .ok()
+        .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
+        .ok_or_else(|| DbError::Corrupt("stored bundle key is not an ed25519 key".into()))?;
+    Ok(Some(Identity { edge_id, control_plane, signing_key, cert_der, ca_der, bundle_key }))
+}
+
+/// Appends one event, and a signed checkpoint after it when one is due.
+/// Runs inside the caller's transaction.
+pub fn append_event(
+    conn: &Connection,
+    identity: &Identity,
+    ts_ms: i64,
+    kind: &str,
+    payload: &str,
+) -> Result<ChainHead, DbError> {
+    let head = chain_head(conn)?;
+    let event = AuditEvent::next(&identity.edge_id, head, ts_ms, kind, payload.to_owned());
+    insert_event(conn, &event)?;
+    let mut head = event.head();
+    if head.seq % CHECKPOINT_EVERY == 0 {
+        let checkpoint = AuditEvent::checkpoint(&identity.edge_id, head, ts_ms, &identity.signing_key);
+        insert_event(conn, &checkpoint)?;
+        head = checkpoint.head();
+    }
+    Ok(head)
+}
+
+fn insert_event(conn: &Connection, event: &AuditEvent) -> Result<(), DbError> {
+    conn.prepare_cached("INSERT INTO audit_log VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![
+        event.seq as i64,
+        event.ts_ms,
+        event.kind,
+        event.payload,
+        event.prev_hash.as_slice(),
+        event.hash.as_slice()
+    ])?;
+    Ok(())
+}
+
+fn chain_head(conn: &Connection) -> Result<ChainHead, DbError> {
+    let row = conn
+        .query_row("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })
+        .optional()?;
+    match row {
+        None => Ok(ChainHead::EMPTY),
+        Some((seq, hash)) => Ok(ChainHead { seq: seq as u64, hash: to_hash(&hash)? }),
+    }
+}
+
+fn to_hash(bytes: &[u8]) -> Result<[u8; 32], DbError> {
+    bytes.try_into().map_err(|_| DbError::Corrupt("stored hash is not 32 bytes".into()))
+}
+
+fn load_events(conn: &Connection, from_seq: u64, max: usize) -> Result<Vec<AuditEvent>, DbError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, ts_ms, kind, payload, prev_hash, hash FROM audit_log WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![from_seq as i64, max as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Vec<u8>>(4)?,
+            r.get::<_, Vec<u8>>(5)?,
+        ))
+    })?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (seq, ts_ms, kind, payload, prev_hash, hash) = row?;
+        events.push(AuditEvent {
+            seq: seq as u64,
+            ts_ms,
+            kind,
+            payload,
+            prev_hash: to_hash(&prev_hash)?,
+            hash: to_hash(&hash)?,
+        });
+    }
+    Ok(events)
+}
+
+fn read_bundle(conn: &Connection) -> Result<Option<SignedBundle>, DbError> {
+    Ok(conn
+        .query_row("SELECT body, signature FROM bundle", [], |r| {
+            Ok(SignedBundle { body: r.get(0)?, signature: r.get(1)? })
+        })
+        .optional()?)
+}
+
+fn recorded_autonomy(conn: &Connection) -> Result<Autonomy, DbError> {
+    let value: Option<String> =
+        conn.query_row("SELECT value FROM settings WHERE key = 'autonomy'", [], |r| r.get(0)).optional()?;
+    Ok(match value.as_deref() {
+        Some("autonomous") => Autonomy::Autonomous,
+        Some("off") => Autonomy::Off,
+        // Never recorded, or unreadable: fail closed.
+        _ => Autonomy::Supervised,
+    })
+}
+
+fn refresh_autonomy(conn: &Connection, identity: &Identity, now_ms: i64) -> Result<Autonomy, DbError> {
+    let body: Option<BundleBody> = match read_bundle(conn)? {
+        Some(signed) => Some(signed.open(&identity.bundle_key).map_err(|err| DbError::Corrupt(err.to_string()))?),
+        None => None,
+    };
+    let (effective, reason) = match &body {
+        None => (Autonomy::Supervised, "no policy bundle yet".to_owned()),
+        Some(body) if body.is_expired(now_ms) => {
+            (body.effective_autonomy(now_ms), format!("bundle version {} expired", body.version))
+        }
+        Some(body) => (body.autonomy, format!("bundle version {}", body.version)),
+    };
+    let recorded: Option<String> =
+        conn.query_row("SELECT value FROM settings WHERE key = 'autonomy'", [], |r| r.get(0)).optional()?;
+    if recorded.as_deref() != Some(effective.as_str()) {
+        conn.execute("INSERT OR REPLACE INTO settings VALUES ('autonomy', ?1)", [effective.as_str()])?;
+        let payload = serde_json::json!({ "from": recorded, "to": effective, "reason": reason });
+        append_event(conn, identity, now_ms, kinds::AUTONOMY_CHANGED, &payload.to_string())?;
+    }
+    Ok(effective)
+}
+
+/// Appends `count` debug events from outside the daemon (the test entry point).
+pub fn emit_debug_events(
+    data_dir: &Path,
+    count: u64,
+    batch: u64,
+    now_ms: impl Fn() -> i64,
+) -> Result<ChainHead, DbError> {
+    let conn = crate::db::open_connection(&data_dir.join("edge.db"))?;
+    let identity = read_identity(&conn)?
+        .ok_or_else(|| DbError::Corrupt("this edge has not enrolled; run `aios-edge enroll` first".into()))?;
+    let mut head = ChainHead::EMPTY;
+    let mut written = 0;
+    while written < count {
+        let n = batch.min(count - written);
+        let tx = rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)?;
+        for i in 0..n {
+            let payload = serde_json::json!({ "n": written + i }).to_string();
+            head = append_event(&tx, &identity, now_ms(), kinds::DEBUG, &payload)?;
+        }
+        tx.commit()?;
+        written += n;
+    }
+    Ok(head)
+}

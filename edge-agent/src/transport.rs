@@ -1,0 +1,136 @@
+//! Frames over QUIC streams, and the QUIC settings both daemons use.
+//!
+//! The control plane links this module too (through `up`), so the framing and
+//! the transport settings have exactly one definition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aios_shared::wire::{self, Frame, WireError, FRAME_HEADER_LEN};
+use rustls::crypto::CryptoProvider;
+
+/// ALPN protocol id of the sync protocol.
+pub const ALPN: &[u8] = b"aios-sync/1";
+
+/// The name in the control plane's server certificate. Edges always ask for
+/// this name, whatever address they dial: the identity is the certificate
+/// chained to the pinned CA, not the address.
+pub const SERVER_NAME: &str = "aios-control-plane";
+
+/// A connection idle this long is dead.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Keep-alives are sent well inside the idle timeout.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(4);
+
+/// Errors reading or writing frames.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The bytes received are not a valid frame.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The stream failed while reading.
+    #[error("read failed: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    /// The stream failed while writing.
+    #[error("write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+}
+
+/// The crypto provider both daemons use (ring).
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Transport settings shared by both ends.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut config = quinn::TransportConfig::default();
+    config.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits a VarInt")));
+    config.keep_alive_interval(Some(KEEP_ALIVE));
+    config
+}
+
+/// Reads one frame; `Ok(None)` when the peer finished the stream cleanly
+/// between frames. The length is checked before the body is allocated.
+pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Frame>, TransportError> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(err) => return Err(err.into()),
+    }
+    let len = wire::decode_frame_len(header)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(Some(wire::decode_frame_body(&body)?))
+}
+
+/// Writes one frame.
+pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), TransportError> {
+    let mut bytes = Vec::new();
+    wire::encode_frame(frame, &mut bytes)?;
+    send.write_all(&bytes).await?;
+    Ok(())
+}
+
+/// Frames read by [`spawn_frame_reader`]; an `Err` is the last item.
+pub type FrameStream = tokio::sync::mpsc::Receiver<Result<Frame, String>>;
+
+/// Reads frames on a task of its own (reading is not cancel-safe, so a
+/// `select!` loop must not read directly). The task stops when the returned
+/// guard is dropped.
+pub fn spawn_frame_reader(mut recv: quinn::RecvStream) -> (FrameStream, AbortOnDrop) {
+    let (frames_tx, frames) = tokio::sync::mpsc::channel(8);
+    let task = tokio::spawn(async move {
+        loop {
+            let item = match read_frame(&mut recv).await {
+                Ok(Some(frame)) => Ok(frame),
+                Ok(None) => Err("the peer finished the stream".to_owned()),
+                Err(err) => Err(err.to_string()),
+            };
+            let stop = item.is_err();
+            if frames_tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    (frames, AbortOnDrop(task))
+}
+
+/// Aborts a task when dropped.
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one (for `select!` arms
+/// driven by a state machine's `poll_timeout`).
+pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The first certificate the peer presented (DER), if any.
+pub fn peer_certificate(connection: &quinn::Connection) -> Option<Vec<u8>> {
+    connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().map(|cert| cert.to_vec()))
+}
+
+/// Application close codes on QUIC connections.
+pub mod close_code {
+    /// Normal shutdown.
+    pub const SHUTDOWN: u32 = 0;
+    /// The peer broke the protocol.
+    pub const PROTOCOL: u32 = 1;
+    /// The edge was revoked.
+    pub const REVOKED: u32 = 2;
+    /// Refused for another reason given in an error frame.
+    pub const REFUSED: u32 = 3;
+}
