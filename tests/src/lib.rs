@@ -1,1 +1,346 @@
-//! placeholder
+//! A harness for whole-system tests: real control-plane and edge processes
+//! on loopback, each in its own temporary directory, killed on drop.
+//!
+//! # Layout
+//! - [`ControlPlaneProc`]: a `serve` process, its admin API and its CLI.
+//! - [`EdgeProc`]: an edge's data directory and `run` process.
+//! - [`relay`]: a UDP relay that drops, duplicates and reorders datagrams.
+
+pub mod relay;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Paths of the binaries under test (see [`bins!`]).
+#[derive(Debug, Clone)]
+pub struct Bins {
+    /// The edge agent, with test entry points.
+    pub edge: PathBuf,
+    /// The control plane.
+    pub control_plane: PathBuf,
+}
+
+/// The binaries built by this package; usable only from its tests and benches.
+#[macro_export]
+macro_rules! bins {
+    () => {
+        $crate::Bins {
+            edge: env!("CARGO_BIN_EXE_edge-under-test").into(),
+            control_plane: env!("CARGO_BIN_EXE_control-plane-under-test").into(),
+        }
+    };
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let start = Instant::now();
+    loop {
+        match condition().await {
+            Ok(true) => return Ok(start.elapsed()),
+            Ok(false) => {}
+            Err(err) if start.elapsed() > timeout => return Err(err.context(format!("timed out waiting for {what}"))),
+            Err(_) => {}
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free UDP port on loopback (bound and released; fine for tests).
+pub fn free_udp_port() -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("binding port 0 on loopback works");
+    socket.local_addr().expect("bound socket has an address").port()
+}
+
+fn log_file(path: &Path) -> Stdio {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file in the temp dir");
+    Stdio::from(file)
+}
+
+fn kill9(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Runs a command to completion, with its output captured.
+fn run_output(command: &mut Command) -> anyhow::Result<Output> {
+    command.stdin(Stdio::null()).output().with_context(|| format!("cannot run {command:?}"))
+}
+
+/// A control plane process.
+pub struct ControlPlaneProc {
+    bins: Bins,
+    /// Its data directory.
+    pub dir: PathBuf,
+    /// The UDP port for sync; kept across restarts so edges find it again.
+    pub sync_port: u16,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+impl ControlPlaneProc {
+    /// Starts a control plane in `dir` and waits until its API answers.
+    pub async fn start(bins: &Bins, dir: &Path) -> anyhow::Result<ControlPlaneProc> {
+        let mut cp = ControlPlaneProc {
+            bins: bins.clone(),
+            dir: dir.to_owned(),
+            sync_port: free_udp_port(),
+            child: None,
+            http: reqwest::Client::new(),
+        };
+        cp.restart().await?;
+        Ok(cp)
+    }
+
+    /// `HOST:PORT` of the sync endpoint.
+    pub fn sync_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.sync_port)
+    }
+
+    /// Starts the process again (after [`ControlPlaneProc::kill9`]).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        kill9(&mut self.child);
+        let _ = std::fs::remove_file(self.dir.join("admin.url"));
+        std::fs::create_dir_all(&self.dir)?;
+        let child = Command::new(&self.bins.control_plane)
+            .args(["--data-dir".as_ref(), self.dir.as_os_str()])
+            .args(["serve", "--listen", &self.sync_addr(), "--admin-listen", "127.0.0.1:0"])
+            .env("AIOS_LOG", "info,quinn=warn")
+            .stdin(Stdio::null())
+            .stdout(log_file(&self.dir.join("stdout.log")))
+            .stderr(log_file(&self.dir.join("control-plane.log")))
+            .spawn()
+            .context("cannot start the control plane")?;
+        self.child = Some(child);
+        wait_for("the control plane's admin API", Duration::from_secs(30), || async {
+            Ok(self.get("/v1/health").await.is_ok())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn kill9(&mut self) {
+        kill9(&mut self.child);
+    }
+
+    fn admin(&self) -> anyhow::Result<(String, String)> {
+        let url = std::fs::read_to_string(self.dir.join("admin.url"))?;
+        let token = std::fs::read_to_string(self.dir.join("admin-token"))?;
+        Ok((url.trim().to_owned(), token.trim().to_owned()))
+    }
+
+    /// GET on the admin API.
+    pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let (url, token) = self.admin()?;
+        let response = self.http.get(format!("{url}{path}")).bearer_auth(token).send().await?;
+        let status = response.status();
+        let value = response.json().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {value}");
+        }
+        Ok(value)
+    }
+
+    /// Runs a client subcommand of the control-plane CLI against this instance.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        run_output(
+            Command::new(&self.bins.control_plane).args(["--data-dir".as_ref(), self.dir.as_os_str()]).args(args),
+        )
+    }
+
+    /// Like [`ControlPlaneProc::cli`], failing unless it exits 0; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = self.cli(args)?;
+        if !output.status.success() {
+            bail!("{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    /// A fresh enrolment token.
+    pub fn token(&self, ttl: &str) -> anyhow::Result<String> {
+        Ok(self.cli_ok(&["token", "create", "--ttl", ttl])?.trim().to_owned())
+    }
+
+    /// Publishes a bundle from TOML text; returns its version.
+    pub fn publish(&self, toml: &str) -> anyhow::Result<u64> {
+        let path = self.dir.join(format!("bundle-{}.toml", rand::random::<u32>()));
+        std::fs::write(&path, toml)?;
+        let out = self.cli_ok(&["policy", "publish", path.to_str().context("utf-8 path")?])?;
+        out.trim().rsplit(' ').next().and_then(|v| v.parse().ok()).context("no version in publish output")
+    }
+
+    /// The fleet view of one edge.
+    pub async fn edge(&self, edge_id: &str) -> anyhow::Result<serde_json::Value> {
+        let edges = self.get("/v1/edges").await?;
+        edges
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["id"] == edge_id)
+            .cloned()
+            .with_context(|| format!("edge {edge_id} not listed"))
+    }
+
+    /// Every stored audit event of an edge, oldest first.
+    pub async fn events(&self, edge_id: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut all = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let page = self.get(&format!("/v1/audit?edge={edge_id}&after_seq={after}&limit=100000")).await?;
+            let page = page.as_array().cloned().unwrap_or_default();
+            if page.is_empty() {
+                break;
+            }
+            after = page.iter().filter_map(|e| e["seq"].as_u64()).max().unwrap_or(after);
+            all.extend(page);
+        }
+        all.sort_by_key(|e| e["seq"].as_u64());
+        Ok(all)
+    }
+}
+
+impl Drop for ControlPlaneProc {
+    fn drop(&mut self) {
+        kill9(&mut self.child);
+    }
+}
+
+/// An edge: its data directory and, while running, its process.
+pub struct EdgeProc {
+    bins: Bins,
+    /// Its data directory.
+    pub dir: PathBuf,
+    /// The id it got at enrolment.
+    pub edge_id: String,
+    child: Option<Child>,
+    /// Dial this instead of the enrolment address (the lossy relay).
+    pub control_plane_override: Option<String>,
+}
+
+impl EdgeProc {
+    /// Enrols a new edge in `dir`.
+    pub fn enroll(bins: &Bins, dir: &Path, control_plane: &str, token: &str) -> anyhow::Result<EdgeProc> {
+        let output = enroll_output(bins, dir, control_plane, token)?;
+        if !output.status.success() {
+            bail!("enrolment failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let stdout = String::from_utf8(output.stdout)?;
+        let edge_id = stdout.split_whitespace().nth(2).context("no edge id in enrol output")?.to_owned();
+        Ok(EdgeProc { bins: bins.clone(), dir: dir.to_owned(), edge_id, child: None, control_plane_override: None })
+    }
+
+    /// Starts `aios-edge run` (killing a running one first).
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        kill9(&mut self.child);
+        let mut command = Command::new(&self.bins.edge);
+        command.args(["--data-dir".as_ref(), self.dir.as_os_str()]).args(["run", "--reconnect-max", "2s"]);
+        if let Some(addr) = &self.control_plane_override {
+            command.args(["--control-plane", addr]);
+        }
+        let child = command
+            .env("AIOS_LOG", "info,quinn=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.dir.join("edge.log")))
+            .spawn()
+            .context("cannot start the edge")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn kill9(&mut self) {
+        kill9(&mut self.child);
+    }
+
+    /// Appends `count` debug events to the edge's audit log; returns the new head.
+    pub fn emit(&self, count: u64) -> anyhow::Result<u64> {
+        let output = self.edge_cli(&["debug", "emit-audit", "--count", &count.to_string()])?;
+        if !output.status.success() {
+            bail!("emit-audit failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(String::from_utf8(output.stdout)?.trim().parse()?)
+    }
+
+    /// Starts appending `count` debug events from another process, `batch`
+    /// per transaction, and returns that process.
+    pub fn emit_in_background(&self, count: u64, batch: u64) -> anyhow::Result<Child> {
+        Command::new(&self.bins.edge)
+            .args(["--data-dir".as_ref(), self.dir.as_os_str()])
+            .args(["debug", "emit-audit", "--count", &count.to_string(), "--batch", &batch.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.dir.join("emitter.log")))
+            .spawn()
+            .context("cannot start the emitter")
+    }
+
+    /// Runs an `aios-edge` subcommand on this edge's data directory.
+    pub fn edge_cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        run_output(Command::new(&self.bins.edge).args(["--data-dir".as_ref(), self.dir.as_os_str()]).args(args))
+    }
+
+    /// `aios-edge status` as JSON.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let output = self.edge_cli(&["status"])?;
+        if !output.status.success() {
+            bail!("status failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// The edge's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("edge.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for EdgeProc {
+    fn drop(&mut self) {
+        kill9(&mut self.child);
+    }
+}
+
+/// Runs `aios-edge enroll` and returns its output, whatever the outcome.
+pub fn enroll_output(bins: &Bins, dir: &Path, control_plane: &str, token: &str) -> anyhow::Result<Output> {
+    run_output(Command::new(&bins.edge).args(["--data-dir".as_ref(), dir.as_os_str()]).args([
+        "enroll",
+        "--control-plane",
+        control_plane,
+        "--token",
+        token,
+        "--name",
+        "test-edge",
+    ]))
+}
+
+/// Waits until the control plane holds the edge's whole chain (its head as
+/// the edge reports it) and returns that head.
+pub async fn wait_synced(cp: &ControlPlaneProc, edge: &EdgeProc, timeout: Duration) -> anyhow::Result<u64> {
+    wait_for("audit upload to complete", timeout, || async {
+        let head = edge.status()?["audit_head_seq"].as_u64().context("no head")?;
+        let stored = cp.edge(&edge.edge_id).await?["audit_seq"].as_u64().context("no audit_seq")?;
+        Ok(stored == head)
+    })
+    .await?;
+    edge.status()?["audit_head_seq"].as_u64().context("no head")
+}
+
+/// Parses an address.
+pub fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("test addresses are valid")
+}
