@@ -227,7 +227,7 @@ pub fn append_event(
     let event = AuditEvent::next(&identity.edge_id, head, ts_ms, kind, payload.to_owned());
     insert_event(conn, &event)?;
     let mut head = event.head();
-    if head.seq % CHECKPOINT_EVERY == 0 {
+    if head.seq.is_multiple_of(CHECKPOINT_EVERY) {
         let checkpoint = AuditEvent::checkpoint(&identity.edge_id, head, ts_ms, &identity.signing_key);
         insert_event(conn, &checkpoint)?;
         head = checkpoint.head();

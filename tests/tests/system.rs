@@ -1,7 +1,6 @@
 //! Whole-system tests: real `aios-control-plane` and `aios-edge` processes on
 //! loopback, over real QUIC with mutual TLS, with real SQLite underneath.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aios_tests::relay::{Faults, Relay};
