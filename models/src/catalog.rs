@@ -123,8 +123,7 @@ impl Catalog {
 
     /// Parses and validates a catalogue.
     pub fn parse(text: &str) -> Result<Self, StoreError> {
-        let catalog: Catalog =
-            toml::from_str(text).map_err(|error| StoreError::Catalog(error.to_string()))?;
+        let catalog: Catalog = toml::from_str(text).map_err(|error| StoreError::Catalog(error.to_string()))?;
         catalog.validate()?;
         Ok(catalog)
     }
@@ -138,10 +137,7 @@ impl Catalog {
 
     /// The entry with this id.
     pub fn find(&self, id: &str) -> Result<&ModelEntry, StoreError> {
-        self.models
-            .iter()
-            .find(|model| model.id == id)
-            .ok_or_else(|| StoreError::UnknownModel { id: id.to_owned() })
+        self.models.iter().find(|model| model.id == id).ok_or_else(|| StoreError::UnknownModel { id: id.to_owned() })
     }
 
     fn validate(&self) -> Result<(), StoreError> {

@@ -109,26 +109,14 @@ pub async fn run_models_command(command: ModelsCommand) -> anyhow::Result<()> {
                 println!("{}", path.display());
             }
         }
-        ModelsCommand::Bench {
-            id,
-            device,
-            generate_tokens,
-            prompt_tokens,
-        } => {
+        ModelsCommand::Bench { id, device, generate_tokens, prompt_tokens } => {
             let kind = store.catalog().find(&id)?.kind;
-            let options = LoadOptions {
-                device,
-                fetch: FetchPolicy::Pull,
-                embedding_batch_size: 32,
-            };
+            let options = LoadOptions { device, fetch: FetchPolicy::Pull, embedding_batch_size: 32 };
             // Fetch and verify first so load time measures loading only.
             let pull_store = store.clone();
             let pull_id = id.clone();
             blocking(move || pull_store.pull(&pull_id)).await?;
-            let options = LoadOptions {
-                fetch: FetchPolicy::CacheOnly,
-                ..options
-            };
+            let options = LoadOptions { fetch: FetchPolicy::CacheOnly, ..options };
             match kind {
                 ModelKind::Chat => bench_chat(&store, &id, &options, generate_tokens, prompt_tokens).await?,
                 ModelKind::Embedding => bench_embed(&store, &id, &options).await?,
@@ -144,10 +132,7 @@ fn model_files_present(store: &ModelStore, id: &str) -> bool {
     };
     let repo = cache::RepoCache::new(store.cache_root(), &entry.repo);
     let snapshots = repo.snapshot_candidates(entry);
-    entry
-        .files
-        .iter()
-        .all(|file| snapshots.iter().any(|s| s.join(&file.name).is_file()))
+    entry.files.iter().all(|file| snapshots.iter().any(|s| s.join(&file.name).is_file()))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -241,12 +226,30 @@ async fn bench_embed(store: &ModelStore, id: &str, options: &LoadOptions) -> any
     let started = Instant::now();
     let model = EmbeddingModel::load(store, id, options).await?;
     let load_time = started.elapsed();
-    let subjects = ["My parcel", "The refund", "Our store", "The kettle", "A customer", "The courier", "This order", "The invoice"];
-    let verbs = ["arrived late", "was never sent", "needs checking", "is broken", "was cancelled", "looks fine", "got lost", "came twice"];
-    let places = ["today.", "last week.", "in Paris.", "again.", "yesterday.", "at the depot.", "on Monday.", "this morning."];
-    let sentences: Vec<String> = (0..256)
-        .map(|i| format!("{} {} {}", subjects[i % 8], verbs[(i / 8) % 8], places[(i / 64 + i) % 8]))
-        .collect();
+    let subjects = [
+        "My parcel",
+        "The refund",
+        "Our store",
+        "The kettle",
+        "A customer",
+        "The courier",
+        "This order",
+        "The invoice",
+    ];
+    let verbs = [
+        "arrived late",
+        "was never sent",
+        "needs checking",
+        "is broken",
+        "was cancelled",
+        "looks fine",
+        "got lost",
+        "came twice",
+    ];
+    let places =
+        ["today.", "last week.", "in Paris.", "again.", "yesterday.", "at the depot.", "on Monday.", "this morning."];
+    let sentences: Vec<String> =
+        (0..256).map(|i| format!("{} {} {}", subjects[i % 8], verbs[(i / 8) % 8], places[(i / 64 + i) % 8])).collect();
     model.embed(sentences[..32].to_vec()).await?; // warm-up
     let started = Instant::now();
     let vectors = model.embed(sentences.clone()).await?;

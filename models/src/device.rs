@@ -29,17 +29,21 @@ impl DeviceConfig {
         match self {
             Self::Cpu => Ok(Device::Cpu),
             #[cfg(feature = "cuda")]
-            Self::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| ModelError::Device(format!("cuda:{ordinal}: {e}"))),
+            Self::Cuda(ordinal) => {
+                Device::new_cuda(ordinal).map_err(|e| ModelError::Device(format!("cuda:{ordinal}: {e}")))
+            }
             #[cfg(not(feature = "cuda"))]
-            Self::Cuda(_) => Err(ModelError::Device(
-                "this build has no CUDA support; rebuild with `--features cuda`".to_owned(),
-            )),
+            Self::Cuda(_) => {
+                Err(ModelError::Device("this build has no CUDA support; rebuild with `--features cuda`".to_owned()))
+            }
             #[cfg(feature = "metal")]
-            Self::Metal(ordinal) => Device::new_metal(ordinal).map_err(|e| ModelError::Device(format!("metal:{ordinal}: {e}"))),
+            Self::Metal(ordinal) => {
+                Device::new_metal(ordinal).map_err(|e| ModelError::Device(format!("metal:{ordinal}: {e}")))
+            }
             #[cfg(not(feature = "metal"))]
-            Self::Metal(_) => Err(ModelError::Device(
-                "this build has no Metal support; rebuild with `--features metal`".to_owned(),
-            )),
+            Self::Metal(_) => {
+                Err(ModelError::Device("this build has no Metal support; rebuild with `--features metal`".to_owned()))
+            }
         }
     }
 }
@@ -49,12 +53,9 @@ impl FromStr for DeviceConfig {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let (name, ordinal) = match text.split_once(':') {
-            Some((name, ordinal)) => (
-                name,
-                ordinal
-                    .parse::<usize>()
-                    .map_err(|_| format!("bad device ordinal in `{text}`"))?,
-            ),
+            Some((name, ordinal)) => {
+                (name, ordinal.parse::<usize>().map_err(|_| format!("bad device ordinal in `{text}`"))?)
+            }
             None => (text, 0),
         };
         match name.to_ascii_lowercase().as_str() {

@@ -56,12 +56,8 @@ impl EmbeddingEngine {
         max_tokens: Option<usize>,
         batch_size: usize,
     ) -> Result<Self, ModelError> {
-        let corrupt = |file: &Path, reason: String| ModelError::CorruptFile {
-            file: file.to_path_buf(),
-            reason,
-        };
-        let config_text =
-            std::fs::read_to_string(files.config).map_err(|e| corrupt(files.config, e.to_string()))?;
+        let corrupt = |file: &Path, reason: String| ModelError::CorruptFile { file: file.to_path_buf(), reason };
+        let config_text = std::fs::read_to_string(files.config).map_err(|e| corrupt(files.config, e.to_string()))?;
         let config: Config =
             serde_json::from_str(&config_text).map_err(|e| corrupt(files.config, format!("not a BERT config: {e}")))?;
         let mut tokenizer = Tokenizer::from_file(files.tokenizer)
@@ -74,14 +70,9 @@ impl EmbeddingEngine {
             pad_token,
             ..PaddingParams::default()
         }));
-        let max_length = max_tokens
-            .unwrap_or(config.max_position_embeddings)
-            .min(config.max_position_embeddings);
+        let max_length = max_tokens.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings);
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length,
-                ..TruncationParams::default()
-            }))
+            .with_truncation(Some(TruncationParams { max_length, ..TruncationParams::default() }))
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let tensors = candle_core::safetensors::load(files.weights, device)
             .map_err(|e| corrupt(files.weights, format!("not a readable safetensors file: {e}")))?;
@@ -116,10 +107,8 @@ impl EmbeddingEngine {
     }
 
     fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let encodings =
+            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let rows = encodings.len();
         let width = encodings.first().map(|e| e.len()).unwrap_or(0);
         let mut ids = Vec::with_capacity(rows * width);

@@ -60,10 +60,7 @@ pub enum StoreError {
 impl StoreError {
     /// Wraps an I/O error with a description of the operation.
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io {
-            context: context.into(),
-            source,
-        }
+        Self::Io { context: context.into(), source }
     }
 }
 

@@ -56,11 +56,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            device: DeviceConfig::Cpu,
-            fetch: FetchPolicy::Pull,
-            embedding_batch_size: 32,
-        }
+        Self { device: DeviceConfig::Cpu, fetch: FetchPolicy::Pull, embedding_batch_size: 32 }
     }
 }
 
@@ -85,27 +81,13 @@ struct Envelope<T> {
 }
 
 enum ChatCommand {
-    Generate {
-        request: GenerateRequest,
-        pieces: Option<mpsc::UnboundedSender<String>>,
-        envelope: Envelope<Generation>,
-    },
-    Score {
-        prompt: Prompt,
-        candidates: Vec<String>,
-        envelope: Envelope<ScoredChoice>,
-    },
-    Tokenize {
-        prompt: Prompt,
-        envelope: Envelope<(String, Vec<u32>)>,
-    },
+    Generate { request: GenerateRequest, pieces: Option<mpsc::UnboundedSender<String>>, envelope: Envelope<Generation> },
+    Score { prompt: Prompt, candidates: Vec<String>, envelope: Envelope<ScoredChoice> },
+    Tokenize { prompt: Prompt, envelope: Envelope<(String, Vec<u32>)> },
 }
 
 enum EmbedCommand {
-    Embed {
-        texts: Vec<String>,
-        envelope: Envelope<Vec<Vec<f32>>>,
-    },
+    Embed { texts: Vec<String>, envelope: Envelope<Vec<Vec<f32>>> },
 }
 
 /// Facts about a loaded chat model.
@@ -145,11 +127,7 @@ impl ChatModel {
     pub async fn load(store: &ModelStore, id: &str, options: &LoadOptions) -> Result<Self, ModelError> {
         let entry = store.catalog().find(id)?.clone();
         if entry.kind != ModelKind::Chat {
-            return Err(ModelError::WrongKind {
-                id: id.to_owned(),
-                expected: "chat",
-                actual: entry.kind.as_str(),
-            });
+            return Err(ModelError::WrongKind { id: id.to_owned(), expected: "chat", actual: entry.kind.as_str() });
         }
         let store = store.clone();
         let id = id.to_owned();
@@ -192,11 +170,7 @@ impl ChatModel {
             run_chat_command,
         )
         .await?;
-        Ok(Self {
-            commands,
-            health,
-            info: Arc::new(info),
-        })
+        Ok(Self { commands, health, info: Arc::new(info) })
     }
 
     /// Facts about the loaded model.
@@ -211,12 +185,7 @@ impl ChatModel {
 
     /// Generates a complete reply. Dropping the future cancels generation.
     pub async fn generate(&self, request: GenerateRequest) -> Result<Generation, ModelError> {
-        self.call(|envelope| ChatCommand::Generate {
-            request,
-            pieces: None,
-            envelope,
-        })
-        .await
+        self.call(|envelope| ChatCommand::Generate { request, pieces: None, envelope }).await
     }
 
     /// Generates a reply, streaming text pieces as they are produced.
@@ -228,29 +197,16 @@ impl ChatModel {
         let command = ChatCommand::Generate {
             request,
             pieces: Some(pieces_tx),
-            envelope: Envelope {
-                span: tracing::Span::current(),
-                cancelled: cancelled.clone(),
-                reply,
-            },
+            envelope: Envelope { span: tracing::Span::current(), cancelled: cancelled.clone(), reply },
         };
         // A send error drops the reply sender, which `finish` reports as WorkerGone.
         let _ = self.commands.send(command);
-        GenerationStream {
-            pieces,
-            result,
-            _cancel: CancelOnDrop(cancelled),
-        }
+        GenerationStream { pieces, result, _cancel: CancelOnDrop(cancelled) }
     }
 
     /// Scores each candidate answer after the prompt (see [`ChatEngine::score`]).
     pub async fn score(&self, prompt: Prompt, candidates: Vec<String>) -> Result<ScoredChoice, ModelError> {
-        self.call(|envelope| ChatCommand::Score {
-            prompt,
-            candidates,
-            envelope,
-        })
-        .await
+        self.call(|envelope| ChatCommand::Score { prompt, candidates, envelope }).await
     }
 
     /// The rendered prompt text and its token ids.
@@ -263,11 +219,7 @@ impl ChatModel {
         let cancelled = Arc::new(AtomicBool::new(false));
         let _guard = CancelOnDrop(cancelled.clone());
         self.commands
-            .send(make(Envelope {
-                span: tracing::Span::current(),
-                cancelled,
-                reply,
-            }))
+            .send(make(Envelope { span: tracing::Span::current(), cancelled, reply }))
             .map_err(|_| ModelError::WorkerGone)?;
         result.await.map_err(|_| ModelError::WorkerGone)?
     }
@@ -296,11 +248,7 @@ impl GenerationStream {
 
 fn run_chat_command(engine: &ChatEngine, command: ChatCommand) {
     match command {
-        ChatCommand::Generate {
-            request,
-            pieces,
-            envelope,
-        } => {
+        ChatCommand::Generate { request, pieces, envelope } => {
             let flag = envelope.cancelled.clone();
             let cancelled = move || flag.load(Ordering::Relaxed);
             let mut on_text = |piece: &str| match &pieces {
@@ -309,15 +257,9 @@ fn run_chat_command(engine: &ChatEngine, command: ChatCommand) {
             };
             respond(envelope, |_| engine.generate(&request, &mut on_text, &cancelled));
         }
-        ChatCommand::Score {
-            prompt,
-            candidates,
-            envelope,
-        } => {
+        ChatCommand::Score { prompt, candidates, envelope } => {
             let flag = envelope.cancelled.clone();
-            respond(envelope, |_| {
-                engine.score(&prompt, &candidates, &|| flag.load(Ordering::Relaxed))
-            });
+            respond(envelope, |_| engine.score(&prompt, &candidates, &|| flag.load(Ordering::Relaxed)));
         }
         ChatCommand::Tokenize { prompt, envelope } => respond(envelope, |_| {
             let text = engine.render(&prompt)?;
@@ -379,11 +321,7 @@ impl EmbeddingModel {
             run_embed_command,
         )
         .await?;
-        Ok(Self {
-            commands,
-            health,
-            dimensions,
-        })
+        Ok(Self { commands, health, dimensions })
     }
 
     /// Loads an embedder from explicit files (tests); not verified.
@@ -397,11 +335,7 @@ impl EmbeddingModel {
         let (commands, health, dimensions) = spawn_worker(
             "embed-file".to_owned(),
             move || {
-                let files = EmbedderFiles {
-                    weights: &weights,
-                    config: &config,
-                    tokenizer: &tokenizer,
-                };
+                let files = EmbedderFiles { weights: &weights, config: &config, tokenizer: &tokenizer };
                 let engine = EmbeddingEngine::load(files, &options.device.open()?, None, options.embedding_batch_size)?;
                 let dimensions = engine.dimensions();
                 Ok((engine, dimensions))
@@ -409,11 +343,7 @@ impl EmbeddingModel {
             run_embed_command,
         )
         .await?;
-        Ok(Self {
-            commands,
-            health,
-            dimensions,
-        })
+        Ok(Self { commands, health, dimensions })
     }
 
     /// Width of the vectors.
@@ -434,11 +364,7 @@ impl EmbeddingModel {
         self.commands
             .send(EmbedCommand::Embed {
                 texts,
-                envelope: Envelope {
-                    span: tracing::Span::current(),
-                    cancelled,
-                    reply,
-                },
+                envelope: Envelope { span: tracing::Span::current(), cancelled, reply },
             })
             .map_err(|_| ModelError::WorkerGone)?;
         result.await.map_err(|_| ModelError::WorkerGone)?
@@ -457,11 +383,7 @@ fn run_embed_command(engine: &EmbeddingEngine, command: EmbedCommand) {
 /// Runs `job` inside the caller's span unless already cancelled, turns a
 /// panic into an error, and sends the result.
 fn respond<T>(envelope: Envelope<T>, job: impl FnOnce(()) -> Result<T, ModelError>) {
-    let Envelope {
-        span,
-        cancelled,
-        reply,
-    } = envelope;
+    let Envelope { span, cancelled, reply } = envelope;
     let _entered = span.enter();
     let result = if cancelled.load(Ordering::Relaxed) || reply.is_closed() {
         Err(ModelError::Cancelled)

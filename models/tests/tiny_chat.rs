@@ -103,10 +103,14 @@ fn streamed_pieces_add_up_and_stop_sequences_cut() {
     request.ignore_eos = true;
     let mut pieces = String::new();
     let full = engine
-        .generate(&request, &mut |piece| {
-            pieces.push_str(piece);
-            true
-        }, &never)
+        .generate(
+            &request,
+            &mut |piece| {
+                pieces.push_str(piece);
+                true
+            },
+            &never,
+        )
         .expect("generate");
     assert_eq!(pieces, full.text);
     // Use a piece of the greedy output as a stop sequence.
@@ -116,10 +120,14 @@ fn streamed_pieces_add_up_and_stop_sequences_cut() {
         request.stop = vec![stop.clone()];
         let mut streamed = String::new();
         let cut = engine
-            .generate(&request, &mut |piece| {
-                streamed.push_str(piece);
-                true
-            }, &never)
+            .generate(
+                &request,
+                &mut |piece| {
+                    streamed.push_str(piece);
+                    true
+                },
+                &never,
+            )
             .expect("generate");
         assert_eq!(cut.finish_reason, FinishReason::Stop);
         assert!(!cut.text.contains(&stop));
@@ -148,7 +156,9 @@ fn scored_choice_matches_full_prefill() {
     assert!((total - 1.0).abs() < 1e-9);
     let best = scored.candidates.iter().map(|c| c.log_prob).fold(f64::NEG_INFINITY, f64::max);
     assert_eq!(scored.best().log_prob, best);
-    // The shared-prefill score equals one computed from scratch, token by token.
+    // The shared-prefill score equals one computed from scratch, token by
+    // token, up to rounding: batches of different shapes sum in different
+    // orders, and a one-ulp change can move an 8-bit activation quantum.
     let ids = engine.prompt_tokens(&prompt).expect("tokens");
     for candidate in &scored.candidates {
         let tokens = engine.tokenizer().encode(&candidate.label).expect("encode");
@@ -160,7 +170,7 @@ fn scored_choice_matches_full_prefill() {
             expected += log_prob(&logits, tokens[k]);
         }
         assert!(
-            (candidate.log_prob - expected).abs() < 1e-3,
+            (candidate.log_prob - expected).abs() < 1e-2,
             "{}: cached {} vs fresh {}",
             candidate.label,
             candidate.log_prob,
@@ -225,10 +235,7 @@ async fn async_worker_generates_streams_and_scores() {
     let streamed = stream.finish().await.expect("finish");
     assert_eq!(streamed.text, whole.text);
     assert_eq!(pieces, whole.text);
-    let scored = model
-        .score(Prompt::Text("the".into()), vec!["re".into(), "ou".into()])
-        .await
-        .expect("score");
+    let scored = model.score(Prompt::Text("the".into()), vec!["re".into(), "ou".into()]).await.expect("score");
     assert_eq!(scored.candidates.len(), 2);
     let (text, ids) = model.tokenize(Prompt::Text("the".into())).await.expect("tokenize");
     assert_eq!(text, "the");
@@ -244,15 +251,9 @@ async fn async_worker_generates_streams_and_scores() {
 async fn missing_model_names_the_pull_command() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = aios_models::ModelStore::new(aios_models::Catalog::builtin(), dir.path().to_path_buf());
-    let options = aios_models::LoadOptions {
-        fetch: aios_models::FetchPolicy::CacheOnly,
-        ..Default::default()
-    };
+    let options = aios_models::LoadOptions { fetch: aios_models::FetchPolicy::CacheOnly, ..Default::default() };
     let error = ChatModel::load(&store, "smollm2-135m-instruct", &options).await.unwrap_err();
-    assert!(
-        error.to_string().contains("aios-edge models pull smollm2-135m-instruct"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("aios-edge models pull smollm2-135m-instruct"), "{error}");
     let wrong_kind = ChatModel::load(&store, "all-minilm-l6-v2", &options).await.unwrap_err();
     assert!(matches!(wrong_kind, ModelError::WrongKind { .. }));
 }

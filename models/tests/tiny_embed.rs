@@ -17,11 +17,7 @@ fn texts() -> Vec<String> {
 fn vectors_are_unit_length_and_independent_of_batching() {
     let dir = tempfile::tempdir().expect("temp dir");
     let bert = common::write_tiny_bert(dir.path());
-    let files = EmbedderFiles {
-        weights: &bert.weights,
-        config: &bert.config,
-        tokenizer: &bert.tokenizer,
-    };
+    let files = EmbedderFiles { weights: &bert.weights, config: &bert.config, tokenizer: &bert.tokenizer };
     let batched = EmbeddingEngine::load(files, &Device::Cpu, None, 8).expect("load");
     let single = EmbeddingEngine::load(files, &Device::Cpu, None, 1).expect("load");
     assert_eq!(batched.dimensions(), 32);
@@ -47,11 +43,7 @@ fn truncated_safetensors_is_a_clear_error() {
     let length = std::fs::metadata(&bert.weights).expect("stat").len() as usize;
     for keep in [length - 64, 100, 4] {
         common::truncate_copy(&bert.weights, &truncated, keep);
-        let files = EmbedderFiles {
-            weights: &truncated,
-            config: &bert.config,
-            tokenizer: &bert.tokenizer,
-        };
+        let files = EmbedderFiles { weights: &truncated, config: &bert.config, tokenizer: &bert.tokenizer };
         match EmbeddingEngine::load(files, &Device::Cpu, None, 8) {
             Err(ModelError::CorruptFile { file, .. }) => assert_eq!(file, truncated),
             other => panic!("keep {keep}: expected CorruptFile, got {other:?}"),

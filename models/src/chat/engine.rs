@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use super::sampling::{log_prob, Sampler, SamplingParams};
@@ -188,10 +188,7 @@ impl ChatEngine {
             return Err(ModelError::InvalidRequest("the prompt is empty".to_owned()));
         }
         if ids.len() >= self.context_length {
-            return Err(ModelError::PromptTooLong {
-                prompt_tokens: ids.len(),
-                context_length: self.context_length,
-            });
+            return Err(ModelError::PromptTooLong { prompt_tokens: ids.len(), context_length: self.context_length });
         }
         Ok(ids)
     }
@@ -205,9 +202,7 @@ impl ChatEngine {
     }
 
     fn step(&self, model: &mut ChatWeights, ids: &[u32], index_pos: usize) -> Result<Vec<f32>, ModelError> {
-        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        let logits = model.forward(&input, index_pos)?;
-        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        Ok(model.forward_last(ids, index_pos, &self.device)?)
     }
 
     /// Generates a reply. `on_text` receives each new piece of text as soon as
@@ -322,9 +317,9 @@ impl ChatEngine {
             let mut total = log_prob(&first_logits, tokens[0]);
             if tokens.len() > 1 {
                 let mut model = prefilled.clone();
-                for (offset, pair) in tokens.windows(2).enumerate() {
-                    let logits = self.step(&mut model, &pair[..1], ids.len() + offset)?;
-                    total += log_prob(&logits, pair[1]);
+                let rows = model.forward_each(&tokens[..tokens.len() - 1], ids.len(), &self.device)?;
+                for (logits, next) in rows.iter().zip(&tokens[1..]) {
+                    total += log_prob(logits, *next);
                 }
             }
             log_probs.push(total);
@@ -349,21 +344,13 @@ impl ChatEngine {
                 }
             })
             .collect();
-        Ok(ScoredChoice {
-            candidates: scores,
-            best,
-            prompt_tokens: ids.len(),
-        })
+        Ok(ScoredChoice { candidates: scores, best, prompt_tokens: ids.len() })
     }
 }
 
 /// Byte index of the earliest stop sequence in `text`.
 fn earliest_stop(text: &str, stops: &[String]) -> Option<usize> {
-    stops
-        .iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| text.find(s.as_str()))
-        .min()
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
 }
 
 /// How much of `text` can be shown: not a trailing partial character (shown

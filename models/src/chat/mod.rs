@@ -3,12 +3,15 @@
 //!
 //! # Layout
 //! - `weights`: file checks and dispatch on `general.architecture`.
+//! - `llama`: this crate's llama transformer (llama.cpp numerics, external KV cache).
 //! - `tokenizer`: the byte-level BPE tokenizer rebuilt from GGUF metadata.
 //! - `template`: the model's Jinja chat template, rendered with minijinja.
 //! - `sampling`: greedy / temperature / top-k / top-p / repetition penalty.
 //! - `engine`: prefill, decode, stop conditions, scored choice.
 
 pub mod engine;
+pub mod ggml;
+pub mod llama;
 pub mod sampling;
 pub mod template;
 pub mod tokenizer;

@@ -26,14 +26,7 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            repetition_penalty: 1.0,
-            repeat_last_n: 64,
-            seed: 42,
-        }
+        Self { temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, repeat_last_n: 64, seed: 42 }
     }
 }
 
@@ -190,11 +183,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_tokens_other_seed_differs() {
-        let params = SamplingParams {
-            temperature: 1.5,
-            seed: 7,
-            ..SamplingParams::default()
-        };
+        let params = SamplingParams { temperature: 1.5, seed: 7, ..SamplingParams::default() };
         let run = |params: SamplingParams| {
             let mut sampler = Sampler::new(params);
             (0..64).map(|_| sampler.sample(&mut logits(), &[])).collect::<Vec<_>>()
@@ -205,19 +194,11 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_and_top_p_limits_the_set() {
-        let mut sampler = Sampler::new(SamplingParams {
-            temperature: 1.0,
-            top_k: 1,
-            ..SamplingParams::default()
-        });
+        let mut sampler = Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, ..SamplingParams::default() });
         for _ in 0..20 {
             assert_eq!(sampler.sample(&mut logits(), &[]), 1);
         }
-        let mut sampler = Sampler::new(SamplingParams {
-            temperature: 1.0,
-            top_p: 0.5,
-            ..SamplingParams::default()
-        });
+        let mut sampler = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.5, ..SamplingParams::default() });
         for _ in 0..50 {
             assert!([1, 5].contains(&sampler.sample(&mut logits(), &[])));
         }
@@ -225,10 +206,7 @@ mod tests {
 
     #[test]
     fn repetition_penalty_moves_the_argmax() {
-        let mut sampler = Sampler::new(SamplingParams {
-            repetition_penalty: 2.0,
-            ..SamplingParams::default()
-        });
+        let mut sampler = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::default() });
         assert_eq!(sampler.sample(&mut logits(), &[1]), 5);
     }
 
@@ -240,10 +218,7 @@ mod tests {
 
     #[test]
     fn invalid_params_are_rejected() {
-        let bad = SamplingParams {
-            top_p: 0.0,
-            ..SamplingParams::default()
-        };
+        let bad = SamplingParams { top_p: 0.0, ..SamplingParams::default() };
         assert!(bad.validate().is_err());
     }
 }

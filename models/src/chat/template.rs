@@ -32,26 +32,17 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A system message.
     pub fn system(content: impl Into<String>) -> Self {
-        Self {
-            role: Role::System,
-            content: content.into(),
-        }
+        Self { role: Role::System, content: content.into() }
     }
 
     /// A user message.
     pub fn user(content: impl Into<String>) -> Self {
-        Self {
-            role: Role::User,
-            content: content.into(),
-        }
+        Self { role: Role::User, content: content.into() }
     }
 
     /// An assistant message.
     pub fn assistant(content: impl Into<String>) -> Self {
-        Self {
-            role: Role::Assistant,
-            content: content.into(),
-        }
+        Self { role: Role::Assistant, content: content.into() }
     }
 }
 
@@ -80,22 +71,14 @@ impl ChatTemplate {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
         });
         env.add_function("strftime_now", |_format: String| -> String { String::new() });
-        env.add_template_owned("chat", source.to_owned())
-            .map_err(|e| ModelError::Template(e.to_string()))?;
-        Ok(Self {
-            env,
-            bos_token: bos_token.to_owned(),
-            eos_token: eos_token.to_owned(),
-        })
+        env.add_template_owned("chat", source.to_owned()).map_err(|e| ModelError::Template(e.to_string()))?;
+        Ok(Self { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
     }
 
     /// Renders the conversation; with `add_generation_prompt` the text ends
     /// where the assistant's reply begins.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ModelError> {
-        let template = self
-            .env
-            .get_template("chat")
-            .map_err(|e| ModelError::Template(e.to_string()))?;
+        let template = self.env.get_template("chat").map_err(|e| ModelError::Template(e.to_string()))?;
         template
             .render(minijinja::context! {
                 messages => messages,
@@ -116,9 +99,7 @@ mod tests {
     #[test]
     fn renders_smollm2_default_system_prompt() {
         let template = ChatTemplate::new(SMOLLM2, "<|im_start|>", "<|im_end|>").expect("compiles");
-        let text = template
-            .render(&[ChatMessage::user("What is the capital of France?")], true)
-            .expect("renders");
+        let text = template.render(&[ChatMessage::user("What is the capital of France?")], true).expect("renders");
         assert_eq!(
             text,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
@@ -129,9 +110,8 @@ mod tests {
     fn python_methods_and_bos_and_trim_blocks() {
         let source = "{{ bos_token }}{% for m in messages %}\n{{ m['role'].upper() }}: {{ m['content'].strip() }}\n{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
         let template = ChatTemplate::new(source, "<s>", "</s>").expect("compiles");
-        let text = template
-            .render(&[ChatMessage::system("  be brief "), ChatMessage::user("hi")], true)
-            .expect("renders");
+        let text =
+            template.render(&[ChatMessage::system("  be brief "), ChatMessage::user("hi")], true).expect("renders");
         assert_eq!(text, "<s>SYSTEM: be brief\nUSER: hi\nA:");
     }
 

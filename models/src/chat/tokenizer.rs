@@ -27,7 +27,8 @@ const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 /// The GPT-2 regex with case-insensitive contractions, as llama 3 uses it.
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen 2's variant: digits one at a time.
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A tokenizer plus the special-token facts the chat engine needs.
 #[derive(Debug, Clone)]
@@ -74,10 +75,8 @@ impl GgufTokenizer {
                     .ok_or_else(|| ModelError::Tokenizer(format!("malformed merge `{merge}`")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let bpe =
+            BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let mut tokenizer = Tokenizer::new(bpe);
         let pre = string(metadata, "tokenizer.ggml.pre").unwrap_or_else(|| "default".to_owned());
         tokenizer.with_pre_tokenizer(Some(pre_tokenizer(&pre)?));
@@ -88,18 +87,14 @@ impl GgufTokenizer {
             .filter(|(_, kind)| **kind == TOKEN_TYPE_CONTROL)
             .map(|(token, _)| AddedToken::from(token.clone(), true))
             .collect();
-        tokenizer
-            .add_special_tokens(special)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        tokenizer.add_special_tokens(special).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let user: Vec<AddedToken> = tokens
             .iter()
             .zip(&token_types)
             .filter(|(_, kind)| **kind == TOKEN_TYPE_USER_DEFINED)
             .map(|(token, _)| AddedToken::from(token.clone(), false).normalized(false))
             .collect();
-        tokenizer
-            .add_tokens(user)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        tokenizer.add_tokens(user).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
 
         let token_at = |key: &str| -> Option<(u32, String)> {
             let id = metadata.get(key)?.to_u32().ok()?;
@@ -107,10 +102,7 @@ impl GgufTokenizer {
         };
         let bos = token_at("tokenizer.ggml.bos_token_id");
         let eos = token_at("tokenizer.ggml.eos_token_id");
-        let add_bos = metadata
-            .get("tokenizer.ggml.add_bos_token")
-            .and_then(|v| v.to_bool().ok())
-            .unwrap_or(false);
+        let add_bos = metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
         let mut end_of_turn: Vec<u32> = [eos.as_ref(), token_at("tokenizer.ggml.eot_token_id").as_ref()]
             .into_iter()
             .flatten()
@@ -125,13 +117,7 @@ impl GgufTokenizer {
         }
         end_of_turn.sort_unstable();
         end_of_turn.dedup();
-        Ok(Self {
-            tokenizer,
-            bos,
-            eos,
-            add_bos,
-            end_of_turn,
-        })
+        Ok(Self { tokenizer, bos, eos, add_bos, end_of_turn })
     }
 
     /// Token ids of `text`; special tokens written in the text (as a chat
@@ -149,18 +135,13 @@ impl GgufTokenizer {
 
     /// Token ids of `text`, without adding BOS.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        let encoding = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let encoding = self.tokenizer.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }
 
     /// Text of `ids`, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+        self.tokenizer.decode(ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
     /// The number of tokens in the vocabulary, added tokens included.
@@ -209,8 +190,5 @@ fn string_array(metadata: &HashMap<String, Value>, key: &str) -> Result<Vec<Stri
         .ok_or_else(|| ModelError::Tokenizer(format!("GGUF metadata has no `{key}`")))?
         .to_vec()
         .map_err(tok_err)?;
-    values
-        .iter()
-        .map(|v| v.to_string().cloned().map_err(tok_err))
-        .collect()
+    values.iter().map(|v| v.to_string().cloned().map_err(tok_err)).collect()
 }

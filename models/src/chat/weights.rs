@@ -11,34 +11,41 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
-use candle_core::{Device, Tensor};
-use candle_transformers::models::{quantized_gemma3, quantized_llama, quantized_phi3, quantized_qwen2};
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::{quantized_gemma3, quantized_phi3, quantized_qwen2};
+
+use super::llama::{KvCache, LlamaModel, Logits};
 
 use crate::error::ModelError;
 
 /// The architectures this build can run, as `general.architecture` names them.
 pub const SUPPORTED_ARCHITECTURES: [&str; 4] = ["llama", "qwen2", "phi3", "gemma3"];
 
-/// candle's quantized llama precomputes rotary tables for this many positions.
-const LLAMA_MAX_POSITIONS: usize = quantized_llama::MAX_SEQ_LEN;
+/// Context length assumed when a file does not state one.
+const DEFAULT_CONTEXT: usize = 4096;
 /// candle's quantized gemma3 precomputes rotary tables for this many positions.
 const GEMMA3_MAX_POSITIONS: usize = quantized_gemma3::MAX_SEQ_LEN;
 
-/// A loaded model of one of the supported architectures. Cloning is cheap
-/// (weights are shared). For every architecture but qwen2 a clone also
-/// copies the KV cache ([`ChatWeights::can_fork`]), which is how scored
-/// choice evaluates every candidate from one prefill; candle's qwen2 is not
-/// `Clone`, so its clones share one model and one cache, and a forward pass
-/// at position 0 starts that cache afresh.
+/// A loaded model of one of the supported architectures together with its
+/// KV cache. Cloning is cheap (weights are shared). For every architecture
+/// but qwen2 a clone owns an independent copy of the cache
+/// ([`ChatWeights::can_fork`]), which is how scored choice evaluates every
+/// candidate from one prefill; candle's qwen2 is not `Clone`, so its clones
+/// share one model and one cache, and a pass at position 0 starts afresh.
 #[derive(Debug, Clone)]
 pub enum ChatWeights {
-    /// `general.architecture = "gemma3"`.
+    /// `general.architecture = "gemma3"` (candle's implementation).
     Gemma3(quantized_gemma3::ModelWeights),
-    /// `general.architecture = "llama"` (also SmolLM, Mistral-style llama files).
-    Llama(quantized_llama::ModelWeights),
-    /// `general.architecture = "phi3"`.
+    /// `general.architecture = "llama"` (this crate's implementation).
+    Llama {
+        /// Shared weights.
+        model: Arc<LlamaModel>,
+        /// This copy's cache.
+        cache: KvCache,
+    },
+    /// `general.architecture = "phi3"` (candle's implementation).
     Phi3(quantized_phi3::ModelWeights),
-    /// `general.architecture = "qwen2"`.
+    /// `general.architecture = "qwen2"` (candle's implementation).
     Qwen2(SharedQwen2),
 }
 
@@ -54,18 +61,39 @@ impl std::fmt::Debug for SharedQwen2 {
 }
 
 impl ChatWeights {
-    /// Logits for the last position of `tokens` (shape `[1, len]`), with the
-    /// first token at position `index_pos`; extends the KV cache.
-    pub fn forward(&mut self, tokens: &Tensor, index_pos: usize) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Gemma3(model) => model.forward(tokens, index_pos),
-            Self::Llama(model) => model.forward(tokens, index_pos),
-            Self::Phi3(model) => model.forward(tokens, index_pos),
-            Self::Qwen2(model) => match model.0.lock() {
-                Ok(mut model) => model.forward(tokens, index_pos),
-                Err(_) => Err(candle_core::Error::Msg("the qwen2 model lock is poisoned".to_owned())),
-            },
+    /// Logits for the position after `ids`, whose first token sits at
+    /// `index_pos`; the cache must hold exactly the positions before it
+    /// (for llama a shorter `index_pos` rolls the cache back).
+    pub fn forward_last(&mut self, ids: &[u32], index_pos: usize, device: &Device) -> candle_core::Result<Vec<f32>> {
+        if let Self::Llama { model, cache } = self {
+            cache.truncate(index_pos)?;
+            return model.forward(ids, cache, Logits::Last)?.squeeze(0)?.to_vec1::<f32>();
         }
+        let input = Tensor::new(ids, device)?.unsqueeze(0)?;
+        let logits = match self {
+            Self::Gemma3(model) => model.forward(&input, index_pos)?,
+            Self::Phi3(model) => model.forward(&input, index_pos)?,
+            Self::Qwen2(model) => match model.0.lock() {
+                Ok(mut model) => model.forward(&input, index_pos)?,
+                Err(_) => candle_core::bail!("the qwen2 model lock is poisoned"),
+            },
+            Self::Llama { .. } => unreachable!("handled above"),
+        };
+        logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()
+    }
+
+    /// Logits after each of `ids` (one row per token), starting at `index_pos`.
+    pub fn forward_each(
+        &mut self,
+        ids: &[u32],
+        index_pos: usize,
+        device: &Device,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        if let Self::Llama { model, cache } = self {
+            cache.truncate(index_pos)?;
+            return model.forward(ids, cache, Logits::All)?.to_vec2::<f32>();
+        }
+        ids.iter().enumerate().map(|(offset, id)| self.forward_last(&[*id], index_pos + offset, device)).collect()
     }
 
     /// Whether a clone owns an independent copy of the KV cache.
@@ -89,10 +117,7 @@ pub struct LoadedGguf {
 
 /// Reads, checks and loads a GGUF chat model onto `device`.
 pub fn load_gguf(path: &Path, device: &Device) -> Result<LoadedGguf, ModelError> {
-    let corrupt = |reason: String| ModelError::CorruptFile {
-        file: path.to_path_buf(),
-        reason,
-    };
+    let corrupt = |reason: String| ModelError::CorruptFile { file: path.to_path_buf(), reason };
     let file = File::open(path).map_err(|e| corrupt(format!("cannot open: {e}")))?;
     let file_len = file.metadata().map_err(|e| corrupt(e.to_string()))?.len();
     let mut reader = BufReader::new(file);
@@ -119,18 +144,19 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<LoadedGguf, ModelError>
     let load_error = |e: candle_core::Error| corrupt(format!("cannot load weights: {e}"));
     let (weights, context_length) = match architecture.as_str() {
         "llama" => {
-            let model = quantized_llama::ModelWeights::from_gguf(content, &mut reader, device).map_err(load_error)?;
-            let context = model_context.unwrap_or(LLAMA_MAX_POSITIONS).min(LLAMA_MAX_POSITIONS);
-            (ChatWeights::Llama(model), context)
+            let model = LlamaModel::from_gguf(&content, &mut reader, device).map_err(load_error)?;
+            let context = model.config().context_length;
+            let weights = ChatWeights::Llama { model: Arc::new(model), cache: KvCache::default() };
+            (weights, context)
         }
         "qwen2" => {
             let model = quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, device).map_err(load_error)?;
-            (ChatWeights::Qwen2(SharedQwen2(Arc::new(Mutex::new(model)))), model_context.unwrap_or(LLAMA_MAX_POSITIONS))
+            (ChatWeights::Qwen2(SharedQwen2(Arc::new(Mutex::new(model)))), model_context.unwrap_or(DEFAULT_CONTEXT))
         }
         "phi3" => {
             let model =
                 quantized_phi3::ModelWeights::from_gguf(false, content, &mut reader, device).map_err(load_error)?;
-            (ChatWeights::Phi3(model), model_context.unwrap_or(LLAMA_MAX_POSITIONS))
+            (ChatWeights::Phi3(model), model_context.unwrap_or(DEFAULT_CONTEXT))
         }
         _ => {
             let model = quantized_gemma3::ModelWeights::from_gguf(content, &mut reader, device).map_err(load_error)?;
@@ -138,12 +164,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<LoadedGguf, ModelError>
             (ChatWeights::Gemma3(model), context)
         }
     };
-    Ok(LoadedGguf {
-        weights,
-        architecture,
-        context_length,
-        metadata,
-    })
+    Ok(LoadedGguf { weights, architecture, context_length, metadata })
 }
 
 enum TensorProblem {
@@ -171,10 +192,7 @@ fn check_tensors(content: &Content, file_len: u64) -> Result<(), TensorProblem> 
                 | GgmlDType::Q6K
         );
         if !runnable {
-            return Err(TensorProblem::Unsupported(format!(
-                "tensor `{name}` has quantisation {:?}",
-                info.ggml_dtype
-            )));
+            return Err(TensorProblem::Unsupported(format!("tensor `{name}` has quantisation {:?}", info.ggml_dtype)));
         }
         let elements = info.shape.elem_count();
         let block = info.ggml_dtype.block_size();
@@ -185,10 +203,7 @@ fn check_tensors(content: &Content, file_len: u64) -> Result<(), TensorProblem> 
             )));
         }
         let bytes = (elements / block) as u64 * info.ggml_dtype.type_size() as u64;
-        let end = content
-            .tensor_data_offset
-            .saturating_add(info.offset)
-            .saturating_add(bytes);
+        let end = content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
         if end > file_len {
             return Err(TensorProblem::Truncated(format!(
                 "tensor `{name}` ends at byte {end} but the file has {file_len} bytes (truncated download?)"

@@ -44,9 +44,7 @@ pub struct RepoCache {
 impl RepoCache {
     /// The folder for `repo` (`ORG/NAME`) under `root`.
     pub fn new(root: &Path, repo: &str) -> Self {
-        Self {
-            dir: root.join(format!("models--{}", repo.replace('/', "--"))),
-        }
+        Self { dir: root.join(format!("models--{}", repo.replace('/', "--"))) }
     }
 
     /// The repository folder.
@@ -97,8 +95,7 @@ impl RepoCache {
                 hasher.update(file.sha256.as_bytes());
             }
             let commit = hex::encode(hasher.finalize())[..40].to_owned();
-            std::fs::create_dir_all(&refs)
-                .map_err(|e| StoreError::io(format!("creating {}", refs.display()), e))?;
+            std::fs::create_dir_all(&refs).map_err(|e| StoreError::io(format!("creating {}", refs.display()), e))?;
             write_atomically(&ref_path, commit.as_bytes())?;
             commit
         };
@@ -117,8 +114,7 @@ impl RepoCache {
             .write(true)
             .open(&path)
             .map_err(|e| StoreError::io(format!("opening lock {}", path.display()), e))?;
-        fs4::FileExt::lock(&file)
-            .map_err(|e| StoreError::io(format!("locking {}", path.display()), e))?;
+        fs4::FileExt::lock(&file).map_err(|e| StoreError::io(format!("locking {}", path.display()), e))?;
         Ok(RepoLock { file })
     }
 
@@ -132,8 +128,7 @@ impl RepoCache {
         progress: &indicatif::ProgressBar,
     ) -> Result<PathBuf, StoreError> {
         let blobs = self.blobs();
-        std::fs::create_dir_all(&blobs)
-            .map_err(|e| StoreError::io(format!("creating {}", blobs.display()), e))?;
+        std::fs::create_dir_all(&blobs).map_err(|e| StoreError::io(format!("creating {}", blobs.display()), e))?;
         let mut temp = tempfile::Builder::new()
             .prefix(".incomplete-")
             .tempfile_in(&blobs)
@@ -141,9 +136,7 @@ impl RepoCache {
         let mut hasher = Sha256::new();
         let mut buffer = vec![0u8; 1 << 20];
         loop {
-            let n = reader
-                .read(&mut buffer)
-                .map_err(|e| StoreError::io(format!("reading {}", file.name), e))?;
+            let n = reader.read(&mut buffer).map_err(|e| StoreError::io(format!("reading {}", file.name), e))?;
             if n == 0 {
                 break;
             }
@@ -160,12 +153,9 @@ impl RepoCache {
                 actual,
             });
         }
-        temp.as_file()
-            .sync_all()
-            .map_err(|e| StoreError::io(format!("syncing {}", temp.path().display()), e))?;
+        temp.as_file().sync_all().map_err(|e| StoreError::io(format!("syncing {}", temp.path().display()), e))?;
         let blob = blobs.join(&file.sha256);
-        temp.persist(&blob)
-            .map_err(|e| StoreError::io(format!("renaming into {}", blob.display()), e.error))?;
+        temp.persist(&blob).map_err(|e| StoreError::io(format!("renaming into {}", blob.display()), e.error))?;
         self.link(snapshot, &file.name, &blob)
     }
 
@@ -174,8 +164,7 @@ impl RepoCache {
     fn link(&self, snapshot: &Path, name: &str, blob: &Path) -> Result<PathBuf, StoreError> {
         let target = snapshot.join(name);
         let parent = target.parent().unwrap_or(snapshot).to_path_buf();
-        std::fs::create_dir_all(&parent)
-            .map_err(|e| StoreError::io(format!("creating {}", parent.display()), e))?;
+        std::fs::create_dir_all(&parent).map_err(|e| StoreError::io(format!("creating {}", parent.display()), e))?;
         let temp = parent.join(format!(".link-{}-{}", std::process::id(), name.replace('/', "_")));
         let _ = std::fs::remove_file(&temp);
         #[cfg(unix)]
@@ -213,14 +202,11 @@ pub fn is_commit_hash(revision: &str) -> bool {
 
 /// SHA-256 of a file as lower-case hex, with a progress bar for large files.
 pub fn sha256_file(path: &Path, progress: &indicatif::ProgressBar) -> Result<String, StoreError> {
-    let mut file =
-        File::open(path).map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+    let mut file = File::open(path).map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
-        let n = file
-            .read(&mut buffer)
-            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+        let n = file.read(&mut buffer).map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
         if n == 0 {
             break;
         }
@@ -236,11 +222,7 @@ pub fn verify_file(path: &Path, file: &FileEntry, progress: &indicatif::Progress
     if actual == file.sha256 {
         Ok(())
     } else {
-        Err(StoreError::HashMismatch {
-            file: path.to_path_buf(),
-            expected: file.sha256.clone(),
-            actual,
-        })
+        Err(StoreError::HashMismatch { file: path.to_path_buf(), expected: file.sha256.clone(), actual })
     }
 }
 
@@ -248,9 +230,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = tempfile::NamedTempFile::new_in(dir)
         .map_err(|e| StoreError::io(format!("creating a temporary file in {}", dir.display()), e))?;
-    temp.write_all(bytes)
-        .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))?;
-    temp.persist(path)
-        .map_err(|e| StoreError::io(format!("renaming into {}", path.display()), e.error))?;
+    temp.write_all(bytes).map_err(|e| StoreError::io(format!("writing {}", path.display()), e))?;
+    temp.persist(path).map_err(|e| StoreError::io(format!("renaming into {}", path.display()), e.error))?;
     Ok(())
 }

@@ -36,10 +36,7 @@ impl ResolvedModel {
 
     /// The first file whose name ends with `suffix` (e.g. `.gguf`).
     pub fn file_with_suffix(&self, suffix: &str) -> Option<&Path> {
-        self.files
-            .iter()
-            .find(|(name, _)| name.ends_with(suffix))
-            .map(|(_, path)| path.as_path())
+        self.files.iter().find(|(name, _)| name.ends_with(suffix)).map(|(_, path)| path.as_path())
     }
 }
 
@@ -80,15 +77,9 @@ impl ModelStore {
         let entry = self.catalog.find(id)?;
         let (found, missing) = self.scan(entry)?;
         if missing.is_empty() {
-            Ok(ResolvedModel {
-                entry: entry.clone(),
-                files: found,
-            })
+            Ok(ResolvedModel { entry: entry.clone(), files: found })
         } else {
-            Err(StoreError::NotCached {
-                id: id.to_owned(),
-                cache: self.cache_root.clone(),
-            })
+            Err(StoreError::NotCached { id: id.to_owned(), cache: self.cache_root.clone() })
         }
     }
 
@@ -98,10 +89,7 @@ impl ModelStore {
         let entry = self.catalog.find(id)?;
         let (found, missing) = self.scan(entry)?;
         if missing.is_empty() {
-            return Ok(ResolvedModel {
-                entry: entry.clone(),
-                files: found,
-            });
+            return Ok(ResolvedModel { entry: entry.clone(), files: found });
         }
         let repo_cache = RepoCache::new(&self.cache_root, &entry.repo);
         let _lock = repo_cache.lock()?;
@@ -110,10 +98,7 @@ impl ModelStore {
             // Another process may have finished while this one waited for the lock.
             let (found, missing) = self.scan(entry)?;
             if missing.is_empty() {
-                return Ok(ResolvedModel {
-                    entry: entry.clone(),
-                    files: found,
-                });
+                return Ok(ResolvedModel { entry: entry.clone(), files: found });
             }
             tracing::info!(model = %entry.id, source = %source.describe(), files = missing.len(), "fetching model files");
             let result = match source {
@@ -130,15 +115,9 @@ impl ModelStore {
         }
         let (found, missing) = self.scan(entry)?;
         if missing.is_empty() {
-            Ok(ResolvedModel {
-                entry: entry.clone(),
-                files: found,
-            })
+            Ok(ResolvedModel { entry: entry.clone(), files: found })
         } else {
-            Err(StoreError::AllSourcesFailed {
-                id: id.to_owned(),
-                attempts,
-            })
+            Err(StoreError::AllSourcesFailed { id: id.to_owned(), attempts })
         }
     }
 
@@ -154,19 +133,13 @@ impl ModelStore {
                 .into_iter()
                 .map(|snapshot| snapshot.join(&file.name))
                 .find(|path| path.is_file())
-                .ok_or_else(|| StoreError::NotCached {
-                    id: id.to_owned(),
-                    cache: self.cache_root.clone(),
-                })?;
+                .ok_or_else(|| StoreError::NotCached { id: id.to_owned(), cache: self.cache_root.clone() })?;
             let bar = progress_bar(file.size, &format!("verifying {}", file.name));
             cache::verify_file(&path, file, &bar)?;
             bar.finish_and_clear();
             files.insert(file.name.clone(), path);
         }
-        Ok(ResolvedModel {
-            entry: entry.clone(),
-            files,
-        })
+        Ok(ResolvedModel { entry: entry.clone(), files })
     }
 
     /// Splits `entry`'s files into verified cached paths and missing files.
@@ -221,11 +194,10 @@ pub(crate) fn progress_bar(size: Option<u64>, message: &str) -> indicatif::Progr
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(size.unwrap_or(0));
-    let style = indicatif::ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-    .progress_chars("=> ");
+    let style =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
     bar.set_style(style);
     bar.set_message(message.to_owned());
     bar

@@ -36,14 +36,10 @@ pub fn fetch_local(
     for file in missing {
         let candidates = [dir.join(&entry.id).join(&file.name), dir.join(&file.name)];
         let Some(path) = candidates.iter().find(|p| p.is_file()) else {
-            return Err(StoreError::Source(format!(
-                "{} not found in {}",
-                file.name,
-                dir.display()
-            )));
+            return Err(StoreError::Source(format!("{} not found in {}", file.name, dir.display())));
         };
-        let mut reader = std::fs::File::open(path)
-            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+        let mut reader =
+            std::fs::File::open(path).map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
         let bar = progress_bar(file.size, &format!("copying {}", file.name));
         cache.install(&snapshot, file, &mut reader, &bar)?;
         bar.finish_and_clear();
@@ -69,16 +65,11 @@ pub fn fetch_hub(root: &Path, entry: &ModelEntry, missing: &[&FileEntry]) -> Res
         .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .build()
         .map_err(|e| StoreError::Source(format!("hub client: {e}")))?;
-    let repo = api.repo(hf_hub::Repo::with_revision(
-        entry.repo.clone(),
-        hf_hub::RepoType::Model,
-        entry.revision.clone(),
-    ));
+    let repo =
+        api.repo(hf_hub::Repo::with_revision(entry.repo.clone(), hf_hub::RepoType::Model, entry.revision.clone()));
     let mut paths = Vec::new();
     for file in missing {
-        let path = repo
-            .get(&file.name)
-            .map_err(|e| StoreError::Source(format!("{endpoint}: {}: {e}", file.name)))?;
+        let path = repo.get(&file.name).map_err(|e| StoreError::Source(format!("{endpoint}: {}: {e}", file.name)))?;
         paths.push(path);
     }
     Ok(paths)
@@ -98,11 +89,9 @@ fn probe(endpoint: &str) -> Result<(), StoreError> {
     let (sender, receiver) = mpsc::channel();
     let target = address.clone();
     std::thread::spawn(move || {
-        let result = target.to_socket_addrs().map(|addrs| {
-            addrs
-                .into_iter()
-                .any(|addr| TcpStream::connect_timeout(&addr, HUB_PROBE_TIMEOUT).is_ok())
-        });
+        let result = target
+            .to_socket_addrs()
+            .map(|addrs| addrs.into_iter().any(|addr| TcpStream::connect_timeout(&addr, HUB_PROBE_TIMEOUT).is_ok()));
         let _ = sender.send(result);
     });
     match receiver.recv_timeout(HUB_PROBE_TIMEOUT + Duration::from_secs(1)) {

