@@ -234,6 +234,37 @@ async fn certificates_from_another_ca_and_missing_certificates_are_refused() -> 
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+
+    // Garbage on the stream closes that connection with a clear error...
+    let connection =
+        endpoint.connect(addr(&cp.sync_addr()), aios_edge_agent::transport::SERVER_NAME)?.await.context("connect")?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    send.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await?;
+    match aios_edge_agent::transport::read_frame(&mut recv).await? {
+        Some(aios_shared::wire::Frame::Error(error)) => {
+            assert_eq!(error.code, aios_shared::wire::ErrorCode::Malformed, "{}", error.message);
+        }
+        other => panic!("expected a malformed-frame error, got {other:?}"),
+    }
+    // ...and a length beyond the limit is refused before any body arrives...
+    let connection =
+        endpoint.connect(addr(&cp.sync_addr()), aios_edge_agent::transport::SERVER_NAME)?.await.context("connect")?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    send.write_all(&u32::MAX.to_be_bytes()).await?;
+    match aios_edge_agent::transport::read_frame(&mut recv).await? {
+        Some(aios_shared::wire::Frame::Error(error)) => assert!(error.message.contains("exceeds"), "{}", error.message),
+        other => panic!("expected a frame-size error, got {other:?}"),
+    }
+    // ...while the control plane keeps serving everyone else.
+    let mut edge = EdgeProc::enroll(&bins, &tmp.path().join("fine"), &cp.sync_addr(), &cp.token("10m")?)?;
+    edge.start()?;
+    wait_for("a good edge to connect", LONG, || async { Ok(cp.edge(&edge.edge_id).await?["connected"] == true) })
+        .await?;
+
+    // The admin API wants its token.
+    let url = std::fs::read_to_string(cp.dir.join("admin.url"))?;
+    let response = reqwest::Client::new().get(format!("{}/v1/edges", url.trim())).bearer_auth("wrong").send().await?;
+    assert_eq!(response.status().as_u16(), 401);
     Ok(())
 }
 
