@@ -167,7 +167,7 @@ async fn handle_connection(connection: quinn::Connection, ctx: SyncContext) {
         Ok(None) => return,
         Err(err) => {
             let error = ErrorFrame { code: ErrorCode::Malformed, message: err.to_string() };
-            return refuse(&connection, &mut send, error, close_code::PROTOCOL).await;
+            return refuse(&connection, &mut send, error).await;
         }
     };
     match first {
@@ -185,28 +185,28 @@ async fn handle_connection(connection: quinn::Connection, ctx: SyncContext) {
             let Some(cert) = peer_cert else {
                 let message = "a client certificate is required; enrol this edge first".to_owned();
                 let error = ErrorFrame { code: ErrorCode::CertificateRequired, message };
-                return refuse(&connection, &mut send, error, close_code::REFUSED).await;
+                return refuse(&connection, &mut send, error).await;
             };
             let cert_fingerprint = hex::encode(fingerprint(&cert));
             let edge = match ctx.store.edge_by_fingerprint(cert_fingerprint.clone()).await {
                 Ok(Some(edge)) => edge,
                 Ok(None) => {
                     let error = ErrorFrame { code: ErrorCode::UnknownEdge, message: "unknown edge certificate".into() };
-                    return refuse(&connection, &mut send, error, close_code::REFUSED).await;
+                    return refuse(&connection, &mut send, error).await;
                 }
                 Err(err) => {
                     let error = ErrorFrame { code: ErrorCode::Internal, message: err.to_string() };
-                    return refuse(&connection, &mut send, error, close_code::REFUSED).await;
+                    return refuse(&connection, &mut send, error).await;
                 }
             };
             if edge.revoked {
                 let error = ErrorFrame { code: ErrorCode::Revoked, message: format!("edge {} is revoked", edge.id) };
-                return refuse(&connection, &mut send, error, close_code::REVOKED).await;
+                return refuse(&connection, &mut send, error).await;
             }
             if hello.edge_id != edge.id {
                 let message = format!("certificate belongs to {}, not {}", edge.id, hello.edge_id);
                 let error = ErrorFrame { code: ErrorCode::UnknownEdge, message };
-                return refuse(&connection, &mut send, error, close_code::REFUSED).await;
+                return refuse(&connection, &mut send, error).await;
             }
             let span = info_span!("sync", edge_id = %edge.id);
             SyncSession { ctx, connection, edge_id: edge.id, cert_fingerprint }
@@ -217,13 +217,21 @@ async fn handle_connection(connection: quinn::Connection, ctx: SyncContext) {
         other => {
             let message = format!("expected Hello or Enroll, got {other:?}");
             let error = ErrorFrame { code: ErrorCode::Malformed, message };
-            refuse(&connection, &mut send, error, close_code::PROTOCOL).await;
+            refuse(&connection, &mut send, error).await;
         }
     }
 }
 
-async fn refuse(connection: &quinn::Connection, send: &mut quinn::SendStream, error: ErrorFrame, code: u32) {
+/// Sends the error frame, gives it a moment to arrive, then closes the
+/// connection with the close code that tells the edge whether to retry soon.
+async fn refuse(connection: &quinn::Connection, send: &mut quinn::SendStream, error: ErrorFrame) {
     info!(code = ?error.code, message = %error.message, "refusing connection");
+    let code = match error.code {
+        ErrorCode::Revoked => close_code::REVOKED,
+        ErrorCode::Malformed => close_code::PROTOCOL,
+        ErrorCode::Internal => close_code::INTERNAL,
+        _ => close_code::REFUSED,
+    };
     let _ = write_frame(send, &Frame::Error(error.clone())).await;
     let _ = send.finish();
     // Give the error frame a moment to arrive before the close overtakes it.
@@ -300,14 +308,13 @@ impl SyncSession {
                 let mut busy = false;
                 while let Some(frame) = sync.poll_transmit() {
                     busy = true;
-                    let is_error = matches!(frame, Frame::Error(_));
+                    if let Frame::Error(error) = frame {
+                        let reason = format!("refused: {}", error.message);
+                        refuse(&self.connection, send, error).await;
+                        return reason;
+                    }
                     if let Err(err) = write_frame(send, &frame).await {
                         return err.to_string();
-                    }
-                    if is_error {
-                        let _ = send.finish();
-                        self.connection.close(close_code::PROTOCOL.into(), b"protocol error");
-                        return "closed after a protocol error".into();
                     }
                 }
                 while let Some(event) = sync.poll_event() {
@@ -358,6 +365,11 @@ impl SyncSession {
                     .await
                     .map_err(|e| e.to_string())?
                     .ok_or("edge record disappeared")?;
+                if edge.revoked {
+                    let message = format!("edge {} is revoked", self.edge_id);
+                    sync.reject(ErrorCode::Revoked, message);
+                    return Ok(());
+                }
                 self.ctx.registry.insert(&self.edge_id, self.connection.clone());
                 store
                     .edge_seen(

@@ -131,6 +131,8 @@ pub mod close_code {
     pub const PROTOCOL: u32 = 1;
     /// The edge was revoked.
     pub const REVOKED: u32 = 2;
-    /// Refused for another reason given in an error frame.
+    /// Refused for a reason retrying cannot fix, given in an error frame.
     pub const REFUSED: u32 = 3;
+    /// The peer failed internally; retry later.
+    pub const INTERNAL: u32 = 4;
 }

@@ -85,8 +85,7 @@ enum State {
 pub struct EdgeSync {
     config: EdgeConfig,
     state: State,
-    /// Version of the bundle in force, reported in the handshake and used to
-    /// acknowledge a re-sent copy of it without bothering the driver.
+    /// Version of the bundle in force, reported in the handshake.
     bundle_version: u64,
     /// Highest sequence written to the edge's log.
     audit_head_seq: u64,
@@ -168,14 +167,10 @@ impl EdgeSync {
                     self.request_audit();
                 }
             }
-            (State::Connected, Frame::Bundle(bundle)) => {
-                if bundle.peek_version() == Some(self.bundle_version) && self.bundle_version != 0 {
-                    // A re-sent copy of what is already applied (its ack was lost).
-                    self.transmits.push_back(Frame::BundleAck { version: self.bundle_version });
-                } else {
-                    self.events.push_back(EdgeEvent::BundleReceived(bundle));
-                }
-            }
+            // Even a re-sent copy of the bundle in force goes to the driver:
+            // only a byte-for-byte comparison (`SignedBundle::offer`) may
+            // decide it is the same bundle.
+            (State::Connected, Frame::Bundle(bundle)) => self.events.push_back(EdgeEvent::BundleReceived(bundle)),
             (state, frame) => self.fail(format!("unexpected {} in state {state:?}", frame_name(&frame))),
         }
     }
