@@ -43,15 +43,27 @@ impl BlockFormat {
             Self::Q8_0 => 34,
         }
     }
+
+    fn quant_bytes(self) -> usize {
+        match self {
+            Self::Q4_0 | Self::Q4_1 => 16,
+            Self::Q8_0 => 32,
+        }
+    }
 }
 
-/// A `[rows, cols]` matrix stored as ggml blocks, row after row.
+/// A `[rows, cols]` matrix of ggml blocks, row after row, split into block
+/// scales, block minimums (Q4_1) and packed quants so the kernels read each
+/// field with one load. f16 to f32 is exact, so widening the scales at load
+/// changes no result.
 #[derive(Debug)]
 pub struct BlockMatrix {
     format: BlockFormat,
     rows: usize,
     cols: usize,
-    data: Vec<u8>,
+    scales: Vec<f32>,
+    mins: Vec<f32>,
+    quants: Vec<u8>,
 }
 
 /// One quantised block of activations (Q8_0, or Q8_1 with `sum`).
@@ -81,7 +93,7 @@ impl Linear {
                         rows * cols / BLOCK * format.bytes()
                     );
                 }
-                Ok(Self::Ggml(std::sync::Arc::new(BlockMatrix { format, rows, cols, data })))
+                Ok(Self::Ggml(std::sync::Arc::new(BlockMatrix::from_ggml(format, rows, cols, &data))))
             }
             _ => Ok(Self::Candle(QMatMul::from_qtensor(tensor)?)),
         }
@@ -97,6 +109,35 @@ impl Linear {
 }
 
 impl BlockMatrix {
+    fn from_ggml(format: BlockFormat, rows: usize, cols: usize, data: &[u8]) -> Self {
+        let n_blocks = rows * cols / BLOCK;
+        let quant_bytes = format.quant_bytes();
+        let mut scales = Vec::with_capacity(n_blocks);
+        let mut mins = Vec::new();
+        let mut quants = Vec::with_capacity(n_blocks * quant_bytes);
+        for block in data.chunks_exact(format.bytes()) {
+            scales.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
+            if format == BlockFormat::Q4_1 {
+                mins.push(f16::from_le_bytes([block[2], block[3]]).to_f32());
+            }
+            quants.extend_from_slice(&block[format.bytes() - quant_bytes..]);
+        }
+        Self { format, rows, cols, scales, mins, quants }
+    }
+
+    /// The blocks of one row.
+    fn row(&self, row: usize) -> RowBlocks<'_> {
+        let per_row = self.cols / BLOCK;
+        let range = row * per_row..(row + 1) * per_row;
+        let quant_bytes = self.format.quant_bytes();
+        RowBlocks {
+            format: self.format,
+            scales: &self.scales[range.clone()],
+            mins: if self.mins.is_empty() { &[] } else { &self.mins[range.clone()] },
+            quants: &self.quants[range.start * quant_bytes..range.end * quant_bytes],
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let cols = *dims.last().unwrap_or(&0);
@@ -109,7 +150,6 @@ impl BlockMatrix {
         let with_sum = self.format == BlockFormat::Q4_1;
         let activations: Vec<Vec<ActivationBlock>> =
             input.chunks(cols).map(|row| quantize_row(row, with_sum)).collect();
-        let row_bytes = self.cols / BLOCK * self.format.bytes();
         let mut out = vec![0f32; n_rows * self.rows];
         // Parallel over bands of weight rows; every band sees every input row.
         const BAND: usize = 64;
@@ -121,7 +161,7 @@ impl BlockMatrix {
                 let mut values = Vec::with_capacity((end - start) * activations.len());
                 for act in &activations {
                     for row in start..end {
-                        values.push(self.dot(&self.data[row * row_bytes..(row + 1) * row_bytes], act));
+                        values.push(self.row(row).dot(act));
                     }
                 }
                 (start, values)
@@ -139,59 +179,71 @@ impl BlockMatrix {
         }
         Tensor::from_vec(out, shape, x.device())
     }
+}
 
-    fn dot(&self, weights: &[u8], activations: &[ActivationBlock]) -> f32 {
+/// One row's blocks, split by field.
+#[derive(Debug, Clone, Copy)]
+struct RowBlocks<'a> {
+    format: BlockFormat,
+    scales: &'a [f32],
+    mins: &'a [f32],
+    quants: &'a [u8],
+}
+
+impl RowBlocks<'_> {
+    fn dot(self, activations: &[ActivationBlock]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU supports the features the function is compiled for.
-                return unsafe { dot_avx2(self.format, weights, activations) };
+                return unsafe { dot_avx2(self, activations) };
             }
         }
-        dot_portable(self.format, weights, activations)
+        dot_portable(self, activations)
     }
 }
 
 /// ggml's AVX2 kernels, instruction for instruction: nibbles unpacked to
 /// bytes, `maddubs` / `madd` into eight lanes of four products, `fmadd` with
 /// the combined block scale, `hsum_float_8`. Integer sums are exact, so this
-/// returns exactly what [`dot_body`] returns, only faster.
+/// returns exactly what [`dot_portable`] returns, only faster.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(format: BlockFormat, weights: &[u8], activations: &[ActivationBlock]) -> f32 {
+unsafe fn dot_avx2(row: RowBlocks<'_>, activations: &[ActivationBlock]) -> f32 {
     use std::arch::x86_64::*;
-    let bytes = format.bytes();
     let mut acc = _mm256_setzero_ps();
     let mut min_sum = 0f32;
     let low_mask = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
-    for (block, act) in weights.chunks_exact(bytes).zip(activations) {
-        let scale = f16::from_le_bytes([block[0], block[1]]).to_f32();
-        let combined = _mm256_set1_ps(scale * act.scale);
-        // SAFETY: `quants` is 32 bytes; unaligned loads.
-        let qy = _mm256_loadu_si256(act.quants.as_ptr() as *const __m256i);
-        let lanes = match format {
-            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                // SAFETY: the block ends with 16 bytes of packed nibbles.
-                let packed = _mm_loadu_si128(block[bytes - 16..].as_ptr() as *const __m128i);
+    let quant_bytes = row.format.quant_bytes();
+    let blocks = row.scales.iter().zip(row.quants.chunks_exact(quant_bytes)).zip(activations);
+    match row.format {
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+            let with_min = row.format == BlockFormat::Q4_1;
+            for (idx, ((scale, quants), act)) in blocks.enumerate() {
+                // SAFETY: 16 bytes of packed nibbles and 32 activation quants; unaligned loads.
+                let packed = _mm_loadu_si128(quants.as_ptr() as *const __m128i);
+                let qy = _mm256_loadu_si256(act.quants.as_ptr() as *const __m256i);
                 let unpacked = _mm256_insertf128_si256(_mm256_castsi128_si256(packed), _mm_srli_epi16(packed, 4), 1);
                 let qx = _mm256_and_si256(low_mask, unpacked);
-                if format == BlockFormat::Q4_1 {
-                    let min = f16::from_le_bytes([block[2], block[3]]).to_f32();
-                    min_sum = min.mul_add(act.sum, min_sum);
+                let lanes = if with_min {
+                    min_sum = row.mins[idx].mul_add(act.sum, min_sum);
                     _mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), ones)
                 } else {
-                    let qx = _mm256_sub_epi8(qx, _mm256_set1_epi8(8));
-                    signed_lanes(qx, qy, ones)
-                }
+                    signed_lanes(_mm256_sub_epi8(qx, _mm256_set1_epi8(8)), qy, ones)
+                };
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(scale * act.scale), _mm256_cvtepi32_ps(lanes), acc);
             }
-            BlockFormat::Q8_0 => {
-                // SAFETY: the block holds 32 quant bytes after its scale.
-                let qx = _mm256_loadu_si256(block[2..].as_ptr() as *const __m256i);
-                signed_lanes(qx, qy, ones)
+        }
+        BlockFormat::Q8_0 => {
+            for ((scale, quants), act) in blocks {
+                // SAFETY: 32 weight quants and 32 activation quants; unaligned loads.
+                let qx = _mm256_loadu_si256(quants.as_ptr() as *const __m256i);
+                let qy = _mm256_loadu_si256(act.quants.as_ptr() as *const __m256i);
+                let lanes = signed_lanes(qx, qy, ones);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(scale * act.scale), _mm256_cvtepi32_ps(lanes), acc);
             }
-        };
-        acc = _mm256_fmadd_ps(combined, _mm256_cvtepi32_ps(lanes), acc);
+        }
     }
     let mut lanes = [0f32; 8];
     _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
@@ -212,36 +264,29 @@ unsafe fn signed_lanes(
     _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones)
 }
 
-fn dot_portable(format: BlockFormat, weights: &[u8], activations: &[ActivationBlock]) -> f32 {
-    dot_body(format, weights, activations)
-}
-
-/// ggml's `vec_dot_q4_0_q8_0` / `vec_dot_q4_1_q8_1` / `vec_dot_q8_0_q8_0`:
-/// eight lanes of four products, `fma(d_w * d_a, lane, acc)`, then
-/// `hsum_float_8`, plus `sum(m * s)` for Q4_1.
-#[inline(always)]
-fn dot_body(format: BlockFormat, weights: &[u8], activations: &[ActivationBlock]) -> f32 {
+/// ggml's `vec_dot_q4_0_q8_0` / `vec_dot_q4_1_q8_1` / `vec_dot_q8_0_q8_0` in
+/// portable Rust: eight lanes of four products, `fma(d_w * d_a, lane, acc)`,
+/// then `hsum_float_8`, plus `sum(m * s)` for Q4_1.
+fn dot_portable(row: RowBlocks<'_>, activations: &[ActivationBlock]) -> f32 {
     let mut acc = [0f32; 8];
     let mut min_sum = 0f32;
-    let bytes = format.bytes();
-    for (block, act) in weights.chunks_exact(bytes).zip(activations) {
-        let scale = f16::from_le_bytes([block[0], block[1]]).to_f32();
+    let quant_bytes = row.format.quant_bytes();
+    let blocks = row.scales.iter().zip(row.quants.chunks_exact(quant_bytes)).zip(activations);
+    for (idx, ((scale, quants), act)) in blocks.enumerate() {
         let mut values = [0i32; BLOCK];
-        match format {
+        match row.format {
             BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                let offset = if format == BlockFormat::Q4_0 { 8 } else { 0 };
-                let quants = &block[bytes - 16..];
+                let offset = if row.format == BlockFormat::Q4_0 { 8 } else { 0 };
                 for j in 0..16 {
                     values[j] = (quants[j] & 0x0F) as i32 - offset;
                     values[j + 16] = (quants[j] >> 4) as i32 - offset;
                 }
-                if format == BlockFormat::Q4_1 {
-                    let min = f16::from_le_bytes([block[2], block[3]]).to_f32();
-                    min_sum = min.mul_add(act.sum, min_sum);
+                if row.format == BlockFormat::Q4_1 {
+                    min_sum = row.mins[idx].mul_add(act.sum, min_sum);
                 }
             }
             BlockFormat::Q8_0 => {
-                for (value, byte) in values.iter_mut().zip(&block[2..]) {
+                for (value, byte) in values.iter_mut().zip(quants) {
                     *value = *byte as i8 as i32;
                 }
             }
@@ -253,6 +298,19 @@ fn dot_body(format: BlockFormat, weights: &[u8], activations: &[ActivationBlock]
         }
     }
     horizontal_sum(&acc) + min_sum
+}
+
+/// Rounds to the nearest integer, ties to even, as `_mm256_round_ps` does;
+/// exact for |x| < 2^22 (activation quants are within ±127). Adding and
+/// removing 1.5 * 2^23 avoids a libm call in the hot loop.
+#[inline(always)]
+fn round_half_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    if x.abs() < 4_194_304.0 {
+        (x + MAGIC) - MAGIC
+    } else {
+        x.round_ties_even()
+    }
 }
 
 /// ggml's `hsum_float_8`.
@@ -273,7 +331,7 @@ fn quantize_row(row: &[f32], with_sum: bool) -> Vec<ActivationBlock> {
             let mut quants = [0i8; BLOCK];
             let mut total = 0i32;
             for (q, v) in quants.iter_mut().zip(values) {
-                let rounded = (v * inverse).round_ties_even() as i32;
+                let rounded = round_half_even(v * inverse) as i32;
                 *q = rounded as i8;
                 total += rounded;
             }
@@ -307,12 +365,10 @@ mod tests {
             };
             let fast = block_matrix.forward(&x).expect("forward").to_vec2::<f32>().expect("vec");
             let exact = x.matmul(&dequantized.t().expect("t")).expect("matmul").to_vec2::<f32>().expect("vec");
-            let row_bytes = block_matrix.cols / BLOCK * block_matrix.format.bytes();
             for (r, row) in input.chunks(96).enumerate() {
                 let act = quantize_row(row, block_matrix.format == BlockFormat::Q4_1);
                 for c in 0..block_matrix.rows {
-                    let weights = &block_matrix.data[c * row_bytes..(c + 1) * row_bytes];
-                    let portable = dot_portable(block_matrix.format, weights, &act);
+                    let portable = dot_portable(block_matrix.row(c), &act);
                     assert_eq!(portable.to_bits(), fast[r][c].to_bits(), "{format:?} [{r}, {c}]");
                     assert!((fast[r][c] - exact[r][c]).abs() < 0.05 * (1.0 + exact[r][c].abs()), "{format:?}");
                 }
@@ -328,6 +384,9 @@ mod tests {
         row[2] = -3.5;
         let block = &quantize_row(&row, true)[0];
         assert_eq!(&block.quants[..3], &[127, 2, -4]);
+        for x in [0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.49, -126.51, 3.0] {
+            assert_eq!(round_half_even(x), x.round_ties_even(), "{x}");
+        }
         assert_eq!(block.scale, 1.0);
         assert_eq!(block.sum, 125.0);
     }
