@@ -125,6 +125,34 @@ impl BlockMatrix {
         Self { format, rows, cols, scales, mins, quants }
     }
 
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Row `row` as f32, computed as ggml's `dequantize_row_*` does (an
+    /// embedding lookup needs one row, so the table stays quantised).
+    pub fn dequantize_row(&self, row: usize) -> Vec<f32> {
+        let blocks = self.row(row);
+        let mut out = Vec::with_capacity(self.cols);
+        let quant_bytes = self.format.quant_bytes();
+        for (idx, (scale, quants)) in blocks.scales.iter().zip(blocks.quants.chunks_exact(quant_bytes)).enumerate() {
+            match self.format {
+                BlockFormat::Q8_0 => out.extend(quants.iter().map(|q| *q as i8 as f32 * scale)),
+                BlockFormat::Q4_0 => {
+                    out.extend(quants.iter().map(|q| ((q & 0x0F) as i32 - 8) as f32 * scale));
+                    out.extend(quants.iter().map(|q| ((q >> 4) as i32 - 8) as f32 * scale));
+                }
+                BlockFormat::Q4_1 => {
+                    let min = blocks.mins[idx];
+                    out.extend(quants.iter().map(|q| (q & 0x0F) as f32 * scale + min));
+                    out.extend(quants.iter().map(|q| (q >> 4) as f32 * scale + min));
+                }
+            }
+        }
+        out
+    }
+
     /// The blocks of one row.
     fn row(&self, row: usize) -> RowBlocks<'_> {
         let per_row = self.cols / BLOCK;
@@ -364,6 +392,10 @@ mod tests {
                 panic!("{format:?} should use the ggml kernels");
             };
             let fast = block_matrix.forward(&x).expect("forward").to_vec2::<f32>().expect("vec");
+            let table = dequantized.to_vec2::<f32>().expect("vec");
+            for (row, expected) in table.iter().enumerate() {
+                assert_eq!(&block_matrix.dequantize_row(row), expected, "{format:?} row {row}");
+            }
             let exact = x.matmul(&dequantized.t().expect("t")).expect("matmul").to_vec2::<f32>().expect("vec");
             for (r, row) in input.chunks(96).enumerate() {
                 let act = quantize_row(row, block_matrix.format == BlockFormat::Q4_1);

@@ -55,7 +55,7 @@ struct Block {
 #[derive(Debug)]
 pub struct LlamaModel {
     config: LlamaConfig,
-    embeddings: candle_nn::Embedding,
+    embeddings: Embeddings,
     blocks: Vec<Block>,
     output_norm: Tensor,
     output: Linear,
@@ -99,6 +99,35 @@ impl KvCache {
         }
         self.len = len;
         Ok(())
+    }
+}
+
+/// The token embedding table: kept in its quantised blocks when the ggml
+/// kernels handle the format (saving the f32 copy, 113 MB for SmolLM2),
+/// dequantised otherwise.
+#[derive(Debug)]
+enum Embeddings {
+    Blocks(std::sync::Arc<super::ggml::BlockMatrix>),
+    Dense(candle_nn::Embedding),
+}
+
+impl Embeddings {
+    /// `[1, tokens, width]` embeddings.
+    fn lookup(&self, tokens: &[u32], device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Dense(table) => table.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?),
+            Self::Blocks(table) => {
+                let mut values = Vec::new();
+                for &token in tokens {
+                    if token as usize >= table.rows() {
+                        candle_core::bail!("token id {token} is outside the vocabulary of {}", table.rows());
+                    }
+                    values.extend(table.dequantize_row(token as usize));
+                }
+                let width = values.len() / tokens.len();
+                Tensor::from_vec(values, (1, tokens.len(), width), device)
+            }
+        }
     }
 }
 
@@ -152,10 +181,16 @@ impl LlamaModel {
             candle_core::bail!("partial rotary embeddings ({} of {head_dim} dims) are not supported", config.rope_dim);
         }
         let mut tensor = |name: &str| content.tensor(reader, name, device);
-        let token_embd = tensor("token_embd.weight")?;
-        let embeddings = candle_nn::Embedding::new(token_embd.dequantize(device)?, embedding_length);
+        let token_embd = Linear::new(tensor("token_embd.weight")?)?;
+        let embeddings = match &token_embd {
+            Linear::Ggml(table) => Embeddings::Blocks(table.clone()),
+            Linear::Candle(_) => Embeddings::Dense(candle_nn::Embedding::new(
+                tensor("token_embd.weight")?.dequantize(device)?,
+                embedding_length,
+            )),
+        };
         let output = match content.tensor_infos.contains_key("output.weight") {
-            true => tensor("output.weight")?,
+            true => Linear::new(tensor("output.weight")?)?,
             false => token_embd,
         };
         let output_norm = tensor("output_norm.weight")?.dequantize(device)?;
@@ -177,16 +212,7 @@ impl LlamaModel {
             });
         }
         let (cos, sin) = rotary_tables(&config, device)?;
-        Ok(Self {
-            config,
-            embeddings,
-            blocks,
-            output: Linear::new(output)?,
-            output_norm,
-            cos,
-            sin,
-            device: device.clone(),
-        })
+        Ok(Self { config, embeddings, blocks, output, output_norm, cos, sin, device: device.clone() })
     }
 
     /// The hyper-parameters.
@@ -212,8 +238,7 @@ impl LlamaModel {
         if cache.layers.len() != self.blocks.len() {
             cache.layers = vec![None; self.blocks.len()];
         }
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let mut x = self.embeddings.forward(&input)?;
+        let mut x = self.embeddings.lookup(tokens, &self.device)?;
         let cos = self.cos.narrow(0, start, seq_len)?;
         let sin = self.sin.narrow(0, start, seq_len)?;
         let mask = if seq_len > 1 { Some(causal_mask(seq_len, start, &self.device)?) } else { None };
