@@ -1,15 +1,22 @@
 //! Builds a Hugging Face `tokenizers::Tokenizer` from the vocabulary stored in
 //! a GGUF file's metadata (`tokenizer.ggml.*`), since GGUF chat models ship no
-//! `tokenizer.json`. Byte-level BPE (`tokenizer.ggml.model = "gpt2"`) is
-//! supported; the pre-tokenizer follows `tokenizer.ggml.pre` the way llama.cpp
-//! does (e.g. `smollm`: every digit on its own, then GPT-2 byte-level splitting
-//! without a leading space).
+//! `tokenizer.json`. Byte-level BPE (`tokenizer.ggml.model = "gpt2"`, whose
+//! pre-tokenizer follows `tokenizer.ggml.pre` the way llama.cpp does, e.g.
+//! `smollm`: every digit on its own, then GPT-2 byte-level splitting without a
+//! leading space) and SentencePiece BPE (`"llama"`, with byte fallback) are
+//! supported.
 
 use std::collections::HashMap;
 
 use candle_core::quantized::gguf_file::Value;
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::{self, NormalizerWrapper};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -49,13 +56,7 @@ impl GgufTokenizer {
     /// Builds the tokenizer from GGUF metadata.
     pub fn from_metadata(metadata: &HashMap<String, Value>) -> Result<Self, ModelError> {
         let model = string(metadata, "tokenizer.ggml.model").unwrap_or_default();
-        if model != "gpt2" {
-            return Err(ModelError::UnsupportedFormat(format!(
-                "tokenizer model `{model}` (only byte-level BPE, `gpt2`, is supported)"
-            )));
-        }
         let tokens = string_array(metadata, "tokenizer.ggml.tokens")?;
-        let merges = string_array(metadata, "tokenizer.ggml.merges")?;
         let token_types: Vec<i32> = match metadata.get("tokenizer.ggml.token_type") {
             Some(value) => value
                 .to_vec()
@@ -65,22 +66,15 @@ impl GgufTokenizer {
                 .collect::<Result<_, _>>()?,
             None => vec![1; tokens.len()],
         };
-        let vocab: Vocab = tokens.iter().enumerate().map(|(id, token)| (token.clone(), id as u32)).collect();
-        let merges = merges
-            .iter()
-            .map(|merge| {
-                merge
-                    .split_once(' ')
-                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                    .ok_or_else(|| ModelError::Tokenizer(format!("malformed merge `{merge}`")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let bpe =
-            BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        let mut tokenizer = Tokenizer::new(bpe);
-        let pre = string(metadata, "tokenizer.ggml.pre").unwrap_or_else(|| "default".to_owned());
-        tokenizer.with_pre_tokenizer(Some(pre_tokenizer(&pre)?));
-        tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+        let (mut tokenizer, add_bos_default) = match model.as_str() {
+            "gpt2" => (byte_level_bpe(metadata, &tokens)?, false),
+            "llama" => (sentencepiece_bpe(metadata, &tokens, &token_types)?, true),
+            other => {
+                return Err(ModelError::UnsupportedFormat(format!(
+                    "tokenizer model `{other}` (supported: `gpt2` byte-level BPE, `llama` SentencePiece BPE)"
+                )))
+            }
+        };
         let special: Vec<AddedToken> = tokens
             .iter()
             .zip(&token_types)
@@ -102,7 +96,8 @@ impl GgufTokenizer {
         };
         let bos = token_at("tokenizer.ggml.bos_token_id");
         let eos = token_at("tokenizer.ggml.eos_token_id");
-        let add_bos = metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
+        let add_bos =
+            metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(add_bos_default);
         let mut end_of_turn: Vec<u32> = [eos.as_ref(), token_at("tokenizer.ggml.eot_token_id").as_ref()]
             .into_iter()
             .flatten()
@@ -150,6 +145,98 @@ impl GgufTokenizer {
     }
 }
 
+/// GPT-2 style byte-level BPE from `tokens` and `tokenizer.ggml.merges`.
+fn byte_level_bpe(metadata: &HashMap<String, Value>, tokens: &[String]) -> Result<Tokenizer, ModelError> {
+    let merges = string_array(metadata, "tokenizer.ggml.merges")?;
+    let vocab: Vocab = tokens.iter().enumerate().map(|(id, token)| (token.clone(), id as u32)).collect();
+    let merges = merges
+        .iter()
+        .map(|merge| {
+            merge
+                .split_once(' ')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .ok_or_else(|| ModelError::Tokenizer(format!("malformed merge `{merge}`")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bpe =
+        BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let pre = string(metadata, "tokenizer.ggml.pre").unwrap_or_else(|| "default".to_owned());
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer(&pre)?));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(tokenizer)
+}
+
+/// SentencePiece BPE (`tokenizer.ggml.model = "llama"`): spaces become `▁`,
+/// unknown characters fall back to `<0xXX>` byte tokens, and merges are
+/// derived from the pieces' scores the way Hugging Face converts a
+/// SentencePiece model (every split of a piece into two known pieces, best
+/// score first), which is the order llama.cpp's SPM tokenizer merges in.
+fn sentencepiece_bpe(
+    metadata: &HashMap<String, Value>,
+    tokens: &[String],
+    token_types: &[i32],
+) -> Result<Tokenizer, ModelError> {
+    const TOKEN_TYPE_NORMAL: i32 = 1;
+    let scores: Vec<f32> = match metadata.get("tokenizer.ggml.scores") {
+        Some(value) => {
+            value.to_vec().map_err(tok_err)?.iter().map(|v| v.to_f32().map_err(tok_err)).collect::<Result<_, _>>()?
+        }
+        None => (0..tokens.len()).map(|id| -(id as f32)).collect(),
+    };
+    let vocab: Vocab = tokens.iter().enumerate().map(|(id, token)| (token.clone(), id as u32)).collect();
+    let mut merges: Vec<(String, String, f32, u32, u32)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if token_types.get(id).copied().unwrap_or(TOKEN_TYPE_NORMAL) != TOKEN_TYPE_NORMAL {
+            continue;
+        }
+        let score = scores.get(id).copied().unwrap_or(0.0);
+        for (split, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(split);
+            if let (Some(&l), Some(&r)) = (vocab.get(left), vocab.get(right)) {
+                merges.push((left.to_owned(), right.to_owned(), score, l, r));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.3.cmp(&b.3)).then(a.4.cmp(&b.4)));
+    let merges = merges.into_iter().map(|(l, r, ..)| (l, r)).collect();
+    let unk = metadata
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(|v| v.to_u32().ok())
+        .and_then(|id| tokens.get(id as usize).cloned())
+        .unwrap_or_else(|| "<unk>".to_owned());
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .unk_token(unk)
+        .fuse_unk(true)
+        .byte_fallback(true)
+        .build()
+        .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let add_space_prefix =
+        metadata.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()).unwrap_or(true);
+    let replace_space = normalizers::Replace::new(" ", "\u{2581}").map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    let mut steps = Vec::new();
+    if add_space_prefix {
+        steps.push(NormalizerWrapper::Prepend(normalizers::Prepend::new("\u{2581}".to_owned())));
+    }
+    steps.push(NormalizerWrapper::Replace(replace_space));
+    tokenizer
+        .with_normalizer(Some(normalizers::Sequence::new(steps)))
+        .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    let to_space = normalizers::Replace::new("\u{2581}", " ").map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    let mut decoders = vec![
+        DecoderWrapper::Replace(to_space),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ];
+    if add_space_prefix {
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+    tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(tokenizer)
+}
+
 fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, ModelError> {
     let byte_level = |use_regex| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, use_regex));
     let split = |regex: &str| -> Result<PreTokenizerWrapper, ModelError> {
@@ -191,4 +278,79 @@ fn string_array(metadata: &HashMap<String, Value>, key: &str) -> Result<Vec<Stri
         .to_vec()
         .map_err(tok_err)?;
     values.iter().map(|v| v.to_string().cloned().map_err(tok_err)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sentencepiece_metadata() -> HashMap<String, Value> {
+        let mut tokens: Vec<(String, f32, i32)> =
+            vec![("<unk>".into(), 0.0, 2), ("<s>".into(), 0.0, 3), ("</s>".into(), 0.0, 3)];
+        for byte in 0..=255u8 {
+            tokens.push((format!("<0x{byte:02X}>"), 0.0, 6));
+        }
+        let pieces = [
+            "\u{2581}",
+            "h",
+            "e",
+            "l",
+            "o",
+            "w",
+            "r",
+            "d",
+            "1",
+            "he",
+            "ll",
+            "llo",
+            "hello",
+            "\u{2581}hello",
+            "\u{2581}w",
+            "or",
+            "\u{2581}wor",
+            "ld",
+            "\u{2581}world",
+        ];
+        for (rank, piece) in pieces.iter().enumerate() {
+            tokens.push(((*piece).to_owned(), -(rank as f32), 1));
+        }
+        let mut metadata = HashMap::new();
+        metadata.insert("tokenizer.ggml.model".to_owned(), Value::String("llama".into()));
+        metadata.insert(
+            "tokenizer.ggml.tokens".to_owned(),
+            Value::Array(tokens.iter().map(|t| Value::String(t.0.clone())).collect()),
+        );
+        metadata
+            .insert("tokenizer.ggml.scores".to_owned(), Value::Array(tokens.iter().map(|t| Value::F32(t.1)).collect()));
+        metadata.insert(
+            "tokenizer.ggml.token_type".to_owned(),
+            Value::Array(tokens.iter().map(|t| Value::I32(t.2)).collect()),
+        );
+        metadata.insert("tokenizer.ggml.bos_token_id".to_owned(), Value::U32(1));
+        metadata.insert("tokenizer.ggml.eos_token_id".to_owned(), Value::U32(2));
+        metadata
+    }
+
+    #[test]
+    fn sentencepiece_merges_by_score_and_falls_back_to_bytes() {
+        let tokenizer = GgufTokenizer::from_metadata(&sentencepiece_metadata()).expect("builds");
+        assert!(tokenizer.add_bos, "SentencePiece models add BOS by default");
+        let ids = tokenizer.encode("hello world").expect("encode");
+        let pieces: Vec<String> =
+            ids.iter().map(|id| tokenizer.tokenizer.id_to_token(*id).unwrap_or_default()).collect();
+        assert_eq!(pieces, ["\u{2581}hello", "\u{2581}world"]);
+        for text in ["hello world", "hello wörld 1", "héllo  world"] {
+            let ids = tokenizer.encode(text).expect("encode");
+            assert_eq!(tokenizer.decode(&ids).expect("decode"), text);
+        }
+        let prompt = tokenizer.encode_prompt("hello").expect("encode");
+        assert_eq!(prompt[0], 1, "BOS prepended");
+    }
+
+    #[test]
+    fn unknown_tokenizer_model_is_unsupported() {
+        let mut metadata = sentencepiece_metadata();
+        metadata.insert("tokenizer.ggml.model".to_owned(), Value::String("t5".into()));
+        assert!(matches!(GgufTokenizer::from_metadata(&metadata), Err(ModelError::UnsupportedFormat(_))));
+    }
 }
