@@ -219,6 +219,39 @@ fn unknown_architecture_is_named() {
     }
 }
 
+#[test]
+fn qwen2_runs_on_candles_implementation_and_scores_without_forking() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("qwen2.gguf");
+    common::write_tiny_gguf(&path, "qwen2");
+    let engine = ChatEngine::load(&path, &Device::Cpu).expect("qwen2 loads");
+    assert_eq!(engine.architecture(), "qwen2");
+    let mut request = GenerateRequest::chat(vec![ChatMessage::user("the shop")], 6);
+    request.ignore_eos = true;
+    let first = engine.generate(&request, &mut |_| true, &never).expect("generate");
+    assert_eq!(first.token_ids, engine.generate(&request, &mut |_| true, &never).expect("again").token_ids);
+    let prompt = Prompt::Chat(vec![ChatMessage::user("where is my parcel")]);
+    let labels = vec!["refund".to_owned(), "shipping".to_owned(), "other".to_owned()];
+    let scored = engine.score(&prompt, &labels, &never).expect("score");
+    let ids = engine.prompt_tokens(&prompt).expect("tokens");
+    for candidate in &scored.candidates {
+        let tokens = engine.tokenizer().encode(&candidate.label).expect("encode");
+        let mut expected = 0.0;
+        for k in 0..tokens.len() {
+            let mut context = ids.clone();
+            context.extend_from_slice(&tokens[..k]);
+            let (_, logits) = engine.prefill(&context).expect("prefill");
+            expected += log_prob(&logits, tokens[k]);
+        }
+        assert!(
+            (candidate.log_prob - expected).abs() < 1e-2,
+            "{}: {} vs {expected}",
+            candidate.label,
+            candidate.log_prob
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_worker_generates_streams_and_scores() {
     let (_dir, path) = tiny_model();

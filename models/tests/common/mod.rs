@@ -76,7 +76,8 @@ pub fn pseudo_random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Writes a 2-layer llama GGUF to `path`; `architecture` lets tests lie.
+/// Writes a 2-layer llama-shaped GGUF to `path` (with q/k/v biases for
+/// `qwen2`); any other `architecture` name lets tests lie.
 pub fn write_tiny_gguf(path: &Path, architecture: &str) {
     let (tokens, types, merges) = vocabulary();
     let vocab = tokens.len();
@@ -118,6 +119,13 @@ pub fn write_tiny_gguf(path: &Path, architecture: &str) {
         tensors.push((format!("{p}.ffn_gate.weight"), quantized((ffn, HIDDEN), s + 5, GgmlDType::Q4_1)));
         tensors.push((format!("{p}.ffn_up.weight"), quantized((ffn, HIDDEN), s + 6, GgmlDType::Q4_1)));
         tensors.push((format!("{p}.ffn_down.weight"), quantized((HIDDEN, ffn), s + 7, GgmlDType::Q4_1)));
+        if architecture == "qwen2" {
+            for (name, width) in [("attn_q", HIDDEN), ("attn_k", kv_heads * head_dim), ("attn_v", kv_heads * head_dim)]
+            {
+                let bias = Tensor::from_vec(pseudo_random(width, s + 9, 0.05), width, &Device::Cpu).expect("bias");
+                tensors.push((format!("{p}.{name}.bias"), QTensor::quantize(&bias, GgmlDType::F32).expect("bias")));
+            }
+        }
         tensors.push((format!("{p}.attn_norm.weight"), ones(HIDDEN)));
         tensors.push((format!("{p}.ffn_norm.weight"), ones(HIDDEN)));
     }
