@@ -48,6 +48,9 @@ pub enum Command {
     Run(RunArgs),
     /// Print this edge's identity, bundle and audit position as JSON.
     Status,
+    /// Local models: list, pull, verify, path, bench.
+    #[command(subcommand)]
+    Models(aios_models::ModelsCommand),
     /// Test entry points (built only with the `debug-hooks` feature).
     #[cfg(feature = "debug-hooks")]
     #[command(subcommand)]
@@ -159,6 +162,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => run_daemon(cli.data_dir, args).await,
         Command::Status => status(&data_dir).await,
+        Command::Models(command) => aios_models::run_models_command(command).await,
         #[cfg(feature = "debug-hooks")]
         Command::Debug(command) => debug(&data_dir, command).await,
     }
