@@ -8,23 +8,17 @@ use std::path::PathBuf;
 /// Failures of the model store: catalogue, cache, sources and verification.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Every source of the model failed; each attempt is listed.
+    #[error("could not fetch model `{id}` from any source:\n{}", attempts.join("\n"))]
+    AllSourcesFailed {
+        /// The model id.
+        id: String,
+        /// One line per source tried, with its failure.
+        attempts: Vec<String>,
+    },
     /// The catalogue TOML could not be parsed or is inconsistent.
     #[error("invalid model catalogue: {0}")]
     Catalog(String),
-    /// No catalogue entry has this id.
-    #[error("unknown model `{id}`; `aios-edge models list` shows the catalogue")]
-    UnknownModel {
-        /// The id that was asked for.
-        id: String,
-    },
-    /// The model's files are not in the cache and pulling was not allowed.
-    #[error("model `{id}` is not in the cache at {cache}; fetch it with `aios-edge models pull {id}`")]
-    NotCached {
-        /// The model id.
-        id: String,
-        /// The cache root that was searched.
-        cache: PathBuf,
-    },
     /// A file's SHA-256 differs from the catalogue; the file was not used.
     #[error("SHA-256 mismatch for {file}: expected {expected}, found {actual}; the file was not used")]
     HashMismatch {
@@ -35,17 +29,6 @@ pub enum StoreError {
         /// The digest of the bytes on disk.
         actual: String,
     },
-    /// Every source of the model failed; each attempt is listed.
-    #[error("could not fetch model `{id}` from any source:\n{}", attempts.join("\n"))]
-    AllSourcesFailed {
-        /// The model id.
-        id: String,
-        /// One line per source tried, with its failure.
-        attempts: Vec<String>,
-    },
-    /// A source failed (network, subprocess, archive); the message names it.
-    #[error("{0}")]
-    Source(String),
     /// A filesystem operation on the cache failed.
     #[error("{context}: {source}")]
     Io {
@@ -54,6 +37,23 @@ pub enum StoreError {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// The model's files are not in the cache and pulling was not allowed.
+    #[error("model `{id}` is not in the cache at {cache}; fetch it with `aios-edge models pull {id}`")]
+    NotCached {
+        /// The model id.
+        id: String,
+        /// The cache root that was searched.
+        cache: PathBuf,
+    },
+    /// A source failed (network, subprocess, archive); the message names it.
+    #[error("{0}")]
+    Source(String),
+    /// No catalogue entry has this id.
+    #[error("unknown model `{id}`; `aios-edge models list` shows the catalogue")]
+    UnknownModel {
+        /// The id that was asked for.
+        id: String,
     },
 }
 
@@ -67,18 +67,12 @@ impl StoreError {
 /// Failures of the model backends: loading, tokenising and inference.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// The backend worker thread stopped (it panicked or was shut down).
-    #[error("the model worker thread has stopped")]
-    WorkerGone,
     /// The request was cancelled by the caller.
     #[error("the request was cancelled")]
     Cancelled,
     /// A candle tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
-    /// The chat template could not be rendered.
-    #[error("chat template error: {0}")]
-    Template(String),
     /// A weights file is malformed or truncated; the message names it.
     #[error("corrupt model file {file}: {reason}")]
     CorruptFile {
@@ -93,16 +87,6 @@ pub enum ModelError {
     /// The request is malformed (empty candidate list, bad sampling values...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
-    /// The catalogue entry is the wrong kind for this backend.
-    #[error("model `{id}` is a {actual} model, not a {expected} model")]
-    WrongKind {
-        /// The model id.
-        id: String,
-        /// The kind the backend needs.
-        expected: &'static str,
-        /// The kind the catalogue declares.
-        actual: &'static str,
-    },
     /// The prompt does not fit in the model's context window.
     #[error("prompt of {prompt_tokens} tokens does not fit the context window of {context_length} tokens")]
     PromptTooLong {
@@ -114,6 +98,9 @@ pub enum ModelError {
     /// Fetching or verifying the model's files failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The chat template could not be rendered.
+    #[error("chat template error: {0}")]
+    Template(String),
     /// The tokenizer could not be built or failed on the input.
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
@@ -123,4 +110,17 @@ pub enum ModelError {
     /// The file uses a tensor type or tokenizer model this build cannot run.
     #[error("unsupported model format: {0}")]
     UnsupportedFormat(String),
+    /// The backend worker thread stopped (it panicked or was shut down).
+    #[error("the model worker thread has stopped")]
+    WorkerGone,
+    /// The catalogue entry is the wrong kind for this backend.
+    #[error("model `{id}` is a {actual} model, not a {expected} model")]
+    WrongKind {
+        /// The model id.
+        id: String,
+        /// The kind the backend needs.
+        expected: &'static str,
+        /// The kind the catalogue declares.
+        actual: &'static str,
+    },
 }
