@@ -186,10 +186,27 @@ impl BlockMatrix {
             .map(|band| {
                 let start = band * BAND;
                 let end = (start + BAND).min(self.rows);
-                let mut values = Vec::with_capacity((end - start) * activations.len());
-                for act in &activations {
+                let width = end - start;
+                let mut values = vec![0f32; width * activations.len()];
+                // Four input rows at a time share each unpacked weight block.
+                let mut first = 0;
+                while first + 4 <= activations.len() {
+                    let group = [
+                        &activations[first][..],
+                        &activations[first + 1][..],
+                        &activations[first + 2][..],
+                        &activations[first + 3][..],
+                    ];
                     for row in start..end {
-                        values.push(self.row(row).dot(act));
+                        for (k, value) in self.row(row).dot4(group).into_iter().enumerate() {
+                            values[(first + k) * width + row - start] = value;
+                        }
+                    }
+                    first += 4;
+                }
+                for (a, act) in activations.iter().enumerate().skip(first) {
+                    for row in start..end {
+                        values[a * width + row - start] = self.row(row).dot(act);
                     }
                 }
                 (start, values)
@@ -229,6 +246,70 @@ impl RowBlocks<'_> {
         }
         dot_portable(self, activations)
     }
+}
+
+impl RowBlocks<'_> {
+    /// [`RowBlocks::dot`] against four activation rows at once; each result
+    /// is bit-for-bit the single-row result (every pair keeps its own
+    /// accumulators and operation order), only the weight unpacking is shared.
+    fn dot4(self, activations: [&[ActivationBlock]; 4]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports the features the function is compiled for.
+                return unsafe { dot4_avx2(self, activations) };
+            }
+        }
+        activations.map(|act| dot_portable(self, act))
+    }
+}
+
+/// [`dot_avx2`] for four activation rows sharing each weight block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot4_avx2(row: RowBlocks<'_>, activations: [&[ActivationBlock]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut min_sum = [0f32; 4];
+    let low_mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let quant_bytes = row.format.quant_bytes();
+    for (idx, (scale, quants)) in row.scales.iter().zip(row.quants.chunks_exact(quant_bytes)).enumerate() {
+        let qx = match row.format {
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                // SAFETY: 16 bytes of packed nibbles; unaligned load.
+                let packed = _mm_loadu_si128(quants.as_ptr() as *const __m128i);
+                let unpacked = _mm256_insertf128_si256(_mm256_castsi128_si256(packed), _mm_srli_epi16(packed, 4), 1);
+                let qx = _mm256_and_si256(low_mask, unpacked);
+                if row.format == BlockFormat::Q4_0 {
+                    _mm256_sub_epi8(qx, _mm256_set1_epi8(8))
+                } else {
+                    qx
+                }
+            }
+            // SAFETY: 32 weight quants; unaligned load.
+            BlockFormat::Q8_0 => _mm256_loadu_si256(quants.as_ptr() as *const __m256i),
+        };
+        for k in 0..4 {
+            let act = &activations[k][idx];
+            // SAFETY: 32 activation quants; unaligned load.
+            let qy = _mm256_loadu_si256(act.quants.as_ptr() as *const __m256i);
+            let lanes = if row.format == BlockFormat::Q4_1 {
+                min_sum[k] = row.mins[idx].mul_add(act.sum, min_sum[k]);
+                _mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), ones)
+            } else {
+                signed_lanes(qx, qy, ones)
+            };
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(scale * act.scale), _mm256_cvtepi32_ps(lanes), acc[k]);
+        }
+    }
+    let mut out = [0f32; 4];
+    for k in 0..4 {
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[k]);
+        out[k] = horizontal_sum(&lanes) + min_sum[k];
+    }
+    out
 }
 
 /// ggml's AVX2 kernels, instruction for instruction: nibbles unpacked to
@@ -384,8 +465,9 @@ mod tests {
 
     #[test]
     fn simd_and_portable_kernels_agree_bit_for_bit_and_approximate_f32() {
-        let input: Vec<f32> = (0..3 * 96).map(|i| ((i * 104729 % 997) as f32 / 498.5 - 1.0) * 2.0).collect();
-        let x = Tensor::from_vec(input.clone(), (3, 96), &Device::Cpu).expect("input");
+        // Five rows: one group of four plus a single row.
+        let input: Vec<f32> = (0..5 * 96).map(|i| ((i * 104729 % 997) as f32 / 498.5 - 1.0) * 2.0).collect();
+        let x = Tensor::from_vec(input.clone(), (5, 96), &Device::Cpu).expect("input");
         for format in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let (quantized, dequantized) = matrix(format);
             let Linear::Ggml(block_matrix) = Linear::new(quantized).expect("linear") else {
