@@ -297,14 +297,7 @@ fn print_lines(value: serde_json::Value) -> anyhow::Result<()> {
 }
 
 async fn serve(data_dir_flag: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            toml::from_str::<FileConfig>(&text)
-                .with_context(|| format!("invalid configuration in {}", path.display()))?
-        }
-        None => FileConfig::default(),
-    };
+    let file: FileConfig = aios_edge_agent::cli::load_config(args.config.as_deref())?;
     let mut server_names = file.server_names;
     server_names.extend(args.server_names);
     let options = Options {

@@ -56,6 +56,10 @@ pub struct Pki {
     server_key_der: Vec<u8>,
     /// Signs policy bundles.
     pub bundle_key: SigningKey,
+    /// Key of QUIC stateless resets. Kept across restarts so a restarted
+    /// control plane can reset connections its previous run left open, and
+    /// edges reconnect at once instead of waiting out the idle timeout.
+    pub quic_reset_key: [u8; 32],
 }
 
 impl Pki {
@@ -65,6 +69,7 @@ impl Pki {
         let dir = data_dir.join("pki");
         std::fs::create_dir_all(&dir).map_err(|source| PkiError::Io { path: dir.clone(), source })?;
         let (ca_key_path, ca_cert_path, bundle_path) = (dir.join("ca.key"), dir.join("ca.crt"), dir.join("bundle.key"));
+        let reset_path = dir.join("quic-reset.key");
 
         if !ca_key_path.exists() {
             let key = KeyPair::generate()?;
@@ -85,6 +90,14 @@ impl Pki {
             let pem = key.to_pkcs8_pem(Default::default()).map_err(|_| PkiError::BadKey(bundle_path.clone()))?;
             write_new(&bundle_path, pem.as_bytes())?;
         }
+
+        if !reset_path.exists() {
+            write_new(&reset_path, hex::encode(rand::random::<[u8; 32]>()).as_bytes())?;
+        }
+        let quic_reset_key = hex::decode(read(&reset_path)?.trim())
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .ok_or_else(|| PkiError::BadKey(reset_path.clone()))?;
 
         let ca_key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(|_| PkiError::BadKey(ca_key_path.clone()))?;
         let ca_pem = read(&ca_cert_path)?;
@@ -109,6 +122,7 @@ impl Pki {
             server_cert_der: server_cert.der().to_vec(),
             server_key_der: server_key.serialize_der(),
             bundle_key,
+            quic_reset_key,
         })
     }
 

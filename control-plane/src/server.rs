@@ -136,7 +136,19 @@ pub fn bind(pki: &Pki, addr: SocketAddr) -> Result<quinn::Endpoint, ServerError>
     config.transport_config(Arc::new(transport_config()));
     // Identity is the certificate; a changed address (NAT rebinding) is fine.
     config.migration(true);
-    quinn::Endpoint::server(config, addr).map_err(|source| ServerError::Bind { addr, source })
+    // Both keys derive from one persisted secret, so after a restart this
+    // endpoint recognises the connection ids its previous run issued and
+    // answers their packets with valid stateless resets: edges learn at once
+    // that their connection is gone instead of waiting out the idle timeout.
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &pki.quic_reset_key);
+    let cid_key = u64::from_le_bytes(pki.quic_reset_key[..8].try_into().expect("8 of 32 bytes"));
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    let bind_err = |source| ServerError::Bind { addr, source };
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind_err(std::io::Error::other("no async runtime for the QUIC endpoint")))?;
+    quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime).map_err(bind_err)
 }
 
 /// Accepts connections until the endpoint is closed.

@@ -169,14 +169,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_daemon(data_dir_flag: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            toml::from_str::<FileConfig>(&text)
-                .with_context(|| format!("invalid configuration in {}", path.display()))?
-        }
-        None => FileConfig::default(),
-    };
+    let file: FileConfig = load_config(args.config.as_deref())?;
     let data_dir = data_dir_flag.or(file.data_dir).unwrap_or_else(|| PathBuf::from("aios-data/edge"));
     let mut uplink = UplinkOptions { control_plane: args.control_plane.or(file.control_plane), ..Default::default() };
     if let Some(max) = args.reconnect_max.or(file.reconnect_max) {
@@ -187,6 +180,13 @@ async fn run_daemon(data_dir_flag: Option<PathBuf>, args: RunArgs) -> anyhow::Re
     tracing::info!("shutting down");
     handle.stop().await;
     Ok(())
+}
+
+/// Reads a daemon's TOML configuration file, or the defaults without one.
+pub fn load_config<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+    let Some(path) = path else { return Ok(T::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
 }
 
 /// Waits for SIGINT or SIGTERM.
