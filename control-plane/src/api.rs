@@ -179,17 +179,17 @@ async fn publish_policy(State(state): State<ApiState>, text: String) -> ApiResul
 }
 
 async fn kill_switch(State(state): State<ApiState>) -> ApiResult<serde_json::Value> {
-    let current = state.store.bundle(None).await?;
-    let (valid_for, extensions) = match current {
+    // Keep everything else the current bundle says; only autonomy changes.
+    let extensions = match state.store.bundle(None).await? {
         Some((_, signed)) => {
-            let body = signed
+            signed
                 .open(&state.pki.bundle_key.verifying_key())
-                .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
-            (None, body.extensions)
+                .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
+                .extensions
         }
-        None => (None, Default::default()),
+        None => Default::default(),
     };
-    let spec = BundleSpec { autonomy: Autonomy::Off, valid_for, version: None, extensions };
+    let spec = BundleSpec { autonomy: Autonomy::Off, valid_for: None, version: None, extensions };
     let version = publish(&state, spec).await?;
     tracing::warn!(version, "kill switch: autonomy off fleet-wide");
     Ok(Json(serde_json::json!({ "version": version, "autonomy": "off" })))
