@@ -26,6 +26,20 @@ fn engine() -> (tempfile::TempDir, ChatEngine) {
     (dir, engine)
 }
 
+/// A label's log-probability after `prompt_ids`, computed the slow way: a
+/// fresh prefill for every one of its tokens, no shared KV cache.
+fn scored_from_scratch(engine: &ChatEngine, prompt_ids: &[u32], label: &str) -> f64 {
+    let tokens = engine.tokenizer().encode(label).expect("encode");
+    let mut total = 0.0;
+    for k in 0..tokens.len() {
+        let mut context = prompt_ids.to_vec();
+        context.extend_from_slice(&tokens[..k]);
+        let (_, logits) = engine.prefill(&context).expect("prefill");
+        total += log_prob(&logits, tokens[k]);
+    }
+    total
+}
+
 fn never() -> bool {
     false
 }
@@ -161,14 +175,7 @@ fn scored_choice_matches_full_prefill() {
     // orders, and a one-ulp change can move an 8-bit activation quantum.
     let ids = engine.prompt_tokens(&prompt).expect("tokens");
     for candidate in &scored.candidates {
-        let tokens = engine.tokenizer().encode(&candidate.label).expect("encode");
-        let mut expected = 0.0;
-        for k in 0..tokens.len() {
-            let mut context = ids.clone();
-            context.extend_from_slice(&tokens[..k]);
-            let (_, logits) = engine.prefill(&context).expect("prefill");
-            expected += log_prob(&logits, tokens[k]);
-        }
+        let expected = scored_from_scratch(&engine, &ids, &candidate.label);
         assert!(
             (candidate.log_prob - expected).abs() < 1e-2,
             "{}: cached {} vs fresh {}",
@@ -235,14 +242,7 @@ fn qwen2_runs_on_candles_implementation_and_scores_without_forking() {
     let scored = engine.score(&prompt, &labels, &never).expect("score");
     let ids = engine.prompt_tokens(&prompt).expect("tokens");
     for candidate in &scored.candidates {
-        let tokens = engine.tokenizer().encode(&candidate.label).expect("encode");
-        let mut expected = 0.0;
-        for k in 0..tokens.len() {
-            let mut context = ids.clone();
-            context.extend_from_slice(&tokens[..k]);
-            let (_, logits) = engine.prefill(&context).expect("prefill");
-            expected += log_prob(&logits, tokens[k]);
-        }
+        let expected = scored_from_scratch(&engine, &ids, &candidate.label);
         assert!(
             (candidate.log_prob - expected).abs() < 1e-2,
             "{}: {} vs {expected}",
