@@ -180,16 +180,15 @@ async fn publish_policy(State(state): State<ApiState>, text: String) -> ApiResul
 
 async fn kill_switch(State(state): State<ApiState>) -> ApiResult<serde_json::Value> {
     // Keep everything else the current bundle says; only autonomy changes.
-    let extensions = match state.store.bundle(None).await? {
-        Some((_, signed)) => {
+    let mut spec = match state.store.bundle(None).await? {
+        Some((_, signed)) => BundleSpec::from_body(
             signed
                 .open(&state.pki.bundle_key.verifying_key())
-                .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
-                .extensions
-        }
-        None => Default::default(),
+                .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?,
+        ),
+        None => BundleSpec::new(Autonomy::Off),
     };
-    let spec = BundleSpec { autonomy: Autonomy::Off, valid_for: None, version: None, extensions };
+    spec.autonomy = Autonomy::Off;
     let version = publish(&state, spec).await?;
     tracing::warn!(version, "kill switch: autonomy off fleet-wide");
     Ok(Json(serde_json::json!({ "version": version, "autonomy": "off" })))
@@ -197,6 +196,7 @@ async fn kill_switch(State(state): State<ApiState>) -> ApiResult<serde_json::Val
 
 /// Validates, signs, stores and announces a bundle; returns its version.
 pub async fn publish(state: &ApiState, spec: BundleSpec) -> Result<u64, ApiError> {
+    spec.validate().map_err(|err| bad_request(err.to_string()))?;
     let _guard = state.publish_lock.lock().await;
     let current = state.store.bundle(None).await?.map_or(0, |(version, _)| version);
     let body = spec.into_body(current, unix_ms()).map_err(|err| ApiError(StatusCode::CONFLICT, err.to_string()))?;

@@ -33,12 +33,7 @@ pub async fn up() -> anyhow::Result<()> {
     let api = control_plane.api.clone();
 
     if api.store.bundle(None).await?.is_none() {
-        let spec = BundleSpec {
-            autonomy: Autonomy::Supervised,
-            valid_for: None,
-            version: None,
-            extensions: Default::default(),
-        };
+        let spec = BundleSpec::new(Autonomy::Supervised);
         crate::api::publish(&api, spec)
             .await
             .map_err(|err| anyhow::anyhow!("cannot publish the first bundle: {err:?}"))?;

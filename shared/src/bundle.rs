@@ -14,6 +14,9 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
+use crate::agent::{AgentSpec, Definitions, RuntimeSpec, TierSpec};
 use crate::duration::parse_duration;
 
 /// Domain separation for bundle signatures.
@@ -60,7 +63,16 @@ pub struct BundleSpec {
     /// Version to publish as; must be above the current one. Default: current + 1.
     #[serde(default)]
     pub version: Option<u64>,
-    /// Sections that later layers define (agents, Cedar policies, model tiers).
+    /// Agents by name (see [`crate::agent`]).
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentSpec>,
+    /// Model tiers by name.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierSpec>,
+    /// Settings of the edges' task runtime.
+    #[serde(default)]
+    pub runtime: RuntimeSpec,
+    /// Sections that later layers define (Cedar policies, connectors).
     /// Carried opaquely and signed with the rest.
     #[serde(default)]
     pub extensions: serde_json::Map<String, serde_json::Value>,
@@ -70,14 +82,50 @@ pub struct BundleSpec {
 pub const DEFAULT_VALID_FOR_MS: i64 = 30 * 24 * 3600 * 1000;
 
 impl BundleSpec {
-    /// Parses and validates a spec from TOML.
+    /// A spec with this autonomy mode and nothing else.
+    pub fn new(autonomy: Autonomy) -> BundleSpec {
+        BundleSpec {
+            autonomy,
+            valid_for: None,
+            version: None,
+            agents: BTreeMap::new(),
+            tiers: BTreeMap::new(),
+            runtime: RuntimeSpec::default(),
+            extensions: serde_json::Map::new(),
+        }
+    }
+
+    /// A spec that keeps everything `body` says except what the caller changes.
+    pub fn from_body(body: BundleBody) -> BundleSpec {
+        let Definitions { agents, tiers, runtime } = body.definitions;
+        BundleSpec {
+            autonomy: body.autonomy,
+            valid_for: None,
+            version: None,
+            agents,
+            tiers,
+            runtime,
+            extensions: body.extensions,
+        }
+    }
+
+    /// Parses and validates a spec from TOML: durations, the version, and
+    /// every agent, step and tier definition.
     pub fn from_toml(text: &str) -> Result<BundleSpec, BundleError> {
         let spec: BundleSpec = toml::from_str(text).map_err(|err| BundleError::Spec(err.to_string()))?;
-        spec.valid_for_ms()?;
-        if spec.version == Some(0) {
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The checks [`BundleSpec::from_toml`] runs, for specs built in code.
+    pub fn validate(&self) -> Result<(), BundleError> {
+        self.valid_for_ms()?;
+        if self.version == Some(0) {
             return Err(BundleError::Spec("version must be at least 1".into()));
         }
-        Ok(spec)
+        let definitions =
+            Definitions { agents: self.agents.clone(), tiers: self.tiers.clone(), runtime: self.runtime.clone() };
+        definitions.validate().map_err(|err| BundleError::Spec(err.to_string()))
     }
 
     /// The validity window in milliseconds.
@@ -102,6 +150,7 @@ impl BundleSpec {
             issued_at_ms: now_ms,
             expires_at_ms: now_ms.saturating_add(valid_for),
             autonomy: self.autonomy,
+            definitions: Definitions { agents: self.agents, tiers: self.tiers, runtime: self.runtime },
             extensions: self.extensions,
         })
     }
@@ -118,6 +167,9 @@ pub struct BundleBody {
     pub expires_at_ms: i64,
     /// Fleet-wide autonomy mode.
     pub autonomy: Autonomy,
+    /// Agents, tiers and runtime settings.
+    #[serde(flatten)]
+    pub definitions: Definitions,
     /// Opaque sections for later layers.
     #[serde(default)]
     pub extensions: serde_json::Map<String, serde_json::Value>,

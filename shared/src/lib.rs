@@ -7,12 +7,15 @@
 //! # Layout
 //! - [`wire`]: frames and their length-delimited encoding.
 //! - [`sync`]: the edge and control-plane sync state machines.
+//! - [`agent`]: agent definitions, model tiers and runtime settings carried
+//!   in bundles, their validation, prompt templates and validate checks.
 //! - [`audit`]: the hash-chained audit log and its verification.
 //! - [`bundle`]: signed policy bundles, their verification and freshness rules.
 //! - [`token`]: one-time enrolment tokens that pin the CA.
 //! - [`backoff`]: reconnect delays with jitter.
 //! - [`duration`]: `30d`-style durations for flags and files.
 
+pub mod agent;
 pub mod audit;
 pub mod backoff;
 pub mod bundle;

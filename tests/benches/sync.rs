@@ -113,12 +113,7 @@ async fn propagation(n_edges: usize, rounds: usize) {
     }
     let mut samples = Vec::new();
     for _ in 0..rounds {
-        let spec = BundleSpec {
-            autonomy: Autonomy::Autonomous,
-            valid_for: None,
-            version: None,
-            extensions: Default::default(),
-        };
+        let spec = BundleSpec::new(Autonomy::Autonomous);
         let start = Instant::now();
         let version = api::publish(&cp.api, spec).await.expect("publish");
         let mut pending: std::collections::HashSet<String> =
