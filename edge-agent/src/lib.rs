@@ -18,6 +18,7 @@ pub mod db;
 pub mod enroll;
 pub mod identity;
 pub mod store;
+pub mod tasks;
 pub mod transport;
 pub mod uplink;
 

@@ -18,7 +18,9 @@ use crate::identity::{key_from_pkcs8, key_pkcs8, Identity};
 /// A signed checkpoint is appended after every this many events.
 pub const CHECKPOINT_EVERY: u64 = 1000;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[FOUNDATION, crate::tasks::MIGRATION];
+
+const FOUNDATION: &str = r#"
 CREATE TABLE identity (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     edge_id TEXT NOT NULL,
@@ -45,12 +47,12 @@ CREATE TABLE bundle (
     applied_at_ms INTEGER NOT NULL
 );
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"#];
+"#;
 
 /// The edge's database.
 #[derive(Clone)]
 pub struct EdgeStore {
-    db: Db,
+    pub(crate) db: Db,
 }
 
 /// What happened to an offered bundle.

@@ -43,6 +43,25 @@ pub mod kinds {
     pub const CHECKPOINT: &str = "audit.checkpoint";
     /// An event written by the test entry point.
     pub const DEBUG: &str = "debug.event";
+    /// A task was persisted and acknowledged.
+    pub const TASK_QUEUED: &str = "task.queued";
+    /// A task started (or resumed after a restart) on the runtime.
+    pub const TASK_RUNNING: &str = "task.running";
+    /// A step's result was checkpointed (kind, tier, reason, tokens, cost,
+    /// latency, confidence, validation).
+    pub const TASK_STEP: &str = "task.step";
+    /// A task is waiting (for approval, or for a tier that is down).
+    pub const TASK_WAITING: &str = "task.waiting";
+    /// A task finished with a result.
+    pub const TASK_SUCCEEDED: &str = "task.succeeded";
+    /// A task failed for good (validation, deadline, a refused input).
+    pub const TASK_FAILED: &str = "task.failed";
+    /// A task was started too many times and set aside for an operator.
+    pub const TASK_DEAD_LETTERED: &str = "task.dead_lettered";
+    /// A task was cancelled.
+    pub const TASK_CANCELLED: &str = "task.cancelled";
+    /// A model call made through the edge's OpenAI-compatible gateway.
+    pub const GATEWAY_CALL: &str = "gateway.call";
 }
 
 /// One entry of an edge's audit log.
