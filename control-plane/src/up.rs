@@ -13,7 +13,7 @@ use aios_edge_agent::daemon::{self, DaemonOptions};
 use aios_edge_agent::enroll::{self, EnrollOptions};
 use aios_edge_agent::store::EdgeStore;
 use aios_edge_agent::unix_ms;
-use aios_edge_agent::uplink::{LinkStatus, UplinkOptions};
+use aios_edge_agent::uplink::LinkStatus;
 use aios_shared::bundle::{Autonomy, BundleSpec};
 use aios_shared::token::EnrollToken;
 use anyhow::Context;
@@ -51,9 +51,7 @@ pub async fn up() -> anyhow::Result<()> {
             .context("cannot enrol the local edge")?;
     }
     drop(edge_store);
-    let edge = daemon::start(DaemonOptions { data_dir: edge_dir.clone(), uplink: UplinkOptions::default() })
-        .await
-        .context("cannot start the local edge")?;
+    let edge = daemon::start(DaemonOptions::new(edge_dir.clone())).await.context("cannot start the local edge")?;
     let mut status = edge.status.clone();
     let connected =
         tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| *s == LinkStatus::Connected)).await;

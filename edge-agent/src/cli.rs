@@ -48,6 +48,9 @@ pub enum Command {
     Run(RunArgs),
     /// Print this edge's identity, bundle and audit position as JSON.
     Status,
+    /// Tasks on the running daemon: submit, show, list, cancel.
+    #[command(subcommand)]
+    Task(crate::task_cli::TaskCommand),
     /// Local models: list, pull, verify, path, bench.
     #[command(subcommand)]
     Models(aios_models::ModelsCommand),
@@ -86,6 +89,9 @@ pub struct RunArgs {
     /// Longest reconnect delay, such as 30s [default: 30s].
     #[arg(long, env = "AIOS_RECONNECT_MAX")]
     pub reconnect_max: Option<String>,
+    /// Address of the local HTTP API [default: 127.0.0.1:7580]; `off` disables it.
+    #[arg(long, env = "AIOS_EDGE_API")]
+    pub api_listen: Option<String>,
 }
 
 /// Test entry points.
@@ -119,7 +125,14 @@ pub struct FileConfig {
     pub control_plane: Option<String>,
     /// Longest reconnect delay.
     pub reconnect_max: Option<String>,
+    /// Address of the local HTTP API, or `off`.
+    pub api_listen: Option<String>,
+    /// Bearer token the local API requires (needed when it listens beyond loopback).
+    pub api_token: Option<String>,
 }
+
+/// Default address of the local API.
+pub const DEFAULT_API: &str = "127.0.0.1:7580";
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -162,6 +175,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => run_daemon(cli.data_dir, args).await,
         Command::Status => status(&data_dir).await,
+        Command::Task(command) => crate::task_cli::run(command).await,
         Command::Models(command) => aios_models::run_models_command(command).await,
         #[cfg(feature = "debug-hooks")]
         Command::Debug(command) => debug(&data_dir, command).await,
@@ -175,7 +189,23 @@ async fn run_daemon(data_dir_flag: Option<PathBuf>, args: RunArgs) -> anyhow::Re
     if let Some(max) = args.reconnect_max.or(file.reconnect_max) {
         uplink.backoff_max = aios_shared::duration::parse_duration(&max).map_err(anyhow::Error::msg)?;
     }
-    let handle = daemon::start(DaemonOptions { data_dir, uplink }).await?;
+    let mut options = DaemonOptions::new(data_dir);
+    options.uplink = uplink;
+    let api = args.api_listen.or(file.api_listen).unwrap_or_else(|| DEFAULT_API.to_owned());
+    if api != "off" {
+        let addr: std::net::SocketAddr =
+            api.parse().with_context(|| format!("api_listen `{api}` is not an IP:PORT address"))?;
+        if !addr.ip().is_loopback() && file.api_token.is_none() {
+            bail!("the local API may listen on {addr}, beyond loopback, only with api_token set in the configuration");
+        }
+        options.api_listen = Some(addr);
+    }
+    options.api_token = file.api_token;
+    #[cfg(feature = "debug-hooks")]
+    {
+        options.runtime.call_log = std::env::var_os("AIOS_DEBUG_CALL_LOG").map(PathBuf::from);
+    }
+    let handle = daemon::start(options).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     handle.stop().await;

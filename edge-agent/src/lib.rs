@@ -12,13 +12,17 @@
 //!   group commit, migrations).
 //! - [`transport`]: frames over QUIC streams and the QUIC settings.
 
+pub mod api;
 pub mod cli;
 pub mod daemon;
 pub mod db;
 pub mod enroll;
 pub mod identity;
+pub mod runtime;
 pub mod store;
+pub mod task_cli;
 pub mod tasks;
+pub mod tiers;
 pub mod transport;
 pub mod uplink;
 

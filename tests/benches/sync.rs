@@ -19,7 +19,6 @@ use aios_edge_agent::daemon::{self, DaemonOptions, EdgeHandle};
 use aios_edge_agent::enroll::{self, EnrollOptions};
 use aios_edge_agent::store::{emit_debug_events, EdgeStore};
 use aios_edge_agent::unix_ms;
-use aios_edge_agent::uplink::UplinkOptions;
 use aios_shared::bundle::{Autonomy, BundleSpec};
 use aios_shared::token::EnrollToken;
 
@@ -46,9 +45,7 @@ async fn enroll_edge(cp: &ControlPlane, dir: &Path) {
 }
 
 async fn start_edge(dir: &Path) -> EdgeHandle {
-    daemon::start(DaemonOptions { data_dir: dir.to_owned(), uplink: UplinkOptions::default() })
-        .await
-        .expect("edge starts")
+    daemon::start(DaemonOptions::new(dir.to_owned())).await.expect("edge starts")
 }
 
 async fn stored_total(cp: &ControlPlane) -> u64 {

@@ -62,6 +62,12 @@ pub fn free_udp_port() -> u16 {
     socket.local_addr().expect("bound socket has an address").port()
 }
 
+/// A free TCP port on loopback (bound and released; fine for tests).
+pub fn free_tcp_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding port 0 on loopback works");
+    listener.local_addr().expect("bound listener has an address").port()
+}
+
 fn log_file(path: &Path) -> Stdio {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file in the temp dir");
     Stdio::from(file)
@@ -229,6 +235,11 @@ pub struct EdgeProc {
     child: Option<Child>,
     /// Dial this instead of the enrolment address (the lossy relay).
     pub control_plane_override: Option<String>,
+    /// The TCP port of its local API on loopback, kept across restarts.
+    pub api_port: u16,
+    /// Extra environment for `run`.
+    pub env: Vec<(String, String)>,
+    http: reqwest::Client,
 }
 
 impl EdgeProc {
@@ -240,7 +251,16 @@ impl EdgeProc {
         }
         let stdout = String::from_utf8(output.stdout)?;
         let edge_id = stdout.split_whitespace().nth(2).context("no edge id in enrol output")?.to_owned();
-        Ok(EdgeProc { bins: bins.clone(), dir: dir.to_owned(), edge_id, child: None, control_plane_override: None })
+        Ok(EdgeProc {
+            bins: bins.clone(),
+            dir: dir.to_owned(),
+            edge_id,
+            child: None,
+            control_plane_override: None,
+            api_port: free_tcp_port(),
+            env: Vec::new(),
+            http: reqwest::Client::new(),
+        })
     }
 
     /// Starts `aios-edge run` (killing a running one first).
@@ -248,9 +268,11 @@ impl EdgeProc {
         kill9(&mut self.child);
         let mut command = Command::new(&self.bins.edge);
         command.args(["--data-dir".as_ref(), self.dir.as_os_str()]).args(["run", "--reconnect-max", "2s"]);
+        command.args(["--api-listen", &self.api_addr()]);
         if let Some(addr) = &self.control_plane_override {
             command.args(["--control-plane", addr]);
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = command
             .env("AIOS_LOG", "info,quinn=warn")
             .stdin(Stdio::null())
@@ -301,6 +323,55 @@ impl EdgeProc {
             bail!("status failed: {}", String::from_utf8_lossy(&output.stderr));
         }
         Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// `HOST:PORT` of the local API.
+    pub fn api_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.api_port)
+    }
+
+    /// Calls the local API; returns the status and the JSON body.
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let mut request = self.http.request(method, format!("http://{}{path}", self.api_addr()));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| format!("edge API {path}"))?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.with_context(|| format!("edge API {path}: body"))?))
+    }
+
+    /// Submits a task through the local API; returns it.
+    pub async fn submit(&self, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let (status, task) = self.api(reqwest::Method::POST, "/v1/tasks", Some(body)).await?;
+        if status >= 300 {
+            bail!("submission refused with {status}: {task}");
+        }
+        Ok(task)
+    }
+
+    /// Waits until task `id` reaches a terminal state; returns it.
+    pub async fn finished_task(&self, id: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+        let start = Instant::now();
+        let path = format!("/v1/tasks/{id}");
+        loop {
+            let last = match self.api(reqwest::Method::GET, &path, None).await {
+                Ok((_, task)) => task,
+                Err(err) => serde_json::json!({ "error": err.to_string() }),
+            };
+            if matches!(last["state"].as_str(), Some("succeeded" | "failed" | "dead_lettered" | "cancelled")) {
+                return Ok(last);
+            }
+            if start.elapsed() > timeout {
+                bail!("task {id} did not finish in {timeout:?}; last seen: {last}\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The edge's log so far.

@@ -1,0 +1,603 @@
+//! The task runtime: runs agents from the bundle in force as durable tasks.
+//!
+//! A dispatcher takes due tasks from the database, oldest first, as far as
+//! the global and per-agent concurrency limits allow, and runs each on its
+//! own tokio task. A run replays the recorded results of completed steps into
+//! the template context, then executes the remaining steps one by one,
+//! checkpointing each result before the next step starts (see
+//! [`crate::tasks`]). Model calls go to worker threads (see
+//! `aios_models::worker`), never onto tokio's workers.
+//!
+//! Which tier runs a model step is decided by [`crate::tiers`]; this module
+//! only runs steps and records what happened.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aios_shared::agent::{run_checks, AgentSpec, Definitions, StepKind, StepSpec};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::db::DbError;
+use crate::identity::Identity;
+use crate::store::EdgeStore;
+use crate::tasks::{NewTask, RunEnd, StepRecord, SubmitError, TaskRecord};
+use crate::tiers::{ModelCallError, StepCall, Tiers};
+use crate::unix_ms;
+
+/// How often the dispatcher looks for due tasks when nothing wakes it.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How long a task waits before retrying when no tier can serve it.
+const TIER_DOWN_RETRY_MS: i64 = 5_000;
+
+/// What the runtime needs besides the store.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    /// Test hook: a file to which a line `TASK SEQ CALL_ID` is appended just
+    /// before every model call, so a test can count calls across crashes.
+    pub call_log: Option<PathBuf>,
+}
+
+/// A submission as the API, the CLI or the control plane makes it.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct Submission {
+    /// The agent to run.
+    pub agent: String,
+    /// The task's input document.
+    pub input: Value,
+    /// The task kind, checked against the agent's `accepts`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Repeating a submission with the same key returns the same task.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No bundle has arrived yet.
+    #[error("no policy bundle is in force yet, so no agent is defined")]
+    NoBundle,
+    /// The bundle does not define the agent.
+    #[error("agent `{agent}` is not defined in bundle version {version}")]
+    UnknownAgent {
+        /// The agent asked for.
+        agent: String,
+        /// The bundle in force.
+        version: u64,
+    },
+    /// The agent does not take tasks of this kind.
+    #[error("agent `{agent}` does not accept tasks of kind `{kind}` (it accepts {accepts:?})")]
+    KindRefused {
+        /// The agent.
+        agent: String,
+        /// The kind submitted.
+        kind: String,
+        /// What it accepts.
+        accepts: Vec<String>,
+    },
+    /// The submission failed.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// The runtime; cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: EdgeStore,
+    identity: Identity,
+    options: RuntimeOptions,
+    tiers: Tiers,
+    wake: Notify,
+    dispatch: Mutex<Dispatch>,
+    definitions: Mutex<Option<(u64, Arc<Definitions>)>>,
+}
+
+#[derive(Default)]
+struct Dispatch {
+    /// Cancellation flags of running tasks.
+    running: HashMap<String, (String, Arc<AtomicBool>)>,
+    /// Running tasks per agent.
+    per_agent: HashMap<String, usize>,
+}
+
+/// What stopped a run before its end.
+enum Stop {
+    /// Record this end.
+    End(RunEnd),
+    /// The database failed; leave the task for the next start.
+    Db(DbError),
+}
+
+impl From<DbError> for Stop {
+    fn from(err: DbError) -> Self {
+        Stop::Db(err)
+    }
+}
+
+impl Runtime {
+    /// A runtime over `store`; nothing runs until [`Runtime::run`].
+    pub fn new(store: EdgeStore, identity: Identity, tiers: Tiers, options: RuntimeOptions) -> Runtime {
+        Runtime {
+            inner: Arc::new(Inner {
+                store,
+                identity,
+                options,
+                tiers,
+                wake: Notify::new(),
+                dispatch: Mutex::new(Dispatch::default()),
+                definitions: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The store the runtime works on.
+    pub fn store(&self) -> &EdgeStore {
+        &self.inner.store
+    }
+
+    /// The tiers.
+    pub fn tiers(&self) -> &Tiers {
+        &self.inner.tiers
+    }
+
+    /// The definitions of the bundle in force and its version.
+    pub async fn definitions(&self) -> Result<Option<(u64, Arc<Definitions>)>, DbError> {
+        let Some(signed) = self.inner.store.bundle().await? else { return Ok(None) };
+        let version = signed.peek_version().unwrap_or(0);
+        {
+            let cached = self.inner.definitions.lock().expect("definitions lock");
+            if let Some((v, defs)) = cached.as_ref() {
+                if *v == version {
+                    return Ok(Some((version, defs.clone())));
+                }
+            }
+        }
+        let body = signed.open(&self.inner.identity.bundle_key).map_err(|err| DbError::Corrupt(err.to_string()))?;
+        let defs = Arc::new(body.definitions);
+        self.inner.tiers.configure(&defs);
+        *self.inner.definitions.lock().expect("definitions lock") = Some((version, defs.clone()));
+        Ok(Some((version, defs)))
+    }
+
+    /// Persists a task (the reply means it is on disk) and wakes the dispatcher.
+    pub async fn submit(&self, submission: Submission, source: &str) -> Result<(TaskRecord, bool), RuntimeError> {
+        let (version, defs) = self.definitions().await?.ok_or(RuntimeError::NoBundle)?;
+        let agent = defs
+            .agents
+            .get(&submission.agent)
+            .ok_or_else(|| RuntimeError::UnknownAgent { agent: submission.agent.clone(), version })?;
+        if !agent.accepts(submission.kind.as_deref()) {
+            return Err(RuntimeError::KindRefused {
+                agent: submission.agent,
+                kind: submission.kind.unwrap_or_default(),
+                accepts: agent.accepts.clone(),
+            });
+        }
+        let now = unix_ms();
+        let task = NewTask {
+            agent: submission.agent.clone(),
+            agent_version: agent.version,
+            kind: submission.kind,
+            input: submission.input,
+            idempotency_key: submission.idempotency_key,
+            source: source.to_owned(),
+            deadline_ms: now.saturating_add(agent.deadline_ms()),
+        };
+        let outcome = self.inner.store.submit_task(&self.inner.identity, task, now).await?;
+        self.inner.wake.notify_one();
+        Ok(outcome)
+    }
+
+    /// Cancels a task in any state; a running one stops at once (its model
+    /// call is dropped) and is recorded as cancelled.
+    pub async fn cancel(&self, id: &str) -> Result<Option<TaskRecord>, DbError> {
+        let task = self.inner.store.cancel_task(&self.inner.identity, id, unix_ms()).await?;
+        if let Some((_, flag)) = self.inner.dispatch.lock().expect("dispatch lock").running.get(id) {
+            flag.store(true, Ordering::SeqCst);
+        }
+        self.inner.wake.notify_one();
+        Ok(task)
+    }
+
+    /// Tasks running now.
+    pub fn running(&self) -> usize {
+        self.inner.dispatch.lock().expect("dispatch lock").running.len()
+    }
+
+    /// Runs the dispatcher until `shutdown` turns true; tasks still running
+    /// then are put back in the queue at their last checkpoint.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        match self.inner.store.requeue_interrupted(unix_ms()).await {
+            Ok(0) => {}
+            Ok(n) => info!(tasks = n, "resuming tasks interrupted by the last shutdown"),
+            Err(err) => warn!(%err, "cannot re-queue interrupted tasks"),
+        }
+        let mut handles: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(err) = self.dispatch_due(&mut handles).await {
+                warn!(%err, "task dispatch failed");
+            }
+            handles.retain(|h| !h.is_finished());
+            let sleep = match self.inner.store.next_wake_ms().await {
+                Ok(Some(at)) => Duration::from_millis((at - unix_ms()).clamp(1, IDLE_POLL.as_millis() as i64) as u64),
+                _ => IDLE_POLL,
+            };
+            tokio::select! {
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        for handle in &handles {
+            handle.abort();
+        }
+        for handle in handles {
+            let _ = handle.await;
+        }
+        if let Err(err) = self.inner.store.requeue_interrupted(unix_ms()).await {
+            warn!(%err, "cannot re-queue running tasks at shutdown");
+        }
+    }
+
+    async fn dispatch_due(&self, handles: &mut Vec<tokio::task::JoinHandle<()>>) -> Result<(), DbError> {
+        let Some((_, defs)) = self.definitions().await? else { return Ok(()) };
+        let global = defs.runtime.max_concurrent_tasks as usize;
+        if self.running() >= global {
+            return Ok(());
+        }
+        for (id, agent_name) in self.inner.store.due_tasks(unix_ms(), 256).await? {
+            let limit = defs.agents.get(&agent_name).map_or(1, |a| a.max_concurrent as usize);
+            {
+                let dispatch = self.inner.dispatch.lock().expect("dispatch lock");
+                if dispatch.running.len() >= global {
+                    break;
+                }
+                if dispatch.running.contains_key(&id)
+                    || dispatch.per_agent.get(&agent_name).copied().unwrap_or(0) >= limit
+                {
+                    continue;
+                }
+            }
+            let claimed =
+                self.inner.store.claim_task(&self.inner.identity, &id, defs.runtime.max_attempts, unix_ms()).await?;
+            let Some(task) = claimed else { continue };
+            let cancel = Arc::new(AtomicBool::new(false));
+            {
+                let mut dispatch = self.inner.dispatch.lock().expect("dispatch lock");
+                dispatch.running.insert(id.clone(), (agent_name.clone(), cancel.clone()));
+                *dispatch.per_agent.entry(agent_name.clone()).or_default() += 1;
+            }
+            let runtime = self.clone();
+            let defs = defs.clone();
+            let span = tracing::info_span!("task", task = %id, agent = %agent_name);
+            handles.push(tokio::spawn(
+                async move {
+                    runtime.run_task(task, defs, cancel).await;
+                    runtime.finished(&id, &agent_name);
+                }
+                .instrument(span),
+            ));
+        }
+        Ok(())
+    }
+
+    fn finished(&self, id: &str, agent: &str) {
+        let mut dispatch = self.inner.dispatch.lock().expect("dispatch lock");
+        dispatch.running.remove(id);
+        if let Some(count) = dispatch.per_agent.get_mut(agent) {
+            *count = count.saturating_sub(1);
+        }
+        drop(dispatch);
+        self.inner.wake.notify_one();
+    }
+
+    async fn run_task(&self, task: TaskRecord, defs: Arc<Definitions>, cancel: Arc<AtomicBool>) {
+        let end = match self.run_steps(&task, &defs, &cancel).await {
+            Ok(output) => {
+                let needs_review = output.get("needs_review").and_then(Value::as_bool).unwrap_or(false);
+                RunEnd::Succeeded { output, needs_review }
+            }
+            Err(Stop::End(end)) => end,
+            Err(Stop::Db(err)) => {
+                warn!(%err, "task stopped by a database error; it resumes at the next start");
+                return;
+            }
+        };
+        debug!(?end, "task run ended");
+        if let Err(err) = self.inner.store.end_run(&self.inner.identity, &task.id, end, unix_ms()).await {
+            warn!(%err, "cannot record the end of a task run");
+        }
+    }
+
+    async fn run_steps(&self, task: &TaskRecord, defs: &Definitions, cancel: &AtomicBool) -> Result<Value, Stop> {
+        let agent = defs.agents.get(&task.agent).ok_or_else(|| {
+            Stop::End(RunEnd::Failed(format!("agent `{}` is no longer defined in the bundle in force", task.agent)))
+        })?;
+        if agent.version != task.agent_version && task.next_step > 0 {
+            return Err(Stop::End(RunEnd::Failed(format!(
+                "agent `{}` changed from version {} to {} while the task was in flight",
+                task.agent, task.agent_version, agent.version
+            ))));
+        }
+        let mut context = TaskContext::new(task);
+        for record in &task.steps {
+            context.replay(agent, record);
+        }
+        for seq in task.next_step as usize..agent.steps.len() {
+            if cancel.load(Ordering::SeqCst) || self.inner.store.cancel_requested(&task.id).await? {
+                return Err(Stop::End(RunEnd::Cancelled));
+            }
+            if unix_ms() > task.deadline_ms {
+                return Err(Stop::End(RunEnd::Failed(format!(
+                    "deadline exceeded before step `{}`",
+                    agent.steps[seq].id
+                ))));
+            }
+            let record = tokio::select! {
+                record = self.run_step(task, agent, seq, &context) => record?,
+                _ = cancelled(cancel) => return Err(Stop::End(RunEnd::Cancelled)),
+            };
+            self.inner.store.checkpoint_step(&self.inner.identity, &task.id, record.clone()).await?;
+            context.replay(agent, &record);
+        }
+        Ok(context.output())
+    }
+
+    async fn run_step(
+        &self,
+        task: &TaskRecord,
+        agent: &AgentSpec,
+        seq: usize,
+        context: &TaskContext,
+    ) -> Result<StepRecord, Stop> {
+        let step = &agent.steps[seq];
+        let started = Instant::now();
+        let mut record = StepRecord {
+            seq: seq as u32,
+            step_id: step.id.clone(),
+            kind: step.kind.as_str().to_owned(),
+            status: "done".into(),
+            output: Value::Null,
+            value: None,
+            tier: None,
+            reason: None,
+            tokens_in: 0,
+            tokens_out: 0,
+            cost_usd: 0.0,
+            latency_ms: 0,
+            confidence: None,
+            needs_review: false,
+            call_id: None,
+            created_ms: 0,
+        };
+        if let Some(condition) = &step.when {
+            if !condition.holds(context.value(&condition.step)) {
+                record.status = "skipped".into();
+                record.output = json!({ "skipped": format!("condition on `{}` does not hold", condition.step) });
+                record.created_ms = unix_ms();
+                return Ok(record);
+            }
+        }
+        let fatal = |problem: String| Stop::End(RunEnd::Failed(format!("step `{}`: {problem}", step.id)));
+        match step.kind {
+            StepKind::Classify | StepKind::Generate | StepKind::Plan => {
+                let prompt = context.render(step.prompt.as_deref().unwrap_or_default()).map_err(fatal)?;
+                let system = step.system.as_deref().map(|s| context.render(s)).transpose().map_err(fatal)?;
+                let call =
+                    StepCall { agent: &task.agent, task: &task.id, step, prompt, system, force_escalation: None };
+                let outcome = self.call_model(task, seq, call).await?;
+                outcome.fill(&mut record);
+            }
+            StepKind::Validate => {
+                let target = step.target.as_deref().unwrap_or_default();
+                let value = context.value(target).unwrap_or_default().to_owned();
+                let report = run_checks(&step.checks, &value);
+                if report.passed {
+                    record.output = json!({ "passed": true, "failures": [] });
+                } else {
+                    self.repair(task, agent, step, context, report.failures, &mut record).await?;
+                }
+                record.value = Some(if record.output["passed"] == json!(true) { "passed" } else { "failed" }.into());
+                if record.output["passed"] != json!(true) {
+                    let failures = record.output["failures"].clone();
+                    let detail = format!("validation of `{target}` failed: {failures}");
+                    // The failure is recorded with the step, then the task fails.
+                    record.latency_ms = started.elapsed().as_millis() as u64;
+                    record.created_ms = unix_ms();
+                    self.inner.store.checkpoint_step(&self.inner.identity, &task.id, record).await?;
+                    return Err(fatal(detail));
+                }
+            }
+            StepKind::Retrieve => {
+                // The memory plane does not exist yet: the step kind is
+                // accepted and recorded, and retrieves nothing.
+                let query = context.render(step.prompt.as_deref().unwrap_or("")).map_err(fatal)?;
+                record.output = json!({ "items": [], "query": query, "note": "memory plane not built yet" });
+            }
+            StepKind::Act => {
+                // The execution plane does not exist yet: record the declared
+                // intent and perform no side effect.
+                let mut args = serde_json::Map::new();
+                for (name, template) in &step.args {
+                    args.insert(name.clone(), Value::String(context.render(template).map_err(fatal)?));
+                }
+                record.output = json!({
+                    "intent": "declared intent recorded (execution plane not built yet; nothing was executed)",
+                    "connector": step.connector,
+                    "action": step.action,
+                    "args": args,
+                });
+                record.value = Some("recorded".into());
+            }
+        }
+        record.latency_ms = started.elapsed().as_millis() as u64;
+        record.created_ms = unix_ms();
+        Ok(record)
+    }
+
+    /// A validate step failed on a local result: run the target step again
+    /// on an escalation tier, once, and check that result instead.
+    async fn repair(
+        &self,
+        task: &TaskRecord,
+        agent: &AgentSpec,
+        step: &StepSpec,
+        context: &TaskContext,
+        failures: Vec<String>,
+        record: &mut StepRecord,
+    ) -> Result<(), Stop> {
+        let target_id = step.target.as_deref().unwrap_or_default();
+        let target = &agent.steps[agent.step_index(target_id).expect("validated at publish")];
+        let was_local = context.tier(target_id).is_some_and(|t| t == agent.local_tier);
+        record.output = json!({ "passed": false, "failures": failures });
+        if !was_local || !target.kind.uses_model() || agent.escalate_to.is_empty() {
+            return Ok(());
+        }
+        let fatal = |problem: String| Stop::End(RunEnd::Failed(format!("step `{}`: {problem}", step.id)));
+        let prompt = context.render(target.prompt.as_deref().unwrap_or_default()).map_err(fatal)?;
+        let system = target.system.as_deref().map(|s| context.render(s)).transpose().map_err(fatal)?;
+        let reason = format!("local output of `{target_id}` failed validation: {}", failures.join("; "));
+        let call = StepCall {
+            agent: &task.agent,
+            task: &task.id,
+            step: target,
+            prompt,
+            system,
+            force_escalation: Some(reason),
+        };
+        let outcome = self.call_model(task, record.seq as usize, call).await?;
+        if outcome.tier.as_deref() == Some(agent.local_tier.as_str()) {
+            // No tier could take it: the local result stands as failed.
+            return Ok(());
+        }
+        let mut repaired = StepRecord { ..record.clone() };
+        outcome.fill(&mut repaired);
+        let text = repaired.value.clone().unwrap_or_default();
+        let report = run_checks(&step.checks, &text);
+        record.tier = repaired.tier;
+        record.reason = repaired.reason;
+        record.tokens_in = repaired.tokens_in;
+        record.tokens_out = repaired.tokens_out;
+        record.cost_usd = repaired.cost_usd;
+        record.call_id = repaired.call_id;
+        record.output = json!({
+            "passed": report.passed,
+            "failures": report.failures,
+            "local_failures": failures,
+            "repaired": { "step": target_id, "output": repaired.output },
+        });
+        Ok(())
+    }
+
+    async fn call_model(
+        &self,
+        task: &TaskRecord,
+        seq: usize,
+        call: StepCall<'_>,
+    ) -> Result<crate::tiers::CallOutcome, Stop> {
+        let call_id = format!("{}:{seq}:{:08x}", task.id, rand::random::<u32>());
+        if let Some(path) = &self.inner.options.call_log {
+            log_call(path, &task.id, seq, &call_id);
+        }
+        match self.inner.tiers.run(call, &call_id).await {
+            Ok(outcome) => Ok(outcome),
+            Err(ModelCallError::Fatal(problem)) => Err(Stop::End(RunEnd::Failed(problem))),
+            Err(ModelCallError::Unavailable(reason)) => {
+                Err(Stop::End(RunEnd::Waiting { reason, until_ms: unix_ms() + TIER_DOWN_RETRY_MS }))
+            }
+            Err(ModelCallError::Db(err)) => Err(Stop::Db(err)),
+        }
+    }
+}
+
+/// Resolves once `flag` is set.
+async fn cancelled(flag: &AtomicBool) {
+    while !flag.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn log_call(path: &std::path::Path, task: &str, seq: usize, call_id: &str) {
+    let line = format!("{task} {seq} {call_id}\n");
+    let written =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(err) = written {
+        warn!(%err, path = %path.display(), "cannot write the call log");
+    }
+}
+
+/// What templates see, rebuilt from the recorded steps.
+struct TaskContext {
+    input: Value,
+    steps: serde_json::Map<String, Value>,
+    values: HashMap<String, String>,
+    tiers: HashMap<String, String>,
+    needs_review: bool,
+}
+
+impl TaskContext {
+    fn new(task: &TaskRecord) -> Self {
+        Self {
+            input: task.input.clone(),
+            steps: serde_json::Map::new(),
+            values: HashMap::new(),
+            tiers: HashMap::new(),
+            needs_review: false,
+        }
+    }
+
+    fn replay(&mut self, agent: &AgentSpec, record: &StepRecord) {
+        self.needs_review |= record.needs_review;
+        if let Some(tier) = &record.tier {
+            self.tiers.insert(record.step_id.clone(), tier.clone());
+        }
+        if let Some(value) = &record.value {
+            self.values.insert(record.step_id.clone(), value.clone());
+        }
+        // A validate step that repaired its target replaces the target's output.
+        if let Some(repaired) = record.output.get("repaired") {
+            if let (Some(target), Some(output)) = (repaired["step"].as_str(), repaired.get("output")) {
+                if agent.step_index(target).is_some() {
+                    self.steps.insert(target.to_owned(), output.clone());
+                    if let Some(text) = output.get("text").or_else(|| output.get("label")).and_then(Value::as_str) {
+                        self.values.insert(target.to_owned(), text.to_owned());
+                    }
+                }
+            }
+        }
+        self.steps.insert(record.step_id.clone(), record.output.clone());
+    }
+
+    fn value(&self, step: &str) -> Option<&str> {
+        self.values.get(step).map(String::as_str)
+    }
+
+    fn tier(&self, step: &str) -> Option<&str> {
+        self.tiers.get(step).map(String::as_str)
+    }
+
+    fn render(&self, template: &str) -> Result<String, String> {
+        aios_shared::agent::render_template(template, &json!({ "input": self.input, "steps": self.steps }))
+    }
+
+    fn output(self) -> Value {
+        json!({ "steps": self.steps, "needs_review": self.needs_review })
+    }
+}

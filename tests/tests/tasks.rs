@@ -1,0 +1,144 @@
+//! Whole-system tests of the task runtime: real `aios-edge` and
+//! `aios-control-plane` processes, the real local model (fetched through the
+//! model store on first use), tasks through the edge's HTTP API and CLI.
+
+use std::time::Duration;
+
+use aios_tests::{bins, wait_for, ControlPlaneProc, EdgeProc};
+use anyhow::Context;
+use reqwest::Method;
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(300);
+const TRIAGE: &str = include_str!("../data/triage.toml");
+
+/// A control plane and one enrolled, running edge with `bundle` applied.
+async fn fleet_with(bundle: &str) -> anyhow::Result<(tempfile::TempDir, ControlPlaneProc, EdgeProc)> {
+    let tmp = tempfile::tempdir()?;
+    let bins = bins!();
+    let cp = ControlPlaneProc::start(&bins, &tmp.path().join("cp")).await?;
+    let token = cp.token("10m")?;
+    let mut edge = EdgeProc::enroll(&bins, &tmp.path().join("edge"), &cp.sync_addr(), &token)?;
+    edge.start()?;
+    let version = cp.publish(bundle)?;
+    wait_for("the edge to apply the bundle", LONG, || async {
+        let (_, health) = edge.api(Method::GET, "/v1/health", None).await?;
+        Ok(health["bundle_version"].as_u64() == Some(version))
+    })
+    .await?;
+    Ok((tmp, cp, edge))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triage_agent_runs_end_to_end_and_the_control_plane_audits_every_step() -> anyhow::Result<()> {
+    let (tmp, cp, edge) = fleet_with(TRIAGE).await?;
+
+    let submission = json!({
+        "agent": "triage",
+        "kind": "customer-message",
+        "input": { "text": "I want my money back for this broken kettle." },
+        "idempotency_key": "message-1",
+    });
+    let (status, task) = edge.api(Method::POST, "/v1/tasks", Some(submission.clone())).await?;
+    assert_eq!(status, 201, "{task}");
+    let (status, again) = edge.api(Method::POST, "/v1/tasks", Some(submission)).await?;
+    assert_eq!(status, 200, "a repeated key returns the existing task: {again}");
+    assert_eq!(again["id"], task["id"]);
+    let id = task["id"].as_str().context("task id")?.to_owned();
+
+    let done = edge.finished_task(&id, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let steps = done["steps"].as_array().context("steps")?;
+    assert_eq!(steps.len(), 3, "{done:#}");
+    assert_eq!(steps[0]["value"], "refund", "classified: {:#}", steps[0]);
+    assert!(steps[0]["confidence"].as_f64().unwrap_or(0.0) > 0.4, "{:#}", steps[0]);
+    assert_eq!(steps[1]["tier"], "local");
+    assert!(steps[1]["tokens_out"].as_u64().unwrap_or(0) > 0, "{:#}", steps[1]);
+    assert!(!steps[1]["value"].as_str().unwrap_or_default().is_empty(), "{:#}", steps[1]);
+    assert_eq!(steps[2]["value"], "passed", "{:#}", steps[2]);
+    assert_eq!(done["output"]["steps"]["category"]["label"], "refund");
+
+    // The control plane sees every transition and every step of the task.
+    let edge_id = edge.edge_id.clone();
+    let cp = &cp;
+    wait_for("the task's audit events at the control plane", LONG, || {
+        let (edge_id, id) = (edge_id.clone(), id.clone());
+        async move {
+            let events = cp.events(&edge_id).await?;
+            let of_task: Vec<(String, serde_json::Value)> = events
+                .iter()
+                .filter(|e| e["payload"]["task"] == id.as_str())
+                .map(|e| (e["kind"].as_str().unwrap_or_default().to_owned(), e["payload"].clone()))
+                .collect();
+            let kinds: Vec<&str> = of_task.iter().map(|(k, _)| k.as_str()).collect();
+            if kinds != ["task.queued", "task.running", "task.step", "task.step", "task.step", "task.succeeded"] {
+                return Ok(false);
+            }
+            let first_step = &of_task[2].1;
+            assert_eq!(first_step["step"], "category");
+            assert_eq!(first_step["tier"], "local");
+            assert!(first_step["reason"].as_str().is_some_and(|r| !r.is_empty()), "{first_step}");
+            assert!(first_step["tokens_in"].as_u64().unwrap_or(0) > 50, "{first_step}");
+            assert!(first_step["confidence"].as_f64().is_some(), "{first_step}");
+            assert!(first_step["latency_ms"].as_u64().is_some(), "{first_step}");
+            Ok(true)
+        }
+    })
+    .await?;
+
+    // The CLI submits from a file and follows the steps.
+    let input = tmp.path().join("message.txt");
+    std::fs::write(&input, "My parcel never arrived.\n")?;
+    let api = edge.api_addr();
+    let input_arg = input.to_str().context("utf-8 temp path")?;
+    let args = ["task", "submit", "triage", "--kind", "customer-message", "--input", input_arg, "--api", &api];
+    let output = edge.edge_cli(&args)?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("[1] category (classify): local"), "{stderr}");
+    assert!(stderr.contains("succeeded"), "{stderr}");
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let label = result["steps"]["category"]["label"].as_str().unwrap_or_default();
+    assert!(["refund", "shipping", "other"].contains(&label), "{result:#}");
+    let listed = edge.edge_cli(&["task", "list", "--state", "succeeded", "--api", &api])?;
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 3, "a header and two tasks");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_submissions_get_clear_errors() -> anyhow::Result<()> {
+    let (_tmp, _cp, edge) = fleet_with(TRIAGE).await?;
+    let cases = [
+        (json!({ "agent": "nobody", "input": {} }), 404, "agent `nobody` is not defined"),
+        (json!({ "agent": "triage", "kind": "invoice", "input": {} }), 422, "does not accept tasks of kind `invoice`"),
+        (json!({ "input": {} }), 400, "agent"),
+    ];
+    for (body, status, message) in cases {
+        let (got, reply) = edge.api(Method::POST, "/v1/tasks", Some(body)).await?;
+        assert_eq!(got, status, "{reply}");
+        assert!(reply["error"]["message"].as_str().unwrap_or_default().contains(message), "{reply}");
+    }
+    let (got, reply) = edge.api(Method::GET, "/v1/tasks/t-none", None).await?;
+    assert_eq!(got, 404, "{reply}");
+    // A key reused for another input is refused, and the first task is untouched.
+    let first = edge.submit(json!({ "agent": "triage", "input": { "text": "a" }, "idempotency_key": "k" })).await?;
+    let (got, reply) = edge
+        .api(
+            Method::POST,
+            "/v1/tasks",
+            Some(json!({ "agent": "triage", "input": { "text": "b" }, "idempotency_key": "k" })),
+        )
+        .await?;
+    assert_eq!(got, 409, "{reply}");
+    let (_, kept) =
+        edge.api(Method::GET, &format!("/v1/tasks/{}", first["id"].as_str().unwrap_or_default()), None).await?;
+    assert_eq!(kept["input"]["text"], "a");
+    // A task that names an undefined template variable fails with the reason.
+    let broken = TRIAGE.replace("{{ input.text }}\nTopic:", "{{ input.txet }}\nTopic:");
+    let (_tmp2, _cp2, edge2) = fleet_with(&broken).await?;
+    let task = edge2.submit(json!({ "agent": "triage", "input": { "text": "hello" } })).await?;
+    let done = edge2.finished_task(task["id"].as_str().unwrap_or_default(), LONG).await?;
+    assert_eq!(done["state"], "failed", "{done:#}");
+    assert!(done["error"].as_str().unwrap_or_default().contains("step `category`"), "{done:#}");
+    Ok(())
+}
