@@ -142,3 +142,115 @@ async fn bad_submissions_get_clear_errors() -> anyhow::Result<()> {
     assert!(done["error"].as_str().unwrap_or_default().contains("step `category`"), "{done:#}");
     Ok(())
 }
+
+/// A two-model-step agent that runs quickly, for the crash test.
+const QUICK: &str = r#"
+autonomy = "supervised"
+valid_for = "1d"
+
+[runtime]
+max_concurrent_tasks = 2
+max_attempts = 100
+
+[tiers.local]
+kind = "local"
+model = "smollm2-135m-instruct"
+
+[agents.quick]
+version = 1
+max_concurrent = 2
+
+[[agents.quick.steps]]
+id = "category"
+kind = "classify"
+labels = ["refund", "shipping", "other"]
+threshold = 0.0
+prompt = "Message: {{ input.text }}\nTopic:"
+
+[[agents.quick.steps]]
+id = "reply"
+kind = "generate"
+max_tokens = 6
+prompt = "Say thanks for message {{ input.n }}."
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_twenty_times_during_a_batch_loses_nothing_and_repeats_no_recorded_step() -> anyhow::Result<()> {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = rand::random();
+    println!("kill timing seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (_tmp, cp, mut edge) = fleet_with(QUICK).await?;
+    let call_log = edge.dir.join("calls.log");
+    edge.env.push(("AIOS_DEBUG_CALL_LOG".into(), call_log.to_string_lossy().into_owned()));
+    edge.start()?;
+    let submission = |n: usize| json!({ "agent": "quick", "input": { "text": format!("message {n} about my order"), "n": n }, "idempotency_key": format!("batch-{n}") });
+    api_up(&edge).await?;
+    let mut ids = std::collections::BTreeSet::new();
+    for n in 0..50 {
+        ids.insert(edge.submit(submission(n)).await?["id"].as_str().context("id")?.to_owned());
+    }
+    for kill in 0..20 {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(150..900))).await;
+        edge.kill9();
+        edge.start()?;
+        api_up(&edge).await?;
+        // Submitting again after a crash returns the same tasks.
+        let n = kill * 2 % 50;
+        ids.insert(edge.submit(submission(n)).await?["id"].as_str().context("id")?.to_owned());
+    }
+    assert_eq!(ids.len(), 50, "repeated submissions made new tasks");
+    for id in &ids {
+        let task = edge.finished_task(id, LONG).await?;
+        assert_eq!(task["state"], "succeeded", "{task:#}");
+        let seqs: Vec<u64> =
+            task["steps"].as_array().context("steps")?.iter().filter_map(|s| s["seq"].as_u64()).collect();
+        assert_eq!(seqs, [0, 1], "{task:#}");
+    }
+    let (_, listed) = edge.api(Method::GET, "/v1/tasks?limit=1000", None).await?;
+    assert_eq!(listed["tasks"].as_array().map(Vec::len), Some(50), "no task twice");
+
+    // Model calls: every call is logged before it is made; the last call for
+    // each step must be the one whose result was recorded, so no step with a
+    // recorded result ever ran again.
+    let log = std::fs::read_to_string(&call_log)?;
+    let mut last_call: std::collections::HashMap<(String, u64), String> = std::collections::HashMap::new();
+    let mut calls = 0;
+    for line in log.lines() {
+        let mut parts = line.split(' ');
+        let (Some(task), Some(seq), Some(call)) = (parts.next(), parts.next(), parts.next()) else {
+            continue; // a line cut by the kill
+        };
+        calls += 1;
+        last_call.insert((task.to_owned(), seq.parse()?), call.to_owned());
+    }
+    let conn = rusqlite::Connection::open(edge.dir.join("edge.db"))?;
+    let mut stmt = conn.prepare("SELECT task_id, seq, call_id FROM task_steps ORDER BY task_id, seq")?;
+    let recorded: Vec<(String, u64, String)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?)))?.collect::<Result<_, _>>()?;
+    assert_eq!(recorded.len(), 100);
+    for (task, seq, call) in &recorded {
+        assert_eq!(
+            last_call.get(&(task.clone(), *seq)),
+            Some(call),
+            "task {task} step {seq} ran after its result was recorded"
+        );
+    }
+    println!("{calls} model calls for 100 recorded steps across 20 kills");
+
+    // Every task finished exactly once in the audit log, and the chain
+    // reached the control plane intact.
+    let succeeded: i64 =
+        conn.query_row("SELECT COUNT(*) FROM audit_log WHERE kind = 'task.succeeded'", [], |r| r.get(0))?;
+    let step_events: i64 =
+        conn.query_row("SELECT COUNT(*) FROM audit_log WHERE kind = 'task.step'", [], |r| r.get(0))?;
+    assert_eq!((succeeded, step_events), (50, 100));
+    aios_tests::wait_synced(&cp, &edge, LONG).await?;
+    let verified = cp.cli_ok(&["audit", "verify", "--edge", &edge.edge_id])?;
+    assert!(verified.lines().all(|line| !line.starts_with("BROKEN")), "{verified}");
+    Ok(())
+}
+
+async fn api_up(edge: &EdgeProc) -> anyhow::Result<Duration> {
+    wait_for("the edge API", LONG, || async { Ok(edge.api(Method::GET, "/v1/health", None).await.is_ok()) }).await
+}
