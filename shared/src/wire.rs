@@ -68,6 +68,36 @@ pub enum Frame {
     Enroll(EnrollRequest),
     /// Control plane -> edge: enrolment succeeded.
     Enrolled(Enrolled),
+    /// Control plane -> edge: tasks an operator dispatched to this edge.
+    /// Re-sent until acknowledged; the dispatch id is the task's idempotency
+    /// key at the edge, so a repeat never makes a second task.
+    Tasks(Vec<DispatchedTask>),
+    /// Edge -> control plane: these dispatched tasks are persisted (or refused).
+    TasksAck(Vec<TaskReceipt>),
+}
+
+/// A task dispatched by the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchedTask {
+    /// Unique at the control plane; the edge's idempotency key for it.
+    pub id: String,
+    /// The agent to run.
+    pub agent: String,
+    /// The task kind.
+    pub kind: Option<String>,
+    /// The input, as JSON text.
+    pub input: String,
+}
+
+/// The edge's receipt for a dispatched task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReceipt {
+    /// The dispatch id.
+    pub id: String,
+    /// The edge's task id, when it accepted the task.
+    pub task_id: Option<String>,
+    /// Why the edge refused it (no such agent, a kind it does not accept).
+    pub refused: Option<String>,
 }
 
 /// The edge's opening frame.

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use super::edge::frame_name;
 use crate::audit::AuditEvent;
 use crate::bundle::SignedBundle;
-use crate::wire::{ErrorCode, ErrorFrame, Frame, Hello, HelloAck, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use crate::wire::{
+    DispatchedTask, ErrorCode, ErrorFrame, Frame, Hello, HelloAck, TaskReceipt, PROTOCOL_VERSION_MAX,
+    PROTOCOL_VERSION_MIN,
+};
 
 /// Tunables of the control-plane side.
 #[derive(Debug, Clone)]
@@ -45,6 +48,8 @@ pub enum ControlEvent {
         /// The edge's reason.
         reason: String,
     },
+    /// The edge persisted (or refused) dispatched tasks: record the receipts.
+    TasksAcked(Vec<TaskReceipt>),
     /// The edge closed the connection with a reason.
     PeerError(ErrorFrame),
     /// The edge broke the protocol; close the connection.
@@ -73,6 +78,9 @@ pub struct ControlSync {
     ingest_up_to: u64,
     /// The newest bundle not yet acknowledged, and when it was last sent.
     pending_bundle: Option<(u64, SignedBundle, Instant)>,
+    /// Dispatched tasks not yet acknowledged, and when they were last sent.
+    pending_tasks: Vec<DispatchedTask>,
+    tasks_sent: Option<Instant>,
     transmits: VecDeque<Frame>,
     events: VecDeque<ControlEvent>,
 }
@@ -87,6 +95,8 @@ impl ControlSync {
             committed_seq: 0,
             ingest_up_to: 0,
             pending_bundle: None,
+            pending_tasks: Vec::new(),
+            tasks_sent: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -138,6 +148,13 @@ impl ControlSync {
                 self.settle_bundle(version);
                 self.events.push_back(ControlEvent::BundleAcked { version });
             }
+            (State::Connected, Frame::TasksAck(receipts)) => {
+                self.pending_tasks.retain(|task| !receipts.iter().any(|r| r.id == task.id));
+                if self.pending_tasks.is_empty() {
+                    self.tasks_sent = None;
+                }
+                self.events.push_back(ControlEvent::TasksAcked(receipts));
+            }
             (State::Connected, Frame::BundleRefused { version, reason }) => {
                 self.settle_bundle(version);
                 self.events.push_back(ControlEvent::BundleRefused { version, reason });
@@ -158,6 +175,12 @@ impl ControlSync {
                 self.transmits.push_back(Frame::Bundle(bundle.clone()));
             }
         }
+        if let Some(sent) = &mut self.tasks_sent {
+            if now >= *sent + self.config.bundle_retransmit_after {
+                *sent = now;
+                self.transmits.push_back(Frame::Tasks(self.pending_tasks.clone()));
+            }
+        }
     }
 
     /// The next frame to send.
@@ -167,7 +190,9 @@ impl ControlSync {
 
     /// When [`ControlSync::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending_bundle.as_ref().map(|(_, _, sent)| *sent + self.config.bundle_retransmit_after)
+        let bundle = self.pending_bundle.as_ref().map(|(_, _, sent)| *sent);
+        let tasks = self.tasks_sent;
+        bundle.into_iter().chain(tasks).min().map(|sent| sent + self.config.bundle_retransmit_after)
     }
 
     /// The next event for the driver.
@@ -217,6 +242,22 @@ impl ControlSync {
         }
         self.transmits.push_back(Frame::Bundle(bundle.clone()));
         self.pending_bundle = Some((version, bundle, now));
+    }
+
+    /// Sends dispatched tasks not already pending; all pending ones are
+    /// re-sent until the edge acknowledges them. Only once connected.
+    pub fn push_tasks(&mut self, now: Instant, tasks: Vec<DispatchedTask>) {
+        if self.state != State::Connected {
+            return;
+        }
+        let fresh: Vec<DispatchedTask> =
+            tasks.into_iter().filter(|t| !self.pending_tasks.iter().any(|p| p.id == t.id)).collect();
+        if fresh.is_empty() {
+            return;
+        }
+        self.pending_tasks.extend(fresh.iter().cloned());
+        self.tasks_sent.get_or_insert(now);
+        self.transmits.push_back(Frame::Tasks(fresh));
     }
 
     fn handle_batch(&mut self, batch: Vec<AuditEvent>) {

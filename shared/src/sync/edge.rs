@@ -54,6 +54,9 @@ pub enum EdgeEvent {
         /// Most events wanted.
         max: usize,
     },
+    /// The control plane dispatched tasks: persist each (idempotently, keyed
+    /// by its id), then call [`EdgeSync::tasks_received`] with the receipts.
+    TasksReceived(Vec<crate::wire::DispatchedTask>),
     /// Events up to this sequence are durably stored at the control plane.
     AuditAcked {
         /// Highest acknowledged sequence.
@@ -171,6 +174,8 @@ impl EdgeSync {
             // only a byte-for-byte comparison (`SignedBundle::offer`) may
             // decide it is the same bundle.
             (State::Connected, Frame::Bundle(bundle)) => self.events.push_back(EdgeEvent::BundleReceived(bundle)),
+            (State::Handshaking { .. }, Frame::Tasks(_)) => {}
+            (State::Connected, Frame::Tasks(tasks)) => self.events.push_back(EdgeEvent::TasksReceived(tasks)),
             (state, frame) => self.fail(format!("unexpected {} in state {state:?}", frame_name(&frame))),
         }
     }
@@ -254,6 +259,13 @@ impl EdgeSync {
         self.transmits.push_back(Frame::BundleRefused { version, reason });
     }
 
+    /// Dispatched tasks are persisted or refused: acknowledge them.
+    pub fn tasks_received(&mut self, receipts: Vec<crate::wire::TaskReceipt>) {
+        if !receipts.is_empty() {
+            self.transmits.push_back(Frame::TasksAck(receipts));
+        }
+    }
+
     fn send_hello(&mut self, now: Instant) {
         self.state = State::Handshaking { hello_sent: now };
         self.transmits.push_back(Frame::Hello(Hello {
@@ -301,5 +313,7 @@ pub(crate) fn frame_name(frame: &Frame) -> &'static str {
         Frame::BundleRefused { .. } => "BundleRefused",
         Frame::Enroll(_) => "Enroll",
         Frame::Enrolled(_) => "Enrolled",
+        Frame::Tasks(_) => "Tasks",
+        Frame::TasksAck(_) => "TasksAck",
     }
 }

@@ -76,6 +76,11 @@ struct Edge {
     bundle_version: u64,
     bundle: Option<SignedBundle>,
     bundle_key: SigningKey,
+    /// Dispatch ids persisted as tasks (a set: persisting is idempotent by id).
+    tasks: std::collections::BTreeSet<String>,
+    /// How many times each dispatch arrived (duplicates are expected; they
+    /// must not make new tasks).
+    deliveries: usize,
     sync: EdgeSync,
 }
 
@@ -85,6 +90,9 @@ struct Control {
     sync: ControlSync,
     latest: Option<(u64, SignedBundle)>,
     edge_bundle_version: u64,
+    /// Tasks dispatched to the edge, and those it acknowledged.
+    dispatched: Vec<crate::wire::DispatchedTask>,
+    acked: std::collections::BTreeSet<String>,
 }
 
 struct Sim {
@@ -122,6 +130,8 @@ impl Sim {
                 bundle_version: 0,
                 bundle: None,
                 bundle_key: SigningKey::from_bytes(&[1; 32]),
+                tasks: Default::default(),
+                deliveries: 0,
                 sync: EdgeSync::new(edge_config(), now, 0, 0),
             },
             control: Control {
@@ -130,6 +140,8 @@ impl Sim {
                 sync: ControlSync::new(control_config()),
                 latest: None,
                 edge_bundle_version: 0,
+                dispatched: Vec::new(),
+                acked: Default::default(),
             },
             up: Link::new(),
             down: Link::new(),
@@ -153,6 +165,17 @@ impl Sim {
         if self.control.sync.is_connected() {
             self.control.sync.push_bundle(self.now, version, signed);
         }
+    }
+
+    fn dispatch(&mut self) {
+        let id = format!("d{}", self.control.dispatched.len());
+        let task = crate::wire::DispatchedTask { id, agent: "a".into(), kind: None, input: "{}".into() };
+        self.control.dispatched.push(task.clone());
+        self.control.sync.push_tasks(self.now, vec![task]);
+    }
+
+    fn unacked_tasks(&self) -> Vec<crate::wire::DispatchedTask> {
+        self.control.dispatched.iter().filter(|t| !self.control.acked.contains(&t.id)).cloned().collect()
     }
 
     /// Cuts the connection: frames in flight are gone, both sides start over
@@ -216,6 +239,17 @@ impl Sim {
                     }
                 }
             }
+            EdgeEvent::TasksReceived(tasks) => {
+                let receipts = tasks
+                    .into_iter()
+                    .map(|task| {
+                        self.edge.deliveries += 1;
+                        self.edge.tasks.insert(task.id.clone());
+                        crate::wire::TaskReceipt { task_id: Some(format!("t-{}", task.id)), id: task.id, refused: None }
+                    })
+                    .collect();
+                self.edge.sync.tasks_received(receipts);
+            }
             EdgeEvent::Connected { .. } | EdgeEvent::AuditAcked { .. } => {}
             EdgeEvent::Refused(error) => panic!("edge refused: {error:?}"),
             EdgeEvent::ProtocolError(message) => panic!("edge protocol error: {message}"),
@@ -234,6 +268,8 @@ impl Sim {
                         self.control.sync.push_bundle(self.now, version, signed);
                     }
                 }
+                let unacked = self.unacked_tasks();
+                self.control.sync.push_tasks(self.now, unacked);
             }
             ControlEvent::Ingest(events) => {
                 let last = events.last().expect("ingest is never empty").seq;
@@ -254,6 +290,12 @@ impl Sim {
                 // the newest must never be.
                 let latest = self.control.latest.as_ref().map(|(v, _)| *v);
                 assert_ne!(Some(version), latest, "newest bundle refused: {reason}");
+            }
+            ControlEvent::TasksAcked(receipts) => {
+                for receipt in receipts {
+                    assert_eq!(receipt.task_id.as_deref(), Some(format!("t-{}", receipt.id).as_str()));
+                    self.control.acked.insert(receipt.id);
+                }
             }
             ControlEvent::PeerError(error) => panic!("control saw peer error {error:?}"),
             ControlEvent::ProtocolError(message) => panic!("control protocol error: {message}"),
@@ -292,6 +334,7 @@ impl Sim {
         self.control.stored.len() == total
             && self.edge.bundle_version == version
             && self.control.edge_bundle_version == version
+            && self.control.acked.len() == self.control.dispatched.len()
     }
 }
 
@@ -308,6 +351,9 @@ fn run(seed: u64, faults: Faults) -> Sim {
             version += 1;
             sim.publish(version);
         }
+        for _ in 0..sim.rng.gen_range(0..3) {
+            sim.dispatch();
+        }
         for _ in 0..sim.rng.gen_range(0..200) {
             sim.step();
         }
@@ -319,6 +365,9 @@ fn run(seed: u64, faults: Faults) -> Sim {
         assert!(steps < 200_000, "seed {seed}: no convergence, stored {} of {total}", sim.control.stored.len());
     }
     assert_eq!(sim.control.stored, sim.edge.log, "seed {seed}");
+    let dispatched: std::collections::BTreeSet<String> = sim.control.dispatched.iter().map(|t| t.id.clone()).collect();
+    assert_eq!(sim.edge.tasks, dispatched, "seed {seed}: every dispatched task reached the edge, once");
+    assert!(sim.edge.deliveries >= dispatched.len());
     sim
 }
 
@@ -427,4 +476,44 @@ fn edge_stops_loading_when_the_window_is_full() {
     edge.handle_frame(now, Frame::AuditAck { up_to_seq: 5 });
     assert_eq!(edge.poll_event(), Some(EdgeEvent::AuditAcked { up_to_seq: 5 }));
     assert_eq!(edge.poll_event(), Some(EdgeEvent::LoadAudit { from_seq: 6, max: 5 }));
+}
+
+#[test]
+fn dispatched_tasks_are_resent_until_acknowledged_and_never_twice_at_once() {
+    let now = Instant::now();
+    let retransmit = control_config().bundle_retransmit_after;
+    let mut control = ControlSync::new(control_config());
+    let task = |id: &str| crate::wire::DispatchedTask {
+        id: id.into(),
+        agent: "triage".into(),
+        kind: None,
+        input: "{}".into(),
+    };
+    control.push_tasks(now, vec![task("d1")]);
+    assert_eq!(control.poll_transmit(), None, "nothing is sent before the handshake");
+    control.handle_frame(now, hello(1, 1));
+    assert!(matches!(control.poll_event(), Some(ControlEvent::HelloReceived(_))));
+    control.accept(0);
+    let _ack = control.poll_transmit();
+    control.push_tasks(now, vec![task("d1"), task("d2")]);
+    assert_eq!(control.poll_transmit(), Some(Frame::Tasks(vec![task("d1"), task("d2")])));
+    control.push_tasks(now, vec![task("d2")]);
+    assert_eq!(control.poll_transmit(), None, "a pending task is not queued again");
+    assert_eq!(control.poll_timeout(), Some(now + retransmit));
+    control.handle_timeout(now + retransmit);
+    assert_eq!(control.poll_transmit(), Some(Frame::Tasks(vec![task("d1"), task("d2")])), "lost: sent again");
+    let receipt = crate::wire::TaskReceipt { id: "d1".into(), task_id: Some("t1".into()), refused: None };
+    control.handle_frame(now, Frame::TasksAck(vec![receipt.clone()]));
+    assert_eq!(control.poll_event(), Some(ControlEvent::TasksAcked(vec![receipt])));
+    control.handle_timeout(now + retransmit * 2);
+    assert_eq!(control.poll_transmit(), Some(Frame::Tasks(vec![task("d2")])), "only the unacknowledged one");
+
+    let mut edge = EdgeSync::new(edge_config(), now, 0, 0);
+    let _hello = edge.poll_transmit();
+    edge.handle_frame(now, Frame::Tasks(vec![task("early")]));
+    assert!(edge.poll_event().is_none(), "tasks before the handshake completes are ignored (they are re-sent)");
+    edge.handle_frame(now, Frame::HelloAck(crate::wire::HelloAck { version: 1, audit_acked_seq: 0 }));
+    while edge.poll_event().is_some() {}
+    edge.handle_frame(now, Frame::Tasks(vec![task("d3")]));
+    assert_eq!(edge.poll_event(), Some(EdgeEvent::TasksReceived(vec![task("d3")])));
 }
