@@ -35,6 +35,8 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     /// Where new bundles are announced to sync connections.
     pub bundles: Arc<watch::Sender<Option<(u64, SignedBundle)>>>,
+    /// Bumped whenever tasks are dispatched, so sync sessions send them.
+    pub dispatched: Arc<watch::Sender<u64>>,
     /// Serialises publishing so versions stay strictly increasing.
     pub publish_lock: Arc<Mutex<()>>,
     /// SHA-256 of the admin token.
@@ -73,6 +75,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/policy/history", get(policy_history))
         .route("/v1/policy/kill-switch", post(kill_switch))
         .route("/v1/policy/{version}", get(policy_version))
+        .route("/v1/tasks", post(dispatch_task).get(list_dispatches))
+        .route("/v1/tasks/{id}", get(show_dispatch))
         .route("/v1/audit", get(query_audit))
         .route("/v1/audit/verify", get(verify_audit))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
@@ -170,6 +174,75 @@ async fn policy_history(State(state): State<ApiState>) -> ApiResult<Vec<serde_js
             })
             .collect(),
     ))
+}
+
+/// `POST /v1/tasks`: `{agent, input, kind?, edge?, label?}`, with exactly one
+/// of `edge` (an id) or `label` (`KEY=VALUE`: every non-revoked edge with it).
+#[derive(Debug, serde::Deserialize)]
+struct DispatchRequest {
+    agent: String,
+    input: serde_json::Value,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    edge: Option<String>,
+    #[serde(default)]
+    label: Option<String>,
+}
+
+async fn dispatch_task(
+    State(state): State<ApiState>,
+    body: Result<Json<DispatchRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<serde_json::Value> {
+    let Json(request) = body.map_err(|err| bad_request(err.body_text()))?;
+    let edges = state.store.edges().await?;
+    let targets: Vec<String> = match (&request.edge, &request.label) {
+        (Some(id), None) => match edges.iter().find(|e| &e.id == id) {
+            Some(edge) if edge.revoked_at_ms.is_none() => vec![edge.id.clone()],
+            Some(_) => return Err(bad_request(format!("edge {id} is revoked"))),
+            None => return Err(ApiError(StatusCode::NOT_FOUND, format!("no edge {id}"))),
+        },
+        (None, Some(label)) => {
+            let (key, value) =
+                label.split_once('=').ok_or_else(|| bad_request(format!("label `{label}` is not KEY=VALUE")))?;
+            let matching: Vec<String> = edges
+                .iter()
+                .filter(|e| e.revoked_at_ms.is_none() && e.labels.get(key).and_then(|v| v.as_str()) == Some(value))
+                .map(|e| e.id.clone())
+                .collect();
+            if matching.is_empty() {
+                return Err(ApiError(StatusCode::NOT_FOUND, format!("no edge has the label {label}")));
+            }
+            matching
+        }
+        _ => return Err(bad_request("name exactly one of `edge` or `label`")),
+    };
+    let ids =
+        state.store.dispatch_tasks(targets.clone(), request.agent, request.kind, request.input, unix_ms()).await?;
+    state.dispatched.send_modify(|n| *n += 1);
+    let dispatched: Vec<serde_json::Value> =
+        ids.iter().zip(&targets).map(|(id, edge)| serde_json::json!({ "id": id, "edge_id": edge })).collect();
+    Ok(Json(serde_json::json!({ "dispatched": dispatched })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DispatchQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn list_dispatches(
+    State(state): State<ApiState>,
+    Query(query): Query<DispatchQuery>,
+) -> ApiResult<serde_json::Value> {
+    let records = state.store.dispatches(None, query.limit.unwrap_or(100).min(1000)).await?;
+    Ok(Json(serde_json::json!({ "tasks": records })))
+}
+
+async fn show_dispatch(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<serde_json::Value> {
+    let record = state.store.dispatches(Some(id.clone()), 1).await?.into_iter().next();
+    let record = record.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no dispatched task {id}")))?;
+    Ok(Json(serde_json::to_value(record).expect("a dispatch encodes")))
 }
 
 async fn publish_policy(State(state): State<ApiState>, text: String) -> ApiResult<serde_json::Value> {

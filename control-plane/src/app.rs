@@ -81,7 +81,9 @@ impl ControlPlane {
         let registry = Arc::new(Registry::default());
         let endpoint = server::bind(&pki, options.sync_listen)?;
         let sync_addr = endpoint.local_addr().map_err(io("cannot read the sync address".into()))?;
-        let ctx = SyncContext { store: store.clone(), pki: pki.clone(), registry: registry.clone(), bundles };
+        let (dispatched_tx, dispatched) = watch::channel(0u64);
+        let ctx =
+            SyncContext { store: store.clone(), pki: pki.clone(), registry: registry.clone(), bundles, dispatched };
         let mut tasks = vec![tokio::spawn(server::serve(endpoint.clone(), ctx))];
 
         let api = ApiState {
@@ -89,6 +91,7 @@ impl ControlPlane {
             pki,
             registry,
             bundles: Arc::new(bundles_tx),
+            dispatched: Arc::new(dispatched_tx),
             publish_lock: Arc::new(Mutex::new(())),
             token_hash,
         };

@@ -55,6 +55,45 @@ pub enum Command {
     /// The fleet's audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Tasks dispatched to edges over the sync link.
+    #[command(subcommand)]
+    Task(TaskCommand),
+}
+
+/// `task` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Dispatch a task to one edge, or to every edge with a label.
+    Submit {
+        /// The agent to run.
+        agent: String,
+        /// JSON input file, or `-` for standard input (text that is not JSON becomes `{"text": ...}`).
+        #[arg(long)]
+        input: PathBuf,
+        /// The task kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// The edge's id.
+        #[arg(long, conflicts_with = "label", required_unless_present = "label")]
+        edge: Option<String>,
+        /// Every edge with this label, KEY=VALUE.
+        #[arg(long)]
+        label: Option<String>,
+        /// Wait until every dispatched task has ended, printing the results.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List dispatched tasks with their state at the edge, newest first.
+    List {
+        /// Most tasks listed.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Print one dispatched task, with its latest event, as JSON.
+    Show {
+        /// The dispatch id.
+        id: String,
+    },
 }
 
 /// `serve` flags; each overrides the configuration file.
@@ -257,6 +296,71 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(AuditCommand::Query { filter, limit }) => {
             let path = format!("/v1/audit?{}&limit={limit}", filter.query());
             print_lines(client()?.send(Method::GET, &path, None).await?)
+        }
+        Command::Task(TaskCommand::Submit { agent, input, kind, edge, label, wait }) => {
+            let text = if input.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+            } else {
+                std::fs::read_to_string(&input).with_context(|| format!("cannot read {}", input.display()))?
+            };
+            let input: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "text": text.trim_end() }));
+            let body =
+                serde_json::json!({ "agent": agent, "input": input, "kind": kind, "edge": edge, "label": label });
+            let client = client()?;
+            let answer = client.send(Method::POST, "/v1/tasks", Some(Body::Json(body))).await?;
+            let ids: Vec<String> = answer["dispatched"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d["id"].as_str().map(str::to_owned))
+                .collect();
+            for dispatched in answer["dispatched"].as_array().into_iter().flatten() {
+                eprintln!("dispatched {} to edge {}", dispatched["id"], dispatched["edge_id"]);
+            }
+            if !wait {
+                for id in ids {
+                    println!("{id}");
+                }
+                return Ok(());
+            }
+            let mut failed = false;
+            for id in ids {
+                loop {
+                    let record = client.send(Method::GET, &format!("/v1/tasks/{id}"), None).await?;
+                    let state = record["state"].as_str().unwrap_or_default().to_owned();
+                    if matches!(state.as_str(), "succeeded" | "failed" | "dead_lettered" | "cancelled" | "refused") {
+                        failed |= state != "succeeded";
+                        println!("{}", serde_json::to_string(&record)?);
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+            }
+            if failed {
+                bail!("some dispatched tasks did not succeed");
+            }
+            Ok(())
+        }
+        Command::Task(TaskCommand::List { limit }) => {
+            let listed = client()?.send(Method::GET, &format!("/v1/tasks?limit={limit}"), None).await?;
+            println!("{:<22} {:<26} {:<14} {:<14} TASK", "ID", "EDGE", "AGENT", "STATE");
+            for task in listed["tasks"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<22} {:<26} {:<14} {:<14} {}",
+                    task["id"].as_str().unwrap_or_default(),
+                    task["edge_id"].as_str().unwrap_or_default(),
+                    task["agent"].as_str().unwrap_or_default(),
+                    task["state"].as_str().unwrap_or_default(),
+                    task["task_id"].as_str().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+        Command::Task(TaskCommand::Show { id }) => {
+            let record = client()?.send(Method::GET, &format!("/v1/tasks/{id}"), None).await?;
+            println!("{}", serde_json::to_string_pretty(&record)?);
+            Ok(())
         }
         Command::Audit(AuditCommand::Verify { edge }) => {
             let path = edge.map_or("/v1/audit/verify".to_owned(), |e| format!("/v1/audit/verify?edge={e}"));

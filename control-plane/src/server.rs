@@ -93,6 +93,8 @@ pub struct SyncContext {
     pub registry: Arc<Registry>,
     /// The newest bundle.
     pub bundles: BundleWatch,
+    /// Changes whenever tasks are dispatched.
+    pub dispatched: watch::Receiver<u64>,
 }
 
 /// Errors starting the QUIC endpoint.
@@ -315,6 +317,7 @@ impl SyncSession {
         frames: &mut FrameStream,
     ) -> String {
         let mut bundles = self.ctx.bundles.clone();
+        let mut dispatched = self.ctx.dispatched.clone();
         loop {
             loop {
                 let mut busy = false;
@@ -356,9 +359,24 @@ impl SyncSession {
                         sync.push_bundle(Instant::now().into_std(), version, signed);
                     }
                 }
+                changed = dispatched.changed(), if sync.is_connected() => {
+                    if changed.is_err() {
+                        return "control plane shutting down".into();
+                    }
+                    if let Err(reason) = self.push_pending(sync).await {
+                        return reason;
+                    }
+                }
                 reason = self.connection.closed() => return reason.to_string(),
             }
         }
+    }
+
+    /// Sends the dispatches this edge has not acknowledged.
+    async fn push_pending(&self, sync: &mut ControlSync) -> Result<(), String> {
+        let pending = self.ctx.store.pending_dispatches(self.edge_id.clone()).await.map_err(|e| e.to_string())?;
+        sync.push_tasks(Instant::now().into_std(), pending);
+        Ok(())
     }
 
     async fn handle_event(
@@ -401,6 +419,11 @@ impl SyncSession {
                         sync.push_bundle(Instant::now().into_std(), version, signed);
                     }
                 }
+                self.push_pending(sync).await?;
+            }
+            ControlEvent::TasksAcked(receipts) => {
+                info!(tasks = receipts.len(), "dispatched tasks received by edge");
+                store.record_receipts(self.edge_id.clone(), receipts, unix_ms()).await.map_err(|e| e.to_string())?;
             }
             ControlEvent::Ingest(events) => {
                 let n_events = events.len();

@@ -17,7 +17,9 @@ use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[FOUNDATION, crate::dispatch::MIGRATION];
+
+const FOUNDATION: &str = r#"
 CREATE TABLE tokens (
     secret_hash TEXT PRIMARY KEY,
     created_at_ms INTEGER NOT NULL,
@@ -66,7 +68,7 @@ CREATE TABLE alarms (
     detail TEXT NOT NULL,
     raised_at_ms INTEGER NOT NULL
 );
-"#];
+"#;
 
 /// An enrolled edge as the fleet view shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -183,7 +185,7 @@ impl std::fmt::Display for TokenRefusal {
 /// The control plane's database.
 #[derive(Clone)]
 pub struct CpStore {
-    db: Db,
+    pub(crate) db: Db,
 }
 
 impl CpStore {

@@ -136,6 +136,7 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
         appended: appended.clone(),
         shutdown: shutdown.clone(),
         status: status_tx,
+        runtime: runtime.clone(),
     };
     let mut expiry_shutdown = shutdown.clone();
     let runner = tokio::spawn(runtime.clone().run(shutdown.clone()));

@@ -553,6 +553,7 @@ impl EdgeStore {
                             "cost_usd": task.cost_usd,
                             "needs_review": needs_review || task.needs_review,
                             "latency_ms": now_ms - task.created_ms,
+                            "output": output,
                         });
                         append_event(conn, &identity, now_ms, kinds::TASK_SUCCEEDED, &payload.to_string())?;
                     }

@@ -67,6 +67,8 @@ pub struct Uplink {
     pub(crate) appended: Arc<Notify>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) status: watch::Sender<LinkStatus>,
+    /// Where dispatched tasks are submitted.
+    pub(crate) runtime: crate::runtime::Runtime,
 }
 
 /// How one connection ended.
@@ -76,6 +78,37 @@ enum SessionEnd {
 }
 
 impl Uplink {
+    /// Submits dispatched tasks, keyed by dispatch id so a re-sent dispatch
+    /// returns the task already made. A database failure acknowledges
+    /// nothing (the control plane sends them again).
+    async fn accept_tasks(
+        &self,
+        tasks: Vec<aios_shared::wire::DispatchedTask>,
+    ) -> Result<Vec<aios_shared::wire::TaskReceipt>, crate::db::DbError> {
+        use crate::runtime::{RuntimeError, Submission};
+        use crate::tasks::SubmitError;
+        let mut receipts = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let input = match serde_json::from_str(&task.input) {
+                Ok(input) => input,
+                Err(err) => {
+                    let refused = Some(format!("input is not JSON: {err}"));
+                    receipts.push(aios_shared::wire::TaskReceipt { id: task.id, task_id: None, refused });
+                    continue;
+                }
+            };
+            let submission =
+                Submission { agent: task.agent, input, kind: task.kind, idempotency_key: Some(task.id.clone()) };
+            let (task_id, refused) = match self.runtime.submit(submission, "control-plane").await {
+                Ok((record, _)) => (Some(record.id), None),
+                Err(RuntimeError::Db(err) | RuntimeError::Submit(SubmitError::Db(err))) => return Err(err),
+                Err(refusal) => (None, Some(refusal.to_string())),
+            };
+            receipts.push(aios_shared::wire::TaskReceipt { id: task.id, task_id, refused });
+        }
+        Ok(receipts)
+    }
+
     /// Runs until shutdown.
     pub async fn run(mut self) {
         let mut backoff = Backoff::new(self.options.backoff_base, self.options.backoff_max);
@@ -210,6 +243,13 @@ impl Uplink {
                             }
                             self.appended.notify_one();
                         }
+                        EdgeEvent::TasksReceived(tasks) => match self.accept_tasks(tasks).await {
+                            Ok(receipts) => {
+                                sync.tasks_received(receipts);
+                                self.appended.notify_one();
+                            }
+                            Err(err) => lost!(format!("cannot persist dispatched tasks: {err}"), false),
+                        },
                         EdgeEvent::Refused(error) => {
                             lost!(format!("refused by the control plane: {}", error.message), error.code.is_permanent())
                         }

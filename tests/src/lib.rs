@@ -396,6 +396,8 @@ pub fn enroll_output(bins: &Bins, dir: &Path, control_plane: &str, token: &str) 
         token,
         "--name",
         "test-edge",
+        "--label",
+        "site=test",
     ]))
 }
 

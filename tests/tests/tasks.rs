@@ -254,3 +254,50 @@ async fn kill9_twenty_times_during_a_batch_loses_nothing_and_repeats_no_recorded
 async fn api_up(edge: &EdgeProc) -> anyhow::Result<Duration> {
     wait_for("the edge API", LONG, || async { Ok(edge.api(Method::GET, "/v1/health", None).await.is_ok()) }).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_dispatches_tasks_and_sees_their_results() -> anyhow::Result<()> {
+    let (tmp, cp, mut edge) = fleet_with(TRIAGE).await?;
+    let input = tmp.path().join("message.json");
+    std::fs::write(&input, r#"{"text": "Please refund the charge for the order I cancelled."}"#)?;
+    let input = input.to_str().context("utf-8 temp path")?;
+
+    // Dispatched while the edge is down: it arrives when the edge reconnects.
+    edge.kill9();
+    let args = ["task", "submit", "triage", "--kind", "customer-message", "--input", input, "--edge", &edge.edge_id];
+    let offline_id = cp.cli_ok(&args)?.trim().to_owned();
+    assert_eq!(cp.get(&format!("/v1/tasks/{offline_id}")).await?["state"], "pending");
+    edge.start()?;
+
+    // By label, waiting for the result.
+    let output = cp.cli(&["task", "submit", "triage", "--input", input, "--label", "site=test", "--wait"])?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().next().context("a result line")?)?;
+    assert_eq!(result["state"], "succeeded", "{result:#}");
+    assert_eq!(result["last_event"]["output"]["steps"]["category"]["label"], "refund", "{result:#}");
+
+    wait_for("the offline dispatch to finish", LONG, || async {
+        Ok(cp.get(&format!("/v1/tasks/{offline_id}")).await?["state"] == "succeeded")
+    })
+    .await?;
+
+    // An edge that cannot run a dispatched task refuses it with the reason.
+    let refused =
+        cp.cli_ok(&["task", "submit", "nobody", "--input", input, "--edge", &edge.edge_id])?.trim().to_owned();
+    wait_for("the refusal", LONG, || async {
+        Ok(cp.get(&format!("/v1/tasks/{refused}")).await?["state"] == "refused")
+    })
+    .await?;
+    let record = cp.get(&format!("/v1/tasks/{refused}")).await?;
+    assert!(record["refused"].as_str().unwrap_or_default().contains("agent `nobody` is not defined"), "{record:#}");
+
+    // The edge made exactly one task per dispatch it accepted, marked as from the control plane.
+    let (_, listed) = edge.api(Method::GET, "/v1/tasks", None).await?;
+    let tasks = listed["tasks"].as_array().context("tasks")?;
+    assert_eq!(tasks.len(), 2, "{listed:#}");
+    assert!(tasks.iter().all(|t| t["source"] == "control-plane"), "{listed:#}");
+    let errors = cp.cli(&["task", "submit", "triage", "--input", input, "--label", "site=nowhere"])?;
+    assert!(String::from_utf8_lossy(&errors.stderr).contains("no edge has the label site=nowhere"));
+    Ok(())
+}
