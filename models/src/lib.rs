@@ -1,7 +1,7 @@
 //! Local models for the edge: where they come from, how they are verified and
 //! loaded, and inference for chat (GGUF, candle quantized backends) and
-//! sentence embeddings (BERT). Cloud adapters and the tier router will join
-//! this crate later.
+//! sentence embeddings (BERT), and the pure tier router that decides when a
+//! step escalates past the local model.
 //!
 //! # Layout
 //! - [`catalog`]: the TOML catalogue of models, files, digests and sources.
@@ -12,6 +12,8 @@
 //! - [`embed`]: BERT sentence embeddings (synchronous engine).
 //! - [`worker`]: one OS thread per model behind a command channel; the async
 //!   handles [`ChatModel`] and [`EmbeddingModel`] are what callers use.
+//! - [`router`]: tiers, escalation decisions, circuit breakers, budgets and
+//!   retry backoff (pure: no I/O, no clock).
 //! - [`device`]: CPU by default, CUDA / Metal behind cargo features.
 //! - [`cli`]: `aios-edge models ...` (list, pull, verify, path, bench).
 //! - [`error`]: [`StoreError`] and [`ModelError`].
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod device;
 pub mod embed;
 pub mod error;
+pub mod router;
 pub mod store;
 pub mod worker;
 
