@@ -1,7 +1,8 @@
-//! Local models for the edge: where they come from, how they are verified and
-//! loaded, and inference for chat (GGUF, candle quantized backends) and
-//! sentence embeddings (BERT). Cloud adapters and the tier router will join
-//! this crate later.
+//! The edge's models. Local ones: where they come from, how they are verified
+//! and loaded, and inference for chat (GGUF, candle quantized backends) and
+//! sentence embeddings (BERT). Remote ones: a client for OpenAI-compatible
+//! endpoints. And the pure tier router that decides when a step escalates past
+//! the local model.
 //!
 //! # Layout
 //! - [`catalog`]: the TOML catalogue of models, files, digests and sources.
@@ -12,6 +13,12 @@
 //! - [`embed`]: BERT sentence embeddings (synchronous engine).
 //! - [`worker`]: one OS thread per model behind a command channel; the async
 //!   handles [`ChatModel`] and [`EmbeddingModel`] are what callers use.
+//! - [`openai`]: the OpenAI HTTP API's wire types and an SSE decoder, shared
+//!   by the cloud client and the edge's gateway.
+//! - [`cloud`]: the client for remote tiers (OpenAI-compatible endpoints,
+//!   including another edge's gateway) and [`cloud::Credential`].
+//! - [`router`]: tiers, escalation decisions, circuit breakers, budgets and
+//!   retry backoff (pure: no I/O, no clock).
 //! - [`device`]: CPU by default, CUDA / Metal behind cargo features.
 //! - [`cli`]: `aios-edge models ...` (list, pull, verify, path, bench).
 //! - [`error`]: [`StoreError`] and [`ModelError`].
@@ -19,9 +26,12 @@
 pub mod catalog;
 pub mod chat;
 pub mod cli;
+pub mod cloud;
 pub mod device;
 pub mod embed;
 pub mod error;
+pub mod openai;
+pub mod router;
 pub mod store;
 pub mod worker;
 
