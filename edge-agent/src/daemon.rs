@@ -103,7 +103,7 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
     let autonomy = store.refresh_autonomy(&identity, unix_ms()).await?;
     info!(edge_id = %identity.edge_id, %autonomy, "edge started");
 
-    let tiers = Tiers::new(options.models.clone(), options.load.clone());
+    let tiers = Tiers::new(options.models.clone(), options.load.clone(), Some(store.clone()));
     let runtime = Runtime::new(store.clone(), identity.clone(), tiers, options.runtime.clone());
     let (shutdown_tx, shutdown) = watch::channel(false);
     let api_addr = match options.api_listen {

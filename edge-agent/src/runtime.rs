@@ -400,8 +400,15 @@ impl Runtime {
             StepKind::Classify | StepKind::Generate | StepKind::Plan => {
                 let prompt = context.render(step.prompt.as_deref().unwrap_or_default()).map_err(fatal)?;
                 let system = step.system.as_deref().map(|s| context.render(s)).transpose().map_err(fatal)?;
-                let call =
-                    StepCall { agent: &task.agent, task: &task.id, step, prompt, system, force_escalation: None };
+                let call = StepCall {
+                    agent: &task.agent,
+                    task: &task.id,
+                    step,
+                    prompt,
+                    system,
+                    force_escalation: None,
+                    task_spent_usd: context.spent_usd,
+                };
                 let outcome = self.call_model(task, seq, call).await?;
                 outcome.fill(&mut record);
             }
@@ -481,6 +488,7 @@ impl Runtime {
             prompt,
             system,
             force_escalation: Some(reason),
+            task_spent_usd: context.spent_usd,
         };
         let outcome = self.call_model(task, record.seq as usize, call).await?;
         if outcome.tier.as_deref() == Some(agent.local_tier.as_str()) {
@@ -550,6 +558,7 @@ struct TaskContext {
     values: HashMap<String, String>,
     tiers: HashMap<String, String>,
     needs_review: bool,
+    spent_usd: f64,
 }
 
 impl TaskContext {
@@ -560,11 +569,13 @@ impl TaskContext {
             values: HashMap::new(),
             tiers: HashMap::new(),
             needs_review: false,
+            spent_usd: 0.0,
         }
     }
 
     fn replay(&mut self, agent: &AgentSpec, record: &StepRecord) {
         self.needs_review |= record.needs_review;
+        self.spent_usd += record.cost_usd;
         if let Some(tier) = &record.tier {
             self.tiers.insert(record.step_id.clone(), tier.clone());
         }

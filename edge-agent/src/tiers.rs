@@ -1,19 +1,33 @@
 //! Model tiers as the bundle declares them, and the one place a step's model
-//! call is made: local tiers run on `aios_models` worker threads (loaded on
-//! first use through the verified model store).
+//! call is made. Local tiers run on `aios_models` worker threads (loaded on
+//! first use through the verified model store); remote tiers are
+//! OpenAI-compatible endpoints reached with `aios_models::cloud`. The choice
+//! between them is `aios_models::router::route`, a pure function; this module
+//! keeps the state it reads (a breaker per tier, the budget ledger) and makes
+//! the calls, retries and accounting.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use aios_models::cloud::{ChatCompletion, CloudClient, CloudConfig, Credential};
+use aios_models::openai::{ChatCompletionRequest, WireMessage};
+use aios_models::router::{
+    self, day_of, AirGap, BreakerConfig, BudgetKey, BudgetLedger, BudgetLimits, CircuitBreaker, MicroUsd, Price,
+    RetryPolicy, RiskClass, RouteInput, RouteTarget, TierHealth, TierId, TokenCount, Validation,
+};
 use aios_models::{
     ChatMessage, ChatModel, GenerateRequest, LoadOptions, ModelError, ModelStore, Prompt, SamplingParams,
 };
-use aios_shared::agent::{Definitions, StepKind, StepSpec, TierKind};
+use aios_shared::agent::{Definitions, Risk, StepKind, StepSpec, TierKind};
 use serde_json::{json, Value};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::db::DbError;
+use crate::store::EdgeStore;
 use crate::tasks::StepRecord;
+use crate::unix_ms;
 
 /// One model call a step asks for.
 #[derive(Debug)]
@@ -30,6 +44,8 @@ pub struct StepCall<'a> {
     pub system: Option<String>,
     /// Escalate, for this reason, whatever the step says (a validation failure).
     pub force_escalation: Option<String>,
+    /// What the task spent on earlier steps (for its budget after a restart).
+    pub task_spent_usd: f64,
 }
 
 /// What a model call produced and what it cost.
@@ -96,30 +112,91 @@ pub struct Tiers {
 struct TiersInner {
     models: ModelStore,
     load: LoadOptions,
+    store: Option<EdgeStore>,
     definitions: Mutex<Arc<Definitions>>,
     local: tokio::sync::Mutex<HashMap<String, ChatModel>>,
+    /// Clients of the remote tiers, or why one cannot be built.
+    remote: Mutex<HashMap<String, Result<CloudClient, String>>>,
+    /// One breaker per tier name; they outlive bundle changes.
+    breakers: Mutex<HashMap<String, CircuitBreaker>>,
+    ledger: Mutex<Ledger>,
+    retry: RetryPolicy,
+    breaker: BreakerConfig,
+    remote_calls: AtomicU64,
+}
+
+/// The budget ledger and which accounts were seeded from the database.
+#[derive(Default)]
+struct Ledger {
+    ledger: BudgetLedger,
+    seeded_days: HashSet<(String, i64)>,
+    seeded_tasks: HashSet<String>,
 }
 
 impl Tiers {
-    /// Tiers that load local models from `models`.
-    pub fn new(models: ModelStore, load: LoadOptions) -> Tiers {
+    /// Tiers that load local models from `models` and, with a store, keep
+    /// each agent's daily spending across restarts.
+    pub fn new(models: ModelStore, load: LoadOptions, store: Option<EdgeStore>) -> Tiers {
         Tiers {
             inner: Arc::new(TiersInner {
                 models,
                 load,
+                store,
                 definitions: Mutex::new(Arc::new(Definitions::default())),
                 local: tokio::sync::Mutex::new(HashMap::new()),
+                remote: Mutex::new(HashMap::new()),
+                breakers: Mutex::new(HashMap::new()),
+                ledger: Mutex::new(Ledger::default()),
+                retry: RetryPolicy::default(),
+                breaker: BreakerConfig { failure_threshold: 3, cool_down: Duration::from_secs(30) },
+                remote_calls: AtomicU64::new(0),
             }),
         }
     }
 
-    /// Takes the tiers of a newly applied bundle.
+    /// Takes the tiers of a newly applied bundle: remote clients are built
+    /// now (a missing credential is reported when the tier is routed to).
     pub fn configure(&self, definitions: &Arc<Definitions>) {
+        let mut remote = HashMap::new();
+        for (name, spec) in &definitions.tiers {
+            if spec.kind != TierKind::Openai {
+                continue;
+            }
+            let client = match spec.credential.as_deref().map(Credential::load).transpose() {
+                Err(err) => Err(format!("tier `{name}`: {err}")),
+                Ok(credential) => CloudClient::new(CloudConfig {
+                    base_url: spec.base_url.clone().unwrap_or_default(),
+                    model: spec.model.clone(),
+                    timeout: Duration::from_millis(spec.timeout_ms()),
+                    credential,
+                })
+                .map_err(|err| format!("tier `{name}`: {err}")),
+            };
+            if let Err(problem) = &client {
+                warn!(%problem, "remote tier unusable");
+            }
+            remote.insert(name.clone(), client);
+        }
+        *self.inner.remote.lock().expect("tiers lock") = remote;
         *self.inner.definitions.lock().expect("tiers lock") = definitions.clone();
     }
 
     fn definitions(&self) -> Arc<Definitions> {
         self.inner.definitions.lock().expect("tiers lock").clone()
+    }
+
+    /// Calls made to remote tiers by this process (attempts included).
+    pub fn remote_calls(&self) -> u64 {
+        self.inner.remote_calls.load(Ordering::Relaxed)
+    }
+
+    /// Each tier's breaker state, by name.
+    pub fn breaker_states(&self) -> Vec<(String, String)> {
+        let breakers = self.inner.breakers.lock().expect("tiers lock");
+        let mut states: Vec<(String, String)> =
+            breakers.iter().map(|(name, b)| (name.clone(), format!("{:?}", b.state()))).collect();
+        states.sort();
+        states
     }
 
     /// The chat model of local tier `tier`, loaded on first use.
@@ -142,36 +219,315 @@ impl Tiers {
         Ok(model)
     }
 
-    /// Runs a step's model call on the tier the routing picks.
+    /// Runs a step's model call on the tier the router picks: the local
+    /// model first (unless the step escalates by default or a validation
+    /// failure forces it), then escalation tiers in order when the router
+    /// says so, with retries, breakers and budgets, and the local model with
+    /// the result marked for review when no escalation tier can answer.
     pub async fn run(&self, call: StepCall<'_>, call_id: &str) -> Result<CallOutcome, ModelCallError> {
         let defs = self.definitions();
         let agent = defs
             .agents
             .get(call.agent)
             .ok_or_else(|| ModelCallError::Fatal(format!("agent `{}` is not defined", call.agent)))?;
-        let tier = agent.local_tier.clone();
-        let model = self.local_model(&tier).await?;
-        let mut outcome = run_local(&model, &call, call_id).await?;
-        outcome.tier = Some(tier);
-        let wanted = call
-            .force_escalation
-            .clone()
-            .or_else(|| call.step.escalates_by_default().then(|| format!("{} steps escalate", call.step.kind.as_str())))
-            .or_else(|| {
-                outcome
-                    .confidence
-                    .filter(|c| (*c as f32) < call.step.threshold())
-                    .map(|c| format!("confidence {c:.2} below threshold {:.2}", call.step.threshold()))
-            });
-        outcome.reason = match wanted {
-            None => "local model (low risk, confident)".into(),
-            Some(why) => {
-                outcome.needs_review = true;
-                format!("{why}; no escalation tier: local result marked for review")
-            }
+        let names: Vec<String> =
+            std::iter::once(agent.local_tier.clone()).chain(agent.escalate_to.iter().cloned()).collect();
+        let specs = names
+            .iter()
+            .map(|name| {
+                let spec = defs
+                    .tiers
+                    .get(name)
+                    .ok_or_else(|| ModelCallError::Fatal(format!("tier `{name}` is not declared")))?;
+                Ok(match spec.kind {
+                    TierKind::Local => router::TierSpec::local(name.clone()),
+                    TierKind::Openai => router::TierSpec::remote(
+                        name.clone(),
+                        spec.host().unwrap_or_default().to_owned(),
+                        Price {
+                            input_per_1k: MicroUsd::from_usd(spec.price_in_per_1k).unwrap_or(MicroUsd::UNLIMITED),
+                            output_per_1k: MicroUsd::from_usd(spec.price_out_per_1k).unwrap_or(MicroUsd::UNLIMITED),
+                        },
+                    ),
+                })
+            })
+            .collect::<Result<Vec<_>, ModelCallError>>()?;
+        let table = router::Tiers::new(specs).map_err(|err| ModelCallError::Fatal(err.to_string()))?;
+        let air_gap = AirGap { enabled: defs.runtime.air_gapped, allowed_hosts: defs.runtime.allowed_hosts.clone() };
+        let egress = air_gap.egress_all(&table);
+        let now = unix_ms();
+        let key = BudgetKey { task: call.task.to_owned(), agent: call.agent.to_owned(), day: day_of(now) };
+        let limits = BudgetLimits {
+            task: agent.budget.per_task_usd.and_then(MicroUsd::from_usd).unwrap_or(MicroUsd::UNLIMITED),
+            agent_day: agent.budget.per_day_usd.and_then(MicroUsd::from_usd).unwrap_or(MicroUsd::UNLIMITED),
         };
+        self.seed_ledger(&key, call.task_spent_usd).await?;
+
+        let kind_escalates = call.step.escalates_by_default() || call.force_escalation.is_some();
+        let mut local: Option<CallOutcome> = None;
+        let mut local_down: Option<String> = None;
+        if !kind_escalates {
+            match self.run_on_local(&agent.local_tier, &call, call_id).await {
+                Ok(outcome) => local = Some(outcome),
+                Err(ModelCallError::Unavailable(why)) => local_down = Some(why),
+                Err(other) => return Err(other),
+            }
+        }
+        // Tiers that failed during this call are passed over on the next round.
+        let mut failed: HashSet<usize> = HashSet::new();
+        let mut failures: Vec<String> = Vec::new();
+        loop {
+            let health: Vec<TierHealth> = (0..table.len())
+                .map(|idx| {
+                    if idx == table.fallback().0 {
+                        return if local_down.is_some() { TierHealth::Unavailable } else { TierHealth::Available };
+                    }
+                    if failed.contains(&idx) {
+                        return TierHealth::Unavailable;
+                    }
+                    self.breaker_health(&table.spec(TierId(idx)).name)
+                })
+                .collect();
+            let (task_budget, day_budget) = {
+                let ledger = self.inner.ledger.lock().expect("ledger lock");
+                (
+                    ledger.ledger.task_view(&key.task, limits.task),
+                    ledger.ledger.day_view(&key.agent, key.day, limits.agent_day),
+                )
+            };
+            let estimated =
+                TokenCount { input: (call.prompt.len() as u64) / 3 + 32, output: call.step.max_tokens() as u64 };
+            let input = RouteInput {
+                kind_escalates,
+                risk: match call.step.risk {
+                    Risk::Low => RiskClass::Low,
+                    Risk::Medium => RiskClass::Medium,
+                    Risk::High => RiskClass::High,
+                },
+                local_confidence: local.as_ref().and_then(|o| o.confidence),
+                confidence_threshold: if call.step.kind == StepKind::Classify {
+                    call.step.threshold() as f64
+                } else {
+                    0.0
+                },
+                validation: if call.force_escalation.is_some() { Validation::Failed } else { Validation::NotChecked },
+                estimated_tokens: estimated,
+                task_budget,
+                day_budget,
+                health: &health,
+                egress: &egress,
+            };
+            let decision = router::route(&table, &input);
+            let mut reason = decision.reason.to_string();
+            if let Some(why) = &call.force_escalation {
+                reason = format!("{why}; {reason}");
+            }
+            if !failures.is_empty() {
+                reason = format!("{reason} (after: {})", failures.join("; "));
+            }
+            match decision.target {
+                RouteTarget::Wait => {
+                    return Err(ModelCallError::Unavailable(match &local_down {
+                        Some(why) => format!("{reason}; {why}"),
+                        None => reason,
+                    }))
+                }
+                RouteTarget::Tier(id) if id == table.fallback() => {
+                    let mut outcome = match local.take() {
+                        Some(outcome) => outcome,
+                        None => self.run_on_local(&agent.local_tier, &call, call_id).await?,
+                    };
+                    outcome.tier = Some(agent.local_tier.clone());
+                    outcome.reason = reason;
+                    outcome.needs_review = decision.needs_review;
+                    return Ok(outcome);
+                }
+                RouteTarget::Tier(id) => {
+                    let spec = table.spec(id).clone();
+                    let estimate = spec.price.cost(estimated);
+                    let reservation = {
+                        let mut ledger = self.inner.ledger.lock().expect("ledger lock");
+                        ledger.ledger.reserve(&key, limits, estimate)
+                    };
+                    let reservation = match reservation {
+                        Ok(id) => id,
+                        // Another call took the room since the views were read: route again.
+                        Err(_) => continue,
+                    };
+                    match self.call_remote(&spec.name, &call, call_id).await {
+                        Ok(mut outcome) => {
+                            let cost =
+                                spec.price.cost(TokenCount { input: outcome.tokens_in, output: outcome.tokens_out });
+                            self.inner.ledger.lock().expect("ledger lock").ledger.settle(reservation, cost).ok();
+                            if let Some(store) = &self.inner.store {
+                                store.add_agent_spend(&key.agent, key.day, cost.as_usd()).await?;
+                            }
+                            outcome.tier = Some(spec.name.clone());
+                            outcome.reason = reason;
+                            outcome.cost_usd = cost.as_usd();
+                            return Ok(outcome);
+                        }
+                        Err(problem) => {
+                            self.inner.ledger.lock().expect("ledger lock").ledger.release(reservation).ok();
+                            warn!(tier = %spec.name, %problem, "escalation tier failed; trying the next in the chain");
+                            failures.push(format!("tier `{}` failed: {problem}", spec.name));
+                            failed.insert(id.0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn breaker_health(&self, tier: &str) -> TierHealth {
+        let mut breakers = self.inner.breakers.lock().expect("tiers lock");
+        let breaker = breakers.entry(tier.to_owned()).or_insert_with(|| CircuitBreaker::new(self.inner.breaker));
+        breaker.health(Instant::now())
+    }
+
+    /// Loads what the agent spent today, and what the task spent before this
+    /// process, into the ledger the first time they are seen.
+    async fn seed_ledger(&self, key: &BudgetKey, task_spent_usd: f64) -> Result<(), DbError> {
+        let day_known =
+            self.inner.ledger.lock().expect("ledger lock").seeded_days.contains(&(key.agent.clone(), key.day));
+        let spent_today = match (&self.inner.store, day_known) {
+            (Some(store), false) => Some(store.agent_spend(&key.agent, key.day).await?),
+            _ => None,
+        };
+        let mut ledger = self.inner.ledger.lock().expect("ledger lock");
+        if let Some(usd) = spent_today {
+            if ledger.seeded_days.insert((key.agent.clone(), key.day)) {
+                // Seeds the agent's day only: the task part of this key is a
+                // name no task has.
+                let day_only = BudgetKey { task: String::new(), agent: key.agent.clone(), day: key.day };
+                ledger.ledger.record_spent(&day_only, MicroUsd::from_usd(usd).unwrap_or(MicroUsd::ZERO));
+            }
+        }
+        if ledger.seeded_tasks.insert(key.task.clone()) && task_spent_usd > 0.0 {
+            // Seeds the task only: no agent has an empty name.
+            let task_only = BudgetKey { task: key.task.clone(), agent: String::new(), day: key.day };
+            ledger.ledger.record_spent(&task_only, MicroUsd::from_usd(task_spent_usd).unwrap_or(MicroUsd::ZERO));
+        }
+        Ok(())
+    }
+
+    async fn run_on_local(
+        &self,
+        tier: &str,
+        call: &StepCall<'_>,
+        call_id: &str,
+    ) -> Result<CallOutcome, ModelCallError> {
+        let model = self.local_model(tier).await?;
+        let mut outcome = run_local(&model, call, call_id).await?;
+        outcome.tier = Some(tier.to_owned());
         Ok(outcome)
     }
+
+    /// One escalated call with retries on retryable errors; every attempt
+    /// passes through the tier's breaker.
+    async fn call_remote(&self, tier: &str, call: &StepCall<'_>, call_id: &str) -> Result<CallOutcome, String> {
+        let client = self.inner.remote.lock().expect("tiers lock").get(tier).cloned();
+        let client = match client {
+            Some(Ok(client)) => client,
+            Some(Err(problem)) => return Err(problem),
+            None => return Err(format!("tier `{tier}` is not a remote tier")),
+        };
+        let step = call.step;
+        let mut messages = Vec::new();
+        match step.kind {
+            StepKind::Classify => {
+                let labels = step.labels.join(", ");
+                messages.push(WireMessage::new(
+                    "system",
+                    format!("Answer with exactly one of these labels and nothing else: {labels}."),
+                ));
+            }
+            _ => {
+                if let Some(system) = &call.system {
+                    messages.push(WireMessage::new("system", system.clone()));
+                }
+            }
+        }
+        messages.push(WireMessage::new("user", call.prompt.clone()));
+        let request = ChatCompletionRequest {
+            messages,
+            max_tokens: Some(if step.kind == StepKind::Classify { 16 } else { step.max_tokens() }),
+            temperature: step.temperature,
+            seed: Some(seed_for(call.task, &step.id) as i64 & i64::MAX),
+            ..ChatCompletionRequest::default()
+        };
+        let mut attempts = 0;
+        loop {
+            let permit = {
+                let mut breakers = self.inner.breakers.lock().expect("tiers lock");
+                let breaker =
+                    breakers.entry(tier.to_owned()).or_insert_with(|| CircuitBreaker::new(self.inner.breaker));
+                breaker.try_acquire(Instant::now()).map_err(|open| format!("breaker open for {:?}", open.retry_in))?
+            };
+            attempts += 1;
+            self.inner.remote_calls.fetch_add(1, Ordering::Relaxed);
+            let result = client.chat(request.clone()).await;
+            {
+                let mut breakers = self.inner.breakers.lock().expect("tiers lock");
+                let breaker =
+                    breakers.entry(tier.to_owned()).or_insert_with(|| CircuitBreaker::new(self.inner.breaker));
+                match &result {
+                    Err(err) if err.counts_against_breaker() => breaker.record_failure(permit, Instant::now()),
+                    _ => breaker.record_success(permit),
+                }
+            }
+            match result {
+                Ok(completion) => return remote_outcome(step, completion, call_id),
+                Err(err) => {
+                    let delay = match err.is_retryable() {
+                        true => self.inner.retry.delay_after(attempts, rand::random::<f64>(), err.retry_after()),
+                        false => None,
+                    };
+                    match delay {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => return Err(format!("{err} (after {attempts} attempt(s))")),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A remote reply as a step outcome; a classify reply must name a label.
+fn remote_outcome(step: &StepSpec, completion: ChatCompletion, call_id: &str) -> Result<CallOutcome, String> {
+    let tokens = completion.tokens().unwrap_or(TokenCount { input: 0, output: 0 });
+    let text = completion.text.trim().to_owned();
+    let (output, value, confidence) = match step.kind {
+        StepKind::Classify => {
+            let answer = text.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
+            let label = step
+                .labels
+                .iter()
+                .find(|l| l.to_lowercase() == answer)
+                .or_else(|| {
+                    let named: Vec<&String> =
+                        step.labels.iter().filter(|l| answer.contains(&l.to_lowercase())).collect();
+                    (named.len() == 1).then(|| named[0])
+                })
+                .ok_or_else(|| format!("the reply {text:?} names none of the labels"))?;
+            (json!({ "label": label, "reply": text, "model": completion.model }), label.clone(), None)
+        }
+        _ => {
+            (json!({ "text": text, "finish_reason": completion.finish_reason, "model": completion.model }), text, None)
+        }
+    };
+    Ok(CallOutcome {
+        tier: None,
+        reason: String::new(),
+        output,
+        value: Some(value),
+        tokens_in: tokens.input,
+        tokens_out: tokens.output,
+        cost_usd: 0.0,
+        confidence,
+        needs_review: false,
+        call_id: call_id.to_owned(),
+    })
 }
 
 fn model_error(err: ModelError) -> ModelCallError {
