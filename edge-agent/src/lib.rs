@@ -16,6 +16,7 @@ pub mod cli;
 pub mod daemon;
 pub mod db;
 pub mod enroll;
+pub mod gateway;
 pub mod identity;
 pub mod store;
 pub mod transport;
