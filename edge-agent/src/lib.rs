@@ -17,6 +17,7 @@ pub mod cli;
 pub mod daemon;
 pub mod db;
 pub mod enroll;
+pub mod gateway;
 pub mod identity;
 pub mod runtime;
 pub mod store;

@@ -1,0 +1,769 @@
+//! The governed gateway: the edge's local models behind OpenAI's HTTP API, so
+//! office applications that already speak it (and other edges, for which this
+//! edge is then a remote tier) use the local model with the edge's rules.
+//!
+//! Served: `GET /v1/models` (and `/v1/models/{id}`), `POST /v1/chat/completions`
+//! (a whole reply, or server-sent `chat.completion.chunk` events with a final
+//! usage chunk when `stream_options.include_usage` is set) and
+//! `POST /v1/embeddings` (one text or several; float or base64 encoding).
+//! Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
+//! with 400 for bad JSON and prompts longer than the context, 401 for a
+//! missing or wrong bearer token, 404 for unknown models and routes.
+//!
+//! Every chat and embeddings request, refused or served, ends in one
+//! [`GatewayObserver::on_call`] with what was asked, tokens in and out,
+//! latency and outcome; a stream the client abandons is reported as
+//! cancelled when its body is dropped (which also stops generation).
+//!
+//! A whole completion carries `Server-Timing: model;dur=<ms>`, the time
+//! spent inside the model, so the gateway's own cost can be told apart.
+//!
+//! Sampling follows the request (`temperature`, `top_p`, `max_tokens` or
+//! `max_completion_tokens`, `stop`, `seed`); an absent temperature means
+//! greedy decoding, not OpenAI's 1.0, so the same request gets the same
+//! answer. Authentication is an optional bearer token; with none configured
+//! the caller must bind the listener to loopback.
+//!
+//! Not yet here: routing requests to escalation tiers and charging budgets
+//! (the local model is free; the router and ledger live in
+//! `aios_models::router` and are to be consulted in `chat_completions`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aios_models::cloud::Credential;
+use aios_models::openai::{
+    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, Choice, ChunkChoice, Delta, EmbeddingData,
+    EmbeddingInput, EmbeddingUsage, EmbeddingVector, EmbeddingsRequest, EmbeddingsResponse, ErrorBody, ErrorDetail,
+    ModelList, ModelObject, ResponseMessage, Usage,
+};
+use aios_models::{
+    ChatMessage, ChatModel, EmbeddingModel, FinishReason, GenerateRequest, Generation, GenerationStream, ModelError,
+    Prompt, SamplingParams,
+};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Most texts one embeddings request may carry (OpenAI's limit).
+const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// How the gateway presents the local models.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The `model` value that selects the local chat model.
+    pub chat_model: String,
+    /// The `model` value that selects the local embedding model.
+    pub embedding_model: String,
+    /// The bearer token callers must present; `None` admits every caller, so
+    /// the listener must then be bound to loopback.
+    pub token: Option<Credential>,
+    /// Tokens generated when a request sets no limit.
+    pub default_max_tokens: usize,
+}
+
+/// What the handlers share.
+pub struct GatewayState {
+    /// Names, token, defaults.
+    config: GatewayConfig,
+    /// The local chat model, if one is loaded.
+    chat: Option<ChatModel>,
+    /// The local embedding model, if one is loaded.
+    embedder: Option<EmbeddingModel>,
+    /// Told about every call.
+    observer: Arc<dyn GatewayObserver>,
+    /// Unix seconds when the gateway started: the models' `created`.
+    started: u64,
+}
+
+impl GatewayState {
+    /// State for [`router`]. A model that is `None` answers 404 like an unknown one.
+    pub fn new(
+        config: GatewayConfig,
+        chat: Option<ChatModel>,
+        embedder: Option<EmbeddingModel>,
+        observer: Arc<dyn GatewayObserver>,
+    ) -> GatewayState {
+        GatewayState { config, chat, embedder, observer, started: unix_seconds() }
+    }
+}
+
+impl std::fmt::Debug for GatewayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayState").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// Receives one report per chat or embeddings request (to become an audit event).
+pub trait GatewayObserver: Send + Sync + 'static {
+    /// Called once when the request has been answered, refused or abandoned.
+    fn on_call(&self, call: &GatewayCall);
+}
+
+/// An observer that logs each call as a `tracing` event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingObserver;
+
+impl GatewayObserver for TracingObserver {
+    fn on_call(&self, call: &GatewayCall) {
+        tracing::info!(
+            endpoint = call.endpoint.path(),
+            model = %call.model,
+            status = call.status,
+            outcome = ?call.outcome,
+            delivery = ?call.delivery,
+            prompt_tokens = call.prompt_tokens,
+            completion_tokens = call.completion_tokens,
+            latency_ms = call.latency.as_secs_f64() * 1000.0,
+            "gateway call"
+        );
+    }
+}
+
+/// One request as the observer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayCall {
+    /// Which API.
+    pub endpoint: GatewayEndpoint,
+    /// The `model` the caller asked for (empty when the body was unreadable).
+    pub model: String,
+    /// Whole or streamed.
+    pub delivery: Delivery,
+    /// The HTTP status sent (a stream that fails midway keeps its 200).
+    pub status: u16,
+    /// How it ended.
+    pub outcome: CallOutcome,
+    /// Tokens in the prompt (0 for embeddings: not counted yet).
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    pub completion_tokens: u64,
+    /// From the request's arrival to its last byte (or abandonment).
+    pub latency: Duration,
+}
+
+/// The APIs that call models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayEndpoint {
+    /// `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+}
+
+impl GatewayEndpoint {
+    /// The URL path.
+    pub fn path(self) -> &'static str {
+        match self {
+            GatewayEndpoint::ChatCompletions => "/v1/chat/completions",
+            GatewayEndpoint::Embeddings => "/v1/embeddings",
+        }
+    }
+}
+
+/// How the answer was delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Server-sent events.
+    Stream,
+    /// One JSON body.
+    Whole,
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// The client went away before the answer was complete.
+    Cancelled,
+    /// Answered in full.
+    Completed,
+    /// Refused or failed; the message is what the client was told.
+    Failed(String),
+}
+
+/// The gateway's routes over `state`. Serve it with `axum::serve` on a
+/// listener the caller binds (loopback unless a token is configured).
+pub fn router(state: Arc<GatewayState>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(retrieve_model))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .fallback(unknown_route)
+        .with_state(state)
+}
+
+/// An error answered in OpenAI's shape.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+    message: String,
+}
+
+impl ApiError {
+    fn invalid(param: Option<&'static str>, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            param,
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    fn unknown_model(model: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            param: Some("model"),
+            code: Some("model_not_found"),
+            message: format!("the model `{model}` does not exist on this edge; GET /v1/models lists the models"),
+        }
+    }
+
+    fn unauthorised(message: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_api_key"),
+            message: message.to_owned(),
+        }
+    }
+
+    fn from_model(error: ModelError) -> ApiError {
+        let (status, kind, param, code) = match &error {
+            ModelError::PromptTooLong { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_request_error", Some("messages"), Some("context_length_exceeded"))
+            }
+            ModelError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", None, None),
+            ModelError::WorkerGone => (StatusCode::SERVICE_UNAVAILABLE, "server_error", None, None),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, None),
+        };
+        ApiError { status, kind, param, code, message: error.to_string() }
+    }
+
+    fn from_body(rejection: BytesRejection) -> ApiError {
+        ApiError {
+            status: rejection.status(),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+            message: rejection.body_text(),
+        }
+    }
+
+    fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind.to_owned(),
+                param: self.param.map(str::to_owned),
+                code: self.code.map(str::to_owned),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+/// Reports a call to the observer exactly once: explicitly when it ends, or
+/// as cancelled when dropped first (the client went away).
+struct CallRecorder {
+    state: Arc<GatewayState>,
+    call: GatewayCall,
+    started: Instant,
+    reported: bool,
+}
+
+impl CallRecorder {
+    fn new(state: &Arc<GatewayState>, endpoint: GatewayEndpoint, started: Instant) -> CallRecorder {
+        CallRecorder {
+            state: state.clone(),
+            call: GatewayCall {
+                endpoint,
+                model: String::new(),
+                delivery: Delivery::Whole,
+                status: 499,
+                outcome: CallOutcome::Cancelled,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                latency: Duration::ZERO,
+            },
+            started,
+            reported: false,
+        }
+    }
+
+    fn tokens(&mut self, generation: &Generation) {
+        self.call.prompt_tokens = generation.prompt_tokens as u64;
+        self.call.completion_tokens = generation.completion_tokens as u64;
+    }
+
+    fn report(&mut self, status: StatusCode, outcome: CallOutcome) {
+        if self.reported {
+            return;
+        }
+        self.reported = true;
+        self.call.status = status.as_u16();
+        self.call.outcome = outcome;
+        self.call.latency = self.started.elapsed();
+        self.state.observer.on_call(&self.call);
+    }
+
+    /// Reports `error` and turns it into the response.
+    fn fail(&mut self, error: ApiError) -> Response {
+        self.report(error.status, CallOutcome::Failed(error.message.clone()));
+        error.into_response()
+    }
+}
+
+impl Drop for CallRecorder {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.reported = true;
+            self.call.latency = self.started.elapsed();
+            self.state.observer.on_call(&self.call);
+        }
+    }
+}
+
+fn unix_seconds() -> u64 {
+    u64::try_from(crate::unix_ms() / 1000).unwrap_or_default()
+}
+
+fn authorise(state: &GatewayState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.config.token else { return Ok(()) };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthorised("this gateway needs `Authorization: Bearer <token>`"))?;
+    if token.matches(presented.trim()) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorised("the bearer token is not valid for this gateway"))
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(ApiError::from_body)?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::invalid(None, format!("the request body is not valid: {e}")))
+}
+
+fn model_object(id: &str, created: u64) -> ModelObject {
+    ModelObject { id: id.to_owned(), object: "model".to_owned(), created, owned_by: "aios-edge".to_owned() }
+}
+
+fn served_models(state: &GatewayState) -> Vec<ModelObject> {
+    let chat = state.chat.as_ref().map(|_| state.config.chat_model.as_str());
+    let embedder = state.embedder.as_ref().map(|_| state.config.embedding_model.as_str());
+    chat.into_iter().chain(embedder).map(|id| model_object(id, state.started)).collect()
+}
+
+async fn list_models(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
+    if let Err(error) = authorise(&state, &headers) {
+        return error.into_response();
+    }
+    Json(ModelList { object: "list".to_owned(), data: served_models(&state) }).into_response()
+}
+
+async fn retrieve_model(
+    State(state): State<Arc<GatewayState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(error) = authorise(&state, &headers) {
+        return error.into_response();
+    }
+    match served_models(&state).into_iter().find(|model| model.id == id) {
+        Some(model) => Json(model).into_response(),
+        None => ApiError::unknown_model(&id).into_response(),
+    }
+}
+
+async fn unknown_route() -> Response {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("unknown_url"),
+        message: "unknown URL; this gateway serves /v1/models, /v1/chat/completions and /v1/embeddings".to_owned(),
+    }
+    .into_response()
+}
+
+/// Turns an OpenAI request into a generation request for `model`.
+fn generate_request(
+    state: &GatewayState,
+    model: &ChatModel,
+    request: &ChatCompletionRequest,
+) -> Result<GenerateRequest, ApiError> {
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid(Some("messages"), "`messages` must not be empty"));
+    }
+    if request.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid(Some("n"), "only n = 1 is supported"));
+    }
+    let mut messages = Vec::with_capacity(request.messages.len());
+    for message in &request.messages {
+        let text = message.text().map_err(|reason| ApiError::invalid(Some("messages"), reason))?;
+        messages.push(match message.role.as_str() {
+            "system" | "developer" => ChatMessage::system(text),
+            "user" => ChatMessage::user(text),
+            "assistant" => ChatMessage::assistant(text),
+            other => {
+                return Err(ApiError::invalid(
+                    Some("messages"),
+                    format!("messages with role `{other}` are not supported by the local model"),
+                ))
+            }
+        });
+    }
+    let max_tokens = match request.token_limit() {
+        Some(0) => return Err(ApiError::invalid(Some("max_tokens"), "max_tokens must be at least 1")),
+        Some(limit) => usize::try_from(limit).unwrap_or(usize::MAX),
+        None => state.config.default_max_tokens,
+    }
+    .min(model.info().context_length);
+    let mut sampling = SamplingParams::greedy();
+    if let Some(temperature) = request.temperature {
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::invalid(Some("temperature"), format!("temperature {temperature} must be in [0, 2]")));
+        }
+        sampling.temperature = temperature;
+    }
+    if let Some(top_p) = request.top_p {
+        sampling.top_p = top_p;
+    }
+    if let Some(seed) = request.seed {
+        // Negative seeds are valid in OpenAI's API; any fixed mapping to u64 will do.
+        sampling.seed = seed as u64;
+    }
+    sampling.validate().map_err(ApiError::from_model)?;
+    let stop = request.stop.clone().map(|stop| stop.into_vec()).unwrap_or_default();
+    if stop.len() > 4 {
+        return Err(ApiError::invalid(Some("stop"), "at most 4 stop sequences are supported"));
+    }
+    Ok(GenerateRequest { prompt: Prompt::Chat(messages), max_tokens, sampling, stop, ignore_eos: false })
+}
+
+fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Length => "length",
+        FinishReason::Cancelled | FinishReason::EndOfTurn | FinishReason::Stop => "stop",
+    }
+}
+
+fn completion_id() -> String {
+    format!("chatcmpl-{:016x}", rand::random::<u64>())
+}
+
+async fn chat_completions(
+    State(state): State<Arc<GatewayState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut recorder = CallRecorder::new(&state, GatewayEndpoint::ChatCompletions, Instant::now());
+    if let Err(error) = authorise(&state, &headers) {
+        return recorder.fail(error);
+    }
+    let request: ChatCompletionRequest = match parse(body) {
+        Ok(request) => request,
+        Err(error) => return recorder.fail(error),
+    };
+    recorder.call.model.clone_from(&request.model);
+    recorder.call.delivery = if request.stream { Delivery::Stream } else { Delivery::Whole };
+    let model = match &state.chat {
+        Some(model) if request.model == state.config.chat_model => model.clone(),
+        _ => return recorder.fail(ApiError::unknown_model(&request.model)),
+    };
+    let generate = match generate_request(&state, &model, &request) {
+        Ok(generate) => generate,
+        Err(error) => return recorder.fail(error),
+    };
+    if request.stream {
+        stream_completion(recorder, model, generate, request).await
+    } else {
+        whole_completion(recorder, model, generate, request).await
+    }
+}
+
+async fn whole_completion(
+    mut recorder: CallRecorder,
+    model: ChatModel,
+    generate: GenerateRequest,
+    request: ChatCompletionRequest,
+) -> Response {
+    let generation = match model.generate(generate).await {
+        Ok(generation) => generation,
+        Err(error) => return recorder.fail(ApiError::from_model(error)),
+    };
+    recorder.tokens(&generation);
+    let usage = Usage::new(generation.prompt_tokens as u64, generation.completion_tokens as u64);
+    let response = ChatCompletionResponse {
+        id: completion_id(),
+        object: "chat.completion".to_owned(),
+        created: unix_seconds(),
+        model: request.model,
+        choices: vec![Choice {
+            index: 0,
+            message: ResponseMessage { role: "assistant".to_owned(), content: Some(generation.text) },
+            finish_reason: Some(finish_reason(generation.finish_reason).to_owned()),
+        }],
+        usage: Some(usage),
+    };
+    recorder.report(StatusCode::OK, CallOutcome::Completed);
+    // Time inside the model, so callers (and the benchmark) can tell the
+    // gateway's own cost from the model's.
+    let model_ms = (generation.time_to_first_token + generation.decode_time).as_secs_f64() * 1000.0;
+    ([(header::HeaderName::from_static("server-timing"), format!("model;dur={model_ms:.3}"))], Json(response))
+        .into_response()
+}
+
+/// Streams a completion. Generation starts before the response does, so a
+/// request that fails at once (a prompt longer than the context) still gets
+/// its proper status instead of a 200 with an error event.
+async fn stream_completion(
+    mut recorder: CallRecorder,
+    model: ChatModel,
+    generate: GenerateRequest,
+    request: ChatCompletionRequest,
+) -> Response {
+    let mut generation = model.generate_stream(generate);
+    match generation.next_piece().await {
+        Some(piece) => respond_with_stream(recorder, Some(generation), request, StreamPhase::Piece(piece), None),
+        None => match generation.finish().await {
+            // Nothing was streamed: send the text (if any) as one piece.
+            Ok(finished) if !finished.text.is_empty() => {
+                let text = finished.text.clone();
+                respond_with_stream(recorder, None, request, StreamPhase::Piece(text), Some(finished))
+            }
+            Ok(finished) => respond_with_stream(recorder, None, request, StreamPhase::Finished(finished), None),
+            Err(error) => recorder.fail(ApiError::from_model(error)),
+        },
+    }
+}
+
+/// Starts the SSE response at `phase`; after the pieces, `generation` is
+/// read, or `finished` is what it already produced.
+fn respond_with_stream(
+    recorder: CallRecorder,
+    generation: Option<GenerationStream>,
+    request: ChatCompletionRequest,
+    phase: StreamPhase,
+    finished: Option<Generation>,
+) -> Response {
+    let stream = CompletionStream {
+        id: completion_id(),
+        created: unix_seconds(),
+        model: request.model.clone(),
+        include_usage: request.include_usage(),
+        generation,
+        finished,
+        phase: Some(StreamPhase::Role(Box::new(phase))),
+        recorder,
+    };
+    let body = futures_util::stream::unfold(stream, |mut stream| async move {
+        let event = stream.next_event().await?;
+        Some((Ok::<_, std::convert::Infallible>(event), stream))
+    });
+    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(body))
+        .into_response()
+}
+
+/// What a completion stream sends next.
+enum StreamPhase {
+    /// The chunk that announces the assistant's role, then the inner phase.
+    Role(Box<StreamPhase>),
+    /// A piece of text already read.
+    Piece(String),
+    /// Read the next piece from the model.
+    Next,
+    /// Generation ended: the chunk with the finish reason.
+    Finished(Generation),
+    /// The usage chunk.
+    Usage(Usage),
+    /// `[DONE]`.
+    Done,
+}
+
+/// The state of one streamed completion; dropping it (the client left)
+/// cancels generation and reports the call as cancelled.
+struct CompletionStream {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    /// The model's output, while it is being read.
+    generation: Option<GenerationStream>,
+    /// The generation, when it ended before the response started.
+    finished: Option<Generation>,
+    /// `None` once everything has been sent.
+    phase: Option<StreamPhase>,
+    recorder: CallRecorder,
+}
+
+impl CompletionStream {
+    /// The next SSE event, or `None` at the end of the body.
+    async fn next_event(&mut self) -> Option<Bytes> {
+        let phase = self.phase.take()?;
+        let event = match phase {
+            StreamPhase::Role(inner) => {
+                self.phase = Some(*inner);
+                let delta = Delta { role: Some("assistant".to_owned()), content: Some(String::new()) };
+                self.chunk(delta, None)
+            }
+            StreamPhase::Piece(piece) => {
+                self.phase = Some(StreamPhase::Next);
+                self.chunk(Delta { role: None, content: Some(piece) }, None)
+            }
+            StreamPhase::Next => return self.next_from_model().await,
+            StreamPhase::Finished(generation) => self.finished_event(generation),
+            StreamPhase::Usage(usage) => {
+                self.phase = Some(StreamPhase::Done);
+                sse_event(&ChatCompletionChunk {
+                    id: self.id.clone(),
+                    object: "chat.completion.chunk".to_owned(),
+                    created: self.created,
+                    model: self.model.clone(),
+                    choices: Vec::new(),
+                    usage: Some(usage),
+                })
+            }
+            StreamPhase::Done => {
+                self.recorder.report(StatusCode::OK, CallOutcome::Completed);
+                Bytes::from_static(b"data: [DONE]\n\n")
+            }
+        };
+        Some(event)
+    }
+
+    async fn next_from_model(&mut self) -> Option<Bytes> {
+        let Some(generation) = self.generation.as_mut() else {
+            let finished = self.finished.take()?;
+            return Some(self.finished_event(finished));
+        };
+        if let Some(piece) = generation.next_piece().await {
+            self.phase = Some(StreamPhase::Next);
+            return Some(self.chunk(Delta { role: None, content: Some(piece) }, None));
+        }
+        let generation = self.generation.take()?;
+        match generation.finish().await {
+            Ok(finished) => Some(self.finished_event(finished)),
+            Err(error) => {
+                let error = ApiError::from_model(error);
+                let event = sse_event(&error.body());
+                self.recorder.report(StatusCode::OK, CallOutcome::Failed(error.message));
+                Some(event)
+            }
+        }
+    }
+
+    /// The chunk with the finish reason; the usage chunk and `[DONE]` follow.
+    fn finished_event(&mut self, generation: Generation) -> Bytes {
+        self.recorder.tokens(&generation);
+        let usage = Usage::new(generation.prompt_tokens as u64, generation.completion_tokens as u64);
+        self.phase = Some(if self.include_usage { StreamPhase::Usage(usage) } else { StreamPhase::Done });
+        self.chunk(Delta::default(), Some(finish_reason(generation.finish_reason)))
+    }
+
+    fn chunk(&self, delta: Delta, finish_reason: Option<&str>) -> Bytes {
+        sse_event(&ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".to_owned(),
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish_reason.map(str::to_owned) }],
+            usage: None,
+        })
+    }
+}
+
+fn sse_event(value: &impl Serialize) -> Bytes {
+    let json = serde_json::to_string(value).expect("wire types serialise to JSON without failure");
+    Bytes::from(format!("data: {json}\n\n"))
+}
+
+async fn embeddings(
+    State(state): State<Arc<GatewayState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut recorder = CallRecorder::new(&state, GatewayEndpoint::Embeddings, Instant::now());
+    if let Err(error) = authorise(&state, &headers) {
+        return recorder.fail(error);
+    }
+    let request: EmbeddingsRequest = match parse(body) {
+        Ok(request) => request,
+        Err(error) => return recorder.fail(error),
+    };
+    recorder.call.model.clone_from(&request.model);
+    let embedder = match &state.embedder {
+        Some(embedder) if request.model == state.config.embedding_model => embedder.clone(),
+        _ => return recorder.fail(ApiError::unknown_model(&request.model)),
+    };
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            let message = format!("encoding_format `{other}` is not supported (use `float` or `base64`)");
+            return recorder.fail(ApiError::invalid(Some("encoding_format"), message));
+        }
+    };
+    let texts = match request.input {
+        EmbeddingInput::One(text) => vec![text],
+        EmbeddingInput::Many(texts) if texts.is_empty() => {
+            return recorder.fail(ApiError::invalid(Some("input"), "`input` must not be empty"));
+        }
+        EmbeddingInput::Many(texts) if texts.len() > MAX_EMBEDDING_INPUTS => {
+            let message = format!("at most {MAX_EMBEDDING_INPUTS} inputs per request");
+            return recorder.fail(ApiError::invalid(Some("input"), message));
+        }
+        EmbeddingInput::Many(texts) => texts,
+        EmbeddingInput::Tokens(_) => {
+            let message = "`input` must be a string or an array of strings; token arrays are not supported";
+            return recorder.fail(ApiError::invalid(Some("input"), message));
+        }
+    };
+    let vectors = match embedder.embed(texts).await {
+        Ok(vectors) => vectors,
+        Err(error) => return recorder.fail(ApiError::from_model(error)),
+    };
+    let data = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, vector)| EmbeddingData {
+            object: "embedding".to_owned(),
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            embedding: if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|value| value.to_le_bytes()).collect();
+                EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                EmbeddingVector::Float(vector)
+            },
+        })
+        .collect();
+    recorder.report(StatusCode::OK, CallOutcome::Completed);
+    Json(EmbeddingsResponse {
+        object: "list".to_owned(),
+        data,
+        model: request.model,
+        // TODO: count tokens once the embedding worker reports them.
+        usage: EmbeddingUsage::default(),
+    })
+    .into_response()
+}
