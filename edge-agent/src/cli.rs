@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// Address of the local HTTP API [default: 127.0.0.1:7580]; `off` disables it.
     #[arg(long, env = "AIOS_EDGE_API")]
     pub api_listen: Option<String>,
+    /// Serve the OpenAI-compatible gateway (`/v1/chat/completions`,
+    /// `/v1/embeddings`, `/v1/models`) on the local API's listener.
+    #[arg(long, env = "AIOS_EDGE_GATEWAY")]
+    pub gateway: bool,
 }
 
 /// Test entry points.
@@ -129,6 +133,20 @@ pub struct FileConfig {
     pub api_listen: Option<String>,
     /// Bearer token the local API requires (needed when it listens beyond loopback).
     pub api_token: Option<String>,
+    /// The OpenAI-compatible gateway, when served.
+    pub gateway: Option<GatewayFileConfig>,
+}
+
+/// `[gateway]` in the edge's configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFileConfig {
+    /// Catalogue id of the chat model [default: smollm2-135m-instruct].
+    pub chat_model: Option<String>,
+    /// Catalogue id of the embedding model [default: all-minilm-l6-v2]; "" for none.
+    pub embedding_model: Option<String>,
+    /// Bearer token callers must present: `env:NAME` or `file:/path`.
+    pub token: Option<String>,
 }
 
 /// Default address of the local API.
@@ -201,6 +219,22 @@ async fn run_daemon(data_dir_flag: Option<PathBuf>, args: RunArgs) -> anyhow::Re
         options.api_listen = Some(addr);
     }
     options.api_token = file.api_token;
+    if args.gateway || file.gateway.is_some() {
+        if options.api_listen.is_none() {
+            bail!("the gateway is served on the local API's listener; do not set api_listen = \"off\"");
+        }
+        let config = file.gateway.unwrap_or_default();
+        let defaults = crate::daemon::GatewayOptions::default();
+        options.gateway = Some(crate::daemon::GatewayOptions {
+            chat_model: config.chat_model.unwrap_or(defaults.chat_model),
+            embedding_model: match config.embedding_model {
+                Some(id) if id.is_empty() => None,
+                Some(id) => Some(id),
+                None => defaults.embedding_model,
+            },
+            token: config.token,
+        });
+    }
     #[cfg(feature = "debug-hooks")]
     {
         options.runtime.call_log = std::env::var_os("AIOS_DEBUG_CALL_LOG").map(PathBuf::from);

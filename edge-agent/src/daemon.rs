@@ -30,6 +30,9 @@ pub enum DaemonError {
     /// The database failed.
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
+    /// The gateway's models cannot load.
+    #[error("cannot start the gateway: {0}")]
+    Gateway(String),
     /// The local API cannot listen.
     #[error("cannot listen on {addr} for the local API: {source}")]
     Listen {
@@ -57,6 +60,97 @@ pub struct DaemonOptions {
     pub load: aios_models::LoadOptions,
     /// Task runtime settings.
     pub runtime: RuntimeOptions,
+    /// Serve the OpenAI-compatible gateway on the local API's listener.
+    pub gateway: Option<GatewayOptions>,
+}
+
+/// Which models the gateway serves.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Catalogue id of the chat model.
+    pub chat_model: String,
+    /// Catalogue id of the embedding model, if embeddings are served.
+    pub embedding_model: Option<String>,
+    /// Bearer token callers must present (`env:NAME` / `file:PATH` reference).
+    pub token: Option<String>,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            chat_model: "smollm2-135m-instruct".into(),
+            embedding_model: Some("all-minilm-l6-v2".into()),
+            token: None,
+        }
+    }
+}
+
+/// Records every gateway call in the audit log.
+struct AuditObserver {
+    store: EdgeStore,
+    identity: crate::identity::Identity,
+}
+
+impl crate::gateway::GatewayObserver for AuditObserver {
+    fn on_call(&self, call: &crate::gateway::GatewayCall) {
+        let payload = serde_json::json!({
+            "endpoint": call.endpoint.path(),
+            "model": call.model,
+            "stream": call.delivery == crate::gateway::Delivery::Stream,
+            "status": call.status,
+            "outcome": match &call.outcome {
+                crate::gateway::CallOutcome::Completed => "completed".to_owned(),
+                crate::gateway::CallOutcome::Cancelled => "cancelled".to_owned(),
+                crate::gateway::CallOutcome::Failed(why) => format!("failed: {why}"),
+            },
+            "prompt_tokens": call.prompt_tokens,
+            "completion_tokens": call.completion_tokens,
+            "latency_ms": call.latency.as_secs_f64() * 1000.0,
+        });
+        let (store, identity) = (self.store.clone(), self.identity.clone());
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        handle.spawn(async move {
+            if let Err(err) = store.append_audit(&identity, unix_ms(), kinds::GATEWAY_CALL, payload.to_string()).await {
+                warn!(%err, "cannot record a gateway call");
+            }
+        });
+    }
+}
+
+async fn gateway_router(
+    options: &DaemonOptions,
+    gateway: &GatewayOptions,
+    store: &EdgeStore,
+    identity: &crate::identity::Identity,
+) -> Result<axum::Router, DaemonError> {
+    let failed = DaemonError::Gateway;
+    let chat = aios_models::ChatModel::load(&options.models, &gateway.chat_model, &options.load)
+        .await
+        .map_err(|err| failed(format!("chat model `{}`: {err}", gateway.chat_model)))?;
+    let embedder = match &gateway.embedding_model {
+        None => None,
+        Some(id) => Some(
+            aios_models::EmbeddingModel::load(&options.models, id, &options.load)
+                .await
+                .map_err(|err| failed(format!("embedding model `{id}`: {err}")))?,
+        ),
+    };
+    let token = gateway
+        .token
+        .as_deref()
+        .map(aios_models::cloud::Credential::load)
+        .transpose()
+        .map_err(|err| failed(format!("gateway token: {err}")))?;
+    let config = crate::gateway::GatewayConfig {
+        chat_model: gateway.chat_model.clone(),
+        embedding_model: gateway.embedding_model.clone().unwrap_or_default(),
+        token,
+        default_max_tokens: 256,
+    };
+    let observer = Arc::new(AuditObserver { store: store.clone(), identity: identity.clone() });
+    let state = crate::gateway::GatewayState::new(config, Some(chat), embedder, observer);
+    info!(chat = %gateway.chat_model, "OpenAI-compatible gateway ready");
+    Ok(crate::gateway::router(Arc::new(state)))
 }
 
 impl DaemonOptions {
@@ -67,6 +161,7 @@ impl DaemonOptions {
             uplink: UplinkOptions::default(),
             api_listen: None,
             api_token: None,
+            gateway: None,
             models: aios_models::ModelStore::from_env(),
             load: aios_models::LoadOptions::default(),
             runtime: RuntimeOptions::default(),
@@ -112,8 +207,11 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
             let listener =
                 tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
             let local = listener.local_addr().map_err(|source| DaemonError::Listen { addr, source })?;
-            let app =
+            let mut app =
                 api::router(ApiState { runtime: runtime.clone(), token: options.api_token.clone().map(Into::into) });
+            if let Some(gateway) = &options.gateway {
+                app = app.merge(gateway_router(&options, gateway, &store, &identity).await?);
+            }
             let mut api_shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async move {

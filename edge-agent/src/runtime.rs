@@ -400,12 +400,14 @@ impl Runtime {
             StepKind::Classify | StepKind::Generate | StepKind::Plan => {
                 let prompt = context.render(step.prompt.as_deref().unwrap_or_default()).map_err(fatal)?;
                 let system = step.system.as_deref().map(|s| context.render(s)).transpose().map_err(fatal)?;
+                let subject = step.subject.as_deref().map(|s| context.render(s)).transpose().map_err(fatal)?;
                 let call = StepCall {
                     agent: &task.agent,
                     task: &task.id,
                     step,
                     prompt,
                     system,
+                    subject,
                     force_escalation: None,
                     task_spent_usd: context.spent_usd,
                 };
@@ -487,6 +489,7 @@ impl Runtime {
             step: target,
             prompt,
             system,
+            subject: None,
             force_escalation: Some(reason),
             task_spent_usd: context.spent_usd,
         };

@@ -42,6 +42,8 @@ pub struct StepCall<'a> {
     pub prompt: String,
     /// The rendered system message.
     pub system: Option<String>,
+    /// The rendered subject of a classify step (what an escalation tier sees).
+    pub subject: Option<String>,
     /// Escalate, for this reason, whatever the step says (a validation failure).
     pub force_escalation: Option<String>,
     /// What the task spent on earlier steps (for its budget after a restart).
@@ -439,7 +441,7 @@ impl Tiers {
                 let labels = step.labels.join(", ");
                 messages.push(WireMessage::new(
                     "system",
-                    format!("Answer with exactly one of these labels and nothing else: {labels}."),
+                    format!("You sort messages. Answer with exactly one of these labels and nothing else: {labels}."),
                 ));
             }
             _ => {
@@ -448,7 +450,13 @@ impl Tiers {
                 }
             }
         }
-        messages.push(WireMessage::new("user", call.prompt.clone()));
+        if step.kind == StepKind::Classify {
+            for example in &step.examples {
+                messages.push(WireMessage::new("user", example.text.clone()));
+                messages.push(WireMessage::new("assistant", example.label.clone()));
+            }
+        }
+        messages.push(WireMessage::new("user", call.subject.clone().unwrap_or_else(|| call.prompt.clone())));
         let request = ChatCompletionRequest {
             messages,
             max_tokens: Some(if step.kind == StepKind::Classify { 16 } else { step.max_tokens() }),

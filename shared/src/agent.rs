@@ -208,6 +208,15 @@ pub struct StepSpec {
     /// Candidate answers (classify).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
+    /// Worked examples (classify): shown to an escalation tier as earlier
+    /// turns of the conversation, which small chat models follow far better
+    /// than instructions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<ClassifyExample>,
+    /// What an escalation tier is asked to classify (classify; a template,
+    /// default: the prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// Escalate when the local confidence is below this (classify; default 0.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f32>,
@@ -252,6 +261,16 @@ impl StepSpec {
     pub fn escalates_by_default(&self) -> bool {
         self.escalate.unwrap_or(self.kind == StepKind::Plan)
     }
+}
+
+/// One worked example of a classify step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyExample {
+    /// The text.
+    pub text: String,
+    /// Its label (one of the step's labels).
+    pub label: String,
 }
 
 /// A condition on an earlier step's output value (a classify step's label,
@@ -580,7 +599,7 @@ fn validate_tier(name: &str, tier: &TierSpec) -> Result<(), DefinitionError> {
 /// Which fields each kind takes, besides id, kind, when and risk.
 fn allowed_fields(kind: StepKind) -> &'static [&'static str] {
     match kind {
-        StepKind::Classify => &["prompt", "labels", "threshold", "escalate"],
+        StepKind::Classify => &["prompt", "labels", "threshold", "escalate", "examples", "subject"],
         StepKind::Generate | StepKind::Plan => &["prompt", "system", "max_tokens", "temperature", "escalate"],
         StepKind::Retrieve => &["prompt", "namespace"],
         StepKind::Act => &["connector", "action", "args"],
@@ -594,6 +613,8 @@ fn validate_step(step: &StepSpec, earlier: &[&str]) -> Result<(), String> {
         ("system", step.system.is_some()),
         ("labels", !step.labels.is_empty()),
         ("threshold", step.threshold.is_some()),
+        ("examples", !step.examples.is_empty()),
+        ("subject", step.subject.is_some()),
         ("max_tokens", step.max_tokens.is_some()),
         ("temperature", step.temperature.is_some()),
         ("escalate", step.escalate.is_some()),
@@ -608,7 +629,7 @@ fn validate_step(step: &StepSpec, earlier: &[&str]) -> Result<(), String> {
     if let Some((field, _)) = present.iter().find(|(field, set)| *set && !allowed.contains(field)) {
         return Err(format!("`{field}` does not apply to a {} step", step.kind.as_str()));
     }
-    for template in [&step.prompt, &step.system].into_iter().flatten().chain(step.args.values()) {
+    for template in [&step.prompt, &step.system, &step.subject].into_iter().flatten().chain(step.args.values()) {
         check_template(template)?;
     }
     match step.kind {
@@ -624,6 +645,9 @@ fn validate_step(step: &StepSpec, earlier: &[&str]) -> Result<(), String> {
             labels.dedup();
             if labels.len() != step.labels.len() || labels.iter().any(|l| l.trim().is_empty()) {
                 return Err("labels must be distinct and non-empty".into());
+            }
+            if let Some(example) = step.examples.iter().find(|e| !step.labels.contains(&e.label)) {
+                return Err(format!("example label `{}` is not one of the labels", example.label));
             }
             if let Some(t) = step.threshold {
                 if !(0.0..=1.0).contains(&t) {

@@ -239,6 +239,8 @@ pub struct EdgeProc {
     pub api_port: u16,
     /// Extra environment for `run`.
     pub env: Vec<(String, String)>,
+    /// Extra flags for `run` (such as `--gateway`).
+    pub run_args: Vec<String>,
     http: reqwest::Client,
 }
 
@@ -259,6 +261,7 @@ impl EdgeProc {
             control_plane_override: None,
             api_port: free_tcp_port(),
             env: Vec::new(),
+            run_args: Vec::new(),
             http: reqwest::Client::new(),
         })
     }
@@ -272,6 +275,7 @@ impl EdgeProc {
         if let Some(addr) = &self.control_plane_override {
             command.args(["--control-plane", addr]);
         }
+        command.args(&self.run_args);
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = command
             .env("AIOS_LOG", "info,quinn=warn")
