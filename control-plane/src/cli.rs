@@ -298,13 +298,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print_lines(client()?.send(Method::GET, &path, None).await?)
         }
         Command::Task(TaskCommand::Submit { agent, input, kind, edge, label, wait }) => {
-            let text = if input.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
-            } else {
-                std::fs::read_to_string(&input).with_context(|| format!("cannot read {}", input.display()))?
-            };
-            let input: serde_json::Value =
-                serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "text": text.trim_end() }));
+            let input = aios_edge_agent::task_cli::read_input(&input)?;
             let body =
                 serde_json::json!({ "agent": agent, "input": input, "kind": kind, "edge": edge, "label": label });
             let client = client()?;

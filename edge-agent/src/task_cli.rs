@@ -155,7 +155,9 @@ pub async fn run(command: TaskCommand) -> anyhow::Result<()> {
     }
 }
 
-fn read_input(path: &std::path::Path) -> anyhow::Result<Value> {
+/// Reads a task input from a file or `-` (standard input): JSON as is, any
+/// other text as `{"text": ...}`.
+pub fn read_input(path: &std::path::Path) -> anyhow::Result<Value> {
     let mut text = String::new();
     if path.as_os_str() == "-" {
         std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
