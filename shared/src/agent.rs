@@ -35,6 +35,7 @@
 //! time, so a template error is a publish error.
 
 use std::collections::BTreeMap;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,15 @@ pub struct Definitions {
     /// Settings of the task runtime.
     #[serde(default)]
     pub runtime: RuntimeSpec,
+    /// Connectors by name: the only way an agent acts on the world.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub connectors: BTreeMap<String, crate::exec::ConnectorSpec>,
+    /// Inbound webhooks by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub webhooks: BTreeMap<String, crate::exec::WebhookSpec>,
+    /// The Cedar schema and policies that decide every side effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::exec::PolicySpec>,
 }
 
 /// One agent: the task kinds it accepts and its ordered steps.
@@ -238,6 +248,12 @@ pub struct StepSpec {
     /// Arguments, each value a template (act).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub args: BTreeMap<String, String>,
+    /// What the side effect touches, for the policy (act; default the connector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<crate::exec::ResourceSpec>,
+    /// The agent's reasoning shown to an approver (act; a template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
     /// The step whose output is checked (validate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
@@ -473,6 +489,9 @@ pub enum DefinitionError {
     /// A problem in the runtime settings.
     #[error("runtime: {0}")]
     Runtime(String),
+    /// A problem in a connector, a webhook or the policy.
+    #[error(transparent)]
+    Exec(#[from] crate::exec::ExecSpecError),
 }
 
 impl Definitions {
@@ -486,6 +505,15 @@ impl Definitions {
         }
         if self.runtime.max_attempts == 0 {
             return Err(DefinitionError::Runtime("max_attempts must be at least 1".into()));
+        }
+        for (name, connector) in &self.connectors {
+            crate::exec::validate_connector(name, connector)?;
+        }
+        for (name, webhook) in &self.webhooks {
+            crate::exec::validate_webhook(name, webhook, &self.agents)?;
+        }
+        if let Some(policy) = &self.policy {
+            crate::exec::validate_policy(policy, &self.connectors)?;
         }
         for (name, agent) in &self.agents {
             self.validate_agent(name, agent)?;
@@ -551,13 +579,50 @@ impl Definitions {
                 }
             }
             validate_step(step, &seen).map_err(|problem| fail(at, problem))?;
+            if step.kind == StepKind::Act {
+                self.validate_act(step).map_err(|problem| fail(at, problem))?;
+            }
             seen.push(&step.id);
         }
         Ok(())
     }
 }
 
-fn valid_name(name: &str) -> bool {
+impl Definitions {
+    /// An act step names a declared connector action and passes it the
+    /// arguments its schema requires, and no others.
+    fn validate_act(&self, step: &StepSpec) -> Result<(), String> {
+        let (Some(name), Some(action_name)) = (&step.connector, &step.action) else {
+            return Err("an act step needs `connector` and `action`".into());
+        };
+        let connector = self.connectors.get(name).ok_or_else(|| format!("connector `{name}` is not declared"))?;
+        let action = connector
+            .actions
+            .get(action_name)
+            .ok_or_else(|| format!("connector `{name}` has no action `{action_name}`"))?;
+        if let Some(schema) = &action.schema {
+            if let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) {
+                if let Some(extra) = step.args.keys().find(|arg| !properties.contains_key(arg.as_str())) {
+                    return Err(format!("argument `{extra}` is not in the schema of `{name}.{action_name}`"));
+                }
+            }
+            for required in schema.get("required").and_then(|r| r.as_array()).into_iter().flatten() {
+                let required = required.as_str().unwrap_or_default();
+                if !step.args.contains_key(required) {
+                    return Err(format!("argument `{required}` of `{name}.{action_name}` is required"));
+                }
+            }
+        }
+        if let Some(resource) = &step.resource {
+            if cedar_policy::EntityTypeName::from_str(&resource.entity_type).is_err() {
+                return Err(format!("resource type `{}` is not a Cedar entity type name", resource.entity_type));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
@@ -602,7 +667,7 @@ fn allowed_fields(kind: StepKind) -> &'static [&'static str] {
         StepKind::Classify => &["prompt", "labels", "threshold", "escalate", "examples", "subject"],
         StepKind::Generate | StepKind::Plan => &["prompt", "system", "max_tokens", "temperature", "escalate"],
         StepKind::Retrieve => &["prompt", "namespace"],
-        StepKind::Act => &["connector", "action", "args"],
+        StepKind::Act => &["connector", "action", "args", "resource", "reasoning"],
         StepKind::Validate => &["target", "checks"],
     }
 }
@@ -622,6 +687,8 @@ fn validate_step(step: &StepSpec, earlier: &[&str]) -> Result<(), String> {
         ("connector", step.connector.is_some()),
         ("action", step.action.is_some()),
         ("args", !step.args.is_empty()),
+        ("resource", step.resource.is_some()),
+        ("reasoning", step.reasoning.is_some()),
         ("target", step.target.is_some()),
         ("checks", !step.checks.is_empty()),
     ];
@@ -629,7 +696,13 @@ fn validate_step(step: &StepSpec, earlier: &[&str]) -> Result<(), String> {
     if let Some((field, _)) = present.iter().find(|(field, set)| *set && !allowed.contains(field)) {
         return Err(format!("`{field}` does not apply to a {} step", step.kind.as_str()));
     }
-    for template in [&step.prompt, &step.system, &step.subject].into_iter().flatten().chain(step.args.values()) {
+    let resource_templates = step.resource.iter().flat_map(|r| std::iter::once(&r.id).chain(r.attrs.values()));
+    for template in [&step.prompt, &step.system, &step.subject, &step.reasoning]
+        .into_iter()
+        .flatten()
+        .chain(step.args.values())
+        .chain(resource_templates)
+    {
         check_template(template)?;
     }
     match step.kind {
@@ -705,7 +778,7 @@ fn validate_check(check: &Check) -> Result<(), String> {
     Ok(())
 }
 
-fn check_template(template: &str) -> Result<(), String> {
+pub(crate) fn check_template(template: &str) -> Result<(), String> {
     let env = template_environment();
     env.template_from_str(template).map(|_| ()).map_err(|err| format!("template does not compile: {err}"))
 }

@@ -72,6 +72,15 @@ pub struct BundleSpec {
     /// Settings of the edges' task runtime.
     #[serde(default)]
     pub runtime: RuntimeSpec,
+    /// Connectors by name (see [`crate::exec`]).
+    #[serde(default)]
+    pub connectors: BTreeMap<String, crate::exec::ConnectorSpec>,
+    /// Inbound webhooks by name.
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, crate::exec::WebhookSpec>,
+    /// The Cedar schema and policies.
+    #[serde(default)]
+    pub policy: Option<crate::exec::PolicySpec>,
     /// Sections that later layers define (Cedar policies, connectors).
     /// Carried opaquely and signed with the rest.
     #[serde(default)]
@@ -91,13 +100,16 @@ impl BundleSpec {
             agents: BTreeMap::new(),
             tiers: BTreeMap::new(),
             runtime: RuntimeSpec::default(),
+            connectors: BTreeMap::new(),
+            webhooks: BTreeMap::new(),
+            policy: None,
             extensions: serde_json::Map::new(),
         }
     }
 
     /// A spec that keeps everything `body` says except what the caller changes.
     pub fn from_body(body: BundleBody) -> BundleSpec {
-        let Definitions { agents, tiers, runtime } = body.definitions;
+        let Definitions { agents, tiers, runtime, connectors, webhooks, policy } = body.definitions;
         BundleSpec {
             autonomy: body.autonomy,
             valid_for: None,
@@ -105,6 +117,9 @@ impl BundleSpec {
             agents,
             tiers,
             runtime,
+            connectors,
+            webhooks,
+            policy,
             extensions: body.extensions,
         }
     }
@@ -123,9 +138,19 @@ impl BundleSpec {
         if self.version == Some(0) {
             return Err(BundleError::Spec("version must be at least 1".into()));
         }
-        let definitions =
-            Definitions { agents: self.agents.clone(), tiers: self.tiers.clone(), runtime: self.runtime.clone() };
-        definitions.validate().map_err(|err| BundleError::Spec(err.to_string()))
+        self.definitions().validate().map_err(|err| BundleError::Spec(err.to_string()))
+    }
+
+    /// The definitions the body will carry.
+    pub fn definitions(&self) -> Definitions {
+        Definitions {
+            agents: self.agents.clone(),
+            tiers: self.tiers.clone(),
+            runtime: self.runtime.clone(),
+            connectors: self.connectors.clone(),
+            webhooks: self.webhooks.clone(),
+            policy: self.policy.clone(),
+        }
     }
 
     /// The validity window in milliseconds.
@@ -150,7 +175,7 @@ impl BundleSpec {
             issued_at_ms: now_ms,
             expires_at_ms: now_ms.saturating_add(valid_for),
             autonomy: self.autonomy,
-            definitions: Definitions { agents: self.agents, tiers: self.tiers, runtime: self.runtime },
+            definitions: self.definitions(),
             extensions: self.extensions,
         })
     }

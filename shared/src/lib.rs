@@ -11,6 +11,9 @@
 //!   in bundles, their validation, prompt templates and validate checks.
 //! - [`audit`]: the hash-chained audit log and its verification.
 //! - [`bundle`]: signed policy bundles, their verification and freshness rules.
+//! - [`exec`]: connectors, webhooks and the Cedar policy carried in bundles.
+//! - [`policy`]: the Cedar decision (allow, deny, require approval) for a side effect.
+//! - [`command`]: signed operator commands sent down to one edge.
 //! - [`token`]: one-time enrolment tokens that pin the CA.
 //! - [`backoff`]: reconnect delays with jitter.
 //! - [`duration`]: `30d`-style durations for flags and files.
@@ -19,7 +22,10 @@ pub mod agent;
 pub mod audit;
 pub mod backoff;
 pub mod bundle;
+pub mod command;
 pub mod duration;
+pub mod exec;
+pub mod policy;
 pub mod sync;
 pub mod token;
 pub mod wire;

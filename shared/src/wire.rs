@@ -74,6 +74,21 @@ pub enum Frame {
     Tasks(Vec<DispatchedTask>),
     /// Edge -> control plane: these dispatched tasks are persisted (or refused).
     TasksAck(Vec<TaskReceipt>),
+    /// Control plane -> edge: signed operator commands (approval decisions,
+    /// dead-letter retries, compensations). Re-sent until acknowledged; the
+    /// edge applies each id once.
+    Commands(Vec<crate::command::SignedCommand>),
+    /// Edge -> control plane: these commands are applied (or refused).
+    CommandsAck(Vec<CommandReceipt>),
+}
+
+/// The edge's receipt for a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandReceipt {
+    /// The command id.
+    pub id: String,
+    /// Why the edge refused it (bad signature, unknown approval, ...).
+    pub refused: Option<String>,
 }
 
 /// A task dispatched by the control plane.

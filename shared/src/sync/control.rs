@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use super::edge::frame_name;
 use crate::audit::AuditEvent;
 use crate::bundle::SignedBundle;
+use crate::command::SignedCommand;
 use crate::wire::{
     DispatchedTask, ErrorCode, ErrorFrame, Frame, Hello, HelloAck, TaskReceipt, PROTOCOL_VERSION_MAX,
     PROTOCOL_VERSION_MIN,
@@ -50,6 +51,8 @@ pub enum ControlEvent {
     },
     /// The edge persisted (or refused) dispatched tasks: record the receipts.
     TasksAcked(Vec<TaskReceipt>),
+    /// The edge applied (or refused) commands: record the receipts.
+    CommandsAcked(Vec<crate::wire::CommandReceipt>),
     /// The edge closed the connection with a reason.
     PeerError(ErrorFrame),
     /// The edge broke the protocol; close the connection.
@@ -78,9 +81,10 @@ pub struct ControlSync {
     ingest_up_to: u64,
     /// The newest bundle not yet acknowledged, and when it was last sent.
     pending_bundle: Option<(u64, SignedBundle, Instant)>,
-    /// Dispatched tasks not yet acknowledged, and when they were last sent.
-    pending_tasks: Vec<DispatchedTask>,
-    tasks_sent: Option<Instant>,
+    /// Dispatched tasks not yet acknowledged.
+    tasks: Resend<DispatchedTask>,
+    /// Commands not yet acknowledged.
+    commands: Resend<SignedCommand>,
     transmits: VecDeque<Frame>,
     events: VecDeque<ControlEvent>,
 }
@@ -95,8 +99,8 @@ impl ControlSync {
             committed_seq: 0,
             ingest_up_to: 0,
             pending_bundle: None,
-            pending_tasks: Vec::new(),
-            tasks_sent: None,
+            tasks: Resend::default(),
+            commands: Resend::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -149,11 +153,12 @@ impl ControlSync {
                 self.events.push_back(ControlEvent::BundleAcked { version });
             }
             (State::Connected, Frame::TasksAck(receipts)) => {
-                self.pending_tasks.retain(|task| !receipts.iter().any(|r| r.id == task.id));
-                if self.pending_tasks.is_empty() {
-                    self.tasks_sent = None;
-                }
+                self.tasks.acknowledged(|task| receipts.iter().any(|r| r.id == task.id));
                 self.events.push_back(ControlEvent::TasksAcked(receipts));
+            }
+            (State::Connected, Frame::CommandsAck(receipts)) => {
+                self.commands.acknowledged(|command| receipts.iter().any(|r| r.id == command.id));
+                self.events.push_back(ControlEvent::CommandsAcked(receipts));
             }
             (State::Connected, Frame::BundleRefused { version, reason }) => {
                 self.settle_bundle(version);
@@ -175,11 +180,12 @@ impl ControlSync {
                 self.transmits.push_back(Frame::Bundle(bundle.clone()));
             }
         }
-        if let Some(sent) = &mut self.tasks_sent {
-            if now >= *sent + self.config.bundle_retransmit_after {
-                *sent = now;
-                self.transmits.push_back(Frame::Tasks(self.pending_tasks.clone()));
-            }
+        let after = self.config.bundle_retransmit_after;
+        if let Some(tasks) = self.tasks.due(now, after) {
+            self.transmits.push_back(Frame::Tasks(tasks));
+        }
+        if let Some(commands) = self.commands.due(now, after) {
+            self.transmits.push_back(Frame::Commands(commands));
         }
     }
 
@@ -191,8 +197,12 @@ impl ControlSync {
     /// When [`ControlSync::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let bundle = self.pending_bundle.as_ref().map(|(_, _, sent)| *sent);
-        let tasks = self.tasks_sent;
-        bundle.into_iter().chain(tasks).min().map(|sent| sent + self.config.bundle_retransmit_after)
+        let queues = [self.tasks.sent, self.commands.sent];
+        bundle
+            .into_iter()
+            .chain(queues.into_iter().flatten())
+            .min()
+            .map(|sent| sent + self.config.bundle_retransmit_after)
     }
 
     /// The next event for the driver.
@@ -250,14 +260,20 @@ impl ControlSync {
         if self.state != State::Connected {
             return;
         }
-        let fresh: Vec<DispatchedTask> =
-            tasks.into_iter().filter(|t| !self.pending_tasks.iter().any(|p| p.id == t.id)).collect();
-        if fresh.is_empty() {
+        if let Some(fresh) = self.tasks.push(now, tasks, |a, b| a.id == b.id) {
+            self.transmits.push_back(Frame::Tasks(fresh));
+        }
+    }
+
+    /// Sends signed commands not already pending; all pending ones are
+    /// re-sent until the edge acknowledges them. Only once connected.
+    pub fn push_commands(&mut self, now: Instant, commands: Vec<SignedCommand>) {
+        if self.state != State::Connected {
             return;
         }
-        self.pending_tasks.extend(fresh.iter().cloned());
-        self.tasks_sent.get_or_insert(now);
-        self.transmits.push_back(Frame::Tasks(fresh));
+        if let Some(fresh) = self.commands.push(now, commands, |a, b| a.id == b.id) {
+            self.transmits.push_back(Frame::Commands(fresh));
+        }
     }
 
     fn handle_batch(&mut self, batch: Vec<AuditEvent>) {
@@ -285,5 +301,50 @@ impl ControlSync {
         if self.pending_bundle.as_ref().is_some_and(|(pending, _, _)| *pending <= version) {
             self.pending_bundle = None;
         }
+    }
+}
+
+/// Items sent to the edge and re-sent, all together, until acknowledged.
+#[derive(Debug)]
+struct Resend<T> {
+    pending: Vec<T>,
+    /// When the pending items were last sent; `None` when there are none.
+    sent: Option<Instant>,
+}
+
+impl<T> Default for Resend<T> {
+    fn default() -> Self {
+        Self { pending: Vec::new(), sent: None }
+    }
+}
+
+impl<T: Clone> Resend<T> {
+    /// Queues the items not already pending and returns them to send now.
+    fn push(&mut self, now: Instant, items: Vec<T>, same: impl Fn(&T, &T) -> bool) -> Option<Vec<T>> {
+        let fresh: Vec<T> = items.into_iter().filter(|item| !self.pending.iter().any(|p| same(p, item))).collect();
+        if fresh.is_empty() {
+            return None;
+        }
+        self.pending.extend(fresh.iter().cloned());
+        self.sent.get_or_insert(now);
+        Some(fresh)
+    }
+
+    /// Drops the items the edge acknowledged.
+    fn acknowledged(&mut self, acked: impl Fn(&T) -> bool) {
+        self.pending.retain(|item| !acked(item));
+        if self.pending.is_empty() {
+            self.sent = None;
+        }
+    }
+
+    /// Everything pending, when it is time to send it again.
+    fn due(&mut self, now: Instant, after: std::time::Duration) -> Option<Vec<T>> {
+        let sent = self.sent.as_mut()?;
+        if now < *sent + after {
+            return None;
+        }
+        *sent = now;
+        Some(self.pending.clone())
     }
 }

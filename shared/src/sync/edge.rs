@@ -57,6 +57,9 @@ pub enum EdgeEvent {
     /// The control plane dispatched tasks: persist each (idempotently, keyed
     /// by its id), then call [`EdgeSync::tasks_received`] with the receipts.
     TasksReceived(Vec<crate::wire::DispatchedTask>),
+    /// The control plane sent signed commands: verify and apply each (once,
+    /// keyed by its id), then call [`EdgeSync::commands_applied`].
+    CommandsReceived(Vec<crate::command::SignedCommand>),
     /// Events up to this sequence are durably stored at the control plane.
     AuditAcked {
         /// Highest acknowledged sequence.
@@ -174,7 +177,10 @@ impl EdgeSync {
             // only a byte-for-byte comparison (`SignedBundle::offer`) may
             // decide it is the same bundle.
             (State::Connected, Frame::Bundle(bundle)) => self.events.push_back(EdgeEvent::BundleReceived(bundle)),
-            (State::Handshaking { .. }, Frame::Tasks(_)) => {}
+            (State::Handshaking { .. }, Frame::Tasks(_) | Frame::Commands(_)) => {}
+            (State::Connected, Frame::Commands(commands)) => {
+                self.events.push_back(EdgeEvent::CommandsReceived(commands))
+            }
             (State::Connected, Frame::Tasks(tasks)) => self.events.push_back(EdgeEvent::TasksReceived(tasks)),
             (state, frame) => self.fail(format!("unexpected {} in state {state:?}", frame_name(&frame))),
         }
@@ -266,6 +272,13 @@ impl EdgeSync {
         }
     }
 
+    /// Commands are applied or refused: acknowledge them.
+    pub fn commands_applied(&mut self, receipts: Vec<crate::wire::CommandReceipt>) {
+        if !receipts.is_empty() {
+            self.transmits.push_back(Frame::CommandsAck(receipts));
+        }
+    }
+
     fn send_hello(&mut self, now: Instant) {
         self.state = State::Handshaking { hello_sent: now };
         self.transmits.push_back(Frame::Hello(Hello {
@@ -315,5 +328,7 @@ pub(crate) fn frame_name(frame: &Frame) -> &'static str {
         Frame::Enrolled(_) => "Enrolled",
         Frame::Tasks(_) => "Tasks",
         Frame::TasksAck(_) => "TasksAck",
+        Frame::Commands(_) => "Commands",
+        Frame::CommandsAck(_) => "CommandsAck",
     }
 }

@@ -81,6 +81,8 @@ struct Edge {
     /// How many times each dispatch arrived (duplicates are expected; they
     /// must not make new tasks).
     deliveries: usize,
+    /// Command ids applied (a set: applying is idempotent by id).
+    commands: std::collections::BTreeSet<String>,
     sync: EdgeSync,
 }
 
@@ -93,6 +95,9 @@ struct Control {
     /// Tasks dispatched to the edge, and those it acknowledged.
     dispatched: Vec<crate::wire::DispatchedTask>,
     acked: std::collections::BTreeSet<String>,
+    /// Commands sent to the edge, and those it acknowledged.
+    commands: Vec<crate::command::SignedCommand>,
+    commands_acked: std::collections::BTreeSet<String>,
 }
 
 struct Sim {
@@ -131,6 +136,7 @@ impl Sim {
                 bundle: None,
                 bundle_key: SigningKey::from_bytes(&[1; 32]),
                 tasks: Default::default(),
+                commands: Default::default(),
                 deliveries: 0,
                 sync: EdgeSync::new(edge_config(), now, 0, 0),
             },
@@ -142,6 +148,8 @@ impl Sim {
                 edge_bundle_version: 0,
                 dispatched: Vec::new(),
                 acked: Default::default(),
+                commands: Vec::new(),
+                commands_acked: Default::default(),
             },
             up: Link::new(),
             down: Link::new(),
@@ -172,6 +180,21 @@ impl Sim {
         let task = crate::wire::DispatchedTask { id, agent: "a".into(), kind: None, input: "{}".into() };
         self.control.dispatched.push(task.clone());
         self.control.sync.push_tasks(self.now, vec![task]);
+        let command = crate::command::CommandBody {
+            id: format!("c{}", self.control.commands.len()),
+            edge_id: EDGE_ID.into(),
+            by: "op".into(),
+            comment: String::new(),
+            issued_ms: 0,
+            command: crate::command::Command::RetryIntent { key: "k".into() },
+        }
+        .sign(&self.edge.bundle_key);
+        self.control.commands.push(command.clone());
+        self.control.sync.push_commands(self.now, vec![command]);
+    }
+
+    fn unacked_commands(&self) -> Vec<crate::command::SignedCommand> {
+        self.control.commands.iter().filter(|c| !self.control.commands_acked.contains(&c.id)).cloned().collect()
     }
 
     fn unacked_tasks(&self) -> Vec<crate::wire::DispatchedTask> {
@@ -250,6 +273,18 @@ impl Sim {
                     .collect();
                 self.edge.sync.tasks_received(receipts);
             }
+            EdgeEvent::CommandsReceived(commands) => {
+                let key = self.edge.bundle_key.verifying_key();
+                let receipts = commands
+                    .into_iter()
+                    .map(|command| {
+                        command.open(&key, EDGE_ID).expect("commands verify");
+                        self.edge.commands.insert(command.id.clone());
+                        crate::wire::CommandReceipt { id: command.id, refused: None }
+                    })
+                    .collect();
+                self.edge.sync.commands_applied(receipts);
+            }
             EdgeEvent::Connected { .. } | EdgeEvent::AuditAcked { .. } => {}
             EdgeEvent::Refused(error) => panic!("edge refused: {error:?}"),
             EdgeEvent::ProtocolError(message) => panic!("edge protocol error: {message}"),
@@ -270,6 +305,8 @@ impl Sim {
                 }
                 let unacked = self.unacked_tasks();
                 self.control.sync.push_tasks(self.now, unacked);
+                let unacked = self.unacked_commands();
+                self.control.sync.push_commands(self.now, unacked);
             }
             ControlEvent::Ingest(events) => {
                 let last = events.last().expect("ingest is never empty").seq;
@@ -296,6 +333,9 @@ impl Sim {
                     assert_eq!(receipt.task_id.as_deref(), Some(format!("t-{}", receipt.id).as_str()));
                     self.control.acked.insert(receipt.id);
                 }
+            }
+            ControlEvent::CommandsAcked(receipts) => {
+                self.control.commands_acked.extend(receipts.into_iter().map(|r| r.id));
             }
             ControlEvent::PeerError(error) => panic!("control saw peer error {error:?}"),
             ControlEvent::ProtocolError(message) => panic!("control protocol error: {message}"),
@@ -335,6 +375,7 @@ impl Sim {
             && self.edge.bundle_version == version
             && self.control.edge_bundle_version == version
             && self.control.acked.len() == self.control.dispatched.len()
+            && self.control.commands_acked.len() == self.control.commands.len()
     }
 }
 
@@ -368,6 +409,8 @@ fn run(seed: u64, faults: Faults) -> Sim {
     let dispatched: std::collections::BTreeSet<String> = sim.control.dispatched.iter().map(|t| t.id.clone()).collect();
     assert_eq!(sim.edge.tasks, dispatched, "seed {seed}: every dispatched task reached the edge, once");
     assert!(sim.edge.deliveries >= dispatched.len());
+    let commands: std::collections::BTreeSet<String> = sim.control.commands.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(sim.edge.commands, commands, "seed {seed}: every command reached the edge");
     sim
 }
 
