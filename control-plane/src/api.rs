@@ -77,6 +77,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/policy/{version}", get(policy_version))
         .route("/v1/tasks", post(dispatch_task).get(list_dispatches))
         .route("/v1/tasks/{id}", get(show_dispatch))
+        .route("/v1/approvals", get(list_approvals))
+        .route("/v1/approvals/{id}", get(show_approval))
+        .route("/v1/approvals/{id}/approve", post(approve))
+        .route("/v1/approvals/{id}/reject", post(reject))
+        .route("/v1/dlq", get(list_dead_letters))
+        .route("/v1/dlq/{key}/retry", post(retry_dead_letter))
+        .route("/v1/dlq/{key}/discard", post(discard_dead_letter))
+        .route("/v1/tasks/{id}/compensate", post(compensate))
+        .route("/v1/commands/{id}", get(show_command))
         .route("/v1/audit", get(query_audit))
         .route("/v1/audit/verify", get(verify_audit))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
@@ -303,4 +312,141 @@ async fn verify_audit(
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no edge {edge}")));
     }
     Ok(Json(reports))
+}
+
+/// Who acts and why, for commands.
+#[derive(Debug, Default, Deserialize)]
+struct Operator {
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    comment: String,
+}
+
+impl Operator {
+    fn by(&self) -> String {
+        self.by.clone().unwrap_or_else(|| "admin".into())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ApprovalQuery {
+    #[serde(default)]
+    state: Option<String>,
+}
+
+async fn list_approvals(
+    State(state): State<ApiState>,
+    Query(query): Query<ApprovalQuery>,
+) -> ApiResult<Vec<crate::commands::ApprovalView>> {
+    Ok(Json(state.store.approvals(query.state).await?))
+}
+
+async fn show_approval(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<crate::commands::ApprovalView> {
+    let approval = state.store.approval(id.clone()).await?;
+    Ok(Json(approval.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no approval request {id}")))?))
+}
+
+async fn approve(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Option<Json<Operator>>,
+) -> ApiResult<serde_json::Value> {
+    decide(state, id, true, body.map(|b| b.0).unwrap_or_default()).await
+}
+
+async fn reject(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Option<Json<Operator>>,
+) -> ApiResult<serde_json::Value> {
+    decide(state, id, false, body.map(|b| b.0).unwrap_or_default()).await
+}
+
+/// Signs a decision bound to the request's argument hash and expiry.
+async fn decide(state: ApiState, id: String, approve: bool, operator: Operator) -> ApiResult<serde_json::Value> {
+    let approval = state.store.approval(id.clone()).await?;
+    let approval = approval.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no approval request {id}")))?;
+    if approval.state != "pending" {
+        return Err(ApiError(StatusCode::CONFLICT, format!("approval {id} is {}", approval.state)));
+    }
+    let args_hash = approval.request["args_hash"].as_str().unwrap_or_default().to_owned();
+    let expires_ms = approval.request["expires_ms"].as_i64().unwrap_or(0);
+    let command = aios_shared::command::Command::Decide { approval: id, args_hash, approve, expires_ms };
+    issue(&state, approval.edge_id, operator, command).await
+}
+
+async fn issue(
+    state: &ApiState,
+    edge_id: String,
+    operator: Operator,
+    command: aios_shared::command::Command,
+) -> ApiResult<serde_json::Value> {
+    let body = state
+        .store
+        .issue_command(&state.pki.bundle_key, edge_id, operator.by(), operator.comment.clone(), command, unix_ms())
+        .await?;
+    state.dispatched.send_modify(|n| *n += 1);
+    Ok(Json(serde_json::to_value(body).expect("a command encodes")))
+}
+
+async fn list_dead_letters(State(state): State<ApiState>) -> ApiResult<Vec<serde_json::Value>> {
+    Ok(Json(state.store.dead_letters().await?))
+}
+
+async fn retry_dead_letter(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    body: Option<Json<Operator>>,
+) -> ApiResult<serde_json::Value> {
+    let edge = state.store.edge_of_intent(key.clone()).await?;
+    let edge = edge.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no intent {key}")))?;
+    let command = aios_shared::command::Command::RetryIntent { key };
+    issue(&state, edge, body.map(|b| b.0).unwrap_or_default(), command).await
+}
+
+async fn discard_dead_letter(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    body: Option<Json<Operator>>,
+) -> ApiResult<serde_json::Value> {
+    let edge = state.store.edge_of_intent(key.clone()).await?;
+    let edge = edge.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no intent {key}")))?;
+    let command = aios_shared::command::Command::DiscardIntent { key };
+    issue(&state, edge, body.map(|b| b.0).unwrap_or_default(), command).await
+}
+
+#[derive(Debug, Deserialize)]
+struct CompensateRequest {
+    step: String,
+    #[serde(flatten)]
+    operator: Operator,
+}
+
+/// `id` is the edge's task id (the one `task show` prints) or a dispatch id.
+async fn compensate(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<CompensateRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<serde_json::Value> {
+    let Json(request) = body.map_err(|err| bad_request(err.body_text()))?;
+    let task = match state.store.dispatches(Some(id.clone()), 1).await?.into_iter().next() {
+        Some(dispatch) => dispatch.task_id.ok_or_else(|| bad_request(format!("dispatch {id} has no task yet")))?,
+        None => id,
+    };
+    let edge = state.store.edge_of_task(task.clone()).await?;
+    let edge = edge.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no task {task}")))?;
+    let command = aios_shared::command::Command::Compensate { task, step: request.step };
+    issue(&state, edge, request.operator, command).await
+}
+
+async fn show_command(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<crate::commands::CommandRecord> {
+    let command = state.store.command(id.clone()).await?;
+    Ok(Json(command.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no command {id}")))?))
 }

@@ -58,6 +58,80 @@ pub enum Command {
     /// Tasks dispatched to edges over the sync link.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// The approval queue: side effects waiting for a human.
+    #[command(subcommand)]
+    Approvals(ApprovalCommand),
+    /// Dead-lettered side effects of every edge.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+/// Who decides, and why.
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// The operator's name, recorded with the decision.
+    #[arg(long, env = "USER", default_value = "admin")]
+    pub by: String,
+    /// A comment recorded with the decision.
+    #[arg(long, default_value = "")]
+    pub comment: String,
+}
+
+impl OperatorArgs {
+    fn body(&self) -> Body {
+        Body::Json(serde_json::json!({ "by": self.by, "comment": self.comment }))
+    }
+}
+
+/// `approvals` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ApprovalCommand {
+    /// List approval requests (default: pending ones).
+    List {
+        /// `pending`, `approved`, `rejected`, `used`, `expired`, or `all`.
+        #[arg(long, default_value = "pending")]
+        state: String,
+    },
+    /// Print one request: the exact arguments, the reasoning and sources.
+    Show {
+        /// The approval id.
+        id: String,
+    },
+    /// Approve: the edge executes exactly these arguments, once.
+    Approve {
+        /// The approval id.
+        id: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// Reject: the task fails without the side effect.
+    Reject {
+        /// The approval id.
+        id: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+}
+
+/// `dlq` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Dead-lettered intents no operator has resolved.
+    List,
+    /// Send an intent again, with the same idempotency key.
+    Retry {
+        /// The intent's key.
+        key: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// Give up on an intent.
+    Discard {
+        /// The intent's key.
+        key: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
 }
 
 /// `task` subcommands.
@@ -93,6 +167,15 @@ pub enum TaskCommand {
     Show {
         /// The dispatch id.
         id: String,
+    },
+    /// Undo a completed act step with its connector's compensation.
+    Compensate {
+        /// The task id at the edge, or the dispatch id.
+        id: String,
+        /// The act step's id.
+        step: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
     },
 }
 
@@ -336,6 +419,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        command @ (Command::Approvals(_) | Command::Dlq(_) | Command::Task(TaskCommand::Compensate { .. })) => {
+            approvals_and_dlq(client()?, command).await
+        }
         Command::Task(TaskCommand::List { limit }) => {
             let listed = client()?.send(Method::GET, &format!("/v1/tasks?limit={limit}"), None).await?;
             println!("{:<22} {:<26} {:<14} {:<14} TASK", "ID", "EDGE", "AGENT", "STATE");
@@ -384,6 +470,63 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+async fn approvals_and_dlq(client: AdminClient, command: Command) -> anyhow::Result<()> {
+    let sent = |answer: serde_json::Value| {
+        println!(
+            "command {} sent to edge {}",
+            answer["id"].as_str().unwrap_or("?"),
+            answer["edge_id"].as_str().unwrap_or("?")
+        );
+        Ok(())
+    };
+    match command {
+        Command::Approvals(ApprovalCommand::List { state }) => {
+            let path = if state == "all" { "/v1/approvals".to_owned() } else { format!("/v1/approvals?state={state}") };
+            let listed = client.send(Method::GET, &path, None).await?;
+            println!("{:<24} {:<20} {:<14} {:<22} ARGS", "ID", "EDGE", "STATE", "ACTION");
+            for approval in listed.as_array().into_iter().flatten() {
+                let request = &approval["request"];
+                println!(
+                    "{:<24} {:<20} {:<14} {:<22} {}",
+                    approval["id"].as_str().unwrap_or_default(),
+                    approval["edge_id"].as_str().unwrap_or_default(),
+                    approval["state"].as_str().unwrap_or_default(),
+                    format!(
+                        "{}.{}",
+                        request["connector"].as_str().unwrap_or("?"),
+                        request["action"].as_str().unwrap_or("?")
+                    ),
+                    request["args"]
+                );
+            }
+            Ok(())
+        }
+        Command::Approvals(ApprovalCommand::Show { id }) => {
+            let approval = client.send(Method::GET, &format!("/v1/approvals/{id}"), None).await?;
+            println!("{}", serde_json::to_string_pretty(&approval)?);
+            Ok(())
+        }
+        Command::Approvals(ApprovalCommand::Approve { id, operator }) => {
+            sent(client.send(Method::POST, &format!("/v1/approvals/{id}/approve"), Some(operator.body())).await?)
+        }
+        Command::Approvals(ApprovalCommand::Reject { id, operator }) => {
+            sent(client.send(Method::POST, &format!("/v1/approvals/{id}/reject"), Some(operator.body())).await?)
+        }
+        Command::Dlq(DlqCommand::List) => print_lines(client.send(Method::GET, "/v1/dlq", None).await?),
+        Command::Dlq(DlqCommand::Retry { key, operator }) => {
+            sent(client.send(Method::POST, &format!("/v1/dlq/{key}/retry"), Some(operator.body())).await?)
+        }
+        Command::Dlq(DlqCommand::Discard { key, operator }) => {
+            sent(client.send(Method::POST, &format!("/v1/dlq/{key}/discard"), Some(operator.body())).await?)
+        }
+        Command::Task(TaskCommand::Compensate { id, step, operator }) => {
+            let body = Body::Json(serde_json::json!({ "step": step, "by": operator.by, "comment": operator.comment }));
+            sent(client.send(Method::POST, &format!("/v1/tasks/{id}/compensate"), Some(body)).await?)
+        }
+        _ => unreachable!("only approval, dead-letter and compensation commands come here"),
     }
 }
 

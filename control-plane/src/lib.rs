@@ -15,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod dispatch;
 pub mod pki;
 pub mod server;

@@ -376,6 +376,8 @@ impl SyncSession {
     async fn push_pending(&self, sync: &mut ControlSync) -> Result<(), String> {
         let pending = self.ctx.store.pending_dispatches(self.edge_id.clone()).await.map_err(|e| e.to_string())?;
         sync.push_tasks(Instant::now().into_std(), pending);
+        let commands = self.ctx.store.pending_commands(self.edge_id.clone()).await.map_err(|e| e.to_string())?;
+        sync.push_commands(Instant::now().into_std(), commands);
         Ok(())
     }
 
@@ -420,6 +422,13 @@ impl SyncSession {
                     }
                 }
                 self.push_pending(sync).await?;
+            }
+            ControlEvent::CommandsAcked(receipts) => {
+                info!(commands = receipts.len(), "commands applied by edge");
+                store
+                    .record_command_receipts(self.edge_id.clone(), receipts, unix_ms())
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             ControlEvent::TasksAcked(receipts) => {
                 info!(tasks = receipts.len(), "dispatched tasks received by edge");

@@ -17,7 +17,7 @@ use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-const MIGRATIONS: &[&str] = &[FOUNDATION, crate::dispatch::MIGRATION];
+const MIGRATIONS: &[&str] = &[FOUNDATION, crate::dispatch::MIGRATION, crate::commands::MIGRATION];
 
 const FOUNDATION: &str = r#"
 CREATE TABLE tokens (

@@ -6,6 +6,11 @@
 //! - `GET /v1/tasks?state=&agent=&limit=`: newest first.
 //! - `GET /v1/tasks/{id}`: the task with its step trace.
 //! - `POST /v1/tasks/{id}/cancel`: cancel in any state.
+//! - `POST /v1/tasks/{id}/compensate`: `{step, by?, comment?}` undoes a done act step.
+//! - `GET /v1/approvals?state=`, `GET /v1/approvals/{id}`, and on an
+//!   air-gapped edge `POST /v1/approvals/{id}/approve|reject`.
+//! - `GET /v1/intents?state=` (`state=dead_lettered` is the dead-letter
+//!   queue), `GET /v1/intents/{key}`, `POST /v1/dlq/{key}/retry|discard`.
 //! - `GET /v1/health`: edge id, bundle version, running tasks, counts by state.
 //!
 //! With a token configured every request must carry `Authorization: Bearer`.
@@ -68,6 +73,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tasks", post(submit).get(list))
         .route("/v1/tasks/{id}", get(show))
         .route("/v1/tasks/{id}/cancel", post(cancel))
+        .route("/v1/tasks/{id}/compensate", post(compensate))
+        .route("/v1/approvals", get(list_approvals))
+        .route("/v1/approvals/{id}", get(show_approval))
+        .route("/v1/approvals/{id}/{decision}", post(decide))
+        .route("/v1/intents", get(list_intents))
+        .route("/v1/intents/{key}", get(show_intent))
+        .route("/v1/dlq/{key}/{action}", post(resolve_dead_letter))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
@@ -136,4 +148,125 @@ async fn cancel(State(state): State<ApiState>, Path(id): Path<String>) -> Result
         Some(task) => Ok(Json(serde_json::to_value(task).expect("a task encodes"))),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no task {id}"))),
     }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct Operator {
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    comment: String,
+    #[serde(default)]
+    step: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct StateQuery {
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Applies a command made on this machine, recorded like one from the
+/// control plane but with a `local:` operator.
+async fn local_command(
+    state: &ApiState,
+    operator: Operator,
+    command: aios_shared::command::Command,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let edge_id = state.runtime.identity().edge_id.clone();
+    let body = aios_shared::command::CommandBody {
+        id: format!("local-{:016x}", rand::random::<u64>()),
+        edge_id,
+        by: format!("local:{}", operator.by.unwrap_or_else(|| "operator".into())),
+        comment: operator.comment,
+        issued_ms: crate::unix_ms(),
+        command,
+    };
+    match state.runtime.apply_command(body.clone()).await? {
+        crate::exec::Applied::Refused(reason) => Err(ApiError(StatusCode::CONFLICT, reason)),
+        _ => Ok(Json(serde_json::to_value(body).expect("a command encodes"))),
+    }
+}
+
+async fn list_approvals(
+    State(state): State<ApiState>,
+    Query(query): Query<StateQuery>,
+) -> Result<Json<Vec<crate::exec::Approval>>, ApiError> {
+    Ok(Json(state.runtime.store().approvals(query.state.as_deref()).await?))
+}
+
+async fn show_approval(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::exec::Approval>, ApiError> {
+    let approval = state.runtime.store().approval(&id).await?;
+    Ok(Json(approval.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no approval {id}")))?))
+}
+
+async fn decide(
+    State(state): State<ApiState>,
+    Path((id, decision)): Path<(String, String)>,
+    body: Option<Json<Operator>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let approve = match decision.as_str() {
+        "approve" => true,
+        "reject" => false,
+        other => return Err(ApiError(StatusCode::NOT_FOUND, format!("no decision `{other}`: approve or reject"))),
+    };
+    let air_gapped = state.runtime.definitions().await?.is_some_and(|(_, defs)| defs.runtime.air_gapped);
+    if !air_gapped {
+        let message = "this edge is not air-gapped: approvals are decided at the control plane \
+                       (aios-control-plane approvals approve|reject)";
+        return Err(ApiError(StatusCode::FORBIDDEN, message.into()));
+    }
+    let approval = state.runtime.store().approval(&id).await?;
+    let approval = approval.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no approval {id}")))?;
+    let command = aios_shared::command::Command::Decide {
+        approval: id,
+        args_hash: approval.args_hash,
+        approve,
+        expires_ms: approval.expires_ms,
+    };
+    local_command(&state, body.map(|b| b.0).unwrap_or_default(), command).await
+}
+
+async fn list_intents(
+    State(state): State<ApiState>,
+    Query(query): Query<StateQuery>,
+) -> Result<Json<Vec<crate::exec::outbox::Intent>>, ApiError> {
+    let limit = query.limit.unwrap_or(100).min(1000);
+    Ok(Json(state.runtime.store().intents(query.state.as_deref(), limit).await?))
+}
+
+async fn show_intent(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+) -> Result<Json<crate::exec::outbox::Intent>, ApiError> {
+    let intent = state.runtime.store().intent(&key).await?;
+    Ok(Json(intent.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no intent {key}")))?))
+}
+
+async fn resolve_dead_letter(
+    State(state): State<ApiState>,
+    Path((key, action)): Path<(String, String)>,
+    body: Option<Json<Operator>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let command = match action.as_str() {
+        "retry" => aios_shared::command::Command::RetryIntent { key },
+        "discard" => aios_shared::command::Command::DiscardIntent { key },
+        other => return Err(ApiError(StatusCode::NOT_FOUND, format!("no action `{other}`: retry or discard"))),
+    };
+    local_command(&state, body.map(|b| b.0).unwrap_or_default(), command).await
+}
+
+async fn compensate(
+    State(state): State<ApiState>,
+    Path(task): Path<String>,
+    body: Option<Json<Operator>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut operator = body.map(|b| b.0).unwrap_or_default();
+    let step = operator.step.take().ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "name the act `step`".into()))?;
+    local_command(&state, operator, aios_shared::command::Command::Compensate { task, step }).await
 }

@@ -51,6 +51,12 @@ pub enum Command {
     /// Tasks on the running daemon: submit, show, list, cancel.
     #[command(subcommand)]
     Task(crate::task_cli::TaskCommand),
+    /// Side effects waiting for approval (decided here only when air-gapped).
+    #[command(subcommand)]
+    Approvals(crate::exec_cli::ApprovalCommand),
+    /// Dead-lettered side effects: list, show, retry (same key), discard.
+    #[command(subcommand)]
+    Dlq(crate::exec_cli::DlqCommand),
     /// Local models: list, pull, verify, path, bench.
     #[command(subcommand)]
     Models(aios_models::ModelsCommand),
@@ -194,6 +200,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run_daemon(cli.data_dir, args).await,
         Command::Status => status(&data_dir).await,
         Command::Task(command) => crate::task_cli::run(command).await,
+        Command::Approvals(command) => crate::exec_cli::approvals(command).await,
+        Command::Dlq(command) => crate::exec_cli::dlq(command).await,
         Command::Models(command) => aios_models::run_models_command(command).await,
         #[cfg(feature = "debug-hooks")]
         Command::Debug(command) => debug(&data_dir, command).await,

@@ -17,6 +17,8 @@ pub mod cli;
 pub mod daemon;
 pub mod db;
 pub mod enroll;
+pub mod exec;
+pub mod exec_cli;
 pub mod gateway;
 pub mod identity;
 pub mod runtime;

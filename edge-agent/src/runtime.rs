@@ -24,6 +24,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::db::DbError;
+use crate::exec::{ActOutcome, ActRequest, Applied, ExecPlane};
 use crate::identity::Identity;
 use crate::store::EdgeStore;
 use crate::tasks::{NewTask, RunEnd, StepRecord, SubmitError, TaskRecord};
@@ -41,6 +42,8 @@ pub struct RuntimeOptions {
     /// Test hook: a file to which a line `TASK SEQ CALL_ID` is appended just
     /// before every model call, so a test can count calls across crashes.
     pub call_log: Option<PathBuf>,
+    /// The edge's labels (`key=value`), which the policy sees.
+    pub labels: Vec<String>,
 }
 
 /// A submission as the API, the CLI or the control plane makes it.
@@ -101,6 +104,7 @@ struct Inner {
     identity: Identity,
     options: RuntimeOptions,
     tiers: Tiers,
+    exec: ExecPlane,
     wake: Notify,
     dispatch: Mutex<Dispatch>,
     definitions: Mutex<Option<(u64, Arc<Definitions>)>>,
@@ -131,8 +135,10 @@ impl From<DbError> for Stop {
 impl Runtime {
     /// A runtime over `store`; nothing runs until [`Runtime::run`].
     pub fn new(store: EdgeStore, identity: Identity, tiers: Tiers, options: RuntimeOptions) -> Runtime {
+        let exec = ExecPlane::new(store.clone(), identity.clone(), options.labels.clone());
         Runtime {
             inner: Arc::new(Inner {
+                exec,
                 store,
                 identity,
                 options,
@@ -152,6 +158,41 @@ impl Runtime {
     /// The tiers.
     pub fn tiers(&self) -> &Tiers {
         &self.inner.tiers
+    }
+
+    /// The edge's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// The execution plane.
+    pub fn exec(&self) -> &ExecPlane {
+        &self.inner.exec
+    }
+
+    /// Makes the dispatcher look for due tasks now.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Verifies and applies an operator command from the control plane (or a
+    /// local approval), once per id. A compensation runs in the background;
+    /// its outcome is in the audit log.
+    pub async fn apply_command(&self, body: aios_shared::command::CommandBody) -> Result<Applied, DbError> {
+        let applied = self.inner.store.apply_command(&self.inner.identity, body, unix_ms()).await?;
+        if let Applied::Compensate { task, step, by } = &applied {
+            if let Some((version, defs)) = self.definitions().await? {
+                let (runtime, task, step, by) = (self.clone(), task.clone(), step.clone(), by.clone());
+                tokio::spawn(async move {
+                    match runtime.inner.exec.compensate(version, &defs, &task, &step, &by).await {
+                        Ok(outcome) => info!(%task, %step, ?outcome, "compensation finished"),
+                        Err(err) => warn!(%task, %step, %err, "compensation stopped by a database error"),
+                    }
+                });
+            }
+        }
+        self.wake();
+        Ok(applied)
     }
 
     /// The definitions of the bundle in force and its version.
@@ -441,19 +482,21 @@ impl Runtime {
                 record.output = json!({ "items": [], "query": query, "note": "memory plane not built yet" });
             }
             StepKind::Act => {
-                // The execution plane does not exist yet: record the declared
-                // intent and perform no side effect.
-                let mut args = serde_json::Map::new();
-                for (name, template) in &step.args {
-                    args.insert(name.clone(), Value::String(context.render(template).map_err(fatal)?));
+                let request = context.act_request(task, seq, step).map_err(fatal)?;
+                let (version, defs) = self.definitions().await?.ok_or_else(|| fatal("no bundle in force".into()))?;
+                match self.inner.exec.act(version, &defs, request).await? {
+                    ActOutcome::Done(output) => {
+                        record.output = output;
+                        record.value = Some("done".into());
+                    }
+                    ActOutcome::Park { reason, until_ms } => {
+                        return Err(Stop::End(RunEnd::Parked { reason, until_ms }))
+                    }
+                    ActOutcome::Failed(problem) => return Err(fatal(problem)),
+                    ActOutcome::DeadLettered(problem) => {
+                        return Err(Stop::End(RunEnd::DeadLettered(format!("step `{}`: {problem}", step.id))))
+                    }
                 }
-                record.output = json!({
-                    "intent": "declared intent recorded (execution plane not built yet; nothing was executed)",
-                    "connector": step.connector,
-                    "action": step.action,
-                    "args": args,
-                });
-                record.value = Some("recorded".into());
             }
         }
         record.latency_ms = started.elapsed().as_millis() as u64;
@@ -609,6 +652,46 @@ impl TaskContext {
 
     fn render(&self, template: &str) -> Result<String, String> {
         aios_shared::agent::render_template(template, &json!({ "input": self.input, "steps": self.steps }))
+    }
+
+    /// The rendered request of an act step.
+    fn act_request(&self, task: &TaskRecord, seq: usize, step: &StepSpec) -> Result<ActRequest, String> {
+        let mut args = std::collections::BTreeMap::new();
+        for (name, template) in &step.args {
+            args.insert(name.clone(), self.render(template)?);
+        }
+        let connector = step.connector.clone().unwrap_or_default();
+        let resource = match &step.resource {
+            Some(resource) => {
+                let mut attrs = serde_json::Map::new();
+                for (name, template) in &resource.attrs {
+                    let text = self.render(template)?;
+                    attrs.insert(name.clone(), serde_json::from_str(&text).unwrap_or(Value::String(text)));
+                }
+                (resource.entity_type.clone(), self.render(&resource.id)?, Value::Object(attrs))
+            }
+            None => ("Connector".to_owned(), connector.clone(), json!({})),
+        };
+        // What the agent relied on: every item an earlier retrieve step returned.
+        let sources = self
+            .steps
+            .values()
+            .filter_map(|output| output.get("items").and_then(Value::as_array))
+            .flatten()
+            .cloned()
+            .collect();
+        Ok(ActRequest {
+            task_id: task.id.clone(),
+            agent: task.agent.clone(),
+            seq: seq as u32,
+            step_id: step.id.clone(),
+            connector,
+            action: step.action.clone().unwrap_or_default(),
+            args,
+            resource,
+            reasoning: step.reasoning.as_deref().map(|r| self.render(r)).transpose()?,
+            sources,
+        })
     }
 
     fn output(self) -> Value {

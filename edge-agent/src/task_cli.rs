@@ -74,18 +74,18 @@ pub struct ApiArgs {
     pub token: Option<String>,
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
 }
 
 impl Client {
-    fn new(api: &ApiArgs) -> Client {
+    pub(crate) fn new(api: &ApiArgs) -> Client {
         Client { http: reqwest::Client::new(), base: format!("http://{}", api.address), token: api.token.clone() }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);

@@ -293,6 +293,17 @@ pub enum RunEnd {
         /// When to try again.
         until_ms: i64,
     },
+    /// It waits for something outside (an approval, a connector's breaker)
+    /// until `until_ms` or an earlier wake-up; unlike `Waiting`, the run does
+    /// not count as an attempt, since nothing went wrong.
+    Parked {
+        /// Why.
+        reason: String,
+        /// When to look again at the latest.
+        until_ms: i64,
+    },
+    /// A side effect landed in the dead-letter queue; an operator decides.
+    DeadLettered(String),
     /// A cancellation was honoured.
     Cancelled,
     /// Stop without a transition (shutdown): the task is queued again.
@@ -540,6 +551,7 @@ impl EdgeStore {
                 if task.state != TaskState::Running {
                     return Ok(());
                 }
+                let parked = matches!(end, RunEnd::Parked { .. });
                 match end {
                     RunEnd::Succeeded { output, needs_review } => {
                         conn.execute(
@@ -558,11 +570,15 @@ impl EdgeStore {
                         append_event(conn, &identity, now_ms, kinds::TASK_SUCCEEDED, &payload.to_string())?;
                     }
                     RunEnd::Failed(error) => fail(conn, &identity, &task, TaskState::Failed, &error, now_ms)?,
-                    RunEnd::Waiting { reason, until_ms } => {
+                    RunEnd::DeadLettered(error) => {
+                        fail(conn, &identity, &task, TaskState::DeadLettered, &error, now_ms)?
+                    }
+                    RunEnd::Waiting { reason, until_ms } | RunEnd::Parked { reason, until_ms } => {
                         conn.execute(
-                            "UPDATE tasks SET state = 'waiting', wait_reason = ?2, not_before_ms = ?3, updated_ms = ?4
+                            "UPDATE tasks SET state = 'waiting', wait_reason = ?2, not_before_ms = ?3, updated_ms = ?4,
+                                starts = CASE WHEN ?5 THEN MAX(starts - 1, 0) ELSE starts END
                              WHERE id = ?1",
-                            params![task_id, reason, until_ms, now_ms],
+                            params![task_id, reason, until_ms, now_ms, parked],
                         )?;
                         let payload = serde_json::json!({ "task": task_id, "reason": reason, "until_ms": until_ms });
                         append_event(conn, &identity, now_ms, kinds::TASK_WAITING, &payload.to_string())?;

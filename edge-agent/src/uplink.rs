@@ -109,6 +109,31 @@ impl Uplink {
         Ok(receipts)
     }
 
+    /// Verifies and applies signed commands, once each.
+    async fn apply_commands(
+        &self,
+        commands: Vec<aios_shared::command::SignedCommand>,
+    ) -> Result<Vec<aios_shared::wire::CommandReceipt>, crate::db::DbError> {
+        use crate::exec::Applied;
+        let mut receipts = Vec::with_capacity(commands.len());
+        for command in commands {
+            let refused = match command.open(&self.identity.bundle_key, &self.identity.edge_id) {
+                Ok(body) => match self.runtime.apply_command(body).await? {
+                    Applied::Refused(reason) => Some(reason),
+                    Applied::Done | Applied::Compensate { .. } => None,
+                },
+                Err(err) => {
+                    warn!(id = %command.id, %err, "command refused");
+                    let payload = serde_json::json!({ "command": command.id, "reason": err.to_string() });
+                    self.audit(aios_shared::audit::kinds::COMMAND_REFUSED, payload.to_string()).await;
+                    Some(err.to_string())
+                }
+            };
+            receipts.push(aios_shared::wire::CommandReceipt { id: command.id, refused });
+        }
+        Ok(receipts)
+    }
+
     /// Runs until shutdown.
     pub async fn run(mut self) {
         let mut backoff = Backoff::new(self.options.backoff_base, self.options.backoff_max);
@@ -249,6 +274,13 @@ impl Uplink {
                                 self.appended.notify_one();
                             }
                             Err(err) => lost!(format!("cannot persist dispatched tasks: {err}"), false),
+                        },
+                        EdgeEvent::CommandsReceived(commands) => match self.apply_commands(commands).await {
+                            Ok(receipts) => {
+                                sync.commands_applied(receipts);
+                                self.appended.notify_one();
+                            }
+                            Err(err) => lost!(format!("cannot apply commands: {err}"), false),
                         },
                         EdgeEvent::Refused(error) => {
                             lost!(format!("refused by the control plane: {}", error.message), error.code.is_permanent())

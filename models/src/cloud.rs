@@ -94,6 +94,12 @@ impl Credential {
         Ok(Credential { secret })
     }
 
+    /// The secret itself, for a connector that must send it (an SMTP
+    /// password, a bearer header it builds itself). Never log it.
+    pub fn expose(&self) -> &str {
+        &self.secret
+    }
+
     /// Whether `presented` is this credential, compared in constant time.
     pub fn matches(&self, presented: &str) -> bool {
         let (a, b) = (self.secret.as_bytes(), presented.as_bytes());

@@ -62,6 +62,34 @@ pub mod kinds {
     pub const TASK_CANCELLED: &str = "task.cancelled";
     /// A model call made through the edge's OpenAI-compatible gateway.
     pub const GATEWAY_CALL: &str = "gateway.call";
+    /// An act step's arguments did not match the action's schema.
+    pub const INTENT_INVALID: &str = "intent.invalid";
+    /// An intended side effect was written to the outbox.
+    pub const INTENT_DECLARED: &str = "intent.declared";
+    /// The policy decided an intent (allow, deny, require approval).
+    pub const POLICY_DECIDED: &str = "policy.decided";
+    /// An approval was asked for; the control plane queues it.
+    pub const APPROVAL_REQUESTED: &str = "approval.requested";
+    /// An operator approved or rejected (or a command was refused).
+    pub const APPROVAL_DECIDED: &str = "approval.decided";
+    /// An approval was consumed by the execution it allowed.
+    pub const APPROVAL_USED: &str = "approval.used";
+    /// An attempt of an intent started.
+    pub const INTENT_EXECUTING: &str = "intent.executing";
+    /// An intent took effect; its result.
+    pub const INTENT_EXECUTED: &str = "intent.executed";
+    /// An attempt failed in a way worth retrying (or its outcome is unknown).
+    pub const INTENT_RETRYING: &str = "intent.retrying";
+    /// An intent exhausted its attempts or failed permanently.
+    pub const INTENT_DEAD_LETTERED: &str = "intent.dead_lettered";
+    /// An operator sent a dead-lettered intent back, same key.
+    pub const INTENT_RETRIED: &str = "intent.retried";
+    /// An operator gave up on a dead-lettered intent.
+    pub const INTENT_DISCARDED: &str = "intent.discarded";
+    /// A completed action was undone by its compensation.
+    pub const INTENT_COMPENSATED: &str = "intent.compensated";
+    /// A command from the control plane was refused.
+    pub const COMMAND_REFUSED: &str = "command.refused";
 }
 
 /// One entry of an edge's audit log.

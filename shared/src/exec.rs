@@ -461,6 +461,18 @@ fn collect_strings<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a String>) 
     }
 }
 
+/// Checks typed arguments against an action's JSON Schema.
+pub fn check_args(schema: &serde_json::Value, args: &serde_json::Value) -> Result<(), String> {
+    let validator = jsonschema::validator_for(schema).map_err(|err| format!("the action's schema: {err}"))?;
+    let problems: Vec<String> =
+        validator.iter_errors(args).map(|e| format!("{e} at `{}`", e.instance_path())).collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("arguments do not match the action's schema: {}", problems.join("; ")))
+    }
+}
+
 /// Whether `reference` is `env:NAME` or `file:/path`.
 pub fn is_secret_ref(reference: &str) -> bool {
     let rest = reference.strip_prefix("env:").or_else(|| reference.strip_prefix("file:"));

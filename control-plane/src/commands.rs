@@ -1,0 +1,311 @@
+//! Operator commands for one edge (approval decisions, dead-letter retries
+//! and discards, compensations) and the approval queue.
+//!
+//! The queue needs no table of its own: an edge's `approval.requested`
+//! events arrive through the audit sync, verified, and each carries what the
+//! approver must see (the exact arguments and their hash, the reasoning, the
+//! sources, the expiry). A decision is a command: stored first, signed with
+//! the bundle key, then sent on the edge's sync connection until the edge's
+//! receipt says it applied it (or why it refused). The edge's own
+//! `approval.decided` and `approval.used` events close the loop.
+
+use aios_shared::command::{Command, CommandBody, SignedCommand};
+use aios_shared::wire::CommandReceipt;
+use ed25519_dalek::SigningKey;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::store::CpStore;
+use aios_edge_agent::db::DbError;
+
+/// The schema migration that adds commands.
+pub(crate) const MIGRATION: &str = r#"
+CREATE TABLE commands (
+    id TEXT PRIMARY KEY,
+    edge_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    body TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    received_ms INTEGER,
+    refused TEXT
+);
+CREATE INDEX commands_by_edge ON commands (edge_id, received_ms);
+CREATE INDEX commands_by_subject ON commands (subject);
+"#;
+
+/// An approval request as the queue shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalView {
+    /// The approval id.
+    pub id: String,
+    /// The edge that asked.
+    pub edge_id: String,
+    /// `pending`, `approved`, `rejected` (sent or applied), `used`, `expired`.
+    pub state: String,
+    /// The request: what, why, arguments, hash, reasoning, sources, expiry.
+    pub request: Value,
+    /// The decision command, when one was made.
+    pub decision: Option<Value>,
+}
+
+/// A command as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandRecord {
+    /// Its id.
+    pub id: String,
+    /// The edge.
+    pub edge_id: String,
+    /// The command's body.
+    pub body: Value,
+    /// When it was issued.
+    pub created_ms: i64,
+    /// When the edge acknowledged it.
+    pub received_ms: Option<i64>,
+    /// Why the edge refused it.
+    pub refused: Option<String>,
+}
+
+fn command_kind(command: &Command) -> (&'static str, String) {
+    match command {
+        Command::Decide { approval, .. } => ("decide", approval.clone()),
+        Command::RetryIntent { key } => ("retry_intent", key.clone()),
+        Command::DiscardIntent { key } => ("discard_intent", key.clone()),
+        Command::Compensate { task, step } => ("compensate", format!("{task}/{step}")),
+    }
+}
+
+fn read_approval(conn: &Connection, id: &str) -> Result<Option<ApprovalView>, DbError> {
+    let row: Option<(String, String)> = conn
+        .query_row(
+            "SELECT edge_id, payload FROM audit_events
+             WHERE kind = 'approval.requested' AND json_extract(payload, '$.approval') = ?1 LIMIT 1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((edge_id, payload)) = row else { return Ok(None) };
+    Ok(Some(view(conn, id.to_owned(), edge_id, serde_json::from_str(&payload).unwrap_or_default())?))
+}
+
+fn view(conn: &Connection, id: String, edge_id: String, request: Value) -> Result<ApprovalView, DbError> {
+    // What the edge last said about it.
+    let edge_state: Option<(String, String)> = conn
+        .query_row(
+            "SELECT kind, payload FROM audit_events
+             WHERE edge_id = ?1 AND kind IN ('approval.decided', 'approval.used')
+               AND json_extract(payload, '$.approval') = ?2
+             ORDER BY seq DESC LIMIT 1",
+            params![edge_id, id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let decision: Option<(String, Option<String>)> = conn
+        .query_row(
+            "SELECT body, refused FROM commands WHERE kind = 'decide' AND subject = ?1 AND
+                (refused IS NULL) ORDER BY created_ms DESC LIMIT 1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let decision_body: Option<Value> = decision.as_ref().and_then(|(body, _)| serde_json::from_str(body).ok());
+    let expires_ms = request["expires_ms"].as_i64().unwrap_or(i64::MAX);
+    let state = match (&edge_state, &decision_body) {
+        (Some((kind, _)), _) if kind == "approval.used" => "used".to_owned(),
+        (Some((_, payload)), _) => serde_json::from_str::<Value>(payload)
+            .ok()
+            .and_then(|p| p["decision"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "decided".into()),
+        (None, Some(body)) => {
+            if body["approve"] == Value::Bool(true) { "approved (sending)" } else { "rejected (sending)" }.to_owned()
+        }
+        (None, None) if aios_edge_agent::unix_ms() > expires_ms => "expired".into(),
+        (None, None) => "pending".into(),
+    };
+    Ok(ApprovalView { id, edge_id, state, request, decision: decision_body })
+}
+
+impl CpStore {
+    /// Signs and stores a command for `edge_id`; returns it.
+    pub async fn issue_command(
+        &self,
+        key: &SigningKey,
+        edge_id: String,
+        by: String,
+        comment: String,
+        command: Command,
+        now_ms: i64,
+    ) -> Result<CommandBody, DbError> {
+        let body = CommandBody {
+            id: format!("c{:011x}{:08x}", now_ms.max(0), rand::random::<u32>()),
+            edge_id,
+            by,
+            comment,
+            issued_ms: now_ms,
+            command,
+        };
+        let signed = body.sign(key);
+        let (kind, subject) = command_kind(&body.command);
+        let stored = body.clone();
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO commands (id, edge_id, kind, subject, body, signature, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![stored.id, stored.edge_id, kind, subject, signed.body, signed.signature, now_ms],
+                )?;
+                Ok(())
+            })
+            .await?;
+        Ok(body)
+    }
+
+    /// Commands the edge has not acknowledged, oldest first.
+    pub async fn pending_commands(&self, edge_id: String) -> Result<Vec<SignedCommand>, DbError> {
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, body, signature FROM commands WHERE edge_id = ?1 AND received_ms IS NULL
+                     ORDER BY created_ms, id LIMIT 1000",
+                )?;
+                let rows = stmt.query_map([edge_id], |r| {
+                    Ok(SignedCommand { id: r.get(0)?, body: r.get(1)?, signature: r.get(2)? })
+                })?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    /// Records the edge's receipts (only for commands sent to that edge).
+    pub async fn record_command_receipts(
+        &self,
+        edge_id: String,
+        receipts: Vec<CommandReceipt>,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        self.db
+            .write(move |conn| {
+                for receipt in receipts {
+                    conn.execute(
+                        "UPDATE commands SET received_ms = ?3, refused = ?4
+                         WHERE id = ?1 AND edge_id = ?2 AND received_ms IS NULL",
+                        params![receipt.id, edge_id, now_ms, receipt.refused],
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// A command by id.
+    pub async fn command(&self, id: String) -> Result<Option<CommandRecord>, DbError> {
+        self.db
+            .read(move |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT id, edge_id, body, created_ms, received_ms, refused FROM commands WHERE id = ?1",
+                        [id],
+                        |r| {
+                            Ok(CommandRecord {
+                                id: r.get(0)?,
+                                edge_id: r.get(1)?,
+                                body: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
+                                created_ms: r.get(3)?,
+                                received_ms: r.get(4)?,
+                                refused: r.get(5)?,
+                            })
+                        },
+                    )
+                    .optional()?)
+            })
+            .await
+    }
+
+    /// The approval queue, oldest request first; `state` filters (`pending`, ...).
+    pub async fn approvals(&self, state: Option<String>) -> Result<Vec<ApprovalView>, DbError> {
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT edge_id, payload FROM audit_events WHERE kind = 'approval.requested' ORDER BY ts_ms, seq",
+                )?;
+                let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (edge_id, payload) = row?;
+                    let request: Value = serde_json::from_str(&payload).unwrap_or_default();
+                    let id = request["approval"].as_str().unwrap_or_default().to_owned();
+                    let approval = view(conn, id, edge_id, request)?;
+                    if state.as_deref().is_none_or(|s| approval.state.starts_with(s)) {
+                        out.push(approval);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// One approval request.
+    pub async fn approval(&self, id: String) -> Result<Option<ApprovalView>, DbError> {
+        self.db.read(move |conn| read_approval(conn, &id)).await
+    }
+
+    /// Dead-lettered intents of every edge that no operator resolved yet.
+    pub async fn dead_letters(&self) -> Result<Vec<Value>, DbError> {
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT d.edge_id, d.payload FROM audit_events d
+                     WHERE d.kind = 'intent.dead_lettered' AND NOT EXISTS (
+                        SELECT 1 FROM audit_events later
+                        WHERE later.edge_id = d.edge_id AND later.seq > d.seq
+                          AND later.kind IN ('intent.retried', 'intent.discarded', 'intent.executed')
+                          AND json_extract(later.payload, '$.key') = json_extract(d.payload, '$.key'))
+                     ORDER BY d.ts_ms",
+                )?;
+                let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (edge_id, payload) = row?;
+                    let mut value: Value = serde_json::from_str(&payload).unwrap_or_default();
+                    value["edge_id"] = Value::String(edge_id);
+                    out.push(value);
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// The edge a task ran on, from its audit events.
+    pub async fn edge_of_task(&self, task: String) -> Result<Option<String>, DbError> {
+        self.db
+            .read(move |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT edge_id FROM audit_events WHERE kind = 'task.queued'
+                         AND json_extract(payload, '$.task') = ?1 LIMIT 1",
+                        [task],
+                        |r| r.get(0),
+                    )
+                    .optional()?)
+            })
+            .await
+    }
+
+    /// The edge a dead-lettered intent belongs to.
+    pub async fn edge_of_intent(&self, key: String) -> Result<Option<String>, DbError> {
+        self.db
+            .read(move |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT edge_id FROM audit_events WHERE kind = 'intent.declared'
+                         AND json_extract(payload, '$.key') = ?1 LIMIT 1",
+                        [key],
+                        |r| r.get(0),
+                    )
+                    .optional()?)
+            })
+            .await
+    }
+}

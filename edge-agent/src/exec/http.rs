@@ -1,0 +1,108 @@
+//! The `http` connector: one REST call per attempt, with the intent's
+//! idempotency key in an `Idempotency-Key` header, so an API that honours it
+//! (as payment APIs do) performs the effect once however often it is sent.
+
+use aios_shared::exec::ConnectorSpec;
+use futures_util::future::BoxFuture;
+use serde_json::{json, Map, Value};
+
+use super::connector::{load_secret, render, render_body, Call, Connector, ConnectorError};
+
+/// Calls a REST API.
+pub struct HttpConnector {
+    client: reqwest::Client,
+    base_url: String,
+    headers: Vec<(String, String)>,
+    credential: Option<String>,
+}
+
+impl HttpConnector {
+    /// A connector for `spec` (kind `http`).
+    pub fn new(spec: &ConnectorSpec) -> Result<Self, String> {
+        let client = reqwest::Client::builder().build().map_err(|err| format!("cannot build an HTTP client: {err}"))?;
+        Ok(Self {
+            client,
+            base_url: spec.base_url.clone().unwrap_or_default().trim_end_matches('/').to_owned(),
+            headers: spec.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            credential: spec.credential.clone(),
+        })
+    }
+
+    async fn call(&self, call: Call<'_>) -> Result<Value, ConnectorError> {
+        let context = json!({ "args": call.args });
+        let path = call.spec.path.as_deref().map(|p| render(p, &context)).transpose()?.unwrap_or_default();
+        let url = format!("{}{}", self.base_url, path);
+        let method = call.spec.method.as_deref().unwrap_or("POST");
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|_| ConnectorError::Permanent(format!("bad method {method}")))?;
+        let mut request = self.client.request(method.clone(), &url).timeout(call.timeout);
+        for (name, template) in self.headers.iter().map(|(k, v)| (k, v)).chain(call.spec.headers.iter()) {
+            request = request.header(name.as_str(), render(template, &context)?);
+        }
+        if let Some(reference) = &self.credential {
+            let secret = load_secret(reference).map_err(ConnectorError::Permanent)?;
+            request = request.bearer_auth(secret.expose());
+        }
+        request = request.header("Idempotency-Key", call.key);
+        if method != reqwest::Method::GET {
+            let body = match &call.spec.body {
+                Some(template) => render_body(template, call.args)?,
+                None => call.args.clone(),
+            };
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|err| classify_send_error(&url, err))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|err| {
+            ConnectorError::Unknown(format!("HTTP {status} from {url}, but the body was lost: {err}"))
+        })?;
+        if call.spec.is_success(status) {
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            return Ok(map_response(&call.spec.response, status, body));
+        }
+        let detail = format!("HTTP {status} from {url}: {}", snippet(&text));
+        if call.spec.is_retryable(status) {
+            Err(ConnectorError::Retryable(detail))
+        } else {
+            Err(ConnectorError::Permanent(detail))
+        }
+    }
+}
+
+impl Connector for HttpConnector {
+    fn execute<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Value, ConnectorError>> {
+        Box::pin(self.call(call))
+    }
+}
+
+/// A failure before any response: if the request never left (no connection),
+/// retrying is safe; after that the server may have acted on it.
+fn classify_send_error(url: &str, err: reqwest::Error) -> ConnectorError {
+    if err.is_connect() {
+        ConnectorError::Retryable(format!("cannot connect to {url}: {err}"))
+    } else if err.is_timeout() {
+        ConnectorError::Unknown(format!("no reply from {url} in time"))
+    } else {
+        ConnectorError::Unknown(format!("the exchange with {url} broke off: {err}"))
+    }
+}
+
+fn map_response(mapping: &std::collections::BTreeMap<String, String>, status: u16, body: Value) -> Value {
+    if mapping.is_empty() {
+        return json!({ "status": status, "response": body });
+    }
+    let mut out = Map::new();
+    out.insert("status".into(), json!(status));
+    for (name, pointer) in mapping {
+        out.insert(name.clone(), body.pointer(pointer).cloned().unwrap_or(Value::Null));
+    }
+    Value::Object(out)
+}
+
+fn snippet(text: &str) -> String {
+    let mut end = text.len().min(300);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
