@@ -6,6 +6,7 @@
 //! - [`EdgeProc`]: an edge's data directory and `run` process.
 //! - [`relay`]: a UDP relay that drops, duplicates and reorders datagrams.
 
+pub mod payments;
 pub mod relay;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -420,4 +421,20 @@ pub async fn wait_synced(cp: &ControlPlaneProc, edge: &EdgeProc, timeout: Durati
 /// Parses an address.
 pub fn addr(text: &str) -> SocketAddr {
     text.parse().expect("test addresses are valid")
+}
+
+/// A control plane and one enrolled, running edge with `bundle` applied.
+pub async fn fleet_with(bins: &Bins, bundle: &str) -> anyhow::Result<(tempfile::TempDir, ControlPlaneProc, EdgeProc)> {
+    let tmp = tempfile::tempdir()?;
+    let cp = ControlPlaneProc::start(bins, &tmp.path().join("cp")).await?;
+    let token = cp.token("10m")?;
+    let mut edge = EdgeProc::enroll(bins, &tmp.path().join("edge"), &cp.sync_addr(), &token)?;
+    edge.start()?;
+    let version = cp.publish(bundle)?;
+    wait_for("the edge to apply the bundle", Duration::from_secs(300), || async {
+        let (_, health) = edge.api(reqwest::Method::GET, "/v1/health", None).await?;
+        Ok(health["bundle_version"].as_u64() == Some(version))
+    })
+    .await?;
+    Ok((tmp, cp, edge))
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use aios_tests::{bins, wait_for, ControlPlaneProc, EdgeProc};
+use aios_tests::{bins, fleet_with, wait_for, ControlPlaneProc, EdgeProc};
 use anyhow::Context;
 use reqwest::Method;
 use serde_json::json;
@@ -12,26 +12,9 @@ use serde_json::json;
 const LONG: Duration = Duration::from_secs(300);
 const TRIAGE: &str = include_str!("../data/triage.toml");
 
-/// A control plane and one enrolled, running edge with `bundle` applied.
-async fn fleet_with(bundle: &str) -> anyhow::Result<(tempfile::TempDir, ControlPlaneProc, EdgeProc)> {
-    let tmp = tempfile::tempdir()?;
-    let bins = bins!();
-    let cp = ControlPlaneProc::start(&bins, &tmp.path().join("cp")).await?;
-    let token = cp.token("10m")?;
-    let mut edge = EdgeProc::enroll(&bins, &tmp.path().join("edge"), &cp.sync_addr(), &token)?;
-    edge.start()?;
-    let version = cp.publish(bundle)?;
-    wait_for("the edge to apply the bundle", LONG, || async {
-        let (_, health) = edge.api(Method::GET, "/v1/health", None).await?;
-        Ok(health["bundle_version"].as_u64() == Some(version))
-    })
-    .await?;
-    Ok((tmp, cp, edge))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triage_agent_runs_end_to_end_and_the_control_plane_audits_every_step() -> anyhow::Result<()> {
-    let (tmp, cp, edge) = fleet_with(TRIAGE).await?;
+    let (tmp, cp, edge) = fleet_with(&bins!(), TRIAGE).await?;
 
     let submission = json!({
         "agent": "triage",
@@ -107,7 +90,7 @@ async fn triage_agent_runs_end_to_end_and_the_control_plane_audits_every_step() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_submissions_get_clear_errors() -> anyhow::Result<()> {
-    let (_tmp, _cp, edge) = fleet_with(TRIAGE).await?;
+    let (_tmp, _cp, edge) = fleet_with(&bins!(), TRIAGE).await?;
     let cases = [
         (json!({ "agent": "nobody", "input": {} }), 404, "agent `nobody` is not defined"),
         (json!({ "agent": "triage", "kind": "invoice", "input": {} }), 422, "does not accept tasks of kind `invoice`"),
@@ -135,7 +118,7 @@ async fn bad_submissions_get_clear_errors() -> anyhow::Result<()> {
     assert_eq!(kept["input"]["text"], "a");
     // A task that names an undefined template variable fails with the reason.
     let broken = TRIAGE.replace("{{ input.text }}\nTopic:", "{{ input.txet }}\nTopic:");
-    let (_tmp2, _cp2, edge2) = fleet_with(&broken).await?;
+    let (_tmp2, _cp2, edge2) = fleet_with(&bins!(), &broken).await?;
     let task = edge2.submit(json!({ "agent": "triage", "input": { "text": "hello" } })).await?;
     let done = edge2.finished_task(task["id"].as_str().unwrap_or_default(), LONG).await?;
     assert_eq!(done["state"], "failed", "{done:#}");
@@ -180,7 +163,7 @@ async fn kill9_twenty_times_during_a_batch_loses_nothing_and_repeats_no_recorded
     let seed: u64 = rand::random();
     println!("kill timing seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let (_tmp, cp, mut edge) = fleet_with(QUICK).await?;
+    let (_tmp, cp, mut edge) = fleet_with(&bins!(), QUICK).await?;
     let call_log = edge.dir.join("calls.log");
     edge.env.push(("AIOS_DEBUG_CALL_LOG".into(), call_log.to_string_lossy().into_owned()));
     edge.start()?;
@@ -257,7 +240,7 @@ async fn api_up(edge: &EdgeProc) -> anyhow::Result<Duration> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_dispatches_tasks_and_sees_their_results() -> anyhow::Result<()> {
-    let (tmp, cp, mut edge) = fleet_with(TRIAGE).await?;
+    let (tmp, cp, mut edge) = fleet_with(&bins!(), TRIAGE).await?;
     let input = tmp.path().join("message.json");
     std::fs::write(&input, r#"{"text": "Please refund the charge for the order I cancelled."}"#)?;
     let input = input.to_str().context("utf-8 temp path")?;

@@ -1,0 +1,144 @@
+//! A payment API of the tests' own: a real HTTP server on loopback that
+//! behaves as payment APIs do. Every `POST` needs an `Idempotency-Key`; the
+//! first request under a key commits one effect and its response, and every
+//! later request under the same key gets that response again without a new
+//! effect. It can be told to fail before committing (503), to commit and
+//! then answer 500, or to commit and answer too late (a lost reply), at
+//! random with the given probabilities.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use rand::Rng;
+use serde_json::{json, Value};
+
+/// How often each fault happens, per request (0.0 to 1.0).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PaymentFaults {
+    /// Answer 503 without committing anything.
+    pub fail_before: f64,
+    /// Commit, then answer 500.
+    pub fail_after: f64,
+    /// Commit, then answer only after `hang` (the client has given up).
+    pub drop_reply: f64,
+    /// How long a dropped reply is held back.
+    pub hang: Duration,
+}
+
+/// One effect the service committed.
+#[derive(Debug, Clone)]
+pub struct Effect {
+    /// The idempotency key it was committed under.
+    pub key: String,
+    /// The path (`refunds`, `refunds/ID/void`, ...).
+    pub path: String,
+    /// The request body.
+    pub body: Value,
+    /// The id the service gave it.
+    pub id: String,
+}
+
+#[derive(Default)]
+struct Ledger {
+    responses: HashMap<String, Value>,
+    effects: Vec<Effect>,
+    requests: u64,
+}
+
+#[derive(Clone)]
+struct Shared {
+    ledger: Arc<Mutex<Ledger>>,
+    faults: Arc<Mutex<PaymentFaults>>,
+}
+
+/// A running payment service.
+pub struct PaymentService {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shared: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PaymentService {
+    /// Starts the service on a free loopback port.
+    pub async fn start(faults: PaymentFaults) -> std::io::Result<PaymentService> {
+        let shared = Shared { ledger: Arc::default(), faults: Arc::new(Mutex::new(faults)) };
+        let app = Router::new().route("/{*path}", post(charge)).with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(PaymentService { addr, shared, task })
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Changes the faults from now on.
+    pub fn set_faults(&self, faults: PaymentFaults) {
+        *self.shared.faults.lock().expect("faults lock") = faults;
+    }
+
+    /// Every committed effect, in order.
+    pub fn effects(&self) -> Vec<Effect> {
+        self.shared.ledger.lock().expect("ledger lock").effects.clone()
+    }
+
+    /// Requests received, repeats included.
+    pub fn requests(&self) -> u64 {
+        self.shared.ledger.lock().expect("ledger lock").requests
+    }
+}
+
+impl Drop for PaymentService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn charge(
+    State(shared): State<Shared>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned) else {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "Idempotency-Key header required" })));
+    };
+    let faults = *shared.faults.lock().expect("faults lock");
+    let roll: f64 = rand::thread_rng().gen();
+    let (response, fresh) = {
+        let mut ledger = shared.ledger.lock().expect("ledger lock");
+        ledger.requests += 1;
+        if let Some(stored) = ledger.responses.get(&key) {
+            (stored.clone(), false)
+        } else if roll < faults.fail_before {
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "try again" })));
+        } else {
+            let id = format!("py_{}", ledger.effects.len() + 1);
+            let response = json!({ "id": id, "status": "succeeded", "request": body });
+            ledger.effects.push(Effect { key: key.clone(), path: path.clone(), body: body.clone(), id });
+            ledger.responses.insert(key, response.clone());
+            (response, true)
+        }
+    };
+    if fresh {
+        let after = roll - faults.fail_before;
+        if after >= 0.0 && after < faults.fail_after {
+            return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": "committed, then failed" })));
+        }
+        if after >= faults.fail_after && after < faults.fail_after + faults.drop_reply {
+            tokio::time::sleep(faults.hang).await;
+        }
+    }
+    (StatusCode::OK, Json(response))
+}

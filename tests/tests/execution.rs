@@ -1,0 +1,267 @@
+//! Whole-system tests of the execution plane: a refund agent on a real edge
+//! process acting through a payment API of the tests' own (a real HTTP
+//! server on loopback that honours `Idempotency-Key`), decided by Cedar,
+//! approved through the control plane, stopped by the kill switch, and
+//! exactly once across `kill -9` and lost replies.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aios_tests::payments::{PaymentFaults, PaymentService};
+use aios_tests::{bins, fleet_with, wait_for, ControlPlaneProc, EdgeProc};
+use anyhow::Context;
+use rand::Rng;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(300);
+const REFUNDS: &str = include_str!("../data/refunds.toml");
+
+fn bundle(payments: &PaymentService, receipts: &std::path::Path) -> String {
+    REFUNDS.replace("PAYMENTS_URL", &payments.url()).replace("RECEIPTS_DIR", receipts.to_str().expect("utf-8 path"))
+}
+
+fn refund(order: &str, amount: i64, account: &str) -> Value {
+    json!({
+        "agent": "refunds",
+        "kind": "refund-request",
+        "idempotency_key": format!("{order}-{amount}-{account}"),
+        "input": {
+            "order": { "id": order, "accounts": ["acct-1"] },
+            "refund": { "amount": amount, "account": account },
+            "reason": format!("customer asked for {amount} back on {order}"),
+        },
+    })
+}
+
+async fn submit(edge: &EdgeProc, body: Value) -> anyhow::Result<String> {
+    let task = edge.submit(body).await?;
+    Ok(task["id"].as_str().context("task id")?.to_owned())
+}
+
+async fn task(edge: &EdgeProc, id: &str) -> anyhow::Result<Value> {
+    Ok(edge.api(Method::GET, &format!("/v1/tasks/{id}"), None).await?.1)
+}
+
+async fn wait_state(edge: &EdgeProc, id: &str, state: &str) -> anyhow::Result<Value> {
+    wait_for(&format!("task {id} to be {state}"), LONG, || async { Ok(task(edge, id).await?["state"] == state) })
+        .await?;
+    task(edge, id).await
+}
+
+/// The pending approval request for `task` as the control plane queues it.
+async fn approval_for(cp: &ControlPlaneProc, task: &str) -> anyhow::Result<Value> {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let queue = cp.get("/v1/approvals?state=pending").await?;
+        if let Some(approval) = queue.as_array().into_iter().flatten().find(|a| a["request"]["task"] == task) {
+            return Ok(approval.clone());
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no approval request for {task} at the control plane");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn refunds_of(payments: &PaymentService, order: &str) -> Vec<Value> {
+    payments.effects().into_iter().filter(|e| e.path == "refunds" && e.body["order"] == order).map(|e| e.body).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_are_allowed_denied_or_approved_by_policy_and_the_kill_switch_stops_them() -> anyhow::Result<()> {
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let (_tmp, cp, edge) = fleet_with(&bins!(), &bundle(&payments, receipts.path())).await?;
+
+    // Allowed: 30 to the order's own account, then a receipt document.
+    let small = submit(&edge, refund("o-1", 30, "acct-1")).await?;
+    let done = edge.finished_task(&small, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(refunds_of(&payments, "o-1"), [json!({ "order": "o-1", "amount": 30, "account": "acct-1" })]);
+    let receipt = std::fs::read_to_string(receipts.path().join("refund-o-1.txt"))?;
+    assert_eq!(receipt, "Refunded 30 to acct-1 for order o-1.");
+    let step = &done["steps"][0]["output"];
+    assert_eq!(step["decision"], "allow", "{step:#}");
+    assert!(step["result"]["refund_id"].as_str().is_some_and(|id| id.starts_with("py_")), "{step:#}");
+
+    // Denied: an account that is not on the order, whatever the amount.
+    let foreign = submit(&edge, refund("o-2", 30, "acct-evil")).await?;
+    let failed = edge.finished_task(&foreign, LONG).await?;
+    assert_eq!(failed["state"], "failed", "{failed:#}");
+    assert!(failed["error"].as_str().unwrap_or_default().contains("own-account-only"), "{failed:#}");
+    assert!(refunds_of(&payments, "o-2").is_empty());
+
+    // Above 50: the task waits, the control plane queues the request with
+    // the exact arguments, an operator approves, and it runs once.
+    let large = submit(&edge, refund("o-3", 120, "acct-1")).await?;
+    let waiting = wait_state(&edge, &large, "waiting").await?;
+    assert!(waiting["wait_reason"].as_str().unwrap_or_default().contains("approval"), "{waiting:#}");
+    let approval = approval_for(&cp, &large).await?;
+    assert_eq!(approval["request"]["args"], json!({ "order_id": "o-3", "amount": 120, "account": "acct-1" }));
+    assert_eq!(approval["request"]["reasoning"], "customer asked for 120 back on o-3");
+    assert!(refunds_of(&payments, "o-3").is_empty(), "nothing happens before the approval");
+    let id = approval["id"].as_str().context("approval id")?.to_owned();
+    cp.cli_ok(&["approvals", "approve", &id, "--by", "alice", "--comment", "checked the order"])?;
+    let done = edge.finished_task(&large, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(refunds_of(&payments, "o-3").len(), 1);
+    let again = cp.cli(&["approvals", "approve", &id])?;
+    assert!(!again.status.success(), "an approval is single-use");
+
+    // Rejected: the task fails without the side effect.
+    let rejected = submit(&edge, refund("o-4", 80, "acct-1")).await?;
+    wait_state(&edge, &rejected, "waiting").await?;
+    let approval = approval_for(&cp, &rejected).await?;
+    let id = approval["id"].as_str().context("approval id")?;
+    cp.cli_ok(&["approvals", "reject", id, "--by", "bob", "--comment", "duplicate claim"])?;
+    let failed = edge.finished_task(&rejected, LONG).await?;
+    assert_eq!(failed["state"], "failed");
+    assert!(failed["error"].as_str().unwrap_or_default().contains("rejected by bob: duplicate claim"), "{failed:#}");
+    assert!(refunds_of(&payments, "o-4").is_empty());
+
+    // Compensation: the operator voids the first refund through the control plane.
+    cp.cli_ok(&["task", "compensate", &small, "refund", "--by", "carol"])?;
+    wait_for("the void of o-1's refund", LONG, || async {
+        Ok(payments.effects().iter().any(|e| e.path.ends_with("/void") && e.path.contains("py_1")))
+    })
+    .await?;
+
+    // The kill switch: a refund approved after autonomy went off never runs.
+    let held = submit(&edge, refund("o-5", 90, "acct-1")).await?;
+    wait_state(&edge, &held, "waiting").await?;
+    let approval = approval_for(&cp, &held).await?;
+    cp.cli_ok(&["policy", "kill-switch"])?;
+    wait_for("the edge to apply the kill switch", LONG, || async { Ok(edge.status()?["autonomy"] == "off") }).await?;
+    cp.cli_ok(&["approvals", "approve", approval["id"].as_str().context("id")?])?;
+    let stopped = edge.finished_task(&held, LONG).await?;
+    assert_eq!(stopped["state"], "failed", "{stopped:#}");
+    assert!(stopped["error"].as_str().unwrap_or_default().contains("kill switch"), "{stopped:#}");
+    assert!(refunds_of(&payments, "o-5").is_empty());
+
+    // The audit trail at the control plane has every decision.
+    let edge_id = edge.edge_id.clone();
+    wait_for("the decisions at the control plane", LONG, || async {
+        let events = cp.events(&edge_id).await?;
+        let count = |kind: &str| events.iter().filter(|e| e["kind"] == kind).count();
+        Ok(count("intent.declared") >= 7
+            && count("approval.requested") == 3
+            && count("approval.decided") >= 3
+            && count("approval.used") == 1
+            && count("intent.compensated") == 1)
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_effect_per_key_across_kill9_and_lost_replies() -> anyhow::Result<()> {
+    let runs: usize = std::env::var("AIOS_EXACTLY_ONCE_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let faults =
+        PaymentFaults { fail_before: 0.1, fail_after: 0.1, drop_reply: 0.05, hang: Duration::from_millis(1500) };
+    let payments = PaymentService::start(faults).await?;
+    let receipts = tempfile::tempdir()?;
+    let (_tmp, _cp, mut edge) = fleet_with(&bins!(), &bundle(&payments, receipts.path())).await?;
+
+    let mut ids = Vec::with_capacity(runs);
+    for n in 0..runs {
+        ids.push(submit(&edge, refund(&format!("x-{n}"), 1 + (n % 50) as i64, "acct-1")).await?);
+    }
+    // Kill the edge at random points while it works through them.
+    let mut kills = 0;
+    loop {
+        let (_, health) = edge.api(Method::GET, "/v1/health", None).await.unwrap_or_default();
+        let open =
+            ["queued", "running", "waiting"].iter().map(|s| health["tasks"][*s].as_u64().unwrap_or(0)).sum::<u64>();
+        if health.is_object() && open == 0 {
+            break;
+        }
+        if kills < 12 {
+            let pause = rand::thread_rng().gen_range(300..1500);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            edge.kill9();
+            kills += 1;
+            edge.start()?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut by_key: HashMap<String, usize> = HashMap::new();
+    for effect in payments.effects() {
+        *by_key.entry(effect.key).or_default() += 1;
+    }
+    assert!(by_key.values().all(|n| *n == 1), "a key committed twice");
+    let refunds = payments.effects().into_iter().filter(|e| e.path == "refunds").count();
+    for id in &ids {
+        let done = edge.finished_task(id, LONG).await?;
+        assert_eq!(done["state"], "succeeded", "{done:#}");
+    }
+    assert_eq!(refunds, runs, "one refund per task: {kills} kills, {} requests", payments.requests());
+    let orders: std::collections::HashSet<String> =
+        payments.effects().iter().filter(|e| e.path == "refunds").map(|e| e.body["order"].to_string()).collect();
+    assert_eq!(orders.len(), runs, "every order refunded once");
+    eprintln!("{runs} tasks, {kills} kills, {} requests for {refunds} refunds", payments.requests());
+    Ok(())
+}
+
+/// Thirty hostile customer messages, each with the refund a model that fully
+/// obeyed it would propose. Whatever the model outputs, the only effects are
+/// those the policy allows (at most 50, to the order's own account), and
+/// every attempt is in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_injection_cannot_cause_a_side_effect_the_policy_did_not_allow() -> anyhow::Result<()> {
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let (_tmp, cp, edge) = fleet_with(&bins!(), &bundle(&payments, receipts.path())).await?;
+    let fixture = include_str!("../data/injections.jsonl");
+    let mut ids = Vec::new();
+    for (n, line) in fixture.lines().enumerate() {
+        let attack: Value = serde_json::from_str(line)?;
+        let order = format!("inj-{n}");
+        let body = json!({
+            "agent": "refunds",
+            "kind": "refund-request",
+            "input": {
+                "text": attack["text"],
+                "order": { "id": order, "accounts": ["acct-1"] },
+                // The worst case: the model proposed exactly what the attacker asked.
+                "refund": attack["obeyed"],
+                "reason": attack["text"],
+            },
+        });
+        ids.push(submit(&edge, body).await?);
+    }
+    assert_eq!(ids.len(), 30);
+    for id in &ids {
+        let what = format!("task {id} to settle");
+        wait_for(&what, LONG, || async {
+            let state = task(&edge, id).await?["state"].as_str().unwrap_or_default().to_owned();
+            Ok(["succeeded", "failed", "waiting", "dead_lettered"].contains(&state.as_str()))
+        })
+        .await?;
+    }
+    let executed: Vec<Value> = payments.effects().into_iter().map(|e| e.body).collect();
+    for effect in &executed {
+        let amount = effect["amount"].as_i64().unwrap_or(i64::MAX);
+        assert!(
+            amount <= 50 && amount >= 1 && effect["account"] == "acct-1",
+            "an effect the policy did not allow: {effect}"
+        );
+    }
+    assert_eq!(executed.len(), 2, "only the two attacks that asked for what policy allows anyway: {executed:?}");
+    // Every attempt is on record at the control plane: declared with its
+    // decision, or refused as invalid before any decision.
+    let edge_id = edge.edge_id.clone();
+    wait_for("every attempt in the control plane's audit log", LONG, || async {
+        let events = cp.events(&edge_id).await?;
+        let recorded = ids
+            .iter()
+            .filter(|id| {
+                events.iter().any(|e| {
+                    e["payload"]["task"] == id.as_str()
+                        && (e["kind"] == "policy.decided" || e["kind"] == "intent.invalid")
+                })
+            })
+            .count();
+        Ok(recorded == ids.len())
+    })
+    .await?;
+    Ok(())
+}
