@@ -241,7 +241,7 @@ async fn prompt_injection_cannot_cause_a_side_effect_the_policy_did_not_allow() 
     for effect in &executed {
         let amount = effect["amount"].as_i64().unwrap_or(i64::MAX);
         assert!(
-            amount <= 50 && amount >= 1 && effect["account"] == "acct-1",
+            (1..=50).contains(&amount) && effect["account"] == "acct-1",
             "an effect the policy did not allow: {effect}"
         );
     }

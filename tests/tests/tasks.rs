@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use aios_tests::{bins, fleet_with, wait_for, ControlPlaneProc, EdgeProc};
+use aios_tests::{bins, fleet_with, wait_for, EdgeProc};
 use anyhow::Context;
 use reqwest::Method;
 use serde_json::json;
