@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::agent::{AgentSpec, Definitions, RuntimeSpec, TierSpec};
+use crate::memory::MemorySpec;
 use crate::duration::parse_duration;
 
 /// Domain separation for bundle signatures.
@@ -72,6 +73,9 @@ pub struct BundleSpec {
     /// Settings of the edges' task runtime.
     #[serde(default)]
     pub runtime: RuntimeSpec,
+    /// Memory settings (see [`crate::memory`]).
+    #[serde(default)]
+    pub memory: MemorySpec,
     /// Sections that later layers define (Cedar policies, connectors).
     /// Carried opaquely and signed with the rest.
     #[serde(default)]
@@ -91,13 +95,14 @@ impl BundleSpec {
             agents: BTreeMap::new(),
             tiers: BTreeMap::new(),
             runtime: RuntimeSpec::default(),
+            memory: MemorySpec::default(),
             extensions: serde_json::Map::new(),
         }
     }
 
     /// A spec that keeps everything `body` says except what the caller changes.
     pub fn from_body(body: BundleBody) -> BundleSpec {
-        let Definitions { agents, tiers, runtime } = body.definitions;
+        let Definitions { agents, tiers, runtime, memory } = body.definitions;
         BundleSpec {
             autonomy: body.autonomy,
             valid_for: None,
@@ -105,6 +110,7 @@ impl BundleSpec {
             agents,
             tiers,
             runtime,
+            memory,
             extensions: body.extensions,
         }
     }
@@ -123,8 +129,12 @@ impl BundleSpec {
         if self.version == Some(0) {
             return Err(BundleError::Spec("version must be at least 1".into()));
         }
-        let definitions =
-            Definitions { agents: self.agents.clone(), tiers: self.tiers.clone(), runtime: self.runtime.clone() };
+        let definitions = Definitions {
+            agents: self.agents.clone(),
+            tiers: self.tiers.clone(),
+            runtime: self.runtime.clone(),
+            memory: self.memory.clone(),
+        };
         definitions.validate().map_err(|err| BundleError::Spec(err.to_string()))
     }
 
@@ -150,7 +160,12 @@ impl BundleSpec {
             issued_at_ms: now_ms,
             expires_at_ms: now_ms.saturating_add(valid_for),
             autonomy: self.autonomy,
-            definitions: Definitions { agents: self.agents, tiers: self.tiers, runtime: self.runtime },
+            definitions: Definitions {
+                agents: self.agents,
+                tiers: self.tiers,
+                runtime: self.runtime,
+                memory: self.memory,
+            },
             extensions: self.extensions,
         })
     }

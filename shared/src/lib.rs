@@ -14,12 +14,14 @@
 //! - [`token`]: one-time enrolment tokens that pin the CA.
 //! - [`backoff`]: reconnect delays with jitter.
 //! - [`duration`]: `30d`-style durations for flags and files.
+//! - [`memory`]: memory classifications, retention and agents' memory access.
 
 pub mod agent;
 pub mod audit;
 pub mod backoff;
 pub mod bundle;
 pub mod duration;
+pub mod memory;
 pub mod sync;
 pub mod token;
 pub mod wire;
