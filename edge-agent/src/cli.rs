@@ -51,6 +51,9 @@ pub enum Command {
     /// Tasks on the running daemon: submit, show, list, cancel.
     #[command(subcommand)]
     Task(crate::task_cli::TaskCommand),
+    /// Semantic memory on this edge: add, search, show, stats, forget, export, import, reindex.
+    #[command(subcommand)]
+    Memory(crate::memory_cli::MemoryCommand),
     /// Local models: list, pull, verify, path, bench.
     #[command(subcommand)]
     Models(aios_models::ModelsCommand),
@@ -194,6 +197,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run_daemon(cli.data_dir, args).await,
         Command::Status => status(&data_dir).await,
         Command::Task(command) => crate::task_cli::run(command).await,
+        Command::Memory(command) => crate::memory_cli::run(&data_dir, command).await,
         Command::Models(command) => aios_models::run_models_command(command).await,
         #[cfg(feature = "debug-hooks")]
         Command::Debug(command) => debug(&data_dir, command).await,

@@ -206,6 +206,7 @@ pub struct Item {
     /// The text.
     pub text: String,
     /// Metadata (a JSON object).
+    #[serde(default = "empty_object")]
     pub metadata: serde_json::Value,
     /// How sensitive it is.
     pub classification: Classification,
@@ -215,13 +216,16 @@ pub struct Item {
     /// Where it came from.
     pub provenance: Provenance,
     /// Starts at 1; each update adds one.
+    #[serde(default)]
     pub version: u64,
     /// When this version was written.
+    #[serde(default)]
     pub updated_ms: i64,
     /// Explicit expiry, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<i64>,
     /// The model whose vector the item has.
+    #[serde(default)]
     pub model: String,
     /// The vector, little-endian f32 in base64 (export with vectors only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
