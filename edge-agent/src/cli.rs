@@ -57,6 +57,9 @@ pub enum Command {
     /// Dead-lettered side effects: list, show, retry (same key), discard.
     #[command(subcommand)]
     Dlq(crate::exec_cli::DlqCommand),
+    /// Semantic memory on this edge: add, search, show, stats, forget, export, import, reindex.
+    #[command(subcommand)]
+    Memory(crate::memory_cli::MemoryCommand),
     /// Local models: list, pull, verify, path, bench.
     #[command(subcommand)]
     Models(aios_models::ModelsCommand),
@@ -202,6 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Task(command) => crate::task_cli::run(command).await,
         Command::Approvals(command) => crate::exec_cli::approvals(command).await,
         Command::Dlq(command) => crate::exec_cli::dlq(command).await,
+        Command::Memory(command) => crate::memory_cli::run(&data_dir, command).await,
         Command::Models(command) => aios_models::run_models_command(command).await,
         #[cfg(feature = "debug-hooks")]
         Command::Debug(command) => debug(&data_dir, command).await,

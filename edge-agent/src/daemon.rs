@@ -1,6 +1,6 @@
 //! The edge daemon: opens the store, records the start, keeps the autonomy
-//! mode honest as bundles expire, and runs the uplink, the task runtime and
-//! the local HTTP API until shutdown.
+//! mode honest as bundles expire, sweeps expired memory items, and runs the
+//! uplink, the task runtime and the local HTTP API until shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +20,8 @@ use crate::uplink::{LinkStatus, Uplink, UplinkOptions};
 
 /// How often bundle expiry is checked.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+/// How often the memory sweeper removes expired items.
+const MEMORY_SWEEP: Duration = Duration::from_secs(30);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -237,12 +239,24 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
         runtime: runtime.clone(),
     };
     let mut expiry_shutdown = shutdown.clone();
+    let memory = runtime.memory().clone();
     let runner = tokio::spawn(runtime.clone().run(shutdown.clone()));
     let task = tokio::spawn(async move {
         let uplink = tokio::spawn(uplink.run());
         let mut ticker = tokio::time::interval(EXPIRY_CHECK);
+        let mut sweeper = tokio::time::interval(MEMORY_SWEEP);
         loop {
             tokio::select! {
+                _ = sweeper.tick() => {
+                    match memory.sweep(unix_ms()).await {
+                        Ok(removed) if !removed.is_empty() => {
+                            info!(items = removed.len(), "memory sweeper removed expired items");
+                            appended.notify_one();
+                        }
+                        Ok(_) => {}
+                        Err(err) => warn!(%err, "memory sweep failed"),
+                    }
+                }
                 _ = ticker.tick() => {
                     match store.refresh_autonomy(&identity, unix_ms()).await {
                         Ok(_) => appended.notify_one(),

@@ -8,6 +8,8 @@
 //! - [`enroll`]: trading a one-time token for a certificate.
 //! - [`identity`]: the edge's key and pins, and TLS client configurations.
 //! - [`store`]: the edge's SQLite state: identity, audit chain, bundle.
+//! - [`memory`]: semantic memory, authoritative records, working context;
+//!   [`memory_cli`] is `aios-edge memory ...`.
 //! - [`db`]: SQLite plumbing shared with the control plane (writer thread,
 //!   group commit, migrations).
 //! - [`transport`]: frames over QUIC streams and the QUIC settings.
@@ -21,6 +23,8 @@ pub mod exec;
 pub mod exec_cli;
 pub mod gateway;
 pub mod identity;
+pub mod memory;
+pub mod memory_cli;
 pub mod runtime;
 pub mod store;
 pub mod task_cli;

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::db::DbError;
 use crate::exec::{ActOutcome, ActRequest, Applied, ExecPlane};
 use crate::identity::Identity;
+use crate::memory::{self, EmbedderSource, Memory};
 use crate::store::EdgeStore;
 use crate::tasks::{NewTask, RunEnd, StepRecord, SubmitError, TaskRecord};
 use crate::tiers::{ModelCallError, StepCall, Tiers};
@@ -105,6 +106,7 @@ struct Inner {
     options: RuntimeOptions,
     tiers: Tiers,
     exec: ExecPlane,
+    memory: Memory,
     wake: Notify,
     dispatch: Mutex<Dispatch>,
     definitions: Mutex<Option<(u64, Arc<Definitions>)>>,
@@ -136,9 +138,13 @@ impl Runtime {
     /// A runtime over `store`; nothing runs until [`Runtime::run`].
     pub fn new(store: EdgeStore, identity: Identity, tiers: Tiers, options: RuntimeOptions) -> Runtime {
         let exec = ExecPlane::new(store.clone(), identity.clone(), options.labels.clone());
+        let (models, load) = tiers.model_source();
+        let source = EmbedderSource::Catalog { models, load };
+        let memory = Memory::new(&store, Some(identity.clone()), source, &Default::default());
         Runtime {
             inner: Arc::new(Inner {
                 exec,
+                memory,
                 store,
                 identity,
                 options,
@@ -195,6 +201,11 @@ impl Runtime {
         Ok(applied)
     }
 
+    /// The memory plane.
+    pub fn memory(&self) -> &Memory {
+        &self.inner.memory
+    }
+
     /// The definitions of the bundle in force and its version.
     pub async fn definitions(&self) -> Result<Option<(u64, Arc<Definitions>)>, DbError> {
         let Some(signed) = self.inner.store.bundle().await? else { return Ok(None) };
@@ -210,6 +221,7 @@ impl Runtime {
         let body = signed.open(&self.inner.identity.bundle_key).map_err(|err| DbError::Corrupt(err.to_string()))?;
         let defs = Arc::new(body.definitions);
         self.inner.tiers.configure(&defs);
+        self.inner.memory.configure(&defs.memory);
         *self.inner.definitions.lock().expect("definitions lock") = Some((version, defs.clone()));
         Ok(Some((version, defs)))
     }
@@ -439,9 +451,12 @@ impl Runtime {
         let fatal = |problem: String| Stop::End(RunEnd::Failed(format!("step `{}`: {problem}", step.id)));
         match step.kind {
             StepKind::Classify | StepKind::Generate | StepKind::Plan => {
-                let prompt = context.render(step.prompt.as_deref().unwrap_or_default()).map_err(fatal)?;
-                let system = step.system.as_deref().map(|s| context.render(s)).transpose().map_err(fatal)?;
-                let subject = step.subject.as_deref().map(|s| context.render(s)).transpose().map_err(fatal)?;
+                let working = self.working_context(agent, seq, context).await?;
+                let text = working.as_ref().map(|w| w.text.as_str());
+                let render = |template: &str| context.render_with(template, text);
+                let prompt = render(step.prompt.as_deref().unwrap_or_default()).map_err(fatal)?;
+                let system = step.system.as_deref().map(render).transpose().map_err(fatal)?;
+                let subject = step.subject.as_deref().map(render).transpose().map_err(fatal)?;
                 let call = StepCall {
                     agent: &task.agent,
                     task: &task.id,
@@ -454,6 +469,17 @@ impl Runtime {
                 };
                 let outcome = self.call_model(task, seq, call).await?;
                 outcome.fill(&mut record);
+                if let (Some(working), Some(output)) = (working, record.output.as_object_mut()) {
+                    output.insert(
+                        "context".into(),
+                        json!({
+                            "tokens": working.tokens,
+                            "budget": working.budget,
+                            "included": working.included,
+                            "left_out": working.left_out,
+                        }),
+                    );
+                }
             }
             StepKind::Validate => {
                 let target = step.target.as_deref().unwrap_or_default();
@@ -475,11 +501,17 @@ impl Runtime {
                     return Err(fatal(detail));
                 }
             }
-            StepKind::Retrieve => {
-                // The memory plane does not exist yet: the step kind is
-                // accepted and recorded, and retrieves nothing.
-                let query = context.render(step.prompt.as_deref().unwrap_or("")).map_err(fatal)?;
-                record.output = json!({ "items": [], "query": query, "note": "memory plane not built yet" });
+            StepKind::Retrieve | StepKind::RecordGet | StepKind::RecordPut => {
+                let render = |template: &str| context.render(template);
+                let memory = &self.inner.memory;
+                match memory::steps::run_memory_step(memory, &task.id, agent, step, seq, &render, unix_ms()).await {
+                    Ok(result) => {
+                        record.output = result.output;
+                        record.value = result.value;
+                    }
+                    Err(memory::steps::StepError::Failed(problem)) => return Err(fatal(problem)),
+                    Err(memory::steps::StepError::Db(err)) => return Err(Stop::Db(err)),
+                }
             }
             StepKind::Act => {
                 let request = context.act_request(task, seq, step).map_err(fatal)?;
@@ -502,6 +534,33 @@ impl Runtime {
         record.latency_ms = started.elapsed().as_millis() as u64;
         record.created_ms = unix_ms();
         Ok(record)
+    }
+
+    /// The working context of a model step with `context_tokens`, counted
+    /// with the tokenizer of the agent's local model.
+    async fn working_context(
+        &self,
+        agent: &AgentSpec,
+        seq: usize,
+        context: &TaskContext,
+    ) -> Result<Option<memory::WorkingContext>, Stop> {
+        let step = &agent.steps[seq];
+        let Some(budget) = step.context_tokens else { return Ok(None) };
+        let fatal = |problem: String| Stop::End(RunEnd::Failed(format!("step `{}`: {problem}", step.id)));
+        let model = match self.inner.tiers.local_model(&agent.local_tier).await {
+            Ok(model) => model,
+            Err(ModelCallError::Db(err)) => return Err(Stop::Db(err)),
+            Err(err) => return Err(fatal(format!("no tokenizer for the working context: {err}"))),
+        };
+        let input = memory::steps::context_input(agent, seq, &context.input, &context.steps, &context.values);
+        let count = |text: String| {
+            let model = model.clone();
+            async move {
+                let (_, ids) = model.tokenize(aios_models::Prompt::Text(text)).await.map_err(|e| e.to_string())?;
+                Ok(ids.len())
+            }
+        };
+        memory::build_context(&input, budget as usize, count).await.map(Some).map_err(fatal)
     }
 
     /// A validate step failed on a local result: run the target step again
@@ -651,7 +710,16 @@ impl TaskContext {
     }
 
     fn render(&self, template: &str) -> Result<String, String> {
-        aios_shared::agent::render_template(template, &json!({ "input": self.input, "steps": self.steps }))
+        self.render_with(template, None)
+    }
+
+    /// Renders with the step's working context as `context`, when it has one.
+    fn render_with(&self, template: &str, working: Option<&str>) -> Result<String, String> {
+        let mut scope = json!({ "input": self.input, "steps": self.steps });
+        if let Some(text) = working {
+            scope["context"] = Value::String(text.to_owned());
+        }
+        aios_shared::agent::render_template(template, &scope)
     }
 
     /// The rendered request of an act step.

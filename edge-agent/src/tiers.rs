@@ -187,6 +187,12 @@ impl Tiers {
         self.inner.definitions.lock().expect("tiers lock").clone()
     }
 
+    /// Where local models come from and how they load (the memory plane's
+    /// embedder uses the same).
+    pub fn model_source(&self) -> (ModelStore, LoadOptions) {
+        (self.inner.models.clone(), self.inner.load.clone())
+    }
+
     /// Calls made to remote tiers by this process (attempts included).
     pub fn remote_calls(&self) -> u64 {
         self.inner.remote_calls.load(Ordering::Relaxed)

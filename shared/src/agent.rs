@@ -40,6 +40,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::parse_duration;
+use crate::memory::{MemoryAccess, MemorySpec};
 
 /// Everything a bundle says about agents, tiers and the runtime.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -62,6 +63,13 @@ pub struct Definitions {
     /// The Cedar schema and policies that decide every side effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::exec::PolicySpec>,
+    /// Memory settings: embedding model, retention per classification.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub memory: MemorySpec,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// One agent: the task kinds it accepts and its ordered steps.
@@ -91,6 +99,9 @@ pub struct AgentSpec {
     /// Spending limits for escalated calls.
     #[serde(default)]
     pub budget: BudgetSpec,
+    /// Memory namespaces and classifications it may read and write.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub memory: MemoryAccess,
     /// The steps, run in order.
     pub steps: Vec<StepSpec>,
 }
@@ -152,8 +163,14 @@ pub enum StepKind {
     Generate,
     /// A complex step that escalates by default.
     Plan,
-    /// Memory lookup (a no-op until the memory plane exists).
+    /// Semantic memory lookup: filtered, ranked, recorded.
     Retrieve,
+    /// Read an authoritative record (key-value, versioned).
+    #[serde(rename = "record_get")]
+    RecordGet,
+    /// Write an authoritative record, optionally compare-and-set on its version.
+    #[serde(rename = "record_put")]
+    RecordPut,
     /// A side effect through the execution plane.
     Act,
     /// Deterministic checks of an earlier step's output.
@@ -168,6 +185,8 @@ impl StepKind {
             StepKind::Generate => "generate",
             StepKind::Plan => "plan",
             StepKind::Retrieve => "retrieve",
+            StepKind::RecordGet => "record_get",
+            StepKind::RecordPut => "record_put",
             StepKind::Act => "act",
             StepKind::Validate => "validate",
         }
@@ -236,9 +255,34 @@ pub struct StepSpec {
     /// Sampling temperature (generate, plan; default 0, greedy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
-    /// Memory namespace (retrieve).
+    /// Memory namespace (retrieve, record_get, record_put).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Most items returned (retrieve; default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    /// Items scoring below this are dropped (retrieve; default 0.25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_score: Option<f32>,
+    /// Metadata that returned items must carry, each value a template (retrieve).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filter: BTreeMap<String, String>,
+    /// Weight of the FTS5 keyword score in a hybrid ranking, 0 to 1 (retrieve; default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword_weight: Option<f32>,
+    /// Record key, a template (record_get, record_put).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Value to store, a template; JSON text is stored as JSON (record_put).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Write only if the record is at this version (`0`: absent), a template (record_put).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_version: Option<String>,
+    /// Build a working context of at most this many tokens, offered to the
+    /// templates as `context` (classify, generate, plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_tokens: Option<u32>,
     /// Connector (act).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connector: Option<String>,
@@ -492,6 +536,9 @@ pub enum DefinitionError {
     /// A problem in a connector, a webhook or the policy.
     #[error(transparent)]
     Exec(#[from] crate::exec::ExecSpecError),
+    /// A problem in the memory settings.
+    #[error("memory: {0}")]
+    Memory(String),
 }
 
 impl Definitions {
@@ -515,6 +562,7 @@ impl Definitions {
         if let Some(policy) = &self.policy {
             crate::exec::validate_policy(policy, &self.connectors)?;
         }
+        self.memory.validate().map_err(DefinitionError::Memory)?;
         for (name, agent) in &self.agents {
             self.validate_agent(name, agent)?;
         }
@@ -536,6 +584,7 @@ impl Definitions {
         if agent.max_concurrent == 0 {
             return Err(fail(None, "max_concurrent must be at least 1".into()));
         }
+        agent.memory.validate().map_err(|problem| fail(None, problem))?;
         if let Some(deadline) = &agent.deadline {
             parse_duration(deadline).map_err(|err| fail(None, format!("deadline: {err}")))?;
         }
@@ -578,7 +627,7 @@ impl Definitions {
                     return Err(fail(at, "`when` needs `equals`, `in` or `not_in`".into()));
                 }
             }
-            validate_step(step, &seen).map_err(|problem| fail(at, problem))?;
+            validate_step(step, &seen, &agent.memory).map_err(|problem| fail(at, problem))?;
             if step.kind == StepKind::Act {
                 self.validate_act(step).map_err(|problem| fail(at, problem))?;
             }
@@ -664,15 +713,19 @@ fn validate_tier(name: &str, tier: &TierSpec) -> Result<(), DefinitionError> {
 /// Which fields each kind takes, besides id, kind, when and risk.
 fn allowed_fields(kind: StepKind) -> &'static [&'static str] {
     match kind {
-        StepKind::Classify => &["prompt", "labels", "threshold", "escalate", "examples", "subject"],
-        StepKind::Generate | StepKind::Plan => &["prompt", "system", "max_tokens", "temperature", "escalate"],
-        StepKind::Retrieve => &["prompt", "namespace"],
+        StepKind::Classify => &["prompt", "labels", "threshold", "escalate", "examples", "subject", "context_tokens"],
+        StepKind::Generate | StepKind::Plan => {
+            &["prompt", "system", "max_tokens", "temperature", "escalate", "context_tokens"]
+        }
+        StepKind::Retrieve => &["prompt", "namespace", "top_k", "min_score", "filter", "keyword_weight"],
+        StepKind::RecordGet => &["namespace", "key"],
+        StepKind::RecordPut => &["namespace", "key", "value", "expect_version"],
         StepKind::Act => &["connector", "action", "args", "resource", "reasoning"],
         StepKind::Validate => &["target", "checks"],
     }
 }
 
-fn validate_step(step: &StepSpec, earlier: &[&str]) -> Result<(), String> {
+fn validate_step(step: &StepSpec, earlier: &[&str], access: &MemoryAccess) -> Result<(), String> {
     let present = [
         ("prompt", step.prompt.is_some()),
         ("system", step.system.is_some()),
@@ -684,6 +737,14 @@ fn validate_step(step: &StepSpec, earlier: &[&str]) -> Result<(), String> {
         ("temperature", step.temperature.is_some()),
         ("escalate", step.escalate.is_some()),
         ("namespace", step.namespace.is_some()),
+        ("top_k", step.top_k.is_some()),
+        ("min_score", step.min_score.is_some()),
+        ("filter", !step.filter.is_empty()),
+        ("keyword_weight", step.keyword_weight.is_some()),
+        ("key", step.key.is_some()),
+        ("value", step.value.is_some()),
+        ("expect_version", step.expect_version.is_some()),
+        ("context_tokens", step.context_tokens.is_some()),
         ("connector", step.connector.is_some()),
         ("action", step.action.is_some()),
         ("args", !step.args.is_empty()),
@@ -697,11 +758,10 @@ fn validate_step(step: &StepSpec, earlier: &[&str]) -> Result<(), String> {
         return Err(format!("`{field}` does not apply to a {} step", step.kind.as_str()));
     }
     let resource_templates = step.resource.iter().flat_map(|r| std::iter::once(&r.id).chain(r.attrs.values()));
-    for template in [&step.prompt, &step.system, &step.subject, &step.reasoning]
-        .into_iter()
-        .flatten()
-        .chain(step.args.values())
-        .chain(resource_templates)
+    let templates =
+        [&step.prompt, &step.system, &step.subject, &step.key, &step.value, &step.expect_version, &step.reasoning];
+    for template in
+        templates.into_iter().flatten().chain(step.args.values()).chain(step.filter.values()).chain(resource_templates)
     {
         check_template(template)?;
     }
@@ -741,7 +801,9 @@ fn validate_step(step: &StepSpec, earlier: &[&str]) -> Result<(), String> {
                 }
             }
         }
-        StepKind::Retrieve => {}
+        StepKind::Retrieve | StepKind::RecordGet | StepKind::RecordPut => {
+            crate::memory::validate_memory_step(step, access)?;
+        }
         StepKind::Act => {
             if step.connector.is_none() || step.action.is_none() {
                 return Err("an act step needs a connector and an action".into());

@@ -90,6 +90,18 @@ pub mod kinds {
     pub const INTENT_COMPENSATED: &str = "intent.compensated";
     /// A command from the control plane was refused.
     pub const COMMAND_REFUSED: &str = "command.refused";
+    /// Items were added to semantic memory (ids, namespace, provenance; never the text).
+    pub const MEMORY_ADDED: &str = "memory.added";
+    /// A retrieval for a task: the ids, scores and provenance of what was returned.
+    pub const MEMORY_RETRIEVED: &str = "memory.retrieved";
+    /// Items about a data subject were erased (ids and a hash of the subject; no content).
+    pub const MEMORY_FORGOTTEN: &str = "memory.forgotten";
+    /// The sweeper removed items past their expiry or retention.
+    pub const MEMORY_EXPIRED: &str = "memory.expired";
+    /// Stored vectors were rebuilt with another embedding model.
+    pub const MEMORY_REINDEXED: &str = "memory.reindexed";
+    /// An authoritative record was written (namespace, key, version).
+    pub const RECORD_PUT: &str = "memory.record_put";
 }
 
 /// One entry of an edge's audit log.

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 
 use crate::agent::{AgentSpec, Definitions, RuntimeSpec, TierSpec};
 use crate::duration::parse_duration;
+use crate::memory::MemorySpec;
 
 /// Domain separation for bundle signatures.
 const SIGNING_CONTEXT: &[u8] = b"aios-bundle-v1\0";
@@ -81,6 +82,9 @@ pub struct BundleSpec {
     /// The Cedar schema and policies.
     #[serde(default)]
     pub policy: Option<crate::exec::PolicySpec>,
+    /// Memory settings (see [`crate::memory`]).
+    #[serde(default)]
+    pub memory: MemorySpec,
     /// Sections that later layers define (Cedar policies, connectors).
     /// Carried opaquely and signed with the rest.
     #[serde(default)]
@@ -103,13 +107,14 @@ impl BundleSpec {
             connectors: BTreeMap::new(),
             webhooks: BTreeMap::new(),
             policy: None,
+            memory: MemorySpec::default(),
             extensions: serde_json::Map::new(),
         }
     }
 
     /// A spec that keeps everything `body` says except what the caller changes.
     pub fn from_body(body: BundleBody) -> BundleSpec {
-        let Definitions { agents, tiers, runtime, connectors, webhooks, policy } = body.definitions;
+        let Definitions { agents, tiers, runtime, connectors, webhooks, policy, memory } = body.definitions;
         BundleSpec {
             autonomy: body.autonomy,
             valid_for: None,
@@ -120,6 +125,7 @@ impl BundleSpec {
             connectors,
             webhooks,
             policy,
+            memory,
             extensions: body.extensions,
         }
     }
@@ -150,6 +156,7 @@ impl BundleSpec {
             connectors: self.connectors.clone(),
             webhooks: self.webhooks.clone(),
             policy: self.policy.clone(),
+            memory: self.memory.clone(),
         }
     }
 

@@ -17,6 +17,7 @@
 //! - [`token`]: one-time enrolment tokens that pin the CA.
 //! - [`backoff`]: reconnect delays with jitter.
 //! - [`duration`]: `30d`-style durations for flags and files.
+//! - [`memory`]: memory classifications, retention and agents' memory access.
 
 pub mod agent;
 pub mod audit;
@@ -25,6 +26,7 @@ pub mod bundle;
 pub mod command;
 pub mod duration;
 pub mod exec;
+pub mod memory;
 pub mod policy;
 pub mod sync;
 pub mod token;

@@ -11,10 +11,15 @@ use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(300);
 const TRIAGE: &str = include_str!("../data/triage.toml");
+const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/policies.jsonl");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triage_agent_runs_end_to_end_and_the_control_plane_audits_every_step() -> anyhow::Result<()> {
     let (tmp, cp, edge) = fleet_with(&bins!(), TRIAGE).await?;
+    // The policy passages the reply is grounded in, imported while the daemon runs.
+    let imported = edge.edge_cli(&["memory", "import", POLICIES])?;
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    assert!(String::from_utf8_lossy(&imported.stdout).contains("imported 50 item(s)"));
 
     let submission = json!({
         "agent": "triage",
@@ -32,18 +37,32 @@ async fn triage_agent_runs_end_to_end_and_the_control_plane_audits_every_step() 
     let done = edge.finished_task(&id, LONG).await?;
     assert_eq!(done["state"], "succeeded", "{done:#}");
     let steps = done["steps"].as_array().context("steps")?;
-    assert_eq!(steps.len(), 3, "{done:#}");
+    assert_eq!(steps.len(), 4, "{done:#}");
     assert_eq!(steps[0]["value"], "refund", "classified: {:#}", steps[0]);
     assert!(steps[0]["confidence"].as_f64().unwrap_or(0.0) > 0.4, "{:#}", steps[0]);
-    assert_eq!(steps[1]["tier"], "local");
-    assert!(steps[1]["tokens_out"].as_u64().unwrap_or(0) > 0, "{:#}", steps[1]);
-    assert!(!steps[1]["value"].as_str().unwrap_or_default().is_empty(), "{:#}", steps[1]);
-    assert_eq!(steps[2]["value"], "passed", "{:#}", steps[2]);
+    // Retrieval: refund policy passages, with scores and provenance.
+    let items = steps[1]["output"]["items"].as_array().context("retrieved items")?.clone();
+    assert!(!items.is_empty() && items.len() <= 2, "{:#}", steps[1]);
+    assert!(items.iter().all(|i| i["id"].as_str().unwrap_or_default().starts_with("policy-")), "{items:#?}");
+    assert!(items.iter().any(|i| i["id"].as_str().unwrap_or_default().starts_with("policy-refund")), "{items:#?}");
+    assert!(items.iter().all(|i| i["provenance"]["source"] == "customer-handbook-v3"), "{items:#?}");
+    // The reply's working context holds them, within its budget, and says what it left out.
+    assert_eq!(steps[2]["tier"], "local");
+    let context = &steps[2]["output"]["context"];
+    assert!(context["tokens"].as_u64().unwrap_or(999) <= 256, "{context:#}");
+    let included: Vec<&str> =
+        context["included"].as_array().into_iter().flatten().filter_map(|p| p["source"].as_str()).collect();
+    let first_id = items[0]["id"].as_str().unwrap_or_default();
+    assert!(included.contains(&"input") && included.contains(&format!("memory:{first_id}").as_str()), "{context:#}");
+    assert!(context["left_out"].is_array(), "{context:#}");
+    assert!(steps[2]["tokens_out"].as_u64().unwrap_or(0) > 0, "{:#}", steps[2]);
+    assert!(!steps[2]["value"].as_str().unwrap_or_default().is_empty(), "{:#}", steps[2]);
+    assert_eq!(steps[3]["value"], "passed", "{:#}", steps[3]);
     assert_eq!(done["output"]["steps"]["category"]["label"], "refund");
 
     // The control plane sees every transition and every step of the task.
     let edge_id = edge.edge_id.clone();
-    let cp = &cp;
+    let (cp, items) = (&cp, &items);
     wait_for("the task's audit events at the control plane", LONG, || {
         let (edge_id, id) = (edge_id.clone(), id.clone());
         async move {
@@ -54,9 +73,28 @@ async fn triage_agent_runs_end_to_end_and_the_control_plane_audits_every_step() 
                 .map(|e| (e["kind"].as_str().unwrap_or_default().to_owned(), e["payload"].clone()))
                 .collect();
             let kinds: Vec<&str> = of_task.iter().map(|(k, _)| k.as_str()).collect();
-            if kinds != ["task.queued", "task.running", "task.step", "task.step", "task.step", "task.succeeded"] {
+            let expected = [
+                "task.queued",
+                "task.running",
+                "task.step",
+                "memory.retrieved",
+                "task.step",
+                "task.step",
+                "task.step",
+                "task.succeeded",
+            ];
+            if kinds != expected {
                 return Ok(false);
             }
+            // The auditor sees which passages the reply was grounded in, with scores and provenance.
+            let retrieved = &of_task[3].1;
+            assert_eq!(retrieved["step"], "policy");
+            let audited: Vec<&str> =
+                retrieved["items"].as_array().into_iter().flatten().filter_map(|i| i["id"].as_str()).collect();
+            let used: Vec<&str> = items.iter().filter_map(|i| i["id"].as_str()).collect();
+            assert_eq!(audited, used, "{retrieved}");
+            assert!(retrieved["items"][0]["score"].as_f64().is_some(), "{retrieved}");
+            assert_eq!(retrieved["items"][0]["provenance"]["added_by"], "ops:policy-team", "{retrieved}");
             let first_step = &of_task[2].1;
             assert_eq!(first_step["step"], "category");
             assert_eq!(first_step["tier"], "local");
