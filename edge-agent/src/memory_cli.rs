@@ -215,7 +215,9 @@ pub async fn run(data_dir: &Path, command: MemoryCommand) -> anyhow::Result<()> 
             let cached = added.iter().filter(|a| a.cached).count();
             println!("imported {} item(s), {cached} without a model call", added.len());
         }
-        MemoryCommand::Reindex => println!("re-embedded {} item(s) with {}", memory.reindex(now).await?, memory.model_id()),
+        MemoryCommand::Reindex => {
+            println!("re-embedded {} item(s) with {}", memory.reindex(now).await?, memory.model_id())
+        }
         MemoryCommand::Sweep => println!("removed {} expired item(s)", memory.sweep(now).await?.len()),
     }
     Ok(())
@@ -231,8 +233,10 @@ async fn open(data_dir: &Path) -> anyhow::Result<Memory> {
         }
         _ => MemorySpec::default(),
     };
-    let source =
-        EmbedderSource::Catalog { models: aios_models::ModelStore::from_env(), load: aios_models::LoadOptions::default() };
+    let source = EmbedderSource::Catalog {
+        models: aios_models::ModelStore::from_env(),
+        load: aios_models::LoadOptions::default(),
+    };
     Ok(Memory::new(&store, identity, source, &spec))
 }
 

@@ -429,12 +429,15 @@ impl Runtime {
                 let outcome = self.call_model(task, seq, call).await?;
                 outcome.fill(&mut record);
                 if let (Some(working), Some(output)) = (working, record.output.as_object_mut()) {
-                    output.insert("context".into(), json!({
-                        "tokens": working.tokens,
-                        "budget": working.budget,
-                        "included": working.included,
-                        "left_out": working.left_out,
-                    }));
+                    output.insert(
+                        "context".into(),
+                        json!({
+                            "tokens": working.tokens,
+                            "budget": working.budget,
+                            "included": working.included,
+                            "left_out": working.left_out,
+                        }),
+                    );
                 }
             }
             StepKind::Validate => {

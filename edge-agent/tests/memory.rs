@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use aios_edge_agent::identity::Identity;
 use aios_edge_agent::memory::{
-    build_context, ContextInput, Embed, EmbedderSource, ExportOptions, Item, LazyEmbedder, Memory, NewItem,
-    Provenance, SearchRequest,
+    build_context, ContextInput, Embed, EmbedderSource, ExportOptions, Item, LazyEmbedder, Memory, NewItem, Provenance,
+    SearchRequest,
 };
 use aios_edge_agent::store::EdgeStore;
 use aios_models::{ChatModel, LoadOptions, ModelStore, Prompt};
@@ -118,14 +118,30 @@ async fn limits_expiry_and_erasure_hold_on_the_real_model() {
     let spec: MemorySpec = toml::from_str("[retention]\nrestricted = \"1h\"\n").unwrap();
     let (_dir, store, memory) = memory(&spec).await;
     memory.import(policies(), 0).await.unwrap();
-    let mut short_lived = note("promo-mail", Classification::Internal, &[], "Spring promotion: kettles 20 percent off.");
+    let mut short_lived =
+        note("promo-mail", Classification::Internal, &[], "Spring promotion: kettles 20 percent off.");
     short_lived.expires_ms = Some(1_000);
     memory
         .add(
             vec![
-                note("jane-mail", Classification::Confidential, &["customer:jane"], "Jane Roe's kettle broke; she wants a refund."),
-                note("jane-call", Classification::Confidential, &["customer:jane"], "Jane Roe called about her refund status."),
-                note("john-call", Classification::Confidential, &["customer:john"], "John Doe's kettle broke; he wants a refund."),
+                note(
+                    "jane-mail",
+                    Classification::Confidential,
+                    &["customer:jane"],
+                    "Jane Roe's kettle broke; she wants a refund.",
+                ),
+                note(
+                    "jane-call",
+                    Classification::Confidential,
+                    &["customer:jane"],
+                    "Jane Roe called about her refund status.",
+                ),
+                note(
+                    "john-call",
+                    Classification::Confidential,
+                    &["customer:john"],
+                    "John Doe's kettle broke; he wants a refund.",
+                ),
                 note("vip-call", Classification::Restricted, &[], "A VIP customer's kettle broke; refund approved."),
                 short_lived,
             ],
@@ -134,7 +150,8 @@ async fn limits_expiry_and_erasure_hold_on_the_real_model() {
         .await
         .unwrap();
     let query = "customer kettle broke refund";
-    let everything = [Classification::Public, Classification::Internal, Classification::Confidential, Classification::Restricted];
+    let everything =
+        [Classification::Public, Classification::Internal, Classification::Confidential, Classification::Restricted];
 
     // Classification limits: a public-and-internal reader never sees confidential or restricted notes.
     let hits = memory.search(&search(query, &["customers", "policies"], &everything[..2], 20), 10).await.unwrap();

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::agent::{AgentSpec, Definitions, RuntimeSpec, TierSpec};
-use crate::memory::MemorySpec;
 use crate::duration::parse_duration;
+use crate::memory::MemorySpec;
 
 /// Domain separation for bundle signatures.
 const SIGNING_CONTEXT: &[u8] = b"aios-bundle-v1\0";

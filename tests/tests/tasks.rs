@@ -67,7 +67,8 @@ async fn triage_agent_runs_end_to_end_and_the_control_plane_audits_every_step() 
     assert_eq!(steps[2]["tier"], "local");
     let context = &steps[2]["output"]["context"];
     assert!(context["tokens"].as_u64().unwrap_or(999) <= 256, "{context:#}");
-    let included: Vec<&str> = context["included"].as_array().into_iter().flatten().filter_map(|p| p["source"].as_str()).collect();
+    let included: Vec<&str> =
+        context["included"].as_array().into_iter().flatten().filter_map(|p| p["source"].as_str()).collect();
     let first_id = items[0]["id"].as_str().unwrap_or_default();
     assert!(included.contains(&"input") && included.contains(&format!("memory:{first_id}").as_str()), "{context:#}");
     assert!(context["left_out"].is_array(), "{context:#}");

@@ -109,7 +109,13 @@ where
     let n_results = input.results.len();
     for (position, (step, text)) in input.results.iter().enumerate().rev() {
         let older = n_results - position > RECENT_RESULTS;
-        offers.push((Section::Results, position, format!("step:{step}"), format!("- {step}: {}", one_line(text)), older));
+        offers.push((
+            Section::Results,
+            position,
+            format!("step:{step}"),
+            format!("- {step}: {}", one_line(text)),
+            older,
+        ));
     }
     for (section, position, source, line, summarise_first) in offers {
         let summary = summarise(&line);
@@ -247,7 +253,10 @@ mod tests {
             input: "My kettle broke after two days and I want a refund.".into(),
             results: vec![
                 ("category".into(), "refund".into()),
-                ("notes".into(), "The customer has ordered four times. All orders arrived on time. None returned.".into()),
+                (
+                    "notes".into(),
+                    "The customer has ordered four times. All orders arrived on time. None returned.".into(),
+                ),
                 ("draft".into(), "Thank you for writing. We will refund you.".into()),
             ],
             retrieved: vec![

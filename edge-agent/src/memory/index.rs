@@ -113,8 +113,7 @@ impl VectorIndex {
         }
         let next_ns = self.namespaces.len() as u32;
         let namespace = *self.namespaces.entry(namespace.to_owned()).or_insert(next_ns);
-        let scope =
-            RowScope { seq, namespace, classification, updated_ms, expires_ms: expires_ms.unwrap_or(i64::MAX) };
+        let scope = RowScope { seq, namespace, classification, updated_ms, expires_ms: expires_ms.unwrap_or(i64::MAX) };
         let (codes, scale) = quantize(vector);
         match self.slots.get(&seq) {
             Some(&slot) => {

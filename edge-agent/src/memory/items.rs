@@ -80,9 +80,9 @@ impl Memory {
         for item in items {
             let vector = match (&item.vector, item.model == model) {
                 (Some(encoded), true) => {
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(encoded)
-                        .map_err(|err| MemoryError::Invalid(format!("item `{}`: vector is not base64: {err}", item.id)))?;
+                    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|err| {
+                        MemoryError::Invalid(format!("item `{}`: vector is not base64: {err}", item.id))
+                    })?;
                     Some(vector_from_bytes(&bytes)?)
                 }
                 _ => None,
@@ -411,9 +411,8 @@ impl Memory {
                 .db
                 .write(move |conn| {
                     for (seq, hash, vector) in &rows {
-                        conn.prepare_cached("INSERT OR IGNORE INTO memory_vectors VALUES (?1, ?2, ?3)")?.execute(
-                            params![hash.as_slice(), model, vector_bytes(vector)],
-                        )?;
+                        conn.prepare_cached("INSERT OR IGNORE INTO memory_vectors VALUES (?1, ?2, ?3)")?
+                            .execute(params![hash.as_slice(), model, vector_bytes(vector)])?;
                         conn.prepare_cached("UPDATE memory_items SET model = ?2 WHERE seq = ?1")?
                             .execute(params![seq, model])?;
                     }

@@ -192,8 +192,8 @@ impl Memory {
             .inner
             .db
             .read(move |conn| {
-                let mut stmt =
-                    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM memory_items WHERE namespace = ?1 AND model = ?2)")?;
+                let mut stmt = conn
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM memory_items WHERE namespace = ?1 AND model = ?2)")?;
                 for ns in &namespaces {
                     if stmt.query_row(rusqlite::params![ns, model], |r| r.get::<_, bool>(0))? {
                         return Ok(true);
@@ -274,10 +274,8 @@ fn rank(
     }
     let mut args: Vec<SqlValue> = vec![SqlValue::Text(model.to_owned()), SqlValue::Integer(now_ms)];
     let namespaces = placeholders(&mut args, request.namespaces.iter().map(|n| SqlValue::Text(n.clone())));
-    let classes = placeholders(
-        &mut args,
-        request.classifications.iter().map(|c| SqlValue::Text(c.as_str().to_owned())),
-    );
+    let classes =
+        placeholders(&mut args, request.classifications.iter().map(|c| SqlValue::Text(c.as_str().to_owned())));
     let seqs = placeholders(&mut args, candidates.iter().map(|s| SqlValue::Integer(*s)));
     let mut tags = String::new();
     for (key, value) in &request.filter {

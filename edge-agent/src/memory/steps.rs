@@ -59,7 +59,8 @@ pub async fn run_memory_step(
 ) -> Result<StepResult, StepError> {
     let namespace = step.namespace.clone().unwrap_or_default();
     let access = &agent.memory;
-    let allowed = if step.kind == StepKind::RecordPut { access.may_write(&namespace) } else { access.may_read(&namespace) };
+    let allowed =
+        if step.kind == StepKind::RecordPut { access.may_write(&namespace) } else { access.may_read(&namespace) };
     if !allowed {
         return Err(StepError::Failed(format!("the agent may not use memory namespace `{namespace}`")));
     }
