@@ -230,4 +230,34 @@ mod tests {
         assert!(Classification::Public < Classification::Restricted);
         assert_eq!("confidential".parse::<Classification>(), Ok(Classification::Confidential));
     }
+
+    #[test]
+    fn memory_steps_are_checked_against_the_agents_access() {
+        let bundle = |access: &str, step: &str| {
+            format!("[agents.a]\nversion = 1\n{access}\n[[agents.a.steps]]\nid = \"s\"\n{step}\n")
+        };
+        let check = |text: String| toml::from_str::<crate::agent::Definitions>(&text).unwrap().validate();
+        let access = "memory = { read = [\"policies\"], write = [\"orders\"], classifications = [\"public\"] }";
+        let retrieve = "kind = \"retrieve\"\nnamespace = \"policies\"\nprompt = \"{{ input.text }}\"\ntop_k = 3";
+        check(bundle(access, retrieve)).unwrap();
+        let err = check(bundle(access, &retrieve.replace("\"policies\"", "\"hr\""))).unwrap_err().to_string();
+        assert_eq!(err, "agent `a`, step `s`: namespace `hr` is not in the agent's memory.read list");
+        let err = check(bundle("", retrieve)).unwrap_err().to_string();
+        assert!(err.contains("memory.read"), "{err}");
+        let put = "kind = \"record_put\"\nnamespace = \"orders\"\nkey = \"k\"\nvalue = \"v\"\nexpect_version = \"0\"";
+        check(bundle(access, put)).unwrap();
+        let err = check(bundle(access, &put.replace("orders", "policies"))).unwrap_err().to_string();
+        assert!(err.contains("memory.write"), "{err}");
+        let err = check(bundle(access, "kind = \"record_get\"\nnamespace = \"orders\"")).unwrap_err().to_string();
+        assert!(err.contains("memory.read"), "{err}");
+        let generate = "kind = \"generate\"\nprompt = \"x\"\ntop_k = 3";
+        let err = check(format!("[tiers.local]\nkind = \"local\"\nmodel = \"m\"\n{}", bundle(access, generate)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`top_k` does not apply to a generate step"), "{err}");
+        let err = check(format!("[memory.retention]\nrestricted = \"0d\"\n{}", bundle(access, retrieve)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("memory: retention of restricted"), "{err}");
+    }
 }

@@ -60,7 +60,7 @@ pub struct Stats {
     pub records: u64,
     /// Size of the whole database file.
     pub db_bytes: u64,
-    /// Rows and bytes of the loaded vector index, if loaded.
+    /// Rows in the loaded vector index (0 until a search loads it).
     pub index_rows: usize,
 }
 

@@ -73,8 +73,7 @@ impl Memory {
     ) -> Result<Record, MemoryError> {
         let (namespace, key, writer) = (namespace.to_owned(), key.to_owned(), writer.to_owned());
         let identity = self.inner.identity.clone();
-        let outcome = self
-            .inner
+        self.inner
             .db
             .write(move |conn| {
                 let text = value.to_string();
@@ -124,7 +123,6 @@ impl Memory {
                 }
                 Ok(Ok(record(version, now_ms, writer.clone())))
             })
-            .await?;
-        outcome
+            .await?
     }
 }

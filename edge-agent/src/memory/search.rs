@@ -291,9 +291,11 @@ fn rank(
         "SELECT i.seq, i.id, i.version, i.namespace, i.classification, i.text, i.metadata, i.added_by, i.source,
             i.task_id, i.reason, i.created_ms, i.updated_ms, i.expires_ms, v.vector
          FROM memory_items i JOIN memory_vectors v ON v.content_hash = i.content_hash AND v.model = i.model
-         WHERE i.model = ?1 AND (i.expires_ms IS NULL OR i.expires_ms > ?2)
-           AND i.namespace IN ({namespaces}) AND i.classification IN ({classes}) AND i.seq IN ({seqs}){tags}"
+         WHERE i.seq IN ({seqs}) AND +i.model = ?1 AND (+i.expires_ms IS NULL OR +i.expires_ms > ?2)
+           AND +i.namespace IN ({namespaces}) AND +i.classification IN ({classes}){tags}"
     );
+    // The unary `+` keeps SQLite on the primary key for the shortlist instead
+    // of scanning the scope index: the cost stays that of the shortlist.
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(params_from_iter(args))?;
     let weight = request.keyword_weight.clamp(0.0, 1.0);
