@@ -82,8 +82,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/approvals/{id}/approve", post(approve))
         .route("/v1/approvals/{id}/reject", post(reject))
         .route("/v1/dlq", get(list_dead_letters))
-        .route("/v1/dlq/{key}/retry", post(retry_dead_letter))
-        .route("/v1/dlq/{key}/discard", post(discard_dead_letter))
+        .route("/v1/dlq/{key}/{action}", post(resolve_dead_letter))
         .route("/v1/tasks/{id}/compensate", post(compensate))
         .route("/v1/commands/{id}", get(show_command))
         .route("/v1/audit", get(query_audit))
@@ -397,25 +396,19 @@ async fn list_dead_letters(State(state): State<ApiState>) -> ApiResult<Vec<serde
     Ok(Json(state.store.dead_letters().await?))
 }
 
-async fn retry_dead_letter(
+/// `action` is `retry` (again, same key) or `discard`.
+async fn resolve_dead_letter(
     State(state): State<ApiState>,
-    Path(key): Path<String>,
+    Path((key, action)): Path<(String, String)>,
     body: Option<Json<Operator>>,
 ) -> ApiResult<serde_json::Value> {
+    let command = match action.as_str() {
+        "retry" => aios_shared::command::Command::RetryIntent { key: key.clone() },
+        "discard" => aios_shared::command::Command::DiscardIntent { key: key.clone() },
+        other => return Err(ApiError(StatusCode::NOT_FOUND, format!("no action `{other}`: retry or discard"))),
+    };
     let edge = state.store.edge_of_intent(key.clone()).await?;
     let edge = edge.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no intent {key}")))?;
-    let command = aios_shared::command::Command::RetryIntent { key };
-    issue(&state, edge, body.map(|b| b.0).unwrap_or_default(), command).await
-}
-
-async fn discard_dead_letter(
-    State(state): State<ApiState>,
-    Path(key): Path<String>,
-    body: Option<Json<Operator>>,
-) -> ApiResult<serde_json::Value> {
-    let edge = state.store.edge_of_intent(key.clone()).await?;
-    let edge = edge.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no intent {key}")))?;
-    let command = aios_shared::command::Command::DiscardIntent { key };
     issue(&state, edge, body.map(|b| b.0).unwrap_or_default(), command).await
 }
 

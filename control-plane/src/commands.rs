@@ -279,29 +279,27 @@ impl CpStore {
 
     /// The edge a task ran on, from its audit events.
     pub async fn edge_of_task(&self, task: String) -> Result<Option<String>, DbError> {
-        self.db
-            .read(move |conn| {
-                Ok(conn
-                    .query_row(
-                        "SELECT edge_id FROM audit_events WHERE kind = 'task.queued'
-                         AND json_extract(payload, '$.task') = ?1 LIMIT 1",
-                        [task],
-                        |r| r.get(0),
-                    )
-                    .optional()?)
-            })
-            .await
+        self.edge_of_event("task.queued", "$.task", task).await
     }
 
     /// The edge a dead-lettered intent belongs to.
     pub async fn edge_of_intent(&self, key: String) -> Result<Option<String>, DbError> {
+        self.edge_of_event("intent.declared", "$.key", key).await
+    }
+
+    /// The edge of the first event of `kind` whose payload has `value` at `path`.
+    async fn edge_of_event(
+        &self,
+        kind: &'static str,
+        path: &'static str,
+        value: String,
+    ) -> Result<Option<String>, DbError> {
         self.db
             .read(move |conn| {
                 Ok(conn
                     .query_row(
-                        "SELECT edge_id FROM audit_events WHERE kind = 'intent.declared'
-                         AND json_extract(payload, '$.key') = ?1 LIMIT 1",
-                        [key],
+                        "SELECT edge_id FROM audit_events WHERE kind = ?1 AND json_extract(payload, ?2) = ?3 LIMIT 1",
+                        params![kind, path, value],
                         |r| r.get(0),
                     )
                     .optional()?)
