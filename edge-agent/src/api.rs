@@ -13,7 +13,10 @@
 //!   queue), `GET /v1/intents/{key}`, `POST /v1/dlq/{key}/retry|discard`.
 //! - `GET /v1/health`: edge id, bundle version, running tasks, counts by state.
 //!
-//! With a token configured every request must carry `Authorization: Bearer`.
+//! - `POST /v1/webhooks/{name}`: an inbound webhook ([`crate::webhook`]).
+//!
+//! With a token configured every request but a webhook's must carry
+//! `Authorization: Bearer`; a webhook is signed instead.
 
 use std::sync::Arc;
 
@@ -40,6 +43,13 @@ pub struct ApiState {
 /// An error as JSON: `{"error": {"message": ..}}`.
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    /// An error with `status` and `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError(status, message.into())
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -81,6 +91,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/intents/{key}", get(show_intent))
         .route("/v1/dlq/{key}/{action}", post(resolve_dead_letter))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        // Signed by the sender, not by the API token.
+        .route("/v1/webhooks/{name}", post(crate::webhook::receive))
         .with_state(state)
 }
 
@@ -108,6 +120,7 @@ async fn health(State(state): State<ApiState>) -> Result<Json<serde_json::Value>
         "edge_id": identity.map(|i| i.edge_id),
         "bundle_version": bundle,
         "autonomy": store.autonomy().await?,
+        "labels": store.labels().await?,
         "running": state.runtime.running(),
         "tasks": counts,
     })))

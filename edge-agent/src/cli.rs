@@ -292,6 +292,7 @@ async fn status(data_dir: &Path) -> anyhow::Result<()> {
         "control_plane": identity.control_plane,
         "bundle_version": bundle,
         "autonomy": store.autonomy().await?,
+        "labels": store.labels().await?,
         "audit_head_seq": head.seq,
     });
     println!("{status}");

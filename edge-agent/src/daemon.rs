@@ -201,7 +201,11 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
     info!(edge_id = %identity.edge_id, %autonomy, "edge started");
 
     let tiers = Tiers::new(options.models.clone(), options.load.clone(), Some(store.clone()));
-    let runtime = Runtime::new(store.clone(), identity.clone(), tiers, options.runtime.clone());
+    let mut runtime_options = options.runtime.clone();
+    if runtime_options.labels.is_empty() {
+        runtime_options.labels = store.labels().await?;
+    }
+    let runtime = Runtime::new(store.clone(), identity.clone(), tiers, runtime_options);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let api_addr = match options.api_listen {
         None => None,

@@ -32,6 +32,7 @@ pub mod tasks;
 pub mod tiers;
 pub mod transport;
 pub mod uplink;
+pub mod webhook;
 
 /// Milliseconds since the Unix epoch: the only wall clock the edge reads.
 pub fn unix_ms() -> i64 {

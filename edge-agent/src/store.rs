@@ -80,8 +80,9 @@ impl EdgeStore {
         self.db.read(read_identity).await
     }
 
-    /// Stores the identity and records the enrolment as the chain's first event.
-    pub async fn save_identity(&self, identity: Identity, now_ms: i64) -> Result<(), DbError> {
+    /// Stores the identity and the labels the edge enrolled with (`key=value`,
+    /// which the policy sees), and records the enrolment as the chain's first event.
+    pub async fn save_identity(&self, identity: Identity, labels: Vec<String>, now_ms: i64) -> Result<(), DbError> {
         let key = key_pkcs8(&identity.signing_key).map_err(|err| DbError::Corrupt(err.to_string()))?;
         self.db
             .write(move |conn| {
@@ -104,9 +105,25 @@ impl EdgeStore {
                         now_ms
                     ],
                 )?;
-                let payload = serde_json::json!({ "control_plane": identity.control_plane }).to_string();
+                let labels = serde_json::Value::from(labels);
+                conn.execute("INSERT OR REPLACE INTO settings VALUES ('labels', ?1)", [labels.to_string()])?;
+                let payload =
+                    serde_json::json!({ "control_plane": identity.control_plane, "labels": labels }).to_string();
                 append_event(conn, &identity, now_ms, kinds::ENROLLED, &payload)?;
                 Ok(())
+            })
+            .await
+    }
+
+    /// The labels the edge enrolled with, `key=value`.
+    pub async fn labels(&self) -> Result<Vec<String>, DbError> {
+        self.db
+            .read(|conn| {
+                let text: Option<String> =
+                    conn.query_row("SELECT value FROM settings WHERE key = 'labels'", [], |r| r.get(0)).optional()?;
+                text.map_or(Ok(Vec::new()), |text| {
+                    serde_json::from_str(&text).map_err(|err| DbError::Corrupt(format!("stored labels: {err}")))
+                })
             })
             .await
     }
@@ -359,4 +376,22 @@ pub fn emit_debug_events(
         written += n;
     }
     Ok(head)
+}
+
+/// An enrolled store in a temporary directory, for unit tests.
+#[cfg(test)]
+pub(crate) async fn test_store() -> (tempfile::TempDir, EdgeStore, Identity) {
+    use ed25519_dalek::SigningKey;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = EdgeStore::open(dir.path()).expect("the store opens");
+    let identity = Identity {
+        edge_id: "edge-test".into(),
+        control_plane: "127.0.0.1:1".into(),
+        signing_key: SigningKey::from_bytes(&[7; 32]),
+        cert_der: vec![],
+        ca_der: vec![],
+        bundle_key: SigningKey::from_bytes(&[8; 32]).verifying_key(),
+    };
+    store.save_identity(identity.clone(), Vec::new(), 0).await.expect("identity saved");
+    (dir, store, identity)
 }

@@ -42,7 +42,7 @@ async fn memory(spec: &MemorySpec) -> (tempfile::TempDir, EdgeStore, Memory) {
         ca_der: vec![],
         bundle_key: SigningKey::from_bytes(&[4; 32]).verifying_key(),
     };
-    store.save_identity(identity.clone(), 0).await.expect("identity saved");
+    store.save_identity(identity.clone(), Vec::new(), 0).await.expect("identity saved");
     let memory = Memory::new(&store, Some(identity), EmbedderSource::Fixed(embedder()), spec);
     (dir, store, memory)
 }

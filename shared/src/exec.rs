@@ -101,6 +101,11 @@ pub struct ConnectorSpec {
     /// `email`: the SMTP user name, when the server wants a login.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// `email`: a PEM file with the CA certificate(s) that signed the SMTP
+    /// server's certificate, trusted besides the system's roots (a relay
+    /// with a private CA on an on-prem network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
     /// `email`: the sender address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
@@ -350,11 +355,12 @@ pub fn validate_connector(name: &str, spec: &ConnectorSpec) -> Result<(), ExecSp
         ("smtp_port", spec.smtp_port.is_some()),
         ("username", spec.username.is_some()),
         ("from", spec.from.is_some()),
+        ("tls_ca", spec.tls_ca.is_some()),
         ("directory", spec.directory.is_some()),
     ];
     let (allowed, required): (&[&str], &[&str]) = match spec.kind {
         ConnectorKind::Http => (&["base_url", "headers"], &["base_url"]),
-        ConnectorKind::Email => (&["smtp_host", "smtp_port", "username", "from"], &["smtp_host", "from"]),
+        ConnectorKind::Email => (&["smtp_host", "smtp_port", "username", "from", "tls_ca"], &["smtp_host", "from"]),
         ConnectorKind::File => (&["directory"], &["directory"]),
     };
     for (field, set) in present {

@@ -5,9 +5,11 @@
 //! - [`ControlPlaneProc`]: a `serve` process, its admin API and its CLI.
 //! - [`EdgeProc`]: an edge's data directory and `run` process.
 //! - [`relay`]: a UDP relay that drops, duplicates and reorders datagrams.
+//! - [`payments`] and [`smtp`]: a payment API and an SMTP server for connectors.
 
 pub mod payments;
 pub mod relay;
+pub mod smtp;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};

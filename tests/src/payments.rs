@@ -4,7 +4,7 @@
 //! later request under the same key gets that response again without a new
 //! effect. It can be told to fail before committing (503), to commit and
 //! then answer 500, or to commit and answer too late (a lost reply), at
-//! random with the given probabilities.
+//! random with the given probabilities, or refuse permanently (422).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +21,8 @@ use serde_json::{json, Value};
 /// How often each fault happens, per request (0.0 to 1.0).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PaymentFaults {
+    /// Answer 422 (a permanent refusal) without committing anything.
+    pub refuse: f64,
     /// Answer 503 without committing anything.
     pub fail_before: f64,
     /// Commit, then answer 500.
@@ -121,6 +123,8 @@ async fn charge(
         ledger.requests += 1;
         if let Some(stored) = ledger.responses.get(&key) {
             (stored.clone(), false)
+        } else if rand::thread_rng().gen::<f64>() < faults.refuse {
+            return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": "card issuer refused" })));
         } else if roll < faults.fail_before {
             return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "try again" })));
         } else {

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use aios_edge_agent::webhook;
 use aios_tests::payments::{PaymentFaults, PaymentService};
+use aios_tests::smtp::SmtpServer;
 use aios_tests::{bins, fleet_with, wait_for, ControlPlaneProc, EdgeProc};
 use anyhow::Context;
 use rand::Rng;
@@ -155,8 +157,13 @@ async fn refunds_are_allowed_denied_or_approved_by_policy_and_the_kill_switch_st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_one_effect_per_key_across_kill9_and_lost_replies() -> anyhow::Result<()> {
     let runs: usize = std::env::var("AIOS_EXACTLY_ONCE_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let faults =
-        PaymentFaults { fail_before: 0.1, fail_after: 0.1, drop_reply: 0.05, hang: Duration::from_millis(1500) };
+    let faults = PaymentFaults {
+        fail_before: 0.1,
+        fail_after: 0.1,
+        drop_reply: 0.05,
+        hang: Duration::from_millis(1500),
+        refuse: 0.0,
+    };
     let payments = PaymentService::start(faults).await?;
     let receipts = tempfile::tempdir()?;
     let (_tmp, _cp, mut edge) = fleet_with(&bins!(), &bundle(&payments, receipts.path())).await?;
@@ -261,6 +268,157 @@ async fn prompt_injection_cannot_cause_a_side_effect_the_policy_did_not_allow() 
             })
             .count();
         Ok(recorded == ids.len())
+    })
+    .await?;
+    Ok(())
+}
+
+const NOTIFY: &str = include_str!("../data/notify.toml");
+
+/// A signed webhook delivery to the edge: the status and the JSON reply.
+async fn deliver(edge: &EdgeProc, secret: &[u8], t_s: i64, body: &Value) -> anyhow::Result<(u16, Value)> {
+    let body = serde_json::to_vec(body)?;
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/webhooks/shipped", edge.api_addr()))
+        .header(webhook::SIGNATURE_HEADER, webhook::sign(secret, t_s, &body))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    Ok((response.status().as_u16(), response.json().await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_webhook_makes_one_task_that_mails_the_customer_over_starttls() -> anyhow::Result<()> {
+    let files = tempfile::tempdir()?;
+    let smtp = SmtpServer::start(&files.path().join("smtp"))?;
+    let password_file = files.path().join("smtp-password");
+    std::fs::write(&password_file, &smtp.password)?;
+    let secret = b"whsec_0123456789";
+    let secret_file = files.path().join("webhook-secret");
+    std::fs::write(&secret_file, secret)?;
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+    let bundle = NOTIFY
+        .replace("SMTP_PORT", &smtp.port.to_string())
+        .replace("SMTP_USER", &smtp.user)
+        .replace("SMTP_PASSWORD_FILE", &path(&password_file))
+        .replace("SMTP_CA", &path(&smtp.ca_pem))
+        .replace("WEBHOOK_SECRET_FILE", &path(&secret_file));
+    let (_tmp, _cp, edge) = fleet_with(&bins!(), &bundle).await?;
+    assert_eq!(edge.status()?["labels"], json!(["site=test"]), "the enrolment labels are kept");
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    let event = |id: &str, email: &str| json!({ "event_id": id, "order": "o-7", "customer": { "name": "Ada", "email": email } });
+
+    // Refused before any task exists: a wrong secret, a stale signature, a
+    // body changed after signing.
+    let (status, _) = deliver(&edge, b"not the secret", now, &event("evt_1", "ada@customer.test")).await?;
+    assert_eq!(status, 401);
+    let (status, reply) = deliver(&edge, secret, now - 3600, &event("evt_1", "ada@customer.test")).await?;
+    assert_eq!(status, 401, "{reply}");
+    let body = serde_json::to_vec(&event("evt_1", "ada@customer.test"))?;
+    let forged = reqwest::Client::new()
+        .post(format!("http://{}/v1/webhooks/shipped", edge.api_addr()))
+        .header(webhook::SIGNATURE_HEADER, webhook::sign(secret, now, &body))
+        .body(serde_json::to_vec(&event("evt_1", "eve@elsewhere.test"))?)
+        .send()
+        .await?;
+    assert_eq!(forged.status().as_u16(), 401);
+    let (_, tasks) = edge.api(Method::GET, "/v1/tasks", None).await?;
+    assert_eq!(tasks["tasks"].as_array().map(Vec::len), Some(0), "{tasks:#}");
+
+    // A good delivery makes a task; the sender's retry of it makes none.
+    let (status, first) = deliver(&edge, secret, now, &event("evt_1", "ada@customer.test")).await?;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = deliver(&edge, secret, now + 5, &event("evt_1", "ada@customer.test")).await?;
+    assert_eq!((status, &again["task"]), (200, &first["task"]));
+    let id = first["task"].as_str().context("task id")?;
+    let done = edge.finished_task(id, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+
+    let messages = smtp.messages()?;
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    let message = &messages[0];
+    assert_eq!(message["rcpt_tos"], json!(["ada@customer.test"]));
+    assert_eq!(message["tls"], true, "mail went over STARTTLS");
+    assert_eq!(message["login"], smtp.user.as_str(), "the connector logged in with its credential");
+    let content = message["content"].as_str().unwrap_or_default();
+    assert!(content.contains("Hello Ada, order o-7 is on its way."), "{content}");
+    let key = done["steps"][0]["output"]["intent"].as_str().context("intent key")?;
+    assert!(content.contains(&format!("Message-ID: <{key}@aios.test>")), "{content}");
+
+    // Mail to an address that is not a customer's is denied by policy.
+    let (status, other) = deliver(&edge, secret, now, &event("evt_2", "eve@elsewhere.test")).await?;
+    assert_eq!(status, 201, "{other}");
+    let denied = edge.finished_task(other["task"].as_str().context("task id")?, LONG).await?;
+    assert_eq!(denied["state"], "failed", "{denied:#}");
+    assert_eq!(smtp.messages()?.len(), 1, "no second message");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_retried_under_the_same_key_or_discarded() -> anyhow::Result<()> {
+    let payments = PaymentService::start(PaymentFaults { refuse: 1.0, ..PaymentFaults::default() }).await?;
+    let receipts = tempfile::tempdir()?;
+    let (_tmp, cp, edge) = fleet_with(&bins!(), &bundle(&payments, receipts.path())).await?;
+
+    // The issuer refuses both refunds: a permanent error, dead-lettered at
+    // once with its error history, nothing committed.
+    let first = submit(&edge, refund("o-20", 20, "acct-1")).await?;
+    let second = submit(&edge, refund("o-21", 25, "acct-1")).await?;
+    for id in [&first, &second] {
+        let parked = edge.finished_task(id, LONG).await?;
+        assert_eq!(parked["state"], "dead_lettered", "{parked:#}");
+    }
+    assert!(payments.effects().is_empty());
+    let listed = edge.edge_cli(&["dlq", "list", "--api", &edge.api_addr()])?;
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    // One line per intent: `KEY connector.action task ID attempts N: last error`.
+    let listed = String::from_utf8(listed.stdout)?;
+    let key_of = |task: &str| -> anyhow::Result<String> {
+        let line = listed.lines().find(|l| l.contains(&format!(" task {task} "))).context("the task in the dlq")?;
+        assert!(line.contains("shop.refund") && line.contains("422"), "{line}");
+        Ok(line.split_whitespace().next().context("key")?.to_owned())
+    };
+    let (first_key, second_key) = (key_of(&first)?, key_of(&second)?);
+    let shown = edge.edge_cli(&["dlq", "show", &first_key, "--api", &edge.api_addr()])?;
+    let shown: Value = serde_json::from_slice(&shown.stdout).context("dlq show prints JSON")?;
+    assert!(shown["errors"][0]["error"].as_str().unwrap_or_default().contains("422"), "{shown:#}");
+
+    // The control plane lists them; an operator retries one there once the
+    // issuer is back: it runs under the same key and the task finishes.
+    wait_for("the dead letters at the control plane", LONG, || async {
+        let queue = cp.get("/v1/dlq").await?;
+        Ok(queue.as_array().is_some_and(|q| q.len() == 2))
+    })
+    .await?;
+    payments.set_faults(PaymentFaults::default());
+    cp.cli_ok(&["dlq", "retry", &first_key, "--by", "dana"])?;
+    wait_for("the retry to reach the edge", LONG, || async {
+        Ok(task(&edge, &first).await?["state"] != "dead_lettered")
+    })
+    .await?;
+    let done = edge.finished_task(&first, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let effects = payments.effects();
+    assert_eq!(effects.len(), 1);
+    assert_eq!(effects[0].key, first_key, "the retry used the intent's key");
+
+    // The other is discarded at the edge: its task fails and nothing is sent.
+    let discarded = edge.edge_cli(&["dlq", "discard", &second_key, "--by", "erin", "--api", &edge.api_addr()])?;
+    assert!(discarded.status.success(), "{}", String::from_utf8_lossy(&discarded.stderr));
+    wait_for("the discard to apply", LONG, || async { Ok(task(&edge, &second).await?["state"] != "dead_lettered") })
+        .await?;
+    let failed = edge.finished_task(&second, LONG).await?;
+    assert!(failed["error"].as_str().unwrap_or_default().contains("discarded by an operator"), "{failed:#}");
+    assert_eq!(failed["state"], "failed", "{failed:#}");
+    assert!(refunds_of(&payments, "o-21").is_empty());
+
+    let edge_id = edge.edge_id.clone();
+    wait_for("the dead-letter trail at the control plane", LONG, || async {
+        let events = cp.events(&edge_id).await?;
+        let count = |kind: &str| events.iter().filter(|e| e["kind"] == kind).count();
+        Ok(count("intent.dead_lettered") == 2 && count("intent.retried") == 1 && count("intent.discarded") == 1)
     })
     .await?;
     Ok(())

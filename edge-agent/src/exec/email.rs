@@ -9,6 +9,8 @@ use aios_shared::exec::{ConnectorSpec, SmtpSecurity};
 use futures_util::future::BoxFuture;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::{SUBMISSIONS_PORT, SUBMISSION_PORT};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::{json, Value};
 
@@ -22,6 +24,7 @@ pub struct EmailConnector {
     username: Option<String>,
     credential: Option<String>,
     from: String,
+    tls_ca: Option<String>,
 }
 
 impl EmailConnector {
@@ -36,17 +39,16 @@ impl EmailConnector {
             username: spec.username.clone(),
             credential: spec.credential.clone(),
             from,
+            tls_ca: spec.tls_ca.clone(),
         })
     }
 
     fn transport(&self, timeout: std::time::Duration) -> Result<AsyncSmtpTransport<Tokio1Executor>, ConnectorError> {
-        let setup = |err: lettre::transport::smtp::Error| ConnectorError::Permanent(format!("SMTP set-up: {err}"));
-        let mut builder = match self.security {
-            SmtpSecurity::Starttls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&self.host).map_err(setup)?
-            }
-            SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&self.host).map_err(setup)?,
-            SmtpSecurity::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&self.host),
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&self.host);
+        builder = match self.security {
+            SmtpSecurity::Starttls => builder.port(SUBMISSION_PORT).tls(Tls::Required(self.tls_parameters()?)),
+            SmtpSecurity::Tls => builder.port(SUBMISSIONS_PORT).tls(Tls::Wrapper(self.tls_parameters()?)),
+            SmtpSecurity::None => builder,
         };
         if let Some(port) = self.port {
             builder = builder.port(port);
@@ -56,6 +58,19 @@ impl EmailConnector {
             builder = builder.credentials(Credentials::new(user.clone(), secret.expose().to_owned()));
         }
         Ok(builder.timeout(Some(timeout)).build())
+    }
+
+    /// TLS for the server's host name, trusting `tls_ca` besides the system's roots.
+    fn tls_parameters(&self) -> Result<TlsParameters, ConnectorError> {
+        let mut builder = TlsParameters::builder(self.host.clone());
+        if let Some(path) = &self.tls_ca {
+            let pem = std::fs::read(path)
+                .map_err(|err| ConnectorError::Permanent(format!("cannot read tls_ca {path}: {err}")))?;
+            let ca = Certificate::from_pem(&pem)
+                .map_err(|err| ConnectorError::Permanent(format!("tls_ca {path} is not a PEM certificate: {err}")))?;
+            builder = builder.add_root_certificate(ca);
+        }
+        builder.build_rustls().map_err(|err| ConnectorError::Permanent(format!("SMTP TLS set-up: {err}")))
     }
 
     async fn send(&self, call: Call<'_>) -> Result<Value, ConnectorError> {

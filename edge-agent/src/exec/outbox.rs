@@ -653,15 +653,7 @@ fn apply(conn: &Connection, identity: &Identity, body: &CommandBody, now_ms: i64
             )?;
             let payload = json!({ "key": key, "task": intent.task_id, "by": body.by, "comment": body.comment });
             append_event(conn, identity, now_ms, kinds::INTENT_RETRIED, &payload.to_string())?;
-            let requeued = conn.execute(
-                "UPDATE tasks SET state = 'queued', starts = 0, error = NULL, not_before_ms = 0, updated_ms = ?2
-                 WHERE id = ?1 AND state = 'dead_lettered'",
-                params![intent.task_id, now_ms],
-            )?;
-            if requeued > 0 {
-                let payload = json!({ "task": intent.task_id, "reason": "dead-letter retry", "by": body.by });
-                append_event(conn, identity, now_ms, kinds::TASK_QUEUED, &payload.to_string())?;
-            }
+            requeue_task(conn, identity, &intent.task_id, "dead-letter retry", &body.by, now_ms)?;
             Ok(Applied::Done)
         }
         Command::DiscardIntent { key } => {
@@ -674,6 +666,8 @@ fn apply(conn: &Connection, identity: &Identity, body: &CommandBody, now_ms: i64
             set_state(conn, key, "discarded", now_ms)?;
             let payload = json!({ "key": key, "task": intent.task_id, "by": body.by, "comment": body.comment });
             append_event(conn, identity, now_ms, kinds::INTENT_DISCARDED, &payload.to_string())?;
+            // The task runs again to its act step, which now fails with the reason.
+            requeue_task(conn, identity, &intent.task_id, "dead letter discarded", &body.by, now_ms)?;
             Ok(Applied::Done)
         }
         Command::Compensate { task, step } => {
@@ -681,3 +675,27 @@ fn apply(conn: &Connection, identity: &Identity, body: &CommandBody, now_ms: i64
         }
     }
 }
+
+/// Queues a dead-lettered task again, with a fresh allowance of starts.
+fn requeue_task(
+    conn: &Connection,
+    identity: &Identity,
+    task_id: &str,
+    reason: &str,
+    by: &str,
+    now_ms: i64,
+) -> Result<(), DbError> {
+    let requeued = conn.execute(
+        "UPDATE tasks SET state = 'queued', starts = 0, error = NULL, not_before_ms = 0, updated_ms = ?2
+         WHERE id = ?1 AND state = 'dead_lettered'",
+        params![task_id, now_ms],
+    )?;
+    if requeued > 0 {
+        let payload = json!({ "task": task_id, "reason": reason, "by": by });
+        append_event(conn, identity, now_ms, kinds::TASK_QUEUED, &payload.to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -59,7 +59,7 @@ async fn memory_with(embedder: Arc<Words>, spec: &MemorySpec) -> (tempfile::Temp
         ca_der: vec![],
         bundle_key: SigningKey::from_bytes(&[8; 32]).verifying_key(),
     };
-    store.save_identity(identity.clone(), 0).await.unwrap();
+    store.save_identity(identity.clone(), Vec::new(), 0).await.unwrap();
     let memory = Memory::new(&store, Some(identity), EmbedderSource::Fixed(embedder), spec);
     (dir, store, memory)
 }

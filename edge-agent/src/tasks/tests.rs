@@ -1,20 +1,7 @@
-use ed25519_dalek::SigningKey;
-
 use super::*;
 
 async fn store() -> (tempfile::TempDir, EdgeStore, Identity) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EdgeStore::open(dir.path()).unwrap();
-    let identity = Identity {
-        edge_id: "edge-test".into(),
-        control_plane: "127.0.0.1:1".into(),
-        signing_key: SigningKey::from_bytes(&[7; 32]),
-        cert_der: vec![],
-        ca_der: vec![],
-        bundle_key: SigningKey::from_bytes(&[8; 32]).verifying_key(),
-    };
-    store.save_identity(identity.clone(), 0).await.unwrap();
-    (dir, store, identity)
+    crate::store::test_store().await
 }
 
 fn new_task(key: Option<&str>, text: &str) -> NewTask {
