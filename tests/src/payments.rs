@@ -44,6 +44,8 @@ pub struct Effect {
     pub body: Value,
     /// The id the service gave it.
     pub id: String,
+    /// When it was committed.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -130,7 +132,8 @@ async fn charge(
         } else {
             let id = format!("py_{}", ledger.effects.len() + 1);
             let response = json!({ "id": id, "status": "succeeded", "request": body });
-            ledger.effects.push(Effect { key: key.clone(), path: path.clone(), body: body.clone(), id });
+            let at = std::time::Instant::now();
+            ledger.effects.push(Effect { key: key.clone(), path: path.clone(), body: body.clone(), id, at });
             ledger.responses.insert(key, response.clone());
             (response, true)
         }

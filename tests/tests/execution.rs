@@ -423,3 +423,48 @@ async fn dead_letters_are_retried_under_the_same_key_or_discarded() -> anyhow::R
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_parks_the_task_and_the_rate_limit_spaces_attempts() -> anyhow::Result<()> {
+    let payments = PaymentService::start(PaymentFaults { fail_before: 1.0, ..PaymentFaults::default() }).await?;
+    let receipts = tempfile::tempdir()?;
+    let bundle = bundle(&payments, receipts.path())
+        .replace("breaker_failures = 1000", "breaker_failures = 3\nbreaker_cooldown = \"5s\"")
+        .replace("rate_per_second = 500", "rate_per_second = 5\nburst = 1");
+    let (_tmp, _cp, edge) = fleet_with(&bins!(), &bundle).await?;
+
+    // Three 503s in a row open the breaker: the task is parked, and nothing
+    // more is sent while it is open.
+    let id = submit(&edge, refund("o-30", 10, "acct-1")).await?;
+    let parked = wait_state(&edge, &id, "waiting").await?;
+    assert!(parked["wait_reason"].as_str().unwrap_or_default().contains("is failing"), "{parked:#}");
+    let sent = payments.requests();
+    assert_eq!(sent, 3, "one request per attempt until the breaker opened");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(payments.requests(), sent, "an open breaker sends nothing");
+
+    // The API recovers; after the cool-down the same intent goes through once.
+    payments.set_faults(PaymentFaults::default());
+    let done = edge.finished_task(&id, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(refunds_of(&payments, "o-30").len(), 1);
+
+    // Twelve refunds at once: at 5 per second with a burst of 1, no second
+    // of the service's clock sees more than 6 of them.
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        ids.push(submit(&edge, refund(&format!("o-4{n:02}"), 5, "acct-1")).await?);
+    }
+    for id in &ids {
+        assert_eq!(edge.finished_task(id, LONG).await?["state"], "succeeded");
+    }
+    let times: Vec<_> = payments.effects().iter().filter(|e| e.path == "refunds").map(|e| e.at).collect();
+    assert_eq!(times.len(), 13);
+    let busiest = times
+        .iter()
+        .map(|start| times.iter().filter(|t| **t >= *start && t.duration_since(*start) < Duration::from_secs(1)).count())
+        .max()
+        .unwrap_or_default();
+    assert!(busiest <= 6, "{busiest} refunds within one second at a limit of 5/s, burst 1");
+    Ok(())
+}
