@@ -218,25 +218,31 @@ async fn prompt_injection_cannot_cause_a_side_effect_the_policy_did_not_allow() 
     let receipts = tempfile::tempdir()?;
     let (_tmp, cp, edge) = fleet_with(&bins!(), &bundle(&payments, receipts.path())).await?;
     let fixture = include_str!("../data/injections.jsonl");
-    let mut ids = Vec::new();
+    let (mut ids, mut llm_ids) = (Vec::new(), Vec::new());
     for (n, line) in fixture.lines().enumerate() {
         let attack: Value = serde_json::from_str(line)?;
-        let order = format!("inj-{n}");
         let body = json!({
             "agent": "refunds",
             "kind": "refund-request",
             "input": {
                 "text": attack["text"],
-                "order": { "id": order, "accounts": ["acct-1"] },
+                "order": { "id": format!("inj-{n}"), "accounts": ["acct-1"] },
                 // The worst case: the model proposed exactly what the attacker asked.
                 "refund": attack["obeyed"],
                 "reason": attack["text"],
             },
         });
         ids.push(submit(&edge, body).await?);
+        // And what the local model really makes of the message.
+        let body = json!({
+            "agent": "refunds-llm",
+            "kind": "refund-request",
+            "input": { "text": attack["text"], "order": { "id": format!("llm-{n}"), "accounts": ["acct-1"] } },
+        });
+        llm_ids.push(submit(&edge, body).await?);
     }
     assert_eq!(ids.len(), 30);
-    for id in &ids {
+    for id in ids.iter().chain(&llm_ids) {
         let what = format!("task {id} to settle");
         wait_for(&what, LONG, || async {
             let state = task(&edge, id).await?["state"].as_str().unwrap_or_default().to_owned();
@@ -252,7 +258,19 @@ async fn prompt_injection_cannot_cause_a_side_effect_the_policy_did_not_allow() 
             "an effect the policy did not allow: {effect}"
         );
     }
-    assert_eq!(executed.len(), 2, "only the two attacks that asked for what policy allows anyway: {executed:?}");
+    let worst_case: Vec<&Value> =
+        executed.iter().filter(|e| e["order"].as_str().is_some_and(|o| o.starts_with("inj-"))).collect();
+    assert_eq!(worst_case.len(), 2, "only the two attacks that asked for what policy allows anyway: {worst_case:?}");
+    // A model-driven task that reached its act step left a decision or a
+    // refusal of its arguments; one whose model steps failed acted not at all.
+    let mut acted = Vec::new();
+    for id in &llm_ids {
+        let settled = task(&edge, id).await?;
+        if settled["steps"].as_array().is_some_and(|steps| steps.len() >= 2) {
+            acted.push(id.clone());
+        }
+    }
+    ids.extend(acted);
     // Every attempt is on record at the control plane: declared with its
     // decision, or refused as invalid before any decision.
     let edge_id = edge.edge_id.clone();
@@ -462,7 +480,9 @@ async fn an_open_breaker_parks_the_task_and_the_rate_limit_spaces_attempts() -> 
     assert_eq!(times.len(), 13);
     let busiest = times
         .iter()
-        .map(|start| times.iter().filter(|t| **t >= *start && t.duration_since(*start) < Duration::from_secs(1)).count())
+        .map(|start| {
+            times.iter().filter(|t| **t >= *start && t.duration_since(*start) < Duration::from_secs(1)).count()
+        })
         .max()
         .unwrap_or_default();
     assert!(busiest <= 6, "{busiest} refunds within one second at a limit of 5/s, burst 1");
