@@ -741,13 +741,14 @@ impl TaskContext {
             None => ("Connector".to_owned(), connector.clone(), json!({})),
         };
         // What the agent relied on: every item an earlier retrieve step returned.
-        let sources = self
+        let sources: Vec<Value> = self
             .steps
             .values()
             .filter_map(|output| output.get("items").and_then(Value::as_array))
             .flatten()
             .cloned()
             .collect();
+        let classification = crate::exec::highest_classification(&sources);
         Ok(ActRequest {
             task_id: task.id.clone(),
             agent: task.agent.clone(),
@@ -759,6 +760,7 @@ impl TaskContext {
             resource,
             reasoning: step.reasoning.as_deref().map(|r| self.render(r)).transpose()?,
             sources,
+            classification,
         })
     }
 

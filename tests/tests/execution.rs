@@ -2,7 +2,10 @@
 //! process acting through a payment API of the tests' own (a real HTTP
 //! server on loopback that honours `Idempotency-Key`), decided by Cedar,
 //! approved through the control plane, stopped by the kill switch, and
-//! exactly once across `kill -9` and lost replies.
+//! exactly once across `kill -9` and lost replies; dead letters, the breaker
+//! and the rate limit; prompt injection with worst-case and real model
+//! output; a signed webhook whose task mails a customer through a real SMTP
+//! server (aiosmtpd) over STARTTLS.
 
 use std::collections::HashMap;
 use std::time::Duration;

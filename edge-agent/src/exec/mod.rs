@@ -29,6 +29,7 @@ use aios_shared::audit::kinds;
 use aios_shared::backoff::Backoff;
 use aios_shared::bundle::Autonomy;
 use aios_shared::exec::{ActionSpec, ConnectorSpec};
+use aios_shared::memory::Classification;
 use aios_shared::policy::{ActionRequest, Decision, PolicyEngine};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
@@ -67,6 +68,18 @@ pub struct ActRequest {
     pub reasoning: Option<String>,
     /// What the agent relied on (retrieved items), for the approver.
     pub sources: Vec<Value>,
+    /// The most sensitive classification among the sources, which the
+    /// policy sees as `context.classification`.
+    pub classification: Option<String>,
+}
+
+/// The most sensitive `classification` among retrieved items.
+pub fn highest_classification(sources: &[Value]) -> Option<String> {
+    sources
+        .iter()
+        .filter_map(|item| item.get("classification")?.as_str()?.parse::<Classification>().ok())
+        .max()
+        .map(|c| c.as_str().to_owned())
 }
 
 /// How an act step ended.
@@ -230,7 +243,7 @@ impl ExecPlane {
             action: &request.action,
             resource: (ty, id, attrs),
             args,
-            classification: None,
+            classification: request.classification.as_deref(),
             autonomy,
         };
         if approved {
@@ -259,7 +272,7 @@ impl ExecPlane {
             Decision::RequireApproval { .. } => "awaiting_approval",
         };
         let (ty, id, attrs) = &request.resource;
-        let resource = json!({ "type": ty, "id": id, "attrs": attrs });
+        let resource = json!({ "type": ty, "id": id, "attrs": attrs, "classification": request.classification });
         let approval = matches!(decision, Decision::RequireApproval { .. }).then(|| ApprovalRequest {
             id: format!("ap-{}", &key[..20]),
             request: json!({
@@ -569,6 +582,7 @@ fn replay_request(intent: &Intent) -> ActRequest {
         ),
         reasoning: None,
         sources: Vec::new(),
+        classification: intent.resource["classification"].as_str().map(str::to_owned),
     }
 }
 

@@ -157,3 +157,46 @@ fn publish_checks_policies_against_the_schema() {
         assert!(err.contains(expected), "{err} should contain {expected}");
     }
 }
+
+#[test]
+fn the_classification_of_what_the_agent_read_reaches_the_policy() {
+    let schema = r#"
+entity Agent = { edge: String, labels: Set<String> };
+entity Customer;
+action "mail.send" appliesTo {
+    principal: Agent,
+    resource: Customer,
+    context: { autonomy: String, approved: Bool, classification?: String, args: { to: String } }
+};
+"#;
+    let policies = r#"
+@id("mail")
+permit (principal, action == Action::"mail.send", resource);
+@id("nothing-restricted-leaves")
+forbid (principal, action == Action::"mail.send", resource)
+    when { context has classification && context.classification == "restricted" };
+"#;
+    let spec = PolicySpec { schema: schema.into(), policies: policies.into(), approval_ttl: None };
+    let engine = PolicyEngine::new(&spec).unwrap();
+    let (args, attrs, labels) = (json!({ "to": "a@b.test" }), json!({}), Vec::new());
+    let decide = |classification| {
+        engine.decide(&ActionRequest {
+            agent: "notify",
+            edge: "e1",
+            labels: &labels,
+            connector: "mail",
+            action: "send",
+            resource: ("Customer", "a@b.test", &attrs),
+            args: &args,
+            classification,
+            autonomy: Autonomy::Autonomous,
+        })
+    };
+    assert!(matches!(decide(None), Decision::Allow { .. }));
+    assert!(matches!(decide(Some("internal")), Decision::Allow { .. }));
+    let denied = decide(Some("restricted"));
+    assert!(
+        matches!(&denied, Decision::Deny { policies, .. } if policies == &["nothing-restricted-leaves"]),
+        "{denied:?}"
+    );
+}

@@ -160,3 +160,10 @@ async fn a_dead_letter_is_retried_under_its_key_or_discarded() {
     assert!(matches!(again, Applied::Refused(_)), "a discarded intent is not retried");
     assert_eq!(count(&store, kinds::COMMAND_REFUSED).await, 2);
 }
+
+#[test]
+fn the_policy_sees_the_most_sensitive_source() {
+    let sources = [json!({ "classification": "internal" }), json!({ "classification": "confidential" }), json!({})];
+    assert_eq!(crate::exec::highest_classification(&sources).as_deref(), Some("confidential"));
+    assert_eq!(crate::exec::highest_classification(&[]), None);
+}
