@@ -491,3 +491,43 @@ async fn an_open_breaker_parks_the_task_and_the_rate_limit_spaces_attempts() -> 
     assert!(busiest <= 6, "{busiest} refunds within one second at a limit of 5/s, burst 1");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_air_gapped_edge_approves_locally_and_a_connected_one_may_not() -> anyhow::Result<()> {
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let connected = bundle(&payments, receipts.path());
+    let air_gapped = connected.replace("[runtime]\n", "[runtime]\nair_gapped = true\n");
+    for (bundle, local) in [(connected, false), (air_gapped, true)] {
+        let (_tmp, cp, edge) = fleet_with(&bins!(), &bundle).await?;
+        let order = if local { "o-50" } else { "o-51" };
+        let id = submit(&edge, refund(order, 75, "acct-1")).await?;
+        wait_state(&edge, &id, "waiting").await?;
+        let (_, pending) = edge.api(Method::GET, "/v1/approvals?state=pending", None).await?;
+        let approval = pending.as_array().and_then(|a| a.first()).context("a pending approval")?;
+        let approval = approval["id"].as_str().context("id")?.to_owned();
+        let api = edge.api_addr();
+        let approved = edge.edge_cli(&["approvals", "approve", &approval, "--by", "frank", "--api", &api])?;
+        if !local {
+            assert!(!approved.status.success(), "a connected edge decides nothing locally");
+            assert!(String::from_utf8_lossy(&approved.stderr).contains("not air-gapped"));
+            assert_eq!(task(&edge, &id).await?["state"], "waiting");
+            continue;
+        }
+        assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+        let done = edge.finished_task(&id, LONG).await?;
+        assert_eq!(done["state"], "succeeded", "{done:#}");
+        assert_eq!(refunds_of(&payments, order).len(), 1);
+        // Recorded like a decision from the control plane, by a local operator.
+        let edge_id = edge.edge_id.clone();
+        wait_for("the local decision at the control plane", LONG, || async {
+            let events = cp.events(&edge_id).await?;
+            Ok(events.iter().any(|e| {
+                e["kind"] == "approval.decided" && e["payload"]["by"].as_str().is_some_and(|by| by.contains("frank"))
+            }))
+        })
+        .await?;
+    }
+    assert!(refunds_of(&payments, "o-51").is_empty());
+    Ok(())
+}
