@@ -739,11 +739,14 @@ async fn embeddings(
             return recorder.fail(ApiError::invalid(Some("input"), message));
         }
     };
-    let vectors = match embedder.embed(texts).await {
-        Ok(vectors) => vectors,
+    let embedded = match embedder.embed_counted(texts).await {
+        Ok(embedded) => embedded,
         Err(error) => return recorder.fail(ApiError::from_model(error)),
     };
-    let data = vectors
+    recorder.call.prompt_tokens = embedded.tokens;
+    let usage = EmbeddingUsage { prompt_tokens: embedded.tokens, total_tokens: embedded.tokens };
+    let data = embedded
+        .vectors
         .into_iter()
         .enumerate()
         .map(|(index, vector)| EmbeddingData {
@@ -758,12 +761,5 @@ async fn embeddings(
         })
         .collect();
     recorder.report(StatusCode::OK, CallOutcome::Completed);
-    Json(EmbeddingsResponse {
-        object: "list".to_owned(),
-        data,
-        model: request.model,
-        // TODO: count tokens once the embedding worker reports them.
-        usage: EmbeddingUsage::default(),
-    })
-    .into_response()
+    Json(EmbeddingsResponse { object: "list".to_owned(), data, model: request.model, usage }).into_response()
 }

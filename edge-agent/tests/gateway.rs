@@ -242,6 +242,16 @@ async fn embeddings_float_and_base64_equal_the_direct_model() {
     assert_eq!(decoded, direct[0]);
     let calls = gateway.recorded.calls();
     assert!(calls.iter().all(|call| call.endpoint == GatewayEndpoint::Embeddings && call.status == 200));
+
+    // Usage counts the tokens each text was read as, not the batch's padding.
+    let mut each = 0;
+    for text in &texts {
+        each += models().await.embedder.embed_counted(vec![text.clone()]).await.unwrap().tokens;
+    }
+    assert!(each > 2 * texts.len() as u64, "[CLS] and [SEP] and some words: {each}");
+    assert_eq!(floats["usage"]["prompt_tokens"], each);
+    assert_eq!(floats["usage"]["total_tokens"], each);
+    assert_eq!(calls[0].prompt_tokens, each, "the audited call carries the count");
 }
 
 #[tokio::test]

@@ -96,26 +96,36 @@ impl EmbeddingEngine {
     /// One unit-length vector per text, in input order. `cancelled` is
     /// polled between batches.
     pub fn embed(&self, texts: &[String], cancelled: &dyn Fn() -> bool) -> Result<Vec<Vec<f32>>, ModelError> {
-        let mut out = Vec::with_capacity(texts.len());
+        Ok(self.embed_counted(texts, cancelled)?.vectors)
+    }
+
+    /// [`EmbeddingEngine::embed`], with the number of tokens the model read
+    /// (special tokens included, padding not; after truncation).
+    pub fn embed_counted(&self, texts: &[String], cancelled: &dyn Fn() -> bool) -> Result<Embedded, ModelError> {
+        let mut out = Embedded { vectors: Vec::with_capacity(texts.len()), tokens: 0 };
         for chunk in texts.chunks(self.batch_size) {
             if cancelled() {
                 return Err(ModelError::Cancelled);
             }
-            out.extend(self.embed_batch(chunk)?);
+            let (vectors, tokens) = self.embed_batch(chunk)?;
+            out.vectors.extend(vectors);
+            out.tokens += tokens;
         }
         Ok(out)
     }
 
-    fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+    fn embed_batch(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, u64), ModelError> {
         let encodings =
             self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let rows = encodings.len();
         let width = encodings.first().map(|e| e.len()).unwrap_or(0);
         let mut ids = Vec::with_capacity(rows * width);
         let mut mask = Vec::with_capacity(rows * width);
+        let mut tokens = 0u64;
         for encoding in &encodings {
             ids.extend_from_slice(encoding.get_ids());
             mask.extend_from_slice(encoding.get_attention_mask());
+            tokens += encoding.get_attention_mask().iter().map(|&m| u64::from(m)).sum::<u64>();
         }
         let ids = Tensor::from_vec(ids, (rows, width), &self.device)?;
         let mask = Tensor::from_vec(mask, (rows, width), &self.device)?;
@@ -127,8 +137,17 @@ impl EmbeddingEngine {
         let mean = summed.broadcast_div(&counts)?;
         let norms = mean.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
         let normalised = mean.broadcast_div(&norms)?;
-        Ok(normalised.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+        Ok((normalised.to_dtype(DType::F32)?.to_vec2::<f32>()?, tokens))
     }
+}
+
+/// Vectors and the tokens it took to make them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedded {
+    /// One unit vector per text, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens the model read.
+    pub tokens: u64,
 }
 
 /// Cosine similarity of two vectors.

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::catalog::ModelKind;
 use crate::chat::{ChatEngine, GenerateRequest, Generation, Prompt, ScoredChoice};
 use crate::device::DeviceConfig;
-use crate::embed::{EmbedderFiles, EmbeddingEngine};
+use crate::embed::{Embedded, EmbedderFiles, EmbeddingEngine};
 use crate::error::ModelError;
 use crate::store::ModelStore;
 
@@ -87,7 +87,7 @@ enum ChatCommand {
 }
 
 enum EmbedCommand {
-    Embed { texts: Vec<String>, envelope: Envelope<Vec<Vec<f32>>> },
+    Embed { texts: Vec<String>, envelope: Envelope<Embedded> },
 }
 
 /// Facts about a loaded chat model.
@@ -358,6 +358,11 @@ impl EmbeddingModel {
 
     /// One unit vector per text. Dropping the future cancels the remaining batches.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError> {
+        Ok(self.embed_counted(texts).await?.vectors)
+    }
+
+    /// [`EmbeddingModel::embed`], with the number of tokens read.
+    pub async fn embed_counted(&self, texts: Vec<String>) -> Result<Embedded, ModelError> {
         let (reply, result) = oneshot::channel();
         let cancelled = Arc::new(AtomicBool::new(false));
         let _guard = CancelOnDrop(cancelled.clone());
@@ -375,7 +380,7 @@ fn run_embed_command(engine: &EmbeddingEngine, command: EmbedCommand) {
     match command {
         EmbedCommand::Embed { texts, envelope } => {
             let flag = envelope.cancelled.clone();
-            respond(envelope, |_| engine.embed(&texts, &|| flag.load(Ordering::Relaxed)));
+            respond(envelope, |_| engine.embed_counted(&texts, &|| flag.load(Ordering::Relaxed)));
         }
     }
 }
