@@ -614,6 +614,8 @@ fn apply(conn: &Connection, identity: &Identity, body: &CommandBody, now_ms: i64
             }
             if now_ms > current.expires_ms {
                 conn.execute("UPDATE approvals SET state = 'expired' WHERE id = ?1", [approval])?;
+                let payload = json!({ "approval": approval, "decision": "expired", "by": "edge" });
+                append_event(conn, identity, now_ms, kinds::APPROVAL_DECIDED, &payload.to_string())?;
                 return Ok(Applied::Refused(format!("approval request {approval} had lapsed")));
             }
             let state = if *approve { "approved" } else { "rejected" };

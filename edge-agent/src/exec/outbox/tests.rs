@@ -108,6 +108,7 @@ async fn lapsed_requests_and_stale_approvals_execute_nothing() {
     assert!(matches!(&refused, Applied::Refused(r) if r.contains("lapsed")), "{refused:?}");
     assert_eq!(store.approval(&approval).await.unwrap().unwrap().state, "expired");
     assert_eq!(store.intent("k1").await.unwrap().unwrap().state, "awaiting_approval");
+    assert_eq!(count(&store, kinds::APPROVAL_DECIDED).await, 1, "the lapse is on record");
 
     // Approved in time but used after its use-by time.
     let declared = declare_awaiting(&store, &identity, "k2", 80).await;
