@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::index::tag_hash;
 use super::{
     content_hash, vector_bytes, vector_from_bytes, Added, Item, Memory, MemoryError, NewItem, Provenance, VectorIndex,
 };
@@ -157,7 +158,8 @@ impl Memory {
         let added = written.iter().map(|w| w.1.clone()).collect();
         self.apply_to_index(generation, |index| {
             for (seq, _, item, vector) in &written {
-                index.upsert(*seq, &item.namespace, item.classification, now_ms, item.expires_ms, vector);
+                let tags = metadata_tags(&item.metadata);
+                index.upsert(*seq, &item.namespace, item.classification, now_ms, item.expires_ms, tags, vector);
             }
         });
         Ok(added)
@@ -583,6 +585,12 @@ fn upsert_item(
     Ok((seq, Added { id, version, cached }))
 }
 
+/// The hashes of an item's metadata tags, as the vector index filters them.
+fn metadata_tags(metadata: &Value) -> Vec<u64> {
+    let Some(map) = metadata.as_object() else { return Vec::new() };
+    map.iter().filter_map(|(key, value)| tag_value(value).map(|text| tag_hash(key, &text))).collect()
+}
+
 /// The text a scalar metadata value is filtered by (objects and arrays are not).
 pub(super) fn tag_value(value: &Value) -> Option<String> {
     match value {
@@ -680,6 +688,14 @@ pub(super) fn load_index(conn: &Connection, model: &str) -> Result<VectorIndex, 
     let result = (|| {
         let generation = read_generation(conn)?;
         let mut index = VectorIndex::new(0, generation);
+        let mut tags: HashMap<i64, Vec<u64>> = HashMap::new();
+        let mut stmt = conn.prepare("SELECT item, key, value FROM memory_tags")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let text = |idx| r.get_ref(idx)?.as_str().map_err(|e| DbError::Corrupt(format!("memory tag: {e}")));
+            let (key, value) = (text(1)?, text(2)?);
+            tags.entry(r.get(0)?).or_default().push(tag_hash(key, value));
+        }
         let mut stmt = conn.prepare(
             "SELECT i.seq, i.namespace, i.classification, i.updated_ms, i.expires_ms, v.vector
              FROM memory_items i JOIN memory_vectors v ON v.content_hash = i.content_hash AND v.model = i.model
@@ -691,7 +707,9 @@ pub(super) fn load_index(conn: &Connection, model: &str) -> Result<VectorIndex, 
             let classification: Classification = class.parse().map_err(DbError::Corrupt)?;
             let vector = vector_from_bytes(&r.get::<_, Vec<u8>>(5)?)?;
             let namespace: String = r.get(1)?;
-            index.upsert(r.get(0)?, &namespace, classification, r.get(3)?, r.get(4)?, &vector);
+            let seq: i64 = r.get(0)?;
+            let tags = tags.remove(&seq).unwrap_or_default();
+            index.upsert(seq, &namespace, classification, r.get(3)?, r.get(4)?, tags, &vector);
         }
         Ok(index)
     })();
