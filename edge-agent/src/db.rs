@@ -107,6 +107,20 @@ impl Db {
         answer.await.map_err(|_| DbError::WriterStopped)?
     }
 
+    /// Moves every committed page from the write-ahead log into the database
+    /// file and truncates the log to zero bytes (`wal_checkpoint(TRUNCATE)`),
+    /// so that content a write erased lingers in neither. Runs on the reader
+    /// connection, outside any transaction, waiting (up to the busy timeout)
+    /// for other writers. Returns false when a reader in another process
+    /// still needed old pages, so the log could not be emptied yet.
+    pub async fn checkpoint_truncate(&self) -> Result<bool, DbError> {
+        self.read(|conn| {
+            let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+            Ok(busy == 0)
+        })
+        .await
+    }
+
     /// Runs `read` on the reader connection, off the async workers.
     pub async fn read<R, F>(&self, read: F) -> Result<R, DbError>
     where
@@ -131,6 +145,10 @@ pub fn open_connection(path: &Path) -> Result<Connection, DbError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted content is overwritten with zeros, freed pages included, so an
+    // erasure or an expiry leaves no copy behind in the file (see
+    // `memory forget`). Costs writes only when something is deleted.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(conn)
 }
 

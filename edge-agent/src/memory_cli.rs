@@ -188,10 +188,23 @@ pub async fn run(data_dir: &Path, command: MemoryCommand) -> anyhow::Result<()> 
         },
         MemoryCommand::Stats => println!("{}", serde_json::to_string_pretty(&memory.stats().await?)?),
         MemoryCommand::Forget { subject } => {
-            let removed = memory.forget_subject(&subject, now).await?;
-            eprintln!("erased {} item(s) about the subject", removed.len());
-            for id in removed {
+            let forgotten = memory.forget_subject(&subject, now).await?;
+            eprintln!(
+                "erased {} item(s) and {} record(s) about the subject",
+                forgotten.items.len(),
+                forgotten.records.len()
+            );
+            if !forgotten.checkpointed {
+                eprintln!(
+                    "warning: another process is reading the database, so erased pages may stay in the \
+                     write-ahead log until its next checkpoint; run this again when the daemon is idle"
+                );
+            }
+            for id in forgotten.items {
                 println!("{id}");
+            }
+            for (namespace, key) in forgotten.records {
+                println!("record {namespace}/{key}");
             }
         }
         MemoryCommand::Export { namespace, vectors, output } => {

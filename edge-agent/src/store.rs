@@ -18,8 +18,13 @@ use crate::identity::{key_from_pkcs8, key_pkcs8, Identity};
 /// A signed checkpoint is appended after every this many events.
 pub const CHECKPOINT_EVERY: u64 = 1000;
 
-const MIGRATIONS: &[&str] =
-    &[FOUNDATION, crate::tasks::MIGRATION, crate::memory::MIGRATION, crate::exec::outbox::MIGRATION];
+const MIGRATIONS: &[&str] = &[
+    FOUNDATION,
+    crate::tasks::MIGRATION,
+    crate::memory::MIGRATION,
+    crate::exec::outbox::MIGRATION,
+    crate::memory::MIGRATION_RECORD_SUBJECTS,
+];
 
 const FOUNDATION: &str = r#"
 CREATE TABLE identity (

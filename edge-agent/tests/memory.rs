@@ -4,10 +4,14 @@
 //! customer questions must find its passage in the top 3; classification
 //! limits and metadata filters never crossed; expired items never returned;
 //! an erased subject gone from search, export and the embedding cache; the
-//! working context counted with SmolLM2's own tokenizer.
+//! working context counted with SmolLM2's own tokenizer; the `aios-edge
+//! memory` commands run as the real binary, and an erased subject's text
+//! gone from the database file's and the write-ahead log's bytes.
 //! Run in release mode: `cargo test -p aios-edge-agent --release --test memory`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use aios_edge_agent::identity::Identity;
@@ -22,6 +26,7 @@ use ed25519_dalek::SigningKey;
 use serde_json::json;
 
 const POLICIES: &str = include_str!("../../tests/data/policies.jsonl");
+const POLICIES_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/policies.jsonl");
 const QUESTIONS: &str = include_str!("../../tests/data/policy-questions.json");
 
 fn embedder() -> Arc<LazyEmbedder> {
@@ -180,7 +185,7 @@ async fn limits_expiry_and_erasure_hold_on_the_real_model() {
     // Erasure of a subject: gone from search, export and the embedding cache.
     let vectors_before = memory.stats().await.unwrap().vectors;
     let erased = memory.forget_subject("customer:jane", later).await.unwrap();
-    assert_eq!(erased.len(), 2);
+    assert_eq!(erased.items.len(), 2);
     let hits = memory.search(&search("Jane Roe refund", &["customers"], &everything, 20), later).await.unwrap();
     assert!(hits.iter().all(|h| !h.text.contains("Jane")), "{hits:#?}");
     let exported = memory.export(ExportOptions { namespace: None, vectors: true }).await.unwrap();
@@ -214,4 +219,145 @@ async fn the_working_context_fits_the_budget_in_smollm2_tokens() {
     assert_eq!(context.included.len() + context.left_out.len(), 14);
     assert_eq!(context.included[0].source, "input");
     let _ = embedder().model_id();
+}
+
+/// Runs `aios-edge --data-dir DIR ARGS...` (the real binary; it finds the
+/// model through the same store and cache as these tests); fails the test
+/// on a non-zero exit.
+fn aios_edge(dir: &Path, args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_aios-edge"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("aios-edge runs");
+    assert!(output.status.success(), "aios-edge {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn stdout_json_lines(output: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+}
+
+/// The bytes of the database file and its write-ahead log, as a disk would show them.
+fn database_bytes(dir: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(dir.join("edge.db")).expect("edge.db");
+    bytes.extend(std::fs::read(dir.join("edge.db-wal")).unwrap_or_default());
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_remembers_and_forget_leaves_no_bytes_of_the_subject() {
+    // An enrolled edge's database, kept open by this process the way a
+    // running daemon would keep it, so the log is not removed on exit.
+    let (dir, store, memory) = memory(&MemorySpec::default()).await;
+    let dir = dir.path();
+    let secret = "Zanzibarquokka";
+    let text = format!("{secret} Ostrowski asked us to close her account and to delete her data.");
+    let added = aios_edge(
+        dir,
+        &[
+            "memory",
+            "add",
+            &text,
+            "--namespace",
+            "customers",
+            "--classification",
+            "confidential",
+            "--id",
+            "note-1",
+            "--subject",
+            "customer:ostrowski",
+            "--metadata",
+            r#"{"channel": "email"}"#,
+            "--reason",
+            "support ticket",
+        ],
+    );
+    assert_eq!(stdout_json_lines(&added)[0]["id"], "note-1");
+    let john = "John Doe's kettle broke and he wants a refund.";
+    aios_edge(
+        dir,
+        &["memory", "add", john, "--namespace", "customers", "--classification", "confidential", "--id", "note-2"],
+    );
+    // Fifty more items after hers, so the pages that held her text split and move.
+    let imported = aios_edge(dir, &["memory", "import", POLICIES_PATH]);
+    assert!(String::from_utf8_lossy(&imported.stdout).contains("imported 50 item(s)"));
+    let account = json!({ "status": "closing", "note": format!("{secret} wants everything deleted") });
+    memory.put_record("accounts", "acct-17", account, Some(0), "cli", Some("customer:ostrowski"), 1).await.unwrap();
+    memory.put_record("accounts", "acct-18", json!("open"), Some(0), "cli", Some("customer:john"), 1).await.unwrap();
+
+    let search = |query: &str| {
+        let args = ["memory", "search", query, "--namespace", "customers", "--filter", "channel=email", "--top-k", "5"];
+        stdout_json_lines(&aios_edge(dir, &args))
+    };
+    let hits = search("customer wants to close the account and delete personal data");
+    assert_eq!(hits.len(), 1, "the metadata filter leaves her note only: {hits:#?}");
+    assert_eq!(hits[0]["id"], "note-1");
+    assert_eq!(hits[0]["provenance"]["reason"], "support ticket");
+    let shown: serde_json::Value =
+        serde_json::from_slice(&aios_edge(dir, &["memory", "show", "note-1"]).stdout).unwrap();
+    assert_eq!(
+        (shown["text"].as_str(), shown["subjects"][0].as_str()),
+        (Some(text.as_str()), Some("customer:ostrowski"))
+    );
+    assert!(shown["provenance"]["added_by"].as_str().unwrap().starts_with("cli:"), "{shown:#}");
+    let stats = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice(&aios_edge(dir, &["memory", "stats"]).stdout).expect("stats are JSON")
+    };
+    let before = stats(dir);
+    assert_eq!(
+        (before["items"].as_u64(), before["vectors"].as_u64(), before["records"].as_u64()),
+        (Some(52), Some(52), Some(2))
+    );
+    let exported = stdout_json_lines(&aios_edge(dir, &["memory", "export", "--vectors"]));
+    assert_eq!(exported.len(), 52);
+    assert!(exported.iter().any(|i| i["text"] == text.as_str() && i["vector"].is_string()));
+    assert!(contains(&database_bytes(dir), secret), "the check below can see the text where it is stored");
+
+    let forgot = aios_edge(dir, &["memory", "forget", "--subject", "customer:ostrowski"]);
+    assert_eq!(String::from_utf8_lossy(&forgot.stdout), "note-1\nrecord accounts/acct-17\n");
+    let said = String::from_utf8_lossy(&forgot.stderr);
+    assert!(said.contains("erased 1 item(s) and 1 record(s)") && !said.contains("warning"), "{said}");
+
+    // Not in the bytes on disk: not the text, not its keyword index terms, not the subject.
+    let bytes = database_bytes(dir);
+    for needle in [secret, &secret.to_lowercase(), "customer:ostrowski", "Ostrowski", "ostrowski"] {
+        assert!(!contains(&bytes, needle), "`{needle}` is still in edge.db or edge.db-wal");
+    }
+    let wal = std::fs::metadata(dir.join("edge.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the write-ahead log was emptied");
+    // Not in search, show, export, the embedding cache or the records.
+    assert!(search("customer wants to close the account and delete personal data").is_empty());
+    let show = Command::new(env!("CARGO_BIN_EXE_aios-edge"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["memory", "show", "note-1"])
+        .output()
+        .unwrap();
+    assert!(!show.status.success() && String::from_utf8_lossy(&show.stderr).contains("no memory item"));
+    let exported = stdout_json_lines(&aios_edge(dir, &["memory", "export", "--vectors"]));
+    assert_eq!(exported.len(), 51);
+    assert!(exported.iter().all(|i| !i.to_string().contains(secret) && !i.to_string().contains("ostrowski")));
+    let after = stats(dir);
+    assert_eq!(
+        (after["items"].as_u64(), after["vectors"].as_u64(), after["records"].as_u64()),
+        (Some(51), Some(51), Some(1))
+    );
+    assert!(memory.record("accounts", "acct-17").await.unwrap().is_none());
+    assert!(memory.record("accounts", "acct-18").await.unwrap().is_some(), "another subject's record stays");
+    // The audit log says what was erased without saying what it was.
+    let events = store.load_audit(1, 10_000).await.unwrap();
+    let forgotten = events.iter().find(|e| e.kind == "memory.forgotten").expect("an erasure event");
+    assert!(
+        forgotten.payload.contains("note-1") && forgotten.payload.contains(r#""records":1"#),
+        "{}",
+        forgotten.payload
+    );
+    assert!(events.iter().all(|e| !e.payload.contains(secret) && !e.payload.contains("ostrowski")));
 }

@@ -243,7 +243,8 @@ pub struct StepSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub examples: Vec<ClassifyExample>,
     /// What an escalation tier is asked to classify (classify; a template,
-    /// default: the prompt).
+    /// default: the prompt); the data subject a record is about, which
+    /// `memory forget --subject` erases with it (record_put; a template).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     /// Escalate when the local confidence is below this (classify; default 0.5).
@@ -719,7 +720,7 @@ fn allowed_fields(kind: StepKind) -> &'static [&'static str] {
         }
         StepKind::Retrieve => &["prompt", "namespace", "top_k", "min_score", "filter", "keyword_weight"],
         StepKind::RecordGet => &["namespace", "key"],
-        StepKind::RecordPut => &["namespace", "key", "value", "expect_version"],
+        StepKind::RecordPut => &["namespace", "key", "value", "expect_version", "subject"],
         StepKind::Act => &["connector", "action", "args", "resource", "reasoning"],
         StepKind::Validate => &["target", "checks"],
     }

@@ -3,7 +3,7 @@
 //! bump of `memory_meta.generation`, which tells other processes' indexes
 //! that they are stale.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use aios_shared::audit::kinds;
 use aios_shared::memory::{valid_namespace, Classification};
@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::index::tag_hash;
 use super::{
     content_hash, vector_bytes, vector_from_bytes, Added, Item, Memory, MemoryError, NewItem, Provenance, VectorIndex,
 };
@@ -62,6 +63,19 @@ pub struct Stats {
     pub db_bytes: u64,
     /// Rows in the loaded vector index (0 until a search loads it).
     pub index_rows: usize,
+}
+
+/// What `forget_subject` erased.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Forgotten {
+    /// Ids of the items erased.
+    pub items: Vec<String>,
+    /// `(namespace, key)` of the authoritative records erased.
+    pub records: Vec<(String, String)>,
+    /// Whether the write-ahead log was emptied into the database file
+    /// afterwards; false while a reader in another process held old pages
+    /// (the next checkpoint empties it).
+    pub checkpointed: bool,
 }
 
 impl Memory {
@@ -157,7 +171,8 @@ impl Memory {
         let added = written.iter().map(|w| w.1.clone()).collect();
         self.apply_to_index(generation, |index| {
             for (seq, _, item, vector) in &written {
-                index.upsert(*seq, &item.namespace, item.classification, now_ms, item.expires_ms, vector);
+                let tags = metadata_tags(&item.metadata);
+                index.upsert(*seq, &item.namespace, item.classification, now_ms, item.expires_ms, tags, vector);
             }
         });
         Ok(added)
@@ -302,17 +317,23 @@ impl Memory {
             .await?)
     }
 
-    /// Erases every item about `subject`: the items, their metadata, their
+    /// Erases everything about `subject`: its items, their metadata, their
     /// keyword index entries and their cached vectors (unless another item
-    /// still has the same text). The audit event records how many items and
-    /// their ids, and a hash of the subject, never the content.
-    pub async fn forget_subject(&self, subject: &str, now_ms: i64) -> Result<Vec<String>, MemoryError> {
+    /// still has the same text), and the authoritative records written about
+    /// it. Deleted content is overwritten (`secure_delete`) and the
+    /// write-ahead log is then emptied into the database file, so the text is
+    /// left in neither. The audit event records how many items and records,
+    /// the items' ids and a hash of the subject, never the content (nor the
+    /// records' keys, which may name the subject).
+    pub async fn forget_subject(&self, subject: &str, now_ms: i64) -> Result<Forgotten, MemoryError> {
         let subject = subject.to_owned();
         let identity = self.inner.identity.clone();
-        let (generation, removed) = self
+        let (generation, removed, records) = self
             .inner
             .db
             .write(move |conn| {
+                // Stays on for the writer connection: later deletes (the
+                // sweeper's expiries) are overwritten too.
                 conn.execute_batch("PRAGMA secure_delete = ON")?;
                 let victims = select_victims(
                     conn,
@@ -321,22 +342,30 @@ impl Memory {
                     params![subject],
                 )?;
                 delete_items(conn, &victims)?;
+                let records: Vec<(String, String)> = conn
+                    .prepare("DELETE FROM memory_records WHERE subject = ?1 RETURNING namespace, key")?
+                    .query_map([&subject], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
                 // Rewrites the keyword index so no segment keeps the erased terms.
                 conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('optimize')", [])?;
                 let generation = bump_generation(conn)?;
                 if let Some(identity) = &identity {
+                    let namespaces: BTreeSet<&str> = records.iter().map(|r| r.0.as_str()).collect();
                     let payload = json!({
                         "subject_sha256": hex::encode(Sha256::digest(subject.as_bytes())),
                         "items": victims.len(),
                         "ids": victims.iter().map(|v| &v.1).collect::<Vec<_>>(),
+                        "records": records.len(),
+                        "record_namespaces": namespaces,
                     });
                     append_event(conn, identity, now_ms, kinds::MEMORY_FORGOTTEN, &payload.to_string())?;
                 }
-                Ok((generation, victims))
+                Ok((generation, victims, records))
             })
             .await?;
         self.apply_to_index(generation, |index| removed.iter().for_each(|v| index.remove(v.0)));
-        Ok(removed.into_iter().map(|v| v.1).collect())
+        let checkpointed = self.inner.db.checkpoint_truncate().await?;
+        Ok(Forgotten { items: removed.into_iter().map(|v| v.1).collect(), records, checkpointed })
     }
 
     /// Removes every item past its expiry or its classification's retention;
@@ -583,6 +612,12 @@ fn upsert_item(
     Ok((seq, Added { id, version, cached }))
 }
 
+/// The hashes of an item's metadata tags, as the vector index filters them.
+fn metadata_tags(metadata: &Value) -> Vec<u64> {
+    let Some(map) = metadata.as_object() else { return Vec::new() };
+    map.iter().filter_map(|(key, value)| tag_value(value).map(|text| tag_hash(key, &text))).collect()
+}
+
 /// The text a scalar metadata value is filtered by (objects and arrays are not).
 pub(super) fn tag_value(value: &Value) -> Option<String> {
     match value {
@@ -680,6 +715,14 @@ pub(super) fn load_index(conn: &Connection, model: &str) -> Result<VectorIndex, 
     let result = (|| {
         let generation = read_generation(conn)?;
         let mut index = VectorIndex::new(0, generation);
+        let mut tags: HashMap<i64, Vec<u64>> = HashMap::new();
+        let mut stmt = conn.prepare("SELECT item, key, value FROM memory_tags")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let text = |idx| r.get_ref(idx)?.as_str().map_err(|e| DbError::Corrupt(format!("memory tag: {e}")));
+            let (key, value) = (text(1)?, text(2)?);
+            tags.entry(r.get(0)?).or_default().push(tag_hash(key, value));
+        }
         let mut stmt = conn.prepare(
             "SELECT i.seq, i.namespace, i.classification, i.updated_ms, i.expires_ms, v.vector
              FROM memory_items i JOIN memory_vectors v ON v.content_hash = i.content_hash AND v.model = i.model
@@ -691,7 +734,9 @@ pub(super) fn load_index(conn: &Connection, model: &str) -> Result<VectorIndex, 
             let classification: Classification = class.parse().map_err(DbError::Corrupt)?;
             let vector = vector_from_bytes(&r.get::<_, Vec<u8>>(5)?)?;
             let namespace: String = r.get(1)?;
-            index.upsert(r.get(0)?, &namespace, classification, r.get(3)?, r.get(4)?, &vector);
+            let seq: i64 = r.get(0)?;
+            let tags = tags.remove(&seq).unwrap_or_default();
+            index.upsert(seq, &namespace, classification, r.get(3)?, r.get(4)?, tags, &vector);
         }
         Ok(index)
     })();

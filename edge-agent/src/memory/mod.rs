@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 
 pub use context::{build_context, ContextInput, ContextPart, WorkingContext};
 pub use index::VectorIndex;
-pub use items::{ExportOptions, Stats};
+pub use items::{ExportOptions, Forgotten, Stats};
 pub use records::Record;
 pub use search::{Hit, SearchRequest};
 
@@ -116,6 +116,13 @@ CREATE TABLE memory_records (
     updated_by TEXT NOT NULL,
     PRIMARY KEY (namespace, key)
 ) WITHOUT ROWID;
+"#;
+
+/// Schema version 5: an authoritative record may name the data subject it is
+/// about, so `memory forget --subject` erases it with the subject's items.
+pub(crate) const MIGRATION_RECORD_SUBJECTS: &str = r#"
+ALTER TABLE memory_records ADD COLUMN subject TEXT;
+CREATE INDEX memory_records_subject ON memory_records (subject) WHERE subject IS NOT NULL;
 "#;
 
 /// Errors of the memory plane.

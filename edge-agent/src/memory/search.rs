@@ -6,11 +6,11 @@
 //! read back from SQLite under the same scope conditions before anything is
 //! returned, so the in-memory index can never widen what a caller may see.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use aios_shared::audit::kinds;
 use aios_shared::memory::Classification;
-use rusqlite::{params_from_iter, types::Value as SqlValue, Connection};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -94,7 +94,6 @@ impl Memory {
             return Ok(Vec::new());
         }
         self.ensure_index().await?;
-        let allowed = self.metadata_filter(&request.filter).await?;
         let keyword = if request.keyword_weight > 0.0 { self.keyword_scores(&request.query).await? } else { None };
         let memory = self.clone();
         let (request_copy, query_copy) = (request.clone(), query.to_vec());
@@ -106,7 +105,7 @@ impl Memory {
                 namespaces: request_copy.namespaces.iter().filter_map(|ns| index.namespace_id(ns)).collect(),
                 classifications: &request_copy.classifications,
                 retention: &retention,
-                allowed: allowed.as_ref(),
+                metadata: &request_copy.filter,
                 now_ms,
             };
             index.scan(&query_copy, &filter, (request_copy.top_k * 4).max(MIN_SHORTLIST))
@@ -126,7 +125,13 @@ impl Memory {
         Ok(self
             .inner
             .db
-            .read(move |conn| rank(conn, &request, &query, &model, &retention, &candidates, keyword.as_ref(), now_ms))
+            .read(move |conn| {
+                read_transaction(conn, |conn| {
+                    let ranked =
+                        rank(conn, &request, &query, &model, &retention, &candidates, keyword.as_ref(), now_ms)?;
+                    hits(conn, ranked)
+                })
+            })
             .await?)
     }
 
@@ -204,29 +209,6 @@ impl Memory {
             .await?)
     }
 
-    /// The items carrying every `key = value` of `filter` (SQL over the tag index).
-    async fn metadata_filter(&self, filter: &BTreeMap<String, String>) -> Result<Option<HashSet<i64>>, MemoryError> {
-        if filter.is_empty() {
-            return Ok(None);
-        }
-        let filter = filter.clone();
-        Ok(Some(
-            self.inner
-                .db
-                .read(move |conn| {
-                    let mut sql = String::from("SELECT item FROM memory_tags WHERE key = ? AND value = ?");
-                    for _ in 1..filter.len() {
-                        sql.push_str(" INTERSECT SELECT item FROM memory_tags WHERE key = ? AND value = ?");
-                    }
-                    let args: Vec<&String> = filter.iter().flat_map(|(k, v)| [k, v]).collect();
-                    let mut stmt = conn.prepare_cached(&sql)?;
-                    let rows = stmt.query_map(params_from_iter(args), |r| r.get(0))?;
-                    Ok(rows.collect::<Result<HashSet<i64>, _>>()?)
-                })
-                .await?,
-        ))
-    }
-
     /// FTS5 BM25 scores of the query's words, normalised to 0..1 (best = 1).
     async fn keyword_scores(&self, query: &str) -> Result<Option<HashMap<i64, f32>>, MemoryError> {
         let words: Vec<String> = query
@@ -257,7 +239,34 @@ impl Memory {
     }
 }
 
-/// Reads the candidates back under the scope conditions and ranks them exactly.
+/// A candidate that passed the scope conditions in SQL, scored exactly.
+struct Ranked {
+    /// Its `seq`.
+    seq: i64,
+    /// Its id, which breaks ties in score.
+    id: String,
+    /// Its classification, as read back.
+    classification: Classification,
+    /// The ranking score.
+    score: f32,
+    /// Cosine similarity to the query.
+    similarity: f32,
+    /// Normalised keyword score, in a hybrid search.
+    keyword: Option<f32>,
+}
+
+/// Runs `read` in one read transaction, so every statement sees the same snapshot.
+fn read_transaction<R>(conn: &Connection, read: impl FnOnce(&Connection) -> Result<R, DbError>) -> Result<R, DbError> {
+    conn.execute_batch("BEGIN")?;
+    let result = read(conn);
+    conn.execute_batch("COMMIT")?;
+    result
+}
+
+/// Reads the candidates' vectors back under the scope conditions and the
+/// metadata filter, and keeps the best `top_k` by exact score. Only these
+/// columns are read for the whole shortlist; text, metadata and provenance
+/// only for what is returned ([`hits`]).
 #[allow(clippy::too_many_arguments)]
 fn rank(
     conn: &Connection,
@@ -268,89 +277,89 @@ fn rank(
     candidates: &[i64],
     keyword: Option<&HashMap<i64, f32>>,
     now_ms: i64,
-) -> Result<Vec<Hit>, DbError> {
+) -> Result<Vec<Ranked>, DbError> {
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    let mut args: Vec<SqlValue> = vec![SqlValue::Text(model.to_owned()), SqlValue::Integer(now_ms)];
-    let namespaces = placeholders(&mut args, request.namespaces.iter().map(|n| SqlValue::Text(n.clone())));
-    let classes =
-        placeholders(&mut args, request.classifications.iter().map(|c| SqlValue::Text(c.as_str().to_owned())));
-    let seqs = placeholders(&mut args, candidates.iter().map(|s| SqlValue::Integer(*s)));
-    let mut tags = String::new();
-    for (key, value) in &request.filter {
-        args.push(SqlValue::Text(key.clone()));
-        args.push(SqlValue::Text(value.clone()));
-        tags.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM memory_tags t WHERE t.item = i.seq AND t.key = ?{} AND t.value = ?{})",
-            args.len() - 1,
-            args.len()
-        ));
-    }
-    let sql = format!(
-        "SELECT i.seq, i.id, i.version, i.namespace, i.classification, i.text, i.metadata, i.added_by, i.source,
-            i.task_id, i.reason, i.created_ms, i.updated_ms, i.expires_ms, v.vector
+    // The lists travel as JSON arrays, so the statement is the same for
+    // every search and stays prepared. The unary `+` keeps SQLite on the
+    // primary key for the shortlist instead of scanning the scope index: the
+    // cost stays that of the shortlist. The last condition: no `key = value`
+    // of the filter is missing from the item's tags.
+    let mut stmt = conn.prepare_cached(
+        "SELECT i.seq, i.classification, i.updated_ms, i.expires_ms, v.vector, i.id
          FROM memory_items i JOIN memory_vectors v ON v.content_hash = i.content_hash AND v.model = i.model
-         WHERE i.seq IN ({seqs}) AND +i.model = ?1 AND (+i.expires_ms IS NULL OR +i.expires_ms > ?2)
-           AND +i.namespace IN ({namespaces}) AND +i.classification IN ({classes}){tags}"
-    );
-    // The unary `+` keeps SQLite on the primary key for the shortlist instead
-    // of scanning the scope index: the cost stays that of the shortlist.
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
+         WHERE i.seq IN (SELECT value FROM json_each(?1)) AND +i.model = ?2
+           AND (+i.expires_ms IS NULL OR +i.expires_ms > ?3)
+           AND +i.namespace IN (SELECT value FROM json_each(?4))
+           AND +i.classification IN (SELECT value FROM json_each(?5))
+           AND NOT EXISTS (SELECT 1 FROM json_each(?6) f WHERE NOT EXISTS (
+               SELECT 1 FROM memory_tags t WHERE t.item = i.seq AND t.key = f.key AND t.value = f.value))",
+    )?;
+    let classes: Vec<&str> = request.classifications.iter().map(|c| c.as_str()).collect();
+    let json = |value: serde_json::Value| value.to_string();
+    let mut rows = stmt.query(rusqlite::params![
+        json(json!(candidates)),
+        model,
+        now_ms,
+        json(json!(request.namespaces)),
+        json(json!(classes)),
+        json(json!(request.filter)),
+    ])?;
     let weight = request.keyword_weight.clamp(0.0, 1.0);
-    let mut hits = Vec::new();
+    let mut ranked = Vec::new();
     while let Some(r) = rows.next()? {
-        let class: String = r.get(4)?;
+        let class: String = r.get(1)?;
         let classification: Classification = class.parse().map_err(DbError::Corrupt)?;
-        if effective_expiry(retention, classification, r.get(12)?, r.get(13)?) <= now_ms {
+        if effective_expiry(retention, classification, r.get(2)?, r.get(3)?) <= now_ms {
             continue;
         }
         let seq: i64 = r.get(0)?;
-        let similarity = dot_f32(query, &vector_from_bytes(&r.get::<_, Vec<u8>>(14)?)?);
+        let vector = r.get_ref(4)?.as_blob().map_err(|e| DbError::Corrupt(format!("memory vector: {e}")))?;
+        let similarity = dot_f32(query, &vector_from_bytes(vector)?);
         let keyword = keyword.map(|k| k.get(&seq).copied().unwrap_or(0.0));
         let score = match keyword {
             Some(k) => (1.0 - weight) * similarity + weight * k,
             None => similarity,
         };
-        if score < request.min_score {
-            continue;
+        if score >= request.min_score {
+            ranked.push(Ranked { seq, id: r.get(5)?, classification, score, similarity, keyword });
         }
-        let metadata: String = r.get(6)?;
+    }
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+    ranked.truncate(request.top_k);
+    Ok(ranked)
+}
+
+/// The returned items in full, in the order of `ranked`.
+fn hits(conn: &Connection, ranked: Vec<Ranked>) -> Result<Vec<Hit>, DbError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, namespace, text, metadata, added_by, source, task_id, reason, created_ms
+         FROM memory_items WHERE seq = ?1",
+    )?;
+    let mut hits = Vec::with_capacity(ranked.len());
+    for r in ranked {
+        let mut rows = stmt.query([r.seq])?;
+        let row = rows.next()?.ok_or_else(|| DbError::Corrupt(format!("memory item {} vanished in a read", r.id)))?;
+        let metadata: String = row.get(3)?;
         hits.push(Hit {
-            id: r.get(1)?,
-            version: r.get::<_, i64>(2)? as u64,
-            namespace: r.get(3)?,
-            classification,
-            text: r.get(5)?,
+            id: r.id,
+            version: row.get::<_, i64>(0)? as u64,
+            namespace: row.get(1)?,
+            classification: r.classification,
+            text: row.get(2)?,
             metadata: serde_json::from_str(&metadata).map_err(|e| DbError::Corrupt(format!("metadata: {e}")))?,
-            score,
-            similarity,
-            keyword,
+            score: r.score,
+            similarity: r.similarity,
+            keyword: r.keyword,
             provenance: Provenance {
-                added_by: r.get(7)?,
-                source: r.get(8)?,
-                task_id: r.get(9)?,
-                reason: r.get(10)?,
-                created_ms: r.get(11)?,
+                added_by: row.get(4)?,
+                source: row.get(5)?,
+                task_id: row.get(6)?,
+                reason: row.get(7)?,
+                created_ms: row.get(8)?,
             },
         });
     }
-    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
-    hits.truncate(request.top_k);
     Ok(hits)
-}
-
-/// Appends `values` to `args` and returns their `?N` placeholders, comma-separated.
-fn placeholders(args: &mut Vec<SqlValue>, values: impl Iterator<Item = SqlValue>) -> String {
-    let mut text = Vec::new();
-    for value in values {
-        args.push(value);
-        text.push(format!("?{}", args.len()));
-    }
-    if text.is_empty() {
-        "NULL".into()
-    } else {
-        text.join(", ")
-    }
 }

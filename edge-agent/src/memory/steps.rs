@@ -134,8 +134,13 @@ pub async fn run_memory_step(
                     }
                 }
             };
+            let subject = match &step.subject {
+                Some(template) => Some(render(template).map_err(StepError::Failed)?).filter(|s| !s.trim().is_empty()),
+                None => None,
+            };
             let writer = format!("task:{task_id}:{seq}");
-            let record = memory.put_record(&namespace, &key, value, expect, &writer, now_ms).await?;
+            let record =
+                memory.put_record(&namespace, &key, value, expect, &writer, subject.as_deref(), now_ms).await?;
             Ok(StepResult {
                 value: Some("written".into()),
                 output: json!({

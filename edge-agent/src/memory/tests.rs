@@ -205,10 +205,19 @@ async fn a_forgotten_subject_is_gone_from_search_export_and_the_cache() {
     memory.add(vec![jane, jane2, john], 1).await.unwrap();
     let query = request("broken kettle Jane Roe", &["customers"], &[Confidential]);
     assert_eq!(memory.search(&query, 2).await.unwrap().len(), 3);
+    memory.put_record("orders", "o-jane", json!("refunded"), None, "cli", Some("customer:jane"), 2).await.unwrap();
+    // A later write that names no subject keeps the record's subject.
+    memory.put_record("orders", "o-jane", json!("closed"), Some(1), "cli", None, 2).await.unwrap();
+    memory.put_record("orders", "o-john", json!("paid"), None, "cli", Some("customer:john"), 2).await.unwrap();
 
     let mut erased = memory.forget_subject("customer:jane", 3).await.unwrap();
-    erased.sort();
-    assert_eq!(erased, ["jane-1", "jane-2"]);
+    erased.items.sort();
+    assert_eq!(erased.items, ["jane-1", "jane-2"]);
+    assert_eq!(erased.records, [("orders".to_owned(), "o-jane".to_owned())]);
+    assert!(erased.checkpointed);
+    assert!(memory.record("orders", "o-jane").await.unwrap().is_none(), "the record about the subject is gone");
+    let john = memory.record("orders", "o-john").await.unwrap().expect("another subject's record stays");
+    assert_eq!(john.subject.as_deref(), Some("customer:john"));
     assert_eq!(ids(&memory.search(&query, 4).await.unwrap()), ["john-1"]);
     let exported = memory.export(ExportOptions { namespace: None, vectors: true }).await.unwrap();
     assert_eq!(exported.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["john-1"]);
@@ -230,6 +239,7 @@ async fn a_forgotten_subject_is_gone_from_search_export_and_the_cache() {
     let forgotten = events.iter().find(|e| e.kind == "memory.forgotten").unwrap();
     assert!(!forgotten.payload.contains("customer:jane") && !forgotten.payload.contains("kettle"));
     assert!(forgotten.payload.contains("jane-1"), "{}", forgotten.payload);
+    assert!(forgotten.payload.contains(r#""records":1"#) && !forgotten.payload.contains("o-jane"));
 }
 
 #[tokio::test]
@@ -277,16 +287,17 @@ async fn export_and_import_carry_provenance_and_vectors_and_reindex_follows_the_
 async fn records_compare_and_set_and_a_repeated_writer_is_recognised() {
     let (_dir, store, memory) = memory_with(Words::new("w"), &MemorySpec::default()).await;
     assert!(memory.record("orders", "o-1").await.unwrap().is_none());
-    let first = memory.put_record("orders", "o-1", json!("paid"), Some(0), "task:a:1", 1).await.unwrap();
+    let first = memory.put_record("orders", "o-1", json!("paid"), Some(0), "task:a:1", None, 1).await.unwrap();
     assert_eq!(first.version, 1);
-    let conflict = memory.put_record("orders", "o-1", json!("paid"), Some(0), "task:b:1", 2).await.unwrap_err();
+    let conflict = memory.put_record("orders", "o-1", json!("paid"), Some(0), "task:b:1", None, 2).await.unwrap_err();
     assert!(matches!(conflict, MemoryError::Conflict { expected: 0, found: 1, .. }), "{conflict}");
     // The same writer repeating its write (a re-run after a crash) gets its write back.
-    let repeat = memory.put_record("orders", "o-1", json!("paid"), Some(0), "task:a:1", 3).await.unwrap();
+    let repeat = memory.put_record("orders", "o-1", json!("paid"), Some(0), "task:a:1", None, 3).await.unwrap();
     assert_eq!((repeat.version, repeat.updated_ms), (1, 1));
-    let second = memory.put_record("orders", "o-1", json!({"status": "shipped"}), Some(1), "cli", 4).await.unwrap();
+    let second =
+        memory.put_record("orders", "o-1", json!({"status": "shipped"}), Some(1), "cli", None, 4).await.unwrap();
     assert_eq!(second.version, 2);
-    let unconditional = memory.put_record("orders", "o-1", json!("lost"), None, "cli", 5).await.unwrap();
+    let unconditional = memory.put_record("orders", "o-1", json!("lost"), None, "cli", None, 5).await.unwrap();
     assert_eq!(unconditional.version, 3);
     assert_eq!(memory.record("orders", "o-1").await.unwrap().unwrap().value, json!("lost"));
     assert_eq!(audit_kinds(&store).await.iter().filter(|k| *k == "memory.record_put").count(), 3);
