@@ -709,37 +709,32 @@ pub(super) fn read_items(
 }
 
 /// Loads the vectors of `model`'s items into a fresh index, at the
-/// generation read in the same snapshot.
+/// generation read in the same snapshot (the caller holds a read transaction).
 pub(super) fn load_index(conn: &Connection, model: &str) -> Result<VectorIndex, DbError> {
-    conn.execute_batch("BEGIN")?;
-    let result = (|| {
-        let generation = read_generation(conn)?;
-        let mut index = VectorIndex::new(0, generation);
-        let mut tags: HashMap<i64, Vec<u64>> = HashMap::new();
-        let mut stmt = conn.prepare("SELECT item, key, value FROM memory_tags")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let text = |idx| r.get_ref(idx)?.as_str().map_err(|e| DbError::Corrupt(format!("memory tag: {e}")));
-            let (key, value) = (text(1)?, text(2)?);
-            tags.entry(r.get(0)?).or_default().push(tag_hash(key, value));
-        }
-        let mut stmt = conn.prepare(
-            "SELECT i.seq, i.namespace, i.classification, i.updated_ms, i.expires_ms, v.vector
-             FROM memory_items i JOIN memory_vectors v ON v.content_hash = i.content_hash AND v.model = i.model
-             WHERE i.model = ?1",
-        )?;
-        let mut rows = stmt.query([model])?;
-        while let Some(r) = rows.next()? {
-            let class: String = r.get(2)?;
-            let classification: Classification = class.parse().map_err(DbError::Corrupt)?;
-            let vector = vector_from_bytes(&r.get::<_, Vec<u8>>(5)?)?;
-            let namespace: String = r.get(1)?;
-            let seq: i64 = r.get(0)?;
-            let tags = tags.remove(&seq).unwrap_or_default();
-            index.upsert(seq, &namespace, classification, r.get(3)?, r.get(4)?, tags, &vector);
-        }
-        Ok(index)
-    })();
-    conn.execute_batch("COMMIT")?;
-    result
+    let generation = read_generation(conn)?;
+    let mut index = VectorIndex::new(0, generation);
+    let mut tags: HashMap<i64, Vec<u64>> = HashMap::new();
+    let mut stmt = conn.prepare("SELECT item, key, value FROM memory_tags")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let text = |idx| r.get_ref(idx)?.as_str().map_err(|e| DbError::Corrupt(format!("memory tag: {e}")));
+        let (key, value) = (text(1)?, text(2)?);
+        tags.entry(r.get(0)?).or_default().push(tag_hash(key, value));
+    }
+    let mut stmt = conn.prepare(
+        "SELECT i.seq, i.namespace, i.classification, i.updated_ms, i.expires_ms, v.vector
+         FROM memory_items i JOIN memory_vectors v ON v.content_hash = i.content_hash AND v.model = i.model
+         WHERE i.model = ?1",
+    )?;
+    let mut rows = stmt.query([model])?;
+    while let Some(r) = rows.next()? {
+        let class: String = r.get(2)?;
+        let classification: Classification = class.parse().map_err(DbError::Corrupt)?;
+        let vector = vector_from_bytes(&r.get::<_, Vec<u8>>(5)?)?;
+        let namespace: String = r.get(1)?;
+        let seq: i64 = r.get(0)?;
+        let tags = tags.remove(&seq).unwrap_or_default();
+        index.upsert(seq, &namespace, classification, r.get(3)?, r.get(4)?, tags, &vector);
+    }
+    Ok(index)
 }

@@ -84,6 +84,12 @@ impl Memory {
     }
 
     /// Searches with a query vector already computed (benchmarks, tests).
+    ///
+    /// Everything after the embedding runs in one closure on the reader
+    /// connection, in one read transaction: one hand-off to a blocking
+    /// thread per search (each hand-off can wait a scheduler slice on a busy
+    /// machine), and the index's generation, the scan and the rows read back
+    /// all see the same snapshot.
     pub async fn search_vector(
         &self,
         request: &SearchRequest,
@@ -93,46 +99,53 @@ impl Memory {
         if request.top_k == 0 || request.classifications.is_empty() || request.namespaces.is_empty() {
             return Ok(Vec::new());
         }
-        self.ensure_index().await?;
-        let keyword = if request.keyword_weight > 0.0 { self.keyword_scores(&request.query).await? } else { None };
         let memory = self.clone();
-        let (request_copy, query_copy) = (request.clone(), query.to_vec());
-        let retention = self.retention();
-        let shortlist = tokio::task::spawn_blocking(move || {
-            let guard = memory.inner.index.read().expect("memory index lock");
-            let Some(index) = guard.as_ref() else { return Vec::new() };
-            let filter = ScanFilter {
-                namespaces: request_copy.namespaces.iter().filter_map(|ns| index.namespace_id(ns)).collect(),
-                classifications: &request_copy.classifications,
-                retention: &retention,
-                metadata: &request_copy.filter,
-                now_ms,
-            };
-            index.scan(&query_copy, &filter, (request_copy.top_k * 4).max(MIN_SHORTLIST))
-        })
-        .await
-        .map_err(|err| MemoryError::Invalid(format!("the vector scan failed: {err}")))?;
+        let (request, query) = (request.clone(), query.to_vec());
+        let (model, retention) = (self.model_id(), self.retention());
+        Ok(self
+            .inner
+            .db
+            .read(move |conn| {
+                read_transaction(conn, |conn| memory.search_in(conn, &request, &query, &model, &retention, now_ms))
+            })
+            .await?)
+    }
+
+    fn search_in(
+        &self,
+        conn: &Connection,
+        request: &SearchRequest,
+        query: &[f32],
+        model: &str,
+        retention: &BTreeMap<Classification, i64>,
+        now_ms: i64,
+    ) -> Result<Vec<Hit>, DbError> {
+        self.ensure_index(conn, model)?;
+        let keyword = if request.keyword_weight > 0.0 { keyword_scores(conn, &request.query)? } else { None };
+        let shortlist = {
+            let guard = self.inner.index.read().expect("memory index lock");
+            match guard.as_ref() {
+                Some(index) => {
+                    let filter = ScanFilter {
+                        namespaces: request.namespaces.iter().filter_map(|ns| index.namespace_id(ns)).collect(),
+                        classifications: &request.classifications,
+                        retention,
+                        metadata: &request.filter,
+                        now_ms,
+                    };
+                    index.scan(query, &filter, (request.top_k * 4).max(MIN_SHORTLIST))
+                }
+                None => Vec::new(),
+            }
+        };
         let mut candidates: Vec<i64> = shortlist.into_iter().map(|(seq, _)| seq).collect();
         if let Some(scores) = &keyword {
             candidates.extend(scores.keys().copied());
         }
         candidates.sort_unstable();
         candidates.dedup();
-        let request = request.clone();
-        let query = query.to_vec();
-        let model = self.model_id();
-        let retention = self.retention();
-        Ok(self
-            .inner
-            .db
-            .read(move |conn| {
-                read_transaction(conn, |conn| {
-                    let ranked =
-                        rank(conn, &request, &query, &model, &retention, &candidates, keyword.as_ref(), now_ms)?;
-                    hits(conn, ranked)
-                })
-            })
-            .await?)
+        let ranked = rank(conn, request, query, model, retention, &candidates, keyword.as_ref(), now_ms)?;
+        hits(conn, ranked)
     }
 
     /// Records a retrieval made for a task in the audit log: what was asked
@@ -176,16 +189,15 @@ impl Memory {
         Ok(())
     }
 
-    /// Loads the index, or reloads it when another process changed memory.
-    async fn ensure_index(&self) -> Result<(), MemoryError> {
-        let current = self.inner.db.read(read_generation).await?;
+    /// Loads the index, or reloads it when another process changed memory
+    /// (inside the caller's read transaction).
+    fn ensure_index(&self, conn: &Connection, model: &str) -> Result<(), DbError> {
+        let current = read_generation(conn)?;
         let loaded = self.inner.index.read().expect("memory index lock").as_ref().map(|i| i.generation);
-        if loaded == Some(current) {
-            return Ok(());
+        if loaded != Some(current) {
+            let index = load_index(conn, model)?;
+            *self.inner.index.write().expect("memory index lock") = Some(index);
         }
-        let model = self.model_id();
-        let index = self.inner.db.read(move |conn| load_index(conn, &model)).await?;
-        *self.inner.index.write().expect("memory index lock") = Some(index);
         Ok(())
     }
 
@@ -208,35 +220,28 @@ impl Memory {
             })
             .await?)
     }
+}
 
-    /// FTS5 BM25 scores of the query's words, normalised to 0..1 (best = 1).
-    async fn keyword_scores(&self, query: &str) -> Result<Option<HashMap<i64, f32>>, MemoryError> {
-        let words: Vec<String> = query
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| w.chars().count() > 2)
-            .map(|w| format!("\"{}\"", w.to_lowercase()))
-            .collect();
-        if words.is_empty() {
-            return Ok(None);
-        }
-        let expression = words.join(" OR ");
-        Ok(Some(
-            self.inner
-                .db
-                .read(move |conn| {
-                    let mut stmt = conn.prepare_cached(
-                        "SELECT rowid, -bm25(memory_fts) FROM memory_fts WHERE memory_fts MATCH ?1 ORDER BY rank LIMIT ?2",
-                    )?;
-                    let rows = stmt.query_map(rusqlite::params![expression, KEYWORD_CANDIDATES as i64], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
-                    })?;
-                    let scores: Vec<(i64, f64)> = rows.collect::<Result<_, _>>()?;
-                    let best = scores.iter().map(|s| s.1).fold(0.0, f64::max);
-                    Ok(scores.into_iter().map(|(seq, s)| (seq, if best > 0.0 { (s / best) as f32 } else { 0.0 })).collect())
-                })
-                .await?,
-        ))
+/// FTS5 BM25 scores of the query's words, normalised to 0..1 (best = 1).
+fn keyword_scores(conn: &Connection, query: &str) -> Result<Option<HashMap<i64, f32>>, DbError> {
+    let words: Vec<String> = query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() > 2)
+        .map(|w| format!("\"{}\"", w.to_lowercase()))
+        .collect();
+    if words.is_empty() {
+        return Ok(None);
     }
+    let expression = words.join(" OR ");
+    let mut stmt = conn.prepare_cached(
+        "SELECT rowid, -bm25(memory_fts) FROM memory_fts WHERE memory_fts MATCH ?1 ORDER BY rank LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![expression, KEYWORD_CANDIDATES as i64], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
+    })?;
+    let scores: Vec<(i64, f64)> = rows.collect::<Result<_, _>>()?;
+    let best = scores.iter().map(|s| s.1).fold(0.0, f64::max);
+    Ok(Some(scores.into_iter().map(|(seq, s)| (seq, if best > 0.0 { (s / best) as f32 } else { 0.0 })).collect()))
 }
 
 /// A candidate that passed the scope conditions in SQL, scored exactly.
