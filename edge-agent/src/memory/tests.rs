@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use aios_shared::memory::{Classification, MemorySpec};
-use ed25519_dalek::SigningKey;
 use futures_util::future::BoxFuture;
 use serde_json::json;
 
@@ -49,17 +48,7 @@ impl Embed for Words {
 }
 
 async fn memory_with(embedder: Arc<Words>, spec: &MemorySpec) -> (tempfile::TempDir, EdgeStore, Memory) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EdgeStore::open(dir.path()).unwrap();
-    let identity = Identity {
-        edge_id: "edge-test".into(),
-        control_plane: "127.0.0.1:1".into(),
-        signing_key: SigningKey::from_bytes(&[7; 32]),
-        cert_der: vec![],
-        ca_der: vec![],
-        bundle_key: SigningKey::from_bytes(&[8; 32]).verifying_key(),
-    };
-    store.save_identity(identity.clone(), Vec::new(), 0).await.unwrap();
+    let (dir, store, identity) = crate::store::test_store().await;
     let memory = Memory::new(&store, Some(identity), EmbedderSource::Fixed(embedder), spec);
     (dir, store, memory)
 }
