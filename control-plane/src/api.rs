@@ -10,15 +10,17 @@ use aios_edge_agent::unix_ms;
 use aios_shared::bundle::{Autonomy, BundleBody, BundleSpec, SignedBundle};
 use aios_shared::duration::parse_duration;
 use aios_shared::token::EnrollToken;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::Next;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Mutex};
+
+use crate::accounts::{self, AccountError, Permission, Principal, Role, ADMIN_TOKEN_ACCOUNT};
+use crate::auth::{authenticate, authorize, Auth};
 
 use crate::pki::Pki;
 use crate::server::Registry;
@@ -39,13 +41,31 @@ pub struct ApiState {
     pub dispatched: Arc<watch::Sender<u64>>,
     /// Serialises publishing so versions stay strictly increasing.
     pub publish_lock: Arc<Mutex<()>>,
-    /// SHA-256 of the admin token.
-    pub token_hash: [u8; 32],
+    /// Credentials, sessions and login limits.
+    pub auth: Arc<Auth>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::CpMetrics>,
 }
 
 /// An API error: a status and a message.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    /// An error with this status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError(status, message.into())
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(err: AccountError) -> ApiError {
+        match err {
+            AccountError::Invalid(message) => bad_request(message),
+            AccountError::Db(err) => err.into(),
+        }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -65,46 +85,61 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// The router with every route.
+/// The router with every route: the admin API under `/v1`, the console
+/// under `/console`, `/metrics`. Each group of routes names the permission
+/// it needs; [`authenticate`] runs first on all but health, metrics, login
+/// and the console's static files.
 pub fn router(state: ApiState) -> Router {
-    let authed = Router::new()
-        .route("/v1/tokens", post(create_token))
+    let read = Router::new()
+        .route("/v1/whoami", get(whoami))
         .route("/v1/edges", get(list_edges))
-        .route("/v1/edges/{id}/revoke", post(revoke_edge))
-        .route("/v1/policy", get(current_policy).post(publish_policy))
+        .route("/v1/policy", get(current_policy))
         .route("/v1/policy/history", get(policy_history))
-        .route("/v1/policy/kill-switch", post(kill_switch))
         .route("/v1/policy/{version}", get(policy_version))
-        .route("/v1/tasks", post(dispatch_task).get(list_dispatches))
+        .route("/v1/tasks", get(list_dispatches))
         .route("/v1/tasks/{id}", get(show_dispatch))
         .route("/v1/approvals", get(list_approvals))
         .route("/v1/approvals/{id}", get(show_approval))
-        .route("/v1/approvals/{id}/approve", post(approve))
-        .route("/v1/approvals/{id}/reject", post(reject))
         .route("/v1/dlq", get(list_dead_letters))
-        .route("/v1/dlq/{key}/{action}", post(resolve_dead_letter))
-        .route("/v1/tasks/{id}/compensate", post(compensate))
         .route("/v1/commands/{id}", get(show_command))
+        .route_layer(from_fn_with_state(Permission::Read, authorize));
+    let audit = Router::new()
         .route("/v1/audit", get(query_audit))
         .route("/v1/audit/verify", get(verify_audit))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new().route("/v1/health", get(health)).merge(authed).with_state(state)
+        .route_layer(from_fn_with_state(Permission::Audit, authorize));
+    let operate = Router::new()
+        .route("/v1/tasks", post(dispatch_task))
+        .route("/v1/approvals/{id}/approve", post(approve))
+        .route("/v1/approvals/{id}/reject", post(reject))
+        .route("/v1/dlq/{key}/{action}", post(resolve_dead_letter))
+        .route("/v1/tasks/{id}/compensate", post(compensate))
+        .route_layer(from_fn_with_state(Permission::Operate, authorize));
+    let administer = Router::new()
+        .route("/v1/tokens", post(create_token))
+        .route("/v1/edges/{id}/revoke", post(revoke_edge))
+        .route("/v1/policy", post(publish_policy))
+        .route("/v1/policy/kill-switch", post(kill_switch))
+        .route("/v1/users", get(list_users).post(add_user))
+        .route("/v1/users/{name}", delete(remove_user))
+        .route("/v1/users/{name}/password", post(set_password))
+        .route("/v1/users/{name}/tokens", post(issue_api_token))
+        .route_layer(from_fn_with_state(Permission::Administer, authorize));
+    let authed = read
+        .merge(audit)
+        .merge(operate)
+        .merge(administer)
+        .merge(crate::console::pages())
+        .route_layer(from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/metrics", get(crate::metrics::serve))
+        .merge(crate::console::public())
+        .merge(authed)
+        .with_state(state)
 }
 
-async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    // Comparing hashes keeps the comparison's timing independent of the token.
-    match presented {
-        Some(token) if <[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())) == state.token_hash => {
-            next.run(request).await
-        }
-        _ => ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see DATA_DIR/admin-token)".into())
-            .into_response(),
-    }
+async fn whoami(Extension(principal): Extension<Principal>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "account": principal.account, "role": principal.role }))
 }
 
 async fn health(State(state): State<ApiState>) -> Json<serde_json::Value> {
@@ -260,6 +295,12 @@ async fn publish_policy(State(state): State<ApiState>, text: String) -> ApiResul
 }
 
 async fn kill_switch(State(state): State<ApiState>) -> ApiResult<serde_json::Value> {
+    let version = engage_kill_switch(&state).await?;
+    Ok(Json(serde_json::json!({ "version": version, "autonomy": "off" })))
+}
+
+/// Publishes the current bundle with autonomy off; returns its version.
+pub(crate) async fn engage_kill_switch(state: &ApiState) -> Result<u64, ApiError> {
     // Keep everything else the current bundle says; only autonomy changes.
     let mut spec = match state.store.bundle(None).await? {
         Some((_, signed)) => BundleSpec::from_body(
@@ -270,9 +311,9 @@ async fn kill_switch(State(state): State<ApiState>) -> ApiResult<serde_json::Val
         None => BundleSpec::new(Autonomy::Off),
     };
     spec.autonomy = Autonomy::Off;
-    let version = publish(&state, spec).await?;
+    let version = publish(state, spec).await?;
     tracing::warn!(version, "kill switch: autonomy off fleet-wide");
-    Ok(Json(serde_json::json!({ "version": version, "autonomy": "off" })))
+    Ok(version)
 }
 
 /// Validates, signs, stores and announces a bundle; returns its version.
@@ -313,16 +354,26 @@ async fn verify_audit(
     Ok(Json(reports))
 }
 
-/// Who acts and why, for commands.
+/// Who acts and why, for commands. `by` is only honoured for the shared
+/// admin token (the CLI's `--by`); an account always acts as itself.
 #[derive(Debug, Default, Deserialize)]
-struct Operator {
+pub(crate) struct Operator {
     #[serde(default)]
-    by: Option<String>,
+    pub by: Option<String>,
     #[serde(default)]
-    comment: String,
+    pub comment: String,
 }
 
 impl Operator {
+    /// The operator as the authenticated caller may claim to be.
+    pub fn acting_as(mut self, principal: &Principal) -> Operator {
+        if principal.account != ADMIN_TOKEN_ACCOUNT || self.by.is_none() {
+            self.by =
+                Some(if principal.account == ADMIN_TOKEN_ACCOUNT { "admin".into() } else { principal.account.clone() });
+        }
+        self
+    }
+
     fn by(&self) -> String {
         self.by.clone().unwrap_or_else(|| "admin".into())
     }
@@ -351,22 +402,29 @@ async fn show_approval(
 
 async fn approve(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     body: Option<Json<Operator>>,
 ) -> ApiResult<serde_json::Value> {
-    decide(state, id, true, body.map(|b| b.0).unwrap_or_default()).await
+    decide(state, id, true, body.map(|b| b.0).unwrap_or_default().acting_as(&principal)).await
 }
 
 async fn reject(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     body: Option<Json<Operator>>,
 ) -> ApiResult<serde_json::Value> {
-    decide(state, id, false, body.map(|b| b.0).unwrap_or_default()).await
+    decide(state, id, false, body.map(|b| b.0).unwrap_or_default().acting_as(&principal)).await
 }
 
 /// Signs a decision bound to the request's argument hash and expiry.
-async fn decide(state: ApiState, id: String, approve: bool, operator: Operator) -> ApiResult<serde_json::Value> {
+pub(crate) async fn decide(
+    state: ApiState,
+    id: String,
+    approve: bool,
+    operator: Operator,
+) -> ApiResult<serde_json::Value> {
     let approval = state.store.approval(id.clone()).await?;
     let approval = approval.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no approval request {id}")))?;
     if approval.state != "pending" {
@@ -399,6 +457,7 @@ async fn list_dead_letters(State(state): State<ApiState>) -> ApiResult<Vec<serde
 /// `action` is `retry` (again, same key) or `discard`.
 async fn resolve_dead_letter(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path((key, action)): Path<(String, String)>,
     body: Option<Json<Operator>>,
 ) -> ApiResult<serde_json::Value> {
@@ -409,7 +468,7 @@ async fn resolve_dead_letter(
     };
     let edge = state.store.edge_of_intent(key.clone()).await?;
     let edge = edge.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no intent {key}")))?;
-    issue(&state, edge, body.map(|b| b.0).unwrap_or_default(), command).await
+    issue(&state, edge, body.map(|b| b.0).unwrap_or_default().acting_as(&principal), command).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -422,6 +481,7 @@ struct CompensateRequest {
 /// `id` is the edge's task id (the one `task show` prints) or a dispatch id.
 async fn compensate(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     body: Result<Json<CompensateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<serde_json::Value> {
@@ -433,7 +493,7 @@ async fn compensate(
     let edge = state.store.edge_of_task(task.clone()).await?;
     let edge = edge.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no task {task}")))?;
     let command = aios_shared::command::Command::Compensate { task, step: request.step };
-    issue(&state, edge, request.operator, command).await
+    issue(&state, edge, request.operator.acting_as(&principal), command).await
 }
 
 async fn show_command(
@@ -442,4 +502,87 @@ async fn show_command(
 ) -> ApiResult<crate::commands::CommandRecord> {
     let command = state.store.command(id.clone()).await?;
     Ok(Json(command.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no command {id}")))?))
+}
+
+async fn list_users(State(state): State<ApiState>) -> ApiResult<Vec<accounts::AccountView>> {
+    Ok(Json(state.store.accounts(unix_ms()).await?))
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    name: String,
+    role: String,
+    /// Generated (and returned once) when absent.
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// Hashes off the async workers; returns the hash and the password when
+/// it was generated here.
+async fn hash_or_generate(password: Option<String>) -> Result<(String, Option<String>), ApiError> {
+    let generated = password.is_none();
+    let password = password.unwrap_or_else(accounts::generate_password);
+    let hash = tokio::task::spawn_blocking({
+        let password = password.clone();
+        move || accounts::hash_password(&password)
+    })
+    .await
+    .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))??;
+    Ok((hash, generated.then_some(password)))
+}
+
+async fn add_user(State(state): State<ApiState>, Json(user): Json<NewUser>) -> ApiResult<serde_json::Value> {
+    let role: Role = user.role.parse()?;
+    accounts::check_name(&user.name)?;
+    let (hash, generated) = hash_or_generate(user.password).await?;
+    state.store.add_account(user.name.clone(), role, hash, unix_ms()).await?;
+    Ok(Json(serde_json::json!({ "name": user.name, "role": role, "password": generated })))
+}
+
+async fn remove_user(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult<serde_json::Value> {
+    if !state.store.remove_account(name.clone()).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no account {name}")));
+    }
+    Ok(Json(serde_json::json!({ "removed": name })))
+}
+
+#[derive(Deserialize, Default)]
+struct NewPassword {
+    #[serde(default)]
+    password: Option<String>,
+}
+
+async fn set_password(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: Option<Json<NewPassword>>,
+) -> ApiResult<serde_json::Value> {
+    let (hash, generated) = hash_or_generate(body.unwrap_or_default().0.password).await?;
+    if !state.store.set_password(name.clone(), hash, unix_ms()).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no account {name}")));
+    }
+    Ok(Json(serde_json::json!({ "name": name, "password": generated })))
+}
+
+#[derive(Deserialize)]
+struct NewToken {
+    /// Validity such as `30d`.
+    ttl: String,
+    #[serde(default)]
+    label: String,
+}
+
+async fn issue_api_token(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Json(request): Json<NewToken>,
+) -> ApiResult<serde_json::Value> {
+    let ttl = parse_duration(&request.ttl).map_err(bad_request)?;
+    let token = accounts::new_secret("aios_");
+    let now = unix_ms();
+    let expires_ms = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+    if !state.store.add_api_token(name.clone(), accounts::secret_hash(&token), request.label, now, expires_ms).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no account {name}")));
+    }
+    Ok(Json(serde_json::json!({ "account": name, "token": token, "expires_ms": expires_ms })))
 }

@@ -11,6 +11,8 @@ use tokio::sync::{watch, Mutex};
 use tracing::info;
 
 use crate::api::{self, ApiState};
+use crate::auth::Auth;
+use crate::metrics::CpMetrics;
 use crate::pki::{write_new, Pki, PkiError};
 use crate::server::{self, Registry, SyncContext};
 use crate::store::CpStore;
@@ -26,6 +28,9 @@ pub struct Options {
     pub admin_listen: SocketAddr,
     /// Extra DNS names for the server certificate.
     pub server_names: Vec<String>,
+    /// Whether console cookies are marked `Secure`. `None`: yes unless the
+    /// admin address is loopback (a plain-HTTP console on this machine).
+    pub secure_cookies: Option<bool>,
 }
 
 /// Why the control plane could not start.
@@ -74,6 +79,7 @@ impl ControlPlane {
         let pki = Arc::new(Pki::load_or_create(&options.data_dir, &options.server_names)?);
         let store = CpStore::open(&options.data_dir)?;
         store.reset_connections().await?;
+        store.prepare_views().await?;
         let (admin_token_file, token_hash) = admin_token(&options.data_dir)?;
 
         let latest = store.bundle(None).await?;
@@ -93,14 +99,20 @@ impl ControlPlane {
             bundles: Arc::new(bundles_tx),
             dispatched: Arc::new(dispatched_tx),
             publish_lock: Arc::new(Mutex::new(())),
-            token_hash,
+            auth: Arc::new(Auth::new(
+                token_hash,
+                options.secure_cookies.unwrap_or(!options.admin_listen.ip().is_loopback()),
+            )),
+            metrics: Arc::new(CpMetrics::default()),
         };
         let listener = tokio::net::TcpListener::bind(options.admin_listen)
             .await
             .map_err(io(format!("cannot listen on {}", options.admin_listen)))?;
         let admin_addr = listener.local_addr().map_err(io("cannot read the admin address".into()))?;
         let (shutdown, mut shutdown_rx) = watch::channel(false);
-        let router = api::router(api.clone());
+        let router = api::router(api.clone())
+            .layer(axum::middleware::from_fn_with_state(api.metrics.http.clone(), aios_edge_agent::metrics::track))
+            .into_make_service_with_connect_info::<SocketAddr>();
         tasks.push(tokio::spawn(async move {
             let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
                 let _ = shutdown_rx.changed().await;

@@ -64,6 +64,60 @@ pub enum Command {
     /// Dead-lettered side effects of every edge.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Operator accounts of the console and the admin API.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// `user` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// List accounts.
+    List,
+    /// Create an account; prints a generated password unless one is given.
+    Add {
+        /// Login name (a-z, 0-9, '.', '_', '-').
+        name: String,
+        /// admin, operator, auditor or viewer.
+        #[arg(long)]
+        role: String,
+        /// Read the password from standard input instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove an account, its API tokens and its sessions.
+    Remove {
+        /// Login name.
+        name: String,
+    },
+    /// Set a new password (generated unless given) and end the account's sessions.
+    Passwd {
+        /// Login name.
+        name: String,
+        /// Read the password from standard input instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Print a new API token for an account (for the CLI: --admin-token).
+    Token {
+        /// Login name.
+        name: String,
+        /// How long the token is valid, such as 1h or 90d.
+        #[arg(long, default_value = "30d")]
+        ttl: String,
+        /// A note on what the token is for.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+}
+
+fn password_from_stdin(wanted: bool) -> anyhow::Result<Option<String>> {
+    if !wanted {
+        return Ok(None);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("cannot read the password from standard input")?;
+    Ok(Some(line.trim_end_matches(['\r', '\n']).to_owned()))
 }
 
 /// Who decides, and why.
@@ -339,6 +393,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", answer["token"].as_str().context("no token in the answer")?);
             Ok(())
         }
+        Command::User(UserCommand::List) => print_lines(client()?.send(Method::GET, "/v1/users", None).await?),
+        Command::User(UserCommand::Add { name, role, password_stdin }) => {
+            let password = password_from_stdin(password_stdin)?;
+            let body = serde_json::json!({ "name": name, "role": role, "password": password });
+            let answer = client()?.send(Method::POST, "/v1/users", Some(Body::Json(body))).await?;
+            println!("created {name} ({})", answer["role"].as_str().unwrap_or(&role));
+            if let Some(password) = answer["password"].as_str() {
+                println!("password (shown once): {password}");
+            }
+            Ok(())
+        }
+        Command::User(UserCommand::Remove { name }) => {
+            client()?.send(Method::DELETE, &format!("/v1/users/{name}"), None).await?;
+            println!("removed {name}");
+            Ok(())
+        }
+        Command::User(UserCommand::Passwd { name, password_stdin }) => {
+            let body = serde_json::json!({ "password": password_from_stdin(password_stdin)? });
+            let answer =
+                client()?.send(Method::POST, &format!("/v1/users/{name}/password"), Some(Body::Json(body))).await?;
+            println!("password of {name} changed; its console sessions are ended");
+            if let Some(password) = answer["password"].as_str() {
+                println!("password (shown once): {password}");
+            }
+            Ok(())
+        }
+        Command::User(UserCommand::Token { name, ttl, label }) => {
+            let body = serde_json::json!({ "ttl": ttl, "label": label });
+            let answer =
+                client()?.send(Method::POST, &format!("/v1/users/{name}/tokens"), Some(Body::Json(body))).await?;
+            println!("{}", answer["token"].as_str().context("no token in the answer")?);
+            Ok(())
+        }
         Command::Edge(EdgeCommand::List) => print_lines(client()?.send(Method::GET, "/v1/edges", None).await?),
         Command::Edge(EdgeCommand::Revoke { id }) => {
             let answer = client()?.send(Method::POST, &format!("/v1/edges/{id}/revoke"), None).await?;
@@ -549,6 +636,7 @@ async fn serve(data_dir_flag: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
             .or(file.admin_listen)
             .unwrap_or_else(|| "127.0.0.1:7480".parse().expect("valid literal")),
         server_names,
+        secure_cookies: None,
     };
     let control_plane = ControlPlane::start(options).await?;
     println!("sync (QUIC) listening on {}", control_plane.sync_addr);

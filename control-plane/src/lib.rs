@@ -10,14 +10,21 @@
 //! - [`client`]: the admin API client the CLI uses.
 //! - [`cli`]: the `aios-control-plane` command line.
 //! - [`up`]: the one-command start (control plane and a local edge).
+//! - [`accounts`]: operator accounts, roles, tokens, sessions, operator log.
+//! - [`views`]: task and metrics read models derived from the audit log.
 
+pub mod accounts;
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod console;
 pub mod dispatch;
+pub mod metrics;
 pub mod pki;
 pub mod server;
 pub mod store;
 pub mod up;
+pub mod views;

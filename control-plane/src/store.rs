@@ -17,7 +17,13 @@ use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-const MIGRATIONS: &[&str] = &[FOUNDATION, crate::dispatch::MIGRATION, crate::commands::MIGRATION];
+const MIGRATIONS: &[&str] = &[
+    FOUNDATION,
+    crate::dispatch::MIGRATION,
+    crate::commands::MIGRATION,
+    crate::accounts::MIGRATION,
+    crate::views::MIGRATION,
+];
 
 const FOUNDATION: &str = r#"
 CREATE TABLE tokens (
@@ -191,7 +197,14 @@ pub struct CpStore {
 impl CpStore {
     /// Opens `data_dir/control-plane.db`.
     pub fn open(data_dir: &Path) -> Result<CpStore, DbError> {
-        Ok(CpStore { db: Db::open(&data_dir.join("control-plane.db"), MIGRATIONS)? })
+        let store = CpStore { db: Db::open(&data_dir.join("control-plane.db"), MIGRATIONS)? };
+        Ok(store)
+    }
+
+    /// Rebuilds the task views from the audit log if they are missing
+    /// (a database from before they existed).
+    pub async fn prepare_views(&self) -> Result<(), DbError> {
+        self.db.write(crate::views::rebuild_if_empty).await
     }
 
     /// Records a new token by the hash of its secret.
@@ -515,7 +528,7 @@ fn ingest(
             breaks.push(chain_break);
             verifier.skip_to(event);
         }
-        insert.execute(params![
+        let inserted = insert.execute(params![
             edge_id,
             event.seq as i64,
             event.ts_ms,
@@ -525,6 +538,9 @@ fn ingest(
             event.hash.as_slice(),
             now_ms
         ])?;
+        if inserted == 1 {
+            crate::views::project(c, edge_id, event)?;
+        }
     }
     let new_head = verifier.head();
     c.execute(

@@ -28,6 +28,7 @@ pub async fn up() -> anyhow::Result<()> {
         sync_listen: "127.0.0.1:7443".parse().expect("valid literal"),
         admin_listen: "127.0.0.1:7480".parse().expect("valid literal"),
         server_names: vec!["localhost".into()],
+        secure_cookies: None,
     };
     let control_plane = ControlPlane::start(options).await.context("cannot start the control plane")?;
     let api = control_plane.api.clone();

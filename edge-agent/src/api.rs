@@ -38,6 +38,10 @@ pub struct ApiState {
     pub runtime: Runtime,
     /// The bearer token every request must carry, if any.
     pub token: Option<Arc<str>>,
+    /// Request counts and durations for `/metrics`.
+    pub http_metrics: Arc<crate::metrics::HttpMetrics>,
+    /// The sync link's state, for `/metrics`.
+    pub link: tokio::sync::watch::Receiver<crate::uplink::LinkStatus>,
 }
 
 /// An error as JSON: `{"error": {"message": ..}}`.
@@ -90,10 +94,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/intents", get(list_intents))
         .route("/v1/intents/{key}", get(show_intent))
         .route("/v1/dlq/{key}/{action}", post(resolve_dead_letter))
+        .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         // Signed by the sender, not by the API token.
         .route("/v1/webhooks/{name}", post(crate::webhook::receive))
+        .layer(axum::middleware::from_fn_with_state(state.http_metrics.clone(), crate::metrics::track))
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus figures read from the database now.
+async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let figures = state.runtime.store().db.read(crate::metrics::edge_figures).await?;
+    let mut scrape = crate::metrics::Scrape::new(&state.http_metrics);
+    figures.write(&mut scrape, *state.link.borrow() == crate::uplink::LinkStatus::Connected);
+    Ok(scrape.into_response())
 }
 
 async fn authorize(State(state): State<ApiState>, request: Request, next: Next) -> Response {

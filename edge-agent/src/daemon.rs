@@ -207,14 +207,19 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
     }
     let runtime = Runtime::new(store.clone(), identity.clone(), tiers, runtime_options);
     let (shutdown_tx, shutdown) = watch::channel(false);
+    let (status_tx, status) = watch::channel(LinkStatus::Connecting);
     let api_addr = match options.api_listen {
         None => None,
         Some(addr) => {
             let listener =
                 tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
             let local = listener.local_addr().map_err(|source| DaemonError::Listen { addr, source })?;
-            let mut app =
-                api::router(ApiState { runtime: runtime.clone(), token: options.api_token.clone().map(Into::into) });
+            let mut app = api::router(ApiState {
+                runtime: runtime.clone(),
+                token: options.api_token.clone().map(Into::into),
+                http_metrics: Arc::new(crate::metrics::HttpMetrics::new("aios_edge")),
+                link: status.clone(),
+            });
             if let Some(gateway) = &options.gateway {
                 app = app.merge(gateway_router(&options, gateway, &store, &identity).await?);
             }
@@ -231,7 +236,6 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
             Some(local)
         }
     };
-    let (status_tx, status) = watch::channel(LinkStatus::Connecting);
     let appended = Arc::new(Notify::new());
     let uplink = Uplink {
         store: store.clone(),

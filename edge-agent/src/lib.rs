@@ -25,6 +25,7 @@ pub mod gateway;
 pub mod identity;
 pub mod memory;
 pub mod memory_cli;
+pub mod metrics;
 pub mod runtime;
 pub mod store;
 pub mod task_cli;

@@ -32,6 +32,7 @@ async fn control_plane(dir: &Path) -> ControlPlane {
         sync_listen: "127.0.0.1:0".parse().expect("literal"),
         admin_listen: "127.0.0.1:0".parse().expect("literal"),
         server_names: Vec::new(),
+        secure_cookies: None,
     };
     ControlPlane::start(options).await.expect("control plane starts")
 }

@@ -52,6 +52,7 @@ async fn main() {
         sync_listen: "127.0.0.1:0".parse().expect("literal"),
         admin_listen: "127.0.0.1:0".parse().expect("literal"),
         server_names: Vec::new(),
+        secure_cookies: None,
     };
     let cp = ControlPlane::start(options).await.expect("control plane starts");
     let token = EnrollToken::new(rand::random(), &cp.api.pki.ca_der);

@@ -1,0 +1,592 @@
+//! Operator accounts, their roles, API tokens and console sessions, and the
+//! control plane's own hash-chained log of what operators did.
+//!
+//! Passwords are stored as argon2id PHC strings. API tokens and session ids
+//! are random and stored only as SHA-256 hashes, so a copy of the database
+//! lets nobody in. The role is always read from the database on each
+//! request; nothing the client sends can name one.
+//!
+//! Every action an operator takes through the console or the admin API is
+//! appended to `operator_events`, a chain built with the same hashing as an
+//! edge's audit log (`aios_shared::audit`), under the chain id
+//! [`OPERATOR_CHAIN`]; the audit page verifies it like an edge's.
+
+use std::fmt;
+use std::str::FromStr;
+
+use aios_edge_agent::db::DbError;
+use aios_shared::audit::{verify_chain, AuditEvent, ChainHead, Hash, GENESIS_HASH};
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::store::CpStore;
+
+/// The schema migration that adds accounts, tokens, sessions and the
+/// operator log.
+pub(crate) const MIGRATION: &str = r#"
+CREATE TABLE accounts (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    password_set_ms INTEGER NOT NULL
+);
+CREATE TABLE api_tokens (
+    hash BLOB PRIMARY KEY,
+    account TEXT NOT NULL,
+    label TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE INDEX api_tokens_by_account ON api_tokens (account);
+CREATE TABLE sessions (
+    hash BLOB PRIMARY KEY,
+    account TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE INDEX sessions_by_account ON sessions (account);
+CREATE TABLE operator_events (
+    seq INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+"#;
+
+/// The chain id of the operator log (edges' ids are UUIDs, so no clash).
+pub const OPERATOR_CHAIN: &str = "control-plane";
+
+/// The account name the admin token file acts as.
+pub const ADMIN_TOKEN_ACCOUNT: &str = "admin-token";
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+/// What an account may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Approve, reject, submit tasks, work the dead-letter queue.
+    Operator,
+    /// Read the audit log and tasks, verify chains.
+    Auditor,
+    /// Read only (no audit log contents).
+    Viewer,
+}
+
+/// A class of actions, checked against a [`Role`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Fleet, tasks, approvals, policies, metrics.
+    Read,
+    /// The audit log and its verification.
+    Audit,
+    /// Approve, reject, submit, dead-letter retries and discards.
+    Operate,
+    /// Enrolment tokens, revocation, policy publishing, kill switch, accounts.
+    Administer,
+}
+
+impl Role {
+    /// Whether this role may take actions of `permission`'s class.
+    pub fn allows(self, permission: Permission) -> bool {
+        match (self, permission) {
+            (Role::Admin, _) | (_, Permission::Read) => true,
+            (Role::Operator, Permission::Operate) | (Role::Auditor, Permission::Audit) => true,
+            _ => false,
+        }
+    }
+
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = AccountError;
+
+    fn from_str(s: &str) -> Result<Role, AccountError> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "operator" => Ok(Role::Operator),
+            "auditor" => Ok(Role::Auditor),
+            "viewer" => Ok(Role::Viewer),
+            other => Err(AccountError::Invalid(format!(
+                "unknown role `{other}` (expected admin, operator, auditor or viewer)"
+            ))),
+        }
+    }
+}
+
+/// Why an account operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// The input is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Who is making a request, as read from the database.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The account name.
+    pub account: String,
+    /// Its role now.
+    pub role: Role,
+    /// The session's CSRF token when authenticated by a console cookie.
+    pub csrf: Option<String>,
+}
+
+/// An account as listed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountView {
+    /// Login name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// When it was created.
+    pub created_ms: i64,
+    /// Live API tokens.
+    pub tokens: u64,
+}
+
+/// One entry of the operator log.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperatorEvent {
+    /// Position in the chain.
+    pub seq: u64,
+    /// When.
+    pub ts_ms: i64,
+    /// What (`console.login`, `api.action`, ...).
+    pub kind: String,
+    /// Details: account, role, method, path, status.
+    pub payload: serde_json::Value,
+}
+
+/// Checks a login name: 1 to 64 of `a-z 0-9 . _ -`.
+pub fn check_name(name: &str) -> Result<(), AccountError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && name != ADMIN_TOKEN_ACCOUNT;
+    if ok {
+        Ok(())
+    } else {
+        Err(AccountError::Invalid(format!(
+            "invalid account name `{name}`: use 1 to 64 of a-z, 0-9, '.', '_', '-' (and not `{ADMIN_TOKEN_ACCOUNT}`)"
+        )))
+    }
+}
+
+/// Hashes a password with argon2id and a random salt (slow on purpose:
+/// call it off the async workers).
+pub fn hash_password(password: &str) -> Result<String, AccountError> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(AccountError::Invalid(format!("a password needs at least {MIN_PASSWORD_LEN} characters")));
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|err| AccountError::Invalid(format!("cannot hash the password: {err}")))
+}
+
+/// Checks a password against a stored hash (constant time in the password).
+pub fn verify_password(stored: &str, password: &str) -> bool {
+    PasswordHash::new(stored).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+}
+
+/// A hash to verify against when the account does not exist, so that a
+/// login for an unknown name takes as long as one with a wrong password.
+pub fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| hash_password("decoy-password-never-valid").expect("a long enough literal"))
+}
+
+/// A new random secret (API token or session id) with a readable prefix.
+pub fn new_secret(prefix: &str) -> String {
+    format!("{prefix}{}", hex::encode(rand::random::<[u8; 32]>()))
+}
+
+/// The stored form of a token or session id.
+pub fn secret_hash(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.trim().as_bytes()).to_vec()
+}
+
+/// A random password for generated accounts: 20 characters that are easy to
+/// read aloud (no 0/O, 1/l/I).
+pub fn generate_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let bytes: [u8; 20] = rand::random();
+    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+impl CpStore {
+    /// Creates an account; refuses a name already taken.
+    pub async fn add_account(
+        &self,
+        name: String,
+        role: Role,
+        password_hash: String,
+        now_ms: i64,
+    ) -> Result<(), AccountError> {
+        check_name(&name)?;
+        let added = self
+            .db
+            .write(move |c| {
+                Ok(c.execute(
+                    "INSERT OR IGNORE INTO accounts VALUES (?1, ?2, ?3, ?4, ?4)",
+                    params![name, role.as_str(), password_hash, now_ms],
+                )? == 1)
+            })
+            .await?;
+        if added {
+            Ok(())
+        } else {
+            Err(AccountError::Invalid("an account with that name exists".into()))
+        }
+    }
+
+    /// Removes an account with its tokens and sessions; false if none.
+    pub async fn remove_account(&self, name: String) -> Result<bool, DbError> {
+        self.db
+            .write(move |c| {
+                c.execute("DELETE FROM api_tokens WHERE account = ?1", [&name])?;
+                c.execute("DELETE FROM sessions WHERE account = ?1", [&name])?;
+                Ok(c.execute("DELETE FROM accounts WHERE name = ?1", [&name])? == 1)
+            })
+            .await
+    }
+
+    /// Replaces a password and ends the account's sessions; false if no
+    /// such account.
+    pub async fn set_password(&self, name: String, password_hash: String, now_ms: i64) -> Result<bool, DbError> {
+        self.db
+            .write(move |c| {
+                let changed = c.execute(
+                    "UPDATE accounts SET password_hash = ?2, password_set_ms = ?3 WHERE name = ?1",
+                    params![name, password_hash, now_ms],
+                )? == 1;
+                c.execute("DELETE FROM sessions WHERE account = ?1", [&name])?;
+                Ok(changed)
+            })
+            .await
+    }
+
+    /// Every account, by name.
+    pub async fn accounts(&self, now_ms: i64) -> Result<Vec<AccountView>, DbError> {
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare(
+                    "SELECT name, role, created_ms,
+                        (SELECT COUNT(*) FROM api_tokens t WHERE t.account = a.name AND t.expires_ms > ?1)
+                     FROM accounts a ORDER BY name",
+                )?;
+                let rows = stmt.query_map([now_ms], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get::<_, i64>(3)?))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (name, role, created_ms, tokens) = row?;
+                    out.push(AccountView { name, role: parse_role(&role)?, created_ms, tokens: tokens as u64 });
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// The stored password hash and role of an account.
+    pub async fn credentials(&self, name: String) -> Result<Option<(String, Role)>, DbError> {
+        self.db
+            .read(move |c| {
+                let row: Option<(String, String)> = c
+                    .query_row("SELECT password_hash, role FROM accounts WHERE name = ?1", [&name], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                row.map(|(hash, role)| Ok((hash, parse_role(&role)?))).transpose()
+            })
+            .await
+    }
+
+    /// Stores a new API token for an account; false if no such account.
+    pub async fn add_api_token(
+        &self,
+        account: String,
+        hash: Vec<u8>,
+        label: String,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<bool, DbError> {
+        self.db
+            .write(move |c| {
+                let exists =
+                    c.query_row("SELECT 1 FROM accounts WHERE name = ?1", [&account], |_| Ok(())).optional()?;
+                if exists.is_none() {
+                    return Ok(false);
+                }
+                c.execute(
+                    "INSERT INTO api_tokens VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![hash, account, label, now_ms, expires_ms],
+                )?;
+                Ok(true)
+            })
+            .await
+    }
+
+    /// The account behind an unexpired API token.
+    pub async fn principal_by_token(&self, hash: Vec<u8>, now_ms: i64) -> Result<Option<Principal>, DbError> {
+        self.db
+            .read(move |c| {
+                let row: Option<(String, String)> = c
+                    .query_row(
+                        "SELECT a.name, a.role FROM api_tokens t JOIN accounts a ON a.name = t.account
+                         WHERE t.hash = ?1 AND t.expires_ms > ?2",
+                        params![hash, now_ms],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                row.map(|(account, role)| Ok(Principal { account, role: parse_role(&role)?, csrf: None })).transpose()
+            })
+            .await
+    }
+
+    /// Opens a console session.
+    pub async fn add_session(
+        &self,
+        hash: Vec<u8>,
+        account: String,
+        csrf: String,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<(), DbError> {
+        self.db
+            .write(move |c| {
+                c.execute("DELETE FROM sessions WHERE expires_ms <= ?1", [now_ms])?;
+                c.execute(
+                    "INSERT INTO sessions VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![hash, account, csrf, now_ms, expires_ms],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The account behind an unexpired session, with its CSRF token.
+    pub async fn principal_by_session(&self, hash: Vec<u8>, now_ms: i64) -> Result<Option<Principal>, DbError> {
+        self.db
+            .read(move |c| {
+                let row: Option<(String, String, String)> = c
+                    .query_row(
+                        "SELECT a.name, a.role, s.csrf FROM sessions s JOIN accounts a ON a.name = s.account
+                         WHERE s.hash = ?1 AND s.expires_ms > ?2",
+                        params![hash, now_ms],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                row.map(|(account, role, csrf)| Ok(Principal { account, role: parse_role(&role)?, csrf: Some(csrf) }))
+                    .transpose()
+            })
+            .await
+    }
+
+    /// Ends a session.
+    pub async fn end_session(&self, hash: Vec<u8>) -> Result<(), DbError> {
+        self.db
+            .write(move |c| {
+                c.execute("DELETE FROM sessions WHERE hash = ?1", [hash])?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Appends to the operator log.
+    pub async fn record_operator_event(
+        &self,
+        kind: &'static str,
+        payload: serde_json::Value,
+        now_ms: i64,
+    ) -> Result<u64, DbError> {
+        self.db
+            .write(move |c| {
+                let head: Option<(i64, Vec<u8>)> = c
+                    .query_row("SELECT seq, hash FROM operator_events ORDER BY seq DESC LIMIT 1", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                let head = match head {
+                    Some((seq, hash)) => ChainHead { seq: seq as u64, hash: to_hash(&hash)? },
+                    None => ChainHead { seq: 0, hash: GENESIS_HASH },
+                };
+                let event = AuditEvent::next(OPERATOR_CHAIN, head, now_ms, kind, payload.to_string());
+                c.execute(
+                    "INSERT INTO operator_events VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        event.seq as i64,
+                        event.ts_ms,
+                        event.kind,
+                        event.payload,
+                        event.prev_hash.as_slice(),
+                        event.hash.as_slice()
+                    ],
+                )?;
+                Ok(event.seq)
+            })
+            .await
+    }
+
+    /// The newest `limit` operator events, newest first.
+    pub async fn operator_events(&self, limit: usize) -> Result<Vec<OperatorEvent>, DbError> {
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT seq, ts_ms, kind, payload FROM operator_events ORDER BY seq DESC LIMIT ?1",
+                )?;
+                let rows = stmt.query_map([limit as i64], |r| {
+                    Ok(OperatorEvent {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        ts_ms: r.get(1)?,
+                        kind: r.get(2)?,
+                        payload: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+                    })
+                })?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    /// Verifies the whole operator log: its length and any breaks.
+    pub async fn verify_operator_log(&self) -> Result<(u64, Vec<String>), DbError> {
+        self.db.read(verify_operator_log).await
+    }
+}
+
+fn verify_operator_log(c: &Connection) -> Result<(u64, Vec<String>), DbError> {
+    let mut stmt = c.prepare("SELECT seq, ts_ms, kind, payload, prev_hash, hash FROM operator_events ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    let mut events = Vec::new();
+    while let Some(r) = rows.next()? {
+        events.push(AuditEvent {
+            seq: r.get::<_, i64>(0)? as u64,
+            ts_ms: r.get(1)?,
+            kind: r.get(2)?,
+            payload: r.get(3)?,
+            prev_hash: to_hash(&r.get::<_, Vec<u8>>(4)?)?,
+            hash: to_hash(&r.get::<_, Vec<u8>>(5)?)?,
+        });
+    }
+    let breaks = verify_chain(OPERATOR_CHAIN, None, &events, 0).iter().map(ToString::to_string).collect();
+    Ok((events.len() as u64, breaks))
+}
+
+fn parse_role(role: &str) -> Result<Role, DbError> {
+    role.parse().map_err(|err: AccountError| DbError::Corrupt(err.to_string()))
+}
+
+fn to_hash(bytes: &[u8]) -> Result<Hash, DbError> {
+    bytes.try_into().map_err(|_| DbError::Corrupt("a stored hash is not 32 bytes".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_allow_exactly_their_permissions() {
+        use Permission::*;
+        let table = [
+            (Role::Admin, [true, true, true, true]),
+            (Role::Operator, [true, false, true, false]),
+            (Role::Auditor, [true, true, false, false]),
+            (Role::Viewer, [true, false, false, false]),
+        ];
+        for (role, expected) in table {
+            let got = [Read, Audit, Operate, Administer].map(|p| role.allows(p));
+            assert_eq!(got, expected, "{role}");
+            assert_eq!(role.as_str().parse::<Role>().unwrap(), role);
+        }
+        assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn passwords_verify_only_themselves() {
+        let hash = hash_password("correct horse battery").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password(&hash, "correct horse battery"));
+        assert!(!verify_password(&hash, "correct horse batterY"));
+        assert!(!verify_password("not a phc string", "correct horse battery"));
+        assert!(hash_password("short").is_err());
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("ops.alice-2").is_ok());
+        for bad in ["", "Alice", "a b", "x".repeat(65).as_str(), ADMIN_TOKEN_ACCOUNT, "a/b"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_operator_log_is_a_verifiable_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CpStore::open(dir.path()).unwrap();
+        for n in 0..3 {
+            store.record_operator_event("api.action", serde_json::json!({ "n": n }), 1000 + n).await.unwrap();
+        }
+        assert_eq!(store.verify_operator_log().await.unwrap(), (3, vec![]));
+        store
+            .db
+            .write(|c| {
+                c.execute("UPDATE operator_events SET payload = '{\"n\":9}' WHERE seq = 2", [])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let (count, breaks) = store.verify_operator_log().await.unwrap();
+        assert_eq!(count, 3);
+        assert!(!breaks.is_empty(), "an edited entry must be found");
+    }
+
+    #[tokio::test]
+    async fn tokens_and_sessions_expire_and_die_with_their_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CpStore::open(dir.path()).unwrap();
+        store.add_account("alice".into(), Role::Operator, hash_password("long enough pw").unwrap(), 0).await.unwrap();
+        assert!(store.add_account("alice".into(), Role::Viewer, "x".into(), 0).await.is_err());
+        assert!(store.add_api_token("alice".into(), secret_hash("t1"), "cli".into(), 0, 100).await.unwrap());
+        assert!(!store.add_api_token("bob".into(), secret_hash("t2"), "cli".into(), 0, 100).await.unwrap());
+        assert_eq!(store.principal_by_token(secret_hash("t1"), 99).await.unwrap().unwrap().role, Role::Operator);
+        assert!(store.principal_by_token(secret_hash("t1"), 100).await.unwrap().is_none(), "expired");
+        store.add_session(secret_hash("s1"), "alice".into(), "c".into(), 0, 100).await.unwrap();
+        assert!(store.principal_by_session(secret_hash("s1"), 50).await.unwrap().is_some());
+        assert!(store.set_password("alice".into(), "h".into(), 1).await.unwrap());
+        assert!(store.principal_by_session(secret_hash("s1"), 50).await.unwrap().is_none(), "password change ends it");
+        assert!(store.remove_account("alice".into()).await.unwrap());
+        assert!(store.principal_by_token(secret_hash("t1"), 50).await.unwrap().is_none());
+    }
+}
