@@ -100,11 +100,13 @@ pub enum Permission {
 impl Role {
     /// Whether this role may take actions of `permission`'s class.
     pub fn allows(self, permission: Permission) -> bool {
-        match (self, permission) {
-            (Role::Admin, _) | (_, Permission::Read) => true,
-            (Role::Operator, Permission::Operate) | (Role::Auditor, Permission::Audit) => true,
-            _ => false,
-        }
+        matches!(
+            (self, permission),
+            (Role::Admin, _)
+                | (_, Permission::Read)
+                | (Role::Operator, Permission::Operate)
+                | (Role::Auditor, Permission::Audit)
+        )
     }
 
     /// The lower-case name.

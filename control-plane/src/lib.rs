@@ -25,6 +25,7 @@ pub mod dispatch;
 pub mod metrics;
 pub mod pki;
 pub mod server;
+pub mod shop;
 pub mod store;
 pub mod up;
 pub mod views;

@@ -114,16 +114,7 @@ async fn wrong_passwords_and_brute_force_are_refused() {
 
     let log = h.admin(reqwest::Method::GET, "/v1/whoami", Value::Null).await;
     assert_eq!(log.1["role"], "admin");
-    let kinds: Vec<String> = h
-        .cp
-        .api
-        .store
-        .operator_events(100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds: Vec<String> = h.cp.api.store.operator_events(100).await.unwrap().into_iter().map(|e| e.kind).collect();
     assert!(kinds.iter().filter(|k| *k == "console.login_failed").count() >= 5, "{kinds:?}");
     assert!(kinds.contains(&"console.login_limited".to_owned()), "{kinds:?}");
     h.cp.stop().await;
@@ -196,13 +187,8 @@ async fn sessions_need_their_csrf_token_and_roles_are_enforced_by_the_server() {
     assert_eq!(h.cp.api.store.verify_operator_log().await.unwrap().1, Vec::<String>::new());
 
     // A made-up session goes to the login page; logging out ends a real one.
-    let made_up = h
-        .http
-        .get(format!("{}/console/fleet", h.base))
-        .header(COOKIE, "aios_session=00112233")
-        .send()
-        .await
-        .unwrap();
+    let made_up =
+        h.http.get(format!("{}/console/fleet", h.base)).header(COOKIE, "aios_session=00112233").send().await.unwrap();
     assert_eq!(made_up.status(), StatusCode::SEE_OTHER);
     assert_eq!(made_up.headers()[LOCATION], "/console/login");
     let out = h.post_form("/console/logout", &viewer, &[("csrf", &viewer_csrf)]).await;
@@ -249,13 +235,15 @@ async fn api_tokens_carry_their_account_role_and_expire() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     let (status, answer) = h.admin(reqwest::Method::POST, "/v1/users", json!({ "name": "x", "role": "root" })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
-    let (status, _) =
-        h.admin(reqwest::Method::POST, "/v1/users", json!({ "name": "y", "role": "viewer", "password": "short" })).await;
+    let (status, _) = h
+        .admin(reqwest::Method::POST, "/v1/users", json!({ "name": "y", "role": "viewer", "password": "short" }))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // Prometheus figures, unauthenticated like health.
     let metrics = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
-    for name in ["aios_cp_http_requests_total", "aios_cp_http_request_duration_seconds_bucket", "aios_cp_bundle_version"]
+    for name in
+        ["aios_cp_http_requests_total", "aios_cp_http_request_duration_seconds_bucket", "aios_cp_bundle_version"]
     {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }
