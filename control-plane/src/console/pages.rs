@@ -206,7 +206,7 @@ pub(crate) async fn tasks(
                 tbody {
                     @for row in &rows {
                         tr data-task=(row.task) {
-                            td { a href={ "/console/tasks/" (row.task) } { code { (row.task.get(..8).unwrap_or(&row.task)) } } }
+                            td { a href={ "/console/tasks/" (row.task) } { code { (row.task) } } }
                             td { (row.agent) }
                             td { (names.get(&row.edge_id).map_or(row.edge_id.as_str(), String::as_str)) }
                             td { (badge(&row.state)) @if row.needs_review { " " span class="badge waiting" { "review" } } }
