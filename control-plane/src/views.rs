@@ -320,7 +320,9 @@ impl CpStore {
                     let Ok(payload) = serde_json::from_str::<Value>(&payload) else { continue };
                     let Some(tier) = payload.get("tier").and_then(Value::as_str) else { continue };
                     let entry = out.entry((edge, tier.to_owned())).or_default();
-                    if payload.get("status").and_then(Value::as_str).is_none_or(|s| s == "ok" || s == "succeeded") {
+                    // A step is `done` or `skipped`; anything else is a failure.
+                    let status = payload.get("status").and_then(Value::as_str).unwrap_or("done");
+                    if matches!(status, "done" | "skipped") {
                         entry.0 += 1;
                     } else {
                         entry.1 += 1;
@@ -454,6 +456,63 @@ mod tests {
         assert_eq!(metrics.by_edge["e1"].tasks, 104);
         assert_eq!(metrics.tasks_per_day["1970-01-02"], 104);
         assert!((metrics.cost_per_day["1970-01-02"] - 1.5).abs() < 1e-9);
+    }
+
+    #[tokio::test]
+    async fn ingested_events_build_the_task_row_trace_and_tier_health() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CpStore::open(dir.path()).unwrap();
+        let events = [
+            ("task.queued", r#"{"task":"t1","agent":"triage","source":"control-plane"}"#),
+            ("task.running", r#"{"task":"t1","agent":"triage","start":1}"#),
+            (
+                "task.step",
+                r#"{"task":"t1","tier":"local","reason":"local output accepted","status":"done","tokens_in":10,"tokens_out":5,"cost_usd":0.0}"#,
+            ),
+            (
+                "task.step",
+                r#"{"task":"t1","tier":"large","reason":"escalated (low confidence)","status":"done","tokens_in":100,"tokens_out":50,"cost_usd":0.25}"#,
+            ),
+            ("task.step", r#"{"task":"t1","tier":"large","reason":"escalated","status":"failed","cost_usd":0.0}"#),
+            ("approval.requested", r#"{"task":"t1","approval":"ap-1"}"#),
+            ("memory.added", "not json at all"),
+            ("task.succeeded", r#"{"task":"t1","agent":"triage","needs_review":true}"#),
+        ];
+        store
+            .db
+            .write(move |c| {
+                for (seq, (kind, payload)) in events.iter().enumerate() {
+                    let seq = seq as i64 + 1;
+                    c.execute(
+                        "INSERT INTO audit_events VALUES ('e1', ?1, ?2, ?3, ?4, x'00', x'00', 0)",
+                        rusqlite::params![seq, 1000 + seq * 100, kind, payload],
+                    )?;
+                    let event = AuditEvent {
+                        seq: seq as u64,
+                        ts_ms: 1000 + seq * 100,
+                        kind: (*kind).into(),
+                        payload: (*payload).into(),
+                        prev_hash: [0; 32],
+                        hash: [0; 32],
+                    };
+                    project(c, "e1", &event)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let rows = store.tasks(TaskFilter { limit: 10, ..TaskFilter::default() }).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!((row.state.as_str(), row.steps, row.escalations, row.approvals), ("succeeded", 3, 2, 1));
+        assert_eq!((row.tokens, row.needs_review, row.finished_ms), (165, true, Some(1800)));
+        assert!((row.cost_usd - 0.25).abs() < 1e-9);
+        let (_, trace) = store.task_trace("t1".into()).await.unwrap().unwrap();
+        assert_eq!(trace.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6, 8]);
+        let health = store.tier_health(0).await.unwrap();
+        assert_eq!(health[&("e1".to_owned(), "local".to_owned())], (1, 0));
+        assert_eq!(health[&("e1".to_owned(), "large".to_owned())], (1, 1));
+        assert!(store.task_trace("nope".into()).await.unwrap().is_none());
     }
 
     #[test]

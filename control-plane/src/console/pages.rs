@@ -259,11 +259,11 @@ fn trace_summary(payload: &Value) -> Markup {
                 span.field { span.muted { (key) "=" } (match value { Value::String(s) => s.clone(), other => other.to_string() }) " " }
             }
         }
-        @if let Some(hits) = payload.get("hits").and_then(Value::as_array) {
+        @if let Some(hits) = payload.get("items").and_then(Value::as_array) {
             div { span.muted { "sources: " }
                 @for hit in hits {
                     code { (hit.get("id").map(|v| v.to_string()).unwrap_or_default()) }
-                    " (" (hit.get("provenance").and_then(Value::as_str).unwrap_or("?")) ", score "
+                    " (" (hit["provenance"]["source"].as_str().unwrap_or("?")) ", " (hit["classification"].as_str().unwrap_or("?")) ", score "
                     (hit.get("score").and_then(Value::as_f64).map(|s| format!("{s:.3}")).unwrap_or_default()) ") "
                 }
             }
