@@ -4,62 +4,52 @@
 //! `sum(m * s)` for Q4_1. Integer lane sums are exact, so AVX2's
 //! `maddubs`/`madd` pair and AVX-512 VNNI's `dpbusd` give identical lanes.
 //!
-//! Two shapes: [`dot_rows4`] (four weight rows against one activation row,
-//! the decode shape: the activation block is loaded once, four independent
-//! accumulator chains hide the FMA latency) and [`dot_acts4`] (one weight
-//! row against four activation rows, the prompt shape: each weight block is
-//! unpacked once).
+//! Every kernel computes a tile: the four rows of a repacked group against
+//! one activation row ([`dot_rows4`], the decode shape) or against
+//! [`TILE_ACTS`] of them ([`dot_tile`], the prompt shape), so each weight
+//! block is unpacked once per tile and each activation block loaded once per
+//! group, and the sixteen accumulator chains hide the FMA latency. The
+//! order of operations for any one row and activation row is the same as in
+//! [`dot_portable`].
 
-use super::{ActivationBlock, BlockFormat, RowBlocks, BLOCK};
+use super::{ActivationBlock, BlockFormat, GroupBlocks, RowBlocks, BLOCK, GROUP};
 use crate::cpu::Level;
 
-/// `row . activations`, dispatched by `level`.
-pub(super) fn dot(level: Level, row: RowBlocks<'_>, activations: &[ActivationBlock]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if level >= Level::Avx2 {
-            let rows = [row; 4];
-            // SAFETY: `Level::Avx2` is only produced when the CPU has AVX2 and FMA.
-            return unsafe { avx2::dot_rows(row.format, &rows[..1], activations) }[0];
-        }
-    }
-    let _ = level;
-    dot_portable(row, activations)
+/// Activation rows per prompt tile.
+pub(super) const TILE_ACTS: usize = 4;
+
+/// The four rows of `group` against one activation row.
+pub(super) fn dot_rows4(level: Level, group: GroupBlocks<'_>, activations: &[ActivationBlock]) -> [f32; 4] {
+    dot_tile(level, group, [activations])[0]
 }
 
-/// Four weight rows against one activation row.
-pub(super) fn dot_rows4(level: Level, rows: [RowBlocks<'_>; 4], activations: &[ActivationBlock]) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let format = rows[0].format;
-        if level >= Level::Avx512Vnni {
-            // SAFETY: `Level::Avx512Vnni` is only produced when the CPU has AVX-512 F/BW/VL and VNNI.
-            return unsafe { vnni::dot_rows(format, &rows, activations) };
-        }
-        if level >= Level::Avx2 {
-            // SAFETY: as in `dot`.
-            return unsafe { avx2::dot_rows(format, &rows, activations) };
-        }
-    }
-    let _ = level;
-    rows.map(|row| dot_portable(row, activations))
-}
-
-/// One weight row against four activation rows.
-pub(super) fn dot_acts4(level: Level, row: RowBlocks<'_>, activations: [&[ActivationBlock]; 4]) -> [f32; 4] {
+/// The four rows of `group` against `ACTS` activation rows: `[act][row]`.
+pub(super) fn dot_tile<const ACTS: usize>(
+    level: Level,
+    group: GroupBlocks<'_>,
+    activations: [&[ActivationBlock]; ACTS],
+) -> [[f32; GROUP]; ACTS] {
+    let blocks = group.scales.len() / GROUP;
+    assert!(
+        group.quants.len() == blocks * GROUP * group.format.quant_bytes()
+            && (group.format != BlockFormat::Q4_1 || group.mins.len() == blocks * GROUP)
+            && activations.iter().all(|a| a.len() == blocks),
+        "tile operands disagree in width"
+    );
     #[cfg(target_arch = "x86_64")]
     {
         if level >= Level::Avx512Vnni {
-            // SAFETY: as in `dot_rows4`.
-            return unsafe { vnni::dot_acts4(row, activations) };
+            // SAFETY: `Level::Avx512Vnni` is only produced when the CPU has
+            // AVX-512 F/BW/VL and VNNI; operand widths checked above.
+            return unsafe { vnni::dot_tile(group, activations) };
         }
         if level >= Level::Avx2 {
-            // SAFETY: as in `dot`.
-            return unsafe { avx2::dot_acts4(row, activations) };
+            // SAFETY: `Level::Avx2` is only produced when the CPU has AVX2 and FMA; widths checked above.
+            return unsafe { avx2::dot_tile(group, activations) };
         }
     }
     let _ = level;
-    activations.map(|act| dot_portable(row, act))
+    activations.map(|act| std::array::from_fn(|lane| dot_portable(RowBlocks { group, lane }, act)))
 }
 
 /// ggml's `vec_dot_q4_0_q8_0` / `vec_dot_q4_1_q8_1` / `vec_dot_q8_0_q8_0` in
@@ -67,19 +57,19 @@ pub(super) fn dot_acts4(level: Level, row: RowBlocks<'_>, activations: [&[Activa
 pub(super) fn dot_portable(row: RowBlocks<'_>, activations: &[ActivationBlock]) -> f32 {
     let mut acc = [0f32; 8];
     let mut min_sum = 0f32;
-    let quant_bytes = row.format.quant_bytes();
-    let blocks = row.scales.iter().zip(row.quants.chunks_exact(quant_bytes)).zip(activations);
-    for (idx, ((scale, quants), act)) in blocks.enumerate() {
+    let format = row.format();
+    for (idx, act) in activations.iter().enumerate().take(row.blocks()) {
+        let quants = row.quants(idx);
         let mut values = [0i32; BLOCK];
-        match row.format {
+        match format {
             BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                let offset = if row.format == BlockFormat::Q4_0 { 8 } else { 0 };
+                let offset = if format == BlockFormat::Q4_0 { 8 } else { 0 };
                 for j in 0..16 {
                     values[j] = (quants[j] & 0x0F) as i32 - offset;
                     values[j + 16] = (quants[j] >> 4) as i32 - offset;
                 }
-                if row.format == BlockFormat::Q4_1 {
-                    min_sum = row.mins[idx].mul_add(act.sum, min_sum);
+                if format == BlockFormat::Q4_1 {
+                    min_sum = row.min(idx).mul_add(act.sum, min_sum);
                 }
             }
             BlockFormat::Q8_0 => {
@@ -88,7 +78,7 @@ pub(super) fn dot_portable(row: RowBlocks<'_>, activations: &[ActivationBlock]) 
                 }
             }
         }
-        let combined = scale * act.scale;
+        let combined = row.scale(idx) * act.scale;
         for ((acc, weights), quants) in acc.iter_mut().zip(values.chunks_exact(4)).zip(act.quants.chunks_exact(4)) {
             let sum: i32 = weights.iter().zip(quants).map(|(w, q)| w * *q as i32).sum();
             *acc = combined.mul_add(sum as f32, *acc);
@@ -114,77 +104,73 @@ macro_rules! simd_kernels {
         pub(super) mod $name {
             use std::arch::x86_64::*;
 
-            use super::super::{ActivationBlock, BlockFormat, RowBlocks};
+            use super::super::{ActivationBlock, BlockFormat, GroupBlocks, GROUP};
             use super::lanes::{$signed as signed_lanes, $unsigned as unsigned_lanes};
             use super::{horizontal_sum, lanes::unpack};
 
-            /// `rows.len()` (at most four) weight rows against one activation row.
+            /// See [`super::dot_tile`]; the caller has checked the widths.
             #[target_feature(enable = $features)]
-            pub(crate) unsafe fn dot_rows(
-                format: BlockFormat,
-                rows: &[RowBlocks<'_>],
-                activations: &[ActivationBlock],
-            ) -> [f32; 4] {
-                let mut acc = [_mm256_setzero_ps(); 4];
-                let mut min_sum = [0f32; 4];
-                let n = rows.len().min(4);
-                let quant_bytes = format.quant_bytes();
-                for (idx, act) in activations.iter().enumerate() {
-                    // SAFETY: 32 activation quants; unaligned load.
-                    let qy = _mm256_loadu_si256(act.quants.as_ptr() as *const __m256i);
-                    for k in 0..n {
-                        let row = &rows[k];
-                        // SAFETY: the row has a block `idx` (rows and activations have equal widths).
-                        let qx = unpack(format, row.quants.as_ptr().add(idx * quant_bytes));
-                        let lanes = match format {
-                            BlockFormat::Q4_1 => {
-                                min_sum[k] = row.mins[idx].mul_add(act.sum, min_sum[k]);
-                                unsigned_lanes(qx, qy)
-                            }
-                            BlockFormat::Q4_0 | BlockFormat::Q8_0 => signed_lanes(qx, qy),
-                        };
-                        let scale = _mm256_set1_ps(row.scales[idx] * act.scale);
-                        acc[k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), acc[k]);
-                    }
+            pub(crate) unsafe fn dot_tile<const ACTS: usize>(
+                group: GroupBlocks<'_>,
+                activations: [&[ActivationBlock]; ACTS],
+            ) -> [[f32; GROUP]; ACTS] {
+                // One instance per format, so the format's branches fold away.
+                match group.format {
+                    BlockFormat::Q4_0 => tile::<ACTS, 0>(group, activations),
+                    BlockFormat::Q4_1 => tile::<ACTS, 1>(group, activations),
+                    BlockFormat::Q8_0 => tile::<ACTS, 2>(group, activations),
                 }
-                let mut out = [0f32; 4];
-                for k in 0..n {
-                    let mut lanes = [0f32; 8];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[k]);
-                    out[k] = horizontal_sum(&lanes) + min_sum[k];
-                }
-                out
             }
 
-            /// One weight row against four activation rows.
             #[target_feature(enable = $features)]
-            pub(crate) unsafe fn dot_acts4(row: RowBlocks<'_>, activations: [&[ActivationBlock]; 4]) -> [f32; 4] {
-                let mut acc = [_mm256_setzero_ps(); 4];
-                let mut min_sum = [0f32; 4];
-                let format = row.format;
+            unsafe fn tile<const ACTS: usize, const FORMAT: u8>(
+                group: GroupBlocks<'_>,
+                activations: [&[ActivationBlock]; ACTS],
+            ) -> [[f32; GROUP]; ACTS] {
+                let format = match FORMAT {
+                    0 => BlockFormat::Q4_0,
+                    1 => BlockFormat::Q4_1,
+                    _ => BlockFormat::Q8_0,
+                };
                 let quant_bytes = format.quant_bytes();
-                for (idx, scale) in row.scales.iter().enumerate() {
-                    // SAFETY: the row has a block `idx`.
-                    let qx = unpack(format, row.quants.as_ptr().add(idx * quant_bytes));
-                    for k in 0..4 {
-                        let act = &activations[k][idx];
-                        // SAFETY: 32 activation quants; unaligned load.
+                let blocks = group.scales.len() / GROUP;
+                let mut acc = [[_mm256_setzero_ps(); GROUP]; ACTS];
+                let mut min_sum = [[0f32; GROUP]; ACTS];
+                let quants = group.quants.as_ptr();
+                let scales = group.scales.as_ptr();
+                let mins = group.mins.as_ptr();
+                for idx in 0..blocks {
+                    let mut qx = [_mm256_setzero_si256(); GROUP];
+                    for (k, qx) in qx.iter_mut().enumerate() {
+                        // SAFETY: block `idx` of lane `k` lies inside the group (widths checked by the caller).
+                        *qx = unpack(format, quants.add((idx * GROUP + k) * quant_bytes));
+                    }
+                    for a in 0..ACTS {
+                        // SAFETY: every activation row has `blocks` blocks (checked by the caller).
+                        let act = activations[a].get_unchecked(idx);
                         let qy = _mm256_loadu_si256(act.quants.as_ptr() as *const __m256i);
-                        let lanes = match format {
-                            BlockFormat::Q4_1 => {
-                                min_sum[k] = row.mins[idx].mul_add(act.sum, min_sum[k]);
-                                unsigned_lanes(qx, qy)
-                            }
-                            BlockFormat::Q4_0 | BlockFormat::Q8_0 => signed_lanes(qx, qy),
-                        };
-                        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(scale * act.scale), _mm256_cvtepi32_ps(lanes), acc[k]);
+                        for k in 0..GROUP {
+                            let lanes = if FORMAT == 1 {
+                                // SAFETY: Q4_1 groups carry one minimum per block and lane.
+                                let min = *mins.add(idx * GROUP + k);
+                                min_sum[a][k] = min.mul_add(act.sum, min_sum[a][k]);
+                                unsigned_lanes(qx[k], qy)
+                            } else {
+                                signed_lanes(qx[k], qy)
+                            };
+                            // SAFETY: one scale per block and lane.
+                            let scale = _mm256_set1_ps(*scales.add(idx * GROUP + k) * act.scale);
+                            acc[a][k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), acc[a][k]);
+                        }
                     }
                 }
-                let mut out = [0f32; 4];
-                for k in 0..4 {
-                    let mut lanes = [0f32; 8];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[k]);
-                    out[k] = horizontal_sum(&lanes) + min_sum[k];
+                let mut out = [[0f32; GROUP]; ACTS];
+                for a in 0..ACTS {
+                    for k in 0..GROUP {
+                        let mut lanes = [0f32; 8];
+                        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[a][k]);
+                        out[a][k] = horizontal_sum(&lanes) + min_sum[a][k];
+                    }
                 }
                 out
             }

@@ -25,6 +25,8 @@ use crate::cpu::{Level, Pool};
 
 /// Values per block for every format here.
 pub const BLOCK: usize = 32;
+/// Rows interleaved in the repacked layout (and computed together).
+const GROUP: usize = 4;
 
 /// Weight rows per band when one activation row is multiplied (a band of
 /// 576-wide Q4_1 rows is 11 KB: small enough that a helper that loses its
@@ -32,6 +34,8 @@ pub const BLOCK: usize = 32;
 const DECODE_BAND: usize = 32;
 /// Weight rows per band when many activation rows are multiplied.
 const PROMPT_BAND: usize = 16;
+/// The most products one fused job takes (Q, K, V).
+const MAX_FUSED: usize = 4;
 
 /// A weight matrix: ggml-exact for the legacy formats, candle otherwise.
 #[derive(Debug, Clone)]
@@ -71,17 +75,23 @@ impl BlockFormat {
     }
 }
 
-/// A `[rows, cols]` matrix of ggml blocks, row after row, split into block
-/// scales, block minimums (Q4_1) and packed quants so the kernels read each
-/// field with one load. f16 to f32 is exact, so widening the scales at load
-/// changes no result.
+/// A `[rows, cols]` matrix of ggml blocks, repacked at load for the
+/// kernels: rows in groups of four (the last group padded with zero
+/// blocks), and within a group block-major, so block `b` of the four rows
+/// lies side by side; block scales, block minimums (Q4_1) and packed quants
+/// in three arrays, each read front to back by a product (three streams the
+/// hardware prefetcher follows, where row-major order gives it twelve).
+/// f16 to f32 is exact, so widening the scales at load changes no result.
 #[derive(Debug)]
 pub struct BlockMatrix {
     format: BlockFormat,
     rows: usize,
     cols: usize,
+    /// `[group][block][4]` scales.
     scales: Vec<f32>,
+    /// `[group][block][4]` minimums (Q4_1), else empty.
     mins: Vec<f32>,
+    /// `[group][block][4][quant bytes]` packed quants.
     quants: Vec<u8>,
 }
 
@@ -167,17 +177,20 @@ impl Linear {
 impl BlockMatrix {
     /// Repacks GGUF block bytes (`rows * cols / 32` blocks of `format`).
     pub fn from_ggml(format: BlockFormat, rows: usize, cols: usize, data: &[u8]) -> Self {
-        let n_blocks = rows * cols / BLOCK;
+        let per_row = cols / BLOCK;
+        let padded = rows.div_ceil(GROUP) * GROUP;
         let quant_bytes = format.quant_bytes();
-        let mut scales = Vec::with_capacity(n_blocks);
-        let mut mins = Vec::new();
-        let mut quants = Vec::with_capacity(n_blocks * quant_bytes);
-        for block in data.chunks_exact(format.bytes()) {
-            scales.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
+        let mut scales = vec![0f32; padded * per_row];
+        let mut mins = if format == BlockFormat::Q4_1 { vec![0f32; padded * per_row] } else { Vec::new() };
+        let mut quants = vec![0u8; padded * per_row * quant_bytes];
+        for (idx, block) in data.chunks_exact(format.bytes()).enumerate() {
+            let (row, column) = (idx / per_row, idx % per_row);
+            let slot = ((row / GROUP) * per_row + column) * GROUP + row % GROUP;
+            scales[slot] = f16::from_le_bytes([block[0], block[1]]).to_f32();
             if format == BlockFormat::Q4_1 {
-                mins.push(f16::from_le_bytes([block[2], block[3]]).to_f32());
+                mins[slot] = f16::from_le_bytes([block[2], block[3]]).to_f32();
             }
-            quants.extend_from_slice(&block[format.bytes() - quant_bytes..]);
+            quants[slot * quant_bytes..(slot + 1) * quant_bytes].copy_from_slice(&block[format.bytes() - quant_bytes..]);
         }
         Self { format, rows, cols, scales, mins, quants }
     }
@@ -213,9 +226,8 @@ impl BlockMatrix {
     /// [`BlockMatrix::dequantize_row`] into `out` (`cols` long).
     pub fn dequantize_row_into(&self, row: usize, out: &mut [f32]) {
         let blocks = self.row(row);
-        let quant_bytes = self.format.quant_bytes();
-        let pieces = blocks.scales.iter().zip(blocks.quants.chunks_exact(quant_bytes)).zip(out.chunks_exact_mut(BLOCK));
-        for (idx, ((scale, quants), out)) in pieces.enumerate() {
+        for (idx, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let (scale, quants) = (blocks.scale(idx), blocks.quants(idx));
             let (low, high) = out.split_at_mut(BLOCK / 2);
             match self.format {
                 BlockFormat::Q8_0 => {
@@ -230,7 +242,7 @@ impl BlockMatrix {
                     }
                 }
                 BlockFormat::Q4_1 => {
-                    let min = blocks.mins[idx];
+                    let min = blocks.min(idx);
                     for ((l, h), q) in low.iter_mut().zip(high.iter_mut()).zip(quants) {
                         *l = (q & 0x0F) as f32 * scale + min;
                         *h = (q >> 4) as f32 * scale + min;
@@ -240,12 +252,12 @@ impl BlockMatrix {
         }
     }
 
-    /// The blocks of one row.
-    fn row(&self, row: usize) -> RowBlocks<'_> {
+    /// The four rows of group `group`.
+    fn group(&self, group: usize) -> GroupBlocks<'_> {
         let per_row = self.cols / BLOCK;
-        let range = row * per_row..(row + 1) * per_row;
+        let range = group * per_row * GROUP..(group + 1) * per_row * GROUP;
         let quant_bytes = self.format.quant_bytes();
-        RowBlocks {
+        GroupBlocks {
             format: self.format,
             scales: &self.scales[range.clone()],
             mins: if self.mins.is_empty() { &[] } else { &self.mins[range.clone()] },
@@ -253,35 +265,36 @@ impl BlockMatrix {
         }
     }
 
-    /// Rows `rows` against every activation row (`n_acts` rows of
-    /// `cols / 32` blocks), written to `out[a * out_width + r - out_offset]`.
-    fn band(&self, level: Level, activations: &[ActivationBlock], rows: std::ops::Range<usize>, out: OutBand<'_>) {
+    /// One row, as a lane of its group.
+    fn row(&self, row: usize) -> RowBlocks<'_> {
+        RowBlocks { group: self.group(row / GROUP), lane: row % GROUP }
+    }
+
+    /// Groups `groups` against every activation row, written to
+    /// `out[a * rows + r]` for the real (unpadded) rows.
+    fn band(&self, level: Level, activations: &[ActivationBlock], groups: std::ops::Range<usize>, out: OutBand<'_>) {
         let per_row = self.cols / BLOCK;
         let n_acts = activations.len() / per_row;
         let act = |a: usize| &activations[a * per_row..(a + 1) * per_row];
-        let mut first = 0;
-        // Four activation rows at a time share each unpacked weight block.
-        while n_acts >= 4 && first + 4 <= n_acts {
-            let group = [act(first), act(first + 1), act(first + 2), act(first + 3)];
-            for row in rows.clone() {
-                for (k, value) in kernels::dot_acts4(level, self.row(row), group).into_iter().enumerate() {
-                    out.write(first + k, row, value);
+        for group in groups {
+            let blocks = self.group(group);
+            let rows = (group * GROUP..(group + 1) * GROUP).take_while(|r| *r < self.rows);
+            let mut first = 0;
+            // Tiles of four rows by several activation rows share every load.
+            while first + kernels::TILE_ACTS <= n_acts {
+                let tile = kernels::dot_tile::<{ kernels::TILE_ACTS }>(level, blocks, std::array::from_fn(|k| act(first + k)));
+                for (a, values) in tile.iter().enumerate() {
+                    for (row, value) in rows.clone().zip(values) {
+                        out.write(first + a, row, *value);
+                    }
                 }
+                first += kernels::TILE_ACTS;
             }
-            first += 4;
-        }
-        // The remaining activation rows: four weight rows at a time share each activation block.
-        for a in first..n_acts {
-            let mut row = rows.start;
-            while row + 4 <= rows.end {
-                let four = [self.row(row), self.row(row + 1), self.row(row + 2), self.row(row + 3)];
-                for (k, value) in kernels::dot_rows4(level, four, act(a)).into_iter().enumerate() {
-                    out.write(a, row + k, value);
+            for a in first..n_acts {
+                let values = kernels::dot_rows4(level, blocks, act(a));
+                for (row, value) in rows.clone().zip(&values) {
+                    out.write(a, row, *value);
                 }
-                row += 4;
-            }
-            for row in row..rows.end {
-                out.write(a, row, kernels::dot(level, self.row(row), act(a)));
             }
         }
     }
@@ -322,30 +335,33 @@ pub fn matmul(pool: &Pool, level: Level, activations: &[ActivationBlock], produc
     };
     let per_row = first.matrix.cols / BLOCK;
     let n_acts = activations.len() / per_row.max(1);
-    let band = if n_acts == 1 { DECODE_BAND } else { PROMPT_BAND };
+    let band = if n_acts == 1 { DECODE_BAND } else { PROMPT_BAND } / GROUP;
     // Chunk boundaries: product p owns chunks starts[p]..starts[p + 1].
-    let mut starts = Vec::with_capacity(products.len() + 1);
+    let mut starts = [0usize; MAX_FUSED + 1];
+    assert!(products.len() <= MAX_FUSED, "at most {MAX_FUSED} fused products");
     let mut total = 0;
-    for product in products.iter() {
+    for (p, product) in products.iter().enumerate() {
         assert_eq!(product.matrix.cols / BLOCK, per_row, "fused products must share a width");
         assert_eq!(product.out.len(), n_acts * product.matrix.rows, "output size");
-        starts.push(total);
-        total += product.matrix.rows.div_ceil(band);
+        starts[p] = total;
+        total += product.matrix.rows.div_ceil(GROUP).div_ceil(band);
     }
-    starts.push(total);
-    let targets: Vec<(&BlockMatrix, OutBand<'_>)> = products
-        .iter_mut()
-        .map(|p| {
-            let out = OutBand { ptr: p.out.as_mut_ptr(), width: p.matrix.rows, write: p.write, _out: Default::default() };
-            (p.matrix, out)
-        })
-        .collect();
+    let starts = &mut starts[..=products.len()];
+    starts[products.len()] = total;
+    let mut targets: [Option<(&BlockMatrix, OutBand<'_>)>; MAX_FUSED] = [None; MAX_FUSED];
+    for (target, p) in targets.iter_mut().zip(products.iter_mut()) {
+        let out = OutBand { ptr: p.out.as_mut_ptr(), width: p.matrix.rows, write: p.write, _out: Default::default() };
+        *target = Some((p.matrix, out));
+    }
     pool.run(total, &|chunk| {
         let p = starts.partition_point(|s| *s <= chunk) - 1;
-        let (matrix, out) = &targets[p];
+        let Some((matrix, out)) = targets[p] else {
+            return;
+        };
+        let groups = matrix.rows.div_ceil(GROUP);
         let start = (chunk - starts[p]) * band;
-        let end = (start + band).min(matrix.rows);
-        matrix.band(level, activations, start..end, *out);
+        let end = (start + band).min(groups);
+        matrix.band(level, activations, start..end, out);
     });
 }
 
@@ -379,13 +395,43 @@ impl OutBand<'_> {
     }
 }
 
-/// One row's blocks, split by field.
+/// Four interleaved rows' blocks, split by field (see [`BlockMatrix`]).
 #[derive(Debug, Clone, Copy)]
-struct RowBlocks<'a> {
+struct GroupBlocks<'a> {
     format: BlockFormat,
     scales: &'a [f32],
     mins: &'a [f32],
     quants: &'a [u8],
+}
+
+/// One row of a group.
+#[derive(Debug, Clone, Copy)]
+struct RowBlocks<'a> {
+    group: GroupBlocks<'a>,
+    lane: usize,
+}
+
+impl RowBlocks<'_> {
+    fn format(&self) -> BlockFormat {
+        self.group.format
+    }
+
+    fn blocks(&self) -> usize {
+        self.group.scales.len() / GROUP
+    }
+
+    fn scale(&self, block: usize) -> f32 {
+        self.group.scales[block * GROUP + self.lane]
+    }
+
+    fn min(&self, block: usize) -> f32 {
+        self.group.mins[block * GROUP + self.lane]
+    }
+
+    fn quants(&self, block: usize) -> &[u8] {
+        let bytes = self.group.format.quant_bytes();
+        &self.group.quants[(block * GROUP + self.lane) * bytes..][..bytes]
+    }
 }
 
 /// Rounds to the nearest integer, ties to even, as `_mm256_round_ps` does;

@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor};
 use proptest::prelude::*;
 
-use super::kernels::{dot_acts4, dot_portable, dot_rows4};
+use super::kernels::{dot_portable, dot_rows4, dot_tile};
 use super::*;
 use crate::cpu::Pool;
 
@@ -55,7 +55,7 @@ fn reference(matrix: &BlockMatrix, row: usize, activations: &[ActivationBlock]) 
         };
         for (j, q) in act.quants.iter().enumerate() {
             let w = match matrix.format {
-                BlockFormat::Q4_1 => dequantized[idx * BLOCK + j] as f64 - weights.mins[idx] as f64,
+                BlockFormat::Q4_1 => dequantized[idx * BLOCK + j] as f64 - weights.min(idx) as f64,
                 _ => dequantized[idx * BLOCK + j] as f64,
             };
             let term = w * (*q as f64 * act.scale as f64);
@@ -63,7 +63,7 @@ fn reference(matrix: &BlockMatrix, row: usize, activations: &[ActivationBlock]) 
             magnitude += term.abs();
         }
         if matrix.format == BlockFormat::Q4_1 {
-            let term = weights.mins[idx] as f64 * act.sum as f64;
+            let term = weights.min(idx) as f64 * act.sum as f64;
             total += term;
             magnitude += term.abs();
         }
@@ -80,24 +80,25 @@ fn every_level_matches_the_portable_kernel_bit_for_bit_and_the_scalar_reference(
             let (matrix, _) = matrix(format, rows, cols, (rows * blocks) as u64);
             let acts: Vec<Vec<ActivationBlock>> = (0..4).map(|a| quantized(1, cols, 100 + a)).collect();
             for row in 0..rows {
-                let portable: Vec<f32> = acts.iter().map(|a| dot_portable(matrix.row(row), a)).collect();
-                for (a, act) in acts.iter().enumerate() {
+                for act in &acts {
                     let (expected, magnitude) = reference(&matrix, row, act);
-                    let error = (portable[a] as f64 - expected).abs();
+                    let error = (dot_portable(matrix.row(row), act) as f64 - expected).abs();
                     assert!(error <= 1e-5 * (1.0 + magnitude), "{format:?} {rows}x{cols} row {row}: {error}");
                 }
-                for level in Level::available() {
-                    let group = [&acts[0][..], &acts[1][..], &acts[2][..], &acts[3][..]];
-                    let four = dot_acts4(level, matrix.row(row), group);
-                    assert_eq!(four.map(f32::to_bits).to_vec(), portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
-                    assert_eq!(kernels::dot(level, matrix.row(row), &acts[0]).to_bits(), portable[0].to_bits());
-                }
             }
-            for level in Level::available() {
-                for first in (0..rows.saturating_sub(3)).step_by(2) {
-                    let four = [matrix.row(first), matrix.row(first + 1), matrix.row(first + 2), matrix.row(first + 3)];
-                    let expected = four.map(|row| dot_portable(row, &acts[1]).to_bits());
-                    assert_eq!(dot_rows4(level, four, &acts[1]).map(f32::to_bits), expected, "{level:?}");
+            for group in 0..rows.div_ceil(GROUP) {
+                let blocks = matrix.group(group);
+                let portable: Vec<Vec<u32>> = acts
+                    .iter()
+                    .map(|act| (0..GROUP).map(|lane| dot_portable(RowBlocks { group: blocks, lane }, act).to_bits()).collect())
+                    .collect();
+                for level in Level::available() {
+                    let tile = dot_tile(level, blocks, [&acts[0][..], &acts[1][..], &acts[2][..], &acts[3][..]]);
+                    for (a, values) in tile.iter().enumerate() {
+                        assert_eq!(values.map(f32::to_bits).to_vec(), portable[a], "{level:?} {format:?} tile");
+                        let single = dot_rows4(level, blocks, &acts[a]);
+                        assert_eq!(single.map(f32::to_bits).to_vec(), portable[a], "{level:?} {format:?} rows");
+                    }
                 }
             }
         }
