@@ -11,6 +11,14 @@
 //! (doubling on each repeat, up to [`SOLO_MAX`]), so a busy machine costs at
 //! most a few percent against the single-thread figure.
 //!
+//! A helper that is preempted mid-chunk is the rare case; the common one on
+//! a two-core machine is plainer: another process keeps a core busy, so our
+//! two threads and it share two cores and the caller itself spends a third
+//! of its time waiting in the run queue. The caller therefore reads its own
+//! run-queue wait from `/proc/thread-self/schedstat` every [`WINDOW`]; when
+//! it waited more than [`CONTENDED`] of the window, it goes solo too, and
+//! its helpers park, which hands the other core back whole.
+//!
 //! Helpers spin for [`SPIN`] after a job (the next layer's job follows within
 //! microseconds) and then sleep on a futex (`std::thread::park`); between
 //! tokens and between requests they burn nothing.
@@ -32,6 +40,11 @@ const LATE: Duration = Duration::from_micros(400);
 const SOLO_MIN: Duration = Duration::from_millis(20);
 /// The longest solo period.
 const SOLO_MAX: Duration = Duration::from_secs(2);
+/// How often the caller checks its run-queue wait.
+const WINDOW: Duration = Duration::from_millis(20);
+/// The fraction of a window spent waiting for a core that means the
+/// machine is oversubscribed.
+const CONTENDED: f64 = 0.08;
 
 /// Threads asked for before the global pool starts (0: not set).
 static REQUESTED_THREADS: AtomicUsize = AtomicUsize::new(0);
@@ -75,10 +88,53 @@ pub struct Pool {
 /// What the caller remembers between jobs.
 #[derive(Debug)]
 struct CallerState {
-    /// Run alone until this instant (a helper was late).
+    /// Run alone until this instant (a helper was late, or cores are short).
     solo_until: Option<Instant>,
     /// The next solo period.
     solo_for: Duration,
+    /// When the current contention window started, and the caller's
+    /// run-queue wait then (None where the kernel does not say).
+    window: Option<(Instant, u64)>,
+}
+
+impl CallerState {
+    /// Starts a solo period, each one in a row twice as long as the last.
+    fn go_solo(&mut self, now: Instant) {
+        self.solo_until = Some(now + self.solo_for);
+        self.solo_for = (self.solo_for * 2).min(SOLO_MAX);
+        self.window = None;
+    }
+
+    /// Closes the contention window if it is over; returns whether the
+    /// caller waited for a core too long in it.
+    fn contended(&mut self, now: Instant) -> bool {
+        match self.window {
+            Some((started, waited)) if now.duration_since(started) >= WINDOW => {
+                let Some(waited_now) = runqueue_wait_ns() else {
+                    self.window = None;
+                    return false;
+                };
+                let fraction = waited_now.saturating_sub(waited) as f64 / now.duration_since(started).as_nanos() as f64;
+                self.window = Some((now, waited_now));
+                if fraction > CONTENDED {
+                    return true;
+                }
+                self.solo_for = SOLO_MIN;
+                false
+            }
+            Some(_) => false,
+            None => {
+                self.window = runqueue_wait_ns().map(|waited| (now, waited));
+                false
+            }
+        }
+    }
+}
+
+/// Nanoseconds this thread has spent runnable but not running (Linux).
+fn runqueue_wait_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The job slot and counters. The slot is written only while no helper is
@@ -154,7 +210,7 @@ impl Pool {
         Self {
             shared,
             threads: helpers + 1,
-            caller: Mutex::new(CallerState { solo_until: None, solo_for: SOLO_MIN }),
+            caller: Mutex::new(CallerState { solo_until: None, solo_for: SOLO_MIN, window: None }),
         }
     }
 
@@ -178,12 +234,18 @@ impl Pool {
             (0..chunks).for_each(body);
             return;
         };
+        let now = Instant::now();
         if let Some(until) = caller.solo_until {
-            if Instant::now() < until {
+            if now < until {
                 (0..chunks).for_each(body);
                 return;
             }
             caller.solo_until = None;
+        }
+        if caller.contended(now) {
+            caller.go_solo(now);
+            (0..chunks).for_each(body);
+            return;
         }
         let shared = &*self.shared;
         // A helper that registered late for the previous job leaves at once.
@@ -218,10 +280,7 @@ impl Pool {
             wait_until(|| shared.active.load(Ordering::SeqCst) == 0);
             let waited = started.elapsed();
             if waited > LATE {
-                caller.solo_until = Some(Instant::now() + caller.solo_for);
-                caller.solo_for = (caller.solo_for * 2).min(SOLO_MAX);
-            } else {
-                caller.solo_for = SOLO_MIN;
+                caller.go_solo(Instant::now());
             }
         }
         // SAFETY: no helper is registered; clear the dangling pointer.
