@@ -221,9 +221,10 @@ async fn bench_chat(
     );
     if let Some(bytes) = info.weight_bytes_per_token {
         let pool = crate::cpu::pool::global();
-        let bandwidth = tokio::task::spawn_blocking(|| crate::cpu::bandwidth::read_bandwidth(crate::cpu::pool::global()))
-            .await
-            .context("bandwidth probe failed")?;
+        let bandwidth =
+            tokio::task::spawn_blocking(|| crate::cpu::bandwidth::read_bandwidth(crate::cpu::pool::global()))
+                .await
+                .context("bandwidth probe failed")?;
         let limit = bandwidth / bytes as f64;
         println!(
             "roofline: {:.1} MB of weights per token, read bandwidth {:.1} GB/s ({} threads) -> at most {limit:.0} tokens/s; generation reaches {:.0}%",

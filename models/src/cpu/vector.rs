@@ -163,15 +163,9 @@ fn dot_f16_portable(q: &[f32], k: &[f16]) -> f32 {
             }
         }
     }
-    let mut x = sums;
-    for lane in 0..8 {
-        x[0][lane] += x[2][lane];
-        x[1][lane] += x[3][lane];
-    }
-    for lane in 0..8 {
-        x[0][lane] += x[1][lane];
-    }
-    let mut total = reduce_lanes(&x[0]) as f64;
+    let [x0, x1, x2, x3] = sums;
+    let reduced: [f32; 8] = std::array::from_fn(|lane| (x0[lane] + x2[lane]) + (x1[lane] + x3[lane]));
+    let mut total = reduce_lanes(&reduced) as f64;
     for idx in full..n {
         total += (q[idx] * k[idx].to_f32()) as f64;
     }

@@ -4,6 +4,10 @@
 //! `sum(m * s)` for Q4_1. Integer lane sums are exact, so AVX2's
 //! `maddubs`/`madd` pair and AVX-512 VNNI's `dpbusd` give identical lanes.
 //!
+//! AVX-512 computes two rows per 512-bit register with VNNI's `dpbusd`
+//! (about half the instructions of AVX2); its lanes are a permutation of
+//! ggml's, put back in order before the horizontal sum.
+//!
 //! Every kernel computes a tile: the four rows of a repacked group against
 //! one activation row ([`dot_rows4`], the decode shape) or against
 //! [`TILE_ACTS`] of them ([`dot_tile`], the prompt shape), so each weight
@@ -41,7 +45,7 @@ pub(super) fn dot_tile<const ACTS: usize>(
         if level >= Level::Avx512Vnni {
             // SAFETY: `Level::Avx512Vnni` is only produced when the CPU has
             // AVX-512 F/BW/VL and VNNI; operand widths checked above.
-            return unsafe { vnni::dot_tile(group, activations) };
+            return unsafe { avx512::dot_tile(group, activations) };
         }
         if level >= Level::Avx2 {
             // SAFETY: `Level::Avx2` is only produced when the CPU has AVX2 and FMA; widths checked above.
@@ -220,23 +224,158 @@ mod lanes {
     pub(super) unsafe fn signed_avx2(x: __m256i, y: __m256i) -> __m256i {
         unsigned_avx2(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
     }
-
-    /// `x` unsigned, `y` signed, in one `dpbusd`.
-    #[inline]
-    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-    pub(super) unsafe fn unsigned_vnni(x: __m256i, y: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), x, y)
-    }
-
-    /// Signed by signed through the same sign trick, then `dpbusd`.
-    #[inline]
-    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-    pub(super) unsafe fn signed_vnni(x: __m256i, y: __m256i) -> __m256i {
-        unsigned_vnni(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
 simd_kernels!(avx2, "avx2,fma", unsigned_avx2, signed_avx2);
+
+/// Two rows per 512-bit register, VNNI for the integer products.
 #[cfg(target_arch = "x86_64")]
-simd_kernels!(vnni, "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni", unsigned_vnni, signed_vnni);
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::super::{ActivationBlock, BlockFormat, GroupBlocks, GROUP};
+    use super::horizontal_sum;
+
+    /// See [`super::dot_tile`]; the caller has checked the widths.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn dot_tile<const ACTS: usize>(
+        group: GroupBlocks<'_>,
+        activations: [&[ActivationBlock]; ACTS],
+    ) -> [[f32; GROUP]; ACTS] {
+        match group.format {
+            BlockFormat::Q4_0 => nibbles::<ACTS, false>(group, activations),
+            BlockFormat::Q4_1 => nibbles::<ACTS, true>(group, activations),
+            BlockFormat::Q8_0 => bytes::<ACTS>(group, activations),
+        }
+    }
+
+    /// Q4_0 and Q4_1. A register holds rows `2p` and `2p + 1` as four
+    /// 128-bit lanes `[a low | b low | a high | b high]`, where "low" are the
+    /// low nibbles (block elements 0..16, ggml's lanes 0..4) and "high" the
+    /// high ones (elements 16..32, ggml's lanes 4..8). Q4_0's `-8` offset is
+    /// taken out of the integer sums exactly: `sum((q - 8) y) = sum(q y) - sum(8 y)`.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn nibbles<const ACTS: usize, const WITH_MIN: bool>(
+        group: GroupBlocks<'_>,
+        activations: [&[ActivationBlock]; ACTS],
+    ) -> [[f32; GROUP]; ACTS] {
+        let blocks = group.scales.len() / GROUP;
+        let mut acc = [[_mm512_setzero_ps(); 2]; ACTS];
+        let mut min_sum = [_mm_setzero_ps(); ACTS];
+        let low_mask = _mm512_set1_epi8(0x0F);
+        // Shift the upper 256 bits (the second copy) by four: high nibbles.
+        let shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+        let eight = _mm512_set1_epi8(8);
+        let pick = [
+            _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1),
+            _mm512_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3, 2, 2, 2, 2, 3, 3, 3, 3),
+        ];
+        let quants = group.quants.as_ptr();
+        for idx in 0..blocks {
+            let mut qx = [_mm512_setzero_si512(); 2];
+            for (pair, qx) in qx.iter_mut().enumerate() {
+                // SAFETY: lanes 2p and 2p + 1 of block `idx`: 32 contiguous bytes inside the group.
+                let packed = _mm256_loadu_si256(quants.add((idx * GROUP + 2 * pair) * 16) as *const __m256i);
+                let both = _mm512_broadcast_i64x4(packed);
+                *qx = _mm512_and_si512(_mm512_srlv_epi16(both, shift), low_mask);
+            }
+            // SAFETY: four scales (and minimums) per block.
+            let scales = _mm_loadu_ps(group.scales.as_ptr().add(idx * GROUP));
+            for a in 0..ACTS {
+                // SAFETY: every activation row has `blocks` blocks.
+                let act = activations[a].get_unchecked(idx);
+                let y = _mm512_castsi256_si512(_mm256_loadu_si256(act.quants.as_ptr() as *const __m256i));
+                let qy = _mm512_shuffle_i64x2(y, y, 0b01_01_00_00);
+                if WITH_MIN {
+                    let mins = _mm_loadu_ps(group.mins.as_ptr().add(idx * GROUP));
+                    min_sum[a] = _mm_fmadd_ps(mins, _mm_set1_ps(act.sum), min_sum[a]);
+                }
+                let offset = if WITH_MIN {
+                    _mm512_setzero_si512()
+                } else {
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, qy)
+                };
+                let combined = _mm512_castps128_ps512(_mm_mul_ps(scales, _mm_set1_ps(act.scale)));
+                for pair in 0..2 {
+                    let mut lanes = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx[pair], qy);
+                    if !WITH_MIN {
+                        lanes = _mm512_sub_epi32(lanes, offset);
+                    }
+                    let scale = _mm512_permutexvar_ps(pick[pair], combined);
+                    acc[a][pair] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes), acc[a][pair]);
+                }
+            }
+        }
+        let mut out = [[0f32; GROUP]; ACTS];
+        for a in 0..ACTS {
+            let mut mins = [0f32; 4];
+            _mm_storeu_ps(mins.as_mut_ptr(), min_sum[a]);
+            for pair in 0..2 {
+                let mut lanes = [0f32; 16];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), acc[a][pair]);
+                for (k, (low, high)) in [(0, 8), (4, 12)].into_iter().enumerate() {
+                    let mut ggml = [0f32; 8];
+                    ggml[..4].copy_from_slice(&lanes[low..low + 4]);
+                    ggml[4..].copy_from_slice(&lanes[high..high + 4]);
+                    out[a][2 * pair + k] = horizontal_sum(&ggml) + mins[2 * pair + k];
+                }
+            }
+        }
+        out
+    }
+
+    /// Q8_0. A register holds rows `2p` and `2p + 1` as two 256-bit halves
+    /// in ggml's lane order; signed products use ggml's trick (|w| times y
+    /// negated where w < 0) so `dpbusd` sees an unsigned operand.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn bytes<const ACTS: usize>(
+        group: GroupBlocks<'_>,
+        activations: [&[ActivationBlock]; ACTS],
+    ) -> [[f32; GROUP]; ACTS] {
+        let blocks = group.scales.len() / GROUP;
+        let mut acc = [[_mm512_setzero_ps(); 2]; ACTS];
+        let pick = [
+            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+            _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+        ];
+        let quants = group.quants.as_ptr();
+        for idx in 0..blocks {
+            let mut magnitude = [_mm512_setzero_si512(); 2];
+            let mut negative = [0u64; 2];
+            for pair in 0..2 {
+                // SAFETY: lanes 2p and 2p + 1 of block `idx`: 64 contiguous bytes inside the group.
+                let w = _mm512_loadu_si512(quants.add((idx * GROUP + 2 * pair) * 32) as *const __m512i);
+                magnitude[pair] = _mm512_abs_epi8(w);
+                negative[pair] = _mm512_movepi8_mask(w);
+            }
+            // SAFETY: four scales per block.
+            let scales = _mm_loadu_ps(group.scales.as_ptr().add(idx * GROUP));
+            for a in 0..ACTS {
+                // SAFETY: every activation row has `blocks` blocks.
+                let act = activations[a].get_unchecked(idx);
+                let qy = _mm512_broadcast_i64x4(_mm256_loadu_si256(act.quants.as_ptr() as *const __m256i));
+                let combined = _mm512_castps128_ps512(_mm_mul_ps(scales, _mm_set1_ps(act.scale)));
+                for pair in 0..2 {
+                    let signed = _mm512_mask_sub_epi8(qy, negative[pair], _mm512_setzero_si512(), qy);
+                    let lanes = _mm512_dpbusd_epi32(_mm512_setzero_si512(), magnitude[pair], signed);
+                    let scale = _mm512_permutexvar_ps(pick[pair], combined);
+                    acc[a][pair] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes), acc[a][pair]);
+                }
+            }
+        }
+        let mut out = [[0f32; GROUP]; ACTS];
+        for a in 0..ACTS {
+            for pair in 0..2 {
+                let mut lanes = [0f32; 16];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), acc[a][pair]);
+                for k in 0..2 {
+                    let mut ggml = [0f32; 8];
+                    ggml.copy_from_slice(&lanes[8 * k..8 * k + 8]);
+                    out[a][2 * pair + k] = horizontal_sum(&ggml);
+                }
+            }
+        }
+        out
+    }
+}

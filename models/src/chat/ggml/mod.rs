@@ -190,7 +190,8 @@ impl BlockMatrix {
             if format == BlockFormat::Q4_1 {
                 mins[slot] = f16::from_le_bytes([block[2], block[3]]).to_f32();
             }
-            quants[slot * quant_bytes..(slot + 1) * quant_bytes].copy_from_slice(&block[format.bytes() - quant_bytes..]);
+            quants[slot * quant_bytes..(slot + 1) * quant_bytes]
+                .copy_from_slice(&block[format.bytes() - quant_bytes..]);
         }
         Self { format, rows, cols, scales, mins, quants }
     }
@@ -282,7 +283,8 @@ impl BlockMatrix {
             let mut first = 0;
             // Tiles of four rows by several activation rows share every load.
             while first + kernels::TILE_ACTS <= n_acts {
-                let tile = kernels::dot_tile::<{ kernels::TILE_ACTS }>(level, blocks, std::array::from_fn(|k| act(first + k)));
+                let tile =
+                    kernels::dot_tile::<{ kernels::TILE_ACTS }>(level, blocks, std::array::from_fn(|k| act(first + k)));
                 for (a, values) in tile.iter().enumerate() {
                     for (row, value) in rows.clone().zip(values) {
                         out.write(first + a, row, *value);

@@ -90,7 +90,9 @@ fn every_level_matches_the_portable_kernel_bit_for_bit_and_the_scalar_reference(
                 let blocks = matrix.group(group);
                 let portable: Vec<Vec<u32>> = acts
                     .iter()
-                    .map(|act| (0..GROUP).map(|lane| dot_portable(RowBlocks { group: blocks, lane }, act).to_bits()).collect())
+                    .map(|act| {
+                        (0..GROUP).map(|lane| dot_portable(RowBlocks { group: blocks, lane }, act).to_bits()).collect()
+                    })
                     .collect();
                 for level in Level::available() {
                     let tile = dot_tile(level, blocks, [&acts[0][..], &acts[1][..], &acts[2][..], &acts[3][..]]);

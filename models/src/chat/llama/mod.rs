@@ -393,14 +393,14 @@ fn host_model(
     let Embeddings::Blocks(table) = embeddings else {
         return Ok(None);
     };
-    if config.head_dim > host::MAX_HEAD_DIM || config.head_dim % 2 != 0 {
+    if config.head_dim > host::MAX_HEAD_DIM || !config.head_dim.is_multiple_of(2) {
         return Ok(None);
     }
     let Some(output) = output.blocks() else {
         return Ok(None);
     };
     let width = config.n_head * config.head_dim;
-    if output.cols() != width || table.cols() != width || width % ggml_block() != 0 {
+    if output.cols() != width || table.cols() != width || !width.is_multiple_of(ggml_block()) {
         return Ok(None);
     }
     let mut host_blocks = Vec::with_capacity(blocks.len());
@@ -418,7 +418,7 @@ fn host_model(
         let shapes = [(&wq, width, width), (&wk, kv_width, width), (&wv, kv_width, width), (&wo, width, width)];
         let ffn_shapes = [(&gate, ffn, width), (&up, ffn, width), (&down, width, ffn)];
         if shapes.iter().chain(&ffn_shapes).any(|(m, rows, cols)| m.rows() != *rows || m.cols() != *cols)
-            || ffn % ggml_block() != 0
+            || !ffn.is_multiple_of(ggml_block())
         {
             return Ok(None);
         }
