@@ -141,18 +141,31 @@ fn runqueue_wait_ns() -> Option<u64> {
 /// registered in `active`, and read only by registered helpers after they
 /// saw the epoch that published it.
 struct Shared {
-    /// Bumped once per published job.
-    epoch: AtomicU64,
+    /// Bumped once per published job (read by spinning helpers: its own line).
+    epoch: CacheLine<AtomicU64>,
     /// Set when the pool is dropped; helpers exit.
     shutdown: AtomicBool,
     /// Helpers currently looking at the slot.
-    active: AtomicUsize,
-    /// The next chunk to hand out.
-    next: AtomicUsize,
+    active: CacheLine<AtomicUsize>,
+    /// The next chunk to hand out (claimed by every thread: its own line).
+    next: CacheLine<AtomicUsize>,
     /// The published job.
     slot: UnsafeCell<Slot>,
     /// One entry per helper: whether it is parked, and its handle.
     sleepers: Mutex<Vec<(Arc<AtomicBool>, Thread)>>,
+}
+
+/// Keeps a hot atomic off its neighbours' cache lines (two lines, for the
+/// adjacent-line prefetcher).
+#[repr(align(128))]
+struct CacheLine<T>(T);
+
+impl<T> std::ops::Deref for CacheLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 /// A job as the helpers see it.
@@ -182,10 +195,10 @@ impl Pool {
     pub fn new(threads: usize) -> Self {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            epoch: AtomicU64::new(0),
+            epoch: CacheLine(AtomicU64::new(0)),
             shutdown: AtomicBool::new(false),
-            active: AtomicUsize::new(0),
-            next: AtomicUsize::new(0),
+            active: CacheLine(AtomicUsize::new(0)),
+            next: CacheLine(AtomicUsize::new(0)),
             slot: UnsafeCell::new(Slot { chunks: 0, body: None }),
             sleepers: Mutex::new(Vec::new()),
         });

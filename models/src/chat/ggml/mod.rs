@@ -34,6 +34,8 @@ const GROUP: usize = 4;
 const DECODE_BAND: usize = 32;
 /// Weight rows per band when many activation rows are multiplied.
 const PROMPT_BAND: usize = 16;
+/// Chunks per thread the largest product of a job is cut into.
+const CHUNKS_PER_THREAD: usize = 8;
 /// The most products one fused job takes (Q, K, V).
 const MAX_FUSED: usize = 4;
 
@@ -337,7 +339,12 @@ pub fn matmul(pool: &Pool, level: Level, activations: &[ActivationBlock], produc
     };
     let per_row = first.matrix.cols / BLOCK;
     let n_acts = activations.len() / per_row.max(1);
-    let band = if n_acts == 1 { DECODE_BAND } else { PROMPT_BAND } / GROUP;
+    // Bands of at least the minimum, and at most about CHUNKS_PER_THREAD per
+    // thread for the largest matrix (every claimed chunk is an atomic
+    // operation on a line both cores write).
+    let largest = products.iter().map(|p| p.matrix.rows).max().unwrap_or(0);
+    let minimum = if n_acts == 1 { DECODE_BAND } else { PROMPT_BAND };
+    let band = minimum.max(largest / (pool.threads() * CHUNKS_PER_THREAD)).div_ceil(GROUP);
     // Chunk boundaries: product p owns chunks starts[p]..starts[p + 1].
     let mut starts = [0usize; MAX_FUSED + 1];
     assert!(products.len() <= MAX_FUSED, "at most {MAX_FUSED} fused products");
