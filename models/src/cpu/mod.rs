@@ -6,7 +6,7 @@
 //! products on one thread, and busy-waits between operations.
 //!
 //! # Layout
-//! - [`pool`]: a fork-join pool whose caller never waits on a descheduled helper.
+//! - [`pool`]: a fork-join pool that hands the other core back when cores are short.
 //! - [`vector`]: RMS norm, f16 attention dot products, SwiGLU; run-time dispatch by [`vector::Level`].
 //! - [`bandwidth`]: a STREAM-like read-bandwidth probe for the roofline.
 //!
