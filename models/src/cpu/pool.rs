@@ -1,5 +1,5 @@
-//! A fork-join pool for the CPU forward pass that never makes the caller
-//! wait on a thread the OS has taken away.
+//! A fork-join pool for the CPU forward pass that does not make the caller
+//! wait on helpers the OS has not scheduled.
 //!
 //! A job is `n` independent chunks. The calling thread publishes the job and
 //! claims chunks from a shared counter itself; helpers claim from the same
