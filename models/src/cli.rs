@@ -48,6 +48,9 @@ pub enum ModelsCommand {
         /// Approximate prompt length for the prompt-processing figure (default 200)
         #[arg(long, default_value_t = 200)]
         prompt_tokens: usize,
+        /// Threads for the CPU kernels, the calling thread included (default: one per core)
+        #[arg(long, env = "AIOS_MODEL_THREADS")]
+        threads: Option<usize>,
     },
 }
 
@@ -109,7 +112,10 @@ pub async fn run_models_command(command: ModelsCommand) -> anyhow::Result<()> {
                 println!("{}", path.display());
             }
         }
-        ModelsCommand::Bench { id, device, generate_tokens, prompt_tokens } => {
+        ModelsCommand::Bench { id, device, generate_tokens, prompt_tokens, threads } => {
+            if let Some(threads) = threads {
+                crate::cpu::pool::set_threads(threads);
+            }
             let kind = store.catalog().find(&id)?.kind;
             let options = LoadOptions { device, fetch: FetchPolicy::Pull, embedding_batch_size: 32 };
             // Fetch and verify first so load time measures loading only.
@@ -201,7 +207,7 @@ async fn bench_chat(
     let score_latency = median(&mut score_times);
 
     println!("model: {id} ({}, context {} tokens) on {}", info.architecture, info.context_length, options.device);
-    println!("threads: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    print_cpu();
     println!("load time: {:.3} s", load_time.as_secs_f64());
     println!(
         "prompt processing: {:.1} tokens/s ({prompt_len} tokens in {:.3} s)",
@@ -213,6 +219,21 @@ async fn bench_chat(
         "generation: {decode_rate:.1} tokens/s ({} greedy tokens, end-of-sequence ignored)",
         generation.completion_tokens
     );
+    if let Some(bytes) = info.weight_bytes_per_token {
+        let pool = crate::cpu::pool::global();
+        let bandwidth =
+            tokio::task::spawn_blocking(|| crate::cpu::bandwidth::read_bandwidth(crate::cpu::pool::global()))
+                .await
+                .context("bandwidth probe failed")?;
+        let limit = bandwidth / bytes as f64;
+        println!(
+            "roofline: {:.1} MB of weights per token, read bandwidth {:.1} GB/s ({} threads) -> at most {limit:.0} tokens/s; generation reaches {:.0}%",
+            bytes as f64 / 1e6,
+            bandwidth / 1e9,
+            pool.threads(),
+            100.0 * decode_rate / limit
+        );
+    }
     println!(
         "scored choice (3 labels, {} prompt tokens): {:.1} ms",
         model.tokenize(score_prompt).await?.1.len(),
@@ -255,7 +276,7 @@ async fn bench_embed(store: &ModelStore, id: &str, options: &LoadOptions) -> any
     let vectors = model.embed(sentences.clone()).await?;
     let elapsed = started.elapsed();
     println!("model: {id} ({} dimensions) on {}", model.dimensions(), options.device);
-    println!("threads: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    print_cpu();
     println!("load time: {:.3} s", load_time.as_secs_f64());
     println!(
         "embeddings: {:.1} sentences/s ({} short sentences in batches of 32, {:.3} s)",
@@ -265,6 +286,16 @@ async fn bench_embed(store: &ModelStore, id: &str, options: &LoadOptions) -> any
     );
     println!("peak RSS: {}", peak_rss());
     Ok(())
+}
+
+/// Threads and instruction-set level of the CPU kernels.
+fn print_cpu() {
+    println!(
+        "threads: {} (of {} cores), kernels: {}",
+        crate::cpu::pool::global().threads(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        crate::cpu::Level::detect().name()
+    );
 }
 
 fn median(times: &mut [Duration]) -> Duration {

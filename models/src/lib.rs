@@ -10,6 +10,8 @@
 //!   and pip wheels; SHA-256 verification of every file before use.
 //! - [`chat`]: GGUF loading, tokenizer from metadata, chat templates,
 //!   sampling, generation and scored choice (synchronous engine).
+//! - [`cpu`]: the CPU kernels under candle: thread pool, vector operations,
+//!   run-time dispatch by CPU features, the bandwidth probe.
 //! - [`embed`]: BERT sentence embeddings (synchronous engine).
 //! - [`worker`]: one OS thread per model behind a command channel; the async
 //!   handles [`ChatModel`] and [`EmbeddingModel`] are what callers use.
@@ -27,6 +29,7 @@ pub mod catalog;
 pub mod chat;
 pub mod cli;
 pub mod cloud;
+pub mod cpu;
 pub mod device;
 pub mod embed;
 pub mod error;

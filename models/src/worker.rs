@@ -99,6 +99,9 @@ pub struct ChatModelInfo {
     pub context_length: usize,
     /// Vocabulary size including added tokens.
     pub vocab_size: usize,
+    /// Bytes of weights one generated token reads, when the CPU kernels of
+    /// this crate run the model (the benchmark's roofline).
+    pub weight_bytes_per_token: Option<usize>,
 }
 
 /// An async handle to a chat model running on its own thread. Cheap to clone.
@@ -164,6 +167,7 @@ impl ChatModel {
                     architecture: engine.architecture().to_owned(),
                     context_length: engine.context_length(),
                     vocab_size: engine.tokenizer().vocab_size(),
+                    weight_bytes_per_token: engine.weight_bytes_per_token(),
                 };
                 Ok((engine, info))
             },

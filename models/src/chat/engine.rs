@@ -205,6 +205,12 @@ impl ChatEngine {
         Ok(model.forward_last(ids, index_pos, &self.device)?)
     }
 
+    /// Bytes of weights a decode step reads, when the model's arithmetic is
+    /// this crate's (for the benchmark's roofline).
+    pub fn weight_bytes_per_token(&self) -> Option<usize> {
+        self.weights.llama().filter(|m| m.runs_on_host()).map(|m| m.weight_bytes_per_token())
+    }
+
     /// Generates a reply. `on_text` receives each new piece of text as soon as
     /// it is final (never a piece of a stop sequence, never half a UTF-8
     /// character) and returns `false` to stop; `cancelled` is polled between
@@ -258,7 +264,7 @@ impl ChatEngine {
             if cancelled() {
                 break FinishReason::Cancelled;
             }
-            logits = self.step(&mut model, &[next], history.len() - 1)?;
+            model.forward_last_into(&[next], history.len() - 1, &self.device, &mut logits)?;
         };
         if finish_reason != FinishReason::Stop && finish_reason != FinishReason::Cancelled && text.len() > emitted {
             on_text(&text[emitted..]);

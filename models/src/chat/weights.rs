@@ -65,12 +65,26 @@ impl ChatWeights {
     /// `index_pos`; the cache must hold exactly the positions before it
     /// (for llama a shorter `index_pos` rolls the cache back).
     pub fn forward_last(&mut self, ids: &[u32], index_pos: usize, device: &Device) -> candle_core::Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        self.forward_last_into(ids, index_pos, device, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`ChatWeights::forward_last`] into `logits`, whose allocation a
+    /// decode loop reuses from one token to the next.
+    pub fn forward_last_into(
+        &mut self,
+        ids: &[u32],
+        index_pos: usize,
+        device: &Device,
+        logits: &mut Vec<f32>,
+    ) -> candle_core::Result<()> {
         if let Self::Llama { model, cache } = self {
             cache.truncate(index_pos)?;
-            return model.forward(ids, cache, Logits::Last)?.squeeze(0)?.to_vec1::<f32>();
+            return model.forward_into(ids, cache, Logits::Last, logits);
         }
         let input = Tensor::new(ids, device)?.unsqueeze(0)?;
-        let logits = match self {
+        let output = match self {
             Self::Gemma3(model) => model.forward(&input, index_pos)?,
             Self::Phi3(model) => model.forward(&input, index_pos)?,
             Self::Qwen2(model) => match model.0.lock() {
@@ -79,7 +93,9 @@ impl ChatWeights {
             },
             Self::Llama { .. } => unreachable!("handled above"),
         };
-        logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()
+        logits.clear();
+        logits.extend(output.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+        Ok(())
     }
 
     /// Logits after each of `ids` (one row per token), starting at `index_pos`.
@@ -91,9 +107,20 @@ impl ChatWeights {
     ) -> candle_core::Result<Vec<Vec<f32>>> {
         if let Self::Llama { model, cache } = self {
             cache.truncate(index_pos)?;
-            return model.forward(ids, cache, Logits::All)?.to_vec2::<f32>();
+            let mut logits = Vec::new();
+            model.forward_into(ids, cache, Logits::All, &mut logits)?;
+            let vocab = logits.len() / ids.len();
+            return Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect());
         }
         ids.iter().enumerate().map(|(offset, id)| self.forward_last(&[*id], index_pos + offset, device)).collect()
+    }
+
+    /// The llama model, when this is one (the benchmark's roofline reads it).
+    pub fn llama(&self) -> Option<&LlamaModel> {
+        match self {
+            Self::Llama { model, .. } => Some(model),
+            _ => None,
+        }
     }
 
     /// Whether a clone owns an independent copy of the KV cache.

@@ -10,6 +10,13 @@
 //!   (scored choice evaluates every candidate from one prefill);
 //! - rotary tables sized from the file's context length rather than a fixed
 //!   4096 positions, and logits for every position when asked.
+//!
+//! On the CPU, when every product is one of `chat::ggml`'s formats, the pass
+//! runs in `host` instead: the same mathematics without candle tensors,
+//! allocation or candle's thread pool in the loop. The candle path remains
+//! for GPUs and for files with other quantisations.
+
+mod host;
 
 use candle_core::quantized::gguf_file::Content;
 
@@ -62,6 +69,8 @@ pub struct LlamaModel {
     cos: Tensor,
     sin: Tensor,
     device: Device,
+    /// The candle-free CPU path, when every product is computed by `ggml`.
+    host: Option<host::HostModel>,
 }
 
 /// Keys and values of the positions processed so far, one pair per block,
@@ -70,8 +79,14 @@ pub struct LlamaModel {
 /// forking a prefill free.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
+    /// The candle path's tensors.
     layers: Vec<Option<(Tensor, Tensor)>>,
+    /// The host path's f16 rows and scratch arena.
+    host: host::HostCache,
+    /// Positions held.
     len: usize,
+    /// Width of one position's keys (kv heads times head width).
+    kv_width: usize,
 }
 
 impl KvCache {
@@ -90,6 +105,7 @@ impl KvCache {
         if len >= self.len {
             return Ok(());
         }
+        self.host.truncate(len, self.kv_width);
         for layer in self.layers.iter_mut() {
             if let Some((k, v)) = layer.take() {
                 if len > 0 {
@@ -212,7 +228,72 @@ impl LlamaModel {
             });
         }
         let (cos, sin) = rotary_tables(&config, device)?;
-        Ok(Self { config, embeddings, blocks, output, output_norm, cos, sin, device: device.clone() })
+        let host = host_model(&config, &embeddings, &blocks, &output_norm, &output)?;
+        Ok(Self { config, embeddings, blocks, output, output_norm, cos, sin, device: device.clone(), host })
+    }
+
+    /// Whether forward passes run on the candle-free CPU path.
+    pub fn runs_on_host(&self) -> bool {
+        self.host.is_some()
+    }
+
+    /// Bytes of weights one decode step reads: every block's products and
+    /// the output layer (the embedding row read per token is negligible).
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let linear = |l: &Linear| l.blocks().map(|m| m.file_bytes()).unwrap_or(0);
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down].into_iter().map(linear).sum::<usize>())
+            .sum();
+        blocks + linear(&self.output)
+    }
+
+    /// [`LlamaModel::forward`] into a caller's buffer (reused across decode
+    /// steps): `[positions, vocab]` logits, row after row.
+    pub fn forward_into(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        which: Logits,
+        logits: &mut Vec<f32>,
+    ) -> candle_core::Result<()> {
+        let Some(host) = &self.host else {
+            let tensor = self.forward(tokens, cache, which)?;
+            logits.clear();
+            logits.extend(tensor.flatten_all()?.to_vec1::<f32>()?);
+            return Ok(());
+        };
+        self.check_positions(tokens, cache)?;
+        let vocab = self.embeddings_rows();
+        if let Some(bad) = tokens.iter().find(|t| **t as usize >= vocab) {
+            candle_core::bail!("token id {bad} is outside the vocabulary of {vocab}");
+        }
+        cache.kv_width = self.config.n_kv_head * self.config.head_dim;
+        host.forward(tokens, cache.len, &mut cache.host, which == Logits::All, logits);
+        cache.len += tokens.len();
+        Ok(())
+    }
+
+    fn embeddings_rows(&self) -> usize {
+        match &self.embeddings {
+            Embeddings::Blocks(table) => table.rows(),
+            Embeddings::Dense(table) => table.embeddings().dims()[0],
+        }
+    }
+
+    fn check_positions(&self, tokens: &[u32], cache: &KvCache) -> candle_core::Result<()> {
+        if tokens.is_empty() {
+            candle_core::bail!("no tokens to run");
+        }
+        if cache.len + tokens.len() > self.config.context_length {
+            candle_core::bail!(
+                "positions up to {} exceed the context length {}",
+                cache.len + tokens.len(),
+                self.config.context_length
+            );
+        }
+        Ok(())
     }
 
     /// The hyper-parameters.
@@ -223,18 +304,15 @@ impl LlamaModel {
     /// Runs `tokens` at positions `cache.len()..`, appending to the cache,
     /// and returns f32 logits for the positions asked for.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> candle_core::Result<Tensor> {
+        if self.host.is_some() {
+            let mut logits = Vec::new();
+            self.forward_into(tokens, cache, which, &mut logits)?;
+            let rows = logits.len() / self.embeddings_rows().max(1);
+            return Tensor::from_vec(logits, (rows, self.embeddings_rows()), &self.device);
+        }
         let seq_len = tokens.len();
         let start = cache.len;
-        if seq_len == 0 {
-            candle_core::bail!("no tokens to run");
-        }
-        if start + seq_len > self.config.context_length {
-            candle_core::bail!(
-                "positions up to {} exceed the context length {}",
-                start + seq_len,
-                self.config.context_length
-            );
-        }
+        self.check_positions(tokens, cache)?;
         if cache.layers.len() != self.blocks.len() {
             cache.layers = vec![None; self.blocks.len()];
         }
@@ -301,6 +379,73 @@ impl LlamaModel {
         let y = y.transpose(1, 2)?.reshape((1, seq_len, width))?;
         block.wo.forward(&y)
     }
+}
+
+/// The host path's view of the weights, when every product is a block
+/// matrix on the CPU (`Linear::Ggml` exists only there).
+fn host_model(
+    config: &LlamaConfig,
+    embeddings: &Embeddings,
+    blocks: &[Block],
+    output_norm: &Tensor,
+    output: &Linear,
+) -> candle_core::Result<Option<host::HostModel>> {
+    let Embeddings::Blocks(table) = embeddings else {
+        return Ok(None);
+    };
+    if config.head_dim > host::MAX_HEAD_DIM || !config.head_dim.is_multiple_of(2) {
+        return Ok(None);
+    }
+    let Some(output) = output.blocks() else {
+        return Ok(None);
+    };
+    let width = config.n_head * config.head_dim;
+    if output.cols() != width || table.cols() != width || !width.is_multiple_of(ggml_block()) {
+        return Ok(None);
+    }
+    let mut host_blocks = Vec::with_capacity(blocks.len());
+    for block in blocks {
+        let linears = [&block.wq, &block.wk, &block.wv, &block.wo, &block.gate, &block.up, &block.down];
+        let Some(matrices) = linears.map(|l| l.blocks().cloned()).into_iter().collect::<Option<Vec<_>>>() else {
+            return Ok(None);
+        };
+        let Ok::<[_; 7], _>([wq, wk, wv, wo, gate, up, down]) = matrices.try_into() else {
+            return Ok(None);
+        };
+        let width = config.n_head * config.head_dim;
+        let kv_width = config.n_kv_head * config.head_dim;
+        let ffn = gate.rows();
+        let shapes = [(&wq, width, width), (&wk, kv_width, width), (&wv, kv_width, width), (&wo, width, width)];
+        let ffn_shapes = [(&gate, ffn, width), (&up, ffn, width), (&down, width, ffn)];
+        if shapes.iter().chain(&ffn_shapes).any(|(m, rows, cols)| m.rows() != *rows || m.cols() != *cols)
+            || !ffn.is_multiple_of(ggml_block())
+        {
+            return Ok(None);
+        }
+        host_blocks.push(host::HostBlock {
+            attn_norm: block.attn_norm.to_dtype(DType::F32)?.to_vec1()?,
+            wq,
+            wk,
+            wv,
+            wo,
+            ffn_norm: block.ffn_norm.to_dtype(DType::F32)?.to_vec1()?,
+            gate,
+            up,
+            down,
+        });
+    }
+    Ok(Some(host::HostModel {
+        config: config.clone(),
+        embeddings: table.clone(),
+        blocks: host_blocks,
+        output_norm: output_norm.to_dtype(DType::F32)?.to_vec1()?,
+        output: output.clone(),
+        rope: host::HostModel::rope_table(config),
+    }))
+}
+
+fn ggml_block() -> usize {
+    super::ggml::BLOCK
 }
 
 /// `[len, head_dim / 2]` cosine and sine tables for interleaved rotary

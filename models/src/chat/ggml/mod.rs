@@ -1,0 +1,477 @@
+//! Matrix products over ggml's legacy block quantisations (Q4_0, Q4_1,
+//! Q8_0) with the arithmetic of ggml's x86 CPU kernels, so that logits agree
+//! with llama.cpp's to float rounding rather than to quantisation noise:
+//! activations are quantised per 32-value block exactly as ggml does it
+//! (scale `amax / 127`, inverse `127 / amax`, round half to even, the Q8_1
+//! block sum computed from the unrounded scale), and each dot product keeps
+//! ggml's eight partial sums of four products, fused multiply-adds, and its
+//! horizontal reduction order. Other quantisations use candle's kernels.
+//!
+//! Weights are repacked at load into separate arrays of block scales, block
+//! minimums and packed quants, so a kernel reads each field with one load.
+//! Products run on [`crate::cpu::pool`], split into bands of weight rows;
+//! the dot products themselves are in `kernels`, one body per
+//! [`crate::cpu::Level`].
+
+mod kernels;
+#[cfg(test)]
+mod tests;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Module, Tensor};
+use half::f16;
+
+use crate::cpu::{Level, Pool};
+
+/// Values per block for every format here.
+pub const BLOCK: usize = 32;
+/// Rows interleaved in the repacked layout (and computed together).
+const GROUP: usize = 4;
+
+/// Weight rows per band when one activation row is multiplied (a band of
+/// 576-wide Q4_1 rows is 11 KB: small enough that a helper that loses its
+/// core holds back little work).
+const DECODE_BAND: usize = 32;
+/// Weight rows per band when many activation rows are multiplied.
+const PROMPT_BAND: usize = 16;
+/// Chunks per thread the largest product of a job is cut into.
+const CHUNKS_PER_THREAD: usize = 8;
+/// The most products one fused job takes (Q, K, V).
+const MAX_FUSED: usize = 4;
+
+/// A weight matrix: ggml-exact for the legacy formats, candle otherwise.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    /// Q4_0, Q4_1 or Q8_0 blocks, computed here.
+    Ggml(std::sync::Arc<BlockMatrix>),
+    /// Anything else, computed by candle.
+    Candle(QMatMul),
+}
+
+/// The block formats computed here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockFormat {
+    /// 4-bit, scale only (18 bytes per block).
+    Q4_0,
+    /// 4-bit, scale and minimum (20 bytes per block).
+    Q4_1,
+    /// 8-bit, scale only (34 bytes per block).
+    Q8_0,
+}
+
+impl BlockFormat {
+    /// Bytes per block in the GGUF file.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q8_0 => 34,
+        }
+    }
+
+    fn quant_bytes(self) -> usize {
+        match self {
+            Self::Q4_0 | Self::Q4_1 => 16,
+            Self::Q8_0 => 32,
+        }
+    }
+}
+
+/// A `[rows, cols]` matrix of ggml blocks, repacked at load for the
+/// kernels: rows in groups of four (the last group padded with zero
+/// blocks), and within a group block-major, so block `b` of the four rows
+/// lies side by side; block scales, block minimums (Q4_1) and packed quants
+/// in three arrays, each read front to back by a product (three streams the
+/// hardware prefetcher follows, where row-major order gives it twelve).
+/// f16 to f32 is exact, so widening the scales at load changes no result.
+#[derive(Debug)]
+pub struct BlockMatrix {
+    format: BlockFormat,
+    rows: usize,
+    cols: usize,
+    /// `[group][block][4]` scales.
+    scales: Vec<f32>,
+    /// `[group][block][4]` minimums (Q4_1), else empty.
+    mins: Vec<f32>,
+    /// `[group][block][4][quant bytes]` packed quants.
+    quants: Vec<u8>,
+}
+
+/// One quantised block of activations (Q8_0, or Q8_1 with `sum`).
+#[derive(Debug, Clone, Copy)]
+pub struct ActivationBlock {
+    /// The block's scale, rounded to f16 as ggml stores it.
+    scale: f32,
+    /// `scale * sum(quants)` rounded to f16 (Q8_1; Q4_1 products need it).
+    sum: f32,
+    /// The quantised values.
+    quants: [i8; BLOCK],
+}
+
+impl Default for ActivationBlock {
+    fn default() -> Self {
+        Self { scale: 0.0, sum: 0.0, quants: [0; BLOCK] }
+    }
+}
+
+/// What a product does with the value already in the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// `out += x @ w^T` (a residual connection folded into the product).
+    Add,
+    /// `out = x @ w^T`.
+    Assign,
+}
+
+/// One product of a fused job: every product of a job shares its activations.
+#[derive(Debug)]
+pub struct Product<'a> {
+    /// The weights.
+    pub matrix: &'a BlockMatrix,
+    /// `[activation rows, matrix rows]`.
+    pub out: &'a mut [f32],
+    /// Assign or accumulate.
+    pub write: Write,
+}
+
+impl Linear {
+    /// Wraps a tensor read from GGUF.
+    pub fn new(tensor: QTensor) -> candle_core::Result<Self> {
+        let format = match tensor.dtype() {
+            GgmlDType::Q4_0 => Some(BlockFormat::Q4_0),
+            GgmlDType::Q4_1 => Some(BlockFormat::Q4_1),
+            GgmlDType::Q8_0 => Some(BlockFormat::Q8_0),
+            _ => None,
+        };
+        match (format, tensor.shape().dims()) {
+            (Some(format), &[rows, cols]) if cols % BLOCK == 0 && tensor.device().is_cpu() => {
+                let data = tensor.data()?.into_owned();
+                if data.len() != rows * cols / BLOCK * format.bytes() {
+                    candle_core::bail!(
+                        "tensor data has {} bytes, expected {}",
+                        data.len(),
+                        rows * cols / BLOCK * format.bytes()
+                    );
+                }
+                Ok(Self::Ggml(std::sync::Arc::new(BlockMatrix::from_ggml(format, rows, cols, &data))))
+            }
+            _ => Ok(Self::Candle(QMatMul::from_qtensor(tensor)?)),
+        }
+    }
+
+    /// `x @ self^T` for `x` of shape `[..., cols]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Candle(matmul) => matmul.forward(x),
+            Self::Ggml(matrix) => matrix.forward(x),
+        }
+    }
+
+    /// The block matrix, when this one is computed here.
+    pub fn blocks(&self) -> Option<&std::sync::Arc<BlockMatrix>> {
+        match self {
+            Self::Ggml(matrix) => Some(matrix),
+            Self::Candle(_) => None,
+        }
+    }
+}
+
+impl BlockMatrix {
+    /// Repacks GGUF block bytes (`rows * cols / 32` blocks of `format`).
+    pub fn from_ggml(format: BlockFormat, rows: usize, cols: usize, data: &[u8]) -> Self {
+        let per_row = cols / BLOCK;
+        let padded = rows.div_ceil(GROUP) * GROUP;
+        let quant_bytes = format.quant_bytes();
+        let mut scales = vec![0f32; padded * per_row];
+        let mut mins = if format == BlockFormat::Q4_1 { vec![0f32; padded * per_row] } else { Vec::new() };
+        let mut quants = vec![0u8; padded * per_row * quant_bytes];
+        for (idx, block) in data.chunks_exact(format.bytes()).enumerate() {
+            let (row, column) = (idx / per_row, idx % per_row);
+            let slot = ((row / GROUP) * per_row + column) * GROUP + row % GROUP;
+            scales[slot] = f16::from_le_bytes([block[0], block[1]]).to_f32();
+            if format == BlockFormat::Q4_1 {
+                mins[slot] = f16::from_le_bytes([block[2], block[3]]).to_f32();
+            }
+            quants[slot * quant_bytes..(slot + 1) * quant_bytes]
+                .copy_from_slice(&block[format.bytes() - quant_bytes..]);
+        }
+        Self { format, rows, cols, scales, mins, quants }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The block format.
+    pub fn format(&self) -> BlockFormat {
+        self.format
+    }
+
+    /// Bytes of the weights as stored in the file (what one product reads).
+    pub fn file_bytes(&self) -> usize {
+        self.rows * self.cols / BLOCK * self.format.bytes()
+    }
+
+    /// Row `row` as f32, computed as ggml's `dequantize_row_*` does (an
+    /// embedding lookup needs one row, so the table stays quantised).
+    pub fn dequantize_row(&self, row: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.cols];
+        self.dequantize_row_into(row, &mut out);
+        out
+    }
+
+    /// [`BlockMatrix::dequantize_row`] into `out` (`cols` long).
+    pub fn dequantize_row_into(&self, row: usize, out: &mut [f32]) {
+        let blocks = self.row(row);
+        for (idx, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let (scale, quants) = (blocks.scale(idx), blocks.quants(idx));
+            let (low, high) = out.split_at_mut(BLOCK / 2);
+            match self.format {
+                BlockFormat::Q8_0 => {
+                    for (o, q) in out.iter_mut().zip(quants) {
+                        *o = *q as i8 as f32 * scale;
+                    }
+                }
+                BlockFormat::Q4_0 => {
+                    for ((l, h), q) in low.iter_mut().zip(high.iter_mut()).zip(quants) {
+                        *l = ((q & 0x0F) as i32 - 8) as f32 * scale;
+                        *h = ((q >> 4) as i32 - 8) as f32 * scale;
+                    }
+                }
+                BlockFormat::Q4_1 => {
+                    let min = blocks.min(idx);
+                    for ((l, h), q) in low.iter_mut().zip(high.iter_mut()).zip(quants) {
+                        *l = (q & 0x0F) as f32 * scale + min;
+                        *h = (q >> 4) as f32 * scale + min;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The four rows of group `group`.
+    fn group(&self, group: usize) -> GroupBlocks<'_> {
+        let per_row = self.cols / BLOCK;
+        let range = group * per_row * GROUP..(group + 1) * per_row * GROUP;
+        let quant_bytes = self.format.quant_bytes();
+        GroupBlocks {
+            format: self.format,
+            scales: &self.scales[range.clone()],
+            mins: if self.mins.is_empty() { &[] } else { &self.mins[range.clone()] },
+            quants: &self.quants[range.start * quant_bytes..range.end * quant_bytes],
+        }
+    }
+
+    /// One row, as a lane of its group.
+    fn row(&self, row: usize) -> RowBlocks<'_> {
+        RowBlocks { group: self.group(row / GROUP), lane: row % GROUP }
+    }
+
+    /// Groups `groups` against every activation row, written to
+    /// `out[a * rows + r]` for the real (unpadded) rows.
+    fn band(&self, level: Level, activations: &[ActivationBlock], groups: std::ops::Range<usize>, out: OutBand<'_>) {
+        let per_row = self.cols / BLOCK;
+        let n_acts = activations.len() / per_row;
+        let act = |a: usize| &activations[a * per_row..(a + 1) * per_row];
+        for group in groups {
+            let blocks = self.group(group);
+            let rows = (group * GROUP..(group + 1) * GROUP).take_while(|r| *r < self.rows);
+            let mut first = 0;
+            // Tiles of four rows by several activation rows share every load.
+            while first + kernels::TILE_ACTS <= n_acts {
+                let tile =
+                    kernels::dot_tile::<{ kernels::TILE_ACTS }>(level, blocks, std::array::from_fn(|k| act(first + k)));
+                for (a, values) in tile.iter().enumerate() {
+                    for (row, value) in rows.clone().zip(values) {
+                        out.write(first + a, row, *value);
+                    }
+                }
+                first += kernels::TILE_ACTS;
+            }
+            for a in first..n_acts {
+                let values = kernels::dot_rows4(level, blocks, act(a));
+                for (row, value) in rows.clone().zip(&values) {
+                    out.write(a, row, *value);
+                }
+            }
+        }
+    }
+
+    /// `x @ self^T` through candle tensors (the candle forward path).
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let cols = *dims.last().unwrap_or(&0);
+        if cols != self.cols {
+            candle_core::bail!("matmul width mismatch: input {cols}, weights {}", self.cols);
+        }
+        let input = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        let n_rows = input.len() / cols;
+        let mut activations = vec![ActivationBlock::default(); input.len() / BLOCK];
+        quantize_rows(&input, &mut activations);
+        let mut out = vec![0f32; n_rows * self.rows];
+        matmul(
+            crate::cpu::pool::global(),
+            Level::detect(),
+            &activations,
+            &mut [Product { matrix: self, out: &mut out, write: Write::Assign }],
+        );
+        let mut shape = dims;
+        if let Some(last) = shape.last_mut() {
+            *last = self.rows;
+        }
+        Tensor::from_vec(out, shape, x.device())
+    }
+}
+
+/// Runs every product of `products` against the same quantised activations
+/// (`rows * cols / 32` blocks, as [`quantize_rows`] writes them) as one pool
+/// job, so a layer's Q, K and V (or gate and up) cost one synchronisation.
+/// Every matrix must have the activations' width.
+pub fn matmul(pool: &Pool, level: Level, activations: &[ActivationBlock], products: &mut [Product<'_>]) {
+    let Some(first) = products.first() else {
+        return;
+    };
+    let per_row = first.matrix.cols / BLOCK;
+    let n_acts = activations.len() / per_row.max(1);
+    // Bands of at least the minimum, and at most about CHUNKS_PER_THREAD per
+    // thread for the largest matrix (every claimed chunk is an atomic
+    // operation on a line both cores write).
+    let largest = products.iter().map(|p| p.matrix.rows).max().unwrap_or(0);
+    let minimum = if n_acts == 1 { DECODE_BAND } else { PROMPT_BAND };
+    let band = minimum.max(largest / (pool.threads() * CHUNKS_PER_THREAD)).div_ceil(GROUP);
+    // Chunk boundaries: product p owns chunks starts[p]..starts[p + 1].
+    let mut starts = [0usize; MAX_FUSED + 1];
+    assert!(products.len() <= MAX_FUSED, "at most {MAX_FUSED} fused products");
+    let mut total = 0;
+    for (p, product) in products.iter().enumerate() {
+        assert_eq!(product.matrix.cols / BLOCK, per_row, "fused products must share a width");
+        assert_eq!(product.out.len(), n_acts * product.matrix.rows, "output size");
+        starts[p] = total;
+        total += product.matrix.rows.div_ceil(GROUP).div_ceil(band);
+    }
+    let starts = &mut starts[..=products.len()];
+    starts[products.len()] = total;
+    let mut targets: [Option<(&BlockMatrix, OutBand<'_>)>; MAX_FUSED] = [None; MAX_FUSED];
+    for (target, p) in targets.iter_mut().zip(products.iter_mut()) {
+        let out = OutBand { ptr: p.out.as_mut_ptr(), width: p.matrix.rows, write: p.write, _out: Default::default() };
+        *target = Some((p.matrix, out));
+    }
+    pool.run(total, &|chunk| {
+        let p = starts.partition_point(|s| *s <= chunk) - 1;
+        let Some((matrix, out)) = targets[p] else {
+            return;
+        };
+        let groups = matrix.rows.div_ceil(GROUP);
+        let start = (chunk - starts[p]) * band;
+        let end = (start + band).min(groups);
+        matrix.band(level, activations, start..end, out);
+    });
+}
+
+/// A product's output as bands see it: each band writes only its own
+/// columns of every activation row, so bands never overlap.
+#[derive(Debug, Clone, Copy)]
+struct OutBand<'a> {
+    ptr: *mut f32,
+    width: usize,
+    write: Write,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: bands write disjoint elements (see `OutBand`).
+unsafe impl Sync for OutBand<'_> {}
+// SAFETY: as above.
+unsafe impl Send for OutBand<'_> {}
+
+impl OutBand<'_> {
+    #[inline(always)]
+    fn write(self, act: usize, row: usize, value: f32) {
+        // SAFETY: `act < n_acts` and `row < width`, checked against the
+        // output length in `matmul`; each element belongs to one band.
+        unsafe {
+            let slot = self.ptr.add(act * self.width + row);
+            match self.write {
+                Write::Assign => *slot = value,
+                Write::Add => *slot += value,
+            }
+        }
+    }
+}
+
+/// Four interleaved rows' blocks, split by field (see [`BlockMatrix`]).
+#[derive(Debug, Clone, Copy)]
+struct GroupBlocks<'a> {
+    format: BlockFormat,
+    scales: &'a [f32],
+    mins: &'a [f32],
+    quants: &'a [u8],
+}
+
+/// One row of a group.
+#[derive(Debug, Clone, Copy)]
+struct RowBlocks<'a> {
+    group: GroupBlocks<'a>,
+    lane: usize,
+}
+
+impl RowBlocks<'_> {
+    fn format(&self) -> BlockFormat {
+        self.group.format
+    }
+
+    fn blocks(&self) -> usize {
+        self.group.scales.len() / GROUP
+    }
+
+    fn scale(&self, block: usize) -> f32 {
+        self.group.scales[block * GROUP + self.lane]
+    }
+
+    fn min(&self, block: usize) -> f32 {
+        self.group.mins[block * GROUP + self.lane]
+    }
+
+    fn quants(&self, block: usize) -> &[u8] {
+        let bytes = self.group.format.quant_bytes();
+        &self.group.quants[(block * GROUP + self.lane) * bytes..][..bytes]
+    }
+}
+
+/// Rounds to the nearest integer, ties to even, as `_mm256_round_ps` does;
+/// exact for |x| < 2^22 (activation quants are within ±127). Adding and
+/// removing 1.5 * 2^23 avoids a libm call in the hot loop.
+#[inline(always)]
+fn round_half_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    if x.abs() < 4_194_304.0 {
+        (x + MAGIC) - MAGIC
+    } else {
+        x.round_ties_even()
+    }
+}
+
+/// ggml's x86 `quantize_row_q8_1` over rows of `values` (a whole number of
+/// blocks), into `out` (one block per 32 values). The quants and scale are
+/// those of `quantize_row_q8_0` too; products with Q4_0 and Q8_0 weights
+/// ignore the sum.
+pub fn quantize_rows(values: &[f32], out: &mut [ActivationBlock]) {
+    for (values, block) in values.chunks_exact(BLOCK).zip(out.iter_mut()) {
+        let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = max / 127.0;
+        let inverse = if max != 0.0 { 127.0 / max } else { 0.0 };
+        let mut total = 0i32;
+        for (q, v) in block.quants.iter_mut().zip(values) {
+            let rounded = round_half_even(v * inverse) as i32;
+            *q = rounded as i8;
+            total += rounded;
+        }
+        block.sum = f16::from_f32(d * total as f32).to_f32();
+        block.scale = f16::from_f32(d).to_f32();
+    }
+}

@@ -1,0 +1,224 @@
+//! The block kernels against a plain scalar reference on awkward shapes, at
+//! every dispatch level this CPU runs, and the quantisation round trips.
+
+use candle_core::{Device, Tensor};
+use proptest::prelude::*;
+
+use super::kernels::{dot_portable, dot_rows4, dot_tile};
+use super::*;
+use crate::cpu::Pool;
+
+const FORMATS: [GgmlDType; 3] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0];
+
+/// A deterministic stream of values in [-scale, scale].
+fn values(seed: u64, len: usize, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// A `[rows, cols]` matrix quantised by candle (ggml's reference
+/// quantisers), as ours and as candle's dequantised f32.
+fn matrix(format: GgmlDType, rows: usize, cols: usize, seed: u64) -> (BlockMatrix, Vec<Vec<f32>>) {
+    let weights = Tensor::from_vec(values(seed, rows * cols, 0.5), (rows, cols), &Device::Cpu).expect("tensor");
+    let quantized = QTensor::quantize(&weights, format).expect("quantize");
+    let dequantized = quantized.dequantize(&Device::Cpu).expect("dequantize").to_vec2::<f32>().expect("vec");
+    let Linear::Ggml(matrix) = Linear::new(quantized).expect("linear") else {
+        panic!("{format:?} should use the ggml kernels");
+    };
+    (std::sync::Arc::try_unwrap(matrix).expect("sole owner"), dequantized)
+}
+
+fn quantized(rows: usize, cols: usize, seed: u64) -> Vec<ActivationBlock> {
+    let mut blocks = vec![ActivationBlock::default(); rows * cols / BLOCK];
+    quantize_rows(&values(seed, rows * cols, 2.0), &mut blocks);
+    blocks
+}
+
+/// The plain scalar reference: f64 sums of dequantised weights times
+/// dequantised activations (`q * d`; for Q4_1 the minimum times the block
+/// sum ggml stores).
+fn reference(matrix: &BlockMatrix, row: usize, activations: &[ActivationBlock]) -> (f64, f64) {
+    let weights = matrix.row(row);
+    let (mut total, mut magnitude) = (0f64, 0f64);
+    for (idx, act) in activations.iter().enumerate() {
+        let dequantized = {
+            let mut out = vec![0f32; matrix.cols];
+            matrix.dequantize_row_into(row, &mut out);
+            out
+        };
+        for (j, q) in act.quants.iter().enumerate() {
+            let w = match matrix.format {
+                BlockFormat::Q4_1 => dequantized[idx * BLOCK + j] as f64 - weights.min(idx) as f64,
+                _ => dequantized[idx * BLOCK + j] as f64,
+            };
+            let term = w * (*q as f64 * act.scale as f64);
+            total += term;
+            magnitude += term.abs();
+        }
+        if matrix.format == BlockFormat::Q4_1 {
+            let term = weights.min(idx) as f64 * act.sum as f64;
+            total += term;
+            magnitude += term.abs();
+        }
+    }
+    (total, magnitude)
+}
+
+#[test]
+fn every_level_matches_the_portable_kernel_bit_for_bit_and_the_scalar_reference() {
+    // Widths of 1, 3, 7 and 18 blocks; row counts that are not multiples of four.
+    for format in FORMATS {
+        for (rows, blocks) in [(1, 1), (5, 3), (7, 7), (13, 18)] {
+            let cols = blocks * BLOCK;
+            let (matrix, _) = matrix(format, rows, cols, (rows * blocks) as u64);
+            let acts: Vec<Vec<ActivationBlock>> = (0..4).map(|a| quantized(1, cols, 100 + a)).collect();
+            for row in 0..rows {
+                for act in &acts {
+                    let (expected, magnitude) = reference(&matrix, row, act);
+                    let error = (dot_portable(matrix.row(row), act) as f64 - expected).abs();
+                    assert!(error <= 1e-5 * (1.0 + magnitude), "{format:?} {rows}x{cols} row {row}: {error}");
+                }
+            }
+            for group in 0..rows.div_ceil(GROUP) {
+                let blocks = matrix.group(group);
+                let portable: Vec<Vec<u32>> = acts
+                    .iter()
+                    .map(|act| {
+                        (0..GROUP).map(|lane| dot_portable(RowBlocks { group: blocks, lane }, act).to_bits()).collect()
+                    })
+                    .collect();
+                for level in Level::available() {
+                    let tile = dot_tile(level, blocks, [&acts[0][..], &acts[1][..], &acts[2][..], &acts[3][..]]);
+                    for (a, values) in tile.iter().enumerate() {
+                        assert_eq!(values.map(f32::to_bits).to_vec(), portable[a], "{level:?} {format:?} tile");
+                        let single = dot_rows4(level, blocks, &acts[a]);
+                        assert_eq!(single.map(f32::to_bits).to_vec(), portable[a], "{level:?} {format:?} rows");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_pool_products_equal_single_dot_products() {
+    let cols = 3 * BLOCK;
+    for threads in [1, 2] {
+        let pool = Pool::new(threads);
+        for n_acts in [1, 3, 5, 9] {
+            let acts = quantized(n_acts, cols, n_acts as u64);
+            let (first, _) = matrix(GgmlDType::Q4_1, 67, cols, 1);
+            let (second, _) = matrix(GgmlDType::Q8_0, 35, cols, 2);
+            for level in Level::available() {
+                let mut out_first = vec![0f32; n_acts * 67];
+                let mut out_second = values(9, n_acts * 35, 1.0);
+                let before = out_second.clone();
+                matmul(
+                    &pool,
+                    level,
+                    &acts,
+                    &mut [
+                        Product { matrix: &first, out: &mut out_first, write: Write::Assign },
+                        Product { matrix: &second, out: &mut out_second, write: Write::Add },
+                    ],
+                );
+                for a in 0..n_acts {
+                    let act = &acts[a * 3..(a + 1) * 3];
+                    for r in 0..67 {
+                        assert_eq!(out_first[a * 67 + r].to_bits(), dot_portable(first.row(r), act).to_bits());
+                    }
+                    for r in 0..35 {
+                        let expected = before[a * 35 + r] + dot_portable(second.row(r), act);
+                        assert_eq!(out_second[a * 35 + r].to_bits(), expected.to_bits());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn candle_tensor_path_agrees_with_candle_dequantised_weights() {
+    let input = values(5, 5 * 96, 2.0);
+    let x = Tensor::from_vec(input.clone(), (5, 96), &Device::Cpu).expect("input");
+    for format in FORMATS {
+        let (matrix, dequantized) = matrix(format, 64, 96, 3);
+        for (row, expected) in dequantized.iter().enumerate() {
+            assert_eq!(&matrix.dequantize_row(row), expected, "{format:?} row {row}");
+        }
+        let fast = matrix.forward(&x).expect("forward").to_vec2::<f32>().expect("vec");
+        let weights = Tensor::new(dequantized, &Device::Cpu).expect("weights");
+        let exact = x.matmul(&weights.t().expect("t")).expect("matmul").to_vec2::<f32>().expect("vec");
+        for (fast, exact) in fast.iter().flatten().zip(exact.iter().flatten()) {
+            assert!((fast - exact).abs() < 0.05 * (1.0 + exact.abs()), "{format:?}");
+        }
+    }
+}
+
+#[test]
+fn activation_quantisation_rounds_half_to_even() {
+    let mut row = vec![0f32; BLOCK];
+    row[0] = 127.0;
+    row[1] = 2.5;
+    row[2] = -3.5;
+    let mut blocks = [ActivationBlock::default()];
+    quantize_rows(&row, &mut blocks);
+    assert_eq!(&blocks[0].quants[..3], &[127, 2, -4]);
+    for x in [0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.49, -126.51, 3.0] {
+        assert_eq!(round_half_even(x), x.round_ties_even(), "{x}");
+    }
+    assert_eq!(blocks[0].scale, 1.0);
+    assert_eq!(blocks[0].sum, 125.0);
+}
+
+proptest! {
+    /// Activations come back within half a step (plus the f16 rounding of the scale).
+    #[test]
+    fn activation_round_trip_is_within_half_a_step(values in prop::collection::vec(-1e3f32..1e3, 32..=96)) {
+        let len = values.len() / BLOCK * BLOCK;
+        let values = &values[..len];
+        let mut blocks = vec![ActivationBlock::default(); len / BLOCK];
+        quantize_rows(values, &mut blocks);
+        for (block, values) in blocks.iter().zip(values.chunks_exact(BLOCK)) {
+            let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let step = max / 127.0;
+            for (q, v) in block.quants.iter().zip(values) {
+                let back = *q as f32 * block.scale;
+                prop_assert!((back - v).abs() <= 0.5 * step + 127.0 * step / 1024.0 + 1e-6);
+            }
+        }
+    }
+
+    /// Weights quantised by ggml's reference quantisers and dequantised by
+    /// ours come back within one quantisation step.
+    #[test]
+    fn weight_round_trip_is_within_a_step(
+        values in prop::collection::vec(-4f32..4.0, 64..=64),
+        format in prop::sample::select(FORMATS.to_vec()),
+    ) {
+        let weights = Tensor::from_vec(values.clone(), (2, 32), &Device::Cpu).expect("tensor");
+        let Linear::Ggml(matrix) = Linear::new(QTensor::quantize(&weights, format).expect("quantize")).expect("linear") else {
+            panic!("{format:?} should use the ggml kernels");
+        };
+        for (row, values) in values.chunks_exact(BLOCK).enumerate() {
+            let back = matrix.dequantize_row(row);
+            let (low, high) = values.iter().fold((f32::MAX, f32::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+            let amax = low.abs().max(high.abs());
+            let step = match format {
+                GgmlDType::Q8_0 => amax / 127.0,
+                GgmlDType::Q4_0 => amax / 8.0,
+                _ => (high - low) / 15.0,
+            };
+            for (b, v) in back.iter().zip(values) {
+                prop_assert!((b - v).abs() <= 1.01 * step + amax / 256.0, "{format:?}: {v} came back as {b}");
+            }
+        }
+    }
+}

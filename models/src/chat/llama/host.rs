@@ -1,0 +1,297 @@
+//! The llama forward pass on the CPU without candle in the loop: the same
+//! mathematics as the candle path in `mod.rs`, on plain f32 rows, with the
+//! quantised products of `chat::ggml` run on [`crate::cpu::pool`], RMS norm,
+//! RoPE, SwiGLU and attention over an f16 KV cache written here, and every
+//! intermediate in a scratch arena that lives with the KV cache, so a decode
+//! step allocates nothing (the cache itself grows a chunk of positions at a
+//! time).
+//!
+//! Per layer the pool runs five jobs: Q, K and V fused into one, attention
+//! (one chunk per head), the output projection with the residual added in
+//! place, gate and up fused, and down with the residual.
+
+use std::sync::Arc;
+
+use half::f16;
+
+use super::LlamaConfig;
+use crate::chat::ggml::{self, ActivationBlock, BlockMatrix, Product, Write, BLOCK};
+use crate::cpu::pool::DisjointSlice;
+use crate::cpu::{vector, Level, Pool};
+
+/// The widest head the attention kernel keeps on the stack.
+pub(super) const MAX_HEAD_DIM: usize = 256;
+/// Positions the KV cache grows by when full.
+const CACHE_GROWTH: usize = 256;
+
+/// One block's weights.
+#[derive(Debug)]
+pub(super) struct HostBlock {
+    pub attn_norm: Vec<f32>,
+    pub wq: Arc<BlockMatrix>,
+    pub wk: Arc<BlockMatrix>,
+    pub wv: Arc<BlockMatrix>,
+    pub wo: Arc<BlockMatrix>,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Arc<BlockMatrix>,
+    pub up: Arc<BlockMatrix>,
+    pub down: Arc<BlockMatrix>,
+}
+
+/// The whole model in the layout this path reads.
+#[derive(Debug)]
+pub(super) struct HostModel {
+    pub config: LlamaConfig,
+    pub embeddings: Arc<BlockMatrix>,
+    pub blocks: Vec<HostBlock>,
+    pub output_norm: Vec<f32>,
+    pub output: Arc<BlockMatrix>,
+    /// `[position][head_dim / 2]` pairs of (cos, sin), computed as ggml's
+    /// `rope_cache_init` does: `theta` starts at the position and is
+    /// multiplied by `base^(-2 / dims)` from one pair to the next.
+    pub rope: Vec<(f32, f32)>,
+}
+
+/// Keys and values of one block, `[position][kv head][head_dim]` in f16.
+#[derive(Debug, Clone, Default)]
+struct LayerCache {
+    keys: Vec<f16>,
+    values: Vec<f16>,
+}
+
+/// This path's part of a `KvCache`: the f16 keys and values, and a scratch
+/// arena that a clone does not copy.
+#[derive(Debug, Clone, Default)]
+pub(super) struct HostCache {
+    layers: Vec<LayerCache>,
+    scratch: Scratch,
+}
+
+impl HostCache {
+    /// Forgets positions from `len` on.
+    pub fn truncate(&mut self, len: usize, kv_width: usize) {
+        for layer in &mut self.layers {
+            layer.keys.truncate(len * kv_width);
+            layer.values.truncate(len * kv_width);
+        }
+    }
+}
+
+/// Every intermediate of a forward pass, sized for the longest run so far.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// The residual stream, `[tokens, width]`.
+    x: Vec<f32>,
+    /// Normalised rows.
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention output, `[tokens, width]`.
+    attention: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    /// Quantised activations for the next product.
+    blocks: Vec<ActivationBlock>,
+    /// Attention weights, `[head][positions]`.
+    scores: Vec<f32>,
+}
+
+impl Clone for Scratch {
+    /// A fork needs its own arena, not a copy of this one's contents.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+/// Resizes without shrinking capacity (no allocation once warm).
+fn sized<T: Clone + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
+    buffer.resize(len, T::default());
+    &mut buffer[..len]
+}
+
+impl HostModel {
+    /// `[context][head_dim / 2]` rotary pairs.
+    pub fn rope_table(config: &LlamaConfig) -> Vec<(f32, f32)> {
+        let half = config.rope_dim / 2;
+        let theta_scale = config.rope_base.powf(-2.0 / config.rope_dim as f32);
+        let mut table = Vec::with_capacity(config.context_length * half);
+        for pos in 0..config.context_length {
+            let mut theta = pos as f32;
+            for _ in 0..half {
+                table.push((theta.cos(), theta.sin()));
+                theta *= theta_scale;
+            }
+        }
+        table
+    }
+
+    /// Runs `tokens` at positions `start..`, appending to `cache`, and
+    /// writes logits for the last position (`all == false`) or every
+    /// position into `logits`. Token ids must be below the vocabulary size.
+    pub fn forward(&self, tokens: &[u32], start: usize, cache: &mut HostCache, all: bool, logits: &mut Vec<f32>) {
+        let pool = crate::cpu::pool::global();
+        let level = Level::detect();
+        let LlamaConfig { n_head, n_kv_head, head_dim, rms_eps, .. } = self.config;
+        let n = tokens.len();
+        let width = n_head * head_dim;
+        let kv_width = n_kv_head * head_dim;
+        let ffn = self.blocks.first().map(|b| b.gate.rows()).unwrap_or(0);
+        let total = start + n;
+        if cache.layers.len() != self.blocks.len() {
+            cache.layers = vec![LayerCache::default(); self.blocks.len()];
+        }
+        let HostCache { layers, scratch } = cache;
+        let x = sized(&mut scratch.x, n * width);
+        for (row, token) in x.chunks_exact_mut(width).zip(tokens) {
+            self.embeddings.dequantize_row_into(*token as usize, row);
+        }
+        sized(&mut scratch.h, n * width);
+        sized(&mut scratch.q, n * width);
+        sized(&mut scratch.k, n * kv_width);
+        sized(&mut scratch.v, n * kv_width);
+        sized(&mut scratch.attention, n * width);
+        sized(&mut scratch.gate, n * ffn);
+        sized(&mut scratch.up, n * ffn);
+        sized(&mut scratch.blocks, n * width.max(ffn) / BLOCK);
+        sized(&mut scratch.scores, n_head * total);
+        for (block, layer) in self.blocks.iter().zip(layers.iter_mut()) {
+            let s = &mut *scratch;
+            normalise(&s.x, &block.attn_norm, rms_eps, width, &mut s.h);
+            let acts = &mut s.blocks[..n * width / BLOCK];
+            ggml::quantize_rows(&s.h, acts);
+            ggml::matmul(
+                pool,
+                level,
+                acts,
+                &mut [
+                    Product { matrix: &block.wq, out: &mut s.q, write: Write::Assign },
+                    Product { matrix: &block.wk, out: &mut s.k, write: Write::Assign },
+                    Product { matrix: &block.wv, out: &mut s.v, write: Write::Assign },
+                ],
+            );
+            self.rotate(&mut s.q, start, n_head);
+            self.rotate(&mut s.k, start, n_kv_head);
+            append(&mut layer.keys, &s.k, kv_width);
+            append(&mut layer.values, &s.v, kv_width);
+            self.attend(pool, level, layer, start, n, &s.q, &mut s.scores, &mut s.attention);
+            ggml::quantize_rows(&s.attention, acts);
+            ggml::matmul(pool, level, acts, &mut [Product { matrix: &block.wo, out: &mut s.x, write: Write::Add }]);
+            normalise(&s.x, &block.ffn_norm, rms_eps, width, &mut s.h);
+            ggml::quantize_rows(&s.h, acts);
+            ggml::matmul(
+                pool,
+                level,
+                acts,
+                &mut [
+                    Product { matrix: &block.gate, out: &mut s.gate, write: Write::Assign },
+                    Product { matrix: &block.up, out: &mut s.up, write: Write::Assign },
+                ],
+            );
+            vector::swiglu(&mut s.gate, &s.up);
+            let acts = &mut s.blocks[..n * ffn / BLOCK];
+            ggml::quantize_rows(&s.gate, acts);
+            ggml::matmul(pool, level, acts, &mut [Product { matrix: &block.down, out: &mut s.x, write: Write::Add }]);
+        }
+        let rows = if all { 0..n } else { n - 1..n };
+        let out_rows = rows.len();
+        let h = &mut scratch.h[..out_rows * width];
+        normalise(&scratch.x[rows.start * width..rows.end * width], &self.output_norm, rms_eps, width, h);
+        let acts = &mut scratch.blocks[..out_rows * width / BLOCK];
+        ggml::quantize_rows(h, acts);
+        logits.resize(out_rows * self.output.rows(), 0.0);
+        ggml::matmul(pool, level, acts, &mut [Product { matrix: &self.output, out: logits, write: Write::Assign }]);
+    }
+
+    /// Interleaved rotary embedding of every head of every row, in place.
+    fn rotate(&self, rows: &mut [f32], start: usize, heads: usize) {
+        let head_dim = self.config.head_dim;
+        let half = head_dim / 2;
+        for (i, row) in rows.chunks_exact_mut(heads * head_dim).enumerate() {
+            let table = &self.rope[(start + i) * half..(start + i + 1) * half];
+            for head in row.chunks_exact_mut(head_dim) {
+                for (pair, (cos, sin)) in head.chunks_exact_mut(2).zip(table) {
+                    let (x0, x1) = (pair[0], pair[1]);
+                    pair[0] = x0 * cos - x1 * sin;
+                    pair[1] = x0 * sin + x1 * cos;
+                }
+            }
+        }
+    }
+
+    /// Causal attention of `n` query rows (positions `start..start + n`)
+    /// over the cached keys and values, one pool chunk per head: scores
+    /// `q . k` with `q` rounded to f16, scaled by `1 / sqrt(head_dim)`,
+    /// softmax (sum in f64), weights rounded to f16, then `sum(w * v)`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        pool: &Pool,
+        level: Level,
+        layer: &LayerCache,
+        start: usize,
+        n: usize,
+        q: &[f32],
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let LlamaConfig { n_head, n_kv_head, head_dim, .. } = self.config;
+        let width = n_head * head_dim;
+        let kv_width = n_kv_head * head_dim;
+        let group = n_head / n_kv_head;
+        let total = start + n;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let scores = DisjointSlice::new(scores);
+        let out = DisjointSlice::new(out);
+        pool.run(n_head, &|head| {
+            let kv_head = head / group;
+            // SAFETY: each chunk is one head: its own score row and its own
+            // columns of the output rows.
+            let scores = unsafe { scores.piece(head * total..(head + 1) * total) };
+            let mut query = [0f32; MAX_HEAD_DIM];
+            let query = &mut query[..head_dim];
+            for i in 0..n {
+                let visible = start + i + 1;
+                query.copy_from_slice(&q[i * width + head * head_dim..][..head_dim]);
+                vector::round_to_f16(query);
+                let mut max = f32::NEG_INFINITY;
+                for (t, score) in scores[..visible].iter_mut().enumerate() {
+                    let key = &layer.keys[t * kv_width + kv_head * head_dim..][..head_dim];
+                    *score = vector::dot_f16(level, query, key) * scale;
+                    max = max.max(*score);
+                }
+                let mut sum = 0f64;
+                for score in scores[..visible].iter_mut() {
+                    *score = (*score - max).exp();
+                    sum += *score as f64;
+                }
+                let inverse = (1.0 / sum) as f32;
+                // SAFETY: as above.
+                let row = unsafe { out.piece(i * width + head * head_dim..i * width + (head + 1) * head_dim) };
+                row.fill(0.0);
+                for (t, score) in scores[..visible].iter().enumerate() {
+                    let weight = f16::from_f32(score * inverse).to_f32();
+                    let value = &layer.values[t * kv_width + kv_head * head_dim..][..head_dim];
+                    vector::axpy_f16(level, weight, value, row);
+                }
+            }
+        });
+    }
+}
+
+/// RMS norm of every `width`-wide row of `x` into `out`.
+fn normalise(x: &[f32], weight: &[f32], eps: f32, width: usize, out: &mut [f32]) {
+    for (row, out) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        vector::rms_norm(row, weight, eps, out);
+    }
+}
+
+/// Appends rows to an f16 cache, growing it a chunk of positions at a time.
+fn append(cache: &mut Vec<f16>, rows: &[f32], kv_width: usize) {
+    let old = cache.len();
+    if cache.capacity() < old + rows.len() {
+        cache.reserve(rows.len().max(CACHE_GROWTH * kv_width));
+    }
+    cache.resize(old + rows.len(), f16::ZERO);
+    vector::to_f16(rows, &mut cache[old..]);
+}

@@ -1,0 +1,21 @@
+//! CPU kernels under candle: what the edge's forward passes run on when
+//! there is no GPU. candle stays the framework (loading, tensors, the CUDA
+//! and Metal backends); these are the hot loops a small model spends its
+//! time in, written for this crate because candle's CPU path has no fast
+//! products for the 4-bit formats small models ship in, runs one-row
+//! products on one thread, and busy-waits between operations.
+//!
+//! # Layout
+//! - [`pool`]: a fork-join pool that hands the other core back when cores are short.
+//! - [`vector`]: RMS norm, f16 attention dot products, SwiGLU; run-time dispatch by [`vector::Level`].
+//! - [`bandwidth`]: a STREAM-like read-bandwidth probe for the roofline.
+//!
+//! The quantised matrix products live in `chat::ggml` next to the formats
+//! they read.
+
+pub mod bandwidth;
+pub mod pool;
+pub mod vector;
+
+pub use pool::Pool;
+pub use vector::Level;
