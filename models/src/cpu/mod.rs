@@ -19,3 +19,18 @@ pub mod vector;
 
 pub use pool::Pool;
 pub use vector::Level;
+
+/// Deterministic pseudo-random values in `[-scale, scale)` for kernel tests
+/// (xorshift, so tests need no RNG crate state).
+#[cfg(test)]
+pub(crate) fn test_values(seed: u64, len: usize, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}

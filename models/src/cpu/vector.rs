@@ -227,19 +227,7 @@ unsafe fn axpy_f16_avx2(w: f32, v: &[f16], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A deterministic stream of values in [-scale, scale].
-    fn values(seed: u64, len: usize, scale: f32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
+    use crate::cpu::test_values as values;
 
     #[test]
     fn f16_kernels_agree_with_the_portable_ones_and_a_scalar_reference() {

@@ -6,22 +6,12 @@ use proptest::prelude::*;
 
 use super::kernels::{dot_portable, dot_rows4, dot_tile};
 use super::*;
+use crate::cpu::test_values as values;
 use crate::cpu::Pool;
 
 const FORMATS: [GgmlDType; 3] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0];
 
 /// A deterministic stream of values in [-scale, scale].
-fn values(seed: u64, len: usize, scale: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 /// A `[rows, cols]` matrix quantised by candle (ggml's reference
 /// quantisers), as ours and as candle's dequantised f32.
