@@ -11,8 +11,6 @@ use crate::cpu::Pool;
 
 const FORMATS: [GgmlDType; 3] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0];
 
-/// A deterministic stream of values in [-scale, scale].
-
 /// A `[rows, cols]` matrix quantised by candle (ggml's reference
 /// quantisers), as ours and as candle's dequantised f32.
 fn matrix(format: GgmlDType, rows: usize, cols: usize, seed: u64) -> (BlockMatrix, Vec<Vec<f32>>) {
