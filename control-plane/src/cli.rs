@@ -41,8 +41,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane until SIGINT or SIGTERM.
     Serve(ServeArgs),
-    /// Start a control plane and one local edge, enrolled, under ./aios-data.
-    Up,
+    /// Start a control plane, the sample shop and two edges with sample work.
+    Up(UpArgs),
     /// Enrolment tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -250,6 +250,17 @@ pub struct ServeArgs {
     pub server_names: Vec<String>,
 }
 
+/// Options of `up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where all state goes [default: ./aios-data].
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Listen on free ports the system picks instead of 7443, 7480, 7490, 7581 and 7582.
+    #[arg(long)]
+    pub ephemeral_ports: bool,
+}
+
 /// The configuration file of `serve`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -386,7 +397,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = || AdminClient::discover(&data_dir, cli.admin_url.clone(), cli.admin_token.clone());
     match cli.command {
         Command::Serve(args) => serve(cli.data_dir.clone(), args).await,
-        Command::Up => crate::up::up().await,
+        Command::Up(args) => {
+            let root = args.root.unwrap_or_else(|| PathBuf::from("aios-data"));
+            crate::up::up(crate::up::UpOptions { root, ephemeral_ports: args.ephemeral_ports }).await
+        }
         Command::Token(TokenCommand::Create { ttl }) => {
             let answer =
                 client()?.send(Method::POST, "/v1/tokens", Some(Body::Json(serde_json::json!({ "ttl": ttl })))).await?;

@@ -49,19 +49,41 @@ const EDGES: [DemoEdge; 2] = [
     DemoEdge { name: "studio", role: "studio", api: "127.0.0.1:7582" },
 ];
 
+/// Where `up` keeps its state and listens.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Everything `up` writes goes under here.
+    pub root: PathBuf,
+    /// Listen on ports the system picks instead of the fixed ones (tests,
+    /// or a second `up` beside a first). The shop's address is written into
+    /// the published bundle, so such a root is not meant to be restarted.
+    pub ephemeral_ports: bool,
+}
+
+impl UpOptions {
+    /// The fixed address, or port 0 on the same host with `ephemeral_ports`.
+    fn addr(&self, fixed: &str) -> SocketAddr {
+        let mut addr: SocketAddr = fixed.parse().expect("valid literal");
+        if self.ephemeral_ports {
+            addr.set_port(0);
+        }
+        addr
+    }
+}
+
 /// Runs until SIGINT or SIGTERM.
-pub async fn up() -> anyhow::Result<()> {
-    let root = PathBuf::from("aios-data");
+pub async fn up(up: UpOptions) -> anyhow::Result<()> {
+    let root = up.root.clone();
     let options = Options {
         data_dir: root.join("control-plane"),
-        sync_listen: "127.0.0.1:7443".parse().expect("valid literal"),
-        admin_listen: "127.0.0.1:7480".parse().expect("valid literal"),
+        sync_listen: up.addr("127.0.0.1:7443"),
+        admin_listen: up.addr("127.0.0.1:7480"),
         server_names: vec!["localhost".into()],
         secure_cookies: None,
     };
     let control_plane = ControlPlane::start(options).await.context("cannot start the control plane")?;
     let api = control_plane.api.clone();
-    let shop = crate::shop::start(SHOP_ADDR.parse().expect("valid literal"))
+    let shop = crate::shop::start(up.addr(SHOP_ADDR))
         .await
         .with_context(|| format!("cannot start the sample shop on {SHOP_ADDR} (is another `up` running?)"))?;
 
@@ -71,7 +93,7 @@ pub async fn up() -> anyhow::Result<()> {
     let mut handles = Vec::new();
     let mut edge_ids = Vec::new();
     for edge in &EDGES {
-        let (id, handle) = start_edge(&control_plane, &root, edge).await?;
+        let (id, handle) = start_edge(&control_plane, &root, edge, up.addr(edge.api)).await?;
         edge_ids.push(id);
         handles.push(handle);
     }
@@ -100,8 +122,8 @@ pub async fn up() -> anyhow::Result<()> {
         println!("  your approval), content briefs to studio (posts publish only after approval).");
     }
     if std::env::var_os("AIOS_LARGE_BASE_URL").is_none() {
-        println!("  No `large` tier is configured (AIOS_LARGE_BASE_URL): review steps fall back to the local");
-        println!("  model and are marked for human review; the task traces say so.");
+        println!("  No `large` tier is configured (AIOS_LARGE_BASE_URL): the posts' final review runs on the");
+        println!("  local model instead, so publishing them waits for a human; the approval says why.");
     }
     println!();
     println!(
@@ -109,10 +131,9 @@ pub async fn up() -> anyhow::Result<()> {
         control_plane.admin_addr,
         control_plane.admin_token_file.display()
     );
-    println!(
-        "  Metrics:   http://{}/metrics, and /metrics on {} and {}",
-        control_plane.admin_addr, EDGES[0].api, EDGES[1].api
-    );
+    let edge_apis: Vec<String> =
+        handles.iter().filter_map(|h| h.api_addr).map(|addr| format!("http://{addr}/metrics")).collect();
+    println!("  Metrics:   http://{}/metrics, and on the edges: {}", control_plane.admin_addr, edge_apis.join(", "));
     println!("  Sample shop: http://{shop}   Published posts: {}", root.join("posts").display());
     println!("Press Ctrl-C to stop.");
 
@@ -176,7 +197,12 @@ async fn ensure_admin(api: &ApiState) -> anyhow::Result<Option<String>> {
     Ok(Some(password))
 }
 
-async fn start_edge(cp: &ControlPlane, root: &Path, edge: &DemoEdge) -> anyhow::Result<(String, EdgeHandle)> {
+async fn start_edge(
+    cp: &ControlPlane,
+    root: &Path,
+    edge: &DemoEdge,
+    api: SocketAddr,
+) -> anyhow::Result<(String, EdgeHandle)> {
     let dir = root.join("edges").join(edge.name);
     let store = EdgeStore::open(&dir).with_context(|| format!("cannot open the {} database", edge.name))?;
     if store.identity().await?.is_none() {
@@ -191,7 +217,7 @@ async fn start_edge(cp: &ControlPlane, root: &Path, edge: &DemoEdge) -> anyhow::
     let id = store.identity().await?.context("enrolled edge without identity")?.edge_id;
     drop(store);
     let mut options = DaemonOptions::new(dir);
-    options.api_listen = Some(edge.api.parse().expect("valid literal"));
+    options.api_listen = Some(api);
     let handle = daemon::start(options).await.with_context(|| format!("cannot start {}", edge.name))?;
     Ok((id, handle))
 }

@@ -663,6 +663,8 @@ struct TaskContext {
     values: HashMap<String, String>,
     tiers: HashMap<String, String>,
     needs_review: bool,
+    /// Why, per step that fell back: "step `x` ran on `local`: reason".
+    review: Vec<String>,
     spent_usd: f64,
 }
 
@@ -674,12 +676,18 @@ impl TaskContext {
             values: HashMap::new(),
             tiers: HashMap::new(),
             needs_review: false,
+            review: Vec::new(),
             spent_usd: 0.0,
         }
     }
 
     fn replay(&mut self, agent: &AgentSpec, record: &StepRecord) {
         self.needs_review |= record.needs_review;
+        if record.needs_review {
+            let tier = record.tier.as_deref().unwrap_or("local");
+            let reason = record.reason.as_deref().unwrap_or("a fallback was used");
+            self.review.push(format!("step `{}` ran on `{tier}`: {reason}", record.step_id));
+        }
         self.spent_usd += record.cost_usd;
         if let Some(tier) = &record.tier {
             self.tiers.insert(record.step_id.clone(), tier.clone());
@@ -761,6 +769,7 @@ impl TaskContext {
             reasoning: step.reasoning.as_deref().map(|r| self.render(r)).transpose()?,
             sources,
             classification,
+            review: self.review.clone(),
         })
     }
 

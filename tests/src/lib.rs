@@ -4,9 +4,12 @@
 //! # Layout
 //! - [`ControlPlaneProc`]: a `serve` process, its admin API and its CLI.
 //! - [`EdgeProc`]: an edge's data directory and `run` process.
+//! - [`UpProc`]: `aios-control-plane up` (control plane, shop, two edges).
+//! - [`browser`]: headless Chromium over WebDriver, with screenshots.
 //! - [`relay`]: a UDP relay that drops, duplicates and reorders datagrams.
 //! - [`payments`] and [`smtp`]: a payment API and an SMTP server for connectors.
 
+pub mod browser;
 pub mod payments;
 pub mod relay;
 pub mod smtp;
@@ -86,6 +89,80 @@ fn kill9(child: &mut Option<Child>) {
 /// Runs a command to completion, with its output captured.
 fn run_output(command: &mut Command) -> anyhow::Result<Output> {
     command.stdin(Stdio::null()).output().with_context(|| format!("cannot run {command:?}"))
+}
+
+/// `aios-control-plane up --ephemeral-ports`: the one-command start, in a
+/// directory of its own.
+pub struct UpProc {
+    child: Option<Child>,
+    /// The `--root` it runs in.
+    pub root: PathBuf,
+    /// The console's URL, as `up` printed it.
+    pub console: String,
+    /// The `admin` account's one-time password, as `up` printed it.
+    pub password: String,
+    /// Its control plane, for the admin API and the CLI.
+    pub control_plane: ControlPlaneProc,
+}
+
+impl UpProc {
+    /// Starts `up` in `root` and waits until it has printed its summary.
+    pub async fn start(bins: &Bins, root: &Path) -> anyhow::Result<UpProc> {
+        std::fs::create_dir_all(root)?;
+        let stdout = root.join("up.stdout");
+        let child = Command::new(&bins.control_plane)
+            .args(["up", "--ephemeral-ports", "--root"])
+            .arg(root)
+            .env("AIOS_LOG", "info,quinn=warn")
+            .stdin(Stdio::null())
+            .stdout(log_file(&stdout))
+            .stderr(log_file(&root.join("up.log")))
+            .spawn()
+            .context("cannot start `up`")?;
+        let mut child = Some(child);
+        let start = Instant::now();
+        let text = loop {
+            let text = std::fs::read_to_string(&stdout).unwrap_or_default();
+            if text.contains("Press Ctrl-C") {
+                break text;
+            }
+            let exited = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || start.elapsed() > Duration::from_secs(300) {
+                kill9(&mut child);
+                let log = std::fs::read_to_string(root.join("up.log")).unwrap_or_default();
+                bail!("`up` did not come up ({exited:?}):\n{text}\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let after = |marker: &str| {
+            text.lines()
+                .find_map(|line| line.split_once(marker))
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .map(str::to_owned)
+                .with_context(|| format!("`up` printed no `{marker}`:\n{text}"))
+        };
+        let console = after("Console:")?;
+        let password = after("one-time password")?;
+        let control_plane = ControlPlaneProc {
+            bins: bins.clone(),
+            dir: root.join("control-plane"),
+            sync_port: 0,
+            child: None,
+            http: reqwest::Client::new(),
+        };
+        Ok(UpProc { child, root: root.to_owned(), console, password, control_plane })
+    }
+
+    /// The log `up` wrote so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("up.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for UpProc {
+    fn drop(&mut self) {
+        kill9(&mut self.child);
+    }
 }
 
 /// A control plane process.

@@ -348,6 +348,12 @@ pub(crate) async fn approvals(
                         " · task " a href={ "/console/tasks/" (request["task"].as_str().unwrap_or_default()) } { code { (request["task"].as_str().unwrap_or_default()) } }
                         " · expires " (when(request["expires_ms"].as_i64().unwrap_or(0)))
                     }
+                    div.notice.why {
+                        strong { "Why it waits: " } (request["decision"]["reason"].as_str().unwrap_or("the policy asks for approval"))
+                        @if let Some(review) = request["review"].as_array().filter(|r| !r.is_empty()) {
+                            ul { @for item in review { li { (item.as_str().unwrap_or_default()) } } }
+                        }
+                    }
                     h2 { "Exact arguments" } (json_block(&request["args"]))
                     div.muted { "Arguments hash " code { (request["args_hash"].as_str().unwrap_or_default()) } }
                     @if let Some(reasoning) = request.get("reasoning").filter(|v| !v.is_null()) {

@@ -71,6 +71,22 @@ pub struct ActRequest {
     /// The most sensitive classification among the sources, which the
     /// policy sees as `context.classification`.
     pub classification: Option<String>,
+    /// Why earlier results of this task need a person's review (a step that
+    /// wanted a bigger model ran on the local one); non-empty turns an
+    /// allowed side effect into one that waits for approval.
+    pub review: Vec<String>,
+}
+
+/// A side effect built on results that need review waits for a person,
+/// whatever the policy would let the agent do alone.
+fn gate_on_review(decision: Decision, review: &[String]) -> Decision {
+    match decision {
+        Decision::Allow { policies } if !review.is_empty() => Decision::RequireApproval {
+            policies,
+            reason: format!("earlier results need human review: {}", review.join("; ")),
+        },
+        other => other,
+    }
 }
 
 /// The most sensitive `classification` among retrieved items.
@@ -219,7 +235,7 @@ impl ExecPlane {
             Some(existing) => existing,
             None => {
                 let autonomy = self.store.autonomy().await?;
-                let decision = self.decide(&plane, &request, &args, autonomy, false);
+                let decision = gate_on_review(self.decide(&plane, &request, &args, autonomy, false), &request.review);
                 self.declare(&plane, &live.spec, &request, key, args, hash, decision, None, now).await?
             }
         };
@@ -291,6 +307,7 @@ impl ExecPlane {
                 "decision": decision,
                 "reasoning": request.reasoning,
                 "sources": request.sources,
+                "review": request.review,
                 "expires_ms": now + plane.approval_ttl_ms,
             }),
             expires_ms: now + plane.approval_ttl_ms,
@@ -583,6 +600,7 @@ fn replay_request(intent: &Intent) -> ActRequest {
         reasoning: None,
         sources: Vec::new(),
         classification: intent.resource["classification"].as_str().map(str::to_owned),
+        review: Vec::new(),
     }
 }
 
@@ -601,4 +619,26 @@ fn step_output(intent: &Intent) -> Value {
 
 fn last_error(intent: &Intent) -> String {
     intent.errors.last().and_then(|e| e["error"].as_str()).unwrap_or("dead-lettered").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_needing_review_turn_an_allowed_effect_into_an_approval() {
+        let allow = || Decision::Allow { policies: vec!["posts".into()] };
+        assert_eq!(gate_on_review(allow(), &[]), allow());
+        let review = ["step `review` ran on `local`: no escalation tier usable".to_owned()];
+        match gate_on_review(allow(), &review) {
+            Decision::RequireApproval { policies, reason } => {
+                assert_eq!(policies, ["posts"]);
+                assert!(reason.contains("step `review` ran on `local`"), "{reason}");
+            }
+            other => panic!("expected an approval, got {other:?}"),
+        }
+        // A denial stays a denial; an approval stays an approval.
+        let deny = Decision::Deny { policies: vec![], reason: "kill switch".into() };
+        assert_eq!(gate_on_review(deny.clone(), &review), deny);
+    }
 }

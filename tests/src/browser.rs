@@ -1,0 +1,164 @@
+//! Headless Chromium driven over WebDriver (chromedriver + fantoccini), for
+//! the console's browser tests.
+//!
+//! [`Browser::start`] finds Debian's `chromium` and `chromium-driver`
+//! (`/usr/bin/chromium`, `/usr/bin/chromedriver`; `AIOS_CHROMIUM` and
+//! `AIOS_CHROMEDRIVER` override). Without them it returns `None` so a
+//! developer's `cargo test` still passes, except under `CI`, where their
+//! absence is an error: `.ci/run` installs them. Screenshots go to
+//! `artifacts/screenshots/` at the workspace root (`AIOS_SCREENSHOTS`
+//! overrides), which CI keeps and git ignores.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::json;
+
+use crate::{free_tcp_port, kill9, log_file, wait_for};
+
+/// A chromedriver process and one browser session.
+pub struct Browser {
+    driver: Option<Child>,
+    client: Client,
+    shots: PathBuf,
+    taken: usize,
+}
+
+fn tool(var: &str, default: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from);
+    path.exists().then_some(path)
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless session; `None` when Chromium is
+    /// not installed outside CI. `dir` holds the logs and the profile.
+    pub async fn start(dir: &Path, shots_subdir: &str) -> anyhow::Result<Option<Browser>> {
+        let chromium = tool("AIOS_CHROMIUM", "/usr/bin/chromium");
+        let chromedriver = tool("AIOS_CHROMEDRIVER", "/usr/bin/chromedriver");
+        let (Some(chromium), Some(chromedriver)) = (chromium, chromedriver) else {
+            if std::env::var_os("CI").is_some() {
+                bail!("CI needs chromium and chromedriver (apt install chromium chromium-driver; .ci/run does)");
+            }
+            eprintln!("SKIPPED: browser test needs /usr/bin/chromium and /usr/bin/chromedriver (apt install chromium chromium-driver)");
+            return Ok(None);
+        };
+        std::fs::create_dir_all(dir)?;
+        let port = free_tcp_port();
+        let driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(log_file(&dir.join("chromedriver.log")))
+            .stderr(log_file(&dir.join("chromedriver.log")))
+            .spawn()
+            .with_context(|| format!("cannot start {}", chromedriver.display()))?;
+        let mut driver = Some(driver);
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let ready = wait_for("chromedriver", Duration::from_secs(30), || async {
+            Ok(http.get(format!("{url}/status")).send().await?.status().is_success())
+        })
+        .await;
+        if let Err(err) = ready {
+            kill9(&mut driver);
+            return Err(err);
+        }
+        let profile = dir.join("chromium-profile");
+        let args = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1440,1000",
+            &format!("--user-data-dir={}", profile.display()),
+        ];
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert("browserName".into(), json!("chrome"));
+        capabilities.insert("goog:chromeOptions".into(), json!({ "binary": chromium, "args": args }));
+        let client = ClientBuilder::new(HttpConnector::new()).capabilities(capabilities).connect(&url).await;
+        let client = match client {
+            Ok(client) => client,
+            Err(err) => {
+                kill9(&mut driver);
+                return Err(err).context("cannot open a Chromium session");
+            }
+        };
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts/screenshots");
+        let shots = std::env::var_os("AIOS_SCREENSHOTS").map_or(root, PathBuf::from).join(shots_subdir);
+        let _ = std::fs::remove_dir_all(&shots);
+        std::fs::create_dir_all(&shots).with_context(|| format!("cannot create {}", shots.display()))?;
+        Ok(Some(Browser { driver, client, shots, taken: 0 }))
+    }
+
+    /// The WebDriver session.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Opens `url`.
+    pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
+        self.client.goto(url).await.with_context(|| format!("cannot open {url}"))
+    }
+
+    /// The visible text of the first element matching `css`.
+    pub async fn text(&self, css: &str) -> anyhow::Result<String> {
+        let element = self.client.find(Locator::Css(css)).await.with_context(|| format!("no `{css}` on the page"))?;
+        Ok(element.text().await?)
+    }
+
+    /// Whether an element matches `css`.
+    pub async fn has(&self, css: &str) -> anyhow::Result<bool> {
+        Ok(!self.client.find_all(Locator::Css(css)).await?.is_empty())
+    }
+
+    /// Reloads `url` until `done` holds for the text of `css`, up to `timeout`.
+    pub async fn wait_text(
+        &self,
+        url: &str,
+        css: &str,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let start = Instant::now();
+        loop {
+            self.goto(url).await?;
+            let text = self.text(css).await.unwrap_or_default();
+            if done(&text) {
+                return Ok(text);
+            }
+            if start.elapsed() > timeout {
+                bail!("after {timeout:?} `{css}` on {url} still reads:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Saves a PNG of the viewport as `NN-name.png`.
+    pub async fn shot(&mut self, name: &str) -> anyhow::Result<PathBuf> {
+        self.taken += 1;
+        let path = self.shots.join(format!("{:02}-{name}.png", self.taken));
+        let png = self.client.screenshot().await.context("cannot take a screenshot")?;
+        std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Ends the session and chromedriver.
+    pub async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        kill9(&mut self.driver);
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        kill9(&mut self.driver);
+    }
+}
