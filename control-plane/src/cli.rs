@@ -32,6 +32,9 @@ pub struct Cli {
     /// Log format: text or json.
     #[arg(long, global = true, env = "AIOS_LOG_FORMAT", default_value = "text")]
     pub log_format: aios_edge_agent::cli::LogFormat,
+    /// Export spans over OTLP/HTTP to this collector (base URL, `/v1/traces` is appended).
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -385,7 +388,8 @@ impl FilterArgs {
 /// Entry point shared by `aios-control-plane` and the test build of it.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    aios_edge_agent::cli::init_tracing(cli.log_format);
+    let _telemetry =
+        aios_edge_agent::telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref(), "aios-control-plane")?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(run(cli))

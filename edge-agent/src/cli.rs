@@ -25,6 +25,9 @@ pub struct Cli {
     /// Log format: text or json.
     #[arg(long, global = true, env = "AIOS_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// Export spans over OTLP/HTTP to this collector (base URL, `/v1/traces` is appended).
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -168,21 +171,10 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Installs the log subscriber (only binaries call this).
-pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AIOS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// Entry point shared by `aios-edge` and the test build of it.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let _telemetry = crate::telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref(), "aios-edge")?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(run(cli))

@@ -30,6 +30,7 @@ pub mod runtime;
 pub mod store;
 pub mod task_cli;
 pub mod tasks;
+pub mod telemetry;
 pub mod tiers;
 pub mod transport;
 pub mod uplink;

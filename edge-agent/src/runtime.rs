@@ -251,6 +251,11 @@ impl Runtime {
             deadline_ms: now.saturating_add(agent.deadline_ms()),
         };
         let outcome = self.inner.store.submit_task(&self.inner.identity, task, now).await?;
+        let id = &outcome.0.id;
+        let trace_id = aios_shared::trace::task_trace_hex(id);
+        let span = tracing::info_span!("task.submit", task = %id, agent = %outcome.0.agent, source, %trace_id);
+        crate::telemetry::join_task_trace(&span, id);
+        span.in_scope(|| debug!(repeated = outcome.1, "task submitted"));
         self.inner.wake.notify_one();
         Ok(outcome)
     }
@@ -339,7 +344,9 @@ impl Runtime {
             }
             let runtime = self.clone();
             let defs = defs.clone();
-            let span = tracing::info_span!("task", task = %id, agent = %agent_name);
+            let trace_id = aios_shared::trace::task_trace_hex(&id);
+            let span = tracing::info_span!("task", task = %id, agent = %agent_name, %trace_id);
+            crate::telemetry::join_task_trace(&span, &id);
             handles.push(tokio::spawn(
                 async move {
                     runtime.run_task(task, defs, cancel).await;
@@ -403,8 +410,10 @@ impl Runtime {
                     agent.steps[seq].id
                 ))));
             }
+            let step = &agent.steps[seq];
+            let span = tracing::info_span!("step", step = %step.id, kind = step.kind.as_str(), seq);
             let record = tokio::select! {
-                record = self.run_step(task, agent, seq, &context) => record?,
+                record = self.run_step(task, agent, seq, &context).instrument(span) => record?,
                 _ = cancelled(cancel) => return Err(Stop::End(RunEnd::Cancelled)),
             };
             self.inner.store.checkpoint_step(&self.inner.identity, &task.id, record.clone()).await?;

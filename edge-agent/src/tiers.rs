@@ -419,6 +419,7 @@ impl Tiers {
         Ok(())
     }
 
+    #[tracing::instrument(name = "model.call", skip_all, fields(tier = %tier, call_id = %call_id, location = "local"))]
     async fn run_on_local(
         &self,
         tier: &str,
@@ -433,6 +434,7 @@ impl Tiers {
 
     /// One escalated call with retries on retryable errors; every attempt
     /// passes through the tier's breaker.
+    #[tracing::instrument(name = "model.call", skip_all, fields(tier = %tier, call_id = %call_id, location = "remote"))]
     async fn call_remote(&self, tier: &str, call: &StepCall<'_>, call_id: &str) -> Result<CallOutcome, String> {
         let client = self.inner.remote.lock().expect("tiers lock").get(tier).cloned();
         let client = match client {

@@ -425,7 +425,9 @@ where
     let (commands, receiver) = std::sync::mpsc::channel::<C>();
     let (health_tx, health) = watch::channel(Health::Loading);
     let (loaded_tx, loaded) = oneshot::channel::<Result<I, ModelError>>();
-    let span = tracing::info_span!("model_worker", name = %name);
+    // A root span: the worker outlives whatever task first asked for it, and
+    // a child would keep that task's spans open (and unexported) forever.
+    let span = tracing::info_span!(parent: None, "model_worker", name = %name);
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {

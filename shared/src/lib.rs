@@ -18,6 +18,7 @@
 //! - [`backoff`]: reconnect delays with jitter.
 //! - [`duration`]: `30d`-style durations for flags and files.
 //! - [`memory`]: memory classifications, retention and agents' memory access.
+//! - [`trace`]: the trace id a task carries, derived from its id.
 
 pub mod agent;
 pub mod audit;
@@ -30,4 +31,5 @@ pub mod memory;
 pub mod policy;
 pub mod sync;
 pub mod token;
+pub mod trace;
 pub mod wire;

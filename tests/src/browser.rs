@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use fantoccini::elements::{Element, Form};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
@@ -117,6 +118,38 @@ impl Browser {
     /// Whether an element matches `css`.
     pub async fn has(&self, css: &str) -> anyhow::Result<bool> {
         Ok(!self.client.find_all(Locator::Css(css)).await?.is_empty())
+    }
+
+    /// Submits `form` and waits until the next page has replaced this one
+    /// (WebDriver does not wait for a navigation a submit starts).
+    pub async fn submit(&self, form: Form) -> anyhow::Result<()> {
+        let old = self.document().await?;
+        form.submit().await.context("cannot submit the form")?;
+        self.replaced(old).await
+    }
+
+    /// Clicks the first element matching `css` and waits for the next page.
+    pub async fn follow(&self, css: &str) -> anyhow::Result<()> {
+        let old = self.document().await?;
+        let link = self.client.find(Locator::Css(css)).await.with_context(|| format!("no `{css}` on the page"))?;
+        link.click().await?;
+        self.replaced(old).await
+    }
+
+    async fn document(&self) -> anyhow::Result<Element> {
+        Ok(self.client.find(Locator::Css("html")).await?)
+    }
+
+    /// Waits until `old` (a page's root element) is gone.
+    async fn replaced(&self, old: Element) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while old.tag_name().await.is_ok() {
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("the page was not replaced within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     /// Reloads `url` until `done` holds for the text of `css`, up to `timeout`.

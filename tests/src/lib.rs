@@ -114,6 +114,7 @@ impl UpProc {
             .args(["up", "--ephemeral-ports", "--root"])
             .arg(root)
             .env("AIOS_LOG", "info,quinn=warn")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log_file(&stdout))
             .stderr(log_file(&root.join("up.log")))

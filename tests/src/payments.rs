@@ -46,6 +46,8 @@ pub struct Effect {
     pub id: String,
     /// When it was committed.
     pub at: std::time::Instant,
+    /// The W3C `traceparent` header it came with, if any.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -133,7 +135,9 @@ async fn charge(
             let id = format!("py_{}", ledger.effects.len() + 1);
             let response = json!({ "id": id, "status": "succeeded", "request": body });
             let at = std::time::Instant::now();
-            ledger.effects.push(Effect { key: key.clone(), path: path.clone(), body: body.clone(), id, at });
+            let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let effect = Effect { key: key.clone(), path: path.clone(), body: body.clone(), id, at, traceparent };
+            ledger.effects.push(effect);
             ledger.responses.insert(key, response.clone());
             (response, true)
         }

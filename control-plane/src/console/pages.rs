@@ -294,11 +294,21 @@ pub(crate) async fn task(
                 div.card { div.muted { "Edge" } div.value { (names.get(&row.edge_id).cloned().unwrap_or(row.edge_id.clone())) } }
                 div.card { div.muted { "Cost" } div.value { (charts::dollars(row.cost_usd)) } }
                 div.card { div.muted { "Tokens" } div.value { (row.tokens) } }
+                div.card { div.muted { "Trace id" } div { code #trace-id { (aios_shared::trace::task_trace_hex(&row.task)) } } }
                 div.card { div.muted { "Latency" } div.value {
                     @if let Some(f) = row.finished_ms { (charts::millis((f - row.created_ms) as f64)) } @else { "—" }
                 } }
             }
-            @if let Some(detail) = &row.detail { div.notice { (detail) } }
+            @if let Some(detail) = &row.detail {
+                @if matches!(row.state.as_str(), "failed" | "dead_lettered") { div.error #task-detail { (detail) } }
+                @else { div.notice #task-detail { (detail) } }
+            }
+            @if row.needs_review {
+                div.notice #needs-review {
+                    "Needs review: a step that asked for a bigger model ran on the local one (see its reason below); "
+                    "its side effects wait for a person's approval."
+                }
+            }
             table #trace-events {
                 thead { tr { th { "#" } th { "Time" } th { "Event" } th { "Summary" } th { "Details" } } }
                 tbody {

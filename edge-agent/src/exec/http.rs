@@ -44,6 +44,9 @@ impl HttpConnector {
             request = request.bearer_auth(secret.expose());
         }
         request = request.header("Idempotency-Key", call.key);
+        if let Some(traceparent) = crate::telemetry::traceparent() {
+            request = request.header("traceparent", traceparent);
+        }
         if method != reqwest::Method::GET {
             let body = match &call.spec.body {
                 Some(template) => render_body(template, call.args)?,

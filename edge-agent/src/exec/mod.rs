@@ -34,7 +34,7 @@ use aios_shared::policy::{ActionRequest, Decision, PolicyEngine};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use self::connector::{Call, Connector, ConnectorError};
 use self::outbox::{ApprovalRequest, Attempt, Intent, NewIntent};
@@ -484,7 +484,14 @@ impl ExecPlane {
             }
             let attempts = self.store.begin_attempt(&self.identity, &intent.key, unix_ms()).await?;
             let call = Call { action: &intent.action, spec: action, args: &intent.args, key: &intent.key, timeout };
-            let outcome = match tokio::time::timeout(timeout, live.connector.execute(call)).await {
+            let span = tracing::info_span!(
+                "connector.call",
+                connector = %intent.connector,
+                action = %intent.action,
+                key = %intent.key,
+                attempt = attempts
+            );
+            let outcome = match tokio::time::timeout(timeout, live.connector.execute(call).instrument(span)).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(ConnectorError::Unknown(format!("no answer within {} ms", timeout.as_millis()))),
             };

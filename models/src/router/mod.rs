@@ -619,6 +619,9 @@ impl fmt::Display for RouteReason {
         let (lead, trigger, skipped) = match self {
             RouteReason::LocalAccepted(acceptance) => return write!(f, "local output accepted: {acceptance}"),
             RouteReason::Escalated { trigger, skipped } => ("escalated", trigger, skipped),
+            RouteReason::FallbackToLocal { trigger, skipped } if skipped.is_empty() => {
+                ("no escalation tier is configured, falling back to the local model", trigger, skipped)
+            }
             RouteReason::FallbackToLocal { trigger, skipped } => {
                 ("no escalation tier usable, falling back to the local model", trigger, skipped)
             }

@@ -1,10 +1,19 @@
 // aios fleet console: live regions. An element with data-live="SECONDS" is
 // refreshed in place from the same page every SECONDS, while the tab is
-// visible and no form inside it is being edited.
+// visible and no form inside it is being edited (focused, or holding text
+// not yet sent).
 (function () {
   "use strict";
+  function editing(region) {
+    if (region.contains(document.activeElement) && document.activeElement.tagName !== "BODY") {
+      return true;
+    }
+    return Array.prototype.some.call(region.querySelectorAll("input, textarea"), function (field) {
+      return field.type !== "hidden" && field.type !== "checkbox" && field.value !== field.defaultValue;
+    });
+  }
   function refresh(region) {
-    if (document.hidden || region.contains(document.activeElement) && document.activeElement.tagName !== "BODY") {
+    if (document.hidden || editing(region)) {
       return;
     }
     fetch(window.location.href, { credentials: "same-origin", headers: { "x-aios-live": "1" } })
