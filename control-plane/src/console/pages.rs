@@ -659,7 +659,7 @@ async fn policies_page(
         table {
             thead { tr { th.num { "Version" } th { "Published" } th { "Autonomy" } th { "Agents" } th { "" } } }
             tbody {
-                @for (version, published_at, body) in history.iter().rev() {
+                @for (version, published_at, body) in &history {
                     tr {
                         td.num { a href={ "/console/policies/" (version) } { "v" (version) } }
                         td { (when(*published_at)) }
@@ -815,6 +815,12 @@ pub(crate) async fn metrics(State(state): State<ApiState>, Extension(principal):
     let per_agent = |f: fn(&crate::views::Figures) -> f64| -> Vec<(String, f64)> {
         metrics.by_agent.iter().map(|(name, figures)| (name.clone(), f(figures))).collect()
     };
+    // Only agents with a finished task have a latency to draw.
+    let p95s: Vec<(String, f64)> = metrics
+        .by_agent
+        .iter()
+        .filter_map(|(name, figures)| Some((name.clone(), figures.latency_p95_ms? as f64)))
+        .collect();
     let cost_days: Vec<(String, f64)> = metrics.cost_per_day.iter().map(|(d, v)| (d[5..].to_owned(), *v)).collect();
     let task_days: Vec<(String, f64)> =
         metrics.tasks_per_day.iter().map(|(d, v)| (d[5..].to_owned(), *v as f64)).collect();
@@ -856,7 +862,7 @@ pub(crate) async fn metrics(State(state): State<ApiState>, Extension(principal):
             div.charts {
                 figure { figcaption { "Cost per day" } (charts::columns(&cost_days, charts::dollars)) }
                 figure { figcaption { "Tasks per day" } (charts::columns(&task_days, charts::count)) }
-                figure { figcaption { "Latency p95 by agent" } (charts::bars(&per_agent(|f| f.latency_p95_ms.unwrap_or(0) as f64), charts::millis)) }
+                figure { figcaption { "Latency p95 by agent" } (charts::bars(&p95s, charts::millis)) }
                 figure { figcaption { "Escalation rate by agent" } (charts::bars(&per_agent(|f| f.escalation_rate), charts::percent)) }
                 figure { figcaption { "Human intervention rate by agent" } (charts::bars(&per_agent(|f| f.intervention_rate), charts::percent)) }
                 figure { figcaption { "Failure and dead-letter rate by agent" } (charts::bars(&per_agent(|f| f.failure_rate + f.dead_letter_rate), charts::percent)) }
