@@ -107,6 +107,10 @@ impl crate::gateway::GatewayObserver for AuditObserver {
             },
             "prompt_tokens": call.prompt_tokens,
             "completion_tokens": call.completion_tokens,
+            "tier": call.tier,
+            "route": call.route,
+            "needs_review": call.needs_review,
+            "cost_usd": call.cost.as_usd(),
             "latency_ms": call.latency.as_secs_f64() * 1000.0,
         });
         let (store, identity) = (self.store.clone(), self.identity.clone());
@@ -124,6 +128,7 @@ async fn gateway_router(
     gateway: &GatewayOptions,
     store: &EdgeStore,
     identity: &crate::identity::Identity,
+    tiers: Tiers,
 ) -> Result<axum::Router, DaemonError> {
     let failed = DaemonError::Gateway;
     let chat = aios_models::ChatModel::load(&options.models, &gateway.chat_model, &options.load)
@@ -150,7 +155,7 @@ async fn gateway_router(
         default_max_tokens: 256,
     };
     let observer = Arc::new(AuditObserver { store: store.clone(), identity: identity.clone() });
-    let state = crate::gateway::GatewayState::new(config, Some(chat), embedder, observer);
+    let state = crate::gateway::GatewayState::new(config, Some(chat), embedder, observer).with_tiers(tiers);
     info!(chat = %gateway.chat_model, "OpenAI-compatible gateway ready");
     Ok(crate::gateway::router(Arc::new(state)))
 }
@@ -205,7 +210,9 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
     if runtime_options.labels.is_empty() {
         runtime_options.labels = store.labels().await?;
     }
-    let runtime = Runtime::new(store.clone(), identity.clone(), tiers, runtime_options);
+    let runtime = Runtime::new(store.clone(), identity.clone(), tiers.clone(), runtime_options);
+    // Configures tiers and memory from the bundle in force before anything is served.
+    runtime.definitions().await?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (status_tx, status) = watch::channel(LinkStatus::Connecting);
     let api_addr = match options.api_listen {
@@ -221,7 +228,7 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
                 link: status.clone(),
             });
             if let Some(gateway) = &options.gateway {
-                app = app.merge(gateway_router(&options, gateway, &store, &identity).await?);
+                app = app.merge(gateway_router(&options, gateway, &store, &identity, tiers.clone()).await?);
             }
             let mut api_shutdown = shutdown.clone();
             tokio::spawn(async move {

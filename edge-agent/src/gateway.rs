@@ -24,19 +24,27 @@
 //! answer. Authentication is an optional bearer token; with none configured
 //! the caller must bind the listener to loopback.
 //!
-//! Not yet here: routing requests to escalation tiers and charging budgets
-//! (the local model is free; the router and ledger live in
-//! `aios_models::router` and are to be consulted in `chat_completions`).
+//! A `model` that names one of the bundle's gateway tiers (`[gateway]
+//! tiers`, see [`aios_shared::agent::GatewaySpec`]) is routed like an
+//! agent's escalated step, through [`Tiers::route_gateway`]: the air gap,
+//! the tier's breaker, retries, the fallback chain, and a budget per request
+//! and per day that is reserved before the call and settled with the tier's
+//! reported usage after it. The answer says where it came from in
+//! `x-aios-tier` and `x-aios-route` (and `x-aios-needs-review: true` when
+//! the local model answered instead of the tier asked for); a whole answer
+//! also carries `x-aios-cost-usd`. A budget that stops a request is a 429
+//! `insufficient_quota`; no tier able to answer is a 503 `tier_unavailable`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aios_models::cloud::Credential;
+use aios_models::cloud::{ChatStream, CloudClient, Credential};
 use aios_models::openai::{
     ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, Choice, ChunkChoice, Delta, EmbeddingData,
     EmbeddingInput, EmbeddingUsage, EmbeddingVector, EmbeddingsRequest, EmbeddingsResponse, ErrorBody, ErrorDetail,
     ModelList, ModelObject, ResponseMessage, Usage,
 };
+use aios_models::router::{MicroUsd, TokenCount};
 use aios_models::{
     ChatMessage, ChatModel, EmbeddingModel, FinishReason, GenerateRequest, Generation, GenerationStream, ModelError,
     Prompt, SamplingParams,
@@ -51,6 +59,9 @@ use axum::Json;
 use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::warn;
+
+use crate::tiers::{estimate_tokens, Charge, GatewayRefusal, GatewayRoute, RefusalKind, Tiers};
 
 /// Most texts one embeddings request may carry (OpenAI's limit).
 const MAX_EMBEDDING_INPUTS: usize = 2048;
@@ -81,6 +92,8 @@ pub struct GatewayState {
     observer: Arc<dyn GatewayObserver>,
     /// Unix seconds when the gateway started: the models' `created`.
     started: u64,
+    /// The edge's tiers, for requests that name a gateway tier.
+    tiers: Option<Tiers>,
 }
 
 impl GatewayState {
@@ -91,7 +104,14 @@ impl GatewayState {
         embedder: Option<EmbeddingModel>,
         observer: Arc<dyn GatewayObserver>,
     ) -> GatewayState {
-        GatewayState { config, chat, embedder, observer, started: unix_seconds() }
+        GatewayState { config, chat, embedder, observer, started: unix_seconds(), tiers: None }
+    }
+
+    /// Routes requests for the bundle's gateway tiers through `tiers` (the
+    /// same instance the task runtime uses, so breakers and budgets are shared).
+    pub fn with_tiers(mut self, tiers: Tiers) -> GatewayState {
+        self.tiers = Some(tiers);
+        self
     }
 }
 
@@ -121,6 +141,8 @@ impl GatewayObserver for TracingObserver {
             delivery = ?call.delivery,
             prompt_tokens = call.prompt_tokens,
             completion_tokens = call.completion_tokens,
+            tier = call.tier.as_deref().unwrap_or("-"),
+            cost_usd = call.cost.as_usd(),
             latency_ms = call.latency.as_secs_f64() * 1000.0,
             "gateway call"
         );
@@ -140,10 +162,18 @@ pub struct GatewayCall {
     pub status: u16,
     /// How it ended.
     pub outcome: CallOutcome,
-    /// Tokens in the prompt (0 for embeddings: not counted yet).
+    /// Tokens in the prompt.
     pub prompt_tokens: u64,
     /// Tokens generated.
     pub completion_tokens: u64,
+    /// The tier that answered, when the request was routed to a gateway tier.
+    pub tier: Option<String>,
+    /// The router's reason, when the request was routed.
+    pub route: Option<String>,
+    /// The local model answered although a tier was asked for.
+    pub needs_review: bool,
+    /// What the call cost (zero on the local model).
+    pub cost: MicroUsd,
     /// From the request's arrival to its last byte (or abandonment).
     pub latency: Duration,
 }
@@ -240,6 +270,15 @@ impl ApiError {
         }
     }
 
+    fn refused(refusal: GatewayRefusal, model: &str) -> ApiError {
+        let (status, kind, code) = match refusal.kind {
+            RefusalKind::UnknownTier => return ApiError::unknown_model(model),
+            RefusalKind::Budget => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", "insufficient_quota"),
+            RefusalKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "tier_unavailable"),
+        };
+        ApiError { status, kind, param: None, code: Some(code), message: refusal.reason }
+    }
+
     fn from_model(error: ModelError) -> ApiError {
         let (status, kind, param, code) = match &error {
             ModelError::PromptTooLong { .. } => {
@@ -301,6 +340,10 @@ impl CallRecorder {
                 outcome: CallOutcome::Cancelled,
                 prompt_tokens: 0,
                 completion_tokens: 0,
+                tier: None,
+                route: None,
+                needs_review: false,
+                cost: MicroUsd::ZERO,
                 latency: Duration::ZERO,
             },
             started,
@@ -308,9 +351,15 @@ impl CallRecorder {
         }
     }
 
-    fn tokens(&mut self, generation: &Generation) {
-        self.call.prompt_tokens = generation.prompt_tokens as u64;
-        self.call.completion_tokens = generation.completion_tokens as u64;
+    fn tokens(&mut self, prompt: u64, completion: u64) {
+        self.call.prompt_tokens = prompt;
+        self.call.completion_tokens = completion;
+    }
+
+    fn routed(&mut self, route: &RouteInfo) {
+        self.call.tier = Some(route.tier.clone());
+        self.call.route = Some(route.reason.clone());
+        self.call.needs_review = route.needs_review;
     }
 
     fn report(&mut self, status: StatusCode, outcome: CallOutcome) {
@@ -369,9 +418,10 @@ fn model_object(id: &str, created: u64) -> ModelObject {
 }
 
 fn served_models(state: &GatewayState) -> Vec<ModelObject> {
-    let chat = state.chat.as_ref().map(|_| state.config.chat_model.as_str());
-    let embedder = state.embedder.as_ref().map(|_| state.config.embedding_model.as_str());
-    chat.into_iter().chain(embedder).map(|id| model_object(id, state.started)).collect()
+    let chat = state.chat.as_ref().map(|_| state.config.chat_model.clone());
+    let embedder = state.embedder.as_ref().map(|_| state.config.embedding_model.clone());
+    let tiers = state.tiers.as_ref().map(Tiers::gateway_tiers).unwrap_or_default();
+    chat.into_iter().chain(embedder).chain(tiers).map(|id| model_object(&id, state.started)).collect()
 }
 
 async fn list_models(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
@@ -412,12 +462,7 @@ fn generate_request(
     model: &ChatModel,
     request: &ChatCompletionRequest,
 ) -> Result<GenerateRequest, ApiError> {
-    if request.messages.is_empty() {
-        return Err(ApiError::invalid(Some("messages"), "`messages` must not be empty"));
-    }
-    if request.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid(Some("n"), "only n = 1 is supported"));
-    }
+    check_request(request)?;
     let mut messages = Vec::with_capacity(request.messages.len());
     for message in &request.messages {
         let text = message.text().map_err(|reason| ApiError::invalid(Some("messages"), reason))?;
@@ -434,16 +479,12 @@ fn generate_request(
         });
     }
     let max_tokens = match request.token_limit() {
-        Some(0) => return Err(ApiError::invalid(Some("max_tokens"), "max_tokens must be at least 1")),
         Some(limit) => usize::try_from(limit).unwrap_or(usize::MAX),
         None => state.config.default_max_tokens,
     }
     .min(model.info().context_length);
     let mut sampling = SamplingParams::greedy();
     if let Some(temperature) = request.temperature {
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(ApiError::invalid(Some("temperature"), format!("temperature {temperature} must be in [0, 2]")));
-        }
         sampling.temperature = temperature;
     }
     if let Some(top_p) = request.top_p {
@@ -459,6 +500,23 @@ fn generate_request(
         return Err(ApiError::invalid(Some("stop"), "at most 4 stop sequences are supported"));
     }
     Ok(GenerateRequest { prompt: Prompt::Chat(messages), max_tokens, sampling, stop, ignore_eos: false })
+}
+
+/// The checks every chat request passes, wherever it is answered.
+fn check_request(request: &ChatCompletionRequest) -> Result<(), ApiError> {
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid(Some("messages"), "`messages` must not be empty"));
+    }
+    if request.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid(Some("n"), "only n = 1 is supported"));
+    }
+    if request.token_limit() == Some(0) {
+        return Err(ApiError::invalid(Some("max_tokens"), "max_tokens must be at least 1"));
+    }
+    if let Some(temperature) = request.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
+        return Err(ApiError::invalid(Some("temperature"), format!("temperature {temperature} must be in [0, 2]")));
+    }
+    Ok(())
 }
 
 fn finish_reason(reason: FinishReason) -> &'static str {
@@ -487,18 +545,196 @@ async fn chat_completions(
     };
     recorder.call.model.clone_from(&request.model);
     recorder.call.delivery = if request.stream { Delivery::Stream } else { Delivery::Whole };
-    let model = match &state.chat {
-        Some(model) if request.model == state.config.chat_model => model.clone(),
-        _ => return recorder.fail(ApiError::unknown_model(&request.model)),
-    };
-    let generate = match generate_request(&state, &model, &request) {
+    if request.model == state.config.chat_model {
+        return match state.chat.clone() {
+            Some(model) => serve_locally(recorder, &state, model, request, None).await,
+            None => recorder.fail(ApiError::unknown_model(&request.model)),
+        };
+    }
+    match state.tiers.clone() {
+        Some(tiers) => routed_completion(recorder, &state, tiers, request).await,
+        None => recorder.fail(ApiError::unknown_model(&request.model)),
+    }
+}
+
+/// Where a routed request was answered, as the response headers tell it.
+#[derive(Debug, Clone)]
+struct RouteInfo {
+    tier: String,
+    reason: String,
+    needs_review: bool,
+}
+
+impl RouteInfo {
+    fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let printable = |text: &str| -> String {
+            let text: String = text.chars().map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' }).collect();
+            text.chars().take(1024).collect()
+        };
+        for (name, value) in [
+            ("x-aios-tier", printable(&self.tier)),
+            ("x-aios-route", printable(&self.reason)),
+            ("x-aios-needs-review", self.needs_review.to_string()),
+        ] {
+            if let Ok(value) = header::HeaderValue::from_str(&value) {
+                headers.insert(header::HeaderName::from_static(name), value);
+            }
+        }
+        headers
+    }
+}
+
+/// Answers with the gateway's local chat model; `route` says why when a
+/// tier was asked for.
+async fn serve_locally(
+    mut recorder: CallRecorder,
+    state: &GatewayState,
+    model: ChatModel,
+    request: ChatCompletionRequest,
+    route: Option<RouteInfo>,
+) -> Response {
+    if let Some(route) = &route {
+        recorder.routed(route);
+    }
+    let generate = match generate_request(state, &model, &request) {
         Ok(generate) => generate,
         Err(error) => return recorder.fail(error),
     };
-    if request.stream {
+    let headers = route.as_ref().map(RouteInfo::headers).unwrap_or_default();
+    let response = if request.stream {
         stream_completion(recorder, model, generate, request).await
     } else {
         whole_completion(recorder, model, generate, request).await
+    };
+    (headers, response).into_response()
+}
+
+/// Answers a request for a gateway tier on the tier the router picks.
+async fn routed_completion(
+    mut recorder: CallRecorder,
+    state: &GatewayState,
+    tiers: Tiers,
+    request: ChatCompletionRequest,
+) -> Response {
+    if let Err(error) = check_request(&request) {
+        return recorder.fail(error);
+    }
+    let mut prompt_chars = 0;
+    for message in &request.messages {
+        match message.text() {
+            Ok(text) => prompt_chars += text.len(),
+            Err(reason) => return recorder.fail(ApiError::invalid(Some("messages"), reason)),
+        }
+    }
+    // The tier's own model, and a bounded output so the reservation bounds the cost.
+    let mut upstream = request.clone();
+    upstream.model = String::new();
+    if upstream.token_limit().is_none() {
+        upstream.max_tokens = Some(u32::try_from(state.config.default_max_tokens).unwrap_or(u32::MAX));
+    }
+    let estimated = estimate_tokens(prompt_chars, upstream.token_limit().map(u64::from).unwrap_or_default());
+    let request_id = completion_id();
+    let local = state.chat.as_ref().map(|_| state.config.chat_model.as_str());
+    if request.stream {
+        let routed = tiers
+            .route_gateway(&request.model, local, &request_id, estimated, move |client: CloudClient| {
+                let upstream = upstream.clone();
+                async move { client.chat_stream(upstream).await }
+            })
+            .await;
+        match routed {
+            Err(refusal) => recorder.fail(ApiError::refused(refusal, &request.model)),
+            Ok(GatewayRoute::Local { reason, needs_review }) => {
+                let tier = state.config.chat_model.clone();
+                let model = state.chat.clone().expect("the router falls back only to a loaded local model");
+                serve_locally(recorder, state, model, request, Some(RouteInfo { tier, reason, needs_review })).await
+            }
+            Ok(GatewayRoute::Remote { tier, reason, value: stream, charge }) => {
+                let route = RouteInfo { tier, reason, needs_review: false };
+                recorder.routed(&route);
+                let settlement = Settlement { tiers, charge: Some(charge), estimated };
+                let source = Source::Remote { stream: Box::new(stream), settlement };
+                let headers = route.headers();
+                let response = respond_with_stream(recorder, Some(source), request, StreamPhase::Next, None);
+                (headers, response).into_response()
+            }
+        }
+    } else {
+        let routed = tiers
+            .route_gateway(&request.model, local, &request_id, estimated, move |client: CloudClient| {
+                let upstream = upstream.clone();
+                async move { client.chat(upstream).await }
+            })
+            .await;
+        match routed {
+            Err(refusal) => recorder.fail(ApiError::refused(refusal, &request.model)),
+            Ok(GatewayRoute::Local { reason, needs_review }) => {
+                let tier = state.config.chat_model.clone();
+                let model = state.chat.clone().expect("the router falls back only to a loaded local model");
+                serve_locally(recorder, state, model, request, Some(RouteInfo { tier, reason, needs_review })).await
+            }
+            Ok(GatewayRoute::Remote { tier, reason, value: completion, charge }) => {
+                let route = RouteInfo { tier, reason, needs_review: false };
+                recorder.routed(&route);
+                let tokens = completion.tokens().unwrap_or(estimated);
+                let mut settlement = Settlement { tiers, charge: Some(charge), estimated };
+                recorder.call.cost = settlement.settle(tokens).await;
+                recorder.tokens(tokens.input, tokens.output);
+                let response = ChatCompletionResponse {
+                    id: request_id,
+                    object: "chat.completion".to_owned(),
+                    created: unix_seconds(),
+                    model: request.model,
+                    choices: vec![Choice {
+                        index: 0,
+                        message: ResponseMessage { role: "assistant".to_owned(), content: Some(completion.text) },
+                        finish_reason: completion.finish_reason,
+                    }],
+                    usage: Some(Usage::new(tokens.input, tokens.output)),
+                };
+                recorder.report(StatusCode::OK, CallOutcome::Completed);
+                let mut headers = route.headers();
+                if let Ok(cost) = header::HeaderValue::from_str(&recorder.call.cost.to_string()) {
+                    headers.insert(header::HeaderName::from_static("x-aios-cost-usd"), cost);
+                }
+                (headers, Json(response)).into_response()
+            }
+        }
+    }
+}
+
+/// An escalated call's reservation until it is settled; dropped unsettled
+/// (the client left mid-stream, the tier broke off), it is settled at the
+/// estimate, since the tier may bill what it produced.
+struct Settlement {
+    tiers: Tiers,
+    charge: Option<Charge>,
+    estimated: TokenCount,
+}
+
+impl Settlement {
+    /// Settles with the measured tokens; returns the cost.
+    async fn settle(&mut self, tokens: TokenCount) -> MicroUsd {
+        let Some(charge) = self.charge.take() else { return MicroUsd::ZERO };
+        let cost = charge.cost(tokens);
+        if let Err(err) = self.tiers.settle(charge, tokens).await {
+            warn!(%err, "cannot record the gateway's spending");
+        }
+        cost
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        let Some(charge) = self.charge.take() else { return };
+        let (tiers, estimated) = (self.tiers.clone(), self.estimated);
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        handle.spawn(async move {
+            if let Err(err) = tiers.settle(charge, estimated).await {
+                warn!(%err, "cannot record the gateway's spending");
+            }
+        });
     }
 }
 
@@ -512,7 +748,7 @@ async fn whole_completion(
         Ok(generation) => generation,
         Err(error) => return recorder.fail(ApiError::from_model(error)),
     };
-    recorder.tokens(&generation);
+    recorder.tokens(generation.prompt_tokens as u64, generation.completion_tokens as u64);
     let usage = Usage::new(generation.prompt_tokens as u64, generation.completion_tokens as u64);
     let response = ChatCompletionResponse {
         id: completion_id(),
@@ -545,7 +781,9 @@ async fn stream_completion(
 ) -> Response {
     let mut generation = model.generate_stream(generate);
     match generation.next_piece().await {
-        Some(piece) => respond_with_stream(recorder, Some(generation), request, StreamPhase::Piece(piece), None),
+        Some(piece) => {
+            respond_with_stream(recorder, Some(Source::Local(generation)), request, StreamPhase::Piece(piece), None)
+        }
         None => match generation.finish().await {
             // Nothing was streamed: send the text (if any) as one piece.
             Ok(finished) if !finished.text.is_empty() => {
@@ -558,11 +796,11 @@ async fn stream_completion(
     }
 }
 
-/// Starts the SSE response at `phase`; after the pieces, `generation` is
-/// read, or `finished` is what it already produced.
+/// Starts the SSE response at `phase`; after the pieces, `source` is
+/// read, or `finished` is what the local model already produced.
 fn respond_with_stream(
     recorder: CallRecorder,
-    generation: Option<GenerationStream>,
+    source: Option<Source>,
     request: ChatCompletionRequest,
     phase: StreamPhase,
     finished: Option<Generation>,
@@ -572,7 +810,7 @@ fn respond_with_stream(
         created: unix_seconds(),
         model: request.model.clone(),
         include_usage: request.include_usage(),
-        generation,
+        source,
         finished,
         phase: Some(StreamPhase::Role(Box::new(phase))),
         recorder,
@@ -609,7 +847,7 @@ struct CompletionStream {
     model: String,
     include_usage: bool,
     /// The model's output, while it is being read.
-    generation: Option<GenerationStream>,
+    source: Option<Source>,
     /// The generation, when it ended before the response started.
     finished: Option<Generation>,
     /// `None` once everything has been sent.
@@ -632,7 +870,7 @@ impl CompletionStream {
                 self.chunk(Delta { role: None, content: Some(piece) }, None)
             }
             StreamPhase::Next => return self.next_from_model().await,
-            StreamPhase::Finished(generation) => self.finished_event(generation),
+            StreamPhase::Finished(generation) => self.local_finished(generation),
             StreamPhase::Usage(usage) => {
                 self.phase = Some(StreamPhase::Done);
                 sse_event(&ChatCompletionChunk {
@@ -653,32 +891,75 @@ impl CompletionStream {
     }
 
     async fn next_from_model(&mut self) -> Option<Bytes> {
-        let Some(generation) = self.generation.as_mut() else {
-            let finished = self.finished.take()?;
-            return Some(self.finished_event(finished));
+        let piece = match self.source.as_mut() {
+            None => {
+                let finished = self.finished.take()?;
+                return Some(self.local_finished(finished));
+            }
+            Some(Source::Local(generation)) => generation.next_piece().await,
+            Some(Source::Remote { stream, .. }) => match stream.next_delta().await {
+                Ok(piece) => piece,
+                Err(error) => return Some(self.failed(error.to_string())),
+            },
         };
-        if let Some(piece) = generation.next_piece().await {
+        if let Some(piece) = piece {
             self.phase = Some(StreamPhase::Next);
             return Some(self.chunk(Delta { role: None, content: Some(piece) }, None));
         }
-        let generation = self.generation.take()?;
-        match generation.finish().await {
-            Ok(finished) => Some(self.finished_event(finished)),
-            Err(error) => {
-                let error = ApiError::from_model(error);
-                let event = sse_event(&error.body());
-                self.recorder.report(StatusCode::OK, CallOutcome::Failed(error.message));
-                Some(event)
-            }
+        match self.source.take()? {
+            Source::Local(generation) => match generation.finish().await {
+                Ok(finished) => Some(self.local_finished(finished)),
+                Err(error) => Some(self.failed(ApiError::from_model(error).message)),
+            },
+            Source::Remote { stream, mut settlement } => match stream.finish().await {
+                Ok(completion) => {
+                    let tokens = completion.tokens().unwrap_or(settlement.estimated);
+                    self.recorder.call.cost = settlement.settle(tokens).await;
+                    let reason = completion.finish_reason.unwrap_or_else(|| "stop".to_owned());
+                    Some(self.finished_event(&reason, tokens))
+                }
+                Err(error) => Some(self.failed(error.to_string())),
+            },
         }
     }
 
+    /// The error event that ends a stream which broke off.
+    fn failed(&mut self, message: String) -> Bytes {
+        let error = ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            param: None,
+            code: None,
+            message,
+        };
+        let event = sse_event(&error.body());
+        self.abandon_source();
+        self.recorder.report(StatusCode::OK, CallOutcome::Failed(error.message));
+        event
+    }
+
+    /// Drops what is being read; an escalated call's reservation is then
+    /// settled at its estimate, and the call reports that cost.
+    fn abandon_source(&mut self) {
+        if let Some(Source::Remote { settlement, .. }) = &self.source {
+            if let Some(charge) = &settlement.charge {
+                self.recorder.call.cost = charge.cost(settlement.estimated);
+            }
+        }
+        self.source = None;
+    }
+
+    fn local_finished(&mut self, generation: Generation) -> Bytes {
+        let tokens = TokenCount { input: generation.prompt_tokens as u64, output: generation.completion_tokens as u64 };
+        self.finished_event(finish_reason(generation.finish_reason), tokens)
+    }
+
     /// The chunk with the finish reason; the usage chunk and `[DONE]` follow.
-    fn finished_event(&mut self, generation: Generation) -> Bytes {
-        self.recorder.tokens(&generation);
-        let usage = Usage::new(generation.prompt_tokens as u64, generation.completion_tokens as u64);
+    fn finished_event(&mut self, finish_reason: &str, tokens: TokenCount) -> Bytes {
+        self.recorder.tokens(tokens.input, tokens.output);
+        let usage = Usage::new(tokens.input, tokens.output);
         self.phase = Some(if self.include_usage { StreamPhase::Usage(usage) } else { StreamPhase::Done });
-        self.chunk(Delta::default(), Some(finish_reason(generation.finish_reason)))
+        self.chunk(Delta::default(), Some(finish_reason))
     }
 
     fn chunk(&self, delta: Delta, finish_reason: Option<&str>) -> Bytes {
@@ -691,6 +972,20 @@ impl CompletionStream {
             usage: None,
         })
     }
+}
+
+impl Drop for CompletionStream {
+    fn drop(&mut self) {
+        self.abandon_source();
+    }
+}
+
+/// Where a stream's pieces come from.
+enum Source {
+    /// The local model.
+    Local(GenerationStream),
+    /// An escalation tier; its reservation is settled when the stream ends.
+    Remote { stream: Box<ChatStream>, settlement: Settlement },
 }
 
 fn sse_event(value: &impl Serialize) -> Bytes {

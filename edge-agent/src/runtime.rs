@@ -412,9 +412,16 @@ impl Runtime {
             }
             let step = &agent.steps[seq];
             let span = tracing::info_span!("step", step = %step.id, kind = step.kind.as_str(), seq);
+            // The deadline holds inside a step too: a model call or a
+            // connector call still running when it passes is dropped, as on
+            // cancellation, and its step is not checkpointed.
+            let left = Duration::from_millis(u64::try_from(task.deadline_ms.saturating_sub(unix_ms())).unwrap_or(0));
             let record = tokio::select! {
                 record = self.run_step(task, agent, seq, &context).instrument(span) => record?,
                 _ = cancelled(cancel) => return Err(Stop::End(RunEnd::Cancelled)),
+                _ = tokio::time::sleep(left) => {
+                    return Err(Stop::End(RunEnd::Failed(format!("deadline exceeded during step `{}`", step.id))));
+                }
             };
             self.inner.store.checkpoint_step(&self.inner.identity, &task.id, record.clone()).await?;
             context.replay(agent, &record);

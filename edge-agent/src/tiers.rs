@@ -7,15 +7,17 @@
 //! the calls, retries and accounting.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aios_models::cloud::{ChatCompletion, CloudClient, CloudConfig, Credential};
+use aios_models::cloud::{ChatCompletion, CloudClient, CloudConfig, CloudError, Credential};
 use aios_models::openai::{ChatCompletionRequest, WireMessage};
 use aios_models::router::{
     self, day_of, AirGap, BreakerConfig, BudgetKey, BudgetLedger, BudgetLimits, CircuitBreaker, MicroUsd, Price,
-    RetryPolicy, RiskClass, RouteInput, RouteTarget, TierHealth, TierId, TokenCount, Validation,
+    ReservationId, RetryPolicy, RiskClass, RouteInput, RouteReason, RouteTarget, TierHealth, TierId, TokenCount,
+    Validation,
 };
 use aios_models::{
     ChatMessage, ChatModel, GenerateRequest, LoadOptions, ModelError, ModelStore, Prompt, SamplingParams,
@@ -238,38 +240,11 @@ impl Tiers {
             .agents
             .get(call.agent)
             .ok_or_else(|| ModelCallError::Fatal(format!("agent `{}` is not defined", call.agent)))?;
-        let names: Vec<String> =
-            std::iter::once(agent.local_tier.clone()).chain(agent.escalate_to.iter().cloned()).collect();
-        let specs = names
-            .iter()
-            .map(|name| {
-                let spec = defs
-                    .tiers
-                    .get(name)
-                    .ok_or_else(|| ModelCallError::Fatal(format!("tier `{name}` is not declared")))?;
-                Ok(match spec.kind {
-                    TierKind::Local => router::TierSpec::local(name.clone()),
-                    TierKind::Openai => router::TierSpec::remote(
-                        name.clone(),
-                        spec.host().unwrap_or_default().to_owned(),
-                        Price {
-                            input_per_1k: MicroUsd::from_usd(spec.price_in_per_1k).unwrap_or(MicroUsd::UNLIMITED),
-                            output_per_1k: MicroUsd::from_usd(spec.price_out_per_1k).unwrap_or(MicroUsd::UNLIMITED),
-                        },
-                    ),
-                })
-            })
-            .collect::<Result<Vec<_>, ModelCallError>>()?;
-        let table = router::Tiers::new(specs).map_err(|err| ModelCallError::Fatal(err.to_string()))?;
-        let air_gap = AirGap { enabled: defs.runtime.air_gapped, allowed_hosts: defs.runtime.allowed_hosts.clone() };
-        let egress = air_gap.egress_all(&table);
-        let now = unix_ms();
-        let key = BudgetKey { task: call.task.to_owned(), agent: call.agent.to_owned(), day: day_of(now) };
-        let limits = BudgetLimits {
-            task: agent.budget.per_task_usd.and_then(MicroUsd::from_usd).unwrap_or(MicroUsd::UNLIMITED),
-            agent_day: agent.budget.per_day_usd.and_then(MicroUsd::from_usd).unwrap_or(MicroUsd::UNLIMITED),
-        };
-        self.seed_ledger(&key, call.task_spent_usd).await?;
+        let key = BudgetKey { task: call.task.to_owned(), agent: call.agent.to_owned(), day: day_of(unix_ms()) };
+        let limits =
+            BudgetLimits { task: usd_limit(agent.budget.per_task_usd), agent_day: usd_limit(agent.budget.per_day_usd) };
+        self.seed_day(&key.agent, key.day).await?;
+        self.seed_task(&key, call.task_spent_usd);
 
         let kind_escalates = call.step.escalates_by_default() || call.force_escalation.is_some();
         let mut local: Option<CallOutcome> = None;
@@ -281,6 +256,78 @@ impl Tiers {
                 Err(other) => return Err(other),
             }
         }
+        let request = RouteRequest {
+            local: agent.local_tier.clone(),
+            local_available: local_down.is_none(),
+            chain: &agent.escalate_to,
+            key,
+            limits,
+            kind_escalates,
+            requested: false,
+            risk: match call.step.risk {
+                Risk::Low => RiskClass::Low,
+                Risk::Medium => RiskClass::Medium,
+                Risk::High => RiskClass::High,
+            },
+            local_confidence: local.as_ref().and_then(|o| o.confidence),
+            confidence_threshold: if call.step.kind == StepKind::Classify { call.step.threshold() as f64 } else { 0.0 },
+            validation: if call.force_escalation.is_some() { Validation::Failed } else { Validation::NotChecked },
+            estimated: estimate_tokens(call.prompt.len(), call.step.max_tokens() as u64),
+            preface: call.force_escalation.clone(),
+        };
+        let request_messages = remote_messages(&call);
+        let (step_call, messages) = (&call, &request_messages);
+        let routed = self
+            .route(&defs, request, |tier: String| async move {
+                let completion = self.call_remote(&tier, step_call, messages, call_id).await?;
+                remote_outcome(step_call.step, completion, call_id)
+            })
+            .await?;
+        match routed {
+            Routed::Wait { reason, .. } => Err(ModelCallError::Unavailable(match &local_down {
+                Some(why) => format!("{reason}; {why}"),
+                None => reason,
+            })),
+            Routed::Local { reason, needs_review } => {
+                let mut outcome = match local.take() {
+                    Some(outcome) => outcome,
+                    None => self.run_on_local(&agent.local_tier, &call, call_id).await?,
+                };
+                outcome.tier = Some(agent.local_tier.clone());
+                outcome.reason = reason;
+                outcome.needs_review = needs_review;
+                Ok(outcome)
+            }
+            Routed::Remote { tier, reason, value: mut outcome, charge } => {
+                let cost =
+                    self.settle(charge, TokenCount { input: outcome.tokens_in, output: outcome.tokens_out }).await?;
+                outcome.tier = Some(tier);
+                outcome.reason = reason;
+                outcome.cost_usd = cost.as_usd();
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// The routing loop steps and gateway calls share: asks the router, and
+    /// when it picks an escalation tier, reserves its estimated cost and runs
+    /// `call` on it; a tier that fails is passed over on the next round (the
+    /// reservation released), so the fallback chain applies. The local model
+    /// is never run here: [`Routed::Local`] tells the caller to.
+    async fn route<T, F, Fut>(
+        &self,
+        defs: &Definitions,
+        request: RouteRequest<'_>,
+        mut call: F,
+    ) -> Result<Routed<T>, ModelCallError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
+        let table = tier_table(defs, &request.local, request.chain)?;
+        let air_gap = AirGap { enabled: defs.runtime.air_gapped, allowed_hosts: defs.runtime.allowed_hosts.clone() };
+        let egress = air_gap.egress_all(&table);
+        let (key, limits) = (&request.key, request.limits);
         // Tiers that failed during this call are passed over on the next round.
         let mut failed: HashSet<usize> = HashSet::new();
         let mut failures: Vec<String> = Vec::new();
@@ -288,7 +335,7 @@ impl Tiers {
             let health: Vec<TierHealth> = (0..table.len())
                 .map(|idx| {
                     if idx == table.fallback().0 {
-                        return if local_down.is_some() { TierHealth::Unavailable } else { TierHealth::Available };
+                        return if request.local_available { TierHealth::Available } else { TierHealth::Unavailable };
                     }
                     if failed.contains(&idx) {
                         return TierHealth::Unavailable;
@@ -303,23 +350,14 @@ impl Tiers {
                     ledger.ledger.day_view(&key.agent, key.day, limits.agent_day),
                 )
             };
-            let estimated =
-                TokenCount { input: (call.prompt.len() as u64) / 3 + 32, output: call.step.max_tokens() as u64 };
             let input = RouteInput {
-                kind_escalates,
-                risk: match call.step.risk {
-                    Risk::Low => RiskClass::Low,
-                    Risk::Medium => RiskClass::Medium,
-                    Risk::High => RiskClass::High,
-                },
-                local_confidence: local.as_ref().and_then(|o| o.confidence),
-                confidence_threshold: if call.step.kind == StepKind::Classify {
-                    call.step.threshold() as f64
-                } else {
-                    0.0
-                },
-                validation: if call.force_escalation.is_some() { Validation::Failed } else { Validation::NotChecked },
-                estimated_tokens: estimated,
+                kind_escalates: request.kind_escalates,
+                requested: request.requested,
+                risk: request.risk,
+                local_confidence: request.local_confidence,
+                confidence_threshold: request.confidence_threshold,
+                validation: request.validation,
+                estimated_tokens: request.estimated,
                 task_budget,
                 day_budget,
                 health: &health,
@@ -327,53 +365,33 @@ impl Tiers {
             };
             let decision = router::route(&table, &input);
             let mut reason = decision.reason.to_string();
-            if let Some(why) = &call.force_escalation {
+            if let Some(why) = &request.preface {
                 reason = format!("{why}; {reason}");
             }
             if !failures.is_empty() {
                 reason = format!("{reason} (after: {})", failures.join("; "));
             }
             match decision.target {
-                RouteTarget::Wait => {
-                    return Err(ModelCallError::Unavailable(match &local_down {
-                        Some(why) => format!("{reason}; {why}"),
-                        None => reason,
-                    }))
-                }
+                RouteTarget::Wait => return Ok(Routed::Wait { reason, decision: decision.reason }),
                 RouteTarget::Tier(id) if id == table.fallback() => {
-                    let mut outcome = match local.take() {
-                        Some(outcome) => outcome,
-                        None => self.run_on_local(&agent.local_tier, &call, call_id).await?,
-                    };
-                    outcome.tier = Some(agent.local_tier.clone());
-                    outcome.reason = reason;
-                    outcome.needs_review = decision.needs_review;
-                    return Ok(outcome);
+                    return Ok(Routed::Local { reason, needs_review: decision.needs_review })
                 }
                 RouteTarget::Tier(id) => {
                     let spec = table.spec(id).clone();
-                    let estimate = spec.price.cost(estimated);
+                    let estimate = spec.price.cost(request.estimated);
                     let reservation = {
                         let mut ledger = self.inner.ledger.lock().expect("ledger lock");
-                        ledger.ledger.reserve(&key, limits, estimate)
+                        ledger.ledger.reserve(key, limits, estimate)
                     };
                     let reservation = match reservation {
                         Ok(id) => id,
                         // Another call took the room since the views were read: route again.
                         Err(_) => continue,
                     };
-                    match self.call_remote(&spec.name, &call, call_id).await {
-                        Ok(mut outcome) => {
-                            let cost =
-                                spec.price.cost(TokenCount { input: outcome.tokens_in, output: outcome.tokens_out });
-                            self.inner.ledger.lock().expect("ledger lock").ledger.settle(reservation, cost).ok();
-                            if let Some(store) = &self.inner.store {
-                                store.add_agent_spend(&key.agent, key.day, cost.as_usd()).await?;
-                            }
-                            outcome.tier = Some(spec.name.clone());
-                            outcome.reason = reason;
-                            outcome.cost_usd = cost.as_usd();
-                            return Ok(outcome);
+                    match call(spec.name.clone()).await {
+                        Ok(value) => {
+                            let charge = Charge { reservation, price: spec.price, key: key.clone() };
+                            return Ok(Routed::Remote { tier: spec.name, reason, value, charge });
                         }
                         Err(problem) => {
                             self.inner.ledger.lock().expect("ledger lock").ledger.release(reservation).ok();
@@ -387,36 +405,136 @@ impl Tiers {
         }
     }
 
+    /// Closes a reservation with the call's measured tokens, and records the
+    /// spending for the account's day in the database. Returns the cost.
+    pub async fn settle(&self, charge: Charge, tokens: TokenCount) -> Result<MicroUsd, DbError> {
+        let cost = charge.price.cost(tokens);
+        {
+            let mut ledger = self.inner.ledger.lock().expect("ledger lock");
+            ledger.ledger.settle(charge.reservation, cost).ok();
+            if charge.key.agent == GATEWAY_ACCOUNT {
+                // A gateway request's own account ends with it.
+                ledger.ledger.forget_task(&charge.key.task);
+            }
+        }
+        if let Some(store) = &self.inner.store {
+            store.add_agent_spend(&charge.key.agent, charge.key.day, cost.as_usd()).await?;
+        }
+        Ok(cost)
+    }
+
+    /// The tiers the bundle lets gateway callers name as `model`.
+    pub fn gateway_tiers(&self) -> Vec<String> {
+        self.definitions().gateway.tiers.clone()
+    }
+
+    /// Routes a gateway request for tier `requested` (one of
+    /// [`Tiers::gateway_tiers`]) through the same router, breakers, budgets
+    /// and air gap as an escalated step: `call` runs on the tier chosen
+    /// (the requested one, then the tiers listed after it), with retries.
+    /// `local` names the gateway's local chat model when it has one.
+    pub async fn route_gateway<T, F, Fut>(
+        &self,
+        requested: &str,
+        local: Option<&str>,
+        request_id: &str,
+        estimated: TokenCount,
+        call: F,
+    ) -> Result<GatewayRoute<T>, GatewayRefusal>
+    where
+        F: FnMut(CloudClient) -> Fut + Clone,
+        Fut: Future<Output = Result<T, CloudError>>,
+    {
+        let defs = self.definitions();
+        let gateway = &defs.gateway;
+        let position = gateway.tiers.iter().position(|tier| tier == requested).ok_or_else(|| GatewayRefusal {
+            reason: format!("`{requested}` is not a tier this gateway routes to"),
+            kind: RefusalKind::UnknownTier,
+        })?;
+        let day = day_of(unix_ms());
+        let refused = |err: DbError| GatewayRefusal { reason: err.to_string(), kind: RefusalKind::Unavailable };
+        self.seed_day(GATEWAY_ACCOUNT, day).await.map_err(refused)?;
+        let request = RouteRequest {
+            local: local.unwrap_or("local").to_owned(),
+            local_available: local.is_some() && gateway.fallback_to_local,
+            chain: &gateway.tiers[position..],
+            key: BudgetKey { task: request_id.to_owned(), agent: GATEWAY_ACCOUNT.to_owned(), day },
+            limits: BudgetLimits {
+                task: usd_limit(gateway.per_request_usd),
+                agent_day: usd_limit(gateway.per_day_usd),
+            },
+            kind_escalates: false,
+            requested: true,
+            risk: RiskClass::Low,
+            local_confidence: None,
+            confidence_threshold: 0.0,
+            validation: Validation::NotChecked,
+            estimated,
+            preface: None,
+        };
+        let routed = self
+            .route(&defs, request, |tier: String| {
+                let attempt = call.clone();
+                async move { self.remote_attempts(&tier, attempt).await }
+            })
+            .await
+            .map_err(|err| GatewayRefusal { reason: err.to_string(), kind: RefusalKind::Unavailable })?;
+        match routed {
+            Routed::Local { reason, needs_review } => Ok(GatewayRoute::Local { reason, needs_review }),
+            Routed::Remote { tier, reason, value, charge } => Ok(GatewayRoute::Remote { tier, reason, value, charge }),
+            Routed::Wait { decision, .. } => {
+                let budget = decision.budget_shortfall().is_some();
+                let skipped: Vec<String> = match &decision {
+                    RouteReason::Wait { skipped, .. } => {
+                        skipped.iter().map(|skip| format!("`{}`: {}", skip.name, skip.cause)).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                let mut reason = format!("no tier can answer for `{requested}`");
+                if !skipped.is_empty() {
+                    reason = format!("{reason}: {}", skipped.join("; "));
+                }
+                if local.is_some() && !gateway.fallback_to_local {
+                    reason.push_str(" (the bundle's gateway settings do not fall back to the local model)");
+                }
+                Err(GatewayRefusal {
+                    reason,
+                    kind: if budget { RefusalKind::Budget } else { RefusalKind::Unavailable },
+                })
+            }
+        }
+    }
+
     fn breaker_health(&self, tier: &str) -> TierHealth {
         let mut breakers = self.inner.breakers.lock().expect("tiers lock");
         let breaker = breakers.entry(tier.to_owned()).or_insert_with(|| CircuitBreaker::new(self.inner.breaker));
         breaker.health(Instant::now())
     }
 
-    /// Loads what the agent spent today, and what the task spent before this
-    /// process, into the ledger the first time they are seen.
-    async fn seed_ledger(&self, key: &BudgetKey, task_spent_usd: f64) -> Result<(), DbError> {
-        let day_known =
-            self.inner.ledger.lock().expect("ledger lock").seeded_days.contains(&(key.agent.clone(), key.day));
-        let spent_today = match (&self.inner.store, day_known) {
-            (Some(store), false) => Some(store.agent_spend(&key.agent, key.day).await?),
-            _ => None,
-        };
+    /// Loads what `account` spent on `day`, as the database says, into the
+    /// ledger the first time the pair is seen.
+    async fn seed_day(&self, account: &str, day: i64) -> Result<(), DbError> {
+        let known = self.inner.ledger.lock().expect("ledger lock").seeded_days.contains(&(account.to_owned(), day));
+        let Some(store) = self.inner.store.as_ref().filter(|_| !known) else { return Ok(()) };
+        let usd = store.agent_spend(account, day).await?;
         let mut ledger = self.inner.ledger.lock().expect("ledger lock");
-        if let Some(usd) = spent_today {
-            if ledger.seeded_days.insert((key.agent.clone(), key.day)) {
-                // Seeds the agent's day only: the task part of this key is a
-                // name no task has.
-                let day_only = BudgetKey { task: String::new(), agent: key.agent.clone(), day: key.day };
-                ledger.ledger.record_spent(&day_only, MicroUsd::from_usd(usd).unwrap_or(MicroUsd::ZERO));
-            }
+        if ledger.seeded_days.insert((account.to_owned(), day)) {
+            // Seeds the day only: the task part of this key is a name no task has.
+            let day_only = BudgetKey { task: String::new(), agent: account.to_owned(), day };
+            ledger.ledger.record_spent(&day_only, MicroUsd::from_usd(usd).unwrap_or(MicroUsd::ZERO));
         }
+        Ok(())
+    }
+
+    /// Loads what the task spent before this process into the ledger the
+    /// first time the task is seen.
+    fn seed_task(&self, key: &BudgetKey, task_spent_usd: f64) {
+        let mut ledger = self.inner.ledger.lock().expect("ledger lock");
         if ledger.seeded_tasks.insert(key.task.clone()) && task_spent_usd > 0.0 {
             // Seeds the task only: no agent has an empty name.
             let task_only = BudgetKey { task: key.task.clone(), agent: String::new(), day: key.day };
             ledger.ledger.record_spent(&task_only, MicroUsd::from_usd(task_spent_usd).unwrap_or(MicroUsd::ZERO));
         }
-        Ok(())
     }
 
     #[tracing::instrument(name = "model.call", skip_all, fields(tier = %tier, call_id = %call_id, location = "local"))]
@@ -432,45 +550,42 @@ impl Tiers {
         Ok(outcome)
     }
 
-    /// One escalated call with retries on retryable errors; every attempt
-    /// passes through the tier's breaker.
+    /// One escalated step call with retries.
     #[tracing::instrument(name = "model.call", skip_all, fields(tier = %tier, call_id = %call_id, location = "remote"))]
-    async fn call_remote(&self, tier: &str, call: &StepCall<'_>, call_id: &str) -> Result<CallOutcome, String> {
+    async fn call_remote(
+        &self,
+        tier: &str,
+        call: &StepCall<'_>,
+        messages: &[WireMessage],
+        call_id: &str,
+    ) -> Result<ChatCompletion, String> {
+        let step = call.step;
+        let request = ChatCompletionRequest {
+            messages: messages.to_vec(),
+            max_tokens: Some(if step.kind == StepKind::Classify { 16 } else { step.max_tokens() }),
+            temperature: step.temperature,
+            seed: Some(seed_for(call.task, &step.id) as i64 & i64::MAX),
+            ..ChatCompletionRequest::default()
+        };
+        self.remote_attempts(tier, move |client: CloudClient| {
+            let request = request.clone();
+            async move { client.chat(request).await }
+        })
+        .await
+    }
+
+    /// Runs `attempt` against remote tier `tier`, retrying retryable errors
+    /// with backoff; every attempt passes through the tier's breaker.
+    async fn remote_attempts<T, F, Fut>(&self, tier: &str, mut attempt: F) -> Result<T, String>
+    where
+        F: FnMut(CloudClient) -> Fut,
+        Fut: Future<Output = Result<T, CloudError>>,
+    {
         let client = self.inner.remote.lock().expect("tiers lock").get(tier).cloned();
         let client = match client {
             Some(Ok(client)) => client,
             Some(Err(problem)) => return Err(problem),
             None => return Err(format!("tier `{tier}` is not a remote tier")),
-        };
-        let step = call.step;
-        let mut messages = Vec::new();
-        match step.kind {
-            StepKind::Classify => {
-                let labels = step.labels.join(", ");
-                messages.push(WireMessage::new(
-                    "system",
-                    format!("You sort messages. Answer with exactly one of these labels and nothing else: {labels}."),
-                ));
-            }
-            _ => {
-                if let Some(system) = &call.system {
-                    messages.push(WireMessage::new("system", system.clone()));
-                }
-            }
-        }
-        if step.kind == StepKind::Classify {
-            for example in &step.examples {
-                messages.push(WireMessage::new("user", example.text.clone()));
-                messages.push(WireMessage::new("assistant", example.label.clone()));
-            }
-        }
-        messages.push(WireMessage::new("user", call.subject.clone().unwrap_or_else(|| call.prompt.clone())));
-        let request = ChatCompletionRequest {
-            messages,
-            max_tokens: Some(if step.kind == StepKind::Classify { 16 } else { step.max_tokens() }),
-            temperature: step.temperature,
-            seed: Some(seed_for(call.task, &step.id) as i64 & i64::MAX),
-            ..ChatCompletionRequest::default()
         };
         let mut attempts = 0;
         loop {
@@ -482,7 +597,7 @@ impl Tiers {
             };
             attempts += 1;
             self.inner.remote_calls.fetch_add(1, Ordering::Relaxed);
-            let result = client.chat(request.clone()).await;
+            let result = attempt(client.clone()).await;
             {
                 let mut breakers = self.inner.breakers.lock().expect("tiers lock");
                 let breaker =
@@ -493,7 +608,7 @@ impl Tiers {
                 }
             }
             match result {
-                Ok(completion) => return remote_outcome(step, completion, call_id),
+                Ok(value) => return Ok(value),
                 Err(err) => {
                     let delay = match err.is_retryable() {
                         true => self.inner.retry.delay_after(attempts, rand::random::<f64>(), err.retry_after()),
@@ -507,6 +622,167 @@ impl Tiers {
             }
         }
     }
+}
+
+/// The account gateway requests are charged to; no agent can have this name.
+pub const GATEWAY_ACCOUNT: &str = "@gateway";
+
+/// What [`Tiers::route`] needs to know about one call.
+struct RouteRequest<'a> {
+    /// The local fallback tier's name.
+    local: String,
+    /// Whether the local fallback can answer.
+    local_available: bool,
+    /// Escalation tiers in order.
+    chain: &'a [String],
+    /// The budget accounts charged.
+    key: BudgetKey,
+    /// Their limits.
+    limits: BudgetLimits,
+    /// Escalate whatever the local result.
+    kind_escalates: bool,
+    /// A caller asked for an escalation tier by name.
+    requested: bool,
+    /// How much harm a wrong answer does.
+    risk: RiskClass,
+    /// The local model's confidence, when it was scored.
+    local_confidence: Option<f64>,
+    /// Confidence below this escalates.
+    confidence_threshold: f64,
+    /// What checking the local output said.
+    validation: Validation,
+    /// Expected tokens of an escalated call.
+    estimated: TokenCount,
+    /// Put before the router's reason (why escalation was forced).
+    preface: Option<String>,
+}
+
+/// Where [`Tiers::route`] ended.
+enum Routed<T> {
+    /// The local model answers; `needs_review` when escalation was wanted.
+    Local { reason: String, needs_review: bool },
+    /// An escalation tier answered; its reservation awaits [`Tiers::settle`].
+    Remote { tier: String, reason: String, value: T, charge: Charge },
+    /// No tier can answer now.
+    Wait { reason: String, decision: RouteReason },
+}
+
+/// A reservation to settle once the call's tokens are known.
+#[derive(Debug)]
+pub struct Charge {
+    reservation: ReservationId,
+    price: Price,
+    key: BudgetKey,
+}
+
+impl Charge {
+    /// What the call costs with these tokens.
+    pub fn cost(&self, tokens: TokenCount) -> MicroUsd {
+        self.price.cost(tokens)
+    }
+}
+
+/// Where a gateway request goes.
+#[derive(Debug)]
+pub enum GatewayRoute<T> {
+    /// The gateway's local model answers; `needs_review` when a tier was
+    /// asked for and none could answer.
+    Local {
+        /// The router's reason.
+        reason: String,
+        /// The answer did not come from the tier asked for.
+        needs_review: bool,
+    },
+    /// Tier `tier` answered with `value`; settle `charge` when its tokens are known.
+    Remote {
+        /// The tier that answered.
+        tier: String,
+        /// The router's reason.
+        reason: String,
+        /// What the call returned.
+        value: T,
+        /// The reservation to settle.
+        charge: Charge,
+    },
+}
+
+/// Why a gateway request was not routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRefusal {
+    /// The sentence the caller gets.
+    pub reason: String,
+    /// What kind of refusal.
+    pub kind: RefusalKind,
+}
+
+/// The kinds of [`GatewayRefusal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The model asked for is not a gateway tier.
+    UnknownTier,
+    /// A budget stopped it.
+    Budget,
+    /// No tier could answer (breakers, failures, the air gap).
+    Unavailable,
+}
+
+/// A dollar limit from a bundle; none (or a nonsensical one) is unlimited.
+fn usd_limit(usd: Option<f64>) -> MicroUsd {
+    usd.and_then(MicroUsd::from_usd).unwrap_or(MicroUsd::UNLIMITED)
+}
+
+/// A call's expected tokens before it is made: about three characters per
+/// prompt token plus the chat template's overhead, and the output limit.
+pub fn estimate_tokens(prompt_chars: usize, max_output: u64) -> TokenCount {
+    TokenCount { input: (prompt_chars as u64) / 3 + 32, output: max_output }
+}
+
+/// The router's table: `local` as the fallback, then `chain` as the bundle declares it.
+fn tier_table(defs: &Definitions, local: &str, chain: &[String]) -> Result<router::Tiers, ModelCallError> {
+    let mut specs = vec![router::TierSpec::local(local.to_owned())];
+    for name in chain {
+        let spec =
+            defs.tiers.get(name).ok_or_else(|| ModelCallError::Fatal(format!("tier `{name}` is not declared")))?;
+        specs.push(match spec.kind {
+            TierKind::Local => router::TierSpec::local(name.clone()),
+            TierKind::Openai => router::TierSpec::remote(
+                name.clone(),
+                spec.host().unwrap_or_default().to_owned(),
+                Price {
+                    input_per_1k: MicroUsd::from_usd(spec.price_in_per_1k).unwrap_or(MicroUsd::UNLIMITED),
+                    output_per_1k: MicroUsd::from_usd(spec.price_out_per_1k).unwrap_or(MicroUsd::UNLIMITED),
+                },
+            ),
+        });
+    }
+    router::Tiers::new(specs).map_err(|err| ModelCallError::Fatal(err.to_string()))
+}
+
+/// The messages an escalation tier gets for a step: a classify step becomes
+/// an instruction to answer with one label, after its examples.
+fn remote_messages(call: &StepCall<'_>) -> Vec<WireMessage> {
+    let step = call.step;
+    let mut messages = Vec::new();
+    match step.kind {
+        StepKind::Classify => {
+            let labels = step.labels.join(", ");
+            messages.push(WireMessage::new(
+                "system",
+                format!("You sort messages. Answer with exactly one of these labels and nothing else: {labels}."),
+            ));
+            for example in &step.examples {
+                messages.push(WireMessage::new("user", example.text.clone()));
+                messages.push(WireMessage::new("assistant", example.label.clone()));
+            }
+        }
+        _ => {
+            if let Some(system) = &call.system {
+                messages.push(WireMessage::new("system", system.clone()));
+            }
+        }
+    }
+    messages.push(WireMessage::new("user", call.subject.clone().unwrap_or_else(|| call.prompt.clone())));
+    messages
 }
 
 /// A remote reply as a step outcome; a classify reply must name a label.

@@ -26,6 +26,7 @@ fn main() {
     let egress = [Egress::Allowed; 3];
     let base = RouteInput {
         kind_escalates: false,
+        requested: false,
         risk: RiskClass::Medium,
         local_confidence: Some(0.93),
         confidence_threshold: 0.8,

@@ -66,6 +66,42 @@ pub struct Definitions {
     /// Memory settings: embedding model, retention per classification.
     #[serde(default, skip_serializing_if = "is_default")]
     pub memory: MemorySpec,
+    /// What callers of the edge's OpenAI-compatible gateway may route to and spend.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub gateway: GatewaySpec,
+}
+
+/// `[gateway]`: the escalation tiers office applications may name as `model`
+/// on an edge's OpenAI-compatible gateway, and what they may spend. A request
+/// for one of these tiers goes through the same router, breakers, budgets and
+/// air gap as an agent's escalated step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// Tiers callers may ask for by name. A request for one falls through to
+    /// the tiers listed after it when it cannot answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<String>,
+    /// Most one request may cost, in US dollars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_request_usd: Option<f64>,
+    /// Most all gateway callers together may spend per UTC day on this edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_day_usd: Option<f64>,
+    /// When no named tier can answer, the edge's local chat model answers and
+    /// the response is marked for review; `false` refuses the request instead.
+    #[serde(default = "default_true")]
+    pub fallback_to_local: bool,
+}
+
+impl Default for GatewaySpec {
+    fn default() -> Self {
+        GatewaySpec { tiers: Vec::new(), per_request_usd: None, per_day_usd: None, fallback_to_local: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -540,6 +576,9 @@ pub enum DefinitionError {
     /// A problem in the memory settings.
     #[error("memory: {0}")]
     Memory(String),
+    /// A problem in the gateway settings.
+    #[error("gateway: {0}")]
+    Gateway(String),
 }
 
 impl Definitions {
@@ -564,8 +603,32 @@ impl Definitions {
             crate::exec::validate_policy(policy, &self.connectors)?;
         }
         self.memory.validate().map_err(DefinitionError::Memory)?;
+        self.validate_gateway().map_err(DefinitionError::Gateway)?;
         for (name, agent) in &self.agents {
             self.validate_agent(name, agent)?;
+        }
+        Ok(())
+    }
+
+    fn validate_gateway(&self) -> Result<(), String> {
+        for (index, tier) in self.gateway.tiers.iter().enumerate() {
+            match self.tiers.get(tier) {
+                None => return Err(format!("tiers names `{tier}`, which is not declared under [tiers]")),
+                Some(spec) if spec.kind != TierKind::Openai => {
+                    return Err(format!(
+                    "tier `{tier}` is local; callers reach the local model by its catalogue id, list only remote tiers"
+                ))
+                }
+                Some(_) if self.gateway.tiers[..index].contains(tier) => {
+                    return Err(format!("tiers names `{tier}` twice"))
+                }
+                Some(_) => {}
+            }
+        }
+        for limit in [self.gateway.per_request_usd, self.gateway.per_day_usd].into_iter().flatten() {
+            if !(limit.is_finite() && limit >= 0.0) {
+                return Err(format!("budget {limit} must be a non-negative number of dollars"));
+            }
         }
         Ok(())
     }

@@ -85,6 +85,9 @@ pub struct BundleSpec {
     /// Memory settings (see [`crate::memory`]).
     #[serde(default)]
     pub memory: MemorySpec,
+    /// What gateway callers may route to and spend (see [`crate::agent::GatewaySpec`]).
+    #[serde(default)]
+    pub gateway: crate::agent::GatewaySpec,
     /// Sections that later layers define (Cedar policies, connectors).
     /// Carried opaquely and signed with the rest.
     #[serde(default)]
@@ -108,13 +111,14 @@ impl BundleSpec {
             webhooks: BTreeMap::new(),
             policy: None,
             memory: MemorySpec::default(),
+            gateway: crate::agent::GatewaySpec::default(),
             extensions: serde_json::Map::new(),
         }
     }
 
     /// A spec that keeps everything `body` says except what the caller changes.
     pub fn from_body(body: BundleBody) -> BundleSpec {
-        let Definitions { agents, tiers, runtime, connectors, webhooks, policy, memory } = body.definitions;
+        let Definitions { agents, tiers, runtime, connectors, webhooks, policy, memory, gateway } = body.definitions;
         BundleSpec {
             autonomy: body.autonomy,
             valid_for: None,
@@ -126,6 +130,7 @@ impl BundleSpec {
             webhooks,
             policy,
             memory,
+            gateway,
             extensions: body.extensions,
         }
     }
@@ -157,6 +162,7 @@ impl BundleSpec {
             webhooks: self.webhooks.clone(),
             policy: self.policy.clone(),
             memory: self.memory.clone(),
+            gateway: self.gateway.clone(),
         }
     }
 

@@ -158,6 +158,26 @@ async fn refunds_are_allowed_denied_or_approved_by_policy_and_the_kill_switch_st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_passes_during_a_step_ends_the_task_at_once() -> anyhow::Result<()> {
+    // The payment API commits, then holds its reply for a minute; the
+    // connector would wait 30 s per attempt. The task's 3 s deadline must
+    // stop it during that step, not before the next one.
+    let faults = PaymentFaults { drop_reply: 1.0, hang: Duration::from_secs(60), ..PaymentFaults::default() };
+    let payments = PaymentService::start(faults).await?;
+    let receipts = tempfile::tempdir()?;
+    let toml = bundle(&payments, receipts.path());
+    let toml = toml.replacen("timeout = \"1s\"", "timeout = \"30s\"", 1);
+    let toml = toml.replacen("[agents.refunds]\n", "[agents.refunds]\ndeadline = \"3s\"\n", 1);
+    let (_tmp, _cp, edge) = fleet_with(&bins!(), &toml).await?;
+    let id = submit(&edge, refund("o-late", 10, "acct-1")).await?;
+    let failed = wait_state(&edge, &id, "failed").await?;
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("deadline exceeded during step `refund`"), "{failed:#}");
+    assert_eq!(payments.effects().len(), 1, "the payment API saw the call before the deadline");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_one_effect_per_key_across_kill9_and_lost_replies() -> anyhow::Result<()> {
     let runs: usize = std::env::var("AIOS_EXACTLY_ONCE_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let faults = PaymentFaults {

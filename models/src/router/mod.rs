@@ -343,6 +343,9 @@ pub struct RouteInput<'a> {
     /// The step's kind asks for an escalation tier regardless of the local
     /// result (the local model is then not run first).
     pub kind_escalates: bool,
+    /// A caller asked for an escalation tier by name (a gateway request):
+    /// the local model is not run first.
+    pub requested: bool,
     /// How much harm a wrong answer does.
     pub risk: RiskClass,
     /// The local model's confidence in its answer, when it was scored.
@@ -465,6 +468,8 @@ pub enum Acceptance {
 pub enum Trigger {
     /// The step's kind always escalates.
     KindEscalates,
+    /// A caller asked for an escalation tier by name.
+    Requested,
     /// The local model is unavailable.
     LocalUnavailable,
     /// The local confidence is below the threshold.
@@ -568,6 +573,9 @@ pub fn route(tiers: &Tiers, input: &RouteInput<'_>) -> RouteDecision {
 
 /// `Ok` when the local output may stand, `Err` with the reason to escalate.
 fn escalation_trigger(input: &RouteInput<'_>) -> Result<Acceptance, Trigger> {
+    if input.requested {
+        return Err(Trigger::Requested);
+    }
     if input.kind_escalates {
         return Err(Trigger::KindEscalates);
     }
@@ -653,6 +661,7 @@ impl fmt::Display for Trigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Trigger::KindEscalates => f.write_str("the step kind escalates"),
+            Trigger::Requested => f.write_str("the caller asked for an escalation tier"),
             Trigger::LocalUnavailable => f.write_str("the local model is unavailable"),
             Trigger::LowConfidence { confidence, threshold } => {
                 write!(f, "local confidence {confidence:.2} is below threshold {threshold:.2}")

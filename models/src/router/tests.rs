@@ -17,6 +17,7 @@ const ALL_ALLOWED: [Egress; 3] = [Egress::Allowed; 3];
 fn input() -> RouteInput<'static> {
     RouteInput {
         kind_escalates: false,
+        requested: false,
         risk: RiskClass::Medium,
         local_confidence: Some(0.9),
         confidence_threshold: 0.8,
@@ -57,6 +58,10 @@ fn confident_local_output_stands() {
 #[test]
 fn each_trigger_escalates_to_the_first_declared_tier() {
     check(RouteInput { kind_escalates: true, ..input() }, "gpu-edge: escalated (the step kind escalates)");
+    check(
+        RouteInput { requested: true, local_confidence: Some(0.99), ..input() },
+        "gpu-edge: escalated (the caller asked for an escalation tier)",
+    );
     check(
         RouteInput { local_confidence: Some(0.41), ..input() },
         "gpu-edge: escalated (local confidence 0.41 is below threshold 0.80)",

@@ -112,6 +112,27 @@ fn errors_name_the_agent_the_step_and_the_problem() {
 }
 
 #[test]
+fn gateway_tiers_must_be_declared_remote_tiers() {
+    let with = |gateway: &str| edited("[agents.triage]\n", &format!("{gateway}\n\n[agents.triage]\n"));
+    let spec = with("[gateway]\ntiers = [\"large\"]\nper_day_usd = 2.5").unwrap();
+    assert_eq!(spec.gateway.tiers, ["large"]);
+    assert_eq!(spec.gateway.per_day_usd, Some(2.5));
+    assert!(spec.gateway.fallback_to_local, "falling back to the local model is the default");
+    assert_eq!(BundleSpec::from_toml(TRIAGE).unwrap().gateway, GatewaySpec::default());
+    let cases = [
+        ("[gateway]\ntiers = [\"huge\"]", "gateway: tiers names `huge`, which is not declared"),
+        ("[gateway]\ntiers = [\"local\"]", "gateway: tier `local` is local"),
+        ("[gateway]\ntiers = [\"large\", \"large\"]", "gateway: tiers names `large` twice"),
+        ("[gateway]\nper_request_usd = -1.0", "gateway: budget -1 must be a non-negative"),
+        ("[gateway]\nfallback = false", "unknown field `fallback`"),
+    ];
+    for (gateway, expected) in cases {
+        let err = with(gateway).expect_err(expected);
+        assert!(err.contains(expected), "{gateway:?}: expected {expected:?} in {err:?}");
+    }
+}
+
+#[test]
 fn an_agent_that_uses_a_model_needs_a_local_tier() {
     let err = edited("[tiers.local]\nkind = \"local\"\nmodel = \"smollm2-135m-instruct\"\n", "").unwrap_err();
     assert!(err.contains("agent `triage`: local_tier `local` is not declared"), "{err}");
