@@ -119,6 +119,20 @@ fn smollm2_matches_llama_cpp() {
             generation.text,
             item.greedy_completion_32
         ));
+        // How far our logits are from llama.cpp's over its top five, at each
+        // position both engines reached the same way (ours with the context
+        // as one prompt, llama.cpp's fed one token at a time: the products
+        // add up in different orders, see `cpu::vector::Order`).
+        let mut worst = 0f32;
+        for position in 0..=agree.min(expected.len() - 1) {
+            let mut context = ids.clone();
+            context.extend_from_slice(&expected[..position]);
+            let (_, ours) = engine.prefill(&context).expect("prefill");
+            for (token, logit) in &llama.top_logits[position] {
+                worst = worst.max((ours[*token as usize] - logit).abs());
+            }
+        }
+        report.push_str(&format!("  largest logit difference from llama.cpp over its top 5: {worst:.5}\n"));
         if generation.token_ids == *expected {
             assert_eq!(generation.text, item.greedy_completion_32);
             let finish = if expected.len() < 32 { FinishReason::EndOfTurn } else { FinishReason::Length };

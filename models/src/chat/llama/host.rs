@@ -170,8 +170,8 @@ impl HostModel {
                     Product { matrix: &block.wv, out: &mut s.v, write: Write::Assign },
                 ],
             );
-            self.rotate(&mut s.q, start, n_head);
-            self.rotate(&mut s.k, start, n_kv_head);
+            self.rotate(level, &mut s.q, start, n_head);
+            self.rotate(level, &mut s.k, start, n_kv_head);
             append(&mut layer.keys, &s.k, kv_width);
             append(&mut layer.values, &s.v, kv_width);
             self.attend(pool, level, layer, start, n, &s.q, &mut s.scores, &mut s.attention);
@@ -188,7 +188,7 @@ impl HostModel {
                     Product { matrix: &block.up, out: &mut s.up, write: Write::Assign },
                 ],
             );
-            vector::swiglu(&mut s.gate, &s.up);
+            vector::swiglu(level, &mut s.gate, &s.up);
             let acts = &mut s.blocks[..n * ffn / BLOCK];
             ggml::quantize_rows(&s.gate, acts);
             ggml::matmul(pool, level, acts, &mut [Product { matrix: &block.down, out: &mut s.x, write: Write::Add }]);
@@ -203,8 +203,28 @@ impl HostModel {
         ggml::matmul(pool, level, acts, &mut [Product { matrix: &self.output, out: logits, write: Write::Assign }]);
     }
 
-    /// Interleaved rotary embedding of every head of every row, in place.
-    fn rotate(&self, rows: &mut [f32], start: usize, heads: usize) {
+    /// Interleaved rotary embedding of every head of every row, in place,
+    /// with the fused multiply-adds gcc contracts ggml's rope into.
+    fn rotate(&self, level: Level, rows: &mut [f32], start: usize, heads: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if level >= Level::Avx2 {
+                // SAFETY: `Level::Avx2` and above are only produced when the CPU has FMA.
+                return unsafe { self.rotate_fma(rows, start, heads) };
+            }
+        }
+        let _ = level;
+        self.rotate_body(rows, start, heads);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "fma")]
+    unsafe fn rotate_fma(&self, rows: &mut [f32], start: usize, heads: usize) {
+        self.rotate_body(rows, start, heads);
+    }
+
+    #[inline(always)]
+    fn rotate_body(&self, rows: &mut [f32], start: usize, heads: usize) {
         let head_dim = self.config.head_dim;
         let half = head_dim / 2;
         for (i, row) in rows.chunks_exact_mut(heads * head_dim).enumerate() {
@@ -212,8 +232,8 @@ impl HostModel {
             for head in row.chunks_exact_mut(head_dim) {
                 for (pair, (cos, sin)) in head.chunks_exact_mut(2).zip(table) {
                     let (x0, x1) = (pair[0], pair[1]);
-                    pair[0] = x0 * cos - x1 * sin;
-                    pair[1] = x0 * sin + x1 * cos;
+                    pair[0] = x0.mul_add(*cos, -(x1 * sin));
+                    pair[1] = x0.mul_add(*sin, x1 * cos);
                 }
             }
         }
@@ -222,7 +242,10 @@ impl HostModel {
     /// Causal attention of `n` query rows (positions `start..start + n`)
     /// over the cached keys and values, one pool chunk per head: scores
     /// `q . k` with `q` rounded to f16, scaled by `1 / sqrt(head_dim)`,
-    /// softmax (sum in f64), weights rounded to f16, then `sum(w * v)`.
+    /// softmax ([`vector::softmax_numerators`]), weights rounded to f16, then
+    /// `sum(w * v)`. Both products add up in the order llama.cpp uses for
+    /// this many rows ([`vector::Order`]): position `t` of the values goes to
+    /// accumulator row `t % lanes`, and the rows are combined per output.
     #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
@@ -241,6 +264,8 @@ impl HostModel {
         let group = n_head / n_kv_head;
         let total = start + n;
         let scale = 1.0 / (head_dim as f32).sqrt();
+        let order = vector::Order::for_rows(n);
+        let rows = order.lanes();
         let scores = DisjointSlice::new(scores);
         let out = DisjointSlice::new(out);
         pool.run(n_head, &|head| {
@@ -250,6 +275,7 @@ impl HostModel {
             let scores = unsafe { scores.piece(head * total..(head + 1) * total) };
             let mut query = [0f32; MAX_HEAD_DIM];
             let query = &mut query[..head_dim];
+            let mut lanes = [[0f32; MAX_HEAD_DIM]; 64];
             for i in 0..n {
                 let visible = start + i + 1;
                 query.copy_from_slice(&q[i * width + head * head_dim..][..head_dim]);
@@ -257,22 +283,29 @@ impl HostModel {
                 let mut max = f32::NEG_INFINITY;
                 for (t, score) in scores[..visible].iter_mut().enumerate() {
                     let key = &layer.keys[t * kv_width + kv_head * head_dim..][..head_dim];
-                    *score = vector::dot_f16(level, query, key) * scale;
+                    *score = vector::dot_f16(level, order, query, key) * scale;
                     max = max.max(*score);
                 }
-                let mut sum = 0f64;
-                for score in scores[..visible].iter_mut() {
-                    *score = (*score - max).exp();
-                    sum += *score as f64;
-                }
+                let sum = vector::softmax_numerators(level, &mut scores[..visible], max);
                 let inverse = (1.0 / sum) as f32;
-                // SAFETY: as above.
-                let row = unsafe { out.piece(i * width + head * head_dim..i * width + (head + 1) * head_dim) };
-                row.fill(0.0);
+                // Rows past the visible positions stay zero and are never read.
+                let used = rows.min(visible);
+                for lane in &mut lanes[..used] {
+                    lane[..head_dim].fill(0.0);
+                }
                 for (t, score) in scores[..visible].iter().enumerate() {
                     let weight = f16::from_f32(score * inverse).to_f32();
                     let value = &layer.values[t * kv_width + kv_head * head_dim..][..head_dim];
-                    vector::axpy_f16(level, weight, value, row);
+                    vector::axpy_f16(level, weight, value, &mut lanes[t % rows][..head_dim]);
+                }
+                // SAFETY: as above.
+                let row = unsafe { out.piece(i * width + head * head_dim..i * width + (head + 1) * head_dim) };
+                let mut partial = [0f32; 64];
+                for (d, out) in row.iter_mut().enumerate() {
+                    for (p, lane) in partial[..used].iter_mut().zip(&lanes[..used]) {
+                        *p = lane[d];
+                    }
+                    *out = order.finish(&partial);
                 }
             }
         });
