@@ -635,48 +635,28 @@ async fn routed_completion(
     }
     let estimated = estimate_tokens(prompt_chars, upstream.token_limit().map(u64::from).unwrap_or_default());
     let request_id = completion_id();
-    let local = state.chat.as_ref().map(|_| state.config.chat_model.as_str());
     if request.stream {
-        let routed = tiers
-            .route_gateway(&request.model, local, &request_id, estimated, move |client: CloudClient| {
-                let upstream = upstream.clone();
-                async move { client.chat_stream(upstream).await }
-            })
-            .await;
-        match routed {
-            Err(refusal) => recorder.fail(ApiError::refused(refusal, &request.model)),
-            Ok(GatewayRoute::Local { reason, needs_review }) => {
-                let tier = state.config.chat_model.clone();
-                let model = state.chat.clone().expect("the router falls back only to a loaded local model");
-                serve_locally(recorder, state, model, request, Some(RouteInfo { tier, reason, needs_review })).await
-            }
-            Ok(GatewayRoute::Remote { tier, reason, value: stream, charge }) => {
-                let route = RouteInfo { tier, reason, needs_review: false };
-                recorder.routed(&route);
+        let call = move |client: CloudClient| {
+            let upstream = upstream.clone();
+            async move { client.chat_stream(upstream).await }
+        };
+        match route_to_tier(recorder, state, &tiers, &request, &request_id, estimated, call).await {
+            Err(answered) => answered,
+            Ok((recorder, route, stream, charge)) => {
                 let settlement = Settlement { tiers, charge: Some(charge), estimated };
                 let source = Source::Remote { stream: Box::new(stream), settlement };
-                let headers = route.headers();
                 let response = respond_with_stream(recorder, Some(source), request, StreamPhase::Next, None);
-                (headers, response).into_response()
+                (route.headers(), response).into_response()
             }
         }
     } else {
-        let routed = tiers
-            .route_gateway(&request.model, local, &request_id, estimated, move |client: CloudClient| {
-                let upstream = upstream.clone();
-                async move { client.chat(upstream).await }
-            })
-            .await;
-        match routed {
-            Err(refusal) => recorder.fail(ApiError::refused(refusal, &request.model)),
-            Ok(GatewayRoute::Local { reason, needs_review }) => {
-                let tier = state.config.chat_model.clone();
-                let model = state.chat.clone().expect("the router falls back only to a loaded local model");
-                serve_locally(recorder, state, model, request, Some(RouteInfo { tier, reason, needs_review })).await
-            }
-            Ok(GatewayRoute::Remote { tier, reason, value: completion, charge }) => {
-                let route = RouteInfo { tier, reason, needs_review: false };
-                recorder.routed(&route);
+        let call = move |client: CloudClient| {
+            let upstream = upstream.clone();
+            async move { client.chat(upstream).await }
+        };
+        match route_to_tier(recorder, state, &tiers, &request, &request_id, estimated, call).await {
+            Err(answered) => answered,
+            Ok((mut recorder, route, completion, charge)) => {
                 let tokens = completion.tokens().unwrap_or(estimated);
                 let mut settlement = Settlement { tiers, charge: Some(charge), estimated };
                 recorder.call.cost = settlement.settle(tokens).await;
@@ -700,6 +680,39 @@ async fn routed_completion(
                 }
                 (headers, Json(response)).into_response()
             }
+        }
+    }
+}
+
+/// Routes `request` for a gateway tier with `call` as the tier call. A
+/// refusal, or the local model answering in the tier's place, is answered
+/// here (`Err` holds that response); a tier's result comes back with the
+/// recorder, the route and the reservation to settle.
+async fn route_to_tier<T, F, Fut>(
+    mut recorder: CallRecorder,
+    state: &GatewayState,
+    tiers: &Tiers,
+    request: &ChatCompletionRequest,
+    request_id: &str,
+    estimated: TokenCount,
+    call: F,
+) -> Result<(CallRecorder, RouteInfo, T, Charge), Response>
+where
+    F: FnMut(CloudClient) -> Fut + Clone,
+    Fut: std::future::Future<Output = Result<T, aios_models::cloud::CloudError>>,
+{
+    let local = state.chat.as_ref().map(|_| state.config.chat_model.as_str());
+    match tiers.route_gateway(&request.model, local, request_id, estimated, call).await {
+        Err(refusal) => Err(recorder.fail(ApiError::refused(refusal, &request.model))),
+        Ok(GatewayRoute::Local { reason, needs_review }) => {
+            let route = RouteInfo { tier: state.config.chat_model.clone(), reason, needs_review };
+            let model = state.chat.clone().expect("the router falls back only to a loaded local model");
+            Err(serve_locally(recorder, state, model, request.clone(), Some(route)).await)
+        }
+        Ok(GatewayRoute::Remote { tier, reason, value, charge }) => {
+            let route = RouteInfo { tier, reason, needs_review: false };
+            recorder.routed(&route);
+            Ok((recorder, route, value, charge))
         }
     }
 }
