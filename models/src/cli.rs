@@ -273,8 +273,9 @@ async fn bench_embed(store: &ModelStore, id: &str, options: &LoadOptions) -> any
         (0..256).map(|i| format!("{} {} {}", subjects[i % 8], verbs[(i / 8) % 8], places[(i / 64 + i) % 8])).collect();
     model.embed(sentences[..32].to_vec()).await?; // warm-up
     let started = Instant::now();
-    let vectors = model.embed(sentences.clone()).await?;
+    let embedded = model.embed_counted(sentences.clone()).await?;
     let elapsed = started.elapsed();
+    let vectors = embedded.vectors;
     println!("model: {id} ({} dimensions) on {}", model.dimensions(), options.device);
     print_cpu();
     println!("load time: {:.3} s", load_time.as_secs_f64());
@@ -283,6 +284,11 @@ async fn bench_embed(store: &ModelStore, id: &str, options: &LoadOptions) -> any
         vectors.len() as f64 / elapsed.as_secs_f64(),
         vectors.len(),
         elapsed.as_secs_f64()
+    );
+    println!(
+        "tokens: {} ({:.0} tokens/s, no padding on the CPU path)",
+        embedded.tokens,
+        embedded.tokens as f64 / elapsed.as_secs_f64()
     );
     println!("peak RSS: {}", peak_rss());
     Ok(())

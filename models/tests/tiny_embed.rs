@@ -35,6 +35,44 @@ fn vectors_are_unit_length_and_independent_of_batching() {
     assert!(matches!(batched.embed(&texts(), &|| true), Err(ModelError::Cancelled)));
 }
 
+/// The CPU path packs a batch without padding; candle's `BertModel`, run
+/// here one text at a time with nothing to mask, is the reference.
+#[test]
+fn cpu_path_matches_candles_bert() {
+    use candle_core::{DType, Tensor, D};
+    use candle_transformers::models::bert::{BertModel, Config};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bert = common::write_tiny_bert(dir.path());
+    let files = EmbedderFiles { weights: &bert.weights, config: &bert.config, tokenizer: &bert.tokenizer };
+    let engine = EmbeddingEngine::load(files, &Device::Cpu, None, 3).expect("load");
+    let config: Config = serde_json::from_str(&std::fs::read_to_string(&bert.config).expect("config")).expect("json");
+    let tensors = candle_core::safetensors::load(&bert.weights, &Device::Cpu).expect("weights");
+    let reference =
+        BertModel::load(candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &config).expect("bert");
+    let mut tokenizer = tokenizers::Tokenizer::from_file(&bert.tokenizer).expect("tokenizer");
+    let truncation = tokenizers::TruncationParams { max_length: 64, ..Default::default() };
+    tokenizer.with_truncation(Some(truncation)).expect("truncation");
+    // Long enough to be cut at the 64 positions and to span several row
+    // blocks of the kernels; short ones share a batch with it.
+    let long = ["the man is riding a horse, eating bread ."; 12].join(" ");
+    let mut texts = texts();
+    texts.insert(1, long);
+    texts.push("a man".into());
+    let got = engine.embed(&texts, &|| false).expect("embed");
+    for (text, vector) in texts.iter().zip(&got) {
+        let ids = tokenizer.encode(text.as_str(), true).expect("encode").get_ids().to_vec();
+        let ids = Tensor::new(ids.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).expect("ids");
+        let hidden = reference.forward(&ids, &ids.zeros_like().expect("types"), None).expect("forward");
+        let mean = hidden.mean(1).expect("mean");
+        let norm = mean.sqr().and_then(|s| s.sum_keepdim(D::Minus1)).and_then(|s| s.sqrt()).expect("norm");
+        let want = mean.broadcast_div(&norm).and_then(|v| v.squeeze(0)).and_then(|v| v.to_vec1::<f32>()).expect("vec");
+        for (i, (g, w)) in vector.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() < 2e-5, "{text:?}[{i}]: {g} vs {w}");
+        }
+    }
+}
+
 #[test]
 fn truncated_safetensors_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("temp dir");

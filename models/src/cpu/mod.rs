@@ -8,12 +8,14 @@
 //! # Layout
 //! - [`pool`]: a fork-join pool that hands the other core back when cores are short.
 //! - [`vector`]: RMS norm, f16 attention dot products, SwiGLU; run-time dispatch by [`vector::Level`].
+//! - [`dense`]: f32 products on repacked weights with fused bias, GELU or residual; layer norm (the BERT embedder).
 //! - [`bandwidth`]: a STREAM-like read-bandwidth probe for the roofline.
 //!
 //! The quantised matrix products live in `chat::ggml` next to the formats
 //! they read.
 
 pub mod bandwidth;
+pub mod dense;
 pub mod pool;
 pub mod vector;
 

@@ -1,0 +1,515 @@
+//! Dense f32 products and the element-wise operations of an encoder layer:
+//! what a BERT-family embedder spends its time in.
+//!
+//! [`PackedMatrix`] holds a linear layer's weight (`[out][in]`, PyTorch's
+//! layout) repacked at load into panels of [`PANEL`] output columns, each
+//! panel `[in][PANEL]`, so the kernel reads one contiguous run per step of
+//! the inner dimension. [`matmul`] computes `out = a · wᵀ + bias` on the pool
+//! in tiles of up to [`BLOCK_ROWS`] rows by [`GROUP_PANELS`] panels; the
+//! micro-kernel keeps an 8-row by 32-column block of `out` in registers
+//! (sixteen AVX-512 accumulators), starts it from the bias, and each tile is
+//! finished while it is still in cache by its [`Epilogue`] (GELU, or the
+//! residual added).
+
+use crate::cpu::{Level, Pool};
+
+/// Output columns per packed panel (two AVX-512 vectors).
+pub const PANEL: usize = 32;
+/// Rows the micro-kernel holds in registers.
+const KERNEL_ROWS: usize = 8;
+/// Rows of `out` per pool chunk.
+const BLOCK_ROWS: usize = 64;
+/// Panels of `out` per pool chunk.
+const GROUP_PANELS: usize = 4;
+
+/// A linear layer's weight and bias in the layout [`matmul`] reads.
+#[derive(Clone)]
+pub struct PackedMatrix {
+    /// Output features.
+    rows: usize,
+    /// Input features.
+    cols: usize,
+    /// `[panel][cols][PANEL]`; columns past `rows` are zero.
+    panels: Vec<f32>,
+    /// `[panels * PANEL]`, zero-padded.
+    bias: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedMatrix").field("rows", &self.rows).field("cols", &self.cols).finish_non_exhaustive()
+    }
+}
+
+impl PackedMatrix {
+    /// Packs `weight` (`[rows][cols]`, row-major) and an optional bias of `rows`.
+    pub fn new(weight: &[f32], rows: usize, cols: usize, bias: Option<&[f32]>) -> Self {
+        assert_eq!(weight.len(), rows * cols, "weight is not {rows}x{cols}");
+        let count = rows.div_ceil(PANEL);
+        let mut panels = vec![0f32; count * cols * PANEL];
+        for (row, values) in weight.chunks_exact(cols.max(1)).enumerate().take(rows) {
+            let (panel, lane) = (row / PANEL, row % PANEL);
+            let base = panel * cols * PANEL + lane;
+            for (k, value) in values.iter().enumerate() {
+                panels[base + k * PANEL] = *value;
+            }
+        }
+        let mut padded = vec![0f32; count * PANEL];
+        if let Some(bias) = bias {
+            assert_eq!(bias.len(), rows, "bias is not {rows} long");
+            padded[..rows].copy_from_slice(bias);
+        }
+        Self { rows, cols, panels, bias: padded }
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn panel_count(&self) -> usize {
+        self.rows.div_ceil(PANEL)
+    }
+}
+
+/// What happens to each tile of `out` once its products are summed.
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// Nothing: `out = a · wᵀ + bias`.
+    Bias,
+    /// `out = gelu(a · wᵀ + bias)` with the exact (erf) GELU.
+    Gelu,
+    /// `out = gelu_tanh(a · wᵀ + bias)`, the tanh approximation.
+    GeluTanh,
+    /// `out = max(0, a · wᵀ + bias)`.
+    Relu,
+    /// `out = a · wᵀ + bias + residual`, `residual` shaped like `out`.
+    Residual(&'a [f32]),
+}
+
+/// `out = epilogue(a · wᵀ + bias)` for `a` of `m` rows of `w.cols()`, `out`
+/// of `m` rows of `w.rows()`, both row-major.
+pub fn matmul(
+    pool: &Pool,
+    level: Level,
+    a: &[f32],
+    m: usize,
+    w: &PackedMatrix,
+    epilogue: Epilogue<'_>,
+    out: &mut [f32],
+) {
+    let (k, n) = (w.cols, w.rows);
+    assert!(a.len() >= m * k, "a has {} values, not {m}x{k}", a.len());
+    assert!(out.len() >= m * n, "out has {} values, not {m}x{n}", out.len());
+    if let Epilogue::Residual(residual) = epilogue {
+        assert!(residual.len() >= m * n, "residual has {} values, not {m}x{n}", residual.len());
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    let blocks = m.div_ceil(BLOCK_ROWS);
+    let groups = w.panel_count().div_ceil(GROUP_PANELS);
+    let target = Target(out.as_mut_ptr());
+    pool.run(blocks * groups, &|chunk| {
+        let (block, group) = (chunk / groups, chunk % groups);
+        let rows = block * BLOCK_ROWS..((block + 1) * BLOCK_ROWS).min(m);
+        let first = group * GROUP_PANELS;
+        let panels = first..(first + GROUP_PANELS).min(w.panel_count());
+        // SAFETY: chunks are distinct (block, group) pairs, so each writes a
+        // tile of `out` (its rows by its panels' columns) no other chunk
+        // touches; `a`, `w` and `out` were checked to be large enough.
+        unsafe { tile(level, a, k, w, rows, panels, epilogue, target, n) };
+    });
+}
+
+/// `out`'s base pointer, shared by chunks that write disjoint tiles.
+#[derive(Clone, Copy)]
+struct Target(*mut f32);
+
+// SAFETY: only used by `matmul`, whose chunks write disjoint tiles.
+unsafe impl Sync for Target {}
+// SAFETY: as above.
+unsafe impl Send for Target {}
+
+/// One pool chunk: rows `rows` of `out` for the columns of `panels`.
+///
+/// # Safety
+/// `a` holds the rows, `out` has `n` columns and the rows, and no other
+/// thread touches this tile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    level: Level,
+    a: &[f32],
+    k: usize,
+    w: &PackedMatrix,
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    epilogue: Epilogue<'_>,
+    out: Target,
+    n: usize,
+) {
+    for panel in panels.clone() {
+        let columns = (n - panel * PANEL).min(PANEL);
+        let weights = &w.panels[panel * k * PANEL..(panel + 1) * k * PANEL];
+        let bias = &w.bias[panel * PANEL..(panel + 1) * PANEL];
+        let mut row = rows.start;
+        while row < rows.end {
+            let height = (rows.end - row).min(KERNEL_ROWS);
+            // SAFETY: the caller's bounds; `height` rows from `row` are in the tile.
+            unsafe {
+                let c = out.0.add(row * n + panel * PANEL);
+                micro(level, height, &a[row * k..], k, weights, bias, c, n, columns);
+            }
+            row += height;
+        }
+    }
+    let start = panels.start * PANEL;
+    let end = (panels.end * PANEL).min(n);
+    for row in rows {
+        // SAFETY: this row's columns of the tile belong to this chunk alone.
+        let values = unsafe { std::slice::from_raw_parts_mut(out.0.add(row * n + start), end - start) };
+        match epilogue {
+            Epilogue::Bias => {}
+            Epilogue::Gelu => gelu(level, values),
+            Epilogue::GeluTanh => values.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
+            Epilogue::Relu => values.iter_mut().for_each(|x| *x = x.max(0.0)),
+            Epilogue::Residual(residual) => {
+                for (x, r) in values.iter_mut().zip(&residual[row * n + start..row * n + end]) {
+                    *x += r;
+                }
+            }
+        }
+    }
+}
+
+/// One micro-kernel call on the best body `level` allows.
+///
+/// # Safety
+/// `c` points at `height` rows of stride `ldc` with `columns` writable values each.
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro(
+    level: Level,
+    height: usize,
+    a: &[f32],
+    lda: usize,
+    panel: &[f32],
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    columns: usize,
+) {
+    debug_assert!(a.len() >= (height - 1) * lda + lda && panel.len() >= lda * PANEL && bias.len() >= PANEL);
+    macro_rules! by_height {
+        ($kernel:ident) => {
+            match height {
+                1 => $kernel::<1>(a, lda, panel, bias, c, ldc, columns),
+                2 => $kernel::<2>(a, lda, panel, bias, c, ldc, columns),
+                3 => $kernel::<3>(a, lda, panel, bias, c, ldc, columns),
+                4 => $kernel::<4>(a, lda, panel, bias, c, ldc, columns),
+                5 => $kernel::<5>(a, lda, panel, bias, c, ldc, columns),
+                6 => $kernel::<6>(a, lda, panel, bias, c, ldc, columns),
+                7 => $kernel::<7>(a, lda, panel, bias, c, ldc, columns),
+                _ => $kernel::<8>(a, lda, panel, bias, c, ldc, columns),
+            }
+        };
+    }
+    // SAFETY: the caller's bounds; each body is only chosen when the CPU has its features.
+    unsafe {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512Vnni => by_height!(micro_avx512),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => by_height!(micro_fma),
+            _ => by_height!(micro_portable),
+        }
+    }
+}
+
+/// The micro-kernel in plain Rust: `R` rows by one panel.
+///
+/// # Safety
+/// As [`micro`].
+#[inline(always)]
+unsafe fn micro_body<const R: usize>(
+    a: &[f32],
+    lda: usize,
+    panel: &[f32],
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    columns: usize,
+) {
+    let mut acc = [[0f32; PANEL]; R];
+    for row in &mut acc {
+        row.copy_from_slice(&bias[..PANEL]);
+    }
+    for (k, weights) in panel.chunks_exact(PANEL).take(lda).enumerate() {
+        for (r, row) in acc.iter_mut().enumerate() {
+            let x = a[r * lda + k];
+            for (sum, w) in row.iter_mut().zip(weights) {
+                *sum = x.mul_add(*w, *sum);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        // SAFETY: the caller's bounds.
+        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(r * ldc), columns) };
+    }
+}
+
+/// # Safety
+/// As [`micro`].
+unsafe fn micro_portable<const R: usize>(
+    a: &[f32],
+    lda: usize,
+    panel: &[f32],
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    columns: usize,
+) {
+    // SAFETY: forwarded.
+    unsafe { micro_body::<R>(a, lda, panel, bias, c, ldc, columns) }
+}
+
+/// # Safety
+/// As [`micro`], on a CPU with AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro_fma<const R: usize>(
+    a: &[f32],
+    lda: usize,
+    panel: &[f32],
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    columns: usize,
+) {
+    // SAFETY: forwarded.
+    unsafe { micro_body::<R>(a, lda, panel, bias, c, ldc, columns) }
+}
+
+/// The AVX-512 micro-kernel: `R` rows by 32 columns in `2R` accumulators.
+///
+/// # Safety
+/// As [`micro`], on a CPU with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_avx512<const R: usize>(
+    a: &[f32],
+    lda: usize,
+    panel: &[f32],
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    columns: usize,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: every pointer stays inside the slices (`panel` has `lda`
+    // runs of PANEL, `a` has R rows of `lda`) or the caller's rows of `c`.
+    unsafe {
+        let low = _mm512_loadu_ps(bias.as_ptr());
+        let high = _mm512_loadu_ps(bias.as_ptr().add(16));
+        let mut acc = [[low, high]; R];
+        let a = a.as_ptr();
+        let mut w = panel.as_ptr();
+        for k in 0..lda {
+            let w0 = _mm512_loadu_ps(w);
+            let w1 = _mm512_loadu_ps(w.add(16));
+            for (r, sums) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*a.add(r * lda + k));
+                sums[0] = _mm512_fmadd_ps(x, w0, sums[0]);
+                sums[1] = _mm512_fmadd_ps(x, w1, sums[1]);
+            }
+            w = w.add(PANEL);
+        }
+        let mask0: __mmask16 = if columns >= 16 { 0xffff } else { (1u16 << columns) - 1 };
+        let mask1: __mmask16 = if columns >= 32 {
+            0xffff
+        } else if columns <= 16 {
+            0
+        } else {
+            (1u16 << (columns - 16)) - 1
+        };
+        for (r, sums) in acc.iter().enumerate() {
+            let row = c.add(r * ldc);
+            _mm512_mask_storeu_ps(row, mask0, sums[0]);
+            _mm512_mask_storeu_ps(row.add(16), mask1, sums[1]);
+        }
+    }
+}
+
+/// The exact GELU, `x / 2 * (1 + erf(x / sqrt 2))`, in place.
+pub fn gelu(level: Level, x: &mut [f32]) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Level::Avx2` and above are only produced when the CPU has AVX2 and FMA.
+        Level::Avx2 | Level::Avx512Vnni => unsafe { gelu_fma(x) },
+        _ => gelu_body(x),
+    }
+}
+
+#[inline(always)]
+fn gelu_body(x: &mut [f32]) {
+    for v in x {
+        *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_fma(x: &mut [f32]) {
+    gelu_body(x);
+}
+
+/// GELU's tanh approximation (`hidden_act = "gelu_new"` and kin).
+fn gelu_tanh(x: f32) -> f32 {
+    let inner = 0.797_884_6 * (x + 0.044_715 * x * x * x);
+    0.5 * x * (1.0 + inner.tanh())
+}
+
+/// `erf(x)` within 6e-7 absolute (the formula's 1.5e-7 plus f32 rounding):
+/// Abramowitz and Stegun's formula 7.1.26,
+/// `1 - t (a1 + t (a2 + ...)) e^(-x^2)` with `t = 1 / (1 + p |x|)`. No
+/// branches, so the compiler vectorises the loops that call it.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_8, -1.453_152, 1.061_405_4];
+    let ax = x.abs();
+    let t = 1.0 / P.mul_add(ax, 1.0);
+    let poly = A[4].mul_add(t, A[3]).mul_add(t, A[2]).mul_add(t, A[1]).mul_add(t, A[0]) * t;
+    let y = 1.0 - poly * exp_negative(-(ax * ax));
+    y.copysign(x)
+}
+
+/// `e^x` for `x <= 0` (below -87 it returns `e^-87`, far under anything
+/// [`erf`] can see): `x = n ln 2 + r`, a degree-6 Taylor polynomial in `r`,
+/// `2^n` built in the exponent bits. No branches.
+#[inline(always)]
+pub(crate) fn exp_negative(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let x = x.max(-87.0);
+    let z = x.mul_add(std::f32::consts::LOG2_E, SHIFT);
+    let n = z - SHIFT;
+    // ln 2 = 0.693359375 - 2.12194440e-4; `n` times the first part is exact.
+    let r = (-n).mul_add(-2.121_944_4e-4, (-n).mul_add(0.693_359_4, x));
+    let poly = (1.0 / 720.0f32)
+        .mul_add(r, 1.0 / 120.0)
+        .mul_add(r, 1.0 / 24.0)
+        .mul_add(r, 1.0 / 6.0)
+        .mul_add(r, 0.5)
+        .mul_add(r, 1.0)
+        .mul_add(r, 1.0);
+    // `z`'s low bits hold `n` (offset by the shift): `n + 127` in the exponent field.
+    let biased = z.to_bits().wrapping_sub(SHIFT.to_bits()).wrapping_add(127);
+    poly * f32::from_bits(biased << 23)
+}
+
+/// Layer normalisation of one row in place: `(x - mean) / sqrt(var + eps) * weight + bias`.
+pub fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let width = x.len() as f32;
+    let mean = sum16(x.iter().copied()) / width;
+    let variance = sum16(x.iter().map(|v| (v - mean) * (v - mean))) / width;
+    let scale = 1.0 / (variance + eps).sqrt();
+    for ((v, w), b) in x.iter_mut().zip(weight).zip(bias) {
+        *v = ((*v - mean) * scale).mul_add(*w, *b);
+    }
+}
+
+/// A sum in sixteen lanes (so it vectorises) then added up.
+#[inline(always)]
+fn sum16(values: impl Iterator<Item = f32>) -> f32 {
+    let mut lanes = [0f32; 16];
+    for (i, v) in values.enumerate() {
+        lanes[i % 16] += v;
+    }
+    lanes.iter().sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::test_values;
+
+    /// `a · wᵀ + bias` in f64, one product at a time.
+    fn reference(a: &[f32], w: &[f32], bias: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k).map(|p| a[i * k + p] as f64 * w[j * k + p] as f64).sum();
+                out[i * n + j] = (dot + bias[j] as f64) as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_level_matches_the_scalar_product_on_awkward_shapes() {
+        let pool = Pool::new(2);
+        for (m, n, k) in [(1, 1, 1), (3, 5, 7), (9, 33, 17), (70, 47, 130), (130, 200, 64), (8, 32, 384)] {
+            let seed = (m * 1000 + n * 10 + k) as u64;
+            let a = test_values(seed, m * k, 1.0);
+            let w = test_values(seed + 1, n * k, 0.5);
+            let bias = test_values(seed + 2, n, 0.5);
+            let residual = test_values(seed + 3, m * n, 1.0);
+            let expected = reference(&a, &w, &bias, m, n, k);
+            let packed = PackedMatrix::new(&w, n, k, Some(&bias));
+            for level in Level::available() {
+                let mut out = vec![f32::NAN; m * n];
+                matmul(&pool, level, &a, m, &packed, Epilogue::Bias, &mut out);
+                for (i, (got, want)) in out.iter().zip(&expected).enumerate() {
+                    let tolerance = 1e-5 * (k as f32).sqrt().max(1.0);
+                    assert!((got - want).abs() <= tolerance, "{level:?} {m}x{n}x{k} at {i}: {got} vs {want}");
+                }
+                let mut with_residual = vec![f32::NAN; m * n];
+                matmul(&pool, level, &a, m, &packed, Epilogue::Residual(&residual), &mut with_residual);
+                for i in 0..m * n {
+                    assert!((with_residual[i] - (out[i] + residual[i])).abs() <= 1e-6, "{level:?} residual at {i}");
+                }
+                let mut activated = vec![f32::NAN; m * n];
+                matmul(&pool, level, &a, m, &packed, Epilogue::Gelu, &mut activated);
+                for i in 0..m * n {
+                    let x = out[i] as f64;
+                    let want = 0.5 * x * (1.0 + candle_core::cpu::erf::erf_f64(x / std::f64::consts::SQRT_2));
+                    assert!((activated[i] as f64 - want).abs() <= 1e-6, "{level:?} gelu at {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn erf_is_within_its_bound_everywhere() {
+        let mut worst = 0f64;
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 5e-5;
+            let error = (erf(x) as f64 - candle_core::cpu::erf::erf_f64(x as f64)).abs();
+            worst = worst.max(error);
+        }
+        for x in [-20.0f32, -9.0, 9.0, 100.0, f32::MAX, -f32::MAX] {
+            assert_eq!(erf(x), x.signum(), "erf({x})");
+        }
+        assert!(erf(0.0).abs() < 6e-7);
+        assert!(worst < 6e-7, "worst error {worst}");
+    }
+
+    #[test]
+    fn layer_norm_centres_and_scales() {
+        let mut x = test_values(7, 45, 3.0);
+        let weight = test_values(8, 45, 1.0);
+        let bias = test_values(9, 45, 1.0);
+        let original = x.clone();
+        layer_norm(&mut x, &weight, &bias, 1e-12);
+        let mean = original.iter().map(|v| *v as f64).sum::<f64>() / 45.0;
+        let variance = original.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / 45.0;
+        for i in 0..45 {
+            let want = (original[i] as f64 - mean) / variance.sqrt() * weight[i] as f64 + bias[i] as f64;
+            assert!((x[i] as f64 - want).abs() < 1e-5, "at {i}: {} vs {want}", x[i]);
+        }
+    }
+}
