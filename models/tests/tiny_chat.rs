@@ -11,6 +11,7 @@ use aios_models::chat::sampling::log_prob;
 use aios_models::{
     ChatMessage, ChatModel, DeviceConfig, FinishReason, GenerateRequest, ModelError, Prompt, SamplingParams,
 };
+use candle_core::quantized::gguf_file::Value;
 use candle_core::Device;
 
 fn tiny_model() -> (tempfile::TempDir, PathBuf) {
@@ -226,23 +227,45 @@ fn unknown_architecture_is_named() {
     }
 }
 
-#[test]
-fn qwen2_runs_on_candles_implementation_and_scores_without_forking() {
+/// Loads a freshly written tiny GGUF of `architecture`.
+fn load_tiny(architecture: &str) -> (tempfile::TempDir, ChatEngine) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("qwen2.gguf");
-    common::write_tiny_gguf(&path, "qwen2");
-    let engine = ChatEngine::load(&path, &Device::Cpu).expect("qwen2 loads");
-    assert_eq!(engine.architecture(), "qwen2");
-    let mut request = GenerateRequest::chat(vec![ChatMessage::user("the shop")], 6);
+    let path = dir.path().join(format!("{architecture}.gguf"));
+    common::write_tiny_gguf(&path, architecture);
+    let engine = ChatEngine::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{architecture} loads: {e}"));
+    (dir, engine)
+}
+
+/// Greedy generation past end-of-turn yields exactly `max_tokens` tokens,
+/// the same ones twice, from logits that are finite and not flat.
+fn generates_deterministically(engine: &ChatEngine, max_tokens: usize) {
+    let mut request = GenerateRequest::chat(vec![ChatMessage::user("the shop")], max_tokens);
     request.ignore_eos = true;
     let first = engine.generate(&request, &mut |_| true, &never).expect("generate");
+    assert_eq!(first.completion_tokens, max_tokens);
+    assert_eq!(first.token_ids.len(), max_tokens);
+    assert_eq!(first.finish_reason, FinishReason::Length);
     assert_eq!(first.token_ids, engine.generate(&request, &mut |_| true, &never).expect("again").token_ids);
+    let ids = engine.prompt_tokens(&request.prompt).expect("tokens");
+    let (_, logits) = engine.prefill(&ids).expect("prefill");
+    assert_eq!(logits.len(), engine.tokenizer().vocab_size());
+    assert!(logits.iter().all(|l| l.is_finite()), "non-finite logits");
+    let (min, max) = logits.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &l| (lo.min(l), hi.max(l)));
+    assert!(max - min > 1e-3, "flat logits: {min}..{max}");
+}
+
+/// Scored choice (one prefill, candidates on copies of its cache) agrees with
+/// a fresh prefill for every candidate token, and tells candidates apart.
+fn scores_like_from_scratch(engine: &ChatEngine) {
     let prompt = Prompt::Chat(vec![ChatMessage::user("where is my parcel")]);
     let labels = vec!["refund".to_owned(), "shipping".to_owned(), "other".to_owned()];
     let scored = engine.score(&prompt, &labels, &never).expect("score");
+    let total: f64 = scored.candidates.iter().map(|c| c.confidence).sum();
+    assert!((total - 1.0).abs() < 1e-9);
     let ids = engine.prompt_tokens(&prompt).expect("tokens");
     for candidate in &scored.candidates {
-        let expected = scored_from_scratch(&engine, &ids, &candidate.label);
+        assert!(candidate.log_prob.is_finite() && candidate.log_prob < 0.0, "{candidate:?}");
+        let expected = scored_from_scratch(engine, &ids, &candidate.label);
         assert!(
             (candidate.log_prob - expected).abs() < 1e-2,
             "{}: {} vs {expected}",
@@ -250,6 +273,78 @@ fn qwen2_runs_on_candles_implementation_and_scores_without_forking() {
             candidate.log_prob
         );
     }
+    let (first, rest) = scored.candidates.split_first().expect("candidates");
+    assert!(rest.iter().any(|c| (c.log_prob - first.log_prob).abs() > 1e-3), "all candidates score alike");
+}
+
+/// A prompt longer than `CONTEXT` is refused with that context length.
+fn assert_prompt_too_long(engine: &ChatEngine) {
+    let long = GenerateRequest::chat(vec![ChatMessage::user("the shop ".repeat(200))], 4);
+    match engine.generate(&long, &mut |_| true, &never) {
+        Err(ModelError::PromptTooLong { context_length, .. }) => assert_eq!(context_length, common::CONTEXT as usize),
+        other => panic!("expected PromptTooLong, got {other:?}"),
+    }
+}
+
+#[test]
+fn qwen2_runs_on_candles_implementation_and_scores_without_forking() {
+    let (_dir, engine) = load_tiny("qwen2");
+    assert_eq!(engine.architecture(), "qwen2");
+    generates_deterministically(&engine, 6);
+    scores_like_from_scratch(&engine);
+}
+
+#[test]
+fn phi3_runs_with_fused_projections_within_its_original_context() {
+    let (_dir, engine) = load_tiny("phi3");
+    assert_eq!(engine.architecture(), "phi3");
+    // The file states a long-rope `context_length`; candle's phi3 rotates
+    // without rope scaling, so only the original context is usable.
+    assert_ne!(common::PHI3_LONG_CONTEXT, common::CONTEXT);
+    assert_eq!(engine.context_length(), common::CONTEXT as usize);
+    generates_deterministically(&engine, 10);
+    scores_like_from_scratch(&engine);
+    assert_prompt_too_long(&engine);
+}
+
+#[test]
+fn files_candles_implementations_would_misread_are_refused_at_load() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("odd.gguf");
+    // Phi-4-mini rotates three quarters of each head; candle's phi3 cannot.
+    let mut partial_rotary = common::TinyGguf::new("phi3");
+    partial_rotary.set_arch("rope.dimension_count", Value::U32((common::HEAD_DIM * 3 / 4) as u32));
+    // candle's phi3 rotates with base 10 000 whatever the file says.
+    let mut other_base = common::TinyGguf::new("phi3");
+    other_base.set_arch("rope.freq_base", Value::F32(500_000.0));
+    for (gguf, key) in [(partial_rotary, "rope.dimension_count"), (other_base, "rope.freq_base")] {
+        gguf.write(&path);
+        match ChatEngine::load(&path, &Device::Cpu) {
+            Err(ModelError::UnsupportedFormat(reason)) => assert!(reason.contains(key), "{reason}"),
+            other => panic!("{key}: expected UnsupportedFormat, got {other:?}"),
+        }
+    }
+    // candle would divide by it.
+    let mut no_pattern = common::TinyGguf::new("gemma3");
+    no_pattern.set_arch("attention.sliding_window_type", Value::U32(0));
+    no_pattern.write(&path);
+    match ChatEngine::load(&path, &Device::Cpu) {
+        Err(ModelError::CorruptFile { reason, .. }) => assert!(reason.contains("sliding_window_type"), "{reason}"),
+        other => panic!("expected CorruptFile, got {other:?}"),
+    }
+}
+
+#[test]
+fn gemma3_runs_with_qk_norms_and_sliding_window_layers() {
+    let (_dir, engine) = load_tiny("gemma3");
+    assert_eq!(engine.architecture(), "gemma3");
+    // candle decodes without the sliding window its prefill applies, so only
+    // the window is usable, not the file's whole context.
+    assert_ne!(common::GEMMA3_LONG_CONTEXT, common::CONTEXT);
+    assert_eq!(engine.context_length(), common::CONTEXT as usize);
+    generates_deterministically(&engine, 10);
+    scores_like_from_scratch(&engine);
+    assert_prompt_too_long(&engine);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //! is a clear error, not a short read deep inside candle) and use a tensor
 //! type this build can run.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
@@ -23,6 +24,8 @@ pub const SUPPORTED_ARCHITECTURES: [&str; 4] = ["llama", "qwen2", "phi3", "gemma
 
 /// Context length assumed when a file does not state one.
 const DEFAULT_CONTEXT: usize = 4096;
+/// The rotary base candle's phi3 uses whatever the file says.
+const PHI3_ROPE_BASE: f32 = 10_000.0;
 /// candle's quantized gemma3 precomputes rotary tables for this many positions.
 const GEMMA3_MAX_POSITIONS: usize = quantized_gemma3::MAX_SEQ_LEN;
 
@@ -32,6 +35,9 @@ const GEMMA3_MAX_POSITIONS: usize = quantized_gemma3::MAX_SEQ_LEN;
 /// ([`ChatWeights::can_fork`]), which is how scored choice evaluates every
 /// candidate from one prefill; candle's qwen2 is not `Clone`, so its clones
 /// share one model and one cache, and a pass at position 0 starts afresh.
+/// (candle's phi3 clones share the buffer their cache was allocated in and
+/// write the positions after the fork into it in place, so the forks of one
+/// copy must run one after another, as scoring's do.)
 #[derive(Debug, Clone)]
 pub enum ChatWeights {
     /// `general.architecture = "gemma3"` (candle's implementation).
@@ -148,7 +154,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<LoadedGguf, ModelError>
     let file = File::open(path).map_err(|e| corrupt(format!("cannot open: {e}")))?;
     let file_len = file.metadata().map_err(|e| corrupt(e.to_string()))?.len();
     let mut reader = BufReader::new(file);
-    let content = Content::read(&mut reader).map_err(|e| corrupt(format!("not a readable GGUF file: {e}")))?;
+    let mut content = Content::read(&mut reader).map_err(|e| corrupt(format!("not a readable GGUF file: {e}")))?;
     let architecture = content
         .metadata
         .get("general.architecture")
@@ -181,17 +187,88 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<LoadedGguf, ModelError>
             (ChatWeights::Qwen2(SharedQwen2(Arc::new(Mutex::new(model)))), model_context.unwrap_or(DEFAULT_CONTEXT))
         }
         "phi3" => {
+            let context = prepare_phi3(&mut content, path)?;
             let model =
                 quantized_phi3::ModelWeights::from_gguf(false, content, &mut reader, device).map_err(load_error)?;
-            (ChatWeights::Phi3(model), model_context.unwrap_or(DEFAULT_CONTEXT))
+            (ChatWeights::Phi3(model), context.unwrap_or(DEFAULT_CONTEXT))
         }
         _ => {
+            let window = gemma3_window(&content.metadata, path)?;
             let model = quantized_gemma3::ModelWeights::from_gguf(content, &mut reader, device).map_err(load_error)?;
             let context = model_context.unwrap_or(GEMMA3_MAX_POSITIONS).min(GEMMA3_MAX_POSITIONS);
-            (ChatWeights::Gemma3(model), context)
+            (ChatWeights::Gemma3(model), window.map_or(context, |window| context.min(window)))
         }
     };
     Ok(LoadedGguf { weights, architecture, context_length, metadata })
+}
+
+/// candle's phi3 rotates every dimension of each head with plain rotary
+/// embeddings of base 10 000 (it reads neither `phi3.rope.freq_base` nor any
+/// rope scaling), and sizes its rotary tables and its KV cache, allocated in
+/// full on the first pass, by `phi3.context_length`. A file it would run with
+/// other arithmetic is refused. A long-rope file (Phi-3.5-mini states 131072
+/// positions, trained on 4096 and stretched by rope scaling that candle does
+/// not implement) is limited to its `rope.scaling.original_context_length`,
+/// written back as its `context_length` so that candle allocates no more than
+/// that. Returns the usable context, when the file states one.
+fn prepare_phi3(content: &mut Content, path: &Path) -> Result<Option<usize>, ModelError> {
+    let metadata = &mut content.metadata;
+    let number = |key: &str| metadata.get(key).and_then(|v| v.to_u64().ok());
+    if let (Some(width), Some(heads)) = (number("phi3.embedding_length"), number("phi3.attention.head_count")) {
+        if heads == 0 {
+            let reason = "`phi3.attention.head_count` is 0".to_owned();
+            return Err(ModelError::CorruptFile { file: path.to_path_buf(), reason });
+        }
+        let head_dim = width / heads;
+        if let Some(rotated) = number("phi3.rope.dimension_count").filter(|&rotated| rotated != head_dim) {
+            return Err(ModelError::UnsupportedFormat(format!(
+                "phi3 file rotates {rotated} of the {head_dim} dimensions of each head (`phi3.rope.dimension_count`); \
+                 candle's phi3 rotates whole heads only"
+            )));
+        }
+    }
+    if let Some(base) = metadata.get("phi3.rope.freq_base").and_then(|v| v.to_f32().ok()) {
+        if base != PHI3_ROPE_BASE {
+            return Err(ModelError::UnsupportedFormat(format!(
+                "phi3 file has `phi3.rope.freq_base` {base}; candle's phi3 rotates with base {PHI3_ROPE_BASE} only"
+            )));
+        }
+    }
+    let rope_factors = ["rope_factors_short.weight", "rope_factors_long.weight"];
+    if rope_factors.iter().any(|name| content.tensor_infos.contains_key(*name)) {
+        tracing::warn!(
+            file = %path.display(),
+            "candle's phi3 ignores this file's long-rope factors; its output differs from llama.cpp's"
+        );
+    }
+    let Some(context) = metadata.get("phi3.context_length").and_then(|v| v.to_u32().ok()) else { return Ok(None) };
+    let usable = match number("phi3.rope.scaling.original_context_length") {
+        // Below a u32, so the cast is lossless.
+        Some(original) if original > 0 && original < u64::from(context) => original as u32,
+        _ => context,
+    };
+    if usable < context {
+        metadata.insert("phi3.context_length".to_owned(), Value::U32(usable));
+    }
+    Ok(Some(usable as usize))
+}
+
+/// candle's gemma3 masks the sliding window of its local layers when it
+/// prefills a prompt but not when it decodes from its KV cache (and its
+/// prefill window holds one position more than llama.cpp's and
+/// transformers'), so it computes the file's model only while no two
+/// positions are `attention.sliding_window` or more apart. Returns that
+/// window when some layer is local, as a cap on the usable context.
+fn gemma3_window(metadata: &HashMap<String, Value>, path: &Path) -> Result<Option<usize>, ModelError> {
+    let number = |key: &str| metadata.get(key).and_then(|v| v.to_u32().ok()).map(|v| v as usize);
+    // candle's rule: layer `i` is global when `(i + 1) % sliding_window_type == 0`.
+    let every = number("gemma3.attention.sliding_window_type").unwrap_or(quantized_gemma3::DEFAULT_SLIDING_WINDOW_TYPE);
+    if every == 0 {
+        let reason = "`gemma3.attention.sliding_window_type` is 0".to_owned();
+        return Err(ModelError::CorruptFile { file: path.to_path_buf(), reason });
+    }
+    let any_local = every > 1 && number("gemma3.block_count").is_some_and(|layers| layers > 0);
+    Ok(number("gemma3.attention.sliding_window").filter(|_| any_local))
 }
 
 enum TensorProblem {

@@ -1,10 +1,11 @@
-//! Tiny models written at test time: a llama-architecture GGUF with random
-//! weights and a byte-level BPE vocabulary in its metadata, and a BERT
-//! embedder (safetensors, config.json, tokenizer.json). Nothing is downloaded.
+//! Tiny models written at test time: GGUF chat models (llama, qwen2, phi3,
+//! gemma3) with random weights and a byte-level BPE vocabulary in their
+//! metadata, and a BERT embedder (safetensors, config.json, tokenizer.json).
+//! Nothing is downloaded.
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Value};
@@ -76,63 +77,177 @@ pub fn pseudo_random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Writes a 2-layer llama-shaped GGUF to `path` (with q/k/v biases for
-/// `qwen2`); any other `architecture` name lets tests lie.
+/// Layers, attention heads, key/value heads and feed-forward width of every
+/// tiny GGUF.
+const LAYERS: u64 = 2;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const FFN: usize = 128;
+/// Per-head width of the llama, qwen2 and phi3 files.
+pub const HEAD_DIM: usize = HIDDEN / HEADS;
+/// gemma3's per-head width (`gemma3.attention.key_length`), deliberately not
+/// `HIDDEN / HEADS`: real gemma3 files have `heads * key_length` different
+/// from `embedding_length` too.
+pub const GEMMA3_HEAD_DIM: usize = 32;
+/// The tiny gemma3 file is shaped like Gemma 3 1B: its `context_length`
+/// (32768 there) is longer than the `attention.sliding_window` of its local
+/// layers (512 there), which is `CONTEXT`.
+pub const GEMMA3_LONG_CONTEXT: u32 = 2 * CONTEXT;
+/// The tiny phi3 file is shaped like Phi-3.5-mini: its `context_length`
+/// (131072 there) is the long-rope one, and
+/// `rope.scaling.original_context_length` (4096 there) is `CONTEXT`.
+pub const PHI3_LONG_CONTEXT: u32 = 8 * CONTEXT;
+
+/// A tiny GGUF with random weights, assembled in memory: the shared
+/// vocabulary and template, then exactly the metadata keys and tensor names
+/// the loader of its `general.architecture` reads. Tests may change a key
+/// with [`TinyGguf::set`] before [`TinyGguf::write`].
+pub struct TinyGguf {
+    architecture: String,
+    metadata: BTreeMap<String, Value>,
+    tensors: Vec<(String, QTensor)>,
+}
+
+impl TinyGguf {
+    /// Two layers of `architecture`: `llama`, `qwen2` (llama plus q/k/v
+    /// biases), `phi3` (fused `attn_qkv`, fused gate+up `ffn_up`, its own
+    /// `output`) or `gemma3` (q/k norms, post-attention and post-feed-forward
+    /// norms, sliding-window layers, tied output). Any other name gets
+    /// llama's layout, so tests can lie about the architecture.
+    pub fn new(architecture: &str) -> Self {
+        let mut gguf = Self { architecture: architecture.into(), metadata: tokenizer_metadata(), tensors: Vec::new() };
+        let vocab = vocabulary().0.len();
+        gguf.set("general.architecture", Value::String(architecture.into()));
+        for (key, value) in [
+            ("block_count", LAYERS as usize),
+            ("context_length", CONTEXT as usize),
+            ("embedding_length", HIDDEN),
+            ("feed_forward_length", FFN),
+            ("attention.head_count", HEADS),
+            ("attention.head_count_kv", KV_HEADS),
+        ] {
+            gguf.set_arch(key, Value::U32(value as u32));
+        }
+        gguf.set_arch("attention.layer_norm_rms_epsilon", Value::F32(1e-5));
+        gguf.matrix("token_embd.weight".into(), (vocab, HIDDEN), 1, GgmlDType::Q8_0);
+        gguf.norm("output_norm.weight".into(), HIDDEN);
+        let head_dim = match architecture {
+            "phi3" => {
+                // candle's phi3 reads neither `rope.freq_base` (it rotates with
+                // base 10 000) nor `original_context_length`; our loader does.
+                gguf.set_arch("context_length", Value::U32(PHI3_LONG_CONTEXT));
+                gguf.set_arch("rope.scaling.original_context_length", Value::U32(CONTEXT));
+                gguf.set_arch("rope.dimension_count", Value::U32(HEAD_DIM as u32));
+                gguf.set_arch("rope.freq_base", Value::F32(10_000.0));
+                gguf.matrix("output.weight".into(), (vocab, HIDDEN), 2, GgmlDType::Q4_1);
+                HEAD_DIM
+            }
+            "gemma3" => {
+                gguf.set_arch("attention.key_length", Value::U32(GEMMA3_HEAD_DIM as u32));
+                gguf.set_arch("attention.value_length", Value::U32(GEMMA3_HEAD_DIM as u32));
+                gguf.set_arch("context_length", Value::U32(GEMMA3_LONG_CONTEXT));
+                gguf.set_arch("attention.sliding_window", Value::U32(CONTEXT));
+                // Real files leave this to candle's default of 6 (five local
+                // layers, then a global one); 2 makes layer 0 local and layer 1
+                // global, so both kinds run.
+                gguf.set_arch("attention.sliding_window_type", Value::U32(2));
+                gguf.set_arch("rope.freq_base", Value::F32(1_000_000.0));
+                gguf.set_arch("rope.local_freq_base", Value::F32(10_000.0));
+                GEMMA3_HEAD_DIM
+            }
+            _ => {
+                gguf.set_arch("rope.dimension_count", Value::U32(HEAD_DIM as u32));
+                gguf.set_arch("rope.freq_base", Value::F32(10_000.0));
+                HEAD_DIM
+            }
+        };
+        let (q_width, kv_width) = (HEADS * head_dim, KV_HEADS * head_dim);
+        for layer in 0..LAYERS {
+            let name = |tensor: &str| format!("blk.{layer}.{tensor}.weight");
+            let s = 100 * (layer + 1);
+            if architecture == "phi3" {
+                // q, k and v rows in one matrix; gate rows, then up rows.
+                gguf.matrix(name("attn_qkv"), (q_width + 2 * kv_width, HIDDEN), s + 1, GgmlDType::Q4_1);
+                gguf.matrix(name("ffn_up"), (2 * FFN, HIDDEN), s + 6, GgmlDType::Q4_1);
+            } else {
+                gguf.matrix(name("attn_q"), (q_width, HIDDEN), s + 1, GgmlDType::Q4_1);
+                gguf.matrix(name("attn_k"), (kv_width, HIDDEN), s + 2, GgmlDType::Q4_1);
+                gguf.matrix(name("attn_v"), (kv_width, HIDDEN), s + 3, GgmlDType::Q4_1);
+                gguf.matrix(name("ffn_gate"), (FFN, HIDDEN), s + 5, GgmlDType::Q4_1);
+                gguf.matrix(name("ffn_up"), (FFN, HIDDEN), s + 6, GgmlDType::Q4_1);
+            }
+            gguf.matrix(name("attn_output"), (HIDDEN, q_width), s + 4, GgmlDType::Q4_1);
+            gguf.matrix(name("ffn_down"), (HIDDEN, FFN), s + 7, GgmlDType::Q4_1);
+            gguf.norm(name("attn_norm"), HIDDEN);
+            gguf.norm(name("ffn_norm"), HIDDEN);
+            if architecture == "qwen2" {
+                for (tensor, width) in [("attn_q", q_width), ("attn_k", kv_width), ("attn_v", kv_width)] {
+                    let bias = Tensor::from_vec(pseudo_random(width, s + 9, 0.05), width, &Device::Cpu).expect("bias");
+                    let bias = QTensor::quantize(&bias, GgmlDType::F32).expect("bias");
+                    gguf.tensors.push((format!("blk.{layer}.{tensor}.bias"), bias));
+                }
+            }
+            if architecture == "gemma3" {
+                gguf.norm(name("attn_q_norm"), head_dim);
+                gguf.norm(name("attn_k_norm"), head_dim);
+                gguf.norm(name("post_attention_norm"), HIDDEN);
+                gguf.norm(name("post_ffw_norm"), HIDDEN);
+            }
+        }
+        gguf
+    }
+
+    /// Sets (or replaces) a metadata key.
+    pub fn set(&mut self, key: &str, value: Value) -> &mut Self {
+        self.metadata.insert(key.to_owned(), value);
+        self
+    }
+
+    /// Sets `{architecture}.{key}`.
+    pub fn set_arch(&mut self, key: &str, value: Value) -> &mut Self {
+        let key = format!("{}.{key}", self.architecture);
+        self.set(&key, value)
+    }
+
+    fn matrix(&mut self, name: String, shape: (usize, usize), seed: u64, dtype: GgmlDType) {
+        self.tensors.push((name, quantized(shape, seed, dtype)));
+    }
+
+    fn norm(&mut self, name: String, len: usize) {
+        self.tensors.push((name, ones(len)));
+    }
+
+    /// Writes the file.
+    pub fn write(&self, path: &Path) {
+        let mut file = std::fs::File::create(path).expect("create gguf");
+        let metadata: Vec<(&str, &Value)> = self.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensors: Vec<(&str, &QTensor)> = self.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut file, &metadata, &tensors).expect("write gguf");
+    }
+}
+
+/// Writes a two-layer GGUF of `architecture` with random weights to `path`
+/// (see [`TinyGguf::new`]).
 pub fn write_tiny_gguf(path: &Path, architecture: &str) {
+    TinyGguf::new(architecture).write(path);
+}
+
+/// The metadata every tiny GGUF shares: byte-level BPE vocabulary, special
+/// token ids and the ChatML template.
+fn tokenizer_metadata() -> BTreeMap<String, Value> {
     let (tokens, types, merges) = vocabulary();
-    let vocab = tokens.len();
-    let (heads, kv_heads, ffn) = (4usize, 2usize, 128usize);
-    let head_dim = HIDDEN / heads;
-    let mut metadata: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String(architecture.into())),
-        (format!("{architecture}.block_count"), Value::U32(2)),
-        (format!("{architecture}.context_length"), Value::U32(CONTEXT)),
-        (format!("{architecture}.embedding_length"), Value::U32(HIDDEN as u32)),
-        (format!("{architecture}.feed_forward_length"), Value::U32(ffn as u32)),
-        (format!("{architecture}.attention.head_count"), Value::U32(heads as u32)),
-        (format!("{architecture}.attention.head_count_kv"), Value::U32(kv_heads as u32)),
-        (format!("{architecture}.rope.dimension_count"), Value::U32(head_dim as u32)),
-        (format!("{architecture}.rope.freq_base"), Value::F32(10000.0)),
-        (format!("{architecture}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+    let strings = |items: Vec<String>| Value::Array(items.into_iter().map(Value::String).collect());
+    BTreeMap::from([
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
-        ("tokenizer.ggml.tokens".into(), Value::Array(tokens.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.tokens".into(), strings(tokens)),
         ("tokenizer.ggml.token_type".into(), Value::Array(types.into_iter().map(Value::I32).collect())),
-        ("tokenizer.ggml.merges".into(), Value::Array(merges.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.merges".into(), strings(merges)),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
         ("tokenizer.chat_template".into(), Value::String(TEMPLATE.into())),
-    ];
-    metadata.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut tensors: Vec<(String, QTensor)> = vec![
-        ("token_embd.weight".into(), quantized((vocab, HIDDEN), 1, GgmlDType::Q8_0)),
-        ("output_norm.weight".into(), ones(HIDDEN)),
-    ];
-    for layer in 0..2u64 {
-        let p = format!("blk.{layer}");
-        let s = 100 * (layer + 1);
-        tensors.push((format!("{p}.attn_q.weight"), quantized((HIDDEN, HIDDEN), s + 1, GgmlDType::Q4_1)));
-        tensors.push((format!("{p}.attn_k.weight"), quantized((kv_heads * head_dim, HIDDEN), s + 2, GgmlDType::Q4_1)));
-        tensors.push((format!("{p}.attn_v.weight"), quantized((kv_heads * head_dim, HIDDEN), s + 3, GgmlDType::Q4_1)));
-        tensors.push((format!("{p}.attn_output.weight"), quantized((HIDDEN, HIDDEN), s + 4, GgmlDType::Q4_1)));
-        tensors.push((format!("{p}.ffn_gate.weight"), quantized((ffn, HIDDEN), s + 5, GgmlDType::Q4_1)));
-        tensors.push((format!("{p}.ffn_up.weight"), quantized((ffn, HIDDEN), s + 6, GgmlDType::Q4_1)));
-        tensors.push((format!("{p}.ffn_down.weight"), quantized((HIDDEN, ffn), s + 7, GgmlDType::Q4_1)));
-        if architecture == "qwen2" {
-            for (name, width) in [("attn_q", HIDDEN), ("attn_k", kv_heads * head_dim), ("attn_v", kv_heads * head_dim)]
-            {
-                let bias = Tensor::from_vec(pseudo_random(width, s + 9, 0.05), width, &Device::Cpu).expect("bias");
-                tensors.push((format!("{p}.{name}.bias"), QTensor::quantize(&bias, GgmlDType::F32).expect("bias")));
-            }
-        }
-        tensors.push((format!("{p}.attn_norm.weight"), ones(HIDDEN)));
-        tensors.push((format!("{p}.ffn_norm.weight"), ones(HIDDEN)));
-    }
-    let mut file = std::fs::File::create(path).expect("create gguf");
-    let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut file, &metadata_refs, &tensor_refs).expect("write gguf");
+    ])
 }
 
 /// Paths of a tiny BERT embedder.
