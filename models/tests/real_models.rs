@@ -8,6 +8,7 @@
 use std::sync::OnceLock;
 
 use aios_models::chat::engine::ChatEngine;
+use aios_models::chat::sampling::log_prob;
 use aios_models::embed::cosine;
 use aios_models::{
     ChatMessage, EmbeddingModel, FinishReason, GenerateRequest, LoadOptions, ModelStore, Prompt, ResolvedModel,
@@ -198,6 +199,75 @@ fn smollm2_scored_choice_classifies_customer_messages() {
     }
     println!("{report}");
     assert!(correct >= 8, "only {correct}/10 correct:\n{report}");
+}
+
+/// The same weights dequantised to F32 and run by candle's own
+/// `quantized_llama` (f32 products, f32 KV cache, no 8-bit activations or
+/// f16 rounding anywhere) are the reference for scored choice: every
+/// candidate's log-probability stays within 1e-3 of it.
+#[test]
+fn smollm2_scored_choice_matches_the_f32_reference() {
+    use candle_core::quantized::gguf_file;
+    use candle_core::Tensor;
+    use candle_transformers::models::quantized_llama;
+
+    let engine = chat_engine();
+    let resolved = pulled(CHAT_ID);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let f32_path = dir.path().join("smollm2-f32.gguf");
+    write_dequantized(resolved.file_with_suffix(".gguf").expect("gguf"), &f32_path);
+    let mut file = std::fs::File::open(&f32_path).expect("open");
+    let content = gguf_file::Content::read(&mut file).expect("read");
+    let reference = quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).expect("candle loads");
+    let next_logits = |model: &mut quantized_llama::ModelWeights, ids: &[u32], position: usize| -> Vec<f32> {
+        let input = Tensor::new(ids, &Device::Cpu).and_then(|t| t.unsqueeze(0)).expect("input");
+        let logits = model.forward(&input, position).expect("forward");
+        logits.squeeze(0).and_then(|t| t.to_vec1::<f32>()).expect("logits")
+    };
+    let data: Messages = serde_json::from_str(include_str!("data/customer-messages.json")).expect("fixture parses");
+    let candidates: Vec<String> = data.labels.iter().map(|label| format!(" {label}")).collect();
+    let mut worst = 0f64;
+    let mut report = String::new();
+    for item in &data.items {
+        let prompt = Prompt::Text(format!("{}Message: {}\nTopic:", data.preamble, item.text));
+        let ids = engine.prompt_tokens(&prompt).expect("tokens");
+        let fast = engine.score(&prompt, &candidates, &|| false).expect("score");
+        let mut prefilled = reference.clone();
+        let first = next_logits(&mut prefilled, &ids, 0);
+        for (candidate, scored) in candidates.iter().zip(&fast.candidates) {
+            let tokens = engine.tokenizer().encode(candidate).expect("encode");
+            let mut model = prefilled.clone();
+            let mut exact = log_prob(&first, tokens[0]);
+            for (k, pair) in tokens.windows(2).enumerate() {
+                exact += log_prob(&next_logits(&mut model, &pair[..1], ids.len() + k), pair[1]);
+            }
+            let difference = (scored.log_prob - exact).abs();
+            worst = worst.max(difference);
+            report.push_str(&format!(
+                "{:<50} {candidate:<10} {:>10.5} {exact:>10.5} {difference:.6}\n",
+                item.text, scored.log_prob
+            ));
+        }
+    }
+    println!("{report}largest log-probability difference from the F32 reference: {worst:.6}");
+    assert!(worst < 1e-3, "scored choice is {worst} away from the F32 reference:\n{report}");
+}
+
+/// Copies a GGUF file with every tensor dequantised to F32.
+fn write_dequantized(from: &std::path::Path, to: &std::path::Path) {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    let mut file = std::fs::File::open(from).expect("open gguf");
+    let content = gguf_file::Content::read(&mut file).expect("read gguf");
+    let mut tensors = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let quantized = content.tensor(&mut file, name, &Device::Cpu).expect("tensor");
+        let values = quantized.dequantize(&Device::Cpu).expect("dequantize");
+        tensors.push((name.clone(), QTensor::quantize(&values, GgmlDType::F32).expect("f32")));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut out = std::fs::File::create(to).expect("create");
+    gguf_file::write(&mut out, &metadata, &tensors).expect("write gguf");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

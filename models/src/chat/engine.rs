@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use super::llama::Precision;
 use super::sampling::{log_prob, Sampler, SamplingParams};
 use super::template::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
 use super::tokenizer::GgufTokenizer;
@@ -196,7 +197,14 @@ impl ChatEngine {
     /// Runs the prompt through a fresh copy of the model; returns the model
     /// (its KV cache holding the prompt) and the logits for the next token.
     pub fn prefill(&self, ids: &[u32]) -> Result<(ChatWeights, Vec<f32>), ModelError> {
+        self.prefill_with(ids, Precision::Quantised)
+    }
+
+    /// [`ChatEngine::prefill`] in the given arithmetic, which the returned
+    /// copy keeps for the positions run on it later.
+    pub fn prefill_with(&self, ids: &[u32], precision: Precision) -> Result<(ChatWeights, Vec<f32>), ModelError> {
         let mut model = self.weights.clone();
+        model.set_precision(precision);
         let logits = self.step(&mut model, ids, 0)?;
         Ok((model, logits))
     }
@@ -283,7 +291,9 @@ impl ChatEngine {
 
     /// Scores each candidate answer: the sum of its tokens' log-probabilities
     /// after the prompt, and a softmax over candidates. The prompt is
-    /// prefilled once; each candidate runs on a copy of that KV cache.
+    /// prefilled once; each candidate runs on a copy of that KV cache. On
+    /// the host path this runs in [`Precision::Exact`] arithmetic, so the
+    /// log-probabilities are the file's model's, not 8-bit activations'.
     pub fn score(
         &self,
         prompt: &Prompt,
@@ -310,7 +320,7 @@ impl ChatEngine {
                 Ok(tokens)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let (mut prefilled, mut first_logits) = self.prefill(&ids)?;
+        let (mut prefilled, mut first_logits) = self.prefill_with(&ids, Precision::Exact)?;
         let mut log_probs = Vec::with_capacity(candidates.len());
         for (idx, tokens) in encoded.iter().enumerate() {
             if cancelled() {
@@ -318,7 +328,7 @@ impl ChatEngine {
             }
             if idx > 0 && !prefilled.can_fork() {
                 // The previous candidate extended the one shared cache: redo the prompt.
-                (prefilled, first_logits) = self.prefill(&ids)?;
+                (prefilled, first_logits) = self.prefill_with(&ids, Precision::Exact)?;
             }
             let mut total = log_prob(&first_logits, tokens[0]);
             if tokens.len() > 1 {

@@ -15,7 +15,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::{quantized_gemma3, quantized_phi3, quantized_qwen2};
 
-use super::llama::{KvCache, LlamaModel, Logits};
+use super::llama::{KvCache, LlamaModel, Logits, Precision};
 
 use crate::error::ModelError;
 
@@ -119,6 +119,15 @@ impl ChatWeights {
             return Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect());
         }
         ids.iter().enumerate().map(|(offset, id)| self.forward_last(&[*id], index_pos + offset, device)).collect()
+    }
+
+    /// Sets the arithmetic of this copy's later forward passes (see
+    /// [`Precision`]); only this crate's llama path has a choice, the other
+    /// architectures run candle's products.
+    pub fn set_precision(&mut self, precision: Precision) {
+        if let Self::Llama { cache, .. } = self {
+            cache.set_precision(precision);
+        }
     }
 
     /// The llama model, when this is one (the benchmark's roofline reads it).

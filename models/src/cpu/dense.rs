@@ -123,7 +123,7 @@ pub fn matmul(
         // SAFETY: chunks are distinct (block, group) pairs, so each writes a
         // tile of `out` (its rows by its panels' columns) no other chunk
         // touches; `a`, `w` and `out` were checked to be large enough.
-        unsafe { tile(level, a, k, w, rows, panels, epilogue, target, n) };
+        unsafe { tile(level, a, w, rows, panels, epilogue, target, n) };
     });
 }
 
@@ -145,7 +145,6 @@ unsafe impl Send for Target {}
 unsafe fn tile(
     level: Level,
     a: &[f32],
-    k: usize,
     w: &PackedMatrix,
     rows: std::ops::Range<usize>,
     panels: std::ops::Range<usize>,
@@ -153,21 +152,8 @@ unsafe fn tile(
     out: Target,
     n: usize,
 ) {
-    for panel in panels.clone() {
-        let columns = (n - panel * PANEL).min(PANEL);
-        let weights = &w.panels[panel * k * PANEL..(panel + 1) * k * PANEL];
-        let bias = &w.bias[panel * PANEL..(panel + 1) * PANEL];
-        let mut row = rows.start;
-        while row < rows.end {
-            let height = (rows.end - row).min(KERNEL_ROWS);
-            // SAFETY: the caller's bounds; `height` rows from `row` are in the tile.
-            unsafe {
-                let c = out.0.add(row * n + panel * PANEL);
-                micro(level, height, &a[row * k..], k, weights, bias, c, n, columns);
-            }
-            row += height;
-        }
-    }
+    // SAFETY: forwarded.
+    unsafe { products(level, a, w, rows.clone(), panels.clone(), out.0, n) };
     let start = panels.start * PANEL;
     let end = (panels.end * PANEL).min(n);
     for row in rows {
@@ -183,6 +169,47 @@ unsafe fn tile(
                     *x += r;
                 }
             }
+        }
+    }
+}
+
+/// `c = a · wᵀ + bias` for every row of `a` (`m` rows of `w.cols()`),
+/// on this thread; `c` has row stride `ldc`.
+///
+/// # Safety
+/// `c` points at `m` rows of stride `ldc`, each with `w.rows()` writable values.
+pub(crate) unsafe fn matmul_serial(level: Level, a: &[f32], m: usize, w: &PackedMatrix, c: *mut f32, ldc: usize) {
+    assert!(a.len() >= m * w.cols, "a has {} values, not {m}x{}", a.len(), w.cols);
+    // SAFETY: the caller's bounds.
+    unsafe { products(level, a, w, 0..m, 0..w.panel_count(), c, ldc) };
+}
+
+/// Rows `rows` of `c` for the columns of `panels`, micro-kernel by micro-kernel.
+///
+/// # Safety
+/// `a` holds the rows; `c` has stride `ldc` and those rows and columns writable.
+unsafe fn products(
+    level: Level,
+    a: &[f32],
+    w: &PackedMatrix,
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let k = w.cols;
+    for panel in panels {
+        let columns = (w.rows - panel * PANEL).min(PANEL);
+        let weights = &w.panels[panel * k * PANEL..(panel + 1) * k * PANEL];
+        let bias = &w.bias[panel * PANEL..(panel + 1) * PANEL];
+        let mut row = rows.start;
+        while row < rows.end {
+            let height = (rows.end - row).min(KERNEL_ROWS);
+            // SAFETY: the caller's bounds; `height` rows from `row` are in range.
+            unsafe {
+                micro(level, height, &a[row * k..], k, weights, bias, c.add(row * ldc + panel * PANEL), ldc, columns)
+            };
+            row += height;
         }
     }
 }
@@ -342,6 +369,58 @@ unsafe fn micro_avx512<const R: usize>(
             _mm512_mask_storeu_ps(row.add(16), mask1, sums[1]);
         }
     }
+}
+
+/// `a · b` in sixteen f32 lanes.
+pub fn dot(level: Level, a: &[f32], b: &[f32]) -> f32 {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Level::Avx2` and above are only produced when the CPU has AVX2 and FMA.
+        Level::Avx2 | Level::Avx512Vnni => unsafe { dot_fma(a, b) },
+        _ => dot_body(a, b),
+    }
+}
+
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (a_runs, b_runs) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = a_runs.remainder().iter().zip(b_runs.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a_runs.zip(b_runs) {
+        for (lane, (x, y)) in lanes.iter_mut().zip(x.iter().zip(y)) {
+            *lane = x.mul_add(*y, *lane);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
+    dot_body(a, b)
+}
+
+/// `out += w * x`.
+pub fn axpy(level: Level, w: f32, x: &[f32], out: &mut [f32]) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot`.
+        Level::Avx2 | Level::Avx512Vnni => unsafe { axpy_fma(w, x, out) },
+        _ => axpy_body(w, x, out),
+    }
+}
+
+#[inline(always)]
+fn axpy_body(w: f32, x: &[f32], out: &mut [f32]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = w.mul_add(*v, *o);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_fma(w: f32, x: &[f32], out: &mut [f32]) {
+    axpy_body(w, x, out);
 }
 
 /// The exact GELU, `x / 2 * (1 + erf(x / sqrt 2))`, in place.

@@ -21,7 +21,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 use half::f16;
 
-use crate::cpu::{Level, Pool};
+use crate::cpu::{dense, Level, Pool};
 
 /// Values per block for every format here.
 pub const BLOCK: usize = 32;
@@ -112,6 +112,17 @@ impl Default for ActivationBlock {
     fn default() -> Self {
         Self { scale: 0.0, sum: 0.0, quants: [0; BLOCK] }
     }
+}
+
+/// The activations every product of a job multiplies.
+#[derive(Debug, Clone, Copy)]
+pub enum Activations<'a> {
+    /// Quantised to 8 bits per block ([`quantize_rows`]): llama.cpp's arithmetic.
+    Blocks(&'a [ActivationBlock]),
+    /// Kept in f32 (`rows * cols` values), against the weights dequantised
+    /// to f32: the product of the file's weights without activation
+    /// rounding, for scored choice.
+    Floats(&'a [f32]),
 }
 
 /// What a product does with the value already in the output.
@@ -273,6 +284,31 @@ impl BlockMatrix {
         RowBlocks { group: self.group(row / GROUP), lane: row % GROUP }
     }
 
+    /// [`BlockMatrix::band`] against f32 activations: the band's rows are
+    /// dequantised and repacked for [`dense`]'s kernel, then multiplied
+    /// with every activation row at once.
+    fn band_exact(&self, level: Level, activations: &[f32], groups: std::ops::Range<usize>, out: OutBand<'_>) {
+        let first = groups.start * GROUP;
+        let rows = (groups.end * GROUP).min(self.rows).saturating_sub(first);
+        let n_acts = activations.len() / self.cols;
+        if rows == 0 || n_acts == 0 {
+            return;
+        }
+        let mut weights = vec![0f32; rows * self.cols];
+        for (offset, row) in weights.chunks_exact_mut(self.cols).enumerate() {
+            self.dequantize_row_into(first + offset, row);
+        }
+        let packed = dense::PackedMatrix::new(&weights, rows, self.cols, None);
+        let mut values = vec![0f32; n_acts * rows];
+        // SAFETY: `values` has `n_acts` rows of `rows` columns.
+        unsafe { dense::matmul_serial(level, activations, n_acts, &packed, values.as_mut_ptr(), rows) };
+        for (a, values) in values.chunks_exact(rows).enumerate() {
+            for (offset, value) in values.iter().enumerate() {
+                out.write(a, first + offset, *value);
+            }
+        }
+    }
+
     /// Groups `groups` against every activation row, written to
     /// `out[a * rows + r]` for the real (unpadded) rows.
     fn band(&self, level: Level, activations: &[ActivationBlock], groups: std::ops::Range<usize>, out: OutBand<'_>) {
@@ -318,7 +354,7 @@ impl BlockMatrix {
         matmul(
             crate::cpu::pool::global(),
             Level::detect(),
-            &activations,
+            Activations::Blocks(&activations),
             &mut [Product { matrix: self, out: &mut out, write: Write::Assign }],
         );
         let mut shape = dims;
@@ -333,12 +369,15 @@ impl BlockMatrix {
 /// (`rows * cols / 32` blocks, as [`quantize_rows`] writes them) as one pool
 /// job, so a layer's Q, K and V (or gate and up) cost one synchronisation.
 /// Every matrix must have the activations' width.
-pub fn matmul(pool: &Pool, level: Level, activations: &[ActivationBlock], products: &mut [Product<'_>]) {
+pub fn matmul(pool: &Pool, level: Level, activations: Activations<'_>, products: &mut [Product<'_>]) {
     let Some(first) = products.first() else {
         return;
     };
     let per_row = first.matrix.cols / BLOCK;
-    let n_acts = activations.len() / per_row.max(1);
+    let n_acts = match activations {
+        Activations::Blocks(blocks) => blocks.len() / per_row.max(1),
+        Activations::Floats(values) => values.len() / first.matrix.cols.max(1),
+    };
     // Bands of at least the minimum, and at most about CHUNKS_PER_THREAD per
     // thread for the largest matrix (every claimed chunk is an atomic
     // operation on a line both cores write).
@@ -370,7 +409,10 @@ pub fn matmul(pool: &Pool, level: Level, activations: &[ActivationBlock], produc
         let groups = matrix.rows.div_ceil(GROUP);
         let start = (chunk - starts[p]) * band;
         let end = (start + band).min(groups);
-        matrix.band(level, activations, start..end, out);
+        match activations {
+            Activations::Blocks(blocks) => matrix.band(level, blocks, start..end, out),
+            Activations::Floats(values) => matrix.band_exact(level, values, start..end, out),
+        }
     });
 }
 

@@ -111,7 +111,7 @@ fn fused_pool_products_equal_single_dot_products() {
                 matmul(
                     &pool,
                     level,
-                    &acts,
+                    Activations::Blocks(&acts),
                     &mut [
                         Product { matrix: &first, out: &mut out_first, write: Write::Assign },
                         Product { matrix: &second, out: &mut out_second, write: Write::Add },
@@ -125,6 +125,47 @@ fn fused_pool_products_equal_single_dot_products() {
                     for r in 0..35 {
                         let expected = before[a * 35 + r] + dot_portable(second.row(r), act);
                         assert_eq!(out_second[a * 35 + r].to_bits(), expected.to_bits());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn exact_products_equal_dequantised_weights_times_f32_activations() {
+    let cols = 3 * BLOCK;
+    for threads in [1, 2] {
+        let pool = Pool::new(threads);
+        for n_acts in [1, 3, 9, 20] {
+            let x = values(n_acts as u64 + 40, n_acts * cols, 2.0);
+            let (first, _) = matrix(GgmlDType::Q4_1, 67, cols, 3);
+            let (second, _) = matrix(GgmlDType::Q4_0, 35, cols, 4);
+            for level in Level::available() {
+                let mut out_first = vec![f32::NAN; n_acts * 67];
+                let mut out_second = values(11, n_acts * 35, 1.0);
+                let before = out_second.clone();
+                matmul(
+                    &pool,
+                    level,
+                    Activations::Floats(&x),
+                    &mut [
+                        Product { matrix: &first, out: &mut out_first, write: Write::Assign },
+                        Product { matrix: &second, out: &mut out_second, write: Write::Add },
+                    ],
+                );
+                let exact = |matrix: &BlockMatrix, a: usize, r: usize| -> f64 {
+                    let row = matrix.dequantize_row(r);
+                    row.iter().zip(&x[a * cols..(a + 1) * cols]).map(|(w, v)| *w as f64 * *v as f64).sum()
+                };
+                for a in 0..n_acts {
+                    for r in 0..67 {
+                        let want = exact(&first, a, r);
+                        assert!((out_first[a * 67 + r] as f64 - want).abs() < 1e-4, "{level:?} {a} {r}");
+                    }
+                    for r in 0..35 {
+                        let want = before[a * 35 + r] as f64 + exact(&second, a, r);
+                        assert!((out_second[a * 35 + r] as f64 - want).abs() < 1e-4, "{level:?} {a} {r} add");
                     }
                 }
             }

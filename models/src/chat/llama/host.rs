@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use half::f16;
 
-use super::LlamaConfig;
-use crate::chat::ggml::{self, ActivationBlock, BlockMatrix, Product, Write, BLOCK};
+use super::{LlamaConfig, Precision};
+use crate::chat::ggml::{self, ActivationBlock, Activations, BlockMatrix, Product, Write, BLOCK};
 use crate::cpu::pool::DisjointSlice;
-use crate::cpu::{vector, Level, Pool};
+use crate::cpu::{dense, vector, Level, Pool};
 
 /// The widest head the attention kernel keeps on the stack.
 pub(super) const MAX_HEAD_DIM: usize = 256;
@@ -52,14 +52,18 @@ pub(super) struct HostModel {
     pub rope: Vec<(f32, f32)>,
 }
 
-/// Keys and values of one block, `[position][kv head][head_dim]` in f16.
+/// Keys and values of one block, `[position][kv head][head_dim]`: in f16
+/// as llama.cpp keeps them, or in f32 for [`Precision::Exact`] (a sequence
+/// uses one pair or the other).
 #[derive(Debug, Clone, Default)]
 struct LayerCache {
     keys: Vec<f16>,
     values: Vec<f16>,
+    exact_keys: Vec<f32>,
+    exact_values: Vec<f32>,
 }
 
-/// This path's part of a `KvCache`: the f16 keys and values, and a scratch
+/// This path's part of a `KvCache`: the keys and values, and a scratch
 /// arena that a clone does not copy.
 #[derive(Debug, Clone, Default)]
 pub(super) struct HostCache {
@@ -73,6 +77,8 @@ impl HostCache {
         for layer in &mut self.layers {
             layer.keys.truncate(len * kv_width);
             layer.values.truncate(len * kv_width);
+            layer.exact_keys.truncate(len * kv_width);
+            layer.exact_values.truncate(len * kv_width);
         }
     }
 }
@@ -129,7 +135,15 @@ impl HostModel {
     /// Runs `tokens` at positions `start..`, appending to `cache`, and
     /// writes logits for the last position (`all == false`) or every
     /// position into `logits`. Token ids must be below the vocabulary size.
-    pub fn forward(&self, tokens: &[u32], start: usize, cache: &mut HostCache, all: bool, logits: &mut Vec<f32>) {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        start: usize,
+        cache: &mut HostCache,
+        all: bool,
+        precision: Precision,
+        logits: &mut Vec<f32>,
+    ) {
         let pool = crate::cpu::pool::global();
         let level = Level::detect();
         let LlamaConfig { n_head, n_kv_head, head_dim, rms_eps, .. } = self.config;
@@ -159,10 +173,11 @@ impl HostModel {
             let s = &mut *scratch;
             normalise(&s.x, &block.attn_norm, rms_eps, width, &mut s.h);
             let acts = &mut s.blocks[..n * width / BLOCK];
-            ggml::quantize_rows(&s.h, acts);
-            ggml::matmul(
+            multiply(
                 pool,
                 level,
+                precision,
+                &s.h,
                 acts,
                 &mut [
                     Product { matrix: &block.wq, out: &mut s.q, write: Write::Assign },
@@ -172,16 +187,26 @@ impl HostModel {
             );
             self.rotate(level, &mut s.q, start, n_head);
             self.rotate(level, &mut s.k, start, n_kv_head);
-            append(&mut layer.keys, &s.k, kv_width);
-            append(&mut layer.values, &s.v, kv_width);
-            self.attend(pool, level, layer, start, n, &s.q, &mut s.scores, &mut s.attention);
-            ggml::quantize_rows(&s.attention, acts);
-            ggml::matmul(pool, level, acts, &mut [Product { matrix: &block.wo, out: &mut s.x, write: Write::Add }]);
+            match precision {
+                Precision::Quantised => {
+                    append(&mut layer.keys, &s.k, kv_width);
+                    append(&mut layer.values, &s.v, kv_width);
+                    self.attend(pool, level, layer, start, n, &s.q, &mut s.scores, &mut s.attention);
+                }
+                Precision::Exact => {
+                    layer.exact_keys.extend_from_slice(&s.k);
+                    layer.exact_values.extend_from_slice(&s.v);
+                    self.attend_exact(pool, level, layer, start, n, &s.q, &mut s.scores, &mut s.attention);
+                }
+            }
+            let wo = &mut [Product { matrix: &block.wo, out: &mut s.x, write: Write::Add }];
+            multiply(pool, level, precision, &s.attention, acts, wo);
             normalise(&s.x, &block.ffn_norm, rms_eps, width, &mut s.h);
-            ggml::quantize_rows(&s.h, acts);
-            ggml::matmul(
+            multiply(
                 pool,
                 level,
+                precision,
+                &s.h,
                 acts,
                 &mut [
                     Product { matrix: &block.gate, out: &mut s.gate, write: Write::Assign },
@@ -190,17 +215,17 @@ impl HostModel {
             );
             vector::swiglu(level, &mut s.gate, &s.up);
             let acts = &mut s.blocks[..n * ffn / BLOCK];
-            ggml::quantize_rows(&s.gate, acts);
-            ggml::matmul(pool, level, acts, &mut [Product { matrix: &block.down, out: &mut s.x, write: Write::Add }]);
+            let down = &mut [Product { matrix: &block.down, out: &mut s.x, write: Write::Add }];
+            multiply(pool, level, precision, &s.gate, acts, down);
         }
         let rows = if all { 0..n } else { n - 1..n };
         let out_rows = rows.len();
         let h = &mut scratch.h[..out_rows * width];
         normalise(&scratch.x[rows.start * width..rows.end * width], &self.output_norm, rms_eps, width, h);
         let acts = &mut scratch.blocks[..out_rows * width / BLOCK];
-        ggml::quantize_rows(h, acts);
         logits.resize(out_rows * self.output.rows(), 0.0);
-        ggml::matmul(pool, level, acts, &mut [Product { matrix: &self.output, out: logits, write: Write::Assign }]);
+        let output = &mut [Product { matrix: &self.output, out: logits, write: Write::Assign }];
+        multiply(pool, level, precision, h, acts, output);
     }
 
     /// Interleaved rotary embedding of every head of every row, in place,
@@ -309,6 +334,75 @@ impl HostModel {
                 }
             }
         });
+    }
+
+    /// [`HostModel::attend`] in f32 throughout, over the f32 cache: no
+    /// rounding of queries or weights to f16 ([`Precision::Exact`]).
+    #[allow(clippy::too_many_arguments)]
+    fn attend_exact(
+        &self,
+        pool: &Pool,
+        level: Level,
+        layer: &LayerCache,
+        start: usize,
+        n: usize,
+        q: &[f32],
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let LlamaConfig { n_head, n_kv_head, head_dim, .. } = self.config;
+        let width = n_head * head_dim;
+        let kv_width = n_kv_head * head_dim;
+        let group = n_head / n_kv_head;
+        let total = start + n;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let scores = DisjointSlice::new(scores);
+        let out = DisjointSlice::new(out);
+        pool.run(n_head, &|head| {
+            let column = (head / group) * head_dim;
+            // SAFETY: each chunk is one head: its own score row and its own
+            // columns of the output rows.
+            let scores = unsafe { scores.piece(head * total..(head + 1) * total) };
+            for i in 0..n {
+                let visible = start + i + 1;
+                let query = &q[i * width + head * head_dim..][..head_dim];
+                let mut max = f32::NEG_INFINITY;
+                for (t, score) in scores[..visible].iter_mut().enumerate() {
+                    *score = dense::dot(level, query, &layer.exact_keys[t * kv_width + column..][..head_dim]) * scale;
+                    max = max.max(*score);
+                }
+                let mut sum = 0f64;
+                for score in &mut scores[..visible] {
+                    *score = (*score - max).exp();
+                    sum += *score as f64;
+                }
+                let inverse = (1.0 / sum) as f32;
+                // SAFETY: as above.
+                let row = unsafe { out.piece(i * width + head * head_dim..i * width + (head + 1) * head_dim) };
+                row.fill(0.0);
+                for (t, score) in scores[..visible].iter().enumerate() {
+                    dense::axpy(level, score * inverse, &layer.exact_values[t * kv_width + column..][..head_dim], row);
+                }
+            }
+        });
+    }
+}
+
+/// Runs `products` on `input`: quantised into `blocks` first, or in f32.
+fn multiply(
+    pool: &Pool,
+    level: Level,
+    precision: Precision,
+    input: &[f32],
+    blocks: &mut [ActivationBlock],
+    products: &mut [Product<'_>],
+) {
+    match precision {
+        Precision::Quantised => {
+            ggml::quantize_rows(input, blocks);
+            ggml::matmul(pool, level, Activations::Blocks(blocks), products);
+        }
+        Precision::Exact => ggml::matmul(pool, level, Activations::Floats(input), products),
     }
 }
 

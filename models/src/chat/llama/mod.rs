@@ -87,9 +87,31 @@ pub struct KvCache {
     len: usize,
     /// Width of one position's keys (kv heads times head width).
     kv_width: usize,
+    /// The arithmetic of the host path's products for this sequence.
+    precision: Precision,
+}
+
+/// How the host path multiplies activations by quantised weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Activations quantised to 8 bits per block, as llama.cpp does: the
+    /// fast path, and the one whose greedy output matches llama.cpp's.
+    #[default]
+    Quantised,
+    /// Activations kept in f32 against the weights dequantised to f32: the
+    /// file's model without activation rounding (about half the prompt
+    /// speed). Scored choice runs this way, because 8-bit activations move
+    /// a candidate's log-probability by up to a few tenths.
+    Exact,
 }
 
 impl KvCache {
+    /// Sets the arithmetic of later forward passes on the host path (the
+    /// candle path's products are candle's either way).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
     /// Positions held.
     pub fn len(&self) -> usize {
         self.len
@@ -270,7 +292,8 @@ impl LlamaModel {
             candle_core::bail!("token id {bad} is outside the vocabulary of {vocab}");
         }
         cache.kv_width = self.config.n_kv_head * self.config.head_dim;
-        host.forward(tokens, cache.len, &mut cache.host, which == Logits::All, logits);
+        let precision = cache.precision;
+        host.forward(tokens, cache.len, &mut cache.host, which == Logits::All, precision, logits);
         cache.len += tokens.len();
         Ok(())
     }
