@@ -62,6 +62,34 @@ impl PackedMatrix {
         Self { rows, cols, panels, bias: padded }
     }
 
+    /// Packs `rows` rows that `fill(row, out)` writes (`cols` values each),
+    /// with no bias, a panel at a time: no row-major copy of the whole
+    /// matrix is made.
+    pub fn from_rows(rows: usize, cols: usize, mut fill: impl FnMut(usize, &mut [f32])) -> Self {
+        let count = rows.div_ceil(PANEL);
+        let mut panels = Vec::with_capacity(count * cols * PANEL);
+        let mut staged = vec![0f32; PANEL * cols];
+        for panel in 0..count {
+            let height = (rows - panel * PANEL).min(PANEL);
+            for (lane, row) in staged.chunks_exact_mut(cols.max(1)).enumerate() {
+                if lane < height {
+                    fill(panel * PANEL + lane, row);
+                } else {
+                    row.fill(0.0);
+                }
+            }
+            // Transposed sixteen columns at a time, so both sides stay in a
+            // few cache lines.
+            for k0 in (0..cols).step_by(16) {
+                let k1 = (k0 + 16).min(cols);
+                for k in k0..k1 {
+                    panels.extend((0..PANEL).map(|lane| staged[lane * cols + k]));
+                }
+            }
+        }
+        Self { rows, cols, panels, bias: vec![0f32; count * PANEL] }
+    }
+
     /// Output features.
     pub fn rows(&self) -> usize {
         self.rows
@@ -539,6 +567,8 @@ mod tests {
             let residual = test_values(seed + 3, m * n, 1.0);
             let expected = reference(&a, &w, &bias, m, n, k);
             let packed = PackedMatrix::new(&w, n, k, Some(&bias));
+            let staged = PackedMatrix::from_rows(n, k, |row, out| out.copy_from_slice(&w[row * k..(row + 1) * k]));
+            assert_eq!(staged.panels, PackedMatrix::new(&w, n, k, None).panels, "{m}x{n}x{k} from_rows");
             for level in Level::available() {
                 let mut out = vec![f32::NAN; m * n];
                 matmul(&pool, level, &a, m, &packed, Epilogue::Bias, &mut out);

@@ -36,6 +36,9 @@ const DECODE_BAND: usize = 32;
 const PROMPT_BAND: usize = 16;
 /// Chunks per thread the largest product of a job is cut into.
 const CHUNKS_PER_THREAD: usize = 8;
+/// Activation rows up to which an exact product dots dequantised rows
+/// directly instead of packing them for the dense kernel.
+const EXACT_UNPACKED: usize = 4;
 /// The most products one fused job takes (Q, K, V).
 const MAX_FUSED: usize = 4;
 
@@ -239,27 +242,96 @@ impl BlockMatrix {
 
     /// [`BlockMatrix::dequantize_row`] into `out` (`cols` long).
     pub fn dequantize_row_into(&self, row: usize, out: &mut [f32]) {
+        self.dequantize_body(row, out);
+    }
+
+    /// [`BlockMatrix::dequantize_row_into`] in the vector width `level`
+    /// allows (the same values).
+    fn dequantize_row_level(&self, level: Level, row: usize, out: &mut [f32]) {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Level::Avx2` and above are only produced when the CPU has AVX2.
+            Level::Avx2 | Level::Avx512Vnni => unsafe { self.dequantize_avx2(row, out) },
+            _ => self.dequantize_body(row, out),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn dequantize_avx2(&self, row: usize, out: &mut [f32]) {
+        use std::arch::x86_64::*;
         let blocks = self.row(row);
         for (idx, out) in out.chunks_exact_mut(BLOCK).enumerate() {
             let (scale, quants) = (blocks.scale(idx), blocks.quants(idx));
-            let (low, high) = out.split_at_mut(BLOCK / 2);
+            let min = if self.format == BlockFormat::Q4_1 { blocks.min(idx) } else { 0.0 };
+            // SAFETY: `quants` holds the block's bytes (16 for the 4-bit
+            // formats, 32 for Q8_0) and `out` its 32 values.
+            unsafe {
+                // Eight values widened to f32 at a time; `scale * q + min`
+                // rounded twice, as the portable body computes it.
+                let finish = |q: __m128i, signed: bool, offset: f32| {
+                    let wide = if signed { _mm256_cvtepi8_epi32(q) } else { _mm256_cvtepu8_epi32(q) };
+                    let v = _mm256_sub_ps(_mm256_cvtepi32_ps(wide), _mm256_set1_ps(offset));
+                    let v = _mm256_mul_ps(v, _mm256_set1_ps(scale));
+                    if self.format == BlockFormat::Q4_1 {
+                        _mm256_add_ps(v, _mm256_set1_ps(min))
+                    } else {
+                        v
+                    }
+                };
+                let parts: [__m256; 4] = match self.format {
+                    BlockFormat::Q8_0 => {
+                        let q = quants.as_ptr();
+                        std::array::from_fn(|i| finish(_mm_loadl_epi64(q.add(8 * i).cast()), true, 0.0))
+                    }
+                    BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                        let offset = if self.format == BlockFormat::Q4_0 { 8.0 } else { 0.0 };
+                        let bytes = _mm_loadu_si128(quants.as_ptr().cast());
+                        let nibble = _mm_set1_epi8(0x0F);
+                        let low = _mm_and_si128(bytes, nibble);
+                        let high = _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble);
+                        [
+                            finish(low, false, offset),
+                            finish(_mm_srli_si128(low, 8), false, offset),
+                            finish(high, false, offset),
+                            finish(_mm_srli_si128(high, 8), false, offset),
+                        ]
+                    }
+                };
+                for (i, part) in parts.iter().enumerate() {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), *part);
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn dequantize_body(&self, row: usize, out: &mut [f32]) {
+        let blocks = self.row(row);
+        // Fixed-size blocks, so the compiler vectorises each loop.
+        for (idx, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let Ok(out) = <&mut [f32; BLOCK]>::try_from(out) else { continue };
+            let (scale, quants) = (blocks.scale(idx), blocks.quants(idx));
             match self.format {
                 BlockFormat::Q8_0 => {
-                    for (o, q) in out.iter_mut().zip(quants) {
-                        *o = *q as i8 as f32 * scale;
+                    let Ok(quants) = <&[u8; BLOCK]>::try_from(quants) else { continue };
+                    for i in 0..BLOCK {
+                        out[i] = quants[i] as i8 as f32 * scale;
                     }
                 }
                 BlockFormat::Q4_0 => {
-                    for ((l, h), q) in low.iter_mut().zip(high.iter_mut()).zip(quants) {
-                        *l = ((q & 0x0F) as i32 - 8) as f32 * scale;
-                        *h = ((q >> 4) as i32 - 8) as f32 * scale;
+                    let Ok(quants) = <&[u8; BLOCK / 2]>::try_from(quants) else { continue };
+                    for i in 0..BLOCK / 2 {
+                        out[i] = ((quants[i] & 0x0F) as i32 - 8) as f32 * scale;
+                        out[i + BLOCK / 2] = ((quants[i] >> 4) as i32 - 8) as f32 * scale;
                     }
                 }
                 BlockFormat::Q4_1 => {
+                    let Ok(quants) = <&[u8; BLOCK / 2]>::try_from(quants) else { continue };
                     let min = blocks.min(idx);
-                    for ((l, h), q) in low.iter_mut().zip(high.iter_mut()).zip(quants) {
-                        *l = (q & 0x0F) as f32 * scale + min;
-                        *h = (q >> 4) as f32 * scale + min;
+                    for i in 0..BLOCK / 2 {
+                        out[i] = (quants[i] & 0x0F) as f32 * scale + min;
+                        out[i + BLOCK / 2] = (quants[i] >> 4) as f32 * scale + min;
                     }
                 }
             }
@@ -294,11 +366,21 @@ impl BlockMatrix {
         if rows == 0 || n_acts == 0 {
             return;
         }
-        let mut weights = vec![0f32; rows * self.cols];
-        for (offset, row) in weights.chunks_exact_mut(self.cols).enumerate() {
-            self.dequantize_row_into(first + offset, row);
+        if n_acts <= EXACT_UNPACKED {
+            // Too few activation rows to repay packing: one dequantised row
+            // at a time, dotted with each.
+            let mut row = vec![0f32; self.cols];
+            for offset in 0..rows {
+                self.dequantize_row_level(level, first + offset, &mut row);
+                for (a, x) in activations.chunks_exact(self.cols).enumerate() {
+                    out.write(a, first + offset, dense::dot(level, x, &row));
+                }
+            }
+            return;
         }
-        let packed = dense::PackedMatrix::new(&weights, rows, self.cols, None);
+        let packed = dense::PackedMatrix::from_rows(rows, self.cols, |row, out| {
+            self.dequantize_row_level(level, first + row, out)
+        });
         let mut values = vec![0f32; n_acts * rows];
         // SAFETY: `values` has `n_acts` rows of `rows` columns.
         unsafe { dense::matmul_serial(level, activations, n_acts, &packed, values.as_mut_ptr(), rows) };

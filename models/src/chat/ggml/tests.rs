@@ -133,6 +133,22 @@ fn fused_pool_products_equal_single_dot_products() {
 }
 
 #[test]
+fn every_level_dequantises_to_the_same_bits() {
+    for format in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        let (matrix, _) = matrix(format, 7, 5 * BLOCK, 21);
+        for row in 0..7 {
+            let portable = matrix.dequantize_row(row);
+            for level in Level::available() {
+                let mut out = vec![f32::NAN; 5 * BLOCK];
+                matrix.dequantize_row_level(level, row, &mut out);
+                let same = out.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{level:?} {format:?} row {row}");
+            }
+        }
+    }
+}
+
+#[test]
 fn exact_products_equal_dequantised_weights_times_f32_activations() {
     let cols = 3 * BLOCK;
     for threads in [1, 2] {
