@@ -451,6 +451,41 @@ unsafe fn axpy_fma(w: f32, x: &[f32], out: &mut [f32]) {
     axpy_body(w, x, out);
 }
 
+/// Softmax attention of one query row in f32: `out = softmax(q · k_t * scale) v`
+/// over `count` positions, key `t` at `keys[t * stride..][..d]` and value
+/// `t` at `values[t * stride..][..d]` (`d = out.len()`); `scores` holds at
+/// least `count` values.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_row(
+    level: Level,
+    query: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    count: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = out.len();
+    let scores = &mut scores[..count];
+    let mut max = f32::NEG_INFINITY;
+    for (t, score) in scores.iter_mut().enumerate() {
+        *score = dot(level, query, &keys[t * stride..][..d]) * scale;
+        max = max.max(*score);
+    }
+    let mut sum = 0f64;
+    for score in scores.iter_mut() {
+        *score = exp_negative(*score - max);
+        sum += *score as f64;
+    }
+    let inverse = (1.0 / sum) as f32;
+    out.fill(0.0);
+    for (t, score) in scores.iter().enumerate() {
+        axpy(level, score * inverse, &values[t * stride..][..d], out);
+    }
+}
+
 /// The exact GELU, `x / 2 * (1 + erf(x / sqrt 2))`, in place.
 pub fn gelu(level: Level, x: &mut [f32]) {
     match level {

@@ -247,89 +247,16 @@ impl HostBert {
             let (text, head) = (chunk / heads, chunk % heads);
             let rows = offsets[text]..offsets[text + 1];
             let d = h / heads;
+            let scale = 1.0 / (d as f32).sqrt();
             let mut scores = vec![0f32; rows.len()];
             for row in rows.clone() {
                 // SAFETY: this chunk alone writes this head's columns of its text's rows.
                 let out = unsafe { context.piece(row * h + head * d..row * h + (head + 1) * d) };
-                attend(level, qkv, h, head * d, d, row, rows.clone(), &mut scores, out);
+                let query = &qkv[row * 3 * h + head * d..][..d];
+                let keys = &qkv[rows.start * 3 * h + h + head * d..];
+                let values = &qkv[rows.start * 3 * h + 2 * h + head * d..];
+                dense::attend_row(level, query, keys, values, 3 * h, rows.len(), scale, &mut scores, out);
             }
         });
-    }
-}
-
-/// One query row of one head: `out = softmax(q kᵀ / sqrt d) v` over `keys`.
-#[allow(clippy::too_many_arguments)]
-fn attend(
-    level: Level,
-    qkv: &[f32],
-    h: usize,
-    column: usize,
-    d: usize,
-    row: usize,
-    keys: std::ops::Range<usize>,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Level::Avx2` and above are only produced when the CPU has AVX2 and FMA.
-        Level::Avx2 | Level::Avx512Vnni => unsafe { attend_fma(qkv, h, column, d, row, keys, scores, out) },
-        _ => attend_body(qkv, h, column, d, row, keys, scores, out),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_fma(
-    qkv: &[f32],
-    h: usize,
-    column: usize,
-    d: usize,
-    row: usize,
-    keys: std::ops::Range<usize>,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_body(qkv, h, column, d, row, keys, scores, out);
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_body(
-    qkv: &[f32],
-    h: usize,
-    column: usize,
-    d: usize,
-    row: usize,
-    keys: std::ops::Range<usize>,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let stride = 3 * h;
-    let scale = 1.0 / (d as f32).sqrt();
-    let query = &qkv[row * stride + column..][..d];
-    let mut max = f32::NEG_INFINITY;
-    for (score, key_row) in scores.iter_mut().zip(keys.clone()) {
-        let key = &qkv[key_row * stride + h + column..][..d];
-        let mut lanes = [0f32; 8];
-        for (i, (q, k)) in query.iter().zip(key).enumerate() {
-            lanes[i % 8] = q.mul_add(*k, lanes[i % 8]);
-        }
-        *score = lanes.iter().sum::<f32>() * scale;
-        max = max.max(*score);
-    }
-    let mut sum = 0f32;
-    for score in scores.iter_mut() {
-        *score = dense::exp_negative(*score - max);
-        sum += *score;
-    }
-    out.fill(0.0);
-    for (score, value_row) in scores.iter().zip(keys) {
-        let weight = score / sum;
-        let value = &qkv[value_row * stride + 2 * h + column..][..d];
-        for (o, v) in out.iter_mut().zip(value) {
-            *o = weight.mul_add(*v, *o);
-        }
     }
 }

@@ -364,25 +364,11 @@ impl HostModel {
             // columns of the output rows.
             let scores = unsafe { scores.piece(head * total..(head + 1) * total) };
             for i in 0..n {
-                let visible = start + i + 1;
                 let query = &q[i * width + head * head_dim..][..head_dim];
-                let mut max = f32::NEG_INFINITY;
-                for (t, score) in scores[..visible].iter_mut().enumerate() {
-                    *score = dense::dot(level, query, &layer.exact_keys[t * kv_width + column..][..head_dim]) * scale;
-                    max = max.max(*score);
-                }
-                let mut sum = 0f64;
-                for score in &mut scores[..visible] {
-                    *score = (*score - max).exp();
-                    sum += *score as f64;
-                }
-                let inverse = (1.0 / sum) as f32;
                 // SAFETY: as above.
                 let row = unsafe { out.piece(i * width + head * head_dim..i * width + (head + 1) * head_dim) };
-                row.fill(0.0);
-                for (t, score) in scores[..visible].iter().enumerate() {
-                    dense::axpy(level, score * inverse, &layer.exact_values[t * kv_width + column..][..head_dim], row);
-                }
+                let (keys, values) = (&layer.exact_keys[column..], &layer.exact_values[column..]);
+                dense::attend_row(level, query, keys, values, kv_width, start + i + 1, scale, scores, row);
             }
         });
     }
