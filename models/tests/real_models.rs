@@ -219,6 +219,9 @@ fn smollm2_scored_choice_matches_the_f32_reference() {
     let mut file = std::fs::File::open(&f32_path).expect("open");
     let content = gguf_file::Content::read(&mut file).expect("read");
     let reference = quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).expect("candle loads");
+    // The same F32 file through our own engine: dense panels on the host path.
+    let float_engine = ChatEngine::load(&f32_path, &Device::Cpu).expect("the F32 copy loads");
+    assert!(float_engine.weight_bytes_per_token().is_some(), "the F32 copy runs on the host path");
     let next_logits = |model: &mut quantized_llama::ModelWeights, ids: &[u32], position: usize| -> Vec<f32> {
         let input = Tensor::new(ids, &Device::Cpu).and_then(|t| t.unsqueeze(0)).expect("input");
         let logits = model.forward(&input, position).expect("forward");
@@ -226,15 +229,16 @@ fn smollm2_scored_choice_matches_the_f32_reference() {
     };
     let data: Messages = serde_json::from_str(include_str!("data/customer-messages.json")).expect("fixture parses");
     let candidates: Vec<String> = data.labels.iter().map(|label| format!(" {label}")).collect();
-    let mut worst = 0f64;
+    let (mut worst, mut worst_float) = (0f64, 0f64);
     let mut report = String::new();
     for item in &data.items {
         let prompt = Prompt::Text(format!("{}Message: {}\nTopic:", data.preamble, item.text));
         let ids = engine.prompt_tokens(&prompt).expect("tokens");
         let fast = engine.score(&prompt, &candidates, &|| false).expect("score");
+        let float = float_engine.score(&prompt, &candidates, &|| false).expect("score the F32 copy");
         let mut prefilled = reference.clone();
         let first = next_logits(&mut prefilled, &ids, 0);
-        for (candidate, scored) in candidates.iter().zip(&fast.candidates) {
+        for ((candidate, scored), float) in candidates.iter().zip(&fast.candidates).zip(&float.candidates) {
             let tokens = engine.tokenizer().encode(candidate).expect("encode");
             let mut model = prefilled.clone();
             let mut exact = log_prob(&first, tokens[0]);
@@ -243,6 +247,7 @@ fn smollm2_scored_choice_matches_the_f32_reference() {
             }
             let difference = (scored.log_prob - exact).abs();
             worst = worst.max(difference);
+            worst_float = worst_float.max((float.log_prob - exact).abs());
             report.push_str(&format!(
                 "{:<50} {candidate:<10} {:>10.5} {exact:>10.5} {difference:.6}\n",
                 item.text, scored.log_prob
@@ -250,7 +255,9 @@ fn smollm2_scored_choice_matches_the_f32_reference() {
         }
     }
     println!("{report}largest log-probability difference from the F32 reference: {worst:.6}");
+    println!("the F32 copy on our dense path: largest difference {worst_float:.6}");
     assert!(worst < 1e-3, "scored choice is {worst} away from the F32 reference:\n{report}");
+    assert!(worst_float < 1e-3, "the F32 copy scores {worst_float} away from candle's F32 llama");
 }
 
 /// Copies a GGUF file with every tensor dequantised to F32.

@@ -190,6 +190,63 @@ fn scored_choice_matches_full_prefill() {
     assert!(matches!(engine.score(&prompt, &[], &never), Err(ModelError::InvalidRequest(_))));
 }
 
+/// F32, F16 and BF16 files run on the host path (dense panels in the file's
+/// precision, f32 activations) and give the logits of candle's own
+/// `quantized_llama` (f32 throughout) on an F32 file of the same values,
+/// for a prefill and the decode steps after it.
+#[test]
+fn float_weights_run_on_the_host_path_and_match_candles_llama() {
+    use candle_core::quantized::{gguf_file, GgmlDType};
+    use candle_core::Tensor;
+    use candle_transformers::models::quantized_llama;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (dtype, width) in [(GgmlDType::F16, 2), (GgmlDType::BF16, 2), (GgmlDType::F32, 4)] {
+        let (path, widened) = (dir.path().join("float.gguf"), dir.path().join("widened.gguf"));
+        let mut gguf = common::TinyGguf::new("llama");
+        gguf.convert(dtype).write(&path);
+        gguf.convert(GgmlDType::F32).write(&widened);
+        let engine = ChatEngine::load(&path, &Device::Cpu).expect("loads");
+        // Seven matrices per layer and the tied output layer, at `width` bytes a weight.
+        let (hidden, ffn, kv) = (common::HIDDEN, 128, 2 * common::HEAD_DIM);
+        let per_layer = 2 * hidden * hidden + 2 * kv * hidden + 3 * ffn * hidden;
+        let vocab = engine.tokenizer().vocab_size();
+        let expected_bytes = (2 * per_layer + vocab * hidden) * width;
+        assert_eq!(engine.weight_bytes_per_token(), Some(expected_bytes), "{dtype:?} runs on the host path");
+
+        let mut file = std::fs::File::open(&widened).expect("open");
+        let content = gguf_file::Content::read(&mut file).expect("read");
+        let reference =
+            quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).expect("candle loads");
+        let ids = engine.prompt_tokens(&Prompt::Text("the parcel never arrived, 123".into())).expect("tokens");
+        for precision in [Precision::Quantised, Precision::Exact] {
+            let mut candle = reference.clone();
+            let (mut ours, mut logits) = engine.prefill_with(&ids, precision).expect("prefill");
+            let mut position = 0;
+            let mut input = ids.clone();
+            for step in 0..4 {
+                let tensor = Tensor::new(input.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).expect("input");
+                let want =
+                    candle.forward(&tensor, position).and_then(|t| t.squeeze(0)).and_then(|t| t.to_vec1::<f32>());
+                let want = want.expect("candle forward");
+                let worst = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                // Quantised keeps llama.cpp's f16 KV cache (about 3e-4 here);
+                // Exact is f32 throughout (under 1e-6 here).
+                let tolerance = if precision == Precision::Exact { 1e-5 } else { 2e-3 };
+                assert!(worst < tolerance, "{dtype:?} {precision:?} step {step}: logits differ by {worst}");
+                position += input.len();
+                let next = sampling_argmax(&logits);
+                input = vec![next];
+                logits = ours.forward_last(&input, position, &Device::Cpu).expect("decode");
+            }
+        }
+    }
+}
+
+fn sampling_argmax(logits: &[f32]) -> u32 {
+    logits.iter().enumerate().fold((0, f32::MIN), |best, (i, v)| if *v > best.1 { (i, *v) } else { best }).0 as u32
+}
+
 #[test]
 fn prompt_longer_than_the_context_is_an_error() {
     let (_dir, engine) = engine();

@@ -73,6 +73,50 @@ fn cpu_path_matches_candles_bert() {
     }
 }
 
+/// An F16 or BF16 checkpoint is multiplied in its own precision: it embeds
+/// exactly as an F32 checkpoint holding the same (rounded) values does.
+#[test]
+fn half_precision_checkpoints_embed_as_their_f32_widening() {
+    use candle_core::DType;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bert = common::write_tiny_bert(dir.path());
+    let tensors = candle_core::safetensors::load(&bert.weights, &Device::Cpu).expect("weights");
+    let texts = texts();
+    for dtype in [DType::F16, DType::BF16] {
+        // Matrices in the half type; their f32 widening beside them.
+        let (mut half, mut widened) = (tensors.clone(), tensors.clone());
+        for (name, tensor) in &tensors {
+            if tensor.rank() == 2 && name.starts_with("encoder.") {
+                let rounded = tensor.to_dtype(dtype).expect("narrow");
+                widened.insert(name.clone(), rounded.to_dtype(DType::F32).expect("widen"));
+                half.insert(name.clone(), rounded);
+            }
+        }
+        let (half_path, widened_path) = (dir.path().join("half.safetensors"), dir.path().join("widened.safetensors"));
+        candle_core::safetensors::save(&half, &half_path).expect("save");
+        candle_core::safetensors::save(&widened, &widened_path).expect("save");
+        assert!(
+            std::fs::metadata(&half_path).expect("stat").len() < std::fs::metadata(&widened_path).expect("stat").len()
+        );
+        let embed = |weights: &std::path::Path| {
+            let files = EmbedderFiles { weights, config: &bert.config, tokenizer: &bert.tokenizer };
+            EmbeddingEngine::load(files, &Device::Cpu, None, 8).expect("load").embed(&texts, &|| false).expect("embed")
+        };
+        let (from_half, from_widened, original) = (embed(&half_path), embed(&widened_path), embed(&bert.weights));
+        let mut moved = 0f32;
+        for ((h, w), o) in from_half.iter().zip(&from_widened).zip(&original) {
+            for ((h, w), o) in h.iter().zip(w).zip(o) {
+                assert!((h - w).abs() < 1e-6, "{dtype:?}: {h} vs {w}");
+                moved = moved.max((w - o).abs());
+            }
+        }
+        // The rounding itself is visible, so the comparison above is not
+        // between two copies of the f32 model.
+        assert!(moved > 1e-5, "{dtype:?} rounding moved nothing ({moved})");
+    }
+}
+
 #[test]
 fn truncated_safetensors_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -1,15 +1,21 @@
-//! Dense f32 products and the element-wise operations of an encoder layer:
-//! what a BERT-family embedder spends its time in.
+//! Dense products and the element-wise operations of an encoder layer: what
+//! a BERT-family embedder spends its time in, and the products of chat
+//! models whose weights are stored as F32, F16 or BF16.
 //!
 //! [`PackedMatrix`] holds a linear layer's weight (`[out][in]`, PyTorch's
 //! layout) repacked at load into panels of [`PANEL`] output columns, each
 //! panel `[in][PANEL]`, so the kernel reads one contiguous run per step of
-//! the inner dimension. [`matmul`] computes `out = a · wᵀ + bias` on the pool
-//! in tiles of up to [`BLOCK_ROWS`] rows by [`GROUP_PANELS`] panels; the
-//! micro-kernel keeps an 8-row by 32-column block of `out` in registers
-//! (sixteen AVX-512 accumulators), starts it from the bias, and each tile is
-//! finished while it is still in cache by its [`Epilogue`] (GELU, or the
-//! residual added).
+//! the inner dimension. Panels keep the weights' own precision ([`Element`]:
+//! f32, f16 or bf16) and the micro-kernel widens each run to f32 as it loads
+//! it, so an f16 matrix reads half the bytes and every product is an f32
+//! product of the stored values. [`matmul`] computes `out = a · wᵀ + bias`
+//! on the pool in tiles of up to [`BLOCK_ROWS`] rows by [`GROUP_PANELS`]
+//! panels; the micro-kernel keeps an 8-row by 32-column block of `out` in
+//! registers (sixteen AVX-512 accumulators), starts it from the bias (or
+//! from `out`, to accumulate), and each tile is finished while it is still
+//! in cache by its [`Epilogue`] (GELU, or the residual added).
+
+use half::{bf16, f16};
 
 use crate::cpu::{Level, Pool};
 
@@ -22,6 +28,55 @@ const BLOCK_ROWS: usize = 64;
 /// Panels of `out` per pool chunk.
 const GROUP_PANELS: usize = 4;
 
+/// The precision a [`PackedMatrix`] stores its weights in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16 (the high half of an f32).
+    BF16,
+}
+
+/// An element type panels can be stored in; widening to f32 is exact for
+/// every one of them.
+pub trait Element: Copy + Default + Send + Sync + 'static {
+    /// Which one it is (the kernels branch on it at compile time).
+    const KIND: Kind;
+    /// The value as f32.
+    fn widen(self) -> f32;
+}
+
+impl Element for f32 {
+    const KIND: Kind = Kind::F32;
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Element for f16 {
+    const KIND: Kind = Kind::F16;
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+impl Element for bf16 {
+    const KIND: Kind = Kind::BF16;
+    fn widen(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+}
+
+/// Panels in the weights' own precision.
+#[derive(Clone)]
+enum Panels {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
 /// A linear layer's weight and bias in the layout [`matmul`] reads.
 #[derive(Clone)]
 pub struct PackedMatrix {
@@ -30,31 +85,61 @@ pub struct PackedMatrix {
     /// Input features.
     cols: usize,
     /// `[panel][cols][PANEL]`; columns past `rows` are zero.
-    panels: Vec<f32>,
+    panels: Panels,
     /// `[panels * PANEL]`, zero-padded.
     bias: Vec<f32>,
 }
 
 impl std::fmt::Debug for PackedMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PackedMatrix").field("rows", &self.rows).field("cols", &self.cols).finish_non_exhaustive()
+        f.debug_struct("PackedMatrix")
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("kind", &self.kind())
+            .finish_non_exhaustive()
     }
 }
 
-impl PackedMatrix {
-    /// Packs `weight` (`[rows][cols]`, row-major) and an optional bias of `rows`.
-    pub fn new(weight: &[f32], rows: usize, cols: usize, bias: Option<&[f32]>) -> Self {
-        assert_eq!(weight.len(), rows * cols, "weight is not {rows}x{cols}");
-        let count = rows.div_ceil(PANEL);
-        let mut panels = vec![0f32; count * cols * PANEL];
-        for (row, values) in weight.chunks_exact(cols.max(1)).enumerate().take(rows) {
-            let (panel, lane) = (row / PANEL, row % PANEL);
-            let base = panel * cols * PANEL + lane;
-            for (k, value) in values.iter().enumerate() {
-                panels[base + k * PANEL] = *value;
+/// Repacks row-major `weight` into panels.
+fn pack<E: Element>(weight: &[E], rows: usize, cols: usize) -> Vec<E> {
+    assert_eq!(weight.len(), rows * cols, "weight is not {rows}x{cols}");
+    let count = rows.div_ceil(PANEL);
+    let mut panels = vec![E::default(); count * cols * PANEL];
+    for (row, values) in weight.chunks_exact(cols.max(1)).enumerate().take(rows) {
+        let (panel, lane) = (row / PANEL, row % PANEL);
+        let base = panel * cols * PANEL + lane;
+        for (k, value) in values.iter().enumerate() {
+            panels[base + k * PANEL] = *value;
+        }
+    }
+    panels
+}
+
+/// Element types [`PackedMatrix`] keeps panels of.
+trait Stored: Element {
+    fn wrap(panels: Vec<Self>) -> Panels;
+}
+
+macro_rules! stored {
+    ($ty:ty, $variant:ident) => {
+        impl Stored for $ty {
+            fn wrap(panels: Vec<Self>) -> Panels {
+                Panels::$variant(panels)
             }
         }
-        let mut padded = vec![0f32; count * PANEL];
+    };
+}
+stored!(f32, F32);
+stored!(f16, F16);
+stored!(bf16, BF16);
+
+impl PackedMatrix {
+    /// Packs `weight` (`[rows][cols]`, row-major, f32, f16 or bf16, kept in
+    /// that precision) and an optional f32 bias of `rows`.
+    #[allow(private_bounds)]
+    pub fn new<E: Element + Stored>(weight: &[E], rows: usize, cols: usize, bias: Option<&[f32]>) -> Self {
+        let panels = E::wrap(pack(weight, rows, cols));
+        let mut padded = vec![0f32; rows.div_ceil(PANEL) * PANEL];
         if let Some(bias) = bias {
             assert_eq!(bias.len(), rows, "bias is not {rows} long");
             padded[..rows].copy_from_slice(bias);
@@ -62,9 +147,9 @@ impl PackedMatrix {
         Self { rows, cols, panels, bias: padded }
     }
 
-    /// Packs `rows` rows that `fill(row, out)` writes (`cols` values each),
-    /// with no bias, a panel at a time: no row-major copy of the whole
-    /// matrix is made.
+    /// Packs `rows` f32 rows that `fill(row, out)` writes (`cols` values
+    /// each), with no bias, a panel at a time: no row-major copy of the
+    /// whole matrix is made.
     pub fn from_rows(rows: usize, cols: usize, mut fill: impl FnMut(usize, &mut [f32])) -> Self {
         let count = rows.div_ceil(PANEL);
         let mut panels = Vec::with_capacity(count * cols * PANEL);
@@ -87,7 +172,7 @@ impl PackedMatrix {
                 }
             }
         }
-        Self { rows, cols, panels, bias: vec![0f32; count * PANEL] }
+        Self { rows, cols, panels: Panels::F32(panels), bias: vec![0f32; count * PANEL] }
     }
 
     /// Output features.
@@ -100,7 +185,41 @@ impl PackedMatrix {
         self.cols
     }
 
-    fn panel_count(&self) -> usize {
+    /// The precision the weights are stored in.
+    pub fn kind(&self) -> Kind {
+        match self.panels {
+            Panels::F32(_) => Kind::F32,
+            Panels::F16(_) => Kind::F16,
+            Panels::BF16(_) => Kind::BF16,
+        }
+    }
+
+    /// Bytes of weights one product reads.
+    pub fn weight_bytes(&self) -> usize {
+        let size = match self.kind() {
+            Kind::F32 => 4,
+            Kind::F16 | Kind::BF16 => 2,
+        };
+        self.rows * self.cols * size
+    }
+
+    /// Row `row` of the weight as f32 (an embedding lookup).
+    pub fn row_into(&self, row: usize, out: &mut [f32]) {
+        fn gather<E: Element>(panels: &[E], row: usize, cols: usize, out: &mut [f32]) {
+            let base = (row / PANEL) * cols * PANEL + row % PANEL;
+            for (k, value) in out.iter_mut().enumerate().take(cols) {
+                *value = panels[base + k * PANEL].widen();
+            }
+        }
+        assert!(row < self.rows, "row {row} of {}", self.rows);
+        match &self.panels {
+            Panels::F32(panels) => gather(panels, row, self.cols, out),
+            Panels::F16(panels) => gather(panels, row, self.cols, out),
+            Panels::BF16(panels) => gather(panels, row, self.cols, out),
+        }
+    }
+
+    pub(crate) fn panel_count(&self) -> usize {
         self.rows.div_ceil(PANEL)
     }
 }
@@ -118,6 +237,15 @@ pub enum Epilogue<'a> {
     Relu,
     /// `out = a · wᵀ + bias + residual`, `residual` shaped like `out`.
     Residual(&'a [f32]),
+}
+
+/// Where the micro-kernel's sums start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// From the bias: `c = a · wᵀ + bias`.
+    Bias,
+    /// From `c` itself: `c += a · wᵀ + bias`.
+    Output,
 }
 
 /// `out = epilogue(a · wᵀ + bias)` for `a` of `m` rows of `w.cols()`, `out`
@@ -181,7 +309,7 @@ unsafe fn tile(
     n: usize,
 ) {
     // SAFETY: forwarded.
-    unsafe { products(level, a, w, rows.clone(), panels.clone(), out.0, n) };
+    unsafe { products(level, a, w, rows.clone(), panels.clone(), out.0, n, Start::Bias) };
     let start = panels.start * PANEL;
     let end = (panels.end * PANEL).min(n);
     for row in rows {
@@ -209,14 +337,17 @@ unsafe fn tile(
 pub(crate) unsafe fn matmul_serial(level: Level, a: &[f32], m: usize, w: &PackedMatrix, c: *mut f32, ldc: usize) {
     assert!(a.len() >= m * w.cols, "a has {} values, not {m}x{}", a.len(), w.cols);
     // SAFETY: the caller's bounds.
-    unsafe { products(level, a, w, 0..m, 0..w.panel_count(), c, ldc) };
+    unsafe { products(level, a, w, 0..m, 0..w.panel_count(), c, ldc, Start::Bias) };
 }
 
-/// Rows `rows` of `c` for the columns of `panels`, micro-kernel by micro-kernel.
+/// Rows `rows` of `c` for the columns of `panels` (whose first column is
+/// `c`'s column `panels.start * PANEL`), micro-kernel by micro-kernel.
 ///
 /// # Safety
-/// `a` holds the rows; `c` has stride `ldc` and those rows and columns writable.
-unsafe fn products(
+/// `a` holds the rows; `c` has stride `ldc` and those rows and columns
+/// writable (and initialised, for [`Start::Output`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn products(
     level: Level,
     a: &[f32],
     w: &PackedMatrix,
@@ -224,52 +355,89 @@ unsafe fn products(
     panels: std::ops::Range<usize>,
     c: *mut f32,
     ldc: usize,
+    start: Start,
+) {
+    assert!(panels.end <= w.panel_count() && a.len() >= rows.end * w.cols, "products out of range");
+    // SAFETY: forwarded.
+    unsafe {
+        match &w.panels {
+            Panels::F32(values) => products_in(level, a, w, values, rows, panels, c, ldc, start),
+            Panels::F16(values) => products_in(level, a, w, values, rows, panels, c, ldc, start),
+            Panels::BF16(values) => products_in(level, a, w, values, rows, panels, c, ldc, start),
+        }
+    }
+}
+
+/// [`products`] for one element type.
+///
+/// # Safety
+/// As [`products`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn products_in<E: Element>(
+    level: Level,
+    a: &[f32],
+    w: &PackedMatrix,
+    stored: &[E],
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+    start: Start,
 ) {
     let k = w.cols;
     for panel in panels {
         let columns = (w.rows - panel * PANEL).min(PANEL);
-        let weights = &w.panels[panel * k * PANEL..(panel + 1) * k * PANEL];
+        let weights = &stored[panel * k * PANEL..(panel + 1) * k * PANEL];
         let bias = &w.bias[panel * PANEL..(panel + 1) * PANEL];
         let mut row = rows.start;
         while row < rows.end {
             let height = (rows.end - row).min(KERNEL_ROWS);
+            let kernel = Kernel { a: &a[row * k..], lda: k, panel: weights, bias, ldc, columns, start };
             // SAFETY: the caller's bounds; `height` rows from `row` are in range.
-            unsafe {
-                micro(level, height, &a[row * k..], k, weights, bias, c.add(row * ldc + panel * PANEL), ldc, columns)
-            };
+            unsafe { micro(level, height, kernel, c.add(row * ldc + panel * PANEL)) };
             row += height;
         }
     }
+}
+
+/// The operands of one micro-kernel call.
+#[derive(Clone, Copy)]
+struct Kernel<'a, E> {
+    /// The first row of activations (`lda` apart).
+    a: &'a [f32],
+    lda: usize,
+    /// `[lda][PANEL]` weights.
+    panel: &'a [E],
+    /// `PANEL` biases.
+    bias: &'a [f32],
+    /// Stride of `c`.
+    ldc: usize,
+    /// Columns of `c` that are real (the rest of the panel is padding).
+    columns: usize,
+    start: Start,
 }
 
 /// One micro-kernel call on the best body `level` allows.
 ///
 /// # Safety
 /// `c` points at `height` rows of stride `ldc` with `columns` writable values each.
-#[allow(clippy::too_many_arguments)]
-unsafe fn micro(
-    level: Level,
-    height: usize,
-    a: &[f32],
-    lda: usize,
-    panel: &[f32],
-    bias: &[f32],
-    c: *mut f32,
-    ldc: usize,
-    columns: usize,
-) {
-    debug_assert!(a.len() >= (height - 1) * lda + lda && panel.len() >= lda * PANEL && bias.len() >= PANEL);
+unsafe fn micro<E: Element>(level: Level, height: usize, kernel: Kernel<'_, E>, c: *mut f32) {
+    debug_assert!(
+        kernel.a.len() >= (height - 1) * kernel.lda + kernel.lda
+            && kernel.panel.len() >= kernel.lda * PANEL
+            && kernel.bias.len() >= PANEL
+    );
     macro_rules! by_height {
         ($kernel:ident) => {
             match height {
-                1 => $kernel::<1>(a, lda, panel, bias, c, ldc, columns),
-                2 => $kernel::<2>(a, lda, panel, bias, c, ldc, columns),
-                3 => $kernel::<3>(a, lda, panel, bias, c, ldc, columns),
-                4 => $kernel::<4>(a, lda, panel, bias, c, ldc, columns),
-                5 => $kernel::<5>(a, lda, panel, bias, c, ldc, columns),
-                6 => $kernel::<6>(a, lda, panel, bias, c, ldc, columns),
-                7 => $kernel::<7>(a, lda, panel, bias, c, ldc, columns),
-                _ => $kernel::<8>(a, lda, panel, bias, c, ldc, columns),
+                1 => $kernel::<1, E>(kernel, c),
+                2 => $kernel::<2, E>(kernel, c),
+                3 => $kernel::<3, E>(kernel, c),
+                4 => $kernel::<4, E>(kernel, c),
+                5 => $kernel::<5, E>(kernel, c),
+                6 => $kernel::<6, E>(kernel, c),
+                7 => $kernel::<7, E>(kernel, c),
+                _ => $kernel::<8, E>(kernel, c),
             }
         };
     }
@@ -285,28 +453,55 @@ unsafe fn micro(
     }
 }
 
+/// One run of `PANEL` stored weights as f32. `F16C` says the caller runs
+/// with F16C (and AVX), so f16 runs widen with `vcvtph2ps`.
+///
+/// # Safety
+/// `run` holds at least `PANEL` values; with `F16C`, the CPU has F16C.
+#[inline(always)]
+unsafe fn widen_run<E: Element, const F16C: bool>(run: &[E]) -> [f32; PANEL] {
+    #[cfg(target_arch = "x86_64")]
+    if F16C && E::KIND == Kind::F16 {
+        use std::arch::x86_64::*;
+        let mut out = [0f32; PANEL];
+        // SAFETY: `run` has PANEL two-byte values and `out` PANEL floats.
+        unsafe {
+            let source = run.as_ptr().cast::<__m128i>();
+            for i in 0..PANEL / 8 {
+                _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), _mm256_cvtph_ps(_mm_loadu_si128(source.add(i))));
+            }
+        }
+        return out;
+    }
+    std::array::from_fn(|i| run[i].widen())
+}
+
 /// The micro-kernel in plain Rust: `R` rows by one panel.
 ///
 /// # Safety
 /// As [`micro`].
 #[inline(always)]
-unsafe fn micro_body<const R: usize>(
-    a: &[f32],
-    lda: usize,
-    panel: &[f32],
-    bias: &[f32],
-    c: *mut f32,
-    ldc: usize,
-    columns: usize,
-) {
+unsafe fn micro_body<const R: usize, E: Element, const F16C: bool>(kernel: Kernel<'_, E>, c: *mut f32) {
+    let Kernel { a, lda, panel, bias, ldc, columns, start } = kernel;
     let mut acc = [[0f32; PANEL]; R];
-    for row in &mut acc {
-        row.copy_from_slice(&bias[..PANEL]);
+    for (r, row) in acc.iter_mut().enumerate() {
+        match start {
+            Start::Bias => row.copy_from_slice(&bias[..PANEL]),
+            // SAFETY: the caller's bounds: `columns` values of row `r` are initialised.
+            Start::Output => unsafe {
+                std::ptr::copy_nonoverlapping(c.add(r * ldc), row.as_mut_ptr(), columns);
+                for (sum, b) in row.iter_mut().zip(bias) {
+                    *sum += b;
+                }
+            },
+        }
     }
     for (k, weights) in panel.chunks_exact(PANEL).take(lda).enumerate() {
+        // SAFETY: a whole run; F16C as the caller promises.
+        let weights = unsafe { widen_run::<E, F16C>(weights) };
         for (r, row) in acc.iter_mut().enumerate() {
             let x = a[r * lda + k];
-            for (sum, w) in row.iter_mut().zip(weights) {
+            for (sum, w) in row.iter_mut().zip(&weights) {
                 *sum = x.mul_add(*w, *sum);
             }
         }
@@ -319,34 +514,38 @@ unsafe fn micro_body<const R: usize>(
 
 /// # Safety
 /// As [`micro`].
-unsafe fn micro_portable<const R: usize>(
-    a: &[f32],
-    lda: usize,
-    panel: &[f32],
-    bias: &[f32],
-    c: *mut f32,
-    ldc: usize,
-    columns: usize,
-) {
-    // SAFETY: forwarded.
-    unsafe { micro_body::<R>(a, lda, panel, bias, c, ldc, columns) }
+unsafe fn micro_portable<const R: usize, E: Element>(kernel: Kernel<'_, E>, c: *mut f32) {
+    // SAFETY: forwarded; no F16C promised.
+    unsafe { micro_body::<R, E, false>(kernel, c) }
 }
 
 /// # Safety
-/// As [`micro`], on a CPU with AVX2 and FMA.
+/// As [`micro`], on a CPU with AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn micro_fma<const R: usize>(
-    a: &[f32],
-    lda: usize,
-    panel: &[f32],
-    bias: &[f32],
-    c: *mut f32,
-    ldc: usize,
-    columns: usize,
-) {
-    // SAFETY: forwarded.
-    unsafe { micro_body::<R>(a, lda, panel, bias, c, ldc, columns) }
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn micro_fma<const R: usize, E: Element>(kernel: Kernel<'_, E>, c: *mut f32) {
+    // SAFETY: forwarded; this body runs with F16C.
+    unsafe { micro_body::<R, E, true>(kernel, c) }
+}
+
+/// Sixteen stored weights from `w` as f32.
+///
+/// # Safety
+/// `w` points at sixteen values; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load16<E: Element>(w: *const E) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's bounds and features.
+    unsafe {
+        match E::KIND {
+            Kind::F32 => _mm512_loadu_ps(w.cast()),
+            Kind::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(w.cast())),
+            Kind::BF16 => {
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(w.cast())), 16))
+            }
+        }
+    }
 }
 
 /// The AVX-512 micro-kernel: `R` rows by 32 columns in `2R` accumulators.
@@ -355,27 +554,36 @@ unsafe fn micro_fma<const R: usize>(
 /// As [`micro`], on a CPU with AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro_avx512<const R: usize>(
-    a: &[f32],
-    lda: usize,
-    panel: &[f32],
-    bias: &[f32],
-    c: *mut f32,
-    ldc: usize,
-    columns: usize,
-) {
+unsafe fn micro_avx512<const R: usize, E: Element>(kernel: Kernel<'_, E>, c: *mut f32) {
     use std::arch::x86_64::*;
+    let Kernel { a, lda, panel, bias, ldc, columns, start } = kernel;
+    let mask0: __mmask16 = if columns >= 16 { 0xffff } else { (1u16 << columns) - 1 };
+    let mask1: __mmask16 = if columns >= 32 {
+        0xffff
+    } else if columns <= 16 {
+        0
+    } else {
+        (1u16 << (columns - 16)) - 1
+    };
     // SAFETY: every pointer stays inside the slices (`panel` has `lda`
-    // runs of PANEL, `a` has R rows of `lda`) or the caller's rows of `c`.
+    // runs of PANEL, `a` has R rows of `lda`) or the caller's rows of `c`
+    // (read and written under the column masks).
     unsafe {
         let low = _mm512_loadu_ps(bias.as_ptr());
         let high = _mm512_loadu_ps(bias.as_ptr().add(16));
         let mut acc = [[low, high]; R];
+        if start == Start::Output {
+            for (r, sums) in acc.iter_mut().enumerate() {
+                let row = c.add(r * ldc);
+                sums[0] = _mm512_add_ps(sums[0], _mm512_maskz_loadu_ps(mask0, row));
+                sums[1] = _mm512_add_ps(sums[1], _mm512_maskz_loadu_ps(mask1, row.add(16)));
+            }
+        }
         let a = a.as_ptr();
         let mut w = panel.as_ptr();
         for k in 0..lda {
-            let w0 = _mm512_loadu_ps(w);
-            let w1 = _mm512_loadu_ps(w.add(16));
+            let w0 = load16(w);
+            let w1 = load16(w.add(16));
             for (r, sums) in acc.iter_mut().enumerate() {
                 let x = _mm512_set1_ps(*a.add(r * lda + k));
                 sums[0] = _mm512_fmadd_ps(x, w0, sums[0]);
@@ -383,14 +591,6 @@ unsafe fn micro_avx512<const R: usize>(
             }
             w = w.add(PANEL);
         }
-        let mask0: __mmask16 = if columns >= 16 { 0xffff } else { (1u16 << columns) - 1 };
-        let mask1: __mmask16 = if columns >= 32 {
-            0xffff
-        } else if columns <= 16 {
-            0
-        } else {
-            (1u16 << (columns - 16)) - 1
-        };
         for (r, sums) in acc.iter().enumerate() {
             let row = c.add(r * ldc);
             _mm512_mask_storeu_ps(row, mask0, sums[0]);
@@ -603,7 +803,7 @@ mod tests {
             let expected = reference(&a, &w, &bias, m, n, k);
             let packed = PackedMatrix::new(&w, n, k, Some(&bias));
             let staged = PackedMatrix::from_rows(n, k, |row, out| out.copy_from_slice(&w[row * k..(row + 1) * k]));
-            assert_eq!(staged.panels, PackedMatrix::new(&w, n, k, None).panels, "{m}x{n}x{k} from_rows");
+            assert_eq!(f32_panels(&staged), f32_panels(&PackedMatrix::new(&w, n, k, None)), "{m}x{n}x{k} from_rows");
             for level in Level::available() {
                 let mut out = vec![f32::NAN; m * n];
                 matmul(&pool, level, &a, m, &packed, Epilogue::Bias, &mut out);
@@ -625,6 +825,73 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn f32_panels(matrix: &PackedMatrix) -> &[f32] {
+        match &matrix.panels {
+            Panels::F32(values) => values,
+            _ => panic!("not f32"),
+        }
+    }
+
+    /// f16 and bf16 panels: every level gives the f32 product of the stored
+    /// values, both starting from the bias and accumulating into `c`, and
+    /// rows read back as stored.
+    #[test]
+    fn half_precision_panels_multiply_their_stored_values() {
+        fn check<E: Element + Stored>(narrow: impl Fn(f32) -> E) {
+            let pool = Pool::new(2);
+            for (m, n, k) in [(1, 1, 1), (1, 33, 576), (3, 70, 17), (9, 47, 130), (65, 96, 64)] {
+                let seed = (m * 7 + n * 3 + k) as u64;
+                let a = test_values(seed, m * k, 1.0);
+                let stored: Vec<E> = test_values(seed + 1, n * k, 0.5).into_iter().map(&narrow).collect();
+                let widened: Vec<f32> = stored.iter().map(|v| v.widen()).collect();
+                let bias = test_values(seed + 2, n, 0.5);
+                let expected = reference(&a, &widened, &bias, m, n, k);
+                let packed = PackedMatrix::new(&stored, n, k, Some(&bias));
+                assert_eq!(packed.kind(), E::KIND);
+                assert_eq!(packed.weight_bytes(), n * k * 2);
+                for row in [0, n / 2, n - 1] {
+                    let mut out = vec![f32::NAN; k];
+                    packed.row_into(row, &mut out);
+                    assert_eq!(out, widened[row * k..(row + 1) * k], "{:?} row {row}", E::KIND);
+                }
+                let tolerance = 1e-5 * (k as f32).sqrt().max(1.0);
+                for level in Level::available() {
+                    let mut out = vec![f32::NAN; m * n];
+                    matmul(&pool, level, &a, m, &packed, Epilogue::Bias, &mut out);
+                    for (i, (got, want)) in out.iter().zip(&expected).enumerate() {
+                        assert!(
+                            (got - want).abs() <= tolerance,
+                            "{:?} {level:?} {m}x{n}x{k} at {i}: {got} vs {want}",
+                            E::KIND
+                        );
+                    }
+                    // Accumulating into a strided `c`, a few panels at a time.
+                    let ldc = n + 3;
+                    let before = test_values(seed + 3, m * ldc, 1.0);
+                    let mut c = before.clone();
+                    let count = packed.panel_count();
+                    for panels in [0..count / 2, count / 2..count] {
+                        // SAFETY: `c` has `m` rows of stride `ldc >= n`, all initialised.
+                        unsafe { products(level, &a, &packed, 0..m, panels, c.as_mut_ptr(), ldc, Start::Output) };
+                    }
+                    for row in 0..m {
+                        for col in 0..ldc {
+                            let (got, old) = (c[row * ldc + col], before[row * ldc + col]);
+                            let want = if col < n { old + expected[row * n + col] } else { old };
+                            assert!(
+                                (got - want).abs() <= tolerance,
+                                "{:?} {level:?} accumulate {row},{col}: {got} vs {want}",
+                                E::KIND
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        check(f16::from_f32);
+        check(bf16::from_f32);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Tensor};
 use candle_transformers::models::bert::{Config, HiddenAct};
+use half::{bf16, f16};
 
 use crate::cpu::dense::{self, Epilogue, PackedMatrix};
 use crate::cpu::pool::DisjointSlice;
@@ -97,14 +98,43 @@ impl HostBert {
             .into_iter()
             .find(|p| tensors.contains_key(&format!("{p}{word_name}")))
             .ok_or_else(|| format!("no tensor `{word_name}`"))?;
-        let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
+        let tensor = |name: &str, shape: &[usize]| -> Result<&Tensor, String> {
             let full = format!("{prefix}{name}");
             let tensor = tensors.get(&full).ok_or_else(|| format!("no tensor `{full}`"))?;
             if tensor.dims() != shape {
                 return Err(format!("tensor `{full}` has shape {:?}, config.json says {shape:?}", tensor.dims()));
             }
-            let values = tensor.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>());
-            values.map_err(|e| format!("tensor `{full}`: {e}"))
+            Ok(tensor)
+        };
+        let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
+            let values =
+                tensor(name, shape)?.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1());
+            values.map_err(|e| format!("tensor `{prefix}{name}`: {e}"))
+        };
+        // Weights stay in the checkpoint's precision (f16 and bf16 panels
+        // are widened as the kernel reads them); biases and norms are f32.
+        let pack = |weights: &[&Tensor], bias: &[f32]| -> Result<PackedMatrix, String> {
+            let rows = weights.iter().map(|w| w.dims()[0]).sum();
+            let cols = weights[0].dims()[1];
+            let dtype = weights[0].dtype();
+            let same = weights.iter().all(|w| w.dtype() == dtype);
+            let joined = Tensor::cat(weights, 0).and_then(|t| t.flatten_all());
+            let packed = match (dtype, same) {
+                (DType::F16, true) => {
+                    joined.and_then(|t| t.to_vec1::<f16>()).map(|w| PackedMatrix::new(&w, rows, cols, Some(bias)))
+                }
+                (DType::BF16, true) => {
+                    joined.and_then(|t| t.to_vec1::<bf16>()).map(|w| PackedMatrix::new(&w, rows, cols, Some(bias)))
+                }
+                _ => {
+                    let widened: candle_core::Result<Vec<Tensor>> =
+                        weights.iter().map(|w| w.to_dtype(DType::F32)).collect();
+                    widened
+                        .and_then(|w| Tensor::cat(&w, 0)?.flatten_all()?.to_vec1::<f32>())
+                        .map(|w| PackedMatrix::new(&w, rows, cols, Some(bias)))
+                }
+            };
+            packed.map_err(|e| format!("weights of {rows}x{cols}: {e}"))
         };
         let (hidden, inner) = (config.hidden_size, config.intermediate_size);
         if config.num_attention_heads == 0 || hidden % config.num_attention_heads != 0 {
@@ -117,21 +147,20 @@ impl HostBert {
             })
         };
         let linear = |name: &str, rows: usize, cols: usize| -> Result<PackedMatrix, String> {
-            let weight = get(&format!("{name}.weight"), &[rows, cols])?;
-            let bias = get(&format!("{name}.bias"), &[rows])?;
-            Ok(PackedMatrix::new(&weight, rows, cols, Some(&bias)))
+            let weight = tensor(&format!("{name}.weight"), &[rows, cols])?;
+            pack(&[weight], &get(&format!("{name}.bias"), &[rows])?)
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for layer in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{layer}");
-            let mut weight = Vec::with_capacity(3 * hidden * hidden);
+            let mut weights = Vec::with_capacity(3);
             let mut bias = Vec::with_capacity(3 * hidden);
             for part in ["query", "key", "value"] {
-                weight.extend(get(&format!("{p}.attention.self.{part}.weight"), &[hidden, hidden])?);
+                weights.push(tensor(&format!("{p}.attention.self.{part}.weight"), &[hidden, hidden])?);
                 bias.extend(get(&format!("{p}.attention.self.{part}.bias"), &[hidden])?);
             }
             layers.push(HostLayer {
-                qkv: PackedMatrix::new(&weight, 3 * hidden, hidden, Some(&bias)),
+                qkv: pack(&weights, &bias)?,
                 output: linear(&format!("{p}.attention.output.dense"), hidden, hidden)?,
                 attention_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
                 intermediate: linear(&format!("{p}.intermediate.dense"), inner, hidden)?,

@@ -172,6 +172,11 @@ impl BudgetLedger {
         self.reservations.len()
     }
 
+    /// Number of tasks with an account.
+    pub fn tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
     /// Drops a finished task's account (its day spending stays).
     pub fn forget_task(&mut self, task: &str) {
         self.tasks.remove(task);

@@ -217,6 +217,18 @@ impl TinyGguf {
         self.tensors.push((name, ones(len)));
     }
 
+    /// Re-encodes every matrix (every 2-D tensor) as `dtype`, through its
+    /// current values.
+    pub fn convert(&mut self, dtype: GgmlDType) -> &mut Self {
+        for (_, tensor) in &mut self.tensors {
+            if tensor.shape().rank() == 2 {
+                let values = tensor.dequantize(&Device::Cpu).expect("dequantize");
+                *tensor = QTensor::quantize(&values, dtype).expect("quantize");
+            }
+        }
+        self
+    }
+
     /// Writes the file.
     pub fn write(&self, path: &Path) {
         let mut file = std::fs::File::create(path).expect("create gguf");

@@ -5,7 +5,11 @@
 //! (scale `amax / 127`, inverse `127 / amax`, round half to even, the Q8_1
 //! block sum computed from the unrounded scale), and each dot product keeps
 //! ggml's eight partial sums of four products, fused multiply-adds, and its
-//! horizontal reduction order. Other quantisations use candle's kernels.
+//! horizontal reduction order. F32, F16 and BF16 weights are
+//! [`dense::PackedMatrix`] panels in their own precision, multiplied with f32
+//! activations (llama.cpp rounds the activations to the weights' type
+//! first; here they are not rounded). Other quantisations use candle's
+//! kernels.
 //!
 //! Weights are repacked at load into separate arrays of block scales, block
 //! minimums and packed quants, so a kernel reads each field with one load.
@@ -19,7 +23,7 @@ mod tests;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
-use half::f16;
+use half::{bf16, f16};
 
 use crate::cpu::{dense, Level, Pool};
 
@@ -42,13 +46,23 @@ const EXACT_UNPACKED: usize = 4;
 /// The most products one fused job takes (Q, K, V).
 const MAX_FUSED: usize = 4;
 
-/// A weight matrix: ggml-exact for the legacy formats, candle otherwise.
+/// A weight matrix: computed here for the legacy block formats and the
+/// float formats, by candle otherwise.
 #[derive(Debug, Clone)]
 pub enum Linear {
-    /// Q4_0, Q4_1 or Q8_0 blocks, computed here.
-    Ggml(std::sync::Arc<BlockMatrix>),
+    /// Q4_0, Q4_1, Q8_0, F32, F16 or BF16 on the CPU, computed here.
+    Ggml(std::sync::Arc<Matrix>),
     /// Anything else, computed by candle.
     Candle(QMatMul),
+}
+
+/// A matrix the products here compute.
+#[derive(Debug)]
+pub enum Matrix {
+    /// ggml blocks, llama.cpp's arithmetic.
+    Blocks(BlockMatrix),
+    /// F32, F16 or BF16 weights in `dense`'s panels.
+    Dense(dense::PackedMatrix),
 }
 
 /// The block formats computed here.
@@ -120,12 +134,27 @@ impl Default for ActivationBlock {
 /// The activations every product of a job multiplies.
 #[derive(Debug, Clone, Copy)]
 pub enum Activations<'a> {
-    /// Quantised to 8 bits per block ([`quantize_rows`]): llama.cpp's arithmetic.
-    Blocks(&'a [ActivationBlock]),
+    /// f32 rows (`rows * cols` values) and the same rows quantised to 8
+    /// bits per block ([`quantize_rows`]): block weights multiply the
+    /// blocks (llama.cpp's arithmetic), dense weights the f32 rows.
+    Quantised {
+        /// The rows.
+        floats: &'a [f32],
+        /// The rows' blocks.
+        blocks: &'a [ActivationBlock],
+    },
     /// Kept in f32 (`rows * cols` values), against the weights dequantised
     /// to f32: the product of the file's weights without activation
     /// rounding, for scored choice.
     Floats(&'a [f32]),
+}
+
+impl Activations<'_> {
+    fn floats(&self) -> &[f32] {
+        match self {
+            Self::Quantised { floats, .. } | Self::Floats(floats) => floats,
+        }
+    }
 }
 
 /// What a product does with the value already in the output.
@@ -141,7 +170,7 @@ pub enum Write {
 #[derive(Debug)]
 pub struct Product<'a> {
     /// The weights.
-    pub matrix: &'a BlockMatrix,
+    pub matrix: &'a Matrix,
     /// `[activation rows, matrix rows]`.
     pub out: &'a mut [f32],
     /// Assign or accumulate.
@@ -157,17 +186,36 @@ impl Linear {
             GgmlDType::Q8_0 => Some(BlockFormat::Q8_0),
             _ => None,
         };
+        let dense = matches!(tensor.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
         match (format, tensor.shape().dims()) {
             (Some(format), &[rows, cols]) if cols % BLOCK == 0 && tensor.device().is_cpu() => {
-                let data = tensor.data()?.into_owned();
-                if data.len() != rows * cols / BLOCK * format.bytes() {
-                    candle_core::bail!(
-                        "tensor data has {} bytes, expected {}",
-                        data.len(),
-                        rows * cols / BLOCK * format.bytes()
-                    );
-                }
-                Ok(Self::Ggml(std::sync::Arc::new(BlockMatrix::from_ggml(format, rows, cols, &data))))
+                let data = tensor.data()?;
+                check_bytes(data.len(), rows * cols / BLOCK * format.bytes())?;
+                let matrix = BlockMatrix::from_ggml(format, rows, cols, &data);
+                Ok(Self::Ggml(std::sync::Arc::new(Matrix::Blocks(matrix))))
+            }
+            (None, &[rows, cols]) if dense && tensor.device().is_cpu() => {
+                let data = tensor.data()?;
+                let pairs = || data.chunks_exact(2).map(|b| [b[0], b[1]]);
+                let matrix = match tensor.dtype() {
+                    GgmlDType::F32 => {
+                        check_bytes(data.len(), rows * cols * 4)?;
+                        let values: Vec<f32> =
+                            data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                        dense::PackedMatrix::new(&values, rows, cols, None)
+                    }
+                    GgmlDType::F16 => {
+                        check_bytes(data.len(), rows * cols * 2)?;
+                        let values: Vec<f16> = pairs().map(f16::from_le_bytes).collect();
+                        dense::PackedMatrix::new(&values, rows, cols, None)
+                    }
+                    _ => {
+                        check_bytes(data.len(), rows * cols * 2)?;
+                        let values: Vec<bf16> = pairs().map(bf16::from_le_bytes).collect();
+                        dense::PackedMatrix::new(&values, rows, cols, None)
+                    }
+                };
+                Ok(Self::Ggml(std::sync::Arc::new(Matrix::Dense(matrix))))
             }
             _ => Ok(Self::Candle(QMatMul::from_qtensor(tensor)?)),
         }
@@ -181,12 +229,114 @@ impl Linear {
         }
     }
 
-    /// The block matrix, when this one is computed here.
-    pub fn blocks(&self) -> Option<&std::sync::Arc<BlockMatrix>> {
+    /// The matrix, when this one is computed here.
+    pub fn host(&self) -> Option<&std::sync::Arc<Matrix>> {
         match self {
             Self::Ggml(matrix) => Some(matrix),
             Self::Candle(_) => None,
         }
+    }
+}
+
+fn check_bytes(actual: usize, expected: usize) -> candle_core::Result<()> {
+    if actual != expected {
+        candle_core::bail!("tensor data has {actual} bytes, expected {expected}");
+    }
+    Ok(())
+}
+
+impl Matrix {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::Blocks(matrix) => matrix.rows,
+            Self::Dense(matrix) => matrix.rows(),
+        }
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        match self {
+            Self::Blocks(matrix) => matrix.cols,
+            Self::Dense(matrix) => matrix.cols(),
+        }
+    }
+
+    /// Bytes of weights one product reads.
+    pub fn file_bytes(&self) -> usize {
+        match self {
+            Self::Blocks(matrix) => matrix.file_bytes(),
+            Self::Dense(matrix) => matrix.weight_bytes(),
+        }
+    }
+
+    /// Row `row` as f32 into `out` (`cols` long): an embedding lookup.
+    pub fn dequantize_row_into(&self, row: usize, out: &mut [f32]) {
+        match self {
+            Self::Blocks(matrix) => matrix.dequantize_row_into(row, out),
+            Self::Dense(matrix) => matrix.row_into(row, out),
+        }
+    }
+
+    /// Rows a band of a product starts and ends on (a group of interleaved
+    /// rows, or a panel).
+    fn unit(&self) -> usize {
+        match self {
+            Self::Blocks(_) => GROUP,
+            Self::Dense(_) => dense::PANEL,
+        }
+    }
+
+    /// Rows `rows` (starting on a [`Matrix::unit`]) of the product with
+    /// every activation row.
+    fn band(&self, level: Level, activations: Activations<'_>, rows: std::ops::Range<usize>, out: OutBand<'_>) {
+        match (self, activations) {
+            (Self::Blocks(matrix), Activations::Quantised { blocks, .. }) => {
+                matrix.band(level, blocks, rows.start / GROUP..rows.end.div_ceil(GROUP), out)
+            }
+            (Self::Blocks(matrix), Activations::Floats(values)) => {
+                matrix.band_exact(level, values, rows.start / GROUP..rows.end.div_ceil(GROUP), out)
+            }
+            (Self::Dense(matrix), activations) => {
+                let floats = activations.floats();
+                let n_acts = floats.len() / matrix.cols().max(1);
+                let panels = rows.start / dense::PANEL..rows.end.div_ceil(dense::PANEL);
+                let start = match out.write {
+                    Write::Assign => dense::Start::Bias,
+                    Write::Add => dense::Start::Output,
+                };
+                // SAFETY: `out` has `n_acts` rows of `width` columns
+                // (checked in `matmul`), and this band's columns are its own.
+                unsafe { dense::products(level, floats, matrix, 0..n_acts, panels, out.ptr, out.width, start) };
+            }
+        }
+    }
+
+    /// `x @ self^T` through candle tensors (the candle forward path).
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let cols = *dims.last().unwrap_or(&0);
+        if cols != self.cols() {
+            candle_core::bail!("matmul width mismatch: input {cols}, weights {}", self.cols());
+        }
+        let input = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        let n_rows = input.len() / cols.max(1);
+        let mut out = vec![0f32; n_rows * self.rows()];
+        let product = &mut [Product { matrix: self, out: &mut out, write: Write::Assign }];
+        let (pool, level) = (crate::cpu::pool::global(), Level::detect());
+        match self {
+            Self::Blocks(_) => {
+                let mut blocks = vec![ActivationBlock::default(); input.len() / BLOCK];
+                quantize_rows(&input, &mut blocks);
+                matmul(pool, level, Activations::Quantised { floats: &input, blocks: &blocks }, product);
+            }
+            Self::Dense(_) => matmul(pool, level, Activations::Floats(&input), product),
+        }
+        let mut shape = dims;
+        if let Some(last) = shape.last_mut() {
+            *last = self.rows();
+        }
+        Tensor::from_vec(out, shape, x.device())
     }
 }
 
@@ -420,67 +570,42 @@ impl BlockMatrix {
             }
         }
     }
-
-    /// `x @ self^T` through candle tensors (the candle forward path).
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let cols = *dims.last().unwrap_or(&0);
-        if cols != self.cols {
-            candle_core::bail!("matmul width mismatch: input {cols}, weights {}", self.cols);
-        }
-        let input = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-        let n_rows = input.len() / cols;
-        let mut activations = vec![ActivationBlock::default(); input.len() / BLOCK];
-        quantize_rows(&input, &mut activations);
-        let mut out = vec![0f32; n_rows * self.rows];
-        matmul(
-            crate::cpu::pool::global(),
-            Level::detect(),
-            Activations::Blocks(&activations),
-            &mut [Product { matrix: self, out: &mut out, write: Write::Assign }],
-        );
-        let mut shape = dims;
-        if let Some(last) = shape.last_mut() {
-            *last = self.rows;
-        }
-        Tensor::from_vec(out, shape, x.device())
-    }
 }
 
-/// Runs every product of `products` against the same quantised activations
-/// (`rows * cols / 32` blocks, as [`quantize_rows`] writes them) as one pool
-/// job, so a layer's Q, K and V (or gate and up) cost one synchronisation.
-/// Every matrix must have the activations' width.
+/// Runs every product of `products` against the same activations as one
+/// pool job, so a layer's Q, K and V (or gate and up) cost one
+/// synchronisation. Every matrix must have the activations' width.
 pub fn matmul(pool: &Pool, level: Level, activations: Activations<'_>, products: &mut [Product<'_>]) {
     let Some(first) = products.first() else {
         return;
     };
-    let per_row = first.matrix.cols / BLOCK;
-    let n_acts = match activations {
-        Activations::Blocks(blocks) => blocks.len() / per_row.max(1),
-        Activations::Floats(values) => values.len() / first.matrix.cols.max(1),
-    };
+    let cols = first.matrix.cols();
+    let n_acts = activations.floats().len() / cols.max(1);
+    if let Activations::Quantised { blocks, .. } = activations {
+        assert_eq!(blocks.len() * BLOCK, n_acts * cols, "one activation block per 32 values");
+    }
     // Bands of at least the minimum, and at most about CHUNKS_PER_THREAD per
     // thread for the largest matrix (every claimed chunk is an atomic
-    // operation on a line both cores write).
-    let largest = products.iter().map(|p| p.matrix.rows).max().unwrap_or(0);
+    // operation on a line both cores write), rounded up to whole groups or
+    // panels.
+    let largest = products.iter().map(|p| p.matrix.rows()).max().unwrap_or(0);
     let minimum = if n_acts == 1 { DECODE_BAND } else { PROMPT_BAND };
-    let band = minimum.max(largest / (pool.threads() * CHUNKS_PER_THREAD)).div_ceil(GROUP);
+    let band = minimum.max(largest / (pool.threads() * CHUNKS_PER_THREAD));
     // Chunk boundaries: product p owns chunks starts[p]..starts[p + 1].
     let mut starts = [0usize; MAX_FUSED + 1];
     assert!(products.len() <= MAX_FUSED, "at most {MAX_FUSED} fused products");
     let mut total = 0;
     for (p, product) in products.iter().enumerate() {
-        assert_eq!(product.matrix.cols / BLOCK, per_row, "fused products must share a width");
-        assert_eq!(product.out.len(), n_acts * product.matrix.rows, "output size");
+        assert_eq!(product.matrix.cols(), cols, "fused products must share a width");
+        assert_eq!(product.out.len(), n_acts * product.matrix.rows(), "output size");
         starts[p] = total;
-        total += product.matrix.rows.div_ceil(GROUP).div_ceil(band);
+        total += product.matrix.rows().div_ceil(band.next_multiple_of(product.matrix.unit()));
     }
     let starts = &mut starts[..=products.len()];
     starts[products.len()] = total;
-    let mut targets: [Option<(&BlockMatrix, OutBand<'_>)>; MAX_FUSED] = [None; MAX_FUSED];
+    let mut targets: [Option<(&Matrix, OutBand<'_>)>; MAX_FUSED] = [None; MAX_FUSED];
     for (target, p) in targets.iter_mut().zip(products.iter_mut()) {
-        let out = OutBand { ptr: p.out.as_mut_ptr(), width: p.matrix.rows, write: p.write, _out: Default::default() };
+        let out = OutBand { ptr: p.out.as_mut_ptr(), width: p.matrix.rows(), write: p.write, _out: Default::default() };
         *target = Some((p.matrix, out));
     }
     pool.run(total, &|chunk| {
@@ -488,13 +613,10 @@ pub fn matmul(pool: &Pool, level: Level, activations: Activations<'_>, products:
         let Some((matrix, out)) = targets[p] else {
             return;
         };
-        let groups = matrix.rows.div_ceil(GROUP);
-        let start = (chunk - starts[p]) * band;
-        let end = (start + band).min(groups);
-        match activations {
-            Activations::Blocks(blocks) => matrix.band(level, blocks, start..end, out),
-            Activations::Floats(values) => matrix.band_exact(level, values, start..end, out),
-        }
+        let rows = band.next_multiple_of(matrix.unit());
+        let start = (chunk - starts[p]) * rows;
+        let end = (start + rows).min(matrix.rows());
+        matrix.band(level, activations, start..end, out);
     });
 }
 

@@ -20,7 +20,18 @@ fn matrix(format: GgmlDType, rows: usize, cols: usize, seed: u64) -> (BlockMatri
     let Linear::Ggml(matrix) = Linear::new(quantized).expect("linear") else {
         panic!("{format:?} should use the ggml kernels");
     };
-    (std::sync::Arc::try_unwrap(matrix).expect("sole owner"), dequantized)
+    let Ok(Matrix::Blocks(matrix)) = std::sync::Arc::try_unwrap(matrix) else {
+        panic!("{format:?} should be a block matrix");
+    };
+    (matrix, dequantized)
+}
+
+/// The block matrix inside.
+fn blocks(matrix: &Matrix) -> &BlockMatrix {
+    match matrix {
+        Matrix::Blocks(matrix) => matrix,
+        Matrix::Dense(_) => panic!("not a block matrix"),
+    }
 }
 
 fn quantized(rows: usize, cols: usize, seed: u64) -> Vec<ActivationBlock> {
@@ -102,8 +113,9 @@ fn fused_pool_products_equal_single_dot_products() {
         let pool = Pool::new(threads);
         for n_acts in [1, 3, 5, 9] {
             let acts = quantized(n_acts, cols, n_acts as u64);
-            let (first, _) = matrix(GgmlDType::Q4_1, 67, cols, 1);
-            let (second, _) = matrix(GgmlDType::Q8_0, 35, cols, 2);
+            let floats = values(n_acts as u64, n_acts * cols, 2.0);
+            let first = Matrix::Blocks(matrix(GgmlDType::Q4_1, 67, cols, 1).0);
+            let second = Matrix::Blocks(matrix(GgmlDType::Q8_0, 35, cols, 2).0);
             for level in Level::available() {
                 let mut out_first = vec![0f32; n_acts * 67];
                 let mut out_second = values(9, n_acts * 35, 1.0);
@@ -111,7 +123,7 @@ fn fused_pool_products_equal_single_dot_products() {
                 matmul(
                     &pool,
                     level,
-                    Activations::Blocks(&acts),
+                    Activations::Quantised { floats: &floats, blocks: &acts },
                     &mut [
                         Product { matrix: &first, out: &mut out_first, write: Write::Assign },
                         Product { matrix: &second, out: &mut out_second, write: Write::Add },
@@ -120,10 +132,10 @@ fn fused_pool_products_equal_single_dot_products() {
                 for a in 0..n_acts {
                     let act = &acts[a * 3..(a + 1) * 3];
                     for r in 0..67 {
-                        assert_eq!(out_first[a * 67 + r].to_bits(), dot_portable(first.row(r), act).to_bits());
+                        assert_eq!(out_first[a * 67 + r].to_bits(), dot_portable(blocks(&first).row(r), act).to_bits());
                     }
                     for r in 0..35 {
-                        let expected = before[a * 35 + r] + dot_portable(second.row(r), act);
+                        let expected = before[a * 35 + r] + dot_portable(blocks(&second).row(r), act);
                         assert_eq!(out_second[a * 35 + r].to_bits(), expected.to_bits());
                     }
                 }
@@ -155,8 +167,8 @@ fn exact_products_equal_dequantised_weights_times_f32_activations() {
         let pool = Pool::new(threads);
         for n_acts in [1, 3, 9, 20] {
             let x = values(n_acts as u64 + 40, n_acts * cols, 2.0);
-            let (first, _) = matrix(GgmlDType::Q4_1, 67, cols, 3);
-            let (second, _) = matrix(GgmlDType::Q4_0, 35, cols, 4);
+            let first = Matrix::Blocks(matrix(GgmlDType::Q4_1, 67, cols, 3).0);
+            let second = Matrix::Blocks(matrix(GgmlDType::Q4_0, 35, cols, 4).0);
             for level in Level::available() {
                 let mut out_first = vec![f32::NAN; n_acts * 67];
                 let mut out_second = values(11, n_acts * 35, 1.0);
@@ -170,8 +182,8 @@ fn exact_products_equal_dequantised_weights_times_f32_activations() {
                         Product { matrix: &second, out: &mut out_second, write: Write::Add },
                     ],
                 );
-                let exact = |matrix: &BlockMatrix, a: usize, r: usize| -> f64 {
-                    let row = matrix.dequantize_row(r);
+                let exact = |matrix: &Matrix, a: usize, r: usize| -> f64 {
+                    let row = blocks(matrix).dequantize_row(r);
                     row.iter().zip(&x[a * cols..(a + 1) * cols]).map(|(w, v)| *w as f64 * *v as f64).sum()
                 };
                 for a in 0..n_acts {
@@ -189,6 +201,80 @@ fn exact_products_equal_dequantised_weights_times_f32_activations() {
     }
 }
 
+/// F32, F16 and BF16 tensors become dense panels in their own precision.
+/// In a fused job beside a block matrix, under either kind of activations,
+/// assigned or accumulated, their products equal the stored weights times
+/// the f32 activations; row lookups and the candle tensor path agree.
+#[test]
+fn float_tensors_multiply_f32_activations_in_a_fused_job() {
+    let (rows, cols) = (45, 3 * BLOCK);
+    for dtype in [GgmlDType::F32, GgmlDType::F16, GgmlDType::BF16] {
+        let weights = Tensor::from_vec(values(77, rows * cols, 0.5), (rows, cols), &Device::Cpu).expect("tensor");
+        let tensor = QTensor::quantize(&weights, dtype).expect("quantize");
+        let stored = tensor.dequantize(&Device::Cpu).expect("dequantize").to_vec2::<f32>().expect("vec");
+        let Linear::Ggml(dense) = Linear::new(tensor).expect("linear") else {
+            panic!("{dtype:?} should be computed here");
+        };
+        assert!(matches!(*dense, Matrix::Dense(_)), "{dtype:?}");
+        let width = if dtype == GgmlDType::F32 { 4 } else { 2 };
+        assert_eq!(dense.file_bytes(), rows * cols * width);
+        for (row, expected) in stored.iter().enumerate() {
+            let mut out = vec![f32::NAN; cols];
+            dense.dequantize_row_into(row, &mut out);
+            assert_eq!(&out, expected, "{dtype:?} row {row}");
+        }
+        let block = Matrix::Blocks(matrix(GgmlDType::Q8_0, 35, cols, 2).0);
+        for threads in [1, 2] {
+            let pool = Pool::new(threads);
+            for n_acts in [1, 4, 13] {
+                let x = values(n_acts as u64 + 60, n_acts * cols, 2.0);
+                let mut acts = vec![ActivationBlock::default(); n_acts * cols / BLOCK];
+                quantize_rows(&x, &mut acts);
+                let exact = |a: usize, r: usize| -> f64 {
+                    stored[r].iter().zip(&x[a * cols..(a + 1) * cols]).map(|(w, v)| *w as f64 * *v as f64).sum()
+                };
+                for level in Level::available() {
+                    let kinds = [Activations::Quantised { floats: &x, blocks: &acts }, Activations::Floats(&x)];
+                    for (activations, write) in kinds.into_iter().zip([Write::Assign, Write::Add]) {
+                        let before = values(13, n_acts * rows, 1.0);
+                        let mut out = before.clone();
+                        let mut beside = vec![f32::NAN; n_acts * 35];
+                        matmul(
+                            &pool,
+                            level,
+                            activations,
+                            &mut [
+                                Product { matrix: &dense, out: &mut out, write },
+                                Product { matrix: &block, out: &mut beside, write: Write::Assign },
+                            ],
+                        );
+                        for a in 0..n_acts {
+                            for r in 0..rows {
+                                let base = if write == Write::Add { before[a * rows + r] as f64 } else { 0.0 };
+                                let (got, want) = (out[a * rows + r] as f64, base + exact(a, r));
+                                assert!(
+                                    (got - want).abs() < 1e-4,
+                                    "{dtype:?} {level:?} {write:?} {a} {r}: {got} vs {want}"
+                                );
+                            }
+                        }
+                        assert!(beside.iter().all(|v| v.is_finite()), "{dtype:?} {level:?} the block product ran");
+                    }
+                }
+            }
+        }
+        let input = values(5, 5 * cols, 2.0);
+        let x = Tensor::from_vec(input.clone(), (5, cols), &Device::Cpu).expect("input");
+        let fast = dense.forward(&x).expect("forward").to_vec2::<f32>().expect("vec");
+        for (a, row) in fast.iter().enumerate() {
+            for (r, got) in row.iter().enumerate() {
+                let want: f64 = stored[r].iter().zip(&input[a * cols..]).map(|(w, v)| *w as f64 * *v as f64).sum();
+                assert!((*got as f64 - want).abs() < 1e-4, "{dtype:?} candle path {a} {r}");
+            }
+        }
+    }
+}
+
 #[test]
 fn candle_tensor_path_agrees_with_candle_dequantised_weights() {
     let input = values(5, 5 * 96, 2.0);
@@ -198,7 +284,7 @@ fn candle_tensor_path_agrees_with_candle_dequantised_weights() {
         for (row, expected) in dequantized.iter().enumerate() {
             assert_eq!(&matrix.dequantize_row(row), expected, "{format:?} row {row}");
         }
-        let fast = matrix.forward(&x).expect("forward").to_vec2::<f32>().expect("vec");
+        let fast = Matrix::Blocks(matrix).forward(&x).expect("forward").to_vec2::<f32>().expect("vec");
         let weights = Tensor::new(dequantized, &Device::Cpu).expect("weights");
         let exact = x.matmul(&weights.t().expect("t")).expect("matmul").to_vec2::<f32>().expect("vec");
         for (fast, exact) in fast.iter().flatten().zip(exact.iter().flatten()) {
@@ -253,7 +339,7 @@ proptest! {
             panic!("{format:?} should use the ggml kernels");
         };
         for (row, values) in values.chunks_exact(BLOCK).enumerate() {
-            let back = matrix.dequantize_row(row);
+            let back = blocks(&matrix).dequantize_row(row);
             let (low, high) = values.iter().fold((f32::MAX, f32::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
             let amax = low.abs().max(high.abs());
             let step = match format {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use half::f16;
 
 use super::{LlamaConfig, Precision};
-use crate::chat::ggml::{self, ActivationBlock, Activations, BlockMatrix, Product, Write, BLOCK};
+use crate::chat::ggml::{self, ActivationBlock, Activations, Matrix, Product, Write, BLOCK};
 use crate::cpu::pool::DisjointSlice;
 use crate::cpu::{dense, vector, Level, Pool};
 
@@ -28,24 +28,24 @@ const CACHE_GROWTH: usize = 256;
 #[derive(Debug)]
 pub(super) struct HostBlock {
     pub attn_norm: Vec<f32>,
-    pub wq: Arc<BlockMatrix>,
-    pub wk: Arc<BlockMatrix>,
-    pub wv: Arc<BlockMatrix>,
-    pub wo: Arc<BlockMatrix>,
+    pub wq: Arc<Matrix>,
+    pub wk: Arc<Matrix>,
+    pub wv: Arc<Matrix>,
+    pub wo: Arc<Matrix>,
     pub ffn_norm: Vec<f32>,
-    pub gate: Arc<BlockMatrix>,
-    pub up: Arc<BlockMatrix>,
-    pub down: Arc<BlockMatrix>,
+    pub gate: Arc<Matrix>,
+    pub up: Arc<Matrix>,
+    pub down: Arc<Matrix>,
 }
 
 /// The whole model in the layout this path reads.
 #[derive(Debug)]
 pub(super) struct HostModel {
     pub config: LlamaConfig,
-    pub embeddings: Arc<BlockMatrix>,
+    pub embeddings: Arc<Matrix>,
     pub blocks: Vec<HostBlock>,
     pub output_norm: Vec<f32>,
-    pub output: Arc<BlockMatrix>,
+    pub output: Arc<Matrix>,
     /// `[position][head_dim / 2]` pairs of (cos, sin), computed as ggml's
     /// `rope_cache_init` does: `theta` starts at the position and is
     /// multiplied by `base^(-2 / dims)` from one pair to the next.
@@ -386,7 +386,7 @@ fn multiply(
     match precision {
         Precision::Quantised => {
             ggml::quantize_rows(input, blocks);
-            ggml::matmul(pool, level, Activations::Blocks(blocks), products);
+            ggml::matmul(pool, level, Activations::Quantised { floats: input, blocks }, products);
         }
         Precision::Exact => ggml::matmul(pool, level, Activations::Floats(input), products),
     }

@@ -140,12 +140,12 @@ impl KvCache {
     }
 }
 
-/// The token embedding table: kept in its quantised blocks when the ggml
-/// kernels handle the format (saving the f32 copy, 113 MB for SmolLM2),
-/// dequantised otherwise.
+/// The token embedding table: kept as stored (quantised blocks, or f16
+/// panels) when the ggml kernels handle the format (saving the f32 copy,
+/// 113 MB for SmolLM2), dequantised otherwise.
 #[derive(Debug)]
 enum Embeddings {
-    Blocks(std::sync::Arc<super::ggml::BlockMatrix>),
+    Host(std::sync::Arc<super::ggml::Matrix>),
     Dense(candle_nn::Embedding),
 }
 
@@ -154,15 +154,17 @@ impl Embeddings {
     fn lookup(&self, tokens: &[u32], device: &Device) -> candle_core::Result<Tensor> {
         match self {
             Self::Dense(table) => table.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?),
-            Self::Blocks(table) => {
+            Self::Host(table) => {
                 let mut values = Vec::new();
                 for &token in tokens {
                     if token as usize >= table.rows() {
                         candle_core::bail!("token id {token} is outside the vocabulary of {}", table.rows());
                     }
-                    values.extend(table.dequantize_row(token as usize));
+                    let start = values.len();
+                    values.resize(start + table.cols(), 0.0);
+                    table.dequantize_row_into(token as usize, &mut values[start..]);
                 }
-                let width = values.len() / tokens.len();
+                let width = table.cols();
                 Tensor::from_vec(values, (1, tokens.len(), width), device)
             }
         }
@@ -221,7 +223,7 @@ impl LlamaModel {
         let mut tensor = |name: &str| content.tensor(reader, name, device);
         let token_embd = Linear::new(tensor("token_embd.weight")?)?;
         let embeddings = match &token_embd {
-            Linear::Ggml(table) => Embeddings::Blocks(table.clone()),
+            Linear::Ggml(table) => Embeddings::Host(table.clone()),
             Linear::Candle(_) => Embeddings::Dense(candle_nn::Embedding::new(
                 tensor("token_embd.weight")?.dequantize(device)?,
                 embedding_length,
@@ -262,7 +264,7 @@ impl LlamaModel {
     /// Bytes of weights one decode step reads: every block's products and
     /// the output layer (the embedding row read per token is negligible).
     pub fn weight_bytes_per_token(&self) -> usize {
-        let linear = |l: &Linear| l.blocks().map(|m| m.file_bytes()).unwrap_or(0);
+        let linear = |l: &Linear| l.host().map(|m| m.file_bytes()).unwrap_or(0);
         let blocks: usize = self
             .blocks
             .iter()
@@ -300,7 +302,7 @@ impl LlamaModel {
 
     fn embeddings_rows(&self) -> usize {
         match &self.embeddings {
-            Embeddings::Blocks(table) => table.rows(),
+            Embeddings::Host(table) => table.rows(),
             Embeddings::Dense(table) => table.embeddings().dims()[0],
         }
     }
@@ -404,8 +406,8 @@ impl LlamaModel {
     }
 }
 
-/// The host path's view of the weights, when every product is a block
-/// matrix on the CPU (`Linear::Ggml` exists only there).
+/// The host path's view of the weights, when every product is computed by
+/// `ggml` on the CPU (`Linear::Ggml` exists only there).
 fn host_model(
     config: &LlamaConfig,
     embeddings: &Embeddings,
@@ -413,13 +415,13 @@ fn host_model(
     output_norm: &Tensor,
     output: &Linear,
 ) -> candle_core::Result<Option<host::HostModel>> {
-    let Embeddings::Blocks(table) = embeddings else {
+    let Embeddings::Host(table) = embeddings else {
         return Ok(None);
     };
     if config.head_dim > host::MAX_HEAD_DIM || !config.head_dim.is_multiple_of(2) {
         return Ok(None);
     }
-    let Some(output) = output.blocks() else {
+    let Some(output) = output.host() else {
         return Ok(None);
     };
     let width = config.n_head * config.head_dim;
@@ -429,7 +431,7 @@ fn host_model(
     let mut host_blocks = Vec::with_capacity(blocks.len());
     for block in blocks {
         let linears = [&block.wq, &block.wk, &block.wv, &block.wo, &block.gate, &block.up, &block.down];
-        let Some(matrices) = linears.map(|l| l.blocks().cloned()).into_iter().collect::<Option<Vec<_>>>() else {
+        let Some(matrices) = linears.map(|l| l.host().cloned()).into_iter().collect::<Option<Vec<_>>>() else {
             return Ok(None);
         };
         let Ok::<[_; 7], _>([wq, wk, wv, wo, gate, up, down]) = matrices.try_into() else {
