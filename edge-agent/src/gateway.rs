@@ -59,9 +59,8 @@ use axum::Json;
 use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tracing::warn;
 
-use crate::tiers::{estimate_tokens, Charge, GatewayRefusal, GatewayRoute, RefusalKind, Tiers};
+use crate::tiers::{estimate_tokens, Charge, GatewayRefusal, GatewayRoute, RefusalKind, Settlement, Tiers};
 
 /// Most texts one embeddings request may carry (OpenAI's limit).
 const MAX_EMBEDDING_INPUTS: usize = 2048;
@@ -643,7 +642,7 @@ async fn routed_completion(
         match route_to_tier(recorder, state, &tiers, &request, &request_id, estimated, call).await {
             Err(answered) => answered,
             Ok((recorder, route, stream, charge)) => {
-                let settlement = Settlement { tiers, charge: Some(charge), estimated };
+                let settlement = Settlement::new(tiers, charge, estimated);
                 let source = Source::Remote { stream: Box::new(stream), settlement };
                 let response = respond_with_stream(recorder, Some(source), request, StreamPhase::Next, None);
                 (route.headers(), response).into_response()
@@ -658,7 +657,7 @@ async fn routed_completion(
             Err(answered) => answered,
             Ok((mut recorder, route, completion, charge)) => {
                 let tokens = completion.tokens().unwrap_or(estimated);
-                let mut settlement = Settlement { tiers, charge: Some(charge), estimated };
+                let mut settlement = Settlement::new(tiers, charge, estimated);
                 recorder.call.cost = settlement.settle(tokens).await;
                 recorder.tokens(tokens.input, tokens.output);
                 let response = ChatCompletionResponse {
@@ -714,40 +713,6 @@ where
             recorder.routed(&route);
             Ok((recorder, route, value, charge))
         }
-    }
-}
-
-/// An escalated call's reservation until it is settled; dropped unsettled
-/// (the client left mid-stream, the tier broke off), it is settled at the
-/// estimate, since the tier may bill what it produced.
-struct Settlement {
-    tiers: Tiers,
-    charge: Option<Charge>,
-    estimated: TokenCount,
-}
-
-impl Settlement {
-    /// Settles with the measured tokens; returns the cost.
-    async fn settle(&mut self, tokens: TokenCount) -> MicroUsd {
-        let Some(charge) = self.charge.take() else { return MicroUsd::ZERO };
-        let cost = charge.cost(tokens);
-        if let Err(err) = self.tiers.settle(charge, tokens).await {
-            warn!(%err, "cannot record the gateway's spending");
-        }
-        cost
-    }
-}
-
-impl Drop for Settlement {
-    fn drop(&mut self) {
-        let Some(charge) = self.charge.take() else { return };
-        let (tiers, estimated) = (self.tiers.clone(), self.estimated);
-        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
-        handle.spawn(async move {
-            if let Err(err) = tiers.settle(charge, estimated).await {
-                warn!(%err, "cannot record the gateway's spending");
-            }
-        });
     }
 }
 
@@ -926,7 +891,7 @@ impl CompletionStream {
             },
             Source::Remote { stream, mut settlement } => match stream.finish().await {
                 Ok(completion) => {
-                    let tokens = completion.tokens().unwrap_or(settlement.estimated);
+                    let tokens = completion.tokens().unwrap_or(settlement.estimated());
                     self.recorder.call.cost = settlement.settle(tokens).await;
                     let reason = completion.finish_reason.unwrap_or_else(|| "stop".to_owned());
                     Some(self.finished_event(&reason, tokens))
@@ -955,8 +920,8 @@ impl CompletionStream {
     /// settled at its estimate, and the call reports that cost.
     fn abandon_source(&mut self) {
         if let Some(Source::Remote { settlement, .. }) = &self.source {
-            if let Some(charge) = &settlement.charge {
-                self.recorder.call.cost = charge.cost(settlement.estimated);
+            if let Some(cost) = settlement.estimated_cost() {
+                self.recorder.call.cost = cost;
             }
         }
         self.source = None;

@@ -369,7 +369,11 @@ impl Runtime {
     }
 
     async fn run_task(&self, task: TaskRecord, defs: Arc<Definitions>, cancel: Arc<AtomicBool>) {
-        let end = match self.run_steps(&task, &defs, &cancel).await {
+        let result = self.run_steps(&task, &defs, &cancel).await;
+        // The run is over either way; a resumed run seeds the task's budget
+        // account again from its step records.
+        self.inner.tiers.forget_task(&task.id);
+        let end = match result {
             Ok(output) => {
                 let needs_review = output.get("needs_review").and_then(Value::as_bool).unwrap_or(false);
                 RunEnd::Succeeded { output, needs_review }

@@ -388,13 +388,18 @@ impl Tiers {
                         // Another call took the room since the views were read: route again.
                         Err(_) => continue,
                     };
+                    // Held while the call runs: if this future is dropped
+                    // (a deadline, a cancelled task), the reservation is
+                    // settled at the estimate rather than left open.
+                    let charge = Charge { reservation, price: spec.price, key: key.clone() };
+                    let held = Settlement::new(self.clone(), charge, request.estimated);
                     match call(spec.name.clone()).await {
                         Ok(value) => {
-                            let charge = Charge { reservation, price: spec.price, key: key.clone() };
+                            let charge = held.into_charge();
                             return Ok(Routed::Remote { tier: spec.name, reason, value, charge });
                         }
                         Err(problem) => {
-                            self.inner.ledger.lock().expect("ledger lock").ledger.release(reservation).ok();
+                            held.release();
                             warn!(tier = %spec.name, %problem, "escalation tier failed; trying the next in the chain");
                             failures.push(format!("tier `{}` failed: {problem}", spec.name));
                             failed.insert(id.0);
@@ -408,19 +413,45 @@ impl Tiers {
     /// Closes a reservation with the call's measured tokens, and records the
     /// spending for the account's day in the database. Returns the cost.
     pub async fn settle(&self, charge: Charge, tokens: TokenCount) -> Result<MicroUsd, DbError> {
-        let cost = charge.price.cost(tokens);
-        {
-            let mut ledger = self.inner.ledger.lock().expect("ledger lock");
-            ledger.ledger.settle(charge.reservation, cost).ok();
-            if charge.key.agent == GATEWAY_ACCOUNT {
-                // A gateway request's own account ends with it.
-                ledger.ledger.forget_task(&charge.key.task);
-            }
-        }
-        if let Some(store) = &self.inner.store {
-            store.add_agent_spend(&charge.key.agent, charge.key.day, cost.as_usd()).await?;
-        }
+        let cost = self.settle_in_ledger(&charge, tokens);
+        self.record_spend(&charge.key, cost).await?;
         Ok(cost)
+    }
+
+    /// The ledger's part of [`Tiers::settle`] (no waiting).
+    fn settle_in_ledger(&self, charge: &Charge, tokens: TokenCount) -> MicroUsd {
+        let cost = charge.price.cost(tokens);
+        let mut ledger = self.inner.ledger.lock().expect("ledger lock");
+        ledger.ledger.settle(charge.reservation, cost).ok();
+        if charge.key.agent == GATEWAY_ACCOUNT {
+            // A gateway request's own account ends with it.
+            ledger.ledger.forget_task(&charge.key.task);
+        }
+        cost
+    }
+
+    /// The database's part of [`Tiers::settle`]: the account's day spending.
+    async fn record_spend(&self, key: &BudgetKey, cost: MicroUsd) -> Result<(), DbError> {
+        if let Some(store) = &self.inner.store {
+            store.add_agent_spend(&key.agent, key.day, cost.as_usd()).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops a task's account from the budget ledger once its run has
+    /// ended (its agent's day spending stays). A later run of the same task
+    /// (a resumption) seeds it again from the spending in its step records.
+    pub fn forget_task(&self, task: &str) {
+        let mut ledger = self.inner.ledger.lock().expect("ledger lock");
+        ledger.ledger.forget_task(task);
+        ledger.seeded_tasks.remove(task);
+    }
+
+    /// Tasks the budget ledger holds an account for, and its reservations
+    /// not yet settled or released.
+    pub fn ledger_size(&self) -> (usize, usize) {
+        let ledger = self.inner.ledger.lock().expect("ledger lock");
+        (ledger.ledger.tasks(), ledger.ledger.outstanding())
     }
 
     /// The tiers the bundle lets gateway callers name as `model`.
@@ -682,6 +713,71 @@ impl Charge {
     }
 }
 
+/// An escalated call's reservation until it is settled. Released when the
+/// call failed; dropped unsettled (the client left mid-stream, the tier
+/// broke off, the task's deadline dropped the call), it is settled at the
+/// estimate, since the tier may bill what it produced.
+pub struct Settlement {
+    tiers: Tiers,
+    charge: Option<Charge>,
+    estimated: TokenCount,
+}
+
+impl Settlement {
+    /// Holds `charge`, to be settled at `estimated` if dropped.
+    pub fn new(tiers: Tiers, charge: Charge, estimated: TokenCount) -> Settlement {
+        Settlement { tiers, charge: Some(charge), estimated }
+    }
+
+    /// Settles with the measured tokens; returns the cost.
+    pub async fn settle(&mut self, tokens: TokenCount) -> MicroUsd {
+        let Some(charge) = self.charge.take() else { return MicroUsd::ZERO };
+        let cost = charge.cost(tokens);
+        if let Err(err) = self.tiers.settle(charge, tokens).await {
+            warn!(%err, "cannot record escalation spending");
+        }
+        cost
+    }
+
+    /// The call never happened or failed: nothing was spent.
+    pub fn release(mut self) {
+        if let Some(charge) = self.charge.take() {
+            self.tiers.inner.ledger.lock().expect("ledger lock").ledger.release(charge.reservation).ok();
+        }
+    }
+
+    /// The tokens the reservation was made for.
+    pub fn estimated(&self) -> TokenCount {
+        self.estimated
+    }
+
+    /// What settling at the estimate would cost, while unsettled.
+    pub fn estimated_cost(&self) -> Option<MicroUsd> {
+        self.charge.as_ref().map(|charge| charge.cost(self.estimated))
+    }
+
+    /// Hands the reservation on to be settled elsewhere.
+    pub fn into_charge(mut self) -> Charge {
+        self.charge.take().expect("a settlement holds its charge until it is taken")
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        let Some(charge) = self.charge.take() else { return };
+        // The ledger at once, so nothing sees the reservation still open;
+        // the database write when a runtime can run it.
+        let cost = self.tiers.settle_in_ledger(&charge, self.estimated);
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let tiers = self.tiers.clone();
+        handle.spawn(async move {
+            if let Err(err) = tiers.record_spend(&charge.key, cost).await {
+                warn!(%err, "cannot record escalation spending");
+            }
+        });
+    }
+}
+
 /// Where a gateway request goes.
 #[derive(Debug)]
 pub enum GatewayRoute<T> {
@@ -887,4 +983,74 @@ async fn run_local(model: &ChatModel, call: &StepCall<'_>, call_id: &str) -> Res
         }
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use aios_models::catalog::Catalog;
+    use aios_shared::bundle::BundleSpec;
+
+    use super::*;
+
+    const BUNDLE: &str = r#"
+autonomy = "supervised"
+
+[gateway]
+tiers = ["large"]
+per_day_usd = 10.0
+
+[tiers.large]
+kind = "openai"
+model = "any"
+base_url = "http://127.0.0.1:9/v1"
+price_in_per_1k = 0.5
+price_out_per_1k = 1.5
+"#;
+
+    fn tiers() -> (tempfile::TempDir, Tiers) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let models = ModelStore::new(Catalog::builtin(), dir.path().to_owned());
+        let tiers = Tiers::new(models, LoadOptions::default(), None);
+        let spec = BundleSpec::from_toml(BUNDLE).expect("bundle parses");
+        tiers.configure(&Arc::new(spec.definitions()));
+        (dir, tiers)
+    }
+
+    /// A call dropped while the tier is still answering (a task's deadline,
+    /// a client that left) leaves no reservation open: the day is charged
+    /// the estimate, since the tier may bill what it produced.
+    #[tokio::test]
+    async fn a_dropped_escalation_is_settled_at_its_estimate() {
+        let (_dir, tiers) = tiers();
+        let estimated = TokenCount { input: 1000, output: 1000 };
+        let call = tiers.route_gateway("large", None, "request-1", estimated, |_client| {
+            std::future::pending::<Result<(), CloudError>>()
+        });
+        let dropped = tokio::time::timeout(Duration::from_millis(50), call).await;
+        assert!(dropped.is_err(), "the call never answers, so the timeout drops it");
+        assert_eq!(tiers.ledger_size(), (0, 0), "no account or reservation is left open");
+        let ledger = tiers.inner.ledger.lock().expect("ledger lock");
+        let day = ledger.ledger.day_view(GATEWAY_ACCOUNT, day_of(unix_ms()), MicroUsd::UNLIMITED);
+        assert_eq!(day.committed, MicroUsd::from_usd(2.0).expect("usd"), "1000 tokens each way at 0.5 and 1.5 per 1k");
+    }
+
+    /// A finished task's account leaves the ledger; the task's next run
+    /// seeds it again from what its step records say it spent.
+    #[test]
+    fn finished_tasks_leave_the_ledger_and_resumptions_reseed() {
+        let (_dir, tiers) = tiers();
+        let key = BudgetKey { task: "task-1".into(), agent: "sorter".into(), day: 20_000 };
+        tiers.seed_task(&key, 0.25);
+        tiers.seed_task(&key, 0.25);
+        let committed = |tiers: &Tiers| {
+            let ledger = tiers.inner.ledger.lock().expect("ledger lock");
+            ledger.ledger.task_view("task-1", MicroUsd::UNLIMITED).committed
+        };
+        assert_eq!(committed(&tiers), MicroUsd::from_usd(0.25).expect("usd"), "seeded once");
+        assert_eq!(tiers.ledger_size(), (1, 0));
+        tiers.forget_task("task-1");
+        assert_eq!(tiers.ledger_size(), (0, 0));
+        tiers.seed_task(&key, 0.5);
+        assert_eq!(committed(&tiers), MicroUsd::from_usd(0.5).expect("usd"), "a resumed run reseeds");
+    }
 }
