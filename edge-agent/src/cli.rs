@@ -108,6 +108,10 @@ pub struct RunArgs {
     /// `/v1/embeddings`, `/v1/models`) on the local API's listener.
     #[arg(long, env = "AIOS_EDGE_GATEWAY")]
     pub gateway: bool,
+    /// Where local models run: cpu, cuda[:N] or metal[:N] [default: cpu]
+    /// (a GPU needs a build with `--features cuda` or `metal`).
+    #[arg(long, env = "AIOS_MODEL_DEVICE")]
+    pub model_device: Option<aios_models::DeviceConfig>,
 }
 
 /// Test entry points.
@@ -147,6 +151,8 @@ pub struct FileConfig {
     pub api_token: Option<String>,
     /// The OpenAI-compatible gateway, when served.
     pub gateway: Option<GatewayFileConfig>,
+    /// Where local models run: `cpu`, `cuda[:N]` or `metal[:N]`.
+    pub model_device: Option<aios_models::DeviceConfig>,
 }
 
 /// `[gateway]` in the edge's configuration file.
@@ -213,6 +219,12 @@ async fn run_daemon(data_dir_flag: Option<PathBuf>, args: RunArgs) -> anyhow::Re
     }
     let mut options = DaemonOptions::new(data_dir);
     options.uplink = uplink;
+    if let Some(device) = args.model_device.or(file.model_device) {
+        // Opened once now, so a build without the backend or a missing GPU
+        // stops the start instead of the first task.
+        device.open().with_context(|| format!("model_device `{device}`"))?;
+        options.load.device = device;
+    }
     let api = args.api_listen.or(file.api_listen).unwrap_or_else(|| DEFAULT_API.to_owned());
     if api != "off" {
         let addr: std::net::SocketAddr =
@@ -326,4 +338,38 @@ fn host_name() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "edge".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use aios_models::DeviceConfig;
+
+    use super::*;
+
+    #[test]
+    fn model_device_is_read_from_the_configuration_file() {
+        let file: FileConfig = toml::from_str("model_device = \"cuda:1\"").expect("parses");
+        assert_eq!(file.model_device, Some(DeviceConfig::Cuda(1)));
+        let err = toml::from_str::<FileConfig>("model_device = \"tpu\"").expect_err("refused");
+        assert!(err.to_string().contains("unknown device `tpu`"), "{err}");
+    }
+
+    /// A GPU this build cannot drive stops `run` before anything starts.
+    #[cfg(not(feature = "cuda"))]
+    #[tokio::test]
+    async fn a_gpu_without_its_backend_stops_the_start() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let args = RunArgs {
+            config: None,
+            control_plane: None,
+            reconnect_max: None,
+            api_listen: Some("off".into()),
+            gateway: false,
+            model_device: Some(DeviceConfig::Cuda(0)),
+        };
+        let err = run_daemon(Some(dir.path().to_owned()), args).await.expect_err("refused");
+        let message = format!("{err:#}");
+        assert!(message.contains("model_device `cuda:0`") && message.contains("--features cuda"), "{message}");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0, "nothing was created");
+    }
 }
