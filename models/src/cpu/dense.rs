@@ -25,8 +25,12 @@ pub const PANEL: usize = 32;
 const KERNEL_ROWS: usize = 8;
 /// Rows of `out` per pool chunk.
 const BLOCK_ROWS: usize = 64;
-/// Panels of `out` per pool chunk.
+/// Most panels of `out` per pool chunk.
 const GROUP_PANELS: usize = 4;
+/// Multiply-adds a pool chunk aims at (about 100 us on one core), so a
+/// helper's chunk never looks like a helper that lost its core to the pool
+/// (400 us).
+const CHUNK_WORK: usize = 4 << 20;
 
 /// The precision a [`PackedMatrix`] stores its weights in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,13 +273,14 @@ pub fn matmul(
         return;
     }
     let blocks = m.div_ceil(BLOCK_ROWS);
-    let groups = w.panel_count().div_ceil(GROUP_PANELS);
+    let per_group = (CHUNK_WORK / (BLOCK_ROWS * PANEL * k.max(1))).clamp(1, GROUP_PANELS);
+    let groups = w.panel_count().div_ceil(per_group);
     let target = Target(out.as_mut_ptr());
     pool.run(blocks * groups, &|chunk| {
         let (block, group) = (chunk / groups, chunk % groups);
         let rows = block * BLOCK_ROWS..((block + 1) * BLOCK_ROWS).min(m);
-        let first = group * GROUP_PANELS;
-        let panels = first..(first + GROUP_PANELS).min(w.panel_count());
+        let first = group * per_group;
+        let panels = first..(first + per_group).min(w.panel_count());
         // SAFETY: chunks are distinct (block, group) pairs, so each writes a
         // tile of `out` (its rows by its panels' columns) no other chunk
         // touches; `a`, `w` and `out` were checked to be large enough.

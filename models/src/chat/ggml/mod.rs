@@ -40,6 +40,13 @@ const DECODE_BAND: usize = 32;
 const PROMPT_BAND: usize = 16;
 /// Chunks per thread the largest product of a job is cut into.
 const CHUNKS_PER_THREAD: usize = 8;
+/// Activation rows per chunk of a dense product over many rows.
+const DENSE_ACTS: usize = 64;
+/// Multiply-adds a chunk of a dense product over many rows aims at (about
+/// 50 us on one core): long enough to repay claiming it, short enough that
+/// the pool never mistakes a helper still busy with one for a helper that
+/// lost its core (`cpu::pool`'s 400 us).
+const DENSE_CHUNK_WORK: usize = 2 << 20;
 /// Activation rows up to which an exact product dots dequantised rows
 /// directly instead of packing them for the dense kernel.
 const EXACT_UNPACKED: usize = 4;
@@ -278,18 +285,34 @@ impl Matrix {
         }
     }
 
-    /// Rows a band of a product starts and ends on (a group of interleaved
-    /// rows, or a panel).
-    fn unit(&self) -> usize {
-        match self {
-            Self::Blocks(_) => GROUP,
-            Self::Dense(_) => dense::PANEL,
-        }
+    /// How a product with `n_acts` activation rows is cut into pool
+    /// chunks, given the job's band of weight rows.
+    fn cut(&self, band: usize, n_acts: usize) -> Cut {
+        let (rows, acts) = match self {
+            // The block kernels tile activations themselves: a chunk takes them all.
+            Self::Blocks(_) => (band.next_multiple_of(GROUP), n_acts),
+            Self::Dense(_) if n_acts == 1 => (band.next_multiple_of(dense::PANEL), 1),
+            // Many rows: a few panels by a block of activation rows, sized by work.
+            Self::Dense(matrix) => {
+                let acts = n_acts.min(DENSE_ACTS);
+                let panels = (DENSE_CHUNK_WORK / (acts * dense::PANEL * matrix.cols().max(1))).max(1);
+                (panels * dense::PANEL, acts)
+            }
+        };
+        Cut { rows, acts, bands: self.rows().div_ceil(rows), blocks: n_acts.div_ceil(acts.max(1)) }
     }
 
-    /// Rows `rows` (starting on a [`Matrix::unit`]) of the product with
-    /// every activation row.
-    fn band(&self, level: Level, activations: Activations<'_>, rows: std::ops::Range<usize>, out: OutBand<'_>) {
+    /// Rows `rows` (starting on a group of interleaved rows, or a panel) of
+    /// the product with activation rows `acts` (all of them for block
+    /// matrices; see [`Matrix::cut`]).
+    fn band(
+        &self,
+        level: Level,
+        activations: Activations<'_>,
+        rows: std::ops::Range<usize>,
+        acts: std::ops::Range<usize>,
+        out: OutBand<'_>,
+    ) {
         match (self, activations) {
             (Self::Blocks(matrix), Activations::Quantised { blocks, .. }) => {
                 matrix.band(level, blocks, rows.start / GROUP..rows.end.div_ceil(GROUP), out)
@@ -299,15 +322,15 @@ impl Matrix {
             }
             (Self::Dense(matrix), activations) => {
                 let floats = activations.floats();
-                let n_acts = floats.len() / matrix.cols().max(1);
                 let panels = rows.start / dense::PANEL..rows.end.div_ceil(dense::PANEL);
                 let start = match out.write {
                     Write::Assign => dense::Start::Bias,
                     Write::Add => dense::Start::Output,
                 };
-                // SAFETY: `out` has `n_acts` rows of `width` columns
-                // (checked in `matmul`), and this band's columns are its own.
-                unsafe { dense::products(level, floats, matrix, 0..n_acts, panels, out.ptr, out.width, start) };
+                // SAFETY: `out` has a row of `width` columns per activation
+                // row (checked in `matmul`), and this chunk's rows and
+                // columns are its own.
+                unsafe { dense::products(level, floats, matrix, acts, panels, out.ptr, out.width, start) };
             }
         }
     }
@@ -595,29 +618,39 @@ pub fn matmul(pool: &Pool, level: Level, activations: Activations<'_>, products:
     let mut starts = [0usize; MAX_FUSED + 1];
     assert!(products.len() <= MAX_FUSED, "at most {MAX_FUSED} fused products");
     let mut total = 0;
-    for (p, product) in products.iter().enumerate() {
+    let mut targets: [Option<(&Matrix, OutBand<'_>, Cut)>; MAX_FUSED] = [None; MAX_FUSED];
+    for (p, product) in products.iter_mut().enumerate() {
         assert_eq!(product.matrix.cols(), cols, "fused products must share a width");
         assert_eq!(product.out.len(), n_acts * product.matrix.rows(), "output size");
+        let cut = product.matrix.cut(band, n_acts);
         starts[p] = total;
-        total += product.matrix.rows().div_ceil(band.next_multiple_of(product.matrix.unit()));
+        total += cut.bands * cut.blocks;
+        let width = product.matrix.rows();
+        let out = OutBand { ptr: product.out.as_mut_ptr(), width, write: product.write, _out: Default::default() };
+        targets[p] = Some((product.matrix, out, cut));
     }
     let starts = &mut starts[..=products.len()];
     starts[products.len()] = total;
-    let mut targets: [Option<(&Matrix, OutBand<'_>)>; MAX_FUSED] = [None; MAX_FUSED];
-    for (target, p) in targets.iter_mut().zip(products.iter_mut()) {
-        let out = OutBand { ptr: p.out.as_mut_ptr(), width: p.matrix.rows(), write: p.write, _out: Default::default() };
-        *target = Some((p.matrix, out));
-    }
     pool.run(total, &|chunk| {
         let p = starts.partition_point(|s| *s <= chunk) - 1;
-        let Some((matrix, out)) = targets[p] else {
+        let Some((matrix, out, cut)) = targets[p] else {
             return;
         };
-        let rows = band.next_multiple_of(matrix.unit());
-        let start = (chunk - starts[p]) * rows;
-        let end = (start + rows).min(matrix.rows());
-        matrix.band(level, activations, start..end, out);
+        let (band, block) = ((chunk - starts[p]) / cut.blocks, (chunk - starts[p]) % cut.blocks);
+        let rows = band * cut.rows..((band + 1) * cut.rows).min(matrix.rows());
+        let acts = block * cut.acts..((block + 1) * cut.acts).min(n_acts);
+        matrix.band(level, activations, rows, acts, out);
     });
+}
+
+/// How one product of a job is cut into chunks: bands of `rows` weight
+/// rows by blocks of `acts` activation rows.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    rows: usize,
+    acts: usize,
+    bands: usize,
+    blocks: usize,
 }
 
 /// A product's output as bands see it: each band writes only its own

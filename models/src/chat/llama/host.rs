@@ -7,7 +7,7 @@
 //! time).
 //!
 //! Per layer the pool runs five jobs: Q, K and V fused into one, attention
-//! (one chunk per head), the output projection with the residual added in
+//! (a chunk per head and block of query rows), the output projection with the residual added in
 //! place, gate and up fused, and down with the residual.
 
 use std::sync::Arc;
@@ -23,6 +23,10 @@ use crate::cpu::{dense, vector, Level, Pool};
 pub(super) const MAX_HEAD_DIM: usize = 256;
 /// Positions the KV cache grows by when full.
 const CACHE_GROWTH: usize = 256;
+/// Query rows per attention chunk: a prompt's attention is cut by head and
+/// by rows, so no chunk runs long enough (hundreds of microseconds) for the
+/// pool to take a helper still busy with it for one that lost its core.
+const ATTEND_ROWS: usize = 16;
 
 /// One block's weights.
 #[derive(Debug)]
@@ -168,7 +172,7 @@ impl HostModel {
         sized(&mut scratch.gate, n * ffn);
         sized(&mut scratch.up, n * ffn);
         sized(&mut scratch.blocks, n * width.max(ffn) / BLOCK);
-        sized(&mut scratch.scores, n_head * total);
+        sized(&mut scratch.scores, n_head * n.div_ceil(ATTEND_ROWS) * total);
         for (block, layer) in self.blocks.iter().zip(layers.iter_mut()) {
             let s = &mut *scratch;
             normalise(&s.x, &block.attn_norm, rms_eps, width, &mut s.h);
@@ -293,15 +297,17 @@ impl HostModel {
         let rows = order.lanes();
         let scores = DisjointSlice::new(scores);
         let out = DisjointSlice::new(out);
-        pool.run(n_head, &|head| {
+        let blocks = n.div_ceil(ATTEND_ROWS);
+        pool.run(n_head * blocks, &|chunk| {
+            let (head, block) = (chunk / blocks, chunk % blocks);
             let kv_head = head / group;
-            // SAFETY: each chunk is one head: its own score row and its own
-            // columns of the output rows.
-            let scores = unsafe { scores.piece(head * total..(head + 1) * total) };
+            // SAFETY: each chunk is one head's block of query rows: its own
+            // score row and its own columns of those output rows.
+            let scores = unsafe { scores.piece(chunk * total..(chunk + 1) * total) };
             let mut query = [0f32; MAX_HEAD_DIM];
             let query = &mut query[..head_dim];
             let mut lanes = [[0f32; MAX_HEAD_DIM]; 64];
-            for i in 0..n {
+            for i in block * ATTEND_ROWS..((block + 1) * ATTEND_ROWS).min(n) {
                 let visible = start + i + 1;
                 query.copy_from_slice(&q[i * width + head * head_dim..][..head_dim]);
                 vector::round_to_f16(query);
@@ -358,12 +364,14 @@ impl HostModel {
         let scale = 1.0 / (head_dim as f32).sqrt();
         let scores = DisjointSlice::new(scores);
         let out = DisjointSlice::new(out);
-        pool.run(n_head, &|head| {
+        let blocks = n.div_ceil(ATTEND_ROWS);
+        pool.run(n_head * blocks, &|chunk| {
+            let (head, block) = (chunk / blocks, chunk % blocks);
             let column = (head / group) * head_dim;
-            // SAFETY: each chunk is one head: its own score row and its own
-            // columns of the output rows.
-            let scores = unsafe { scores.piece(head * total..(head + 1) * total) };
-            for i in 0..n {
+            // SAFETY: each chunk is one head's block of query rows: its own
+            // score row and its own columns of those output rows.
+            let scores = unsafe { scores.piece(chunk * total..(chunk + 1) * total) };
+            for i in block * ATTEND_ROWS..((block + 1) * ATTEND_ROWS).min(n) {
                 let query = &q[i * width + head * head_dim..][..head_dim];
                 // SAFETY: as above.
                 let row = unsafe { out.piece(i * width + head * head_dim..i * width + (head + 1) * head_dim) };
@@ -383,13 +391,33 @@ fn multiply(
     blocks: &mut [ActivationBlock],
     products: &mut [Product<'_>],
 ) {
+    // Dense matrices multiply the f32 rows either way: quantise only for block ones.
+    let blocks_needed = products.iter().any(|p| matches!(p.matrix, Matrix::Blocks(_)));
     match precision {
+        Precision::Quantised if !blocks_needed => ggml::matmul(pool, level, Activations::Floats(input), products),
         Precision::Quantised => {
-            ggml::quantize_rows(input, blocks);
+            quantize(pool, input, products[0].matrix.cols(), blocks);
             ggml::matmul(pool, level, Activations::Quantised { floats: input, blocks }, products);
         }
         Precision::Exact => ggml::matmul(pool, level, Activations::Floats(input), products),
     }
+}
+
+/// [`ggml::quantize_rows`] of `cols`-wide rows, a prompt's rows spread over
+/// the pool (blocks are independent, so the result is the same).
+fn quantize(pool: &Pool, input: &[f32], cols: usize, blocks: &mut [ActivationBlock]) {
+    const ROWS_PER_CHUNK: usize = 16;
+    let rows = input.len() / cols.max(1);
+    if rows <= ROWS_PER_CHUNK {
+        return ggml::quantize_rows(input, blocks);
+    }
+    let per_row = cols / BLOCK;
+    let out = DisjointSlice::new(blocks);
+    pool.run_ranges(rows, ROWS_PER_CHUNK, 1, &|start, end| {
+        // SAFETY: ranges of rows are disjoint, so are their blocks.
+        let piece = unsafe { out.piece(start * per_row..end * per_row) };
+        ggml::quantize_rows(&input[start * cols..end * cols], piece);
+    });
 }
 
 /// RMS norm of every `width`-wide row of `x` into `out`.
