@@ -287,10 +287,13 @@ impl Matrix {
 
     /// How a product with `n_acts` activation rows is cut into pool
     /// chunks, given the job's band of weight rows.
-    fn cut(&self, band: usize, n_acts: usize) -> Cut {
+    fn cut(&self, band: usize, n_acts: usize, exact: bool) -> Cut {
         let (rows, acts) = match self {
             // The block kernels tile activations themselves: a chunk takes them all.
-            Self::Blocks(_) => (band.next_multiple_of(GROUP), n_acts),
+            Self::Blocks(_) if !exact => (band.next_multiple_of(GROUP), n_acts),
+            // Exact products dequantise the band's rows in every chunk, a
+            // small cost beside the products of up to DENSE_ACTS rows.
+            Self::Blocks(_) => (band.next_multiple_of(GROUP), n_acts.min(DENSE_ACTS)),
             Self::Dense(_) if n_acts == 1 => (band.next_multiple_of(dense::PANEL), 1),
             // Many rows: a few panels by a block of activation rows, sized by work.
             Self::Dense(matrix) => {
@@ -304,7 +307,7 @@ impl Matrix {
 
     /// Rows `rows` (starting on a group of interleaved rows, or a panel) of
     /// the product with activation rows `acts` (all of them for block
-    /// matrices; see [`Matrix::cut`]).
+    /// matrices with quantised activations; see [`Matrix::cut`]).
     fn band(
         &self,
         level: Level,
@@ -318,7 +321,13 @@ impl Matrix {
                 matrix.band(level, blocks, rows.start / GROUP..rows.end.div_ceil(GROUP), out)
             }
             (Self::Blocks(matrix), Activations::Floats(values)) => {
-                matrix.band_exact(level, values, rows.start / GROUP..rows.end.div_ceil(GROUP), out)
+                let values = &values[acts.start * matrix.cols..acts.end * matrix.cols];
+                matrix.band_exact(
+                    level,
+                    values,
+                    rows.start / GROUP..rows.end.div_ceil(GROUP),
+                    out.skip_acts(acts.start),
+                )
             }
             (Self::Dense(matrix), activations) => {
                 let floats = activations.floats();
@@ -622,7 +631,7 @@ pub fn matmul(pool: &Pool, level: Level, activations: Activations<'_>, products:
     for (p, product) in products.iter_mut().enumerate() {
         assert_eq!(product.matrix.cols(), cols, "fused products must share a width");
         assert_eq!(product.out.len(), n_acts * product.matrix.rows(), "output size");
-        let cut = product.matrix.cut(band, n_acts);
+        let cut = product.matrix.cut(band, n_acts, matches!(activations, Activations::Floats(_)));
         starts[p] = total;
         total += cut.bands * cut.blocks;
         let width = product.matrix.rows();
@@ -669,6 +678,13 @@ unsafe impl Sync for OutBand<'_> {}
 unsafe impl Send for OutBand<'_> {}
 
 impl OutBand<'_> {
+    /// The same output seen from activation row `first` on.
+    fn skip_acts(self, first: usize) -> Self {
+        // SAFETY: `first` is at most the activation rows `matmul` checked
+        // the output against.
+        Self { ptr: unsafe { self.ptr.add(first * self.width) }, ..self }
+    }
+
     #[inline(always)]
     fn write(self, act: usize, row: usize, value: f32) {
         // SAFETY: `act < n_acts` and `row < width`, checked against the

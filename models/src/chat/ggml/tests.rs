@@ -165,7 +165,8 @@ fn exact_products_equal_dequantised_weights_times_f32_activations() {
     let cols = 3 * BLOCK;
     for threads in [1, 2] {
         let pool = Pool::new(threads);
-        for n_acts in [1, 3, 9, 20] {
+        // 70 rows: more than one chunk of activation rows.
+        for n_acts in [1, 3, 9, 20, 70] {
             let x = values(n_acts as u64 + 40, n_acts * cols, 2.0);
             let first = Matrix::Blocks(matrix(GgmlDType::Q4_1, 67, cols, 3).0);
             let second = Matrix::Blocks(matrix(GgmlDType::Q4_0, 35, cols, 4).0);
@@ -226,7 +227,7 @@ fn float_tensors_multiply_f32_activations_in_a_fused_job() {
         let block = Matrix::Blocks(matrix(GgmlDType::Q8_0, 35, cols, 2).0);
         for threads in [1, 2] {
             let pool = Pool::new(threads);
-            for n_acts in [1, 4, 13] {
+            for n_acts in [1, 4, 13, 70] {
                 let x = values(n_acts as u64 + 60, n_acts * cols, 2.0);
                 let mut acts = vec![ActivationBlock::default(); n_acts * cols / BLOCK];
                 quantize_rows(&x, &mut acts);
