@@ -269,7 +269,7 @@ impl HostModel {
     }
 
     /// Causal attention of `n` query rows (positions `start..start + n`)
-    /// over the cached keys and values, one pool chunk per head: scores
+    /// over the cached keys and values ([`HostModel::per_head_rows`]): scores
     /// `q . k` with `q` rounded to f16, scaled by `1 / sqrt(head_dim)`,
     /// softmax ([`vector::softmax_numerators`]), weights rounded to f16, then
     /// `sum(w * v)`. Both products add up in the order llama.cpp uses for
@@ -295,19 +295,13 @@ impl HostModel {
         let scale = 1.0 / (head_dim as f32).sqrt();
         let order = vector::Order::for_rows(n);
         let rows = order.lanes();
-        let scores = DisjointSlice::new(scores);
         let out = DisjointSlice::new(out);
-        let blocks = n.div_ceil(ATTEND_ROWS);
-        pool.run(n_head * blocks, &|chunk| {
-            let (head, block) = (chunk / blocks, chunk % blocks);
+        self.per_head_rows(pool, n, total, scores, |head, query_rows, scores| {
             let kv_head = head / group;
-            // SAFETY: each chunk is one head's block of query rows: its own
-            // score row and its own columns of those output rows.
-            let scores = unsafe { scores.piece(chunk * total..(chunk + 1) * total) };
             let mut query = [0f32; MAX_HEAD_DIM];
             let query = &mut query[..head_dim];
             let mut lanes = [[0f32; MAX_HEAD_DIM]; 64];
-            for i in block * ATTEND_ROWS..((block + 1) * ATTEND_ROWS).min(n) {
+            for i in query_rows {
                 let visible = start + i + 1;
                 query.copy_from_slice(&q[i * width + head * head_dim..][..head_dim]);
                 vector::round_to_f16(query);
@@ -329,7 +323,7 @@ impl HostModel {
                     let value = &layer.values[t * kv_width + kv_head * head_dim..][..head_dim];
                     vector::axpy_f16(level, weight, value, &mut lanes[t % rows][..head_dim]);
                 }
-                // SAFETY: as above.
+                // SAFETY: this chunk owns this head's columns of its rows.
                 let row = unsafe { out.piece(i * width + head * head_dim..i * width + (head + 1) * head_dim) };
                 let mut partial = [0f32; 64];
                 for (d, out) in row.iter_mut().enumerate() {
@@ -362,22 +356,38 @@ impl HostModel {
         let group = n_head / n_kv_head;
         let total = start + n;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let scores = DisjointSlice::new(scores);
         let out = DisjointSlice::new(out);
-        let blocks = n.div_ceil(ATTEND_ROWS);
-        pool.run(n_head * blocks, &|chunk| {
-            let (head, block) = (chunk / blocks, chunk % blocks);
+        self.per_head_rows(pool, n, total, scores, |head, query_rows, scores| {
             let column = (head / group) * head_dim;
-            // SAFETY: each chunk is one head's block of query rows: its own
-            // score row and its own columns of those output rows.
-            let scores = unsafe { scores.piece(chunk * total..(chunk + 1) * total) };
-            for i in block * ATTEND_ROWS..((block + 1) * ATTEND_ROWS).min(n) {
+            for i in query_rows {
                 let query = &q[i * width + head * head_dim..][..head_dim];
-                // SAFETY: as above.
+                // SAFETY: this chunk owns this head's columns of its rows.
                 let row = unsafe { out.piece(i * width + head * head_dim..i * width + (head + 1) * head_dim) };
                 let (keys, values) = (&layer.exact_keys[column..], &layer.exact_values[column..]);
                 dense::attend_row(level, query, keys, values, kv_width, start + i + 1, scale, scores, row);
             }
+        });
+    }
+
+    /// Runs `body(head, query rows, scores)` on the pool for every head and
+    /// every block of [`ATTEND_ROWS`] of the `n` query rows, `scores` being
+    /// the chunk's own row of `total` values; the chunk owns that head's
+    /// columns of those rows of the output.
+    fn per_head_rows(
+        &self,
+        pool: &Pool,
+        n: usize,
+        total: usize,
+        scores: &mut [f32],
+        body: impl Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync,
+    ) {
+        let scores = DisjointSlice::new(scores);
+        let blocks = n.div_ceil(ATTEND_ROWS);
+        pool.run(self.config.n_head * blocks, &|chunk| {
+            let (head, block) = (chunk / blocks, chunk % blocks);
+            // SAFETY: every chunk has its own score row.
+            let scores = unsafe { scores.piece(chunk * total..(chunk + 1) * total) };
+            body(head, block * ATTEND_ROWS..((block + 1) * ATTEND_ROWS).min(n), scores);
         });
     }
 }
