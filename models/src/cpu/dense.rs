@@ -8,7 +8,11 @@
 //! the inner dimension. Panels keep the weights' own precision ([`Element`]:
 //! f32, f16 or bf16) and the micro-kernel widens each run to f32 as it loads
 //! it, so an f16 matrix reads half the bytes and every product is an f32
-//! product of the stored values. [`matmul`] computes `out = a · wᵀ + bias`
+//! product of the stored values. bf16 panels interleave neighbouring steps
+//! (`[in / 2][PANEL][2]`), the layout of `vdpbf16ps`: [`products_bf16`]
+//! multiplies them with activations rounded to bf16 ([`round_to_bf16_pairs`]),
+//! two products per lane per instruction where the CPU has AVX-512 BF16, as
+//! llama.cpp does for bf16 weights. [`matmul`] computes `out = a · wᵀ + bias`
 //! on the pool in tiles of up to [`BLOCK_ROWS`] rows by [`GROUP_PANELS`]
 //! panels; the micro-kernel keeps an 8-row by 32-column block of `out` in
 //! registers (sixteen AVX-512 accumulators), starts it from the bias (or
@@ -41,6 +45,26 @@ pub enum Kind {
     F16,
     /// bfloat16 (the high half of an f32).
     BF16,
+}
+
+impl Kind {
+    /// Steps of the inner dimension a panel stores for `cols` inputs: bf16
+    /// panels hold pairs of steps, so an odd width gets a zero step.
+    fn depth(self, cols: usize) -> usize {
+        match self {
+            Kind::BF16 => cols.next_multiple_of(2),
+            Kind::F32 | Kind::F16 => cols,
+        }
+    }
+
+    /// Where the weight of step `k` and output column `lane` sits in its panel.
+    #[inline(always)]
+    fn slot(self, k: usize, lane: usize) -> usize {
+        match self {
+            Kind::BF16 => (k / 2) * 2 * PANEL + lane * 2 + k % 2,
+            Kind::F32 | Kind::F16 => k * PANEL + lane,
+        }
+    }
 }
 
 /// An element type panels can be stored in; widening to f32 is exact for
@@ -88,7 +112,9 @@ pub struct PackedMatrix {
     rows: usize,
     /// Input features.
     cols: usize,
-    /// `[panel][cols][PANEL]`; columns past `rows` are zero.
+    /// `[panel][cols][PANEL]` (bf16: `[panel][cols / 2][PANEL][2]`, see
+    /// [`Kind::slot`]); columns past `rows` and a bf16 matrix's odd last
+    /// step are zero.
     panels: Panels,
     /// `[panels * PANEL]`, zero-padded.
     bias: Vec<f32>,
@@ -107,13 +133,14 @@ impl std::fmt::Debug for PackedMatrix {
 /// Repacks row-major `weight` into panels.
 fn pack<E: Element>(weight: &[E], rows: usize, cols: usize) -> Vec<E> {
     assert_eq!(weight.len(), rows * cols, "weight is not {rows}x{cols}");
+    let depth = E::KIND.depth(cols);
     let count = rows.div_ceil(PANEL);
-    let mut panels = vec![E::default(); count * cols * PANEL];
+    let mut panels = vec![E::default(); count * depth * PANEL];
     for (row, values) in weight.chunks_exact(cols.max(1)).enumerate().take(rows) {
         let (panel, lane) = (row / PANEL, row % PANEL);
-        let base = panel * cols * PANEL + lane;
+        let base = panel * depth * PANEL;
         for (k, value) in values.iter().enumerate() {
-            panels[base + k * PANEL] = *value;
+            panels[base + E::KIND.slot(k, lane)] = *value;
         }
     }
     panels
@@ -210,9 +237,9 @@ impl PackedMatrix {
     /// Row `row` of the weight as f32 (an embedding lookup).
     pub fn row_into(&self, row: usize, out: &mut [f32]) {
         fn gather<E: Element>(panels: &[E], row: usize, cols: usize, out: &mut [f32]) {
-            let base = (row / PANEL) * cols * PANEL + row % PANEL;
+            let base = (row / PANEL) * E::KIND.depth(cols) * PANEL;
             for (k, value) in out.iter_mut().enumerate().take(cols) {
-                *value = panels[base + k * PANEL].widen();
+                *value = panels[base + E::KIND.slot(k, row % PANEL)].widen();
             }
         }
         assert!(row < self.rows, "row {row} of {}", self.rows);
@@ -390,9 +417,10 @@ unsafe fn products_in<E: Element>(
     start: Start,
 ) {
     let k = w.cols;
+    let size = E::KIND.depth(k) * PANEL;
     for panel in panels {
         let columns = (w.rows - panel * PANEL).min(PANEL);
-        let weights = &stored[panel * k * PANEL..(panel + 1) * k * PANEL];
+        let weights = &stored[panel * size..(panel + 1) * size];
         let bias = &w.bias[panel * PANEL..(panel + 1) * PANEL];
         let mut row = rows.start;
         while row < rows.end {
@@ -405,13 +433,92 @@ unsafe fn products_in<E: Element>(
     }
 }
 
+/// Rounds `cols`-wide rows of `values` to bf16 (to nearest, ties to even;
+/// NaN stays NaN, as ggml's `GGML_FP32_TO_BF16`) and packs each row's
+/// neighbouring pairs into one word, the even step in the low half: the
+/// activations of [`products_bf16`]. A row takes `cols.div_ceil(2)` words
+/// of `out`; an odd row ends in a zero half.
+pub fn round_to_bf16_pairs(values: &[f32], cols: usize, out: &mut [u32]) {
+    #[inline(always)]
+    fn round(value: f32) -> u32 {
+        let bits = value.to_bits();
+        if bits & 0x7fff_ffff > 0x7f80_0000 {
+            (bits >> 16) | 0x40
+        } else {
+            bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16
+        }
+    }
+    let words = cols.div_ceil(2);
+    assert!(out.len() * cols >= values.len() * words, "out holds {} words, too few", out.len());
+    for (row, out) in values.chunks_exact(cols.max(1)).zip(out.chunks_exact_mut(words.max(1))) {
+        let pairs = row.chunks_exact(2);
+        if let [last] = pairs.remainder() {
+            out[words - 1] = round(*last);
+        }
+        for (word, pair) in out.iter_mut().zip(pairs) {
+            *word = round(pair[0]) | (round(pair[1]) << 16);
+        }
+    }
+}
+
+/// [`products`] of a bf16 matrix with activations rounded to bf16:
+/// `pairs` holds every row's [`round_to_bf16_pairs`] words (`w.cols()`
+/// halves, rounded up, a row). Each pair of products is summed in f32
+/// (`vdpbf16ps` with AVX-512 BF16, fused multiply-adds of the widened
+/// values otherwise), so levels agree to f32 rounding, not bit for bit.
+///
+/// # Safety
+/// As [`products`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn products_bf16(
+    level: Level,
+    pairs: &[u32],
+    w: &PackedMatrix,
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+    start: Start,
+) {
+    let Panels::BF16(stored) = &w.panels else {
+        panic!("bf16 products of a {:?} matrix", w.kind());
+    };
+    let words = w.cols.div_ceil(2);
+    assert!(panels.end <= w.panel_count() && pairs.len() >= rows.end * words, "products out of range");
+    let size = words * 2 * PANEL;
+    for panel in panels {
+        let columns = (w.rows - panel * PANEL).min(PANEL);
+        let weights = &stored[panel * size..(panel + 1) * size];
+        let bias = &w.bias[panel * PANEL..(panel + 1) * PANEL];
+        let mut row = rows.start;
+        while row < rows.end {
+            let height = (rows.end - row).min(KERNEL_ROWS);
+            let kernel = Kernel { a: &pairs[row * words..], lda: words, panel: weights, bias, ldc, columns, start };
+            let c = c.wrapping_add(row * ldc + panel * PANEL);
+            // SAFETY: the caller's bounds; `height` rows from `row` are in
+            // range; each body only runs where the CPU has its features.
+            unsafe {
+                match level {
+                    #[cfg(target_arch = "x86_64")]
+                    Level::Avx512Bf16 => by_height!(height, micro_dpbf16(kernel, c)),
+                    #[cfg(target_arch = "x86_64")]
+                    Level::Avx2 | Level::Avx512Vnni => by_height!(height, micro_pairs_fma(kernel, c)),
+                    _ => by_height!(height, micro_pairs_portable(kernel, c)),
+                }
+            }
+            row += height;
+        }
+    }
+}
+
 /// The operands of one micro-kernel call.
 #[derive(Clone, Copy)]
-struct Kernel<'a, E> {
-    /// The first row of activations (`lda` apart).
-    a: &'a [f32],
+struct Kernel<'a, A, E> {
+    /// The first row of activations (`lda` apart): f32 values, or words of
+    /// two bf16 values.
+    a: &'a [A],
     lda: usize,
-    /// `[lda][PANEL]` weights.
+    /// A panel of weights (see [`Kind::slot`]).
     panel: &'a [E],
     /// `PANEL` biases.
     bias: &'a [f32],
@@ -422,49 +529,58 @@ struct Kernel<'a, E> {
     start: Start,
 }
 
+/// Calls a micro-kernel body instantiated for `height` rows (1 to
+/// [`KERNEL_ROWS`]): `by_height!(height, body::<Types>(args))` calls
+/// `body::<height, Types>(args)` (the types are optional).
+macro_rules! by_height {
+    ($height:expr, $kernel:ident $(::<$($ty:ty),*>)?($($arg:expr),*)) => {
+        match $height {
+            1 => $kernel::<1 $($(, $ty)*)?>($($arg),*),
+            2 => $kernel::<2 $($(, $ty)*)?>($($arg),*),
+            3 => $kernel::<3 $($(, $ty)*)?>($($arg),*),
+            4 => $kernel::<4 $($(, $ty)*)?>($($arg),*),
+            5 => $kernel::<5 $($(, $ty)*)?>($($arg),*),
+            6 => $kernel::<6 $($(, $ty)*)?>($($arg),*),
+            7 => $kernel::<7 $($(, $ty)*)?>($($arg),*),
+            _ => $kernel::<8 $($(, $ty)*)?>($($arg),*),
+        }
+    };
+}
+use by_height;
+
 /// One micro-kernel call on the best body `level` allows.
 ///
 /// # Safety
 /// `c` points at `height` rows of stride `ldc` with `columns` writable values each.
-unsafe fn micro<E: Element>(level: Level, height: usize, kernel: Kernel<'_, E>, c: *mut f32) {
+unsafe fn micro<E: Element>(level: Level, height: usize, kernel: Kernel<'_, f32, E>, c: *mut f32) {
     debug_assert!(
         kernel.a.len() >= (height - 1) * kernel.lda + kernel.lda
-            && kernel.panel.len() >= kernel.lda * PANEL
+            && kernel.panel.len() >= E::KIND.depth(kernel.lda) * PANEL
             && kernel.bias.len() >= PANEL
     );
-    macro_rules! by_height {
-        ($kernel:ident) => {
-            match height {
-                1 => $kernel::<1, E>(kernel, c),
-                2 => $kernel::<2, E>(kernel, c),
-                3 => $kernel::<3, E>(kernel, c),
-                4 => $kernel::<4, E>(kernel, c),
-                5 => $kernel::<5, E>(kernel, c),
-                6 => $kernel::<6, E>(kernel, c),
-                7 => $kernel::<7, E>(kernel, c),
-                _ => $kernel::<8, E>(kernel, c),
-            }
-        };
-    }
     // SAFETY: the caller's bounds; each body is only chosen when the CPU has its features.
     unsafe {
         match level {
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512Vnni => by_height!(micro_avx512),
+            Level::Avx512Vnni | Level::Avx512Bf16 => by_height!(height, micro_avx512::<E>(kernel, c)),
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => by_height!(micro_fma),
-            _ => by_height!(micro_portable),
+            Level::Avx2 => by_height!(height, micro_fma::<E>(kernel, c)),
+            _ => by_height!(height, micro_portable::<E>(kernel, c)),
         }
     }
 }
 
-/// One run of `PANEL` stored weights as f32. `F16C` says the caller runs
-/// with F16C (and AVX), so f16 runs widen with `vcvtph2ps`.
+/// Step `k` of a panel of stored weights as f32. `F16C` says the caller
+/// runs with F16C (and AVX), so f16 runs widen with `vcvtph2ps`.
 ///
 /// # Safety
-/// `run` holds at least `PANEL` values; with `F16C`, the CPU has F16C.
+/// `panel` holds step `k`; with `F16C`, the CPU has F16C.
 #[inline(always)]
-unsafe fn widen_run<E: Element, const F16C: bool>(run: &[E]) -> [f32; PANEL] {
+unsafe fn widen_step<E: Element, const F16C: bool>(panel: &[E], k: usize) -> [f32; PANEL] {
+    if E::KIND == Kind::BF16 {
+        return std::array::from_fn(|lane| panel[Kind::BF16.slot(k, lane)].widen());
+    }
+    let run = &panel[k * PANEL..(k + 1) * PANEL];
     #[cfg(target_arch = "x86_64")]
     if F16C && E::KIND == Kind::F16 {
         use std::arch::x86_64::*;
@@ -481,13 +597,19 @@ unsafe fn widen_run<E: Element, const F16C: bool>(run: &[E]) -> [f32; PANEL] {
     std::array::from_fn(|i| run[i].widen())
 }
 
-/// The micro-kernel in plain Rust: `R` rows by one panel.
+/// The sums of `R` rows of a plain-Rust micro-kernel, started from the
+/// bias or from `c` plus the bias.
 ///
 /// # Safety
 /// As [`micro`].
 #[inline(always)]
-unsafe fn micro_body<const R: usize, E: Element, const F16C: bool>(kernel: Kernel<'_, E>, c: *mut f32) {
-    let Kernel { a, lda, panel, bias, ldc, columns, start } = kernel;
+unsafe fn start_rows<const R: usize>(
+    bias: &[f32],
+    start: Start,
+    c: *const f32,
+    ldc: usize,
+    columns: usize,
+) -> [[f32; PANEL]; R] {
     let mut acc = [[0f32; PANEL]; R];
     for (r, row) in acc.iter_mut().enumerate() {
         match start {
@@ -501,9 +623,33 @@ unsafe fn micro_body<const R: usize, E: Element, const F16C: bool>(kernel: Kerne
             },
         }
     }
-    for (k, weights) in panel.chunks_exact(PANEL).take(lda).enumerate() {
-        // SAFETY: a whole run; F16C as the caller promises.
-        let weights = unsafe { widen_run::<E, F16C>(weights) };
+    acc
+}
+
+/// Writes the real columns of `R` rows of sums to `c`.
+///
+/// # Safety
+/// As [`micro`].
+#[inline(always)]
+unsafe fn store_rows<const R: usize>(acc: &[[f32; PANEL]; R], c: *mut f32, ldc: usize, columns: usize) {
+    for (r, row) in acc.iter().enumerate() {
+        // SAFETY: the caller's bounds.
+        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(r * ldc), columns) };
+    }
+}
+
+/// The micro-kernel in plain Rust: `R` rows by one panel.
+///
+/// # Safety
+/// As [`micro`].
+#[inline(always)]
+unsafe fn micro_body<const R: usize, E: Element, const F16C: bool>(kernel: Kernel<'_, f32, E>, c: *mut f32) {
+    let Kernel { a, lda, panel, bias, ldc, columns, start } = kernel;
+    // SAFETY: the caller's bounds.
+    let mut acc = unsafe { start_rows::<R>(bias, start, c, ldc, columns) };
+    for k in 0..lda {
+        // SAFETY: the panel holds `lda` steps; F16C as the caller promises.
+        let weights = unsafe { widen_step::<E, F16C>(panel, k) };
         for (r, row) in acc.iter_mut().enumerate() {
             let x = a[r * lda + k];
             for (sum, w) in row.iter_mut().zip(&weights) {
@@ -511,15 +657,13 @@ unsafe fn micro_body<const R: usize, E: Element, const F16C: bool>(kernel: Kerne
             }
         }
     }
-    for (r, row) in acc.iter().enumerate() {
-        // SAFETY: the caller's bounds.
-        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(r * ldc), columns) };
-    }
+    // SAFETY: the caller's bounds.
+    unsafe { store_rows(&acc, c, ldc, columns) };
 }
 
 /// # Safety
 /// As [`micro`].
-unsafe fn micro_portable<const R: usize, E: Element>(kernel: Kernel<'_, E>, c: *mut f32) {
+unsafe fn micro_portable<const R: usize, E: Element>(kernel: Kernel<'_, f32, E>, c: *mut f32) {
     // SAFETY: forwarded; no F16C promised.
     unsafe { micro_body::<R, E, false>(kernel, c) }
 }
@@ -528,9 +672,51 @@ unsafe fn micro_portable<const R: usize, E: Element>(kernel: Kernel<'_, E>, c: *
 /// As [`micro`], on a CPU with AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn micro_fma<const R: usize, E: Element>(kernel: Kernel<'_, E>, c: *mut f32) {
+unsafe fn micro_fma<const R: usize, E: Element>(kernel: Kernel<'_, f32, E>, c: *mut f32) {
     // SAFETY: forwarded; this body runs with F16C.
     unsafe { micro_body::<R, E, true>(kernel, c) }
+}
+
+/// The bf16-pair micro-kernel in plain Rust: each pair of products added
+/// in `vdpbf16ps`'s documented order (the odd step, then the even one;
+/// the products of two bf16 values are exact in f32).
+///
+/// # Safety
+/// As [`micro`].
+#[inline(always)]
+unsafe fn micro_pairs_body<const R: usize>(kernel: Kernel<'_, u32, bf16>, c: *mut f32) {
+    let Kernel { a, lda, panel, bias, ldc, columns, start } = kernel;
+    // SAFETY: the caller's bounds.
+    let mut acc = unsafe { start_rows::<R>(bias, start, c, ldc, columns) };
+    for (p, pair) in panel.chunks_exact(2 * PANEL).take(lda).enumerate() {
+        let even: [f32; PANEL] = std::array::from_fn(|lane| pair[2 * lane].widen());
+        let odd: [f32; PANEL] = std::array::from_fn(|lane| pair[2 * lane + 1].widen());
+        for (r, row) in acc.iter_mut().enumerate() {
+            let word = a[r * lda + p];
+            let (x_even, x_odd) = (f32::from_bits(word << 16), f32::from_bits(word & 0xffff_0000));
+            for ((sum, w_even), w_odd) in row.iter_mut().zip(&even).zip(&odd) {
+                *sum = x_even.mul_add(*w_even, x_odd.mul_add(*w_odd, *sum));
+            }
+        }
+    }
+    // SAFETY: the caller's bounds.
+    unsafe { store_rows(&acc, c, ldc, columns) };
+}
+
+/// # Safety
+/// As [`micro`].
+unsafe fn micro_pairs_portable<const R: usize>(kernel: Kernel<'_, u32, bf16>, c: *mut f32) {
+    // SAFETY: forwarded.
+    unsafe { micro_pairs_body::<R>(kernel, c) }
+}
+
+/// # Safety
+/// As [`micro`], on a CPU with AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro_pairs_fma<const R: usize>(kernel: Kernel<'_, u32, bf16>, c: *mut f32) {
+    // SAFETY: forwarded.
+    unsafe { micro_pairs_body::<R>(kernel, c) }
 }
 
 /// Sixteen stored weights from `w` as f32.
@@ -553,26 +739,39 @@ unsafe fn load16<E: Element>(w: *const E) -> std::arch::x86_64::__m512 {
     }
 }
 
-/// The AVX-512 micro-kernel: `R` rows by 32 columns in `2R` accumulators.
-///
-/// # Safety
-/// As [`micro`], on a CPU with AVX-512F.
+/// The AVX-512 masks of the real columns of a panel (its low and high
+/// sixteen).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn micro_avx512<const R: usize, E: Element>(kernel: Kernel<'_, E>, c: *mut f32) {
-    use std::arch::x86_64::*;
-    let Kernel { a, lda, panel, bias, ldc, columns, start } = kernel;
-    let mask0: __mmask16 = if columns >= 16 { 0xffff } else { (1u16 << columns) - 1 };
-    let mask1: __mmask16 = if columns >= 32 {
+#[inline(always)]
+fn column_masks(columns: usize) -> [u16; 2] {
+    let low = if columns >= 16 { 0xffff } else { (1u16 << columns) - 1 };
+    let high = if columns >= 32 {
         0xffff
     } else if columns <= 16 {
         0
     } else {
         (1u16 << (columns - 16)) - 1
     };
-    // SAFETY: every pointer stays inside the slices (`panel` has `lda`
-    // runs of PANEL, `a` has R rows of `lda`) or the caller's rows of `c`
-    // (read and written under the column masks).
+    [low, high]
+}
+
+/// `R` rows of AVX-512 sums (low and high sixteen columns), started from
+/// the bias or from `c` plus the bias.
+///
+/// # Safety
+/// As [`micro`], on a CPU with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn start_sums<const R: usize>(
+    bias: &[f32],
+    start: Start,
+    c: *const f32,
+    ldc: usize,
+    masks: [u16; 2],
+) -> [[std::arch::x86_64::__m512; 2]; R] {
+    use std::arch::x86_64::*;
+    // SAFETY: `bias` has PANEL values; the caller's rows of `c` are read
+    // under the column masks.
     unsafe {
         let low = _mm512_loadu_ps(bias.as_ptr());
         let high = _mm512_loadu_ps(bias.as_ptr().add(16));
@@ -580,27 +779,120 @@ unsafe fn micro_avx512<const R: usize, E: Element>(kernel: Kernel<'_, E>, c: *mu
         if start == Start::Output {
             for (r, sums) in acc.iter_mut().enumerate() {
                 let row = c.add(r * ldc);
-                sums[0] = _mm512_add_ps(sums[0], _mm512_maskz_loadu_ps(mask0, row));
-                sums[1] = _mm512_add_ps(sums[1], _mm512_maskz_loadu_ps(mask1, row.add(16)));
+                sums[0] = _mm512_add_ps(sums[0], _mm512_maskz_loadu_ps(masks[0], row));
+                sums[1] = _mm512_add_ps(sums[1], _mm512_maskz_loadu_ps(masks[1], row.add(16)));
             }
         }
+        acc
+    }
+}
+
+/// Writes `R` rows of AVX-512 sums to `c` under the column masks.
+///
+/// # Safety
+/// As [`micro`], on a CPU with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_sums<const R: usize>(
+    acc: &[[std::arch::x86_64::__m512; 2]; R],
+    c: *mut f32,
+    ldc: usize,
+    masks: [u16; 2],
+) {
+    use std::arch::x86_64::*;
+    for (r, sums) in acc.iter().enumerate() {
+        // SAFETY: the caller's rows, written under the masks.
+        unsafe {
+            let row = c.add(r * ldc);
+            _mm512_mask_storeu_ps(row, masks[0], sums[0]);
+            _mm512_mask_storeu_ps(row.add(16), masks[1], sums[1]);
+        }
+    }
+}
+
+/// The AVX-512 micro-kernel: `R` rows by 32 columns in `2R` accumulators.
+/// bf16 panels are read a pair of steps at a time: each 32-bit lane holds
+/// one column's two weights, which a shift and a mask widen.
+///
+/// # Safety
+/// As [`micro`], on a CPU with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_avx512<const R: usize, E: Element>(kernel: Kernel<'_, f32, E>, c: *mut f32) {
+    use std::arch::x86_64::*;
+    let Kernel { a, lda, panel, bias, ldc, columns, start } = kernel;
+    let masks = column_masks(columns);
+    // SAFETY: every pointer stays inside the slices (`panel` has `lda`
+    // steps of PANEL, rounded up to a pair for bf16; `a` has R rows of
+    // `lda`) or the caller's rows of `c` (read and written under the
+    // column masks).
+    unsafe {
+        let mut acc = start_sums::<R>(bias, start, c, ldc, masks);
         let a = a.as_ptr();
         let mut w = panel.as_ptr();
-        for k in 0..lda {
-            let w0 = load16(w);
-            let w1 = load16(w.add(16));
-            for (r, sums) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*a.add(r * lda + k));
-                sums[0] = _mm512_fmadd_ps(x, w0, sums[0]);
-                sums[1] = _mm512_fmadd_ps(x, w1, sums[1]);
+        if E::KIND == Kind::BF16 {
+            let high_half = _mm512_set1_epi32(0xffff_0000u32 as i32);
+            for k in (0..lda).step_by(2) {
+                let [low, high] = [_mm512_loadu_si512(w.cast()), _mm512_loadu_si512(w.add(PANEL).cast())];
+                let even = [low, high].map(|run| _mm512_castsi512_ps(_mm512_slli_epi32(run, 16)));
+                let odd = [low, high].map(|run| _mm512_castsi512_ps(_mm512_and_si512(run, high_half)));
+                for (r, sums) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*a.add(r * lda + k));
+                    sums[0] = _mm512_fmadd_ps(x, even[0], sums[0]);
+                    sums[1] = _mm512_fmadd_ps(x, even[1], sums[1]);
+                    if k + 1 < lda {
+                        let x = _mm512_set1_ps(*a.add(r * lda + k + 1));
+                        sums[0] = _mm512_fmadd_ps(x, odd[0], sums[0]);
+                        sums[1] = _mm512_fmadd_ps(x, odd[1], sums[1]);
+                    }
+                }
+                w = w.add(2 * PANEL);
             }
-            w = w.add(PANEL);
+        } else {
+            for k in 0..lda {
+                let w0 = load16(w);
+                let w1 = load16(w.add(16));
+                for (r, sums) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*a.add(r * lda + k));
+                    sums[0] = _mm512_fmadd_ps(x, w0, sums[0]);
+                    sums[1] = _mm512_fmadd_ps(x, w1, sums[1]);
+                }
+                w = w.add(PANEL);
+            }
         }
-        for (r, sums) in acc.iter().enumerate() {
-            let row = c.add(r * ldc);
-            _mm512_mask_storeu_ps(row, mask0, sums[0]);
-            _mm512_mask_storeu_ps(row.add(16), mask1, sums[1]);
+        store_sums(&acc, c, ldc, masks);
+    }
+}
+
+/// The AVX-512 BF16 micro-kernel: `R` rows by 32 columns, each
+/// `vdpbf16ps` adding two steps' products to sixteen sums.
+///
+/// # Safety
+/// As [`micro`], on a CPU with AVX-512F and AVX-512 BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn micro_dpbf16<const R: usize>(kernel: Kernel<'_, u32, bf16>, c: *mut f32) {
+    use std::arch::x86_64::*;
+    let Kernel { a, lda, panel, bias, ldc, columns, start } = kernel;
+    let masks = column_masks(columns);
+    // SAFETY: as in `micro_avx512`: `panel` has `lda` pairs of PANEL
+    // weights, `a` R rows of `lda` words. `__m512i` and `__m512bh` are
+    // both 64 bytes, so the transmutes only relabel lanes.
+    unsafe {
+        let mut acc = start_sums::<R>(bias, start, c, ldc, masks);
+        let a = a.as_ptr();
+        let mut w = panel.as_ptr();
+        for p in 0..lda {
+            let low: __m512bh = std::mem::transmute(_mm512_loadu_si512(w.cast()));
+            let high: __m512bh = std::mem::transmute(_mm512_loadu_si512(w.add(PANEL).cast()));
+            for (r, sums) in acc.iter_mut().enumerate() {
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * lda + p) as i32));
+                sums[0] = _mm512_dpbf16_ps(sums[0], low, x);
+                sums[1] = _mm512_dpbf16_ps(sums[1], high, x);
+            }
+            w = w.add(2 * PANEL);
         }
+        store_sums(&acc, c, ldc, masks);
     }
 }
 
@@ -609,7 +901,7 @@ pub fn dot(level: Level, a: &[f32], b: &[f32]) -> f32 {
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Level::Avx2` and above are only produced when the CPU has AVX2 and FMA.
-        Level::Avx2 | Level::Avx512Vnni => unsafe { dot_fma(a, b) },
+        Level::Avx2 | Level::Avx512Vnni | Level::Avx512Bf16 => unsafe { dot_fma(a, b) },
         _ => dot_body(a, b),
     }
 }
@@ -638,7 +930,7 @@ pub fn axpy(level: Level, w: f32, x: &[f32], out: &mut [f32]) {
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `dot`.
-        Level::Avx2 | Level::Avx512Vnni => unsafe { axpy_fma(w, x, out) },
+        Level::Avx2 | Level::Avx512Vnni | Level::Avx512Bf16 => unsafe { axpy_fma(w, x, out) },
         _ => axpy_body(w, x, out),
     }
 }
@@ -696,7 +988,7 @@ pub fn gelu(level: Level, x: &mut [f32]) {
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Level::Avx2` and above are only produced when the CPU has AVX2 and FMA.
-        Level::Avx2 | Level::Avx512Vnni => unsafe { gelu_fma(x) },
+        Level::Avx2 | Level::Avx512Vnni | Level::Avx512Bf16 => unsafe { gelu_fma(x) },
         _ => gelu_body(x),
     }
 }
@@ -897,6 +1189,87 @@ mod tests {
         }
         check(f16::from_f32);
         check(bf16::from_f32);
+    }
+
+    /// bf16 weights times activations rounded to bf16 pairs: every level
+    /// (`vdpbf16ps` included where the CPU has it) gives the product of the
+    /// rounded values, from the bias and accumulating into a strided `c`,
+    /// on odd widths too.
+    #[test]
+    fn bf16_pairs_multiply_the_rounded_activations() {
+        for (m, n, k) in [(1, 1, 1), (1, 33, 576), (2, 5, 3), (9, 47, 131), (17, 64, 64)] {
+            let seed = (m * 11 + n * 5 + k) as u64;
+            let a = test_values(seed, m * k, 2.0);
+            let words = k.div_ceil(2);
+            let mut pairs = vec![u32::MAX; m * words];
+            round_to_bf16_pairs(&a, k, &mut pairs);
+            let rounded: Vec<f32> = a.iter().map(|v| bf16::from_f32(*v).to_f32()).collect();
+            let stored: Vec<bf16> = test_values(seed + 1, n * k, 0.5).into_iter().map(bf16::from_f32).collect();
+            let widened: Vec<f32> = stored.iter().map(|v| v.widen()).collect();
+            let bias = test_values(seed + 2, n, 0.5);
+            let expected = reference(&rounded, &widened, &bias, m, n, k);
+            let packed = PackedMatrix::new(&stored, n, k, Some(&bias));
+            let tolerance = 2e-5 * (k as f32).sqrt().max(1.0);
+            for level in Level::available() {
+                let ldc = n + 2;
+                let before = test_values(seed + 3, m * ldc, 1.0);
+                let mut assigned = before.clone();
+                let mut added = before.clone();
+                let count = packed.panel_count();
+                // SAFETY: both have `m` rows of stride `ldc >= n`, all initialised.
+                unsafe {
+                    products_bf16(level, &pairs, &packed, 0..m, 0..count, assigned.as_mut_ptr(), ldc, Start::Bias);
+                    for panels in [0..count / 2, count / 2..count] {
+                        products_bf16(level, &pairs, &packed, 0..m, panels, added.as_mut_ptr(), ldc, Start::Output);
+                    }
+                }
+                for row in 0..m {
+                    for col in 0..ldc {
+                        let old = before[row * ldc + col];
+                        let product = if col < n { expected[row * n + col] } else { 0.0 };
+                        let (got, want) = (assigned[row * ldc + col], if col < n { product } else { old });
+                        assert!(
+                            (got - want).abs() <= tolerance,
+                            "{level:?} {m}x{n}x{k} at {row},{col}: {got} vs {want}"
+                        );
+                        let (got, want) = (added[row * ldc + col], old + product);
+                        assert!(
+                            (got - want).abs() <= tolerance,
+                            "{level:?} {m}x{n}x{k} add {row},{col}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn activations_round_to_bf16_as_ggml_rounds_them() {
+        let mut values = test_values(3, 999, 1e3);
+        values.extend([0.0, -0.0, 1.0, f32::MAX, f32::MIN_POSITIVE, 1e-40, f32::INFINITY, f32::NEG_INFINITY]);
+        // Halfway cases: both neighbours' parities, and a carry into the exponent.
+        values.extend([0x3f80_8000, 0x3f81_8000, 0x3fff_8000, 0x3f80_8001].map(f32::from_bits));
+        values.extend([f32::NAN, f32::from_bits(0x7f80_0001), f32::from_bits(0xffc1_2345)]);
+        for cols in [values.len(), 3, 1] {
+            let rows = values.len() / cols;
+            let words = cols.div_ceil(2);
+            let mut pairs = vec![u32::MAX; rows * words];
+            round_to_bf16_pairs(&values[..rows * cols], cols, &mut pairs);
+            for (i, value) in values[..rows * cols].iter().enumerate() {
+                let word = pairs[(i / cols) * words + (i % cols) / 2];
+                let half = if i % cols % 2 == 0 { word & 0xffff } else { word >> 16 };
+                let want = bf16::from_f32(*value);
+                if value.is_nan() {
+                    assert!(bf16::from_bits(half as u16).is_nan(), "{value} at {i}");
+                    assert_eq!(half & 0x40, 0x40, "{value:?} at {i} stays a quiet NaN");
+                } else {
+                    assert_eq!(half as u16, want.to_bits(), "{value:e} ({:#x}) at {i}", value.to_bits());
+                }
+            }
+            if cols % 2 == 1 {
+                assert!(pairs.chunks(words).all(|row| row[words - 1] >> 16 == 0), "odd rows end in a zero half");
+            }
+        }
     }
 
     #[test]

@@ -20,11 +20,14 @@ pub enum Level {
     Avx2,
     /// AVX2 plus AVX-512 (F, BW, VL) with VNNI.
     Avx512Vnni,
+    /// All of the above plus AVX-512 BF16 (`vdpbf16ps`, two bf16 products
+    /// per lane per instruction).
+    Avx512Bf16,
 }
 
 impl Level {
     /// The best level this CPU runs, capped by `$AIOS_CPU_LEVEL`
-    /// (`portable`, `avx2`, `avx512`) when set; detected once.
+    /// (`portable`, `avx2`, `avx512`, `avx512bf16`) when set; detected once.
     pub fn detect() -> Self {
         static DETECTED: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| {
@@ -32,7 +35,8 @@ impl Level {
             let cap = match std::env::var("AIOS_CPU_LEVEL").as_deref() {
                 Ok("portable") => Self::Portable,
                 Ok("avx2") => Self::Avx2,
-                _ => Self::Avx512Vnni,
+                Ok("avx512") => Self::Avx512Vnni,
+                _ => Self::Avx512Bf16,
             };
             best.min(cap)
         })
@@ -56,6 +60,9 @@ impl Level {
                     && std::is_x86_feature_detected!("avx512vnni")
                 {
                     levels.push(Self::Avx512Vnni);
+                    if std::is_x86_feature_detected!("avx512bf16") {
+                        levels.push(Self::Avx512Bf16);
+                    }
                 }
             }
         }
@@ -68,6 +75,7 @@ impl Level {
             Self::Portable => "portable",
             Self::Avx2 => "avx2+fma",
             Self::Avx512Vnni => "avx512+vnni",
+            Self::Avx512Bf16 => "avx512+vnni+bf16",
         }
     }
 }
@@ -190,7 +198,7 @@ pub fn swiglu(level: Level, gate: &mut [f32], up: &[f32]) {
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Level::Avx2` and above are only produced when the CPU has AVX2, FMA and F16C.
-        Level::Avx2 | Level::Avx512Vnni => unsafe { swiglu_fma(gate, up) },
+        Level::Avx2 | Level::Avx512Vnni | Level::Avx512Bf16 => unsafe { swiglu_fma(gate, up) },
         _ => swiglu_body(gate, up),
     }
 }
@@ -216,7 +224,7 @@ pub fn softmax_numerators(level: Level, scores: &mut [f32], max: f32) -> f64 {
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `swiglu`.
-        Level::Avx2 | Level::Avx512Vnni => unsafe { softmax_numerators_fma(scores, max) },
+        Level::Avx2 | Level::Avx512Vnni | Level::Avx512Bf16 => unsafe { softmax_numerators_fma(scores, max) },
         _ => softmax_numerators_body(scores, max),
     }
 }

@@ -6,10 +6,12 @@
 //! block sum computed from the unrounded scale), and each dot product keeps
 //! ggml's eight partial sums of four products, fused multiply-adds, and its
 //! horizontal reduction order. F32, F16 and BF16 weights are
-//! [`dense::PackedMatrix`] panels in their own precision, multiplied with f32
-//! activations (llama.cpp rounds the activations to the weights' type
-//! first; here they are not rounded). Other quantisations use candle's
-//! kernels.
+//! [`dense::PackedMatrix`] panels in their own precision. BF16 weights
+//! multiply activations rounded to bf16, as llama.cpp's do (`vdpbf16ps`
+//! where the CPU has it); F32 and F16 weights multiply f32 activations
+//! (llama.cpp rounds them to f16 for F16 weights; here they are not
+//! rounded). With [`Activations::Floats`] every dense product takes the f32
+//! activations. Other quantisations use candle's kernels.
 //!
 //! Weights are repacked at load into separate arrays of block scales, block
 //! minimums and packed quants, so a kernel reads each field with one load.
@@ -141,14 +143,19 @@ impl Default for ActivationBlock {
 /// The activations every product of a job multiplies.
 #[derive(Debug, Clone, Copy)]
 pub enum Activations<'a> {
-    /// f32 rows (`rows * cols` values) and the same rows quantised to 8
-    /// bits per block ([`quantize_rows`]): block weights multiply the
-    /// blocks (llama.cpp's arithmetic), dense weights the f32 rows.
+    /// f32 rows (`rows * cols` values) and the same rows rounded as
+    /// llama.cpp rounds them for each weight type ([`Matrix::rounding`]):
+    /// block weights multiply the rows quantised to 8 bits per block
+    /// ([`quantize_rows`]), BF16 weights the rows rounded to bf16
+    /// ([`dense::round_to_bf16_pairs`]), F32 and F16 weights the f32 rows.
+    /// A form no product of the job uses may be left empty.
     Quantised {
         /// The rows.
         floats: &'a [f32],
         /// The rows' blocks.
         blocks: &'a [ActivationBlock],
+        /// The rows' bf16 pairs.
+        pairs: &'a [u32],
     },
     /// Kept in f32 (`rows * cols` values), against the weights dequantised
     /// to f32: the product of the file's weights without activation
@@ -162,6 +169,18 @@ impl Activations<'_> {
             Self::Quantised { floats, .. } | Self::Floats(floats) => floats,
         }
     }
+}
+
+/// The rounded activations a matrix multiplies in a
+/// [`Activations::Quantised`] job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rounding {
+    /// 8-bit blocks ([`quantize_rows`]).
+    Blocks,
+    /// bf16 pairs ([`dense::round_to_bf16_pairs`]).
+    Bf16,
+    /// None: the f32 rows.
+    Floats,
 }
 
 /// What a product does with the value already in the output.
@@ -285,6 +304,15 @@ impl Matrix {
         }
     }
 
+    /// What this matrix multiplies in an [`Activations::Quantised`] job.
+    pub fn rounding(&self) -> Rounding {
+        match self {
+            Self::Blocks(_) => Rounding::Blocks,
+            Self::Dense(matrix) if matrix.kind() == dense::Kind::BF16 => Rounding::Bf16,
+            Self::Dense(_) => Rounding::Floats,
+        }
+    }
+
     /// How a product with `n_acts` activation rows is cut into pool
     /// chunks, given the job's band of weight rows.
     fn cut(&self, band: usize, n_acts: usize, exact: bool) -> Cut {
@@ -330,16 +358,23 @@ impl Matrix {
                 )
             }
             (Self::Dense(matrix), activations) => {
-                let floats = activations.floats();
                 let panels = rows.start / dense::PANEL..rows.end.div_ceil(dense::PANEL);
                 let start = match out.write {
                     Write::Assign => dense::Start::Bias,
                     Write::Add => dense::Start::Output,
                 };
+                let (ptr, width) = (out.ptr, out.width);
                 // SAFETY: `out` has a row of `width` columns per activation
-                // row (checked in `matmul`), and this chunk's rows and
-                // columns are its own.
-                unsafe { dense::products(level, floats, matrix, acts, panels, out.ptr, out.width, start) };
+                // row (checked in `matmul`, as are the pairs), and this
+                // chunk's rows and columns are its own.
+                unsafe {
+                    match activations {
+                        Activations::Quantised { pairs, .. } if self.rounding() == Rounding::Bf16 => {
+                            dense::products_bf16(level, pairs, matrix, acts, panels, ptr, width, start)
+                        }
+                        _ => dense::products(level, activations.floats(), matrix, acts, panels, ptr, width, start),
+                    }
+                }
             }
         }
     }
@@ -356,14 +391,19 @@ impl Matrix {
         let mut out = vec![0f32; n_rows * self.rows()];
         let product = &mut [Product { matrix: self, out: &mut out, write: Write::Assign }];
         let (pool, level) = (crate::cpu::pool::global(), Level::detect());
-        match self {
-            Self::Blocks(_) => {
-                let mut blocks = vec![ActivationBlock::default(); input.len() / BLOCK];
+        let (mut blocks, mut pairs) = (Vec::new(), Vec::new());
+        match self.rounding() {
+            Rounding::Blocks => {
+                blocks.resize(input.len() / BLOCK, ActivationBlock::default());
                 quantize_rows(&input, &mut blocks);
-                matmul(pool, level, Activations::Quantised { floats: &input, blocks: &blocks }, product);
             }
-            Self::Dense(_) => matmul(pool, level, Activations::Floats(&input), product),
+            Rounding::Bf16 => {
+                pairs.resize(n_rows * cols.div_ceil(2), 0);
+                dense::round_to_bf16_pairs(&input, cols, &mut pairs);
+            }
+            Rounding::Floats => {}
         }
+        matmul(pool, level, Activations::Quantised { floats: &input, blocks: &blocks, pairs: &pairs }, product);
         let mut shape = dims;
         if let Some(last) = shape.last_mut() {
             *last = self.rows();
@@ -433,7 +473,7 @@ impl BlockMatrix {
         match level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Level::Avx2` and above are only produced when the CPU has AVX2.
-            Level::Avx2 | Level::Avx512Vnni => unsafe { self.dequantize_avx2(row, out) },
+            Level::Avx2 | Level::Avx512Vnni | Level::Avx512Bf16 => unsafe { self.dequantize_avx2(row, out) },
             _ => self.dequantize_body(row, out),
         }
     }
@@ -613,8 +653,16 @@ pub fn matmul(pool: &Pool, level: Level, activations: Activations<'_>, products:
     };
     let cols = first.matrix.cols();
     let n_acts = activations.floats().len() / cols.max(1);
-    if let Activations::Quantised { blocks, .. } = activations {
-        assert_eq!(blocks.len() * BLOCK, n_acts * cols, "one activation block per 32 values");
+    if let Activations::Quantised { blocks, pairs, .. } = activations {
+        for product in products.iter() {
+            match product.matrix.rounding() {
+                Rounding::Blocks => {
+                    assert_eq!(blocks.len() * BLOCK, n_acts * cols, "one activation block per 32 values")
+                }
+                Rounding::Bf16 => assert_eq!(pairs.len(), n_acts * cols.div_ceil(2), "one bf16 pair per 2 values"),
+                Rounding::Floats => {}
+            }
+        }
     }
     // Bands of at least the minimum, and at most about CHUNKS_PER_THREAD per
     // thread for the largest matrix (every claimed chunk is an atomic

@@ -123,7 +123,7 @@ fn fused_pool_products_equal_single_dot_products() {
                 matmul(
                     &pool,
                     level,
-                    Activations::Quantised { floats: &floats, blocks: &acts },
+                    Activations::Quantised { floats: &floats, blocks: &acts, pairs: &[] },
                     &mut [
                         Product { matrix: &first, out: &mut out_first, write: Write::Assign },
                         Product { matrix: &second, out: &mut out_second, write: Write::Add },
@@ -207,7 +207,7 @@ fn exact_products_equal_dequantised_weights_times_f32_activations() {
 /// assigned or accumulated, their products equal the stored weights times
 /// the f32 activations; row lookups and the candle tensor path agree.
 #[test]
-fn float_tensors_multiply_f32_activations_in_a_fused_job() {
+fn float_tensors_multiply_their_activations_in_a_fused_job() {
     let (rows, cols) = (45, 3 * BLOCK);
     for dtype in [GgmlDType::F32, GgmlDType::F16, GgmlDType::BF16] {
         let weights = Tensor::from_vec(values(77, rows * cols, 0.5), (rows, cols), &Device::Cpu).expect("tensor");
@@ -231,12 +231,21 @@ fn float_tensors_multiply_f32_activations_in_a_fused_job() {
                 let x = values(n_acts as u64 + 60, n_acts * cols, 2.0);
                 let mut acts = vec![ActivationBlock::default(); n_acts * cols / BLOCK];
                 quantize_rows(&x, &mut acts);
-                let exact = |a: usize, r: usize| -> f64 {
-                    stored[r].iter().zip(&x[a * cols..(a + 1) * cols]).map(|(w, v)| *w as f64 * *v as f64).sum()
-                };
+                let mut pairs = vec![0u32; n_acts * cols / 2];
+                dense::round_to_bf16_pairs(&x, cols, &mut pairs);
+                // In a quantised job BF16 weights take the activations rounded to bf16.
+                let rounded: Vec<f32> = x.iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect();
                 for level in Level::available() {
-                    let kinds = [Activations::Quantised { floats: &x, blocks: &acts }, Activations::Floats(&x)];
+                    let kinds =
+                        [Activations::Quantised { floats: &x, blocks: &acts, pairs: &pairs }, Activations::Floats(&x)];
                     for (activations, write) in kinds.into_iter().zip([Write::Assign, Write::Add]) {
+                        let x = match activations {
+                            Activations::Quantised { .. } if dtype == GgmlDType::BF16 => &rounded,
+                            _ => &x,
+                        };
+                        let exact = |a: usize, r: usize| -> f64 {
+                            stored[r].iter().zip(&x[a * cols..(a + 1) * cols]).map(|(w, v)| *w as f64 * *v as f64).sum()
+                        };
                         let before = values(13, n_acts * rows, 1.0);
                         let mut out = before.clone();
                         let mut beside = vec![f32::NAN; n_acts * 35];
@@ -267,6 +276,10 @@ fn float_tensors_multiply_f32_activations_in_a_fused_job() {
         let input = values(5, 5 * cols, 2.0);
         let x = Tensor::from_vec(input.clone(), (5, cols), &Device::Cpu).expect("input");
         let fast = dense.forward(&x).expect("forward").to_vec2::<f32>().expect("vec");
+        let input: Vec<f32> = match dtype {
+            GgmlDType::BF16 => input.iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect(),
+            _ => input,
+        };
         for (a, row) in fast.iter().enumerate() {
             for (r, got) in row.iter().enumerate() {
                 let want: f64 = stored[r].iter().zip(&input[a * cols..]).map(|(w, v)| *w as f64 * *v as f64).sum();

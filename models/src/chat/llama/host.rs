@@ -15,7 +15,7 @@ use std::sync::Arc;
 use half::f16;
 
 use super::{LlamaConfig, Precision};
-use crate::chat::ggml::{self, ActivationBlock, Activations, Matrix, Product, Write, BLOCK};
+use crate::chat::ggml::{self, ActivationBlock, Activations, Matrix, Product, Rounding, Write, BLOCK};
 use crate::cpu::pool::DisjointSlice;
 use crate::cpu::{dense, vector, Level, Pool};
 
@@ -101,8 +101,8 @@ struct Scratch {
     attention: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    /// Quantised activations for the next product.
-    blocks: Vec<ActivationBlock>,
+    /// Rounded activations for the next product.
+    rounded: Rounded,
     /// Attention weights, `[head][positions]`.
     scores: Vec<f32>,
 }
@@ -112,6 +112,14 @@ impl Clone for Scratch {
     fn clone(&self) -> Self {
         Self::default()
     }
+}
+
+/// Activations rounded for a product's weights ([`ggml::Rounding`]),
+/// sized for the widest product.
+#[derive(Debug, Default)]
+struct Rounded {
+    blocks: Vec<ActivationBlock>,
+    pairs: Vec<u32>,
 }
 
 /// Resizes without shrinking capacity (no allocation once warm).
@@ -171,12 +179,13 @@ impl HostModel {
         sized(&mut scratch.attention, n * width);
         sized(&mut scratch.gate, n * ffn);
         sized(&mut scratch.up, n * ffn);
-        sized(&mut scratch.blocks, n * width.max(ffn) / BLOCK);
+        sized(&mut scratch.rounded.blocks, n * width.max(ffn) / BLOCK);
+        sized(&mut scratch.rounded.pairs, n * width.max(ffn).div_ceil(2));
         sized(&mut scratch.scores, n_head * n.div_ceil(ATTEND_ROWS) * total);
         for (block, layer) in self.blocks.iter().zip(layers.iter_mut()) {
             let s = &mut *scratch;
             normalise(&s.x, &block.attn_norm, rms_eps, width, &mut s.h);
-            let acts = &mut s.blocks[..n * width / BLOCK];
+            let acts = &mut s.rounded;
             multiply(
                 pool,
                 level,
@@ -218,7 +227,6 @@ impl HostModel {
                 ],
             );
             vector::swiglu(level, &mut s.gate, &s.up);
-            let acts = &mut s.blocks[..n * ffn / BLOCK];
             let down = &mut [Product { matrix: &block.down, out: &mut s.x, write: Write::Add }];
             multiply(pool, level, precision, &s.gate, acts, down);
         }
@@ -226,7 +234,7 @@ impl HostModel {
         let out_rows = rows.len();
         let h = &mut scratch.h[..out_rows * width];
         normalise(&scratch.x[rows.start * width..rows.end * width], &self.output_norm, rms_eps, width, h);
-        let acts = &mut scratch.blocks[..out_rows * width / BLOCK];
+        let acts = &mut scratch.rounded;
         logits.resize(out_rows * self.output.rows(), 0.0);
         let output = &mut [Product { matrix: &self.output, out: logits, write: Write::Assign }];
         multiply(pool, level, precision, h, acts, output);
@@ -392,41 +400,50 @@ impl HostModel {
     }
 }
 
-/// Runs `products` on `input`: quantised into `blocks` first, or in f32.
+/// Runs `products` on `input`: with [`Precision::Quantised`], rounded
+/// first into the forms the products' weights take ([`ggml::Rounding`]);
+/// with [`Precision::Exact`], in f32.
 fn multiply(
     pool: &Pool,
     level: Level,
     precision: Precision,
     input: &[f32],
-    blocks: &mut [ActivationBlock],
+    rounded: &mut Rounded,
     products: &mut [Product<'_>],
 ) {
-    // Dense matrices multiply the f32 rows either way: quantise only for block ones.
-    let blocks_needed = products.iter().any(|p| matches!(p.matrix, Matrix::Blocks(_)));
-    match precision {
-        Precision::Quantised if !blocks_needed => ggml::matmul(pool, level, Activations::Floats(input), products),
-        Precision::Quantised => {
-            quantize(pool, input, products[0].matrix.cols(), blocks);
-            ggml::matmul(pool, level, Activations::Quantised { floats: input, blocks }, products);
-        }
-        Precision::Exact => ggml::matmul(pool, level, Activations::Floats(input), products),
+    let cols = products[0].matrix.cols();
+    let rows = input.len() / cols.max(1);
+    let needs = |form| products.iter().any(|p| p.matrix.rounding() == form);
+    let (blocks_needed, pairs_needed) = (needs(Rounding::Blocks), needs(Rounding::Bf16));
+    if precision == Precision::Exact || !(blocks_needed || pairs_needed) {
+        return ggml::matmul(pool, level, Activations::Floats(input), products);
     }
+    let blocks = &mut rounded.blocks[..if blocks_needed { input.len() / BLOCK } else { 0 }];
+    let pairs = &mut rounded.pairs[..if pairs_needed { rows * cols.div_ceil(2) } else { 0 }];
+    by_rows(pool, input, cols, blocks, ggml::quantize_rows);
+    by_rows(pool, input, cols, pairs, |values, out| dense::round_to_bf16_pairs(values, cols, out));
+    ggml::matmul(pool, level, Activations::Quantised { floats: input, blocks, pairs }, products);
 }
 
-/// [`ggml::quantize_rows`] of `cols`-wide rows, a prompt's rows spread over
-/// the pool (blocks are independent, so the result is the same).
-fn quantize(pool: &Pool, input: &[f32], cols: usize, blocks: &mut [ActivationBlock]) {
+/// `round(rows, out)` over every `cols`-wide row of `input` into `out`
+/// (`out.len() / rows` items a row; nothing when `out` is empty), a
+/// prompt's rows spread over the pool: rows are rounded independently, so
+/// the result is the same.
+fn by_rows<T: Send>(pool: &Pool, input: &[f32], cols: usize, out: &mut [T], round: impl Fn(&[f32], &mut [T]) + Sync) {
     const ROWS_PER_CHUNK: usize = 16;
     let rows = input.len() / cols.max(1);
-    if rows <= ROWS_PER_CHUNK {
-        return ggml::quantize_rows(input, blocks);
+    if out.is_empty() || rows == 0 {
+        return;
     }
-    let per_row = cols / BLOCK;
-    let out = DisjointSlice::new(blocks);
+    if rows <= ROWS_PER_CHUNK {
+        return round(input, out);
+    }
+    let per_row = out.len() / rows;
+    let out = DisjointSlice::new(out);
     pool.run_ranges(rows, ROWS_PER_CHUNK, 1, &|start, end| {
-        // SAFETY: ranges of rows are disjoint, so are their blocks.
+        // SAFETY: ranges of rows are disjoint, so are their outputs.
         let piece = unsafe { out.piece(start * per_row..end * per_row) };
-        ggml::quantize_rows(&input[start * cols..end * cols], piece);
+        round(&input[start * cols..end * cols], piece);
     });
 }
 
