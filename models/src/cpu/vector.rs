@@ -161,19 +161,242 @@ pub fn dot_f16(level: Level, order: Order, q: &[f32], k: &[f16]) -> f32 {
     dot_f16_portable(order, q, k)
 }
 
-/// `out += w * v` for an f16 `v`, with fused multiply-adds.
-pub fn axpy_f16(level: Level, w: f32, v: &[f16], out: &mut [f32]) {
-    debug_assert_eq!(v.len(), out.len());
+/// Attention scores of one query row `q` (already rounded to f16 values)
+/// against `scores.len()` f16 keys, key `t` at `keys[t * stride..][..q.len()]`:
+/// `scores[t] = dot_f16(level, order, q, key_t) * scale`, bit for bit.
+/// Returns the largest score (NaN scores aside). With AVX-512, sixteen keys
+/// are taken at a time and their sixteen-lane sums reduced together.
+pub fn scores_f16(
+    level: Level,
+    order: Order,
+    q: &[f32],
+    keys: &[f16],
+    stride: usize,
+    scale: f32,
+    scores: &mut [f32],
+) -> f32 {
+    let d = q.len();
+    if let Some(last) = scores.len().checked_sub(1) {
+        assert!(keys.len() >= last * stride + d, "{} keys of {d} need more than {} values", scores.len(), keys.len());
+    }
     #[cfg(target_arch = "x86_64")]
-    {
-        if level >= Level::Avx2 {
-            // SAFETY: as in `dot_f16`.
-            return unsafe { axpy_f16_avx2(w, v, out) };
+    if level >= Level::Avx512Vnni {
+        macro_rules! fast {
+            ($quarters:literal, $gemv:literal) => {
+                // SAFETY: the CPU has AVX-512F at this level; the keys were checked above.
+                return unsafe { scores_avx512::<$quarters, $gemv>(q, keys, stride, scale, scores) }
+            };
+        }
+        match (order, d) {
+            (Order::Gemv, 64) => fast!(4, true),
+            (Order::Gemv, 128) => fast!(8, true),
+            (Order::Gemm, 16) => fast!(1, false),
+            (Order::Gemm, 32) => fast!(2, false),
+            (Order::Gemm, 48) => fast!(3, false),
+            (Order::Gemm, 64) => fast!(4, false),
+            (Order::Gemm, 80) => fast!(5, false),
+            (Order::Gemm, 96) => fast!(6, false),
+            (Order::Gemm, 112) => fast!(7, false),
+            (Order::Gemm, 128) => fast!(8, false),
+            _ => {}
         }
     }
-    let _ = level;
-    for (o, v) in out.iter_mut().zip(v) {
-        *o = w.mul_add(v.to_f32(), *o);
+    let mut max = f32::NEG_INFINITY;
+    for (t, score) in scores.iter_mut().enumerate() {
+        *score = dot_f16(level, order, q, &keys[t * stride..][..d]) * scale;
+        max = max.max(*score);
+    }
+    max
+}
+
+/// `out = sum_t weights[t] * value_t` over f16 values (value `t` at
+/// `values[t * stride..][..out.len()]`), added up as llama.cpp adds them
+/// for `order`: position `t` into accumulator row `t % order.lanes()` with
+/// fused multiply-adds, the rows combined by [`Order::finish`].
+pub fn weighted_sum_f16(level: Level, order: Order, weights: &[f32], values: &[f16], stride: usize, out: &mut [f32]) {
+    let d = out.len();
+    if let Some(last) = weights.len().checked_sub(1) {
+        assert!(values.len() >= last * stride + d, "{} values of {d} need more than {}", weights.len(), values.len());
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if level >= Level::Avx512Vnni && d.is_multiple_of(16) {
+            // SAFETY: the CPU has AVX-512F at this level; the values were checked above.
+            return unsafe {
+                match order {
+                    Order::Gemm => weighted_sum_avx512::<16>(weights, values, stride, out),
+                    Order::Gemv => weighted_sum_avx512::<64>(weights, values, stride, out),
+                }
+            };
+        }
+        if level >= Level::Avx2 {
+            // SAFETY: `Level::Avx2` and above are only produced when the CPU has AVX2, FMA and F16C.
+            return unsafe { weighted_sum_fma(order, weights, values, stride, out) };
+        }
+    }
+    weighted_sum_body(order, weights, values, stride, out)
+}
+
+/// [`weighted_sum_f16`] sixteen columns at a time, the accumulator rows of
+/// a group on the stack.
+#[inline(always)]
+fn weighted_sum_body(order: Order, weights: &[f32], values: &[f16], stride: usize, out: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    let rows = order.lanes();
+    // Rows past the positions stay zero.
+    let used = rows.min(weights.len());
+    for (group, out) in out.chunks_mut(16).enumerate() {
+        let (first, width) = (group * 16, out.len());
+        let mut lanes = [[0f32; 16]; 64];
+        let mut value = [0f32; 16];
+        for (t, weight) in weights.iter().enumerate() {
+            values[t * stride + first..][..width].convert_to_f32_slice(&mut value[..width]);
+            for (sum, v) in lanes[t % rows].iter_mut().zip(&value[..width]) {
+                *sum = weight.mul_add(*v, *sum);
+            }
+        }
+        let mut partial = [0f32; 64];
+        for (i, out) in out.iter_mut().enumerate() {
+            for (p, lane) in partial[..used].iter_mut().zip(&lanes) {
+                *p = lane[i];
+            }
+            *out = order.finish(&partial);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_sum_fma(order: Order, weights: &[f32], values: &[f16], stride: usize, out: &mut [f32]) {
+    weighted_sum_body(order, weights, values, stride, out);
+}
+
+/// [`scores_f16`] with AVX-512 for `Q` sixteen-lane quarters of `q` in
+/// llama.cpp's Gemm order, or (`GEMV`) for `Q / 4` runs of 64 in its Gemv
+/// order.
+///
+/// # Safety
+/// The CPU has AVX-512F; `keys` holds every key.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_avx512<const Q: usize, const GEMV: bool>(
+    q: &[f32],
+    keys: &[f16],
+    stride: usize,
+    scale: f32,
+    scores: &mut [f32],
+) -> f32 {
+    use std::arch::x86_64::*;
+    let count = scores.len();
+    // SAFETY: `q` has 16 * Q values; every key `t < count` has them at
+    // `t * stride` (checked by the caller); scores are stored under a mask
+    // of the positions that exist.
+    unsafe {
+        let query: [__m512; Q] = std::array::from_fn(|j| _mm512_loadu_ps(q.as_ptr().add(16 * j)));
+        let keys = keys.as_ptr().cast::<u16>();
+        let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+        for first in (0..count).step_by(16) {
+            let mut sums = [_mm512_setzero_ps(); 16];
+            for (slot, sum) in sums.iter_mut().enumerate() {
+                // `reduce16x16` hands back slot 4s + q in lane 4q + s.
+                let t = first + 4 * (slot % 4) + slot / 4;
+                if t >= count {
+                    continue;
+                }
+                let key = keys.add(t * stride);
+                let product = |j: usize, acc: __m512| {
+                    let k = _mm512_cvtph_ps(_mm256_loadu_si256(key.add(16 * j).cast()));
+                    _mm512_fmadd_ps(query[j], k, acc)
+                };
+                *sum = if GEMV {
+                    // Element i into accumulator i % 64 / 16, runs of 64 in turn.
+                    let mut acc = [_mm512_setzero_ps(); 4];
+                    for j in 0..Q {
+                        acc[j % 4] = product(j, acc[j % 4]);
+                    }
+                    _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]))
+                } else {
+                    (0..Q).fold(_mm512_setzero_ps(), |acc, j| product(j, acc))
+                };
+            }
+            let scaled = _mm512_mul_ps(reduce16x16(sums), _mm512_set1_ps(scale));
+            let mask: __mmask16 = if count - first >= 16 { 0xffff } else { (1u16 << (count - first)) - 1 };
+            _mm512_mask_storeu_ps(scores.as_mut_ptr().add(first), mask, scaled);
+            // A NaN score leaves the maximum alone, as `f32::max` does.
+            max = _mm512_mask_max_ps(max, mask, scaled, max);
+        }
+        _mm512_reduce_max_ps(max)
+    }
+}
+
+/// Sixteen [`reduce16`]s at once: lane `4q + s` of the result is
+/// `reduce16(sums[4s + q])`, each added in the same tree.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn reduce16x16(sums: [std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: register operations only, under the caller's features.
+    unsafe {
+        // Halves: lanes i and i + 8 of two sums, side by side.
+        let halves: [__m512; 8] = std::array::from_fn(|p| {
+            let (a, b) = (sums[2 * p], sums[2 * p + 1]);
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+        });
+        // Quarters: lanes i and i + 4, four sums to a register.
+        let quarters: [__m512; 4] = std::array::from_fn(|p| {
+            let (a, b) = (halves[2 * p], halves[2 * p + 1]);
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
+        });
+        // Within each 128-bit lane: t0 + t2 and t1 + t3 ...
+        let pairs: [__m512; 2] = std::array::from_fn(|p| {
+            let (a, b) = (quarters[2 * p], quarters[2 * p + 1]);
+            _mm512_add_ps(_mm512_shuffle_ps::<0x44>(a, b), _mm512_shuffle_ps::<0xee>(a, b))
+        });
+        // ... then their sum.
+        _mm512_add_ps(_mm512_shuffle_ps::<0x88>(pairs[0], pairs[1]), _mm512_shuffle_ps::<0xdd>(pairs[0], pairs[1]))
+    }
+}
+
+/// [`weighted_sum_f16`] with AVX-512, sixteen columns at a time: `ROWS`
+/// accumulator rows (16 for the Gemm order, 64 for Gemv), combined lane by
+/// lane in [`Order::finish`]'s tree.
+///
+/// # Safety
+/// The CPU has AVX-512F; `values` holds every value; `out.len()` is a
+/// multiple of sixteen.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_sum_avx512<const ROWS: usize>(weights: &[f32], values: &[f16], stride: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let count = weights.len();
+    let values = values.as_ptr().cast::<u16>();
+    for column in (0..out.len()).step_by(16) {
+        // SAFETY: value `t < count` has `out.len()` values at `t * stride`
+        // (checked by the caller); `column + 16 <= out.len()`.
+        unsafe {
+            let mut rows = [_mm512_setzero_ps(); ROWS];
+            for first in (0..count).step_by(ROWS) {
+                for (row, sum) in rows.iter_mut().enumerate() {
+                    let t = first + row;
+                    if t < count {
+                        let v = _mm512_cvtph_ps(_mm256_loadu_si256(values.add(t * stride + column).cast()));
+                        *sum = _mm512_fmadd_ps(_mm512_set1_ps(weights[t]), v, *sum);
+                    }
+                }
+            }
+            let lanes: [__m512; 16] = std::array::from_fn(|l| match ROWS {
+                64 => _mm512_add_ps(_mm512_add_ps(rows[l], rows[32 + l]), _mm512_add_ps(rows[16 + l], rows[48 + l])),
+                _ => rows[l],
+            });
+            // `reduce16`'s tree, lane by lane.
+            let halves: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(lanes[i], lanes[i + 8]));
+            let quarters: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(halves[i], halves[i + 4]));
+            let total = _mm512_add_ps(_mm512_add_ps(quarters[0], quarters[2]), _mm512_add_ps(quarters[1], quarters[3]));
+            _mm512_storeu_ps(out.as_mut_ptr().add(column), total);
+        }
     }
 }
 
@@ -343,27 +566,6 @@ unsafe fn dot_f16_avx2(order: Order, q: &[f32], k: &[f16]) -> f32 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn axpy_f16_avx2(w: f32, v: &[f16], out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let n = v.len().min(out.len());
-    let full = n - n % 8;
-    let wv = _mm256_set1_ps(w);
-    let vp = v.as_ptr() as *const u16;
-    let op = out.as_mut_ptr();
-    let mut i = 0;
-    while i < full {
-        // SAFETY: `i + 8 <= n` for both slices; unaligned loads and stores.
-        let x = _mm256_cvtph_ps(_mm_loadu_si128(vp.add(i) as *const __m128i));
-        _mm256_storeu_ps(op.add(i), _mm256_fmadd_ps(wv, x, _mm256_loadu_ps(op.add(i))));
-        i += 8;
-    }
-    for idx in full..n {
-        out[idx] = w.mul_add(v[idx].to_f32(), out[idx]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,12 +586,55 @@ mod tests {
                     assert_eq!(bits, portable.to_bits(), "{level:?} {order:?} len {len}");
                 }
             }
-            for level in Level::available() {
-                let mut out = values(len as u64 + 7, len, 1.0);
-                let mut expected = out.clone();
-                axpy_f16(level, 0.37, &k, &mut out);
-                axpy_f16(Level::Portable, 0.37, &k, &mut expected);
-                assert_eq!(out, expected, "{level:?} len {len}");
+        }
+    }
+
+    /// The batched attention products return the bits of one `dot_f16`
+    /// (or one fused multiply-add) at a time, in both orders, at every level, for
+    /// widths with and without a fast path and position counts around the
+    /// batch of sixteen.
+    #[test]
+    fn attention_products_equal_one_position_at_a_time() {
+        for d in [16, 24, 64, 80, 128, 192] {
+            let stride = 3 * d + 5;
+            for count in [1, 5, 16, 17, 40, 64, 65, 150] {
+                let seed = (d * 1000 + count) as u64;
+                let mut q = values(seed, d, 2.0);
+                round_to_f16(&mut q);
+                let cache: Vec<f16> = values(seed + 1, count * stride, 1.5).into_iter().map(f16::from_f32).collect();
+                let mut weights = values(seed + 2, count, 1.0);
+                round_to_f16(&mut weights);
+                for order in [Order::Gemv, Order::Gemm] {
+                    let mut expected = vec![0f32; count];
+                    let mut want_max = f32::NEG_INFINITY;
+                    for (t, score) in expected.iter_mut().enumerate() {
+                        *score = dot_f16(Level::Portable, order, &q, &cache[t * stride..][..d]) * 0.125;
+                        want_max = want_max.max(*score);
+                    }
+                    let rows = order.lanes();
+                    let mut lanes = vec![vec![0f32; d]; rows];
+                    for (t, w) in weights.iter().enumerate() {
+                        for (sum, v) in lanes[t % rows].iter_mut().zip(&cache[t * stride..][..d]) {
+                            *sum = w.mul_add(v.to_f32(), *sum);
+                        }
+                    }
+                    let want_sum: Vec<f32> = (0..d)
+                        .map(|i| {
+                            let partial: Vec<f32> = (0..64).map(|r| lanes.get(r).map_or(0.0, |l| l[i])).collect();
+                            order.finish(&partial)
+                        })
+                        .collect();
+                    for level in Level::available() {
+                        let mut scores = vec![f32::NAN; count];
+                        let max = scores_f16(level, order, &q, &cache, stride, 0.125, &mut scores);
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&scores), bits(&expected), "{level:?} {order:?} d {d} count {count} scores");
+                        assert_eq!(max.to_bits(), want_max.to_bits(), "{level:?} {order:?} d {d} count {count} max");
+                        let mut out = vec![f32::NAN; d];
+                        weighted_sum_f16(level, order, &weights, &cache, stride, &mut out);
+                        assert_eq!(bits(&out), bits(&want_sum), "{level:?} {order:?} d {d} count {count} sum");
+                    }
+                }
             }
         }
     }

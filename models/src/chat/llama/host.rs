@@ -302,44 +302,25 @@ impl HostModel {
         let total = start + n;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let order = vector::Order::for_rows(n);
-        let rows = order.lanes();
         let out = DisjointSlice::new(out);
         self.per_head_rows(pool, n, total, scores, |head, query_rows, scores| {
-            let kv_head = head / group;
+            let column = (head / group) * head_dim;
+            let (keys, values) = (&layer.keys[column..], &layer.values[column..]);
             let mut query = [0f32; MAX_HEAD_DIM];
             let query = &mut query[..head_dim];
-            let mut lanes = [[0f32; MAX_HEAD_DIM]; 64];
             for i in query_rows {
-                let visible = start + i + 1;
+                let visible = &mut scores[..start + i + 1];
                 query.copy_from_slice(&q[i * width + head * head_dim..][..head_dim]);
                 vector::round_to_f16(query);
-                let mut max = f32::NEG_INFINITY;
-                for (t, score) in scores[..visible].iter_mut().enumerate() {
-                    let key = &layer.keys[t * kv_width + kv_head * head_dim..][..head_dim];
-                    *score = vector::dot_f16(level, order, query, key) * scale;
-                    max = max.max(*score);
-                }
-                let sum = vector::softmax_numerators(level, &mut scores[..visible], max);
+                let max = vector::scores_f16(level, order, query, keys, kv_width, scale, visible);
+                let sum = vector::softmax_numerators(level, visible, max);
                 let inverse = (1.0 / sum) as f32;
-                // Rows past the visible positions stay zero and are never read.
-                let used = rows.min(visible);
-                for lane in &mut lanes[..used] {
-                    lane[..head_dim].fill(0.0);
-                }
-                for (t, score) in scores[..visible].iter().enumerate() {
-                    let weight = f16::from_f32(score * inverse).to_f32();
-                    let value = &layer.values[t * kv_width + kv_head * head_dim..][..head_dim];
-                    vector::axpy_f16(level, weight, value, &mut lanes[t % rows][..head_dim]);
+                for score in visible.iter_mut() {
+                    *score = f16::from_f32(*score * inverse).to_f32();
                 }
                 // SAFETY: this chunk owns this head's columns of its rows.
                 let row = unsafe { out.piece(i * width + head * head_dim..i * width + (head + 1) * head_dim) };
-                let mut partial = [0f32; 64];
-                for (d, out) in row.iter_mut().enumerate() {
-                    for (p, lane) in partial[..used].iter_mut().zip(&lanes[..used]) {
-                        *p = lane[d];
-                    }
-                    *out = order.finish(&partial);
-                }
+                vector::weighted_sum_f16(level, order, visible, values, kv_width, row);
             }
         });
     }
