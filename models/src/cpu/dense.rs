@@ -26,9 +26,9 @@ use crate::cpu::{Level, Pool};
 /// Output columns per packed panel (two AVX-512 vectors).
 pub const PANEL: usize = 32;
 /// Rows the micro-kernel holds in registers.
-const KERNEL_ROWS: usize = 8;
+const KERNEL_ROWS: usize = 12;
 /// Rows of `out` per pool chunk.
-const BLOCK_ROWS: usize = 64;
+const BLOCK_ROWS: usize = 72;
 /// Most panels of `out` per pool chunk.
 const GROUP_PANELS: usize = 4;
 /// Multiply-adds a pool chunk aims at (about 100 us on one core), so a
@@ -542,7 +542,11 @@ macro_rules! by_height {
             5 => $kernel::<5 $($(, $ty)*)?>($($arg),*),
             6 => $kernel::<6 $($(, $ty)*)?>($($arg),*),
             7 => $kernel::<7 $($(, $ty)*)?>($($arg),*),
-            _ => $kernel::<8 $($(, $ty)*)?>($($arg),*),
+            8 => $kernel::<8 $($(, $ty)*)?>($($arg),*),
+            9 => $kernel::<9 $($(, $ty)*)?>($($arg),*),
+            10 => $kernel::<10 $($(, $ty)*)?>($($arg),*),
+            11 => $kernel::<11 $($(, $ty)*)?>($($arg),*),
+            _ => $kernel::<12 $($(, $ty)*)?>($($arg),*),
         }
     };
 }

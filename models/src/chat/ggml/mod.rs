@@ -43,7 +43,7 @@ const PROMPT_BAND: usize = 16;
 /// Chunks per thread the largest product of a job is cut into.
 const CHUNKS_PER_THREAD: usize = 8;
 /// Activation rows per chunk of a dense product over many rows.
-const DENSE_ACTS: usize = 64;
+const DENSE_ACTS: usize = 72;
 /// Multiply-adds a chunk of a dense product over many rows aims at (about
 /// 50 us on one core): long enough to repay claiming it, short enough that
 /// the pool never mistakes a helper still busy with one for a helper that
