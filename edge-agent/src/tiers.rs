@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use aios_models::cloud::{ChatCompletion, CloudClient, CloudConfig, CloudError, Credential};
 use aios_models::openai::{ChatCompletionRequest, WireMessage};
 use aios_models::router::{
-    self, day_of, AirGap, BreakerConfig, BudgetKey, BudgetLedger, BudgetLimits, CircuitBreaker, MicroUsd, Price,
-    ReservationId, RetryPolicy, RiskClass, RouteInput, RouteReason, RouteTarget, TierHealth, TierId, TokenCount,
+    self, day_of, AirGap, BreakerConfig, BudgetKey, BudgetLedger, BudgetLimits, CircuitBreaker, MicroUsd, Permit,
+    Price, ReservationId, RetryPolicy, RiskClass, RouteInput, RouteReason, RouteTarget, TierHealth, TierId, TokenCount,
     Validation,
 };
 use aios_models::{
@@ -537,9 +537,7 @@ impl Tiers {
     }
 
     fn breaker_health(&self, tier: &str) -> TierHealth {
-        let mut breakers = self.inner.breakers.lock().expect("tiers lock");
-        let breaker = breakers.entry(tier.to_owned()).or_insert_with(|| CircuitBreaker::new(self.inner.breaker));
-        breaker.health(Instant::now())
+        self.with_breaker(tier, |breaker| breaker.health(Instant::now()))
     }
 
     /// Loads what `account` spent on `day`, as the database says, into the
@@ -620,24 +618,21 @@ impl Tiers {
         };
         let mut attempts = 0;
         loop {
-            let permit = {
-                let mut breakers = self.inner.breakers.lock().expect("tiers lock");
-                let breaker =
-                    breakers.entry(tier.to_owned()).or_insert_with(|| CircuitBreaker::new(self.inner.breaker));
-                breaker.try_acquire(Instant::now()).map_err(|open| format!("breaker open for {:?}", open.retry_in))?
-            };
+            let permit = self
+                .with_breaker(tier, |breaker| breaker.try_acquire(Instant::now()))
+                .map_err(|open| format!("breaker open for {:?}", open.retry_in))?;
+            // Dropped with the call (a deadline, a cancellation), the guard
+            // hands a probe's turn back rather than leave the tier shut for
+            // a cool-down.
+            let mut held = HeldPermit { tiers: self, tier, permit: Some(permit) };
             attempts += 1;
             self.inner.remote_calls.fetch_add(1, Ordering::Relaxed);
             let result = attempt(client.clone()).await;
-            {
-                let mut breakers = self.inner.breakers.lock().expect("tiers lock");
-                let breaker =
-                    breakers.entry(tier.to_owned()).or_insert_with(|| CircuitBreaker::new(self.inner.breaker));
-                match &result {
-                    Err(err) if err.counts_against_breaker() => breaker.record_failure(permit, Instant::now()),
-                    _ => breaker.record_success(permit),
-                }
-            }
+            let permit = held.permit.take().unwrap_or(permit);
+            self.with_breaker(tier, |breaker| match &result {
+                Err(err) if err.counts_against_breaker() => breaker.record_failure(permit, Instant::now()),
+                _ => breaker.record_success(permit),
+            });
             match result {
                 Ok(value) => return Ok(value),
                 Err(err) => {
@@ -651,6 +646,30 @@ impl Tiers {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Tiers {
+    /// Runs `f` on `tier`'s breaker (a closed one if it has none yet).
+    fn with_breaker<R>(&self, tier: &str, f: impl FnOnce(&mut CircuitBreaker) -> R) -> R {
+        let mut breakers = self.inner.breakers.lock().expect("tiers lock");
+        f(breakers.entry(tier.to_owned()).or_insert_with(|| CircuitBreaker::new(self.inner.breaker)))
+    }
+}
+
+/// A breaker permit held across a remote call; dropped still holding it
+/// (the call's future was dropped), it abandons the permit.
+struct HeldPermit<'a> {
+    tiers: &'a Tiers,
+    tier: &'a str,
+    permit: Option<Permit>,
+}
+
+impl Drop for HeldPermit<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.tiers.with_breaker(self.tier, |breaker| breaker.abandon(permit));
         }
     }
 }
@@ -1032,6 +1051,25 @@ price_out_per_1k = 1.5
         let ledger = tiers.inner.ledger.lock().expect("ledger lock");
         let day = ledger.ledger.day_view(GATEWAY_ACCOUNT, day_of(unix_ms()), MicroUsd::UNLIMITED);
         assert_eq!(day.committed, MicroUsd::from_usd(2.0).expect("usd"), "1000 tokens each way at 0.5 and 1.5 per 1k");
+    }
+
+    /// A half-open tier's probe dropped mid-call (a deadline) hands its turn
+    /// to the next call at once, instead of shutting the tier for a
+    /// cool-down as if it had been lost.
+    #[tokio::test]
+    async fn a_dropped_probe_passes_its_turn_on() {
+        let (_dir, tiers) = tiers();
+        let opened = Instant::now().checked_sub(tiers.inner.breaker.cool_down).expect("up longer than a cool-down");
+        tiers.with_breaker("large", |breaker| {
+            (0..3).for_each(|_| breaker.record_failure(Permit::Normal, opened));
+        });
+        assert_eq!(tiers.breaker_health("large"), TierHealth::Available, "the cool-down is over: a probe may go");
+        let estimated = TokenCount { input: 10, output: 10 };
+        let call = tiers.route_gateway("large", None, "request-1", estimated, |_client| {
+            std::future::pending::<Result<(), CloudError>>()
+        });
+        assert!(tokio::time::timeout(Duration::from_millis(50), call).await.is_err(), "dropped mid-call");
+        assert_eq!(tiers.breaker_health("large"), TierHealth::Available, "the next call may probe");
     }
 
     /// A finished task's account leaves the ledger; the task's next run

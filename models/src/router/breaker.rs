@@ -137,6 +137,19 @@ impl CircuitBreaker {
         }
     }
 
+    /// Reports that the call made with `permit` ended without an outcome
+    /// (its caller dropped it: a deadline, a cancellation). A probe's turn
+    /// passes at once to the next call instead of after a cool-down; a
+    /// normal call changes nothing.
+    pub fn abandon(&mut self, permit: Permit) {
+        if let (BreakerState::HalfOpen { probe_since }, Permit::Probe) = (self.state, permit) {
+            // The probe started at least a cool-down after the breaker
+            // opened, so this instant exists; open with the cool-down over.
+            let since = probe_since.checked_sub(self.config.cool_down).unwrap_or(probe_since);
+            self.state = BreakerState::Open { since };
+        }
+    }
+
     /// When the breaker next changes what it allows by itself (the end of a
     /// cool-down or of a presumed-lost probe), for a driver that wants to
     /// re-route waiting steps then.
@@ -222,6 +235,27 @@ mod tests {
         let t3 = t2 + COOL_DOWN;
         assert_eq!(breaker.try_acquire(t3), Ok(Permit::Probe));
         assert_eq!(breaker.state(), BreakerState::HalfOpen { probe_since: t3 });
+    }
+
+    #[test]
+    fn an_abandoned_probe_lets_the_next_call_probe_at_once() {
+        let t0 = Instant::now();
+        let mut breaker = CircuitBreaker::new(BreakerConfig { failure_threshold: 1, cool_down: COOL_DOWN });
+        assert_eq!(breaker.try_acquire(t0), Ok(Permit::Normal));
+        breaker.abandon(Permit::Normal);
+        assert_eq!(breaker.state(), BreakerState::Closed { consecutive_failures: 0 }, "a normal call changes nothing");
+        breaker.record_failure(Permit::Normal, t0);
+        let t1 = t0 + COOL_DOWN;
+        assert_eq!(breaker.try_acquire(t1), Ok(Permit::Probe));
+        // A straggler's abandonment during the probe changes nothing either.
+        breaker.abandon(Permit::Normal);
+        assert_eq!(breaker.health(t1), TierHealth::Unavailable);
+        breaker.abandon(Permit::Probe);
+        let t2 = t1 + Duration::from_millis(1);
+        assert_eq!(breaker.health(t2), TierHealth::Available);
+        assert_eq!(breaker.try_acquire(t2), Ok(Permit::Probe), "no second cool-down");
+        breaker.record_success(Permit::Probe);
+        assert_eq!(breaker.state(), BreakerState::Closed { consecutive_failures: 0 });
     }
 
     #[test]
