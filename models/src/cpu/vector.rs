@@ -234,6 +234,7 @@ pub fn weighted_sum_f16(level: Level, order: Order, weights: &[f32], values: &[f
             return unsafe { weighted_sum_fma(order, weights, values, stride, out) };
         }
     }
+    let _ = level;
     weighted_sum_body(order, weights, values, stride, out)
 }
 
