@@ -416,8 +416,35 @@ unsafe fn products_in<E: Element>(
     ldc: usize,
     start: Start,
 ) {
-    let k = w.cols;
-    let size = E::KIND.depth(k) * PANEL;
+    let size = E::KIND.depth(w.cols) * PANEL;
+    // SAFETY: forwarded.
+    unsafe {
+        walk(a, w.cols, w, stored, size, rows, panels, c, ldc, start, |height, kernel, c| {
+            micro(level, height, kernel, c)
+        })
+    }
+}
+
+/// Calls `micro(height, kernel, c)` for every micro-kernel's worth of rows
+/// `rows` (activations `lda` apart in `a`) and every panel of `panels`
+/// (`size` stored weights each).
+///
+/// # Safety
+/// As [`products`]; `micro` may rely on its `height` rows being in range.
+#[allow(clippy::too_many_arguments)]
+unsafe fn walk<A, E>(
+    a: &[A],
+    lda: usize,
+    w: &PackedMatrix,
+    stored: &[E],
+    size: usize,
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+    start: Start,
+    micro: impl Fn(usize, Kernel<'_, A, E>, *mut f32),
+) {
     for panel in panels {
         let columns = (w.rows - panel * PANEL).min(PANEL);
         let weights = &stored[panel * size..(panel + 1) * size];
@@ -425,9 +452,8 @@ unsafe fn products_in<E: Element>(
         let mut row = rows.start;
         while row < rows.end {
             let height = (rows.end - row).min(KERNEL_ROWS);
-            let kernel = Kernel { a: &a[row * k..], lda: k, panel: weights, bias, ldc, columns, start };
-            // SAFETY: the caller's bounds; `height` rows from `row` are in range.
-            unsafe { micro(level, height, kernel, c.add(row * ldc + panel * PANEL)) };
+            let kernel = Kernel { a: &a[row * lda..], lda, panel: weights, bias, ldc, columns, start };
+            micro(height, kernel, c.wrapping_add(row * ldc + panel * PANEL));
             row += height;
         }
     }
@@ -486,29 +512,21 @@ pub(crate) unsafe fn products_bf16(
     let words = w.cols.div_ceil(2);
     assert!(panels.end <= w.panel_count() && pairs.len() >= rows.end * words, "products out of range");
     let size = words * 2 * PANEL;
-    for panel in panels {
-        let columns = (w.rows - panel * PANEL).min(PANEL);
-        let weights = &stored[panel * size..(panel + 1) * size];
-        let bias = &w.bias[panel * PANEL..(panel + 1) * PANEL];
-        let mut row = rows.start;
-        while row < rows.end {
-            let height = (rows.end - row).min(KERNEL_ROWS);
-            let kernel = Kernel { a: &pairs[row * words..], lda: words, panel: weights, bias, ldc, columns, start };
-            let c = c.wrapping_add(row * ldc + panel * PANEL);
-            // SAFETY: the caller's bounds; `height` rows from `row` are in
-            // range; each body only runs where the CPU has its features.
-            unsafe {
-                match level {
-                    #[cfg(target_arch = "x86_64")]
-                    Level::Avx512Bf16 => by_height!(height, micro_dpbf16(kernel, c)),
-                    #[cfg(target_arch = "x86_64")]
-                    Level::Avx2 | Level::Avx512Vnni => by_height!(height, micro_pairs_fma(kernel, c)),
-                    _ => by_height!(height, micro_pairs_portable(kernel, c)),
-                }
+    let micro = |height, kernel: Kernel<'_, u32, bf16>, c| {
+        // SAFETY: the caller's bounds; `walk` hands `height` rows that are
+        // in range; each body only runs where the CPU has its features.
+        unsafe {
+            match level {
+                #[cfg(target_arch = "x86_64")]
+                Level::Avx512Bf16 => by_height!(height, micro_dpbf16(kernel, c)),
+                #[cfg(target_arch = "x86_64")]
+                Level::Avx2 | Level::Avx512Vnni => by_height!(height, micro_pairs_fma(kernel, c)),
+                _ => by_height!(height, micro_pairs_portable(kernel, c)),
             }
-            row += height;
         }
-    }
+    };
+    // SAFETY: forwarded.
+    unsafe { walk(pairs, words, w, stored, size, rows, panels, c, ldc, start, micro) }
 }
 
 /// The operands of one micro-kernel call.
