@@ -6,40 +6,59 @@
 //! counter once they wake. Nothing is split statically, so a helper that is
 //! not scheduled (the other core runs SQLite, the sync loop, a build) simply
 //! takes no chunks and the caller does the work alone. The only wait left is
-//! for a chunk a helper claimed and then lost its core in the middle of; when
-//! such a wait exceeds [`LATE`], the pool runs the caller alone for a while
-//! (doubling on each repeat, up to [`SOLO_MAX`]), so a busy machine costs at
-//! most a few percent against the single-thread figure.
+//! for a chunk a helper claimed and then lost its core in the middle of.
 //!
-//! A helper that is preempted mid-chunk is the rare case; the common one on
-//! a two-core machine is plainer: another process keeps a core busy, so our
-//! two threads and it share two cores and the caller itself spends a third
-//! of its time waiting in the run queue. The caller therefore reads its own
-//! run-queue wait from `/proc/thread-self/schedstat` every [`WINDOW`]; when
-//! it waited more than [`CONTENDED`] of the window, it goes solo too, and
-//! its helpers park, which hands the other core back whole.
+//! Jobs run `width` threads wide, the caller included. A [`Governor`] narrows
+//! the width by one when
+//! - the caller waits for a claimed chunk longer than [`LATE`] and than two
+//!   of its own chunks (a helper lost its core), or
+//! - the caller itself spent more than [`CONTENDED`] of a [`WINDOW`] waiting
+//!   in the run queue (read from `/proc/thread-self/schedstat`): another
+//!   process keeps a core busy, and our threads and it share too few cores.
+//!
+//! Each narrowing holds for a while, twice as long as the last one in a row
+//! (from [`HOLD_MIN`], or [`QUEUED_HOLD_MIN`] after a contended window, to
+//! [`HOLD_MAX`]), then the width grows by one again to probe, judged by the
+//! next window; a window at full width without contention starts the
+//! doubling over. On a two-core machine whose other core is kept busy, the
+//! caller thus runs alone except for a 20 ms probe every two seconds, which
+//! hands the other core back whole. On a larger machine one busy core costs
+//! one thread, not all but one.
+//!
+//! (Probing only when `/proc/stat` showed half a core idle was tried: with
+//! the other core busy it saved nothing measurable, and on an idle machine
+//! it made generation 9% slower, by widening later after a preempted
+//! helper.)
 //!
 //! Helpers spin for [`SPIN`] after a job (the next layer's job follows within
 //! microseconds) and then sleep on a futex (`std::thread::park`); between
-//! tokens and between requests they burn nothing.
+//! tokens and between requests they burn nothing. Helpers outside the width
+//! are not woken.
 //!
 //! Callers are serialised: a second thread that calls [`Pool::run`] while a
 //! job is in flight runs its chunks on its own thread.
 
 use std::cell::UnsafeCell;
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::Thread;
+use std::thread::{Thread, ThreadId};
 use std::time::{Duration, Instant};
 
 /// How long a helper polls for the next job before it parks.
 const SPIN: Duration = Duration::from_micros(60);
-/// A wait for a claimed chunk longer than this means the helper lost its core.
+/// A wait for a claimed chunk longer than this (and than two of the caller's
+/// chunks) means the helper lost its core.
 const LATE: Duration = Duration::from_micros(400);
-/// The first solo period after a late helper.
-const SOLO_MIN: Duration = Duration::from_millis(20);
-/// The longest solo period.
-const SOLO_MAX: Duration = Duration::from_secs(2);
+/// The first hold after a narrowing: no widening before it ends.
+const HOLD_MIN: Duration = Duration::from_millis(20);
+/// The first hold after a contended window. A window's worth of queueing
+/// means a load that lasts (another process spinning, a build), and each
+/// probe of the busy core costs a window at a loss, so start higher than
+/// after a late helper, which is often one preemption.
+const QUEUED_HOLD_MIN: Duration = Duration::from_millis(160);
+/// The longest hold.
+const HOLD_MAX: Duration = Duration::from_secs(2);
 /// How often the caller checks its run-queue wait.
 const WINDOW: Duration = Duration::from_millis(20);
 /// The fraction of a window spent waiting for a core that means the
@@ -81,60 +100,138 @@ pub struct Pool {
     shared: Arc<Shared>,
     /// Helper count plus one.
     threads: usize,
-    /// The one caller at a time, and its solo-mode state.
-    caller: Mutex<CallerState>,
+    /// The one caller at a time, and how wide its jobs run.
+    caller: Mutex<Governor<Kernel>>,
 }
 
-/// What the caller remembers between jobs.
+/// Where the governor's measurement comes from.
+trait Gauges {
+    /// Nanoseconds the calling thread has spent runnable but not running.
+    fn queued_ns(&mut self) -> Option<u64>;
+}
+
+/// The Linux kernel's accounting; `None` elsewhere.
+#[derive(Debug, Default)]
+struct Kernel;
+
+impl Gauges for Kernel {
+    fn queued_ns(&mut self) -> Option<u64> {
+        let mut buffer = [0u8; 128];
+        let text = read_head("/proc/thread-self/schedstat", &mut buffer)?;
+        text.split_ascii_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+/// The start of a file, read into `buffer` without allocating.
+fn read_head<'a>(path: &str, buffer: &'a mut [u8]) -> Option<&'a str> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(_) => return None,
+        }
+    }
+    std::str::from_utf8(&buffer[..filled]).ok()
+}
+
+/// Why the governor took a thread away.
+#[derive(Clone, Copy, Debug)]
+enum Narrowing {
+    /// A helper held up the end of a job: maybe a moment's preemption.
+    Late,
+    /// The caller queued for a core through a whole window: a lasting load.
+    Queued,
+}
+
+/// Decides how many threads each job uses (see the module documentation).
 #[derive(Debug)]
-struct CallerState {
-    /// Run alone until this instant (a helper was late, or cores are short).
-    solo_until: Option<Instant>,
-    /// The next solo period.
-    solo_for: Duration,
-    /// When the current contention window started, and the caller's
-    /// run-queue wait then (None where the kernel does not say).
-    window: Option<(Instant, u64)>,
+struct Governor<G> {
+    gauges: G,
+    /// The pool's threads, the caller included.
+    threads: usize,
+    /// Threads the next job uses, the caller included (1 ..= threads).
+    width: usize,
+    /// No widening before this instant.
+    hold_until: Option<Instant>,
+    /// The next hold.
+    hold_for: Duration,
+    /// The open run-queue window: its caller, start, and the caller's wait then.
+    window: Option<(ThreadId, Instant, u64)>,
 }
 
-impl CallerState {
-    /// Starts a solo period, each one in a row twice as long as the last.
-    fn go_solo(&mut self, now: Instant) {
-        self.solo_until = Some(now + self.solo_for);
-        self.solo_for = (self.solo_for * 2).min(SOLO_MAX);
+impl<G: Gauges> Governor<G> {
+    fn new(threads: usize, gauges: G) -> Self {
+        Self { gauges, threads, width: threads, hold_until: None, hold_for: HOLD_MIN, window: None }
+    }
+
+    /// The width of a job starting `now` on thread `caller`, after the
+    /// measurement if one is due.
+    fn job_width(&mut self, now: Instant, caller: impl FnOnce() -> ThreadId) -> usize {
+        let holding = self.hold_until.is_some_and(|until| now < until);
+        match self.window {
+            None => {
+                self.window = self.gauges.queued_ns().map(|queued| (caller(), now, queued));
+                if self.window.is_none() && !holding {
+                    // Nothing to measure (not Linux): probe whenever a hold ends.
+                    self.widen();
+                }
+            }
+            Some((thread, started, queued)) if now.saturating_duration_since(started) >= WINDOW => {
+                let this = caller();
+                self.window = self.gauges.queued_ns().map(|queued_now| (this, now, queued_now));
+                let Some((_, _, queued_now)) = self.window else { return self.width };
+                if thread != this {
+                    // The counter is per thread: another caller's says nothing.
+                    return self.width;
+                }
+                let elapsed = now.saturating_duration_since(started).as_nanos() as f64;
+                if queued_now.saturating_sub(queued) as f64 / elapsed > CONTENDED {
+                    self.narrow(now, Narrowing::Queued);
+                } else if self.width == self.threads {
+                    self.hold_for = HOLD_MIN;
+                } else if !holding {
+                    self.widen();
+                }
+            }
+            Some(_) => {}
+        }
+        self.width
+    }
+
+    /// Notes that the caller waited too long for a helper at `now`.
+    fn helper_late(&mut self, now: Instant) {
+        self.narrow(now, Narrowing::Late);
+    }
+
+    /// One thread fewer, held for a period twice as long as the last one in
+    /// a row, and at least [`QUEUED_HOLD_MIN`] after a contended window. At
+    /// one thread already, only the hold restarts: the caller alone is short
+    /// of a core.
+    fn narrow(&mut self, now: Instant, why: Narrowing) {
+        let hold = match why {
+            Narrowing::Late => self.hold_for,
+            Narrowing::Queued => self.hold_for.max(QUEUED_HOLD_MIN),
+        };
+        if self.width > 1 {
+            self.width -= 1;
+            tracing::debug!(width = self.width, hold_ms = hold.as_millis() as u64, ?why, "CPU pool narrowed");
+        }
+        self.hold_until = Some(now + hold);
+        self.hold_for = (hold * 2).min(HOLD_MAX);
         self.window = None;
     }
 
-    /// Closes the contention window if it is over; returns whether the
-    /// caller waited for a core too long in it.
-    fn contended(&mut self, now: Instant) -> bool {
-        match self.window {
-            Some((started, waited)) if now.duration_since(started) >= WINDOW => {
-                let Some(waited_now) = runqueue_wait_ns() else {
-                    self.window = None;
-                    return false;
-                };
-                let fraction = waited_now.saturating_sub(waited) as f64 / now.duration_since(started).as_nanos() as f64;
-                self.window = Some((now, waited_now));
-                if fraction > CONTENDED {
-                    return true;
-                }
-                self.solo_for = SOLO_MIN;
-                false
-            }
-            Some(_) => false,
-            None => {
-                self.window = runqueue_wait_ns().map(|waited| (now, waited));
-                false
-            }
+    /// One thread more (a probe), judged by the next window.
+    fn widen(&mut self) {
+        self.hold_until = None;
+        self.window = None;
+        if self.width < self.threads {
+            self.width += 1;
+            tracing::debug!(width = self.width, "CPU pool widened");
         }
     }
-}
-
-/// Nanoseconds this thread has spent runnable but not running (Linux).
-fn runqueue_wait_ns() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    stat.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The job slot and counters. The slot is written only while no helper is
@@ -173,6 +270,9 @@ impl<T> std::ops::Deref for CacheLine<T> {
 struct Slot {
     /// Chunks in the job.
     chunks: usize,
+    /// Threads that take part, the caller included: helpers numbered from
+    /// `width` up leave the job alone.
+    width: usize,
     /// The chunk body with its lifetime erased; dereferenced only for a
     /// chunk claimed below `chunks`, which the caller waits for.
     body: Option<*const (dyn Fn(usize) + Sync)>,
@@ -199,16 +299,18 @@ impl Pool {
             shutdown: AtomicBool::new(false),
             active: CacheLine(AtomicUsize::new(0)),
             next: CacheLine(AtomicUsize::new(0)),
-            slot: UnsafeCell::new(Slot { chunks: 0, body: None }),
+            slot: UnsafeCell::new(Slot { chunks: 0, width: 0, body: None }),
             sleepers: Mutex::new(Vec::new()),
         });
-        for index in 1..threads {
+        for _ in 1..threads {
+            // Helpers are numbered 1.. in the order they started.
+            let index = shared.sleepers.lock().map(|s| s.len() + 1).unwrap_or(usize::MAX);
             let for_helper = shared.clone();
             let sleeping = Arc::new(AtomicBool::new(false));
             let flag = sleeping.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("aios-cpu-{index}"))
-                .spawn(move || helper_loop(&for_helper, &flag));
+                .spawn(move || helper_loop(&for_helper, index, &flag));
             match spawned {
                 Ok(handle) => {
                     if let Ok(mut sleepers) = shared.sleepers.lock() {
@@ -220,11 +322,7 @@ impl Pool {
             }
         }
         let helpers = shared.sleepers.lock().map(|s| s.len()).unwrap_or(0);
-        Self {
-            shared,
-            threads: helpers + 1,
-            caller: Mutex::new(CallerState { solo_until: None, solo_for: SOLO_MIN, window: None }),
-        }
+        Self { shared, threads: helpers + 1, caller: Mutex::new(Governor::new(helpers + 1, Kernel)) }
     }
 
     /// Threads that can work on a job, the caller included.
@@ -247,16 +345,8 @@ impl Pool {
             (0..chunks).for_each(body);
             return;
         };
-        let now = Instant::now();
-        if let Some(until) = caller.solo_until {
-            if now < until {
-                (0..chunks).for_each(body);
-                return;
-            }
-            caller.solo_until = None;
-        }
-        if caller.contended(now) {
-            caller.go_solo(now);
+        let width = caller.job_width(Instant::now(), || std::thread::current().id());
+        if width == 1 {
             (0..chunks).for_each(body);
             return;
         }
@@ -269,36 +359,41 @@ impl Pool {
         unsafe {
             let body: *const (dyn Fn(usize) + Sync + '_) = body;
             let body: *const (dyn Fn(usize) + Sync + 'static) = std::mem::transmute(body);
-            *shared.slot.get() = Slot { chunks, body: Some(body) };
+            *shared.slot.get() = Slot { chunks, width, body: Some(body) };
         }
         shared.next.store(0, Ordering::SeqCst);
         shared.epoch.fetch_add(1, Ordering::SeqCst);
         if let Ok(sleepers) = shared.sleepers.lock() {
-            for (sleeping, thread) in sleepers.iter() {
+            for (sleeping, thread) in sleepers.iter().take(width - 1) {
                 if sleeping.swap(false, Ordering::SeqCst) {
                     thread.unpark();
                 }
             }
         }
+        let working = Instant::now();
+        let mut mine = 0u32;
         loop {
             let chunk = shared.next.fetch_add(1, Ordering::SeqCst);
             if chunk >= chunks {
                 break;
             }
             body(chunk);
+            mine += 1;
         }
         // Every chunk is handed out; helpers still registered are finishing one.
         if shared.active.load(Ordering::SeqCst) != 0 {
             let started = Instant::now();
+            // A helper that claimed the last chunk just before the caller ran
+            // out needs up to a chunk's time, running or not.
+            let chunk_time = started.saturating_duration_since(working) / mine.max(1);
             wait_until(|| shared.active.load(Ordering::SeqCst) == 0);
-            let waited = started.elapsed();
-            if waited > LATE {
-                caller.go_solo(Instant::now());
+            if started.elapsed() > LATE.max(chunk_time * 2) {
+                caller.helper_late(Instant::now());
             }
         }
         // SAFETY: no helper is registered; clear the dangling pointer.
         unsafe {
-            *shared.slot.get() = Slot { chunks: 0, body: None };
+            *shared.slot.get() = Slot { chunks: 0, width: 0, body: None };
         }
     }
 
@@ -368,7 +463,7 @@ fn wait_until(done: impl Fn() -> bool) {
     }
 }
 
-fn helper_loop(shared: &Shared, sleeping: &AtomicBool) {
+fn helper_loop(shared: &Shared, index: usize, sleeping: &AtomicBool) {
     let mut seen = 0u64;
     loop {
         // Poll for a new job for a little while, then park.
@@ -399,7 +494,7 @@ fn helper_loop(shared: &Shared, sleeping: &AtomicBool) {
         // SAFETY: registered in `active` after the epoch that published the
         // slot, so the caller is not writing it.
         let slot = unsafe { *shared.slot.get() };
-        if let Some(body) = slot.body {
+        if let Some(body) = slot.body.filter(|_| index < slot.width) {
             loop {
                 let chunk = shared.next.fetch_add(1, Ordering::SeqCst);
                 if chunk >= slot.chunks {
@@ -417,6 +512,157 @@ fn helper_loop(shared: &Shared, sleeping: &AtomicBool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A caller's run-queue wait that the test sets by hand.
+    #[derive(Debug, Default)]
+    struct Fake {
+        queued: Option<u64>,
+    }
+
+    impl Gauges for Fake {
+        fn queued_ns(&mut self) -> Option<u64> {
+            self.queued
+        }
+    }
+
+    /// Runs back-to-back 1 ms jobs for `span` on one caller thread, which
+    /// waits `queued(width)` ns in the run queue in a job of that width.
+    /// Returns the width of each job.
+    fn drive(
+        governor: &mut Governor<Fake>,
+        clock: &mut Instant,
+        span: Duration,
+        queued: impl Fn(usize) -> u64,
+    ) -> Vec<usize> {
+        let caller = std::thread::current().id();
+        let mut widths = Vec::new();
+        let end = *clock + span;
+        while *clock < end {
+            let width = governor.job_width(*clock, || caller);
+            widths.push(width);
+            *clock += Duration::from_millis(1);
+            governor.gauges.queued = governor.gauges.queued.map(|q| q + queued(width));
+        }
+        widths
+    }
+
+    /// Where the width went up from one job to the next, in ms from the start.
+    fn probes(widths: &[usize]) -> Vec<usize> {
+        widths.windows(2).enumerate().filter(|(_, w)| w[1] > w[0]).map(|(at, _)| at + 1).collect()
+    }
+
+    #[test]
+    fn a_busy_core_costs_one_thread_and_probes_for_it_ever_more_rarely() {
+        // Three threads on three cores, then another process takes one.
+        let mut governor = Governor::new(3, Fake { queued: Some(0) });
+        let mut clock = Instant::now();
+        // A little queueing is no contention: full width.
+        let widths = drive(&mut governor, &mut clock, Duration::from_millis(200), |_| 50_000);
+        assert!(widths.iter().all(|&w| w == 3), "{widths:?}");
+        // Three threads wide, the caller now queues a third of its time.
+        let busy = |width| if width == 3 { 333_000 } else { 0 };
+        let widths = drive(&mut governor, &mut clock, Duration::from_secs(10), busy);
+        assert_eq!(widths[..20], [3; 20]);
+        assert_eq!(widths[20], 2);
+        assert!(widths.iter().all(|&w| w >= 2), "one busy core cost more than one thread");
+        let ups = probes(&widths);
+        let gaps: Vec<usize> = ups.windows(2).map(|p| p[1] - p[0]).collect();
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
+        assert!(gaps.iter().rev().take(2).all(|&g| (2000..2100).contains(&g)), "{gaps:?}");
+        let wide = widths[5000..].iter().filter(|&&w| w == 3).count();
+        assert!(wide < 100, "{wide} of the last 5000 jobs ran on the busy core");
+        // The load goes away: the next probe holds, and the pool stays whole.
+        let widths = drive(&mut governor, &mut clock, Duration::from_secs(3), |_| 0);
+        assert_eq!(widths.last(), Some(&3));
+        // Contention from then on starts with the shortest hold again: a
+        // window to notice, 160 ms held, a window to probe.
+        let widths = drive(&mut governor, &mut clock, Duration::from_millis(400), busy);
+        let first = probes(&widths);
+        assert!(first.first().is_some_and(|&at| (160..=220).contains(&at)), "{first:?}");
+    }
+
+    #[test]
+    fn one_thread_alone_short_of_a_core_probes_no_wider() {
+        let mut governor = Governor::new(2, Fake { queued: Some(0) });
+        let mut clock = Instant::now();
+        // Even one thread queues: the machine is short of cores for it alone.
+        let widths = drive(&mut governor, &mut clock, Duration::from_secs(10), |_| 333_000);
+        let wide = widths[1000..].iter().filter(|&&w| w == 2).count();
+        assert!(wide == 0, "{wide} jobs ran two wide: {:?}", probes(&widths));
+    }
+
+    #[test]
+    fn a_late_helper_narrows_the_pool_where_the_kernel_says_nothing() {
+        let mut governor = Governor::new(2, Fake::default());
+        let mut clock = Instant::now();
+        let caller = std::thread::current().id();
+        assert_eq!(governor.job_width(clock, || caller), 2);
+        governor.helper_late(clock);
+        clock += Duration::from_millis(1);
+        assert_eq!(governor.job_width(clock, || caller), 1);
+        // Late again at every probe: the holds double up to the longest.
+        let mut widths = Vec::new();
+        for _ in 0..10_000 {
+            clock += Duration::from_millis(1);
+            let width = governor.job_width(clock, || caller);
+            if width == 2 {
+                governor.helper_late(clock);
+            }
+            widths.push(width);
+        }
+        let ups = probes(&widths);
+        let gaps: Vec<usize> = ups.windows(2).map(|p| p[1] - p[0]).collect();
+        assert_eq!(gaps[..4], [40, 80, 160, 320], "{gaps:?}");
+        assert!(gaps.iter().rev().take(2).all(|&g| g == 2000), "{gaps:?}");
+    }
+
+    #[test]
+    fn another_caller_s_wait_is_not_counted() {
+        let mut governor = Governor::new(2, Fake { queued: Some(0) });
+        let clock = Instant::now();
+        let (one, other) =
+            (std::thread::current().id(), std::thread::spawn(|| std::thread::current().id()).join().expect("thread"));
+        governor.job_width(clock, || one);
+        // The other thread's counter is far ahead of the first one's.
+        governor.gauges.queued = Some(1_000_000_000);
+        assert_eq!(governor.job_width(clock + WINDOW, || other), 2);
+        governor.gauges.queued = Some(1_000_000_000 + 1_000);
+        assert_eq!(governor.job_width(clock + WINDOW * 2, || other), 2);
+        governor.gauges.queued = Some(1_000_000_000 + 10_000_000);
+        assert_eq!(governor.job_width(clock + WINDOW * 3, || other), 1);
+    }
+
+    #[test]
+    fn helpers_beyond_the_width_take_no_chunks() {
+        let pool = Pool::new(3);
+        let strays = AtomicUsize::new(0);
+        let body = |_| {
+            std::hint::black_box((0..2000).sum::<u64>());
+            if std::thread::current().name() == Some("aios-cpu-2") {
+                strays.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        let mut wide_ran_on_helper_2 = false;
+        for _ in 0..200 {
+            // A full-width job wakes every helper (they spin after it) ...
+            {
+                let mut caller = pool.caller.lock().expect("caller");
+                caller.width = 3;
+                caller.hold_until = None;
+            }
+            pool.run(64, &body);
+            wide_ran_on_helper_2 |= strays.swap(0, Ordering::Relaxed) > 0;
+            // ... and one two threads wide follows while they still spin.
+            {
+                let mut caller = pool.caller.lock().expect("caller");
+                caller.width = 2;
+                caller.hold_until = Some(Instant::now() + Duration::from_secs(60));
+            }
+            pool.run(64, &body);
+            assert_eq!(strays.load(Ordering::Relaxed), 0, "helper 2 ran a chunk of a 2-wide job");
+        }
+        assert!(wide_ran_on_helper_2, "helper 2 never ran: the test shows nothing");
+    }
 
     #[test]
     fn every_chunk_runs_exactly_once() {
