@@ -637,7 +637,11 @@ mod tests {
         let pool = Pool::new(3);
         let strays = AtomicUsize::new(0);
         let body = |_| {
-            std::hint::black_box((0..2000).sum::<u64>());
+            // Long enough for woken helpers to arrive before the caller is done.
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_micros(20) {
+                std::hint::spin_loop();
+            }
             if std::thread::current().name() == Some("aios-cpu-2") {
                 strays.fetch_add(1, Ordering::Relaxed);
             }
@@ -646,9 +650,11 @@ mod tests {
         for _ in 0..200 {
             // A full-width job wakes every helper (they spin after it) ...
             {
+                // (No window open: nothing is judged before this job.)
                 let mut caller = pool.caller.lock().expect("caller");
                 caller.width = 3;
                 caller.hold_until = None;
+                caller.window = None;
             }
             pool.run(64, &body);
             wide_ran_on_helper_2 |= strays.swap(0, Ordering::Relaxed) > 0;
@@ -657,6 +663,7 @@ mod tests {
                 let mut caller = pool.caller.lock().expect("caller");
                 caller.width = 2;
                 caller.hold_until = Some(Instant::now() + Duration::from_secs(60));
+                caller.window = None;
             }
             pool.run(64, &body);
             assert_eq!(strays.load(Ordering::Relaxed), 0, "helper 2 ran a chunk of a 2-wide job");
