@@ -7,15 +7,25 @@
 //! softmax, whose sum is taken sixteen exponentials at a time, and in SiLU.
 //!
 //! Each kernel has a portable body and an AVX2 body that returns the same
-//! bits; [`Level`] picks one at run time.
+//! bits; [`Level`] picks one at run time. On arm64 these run the portable
+//! bodies, which the compiler vectorises for the baseline NEON.
 
 use half::f16;
 
 /// Which instruction sets the kernels may use, detected once at run time.
+///
+/// One order serves both architectures because a CPU only ever runs the
+/// levels of its own: an arm64 machine runs `Portable`, `Neon` and
+/// `NeonDot`; an x86-64 one `Portable` and the AVX levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     /// Plain Rust, any CPU.
     Portable,
+    /// arm64's Advanced SIMD (every arm64 CPU has it).
+    Neon,
+    /// NEON plus the dot-product extension (`sdot`, four byte products
+    /// per lane per instruction; Armv8.4 and many 8.2 cores).
+    NeonDot,
     /// AVX2, FMA and F16C.
     Avx2,
     /// AVX2 plus AVX-512 (F, BW, VL) with VNNI.
@@ -27,26 +37,38 @@ pub enum Level {
 
 impl Level {
     /// The best level this CPU runs, capped by `$AIOS_CPU_LEVEL`
-    /// (`portable`, `avx2`, `avx512`, `avx512bf16`) when set; detected once.
+    /// (`portable`, `neon`, `avx2`, `avx512`, `avx512bf16`) when set;
+    /// detected once.
     pub fn detect() -> Self {
         static DETECTED: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| {
-            let best = Self::available().into_iter().max().unwrap_or(Self::Portable);
             let cap = match std::env::var("AIOS_CPU_LEVEL").as_deref() {
                 Ok("portable") => Self::Portable,
+                Ok("neon") => Self::Neon,
                 Ok("avx2") => Self::Avx2,
                 Ok("avx512") => Self::Avx512Vnni,
                 _ => Self::Avx512Bf16,
             };
-            best.min(cap)
+            // The best this CPU has at or below the cap (an x86 name caps
+            // nothing on arm64, and `neon` caps x86 to portable).
+            Self::available().into_iter().filter(|level| *level <= cap).max().unwrap_or(Self::Portable)
         })
     }
 
     /// Every level this CPU can run (tests check each against the portable one).
     pub fn available() -> Vec<Self> {
-        // Only x86 adds levels; elsewhere the list stays as it starts.
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        // Only x86-64 and arm64 add levels; elsewhere the list stays as it starts.
+        #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_mut))]
         let mut levels = vec![Self::Portable];
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("neon") {
+                levels.push(Self::Neon);
+                if std::arch::is_aarch64_feature_detected!("dotprod") {
+                    levels.push(Self::NeonDot);
+                }
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2")
@@ -73,6 +95,8 @@ impl Level {
     pub fn name(self) -> &'static str {
         match self {
             Self::Portable => "portable",
+            Self::Neon => "neon",
+            Self::NeonDot => "neon+dotprod",
             Self::Avx2 => "avx2+fma",
             Self::Avx512Vnni => "avx512+vnni",
             Self::Avx512Bf16 => "avx512+vnni+bf16",
@@ -696,6 +720,19 @@ mod tests {
         scores.iter_mut().for_each(|s| *s = (*s - max).exp());
         let reference: f64 = scores.iter().map(|s| *s as f64).sum();
         assert!((sum - reference).abs() < 1e-5 * reference, "{sum} against {reference}");
+    }
+
+    #[test]
+    fn detection_lists_what_the_architecture_always_has() {
+        let levels = Level::available();
+        assert_eq!(levels[0], Level::Portable);
+        assert!(levels.windows(2).all(|pair| pair[0] < pair[1]), "{levels:?}");
+        // Every arm64 CPU has NEON, so its kernels are never silently untested there.
+        #[cfg(target_arch = "aarch64")]
+        assert!(levels.contains(&Level::Neon), "{levels:?}");
+        #[cfg(target_arch = "x86_64")]
+        assert!(!levels.contains(&Level::Neon) && !levels.contains(&Level::NeonDot), "{levels:?}");
+        assert!(levels.contains(&Level::detect()), "{:?} not among {levels:?}", Level::detect());
     }
 
     #[test]

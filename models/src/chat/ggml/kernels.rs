@@ -8,6 +8,11 @@
 //! (about half the instructions of AVX2); its lanes are a permutation of
 //! ggml's, put back in order before the horizontal sum.
 //!
+//! On arm64, NEON computes ggml's eight lanes as two registers of four:
+//! `smull` and two pairwise adds make four-product sums where the CPU has
+//! nothing better, `sdot` makes them in one instruction where it has the
+//! dot-product extension.
+//!
 //! Every kernel computes a tile: the four rows of a repacked group against
 //! one activation row ([`dot_rows4`], the decode shape) or against
 //! [`TILE_ACTS`] of them ([`dot_tile`], the prompt shape), so each weight
@@ -50,6 +55,18 @@ pub(super) fn dot_tile<const ACTS: usize>(
         if level >= Level::Avx2 {
             // SAFETY: `Level::Avx2` is only produced when the CPU has AVX2 and FMA; widths checked above.
             return unsafe { avx2::dot_tile(group, activations) };
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if level >= Level::NeonDot {
+            // SAFETY: `Level::NeonDot` is only produced when the CPU has NEON
+            // and the dot-product extension; widths checked above.
+            return unsafe { neon_dot::dot_tile(group, activations) };
+        }
+        if level >= Level::Neon {
+            // SAFETY: `Level::Neon` is only produced when the CPU has NEON; widths checked above.
+            return unsafe { neon::dot_tile(group, activations) };
         }
     }
     let _ = level;
@@ -99,6 +116,28 @@ pub(super) fn horizontal_sum(acc: &[f32; 8]) -> f32 {
     a + b
 }
 
+/// The `dot_tile` of a SIMD module, which calls the module's
+/// `tile::<ACTS, FORMAT>` with the group's format as a constant (0 Q4_0,
+/// 1 Q4_1, 2 Q8_0): one instance per format, so the format's branches fold
+/// away.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! dot_tile_by_format {
+    ($features:literal) => {
+        /// See [`super::dot_tile`]; the caller has checked the widths.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn dot_tile<const ACTS: usize>(
+            group: GroupBlocks<'_>,
+            activations: [&[ActivationBlock]; ACTS],
+        ) -> [[f32; GROUP]; ACTS] {
+            match group.format {
+                BlockFormat::Q4_0 => tile::<ACTS, 0>(group, activations),
+                BlockFormat::Q4_1 => tile::<ACTS, 1>(group, activations),
+                BlockFormat::Q8_0 => tile::<ACTS, 2>(group, activations),
+            }
+        }
+    };
+}
+
 /// The SIMD bodies, written once and compiled per level: `$features` is the
 /// target feature list, `$unsigned` computes eight lanes of four
 /// unsigned-by-signed byte products, `$signed` the signed-by-signed ones.
@@ -112,19 +151,7 @@ macro_rules! simd_kernels {
             use super::lanes::{$signed as signed_lanes, $unsigned as unsigned_lanes};
             use super::{horizontal_sum, lanes::unpack};
 
-            /// See [`super::dot_tile`]; the caller has checked the widths.
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn dot_tile<const ACTS: usize>(
-                group: GroupBlocks<'_>,
-                activations: [&[ActivationBlock]; ACTS],
-            ) -> [[f32; GROUP]; ACTS] {
-                // One instance per format, so the format's branches fold away.
-                match group.format {
-                    BlockFormat::Q4_0 => tile::<ACTS, 0>(group, activations),
-                    BlockFormat::Q4_1 => tile::<ACTS, 1>(group, activations),
-                    BlockFormat::Q8_0 => tile::<ACTS, 2>(group, activations),
-                }
-            }
+            dot_tile_by_format!($features);
 
             #[target_feature(enable = $features)]
             unsafe fn tile<const ACTS: usize, const FORMAT: u8>(
@@ -379,3 +406,118 @@ mod avx512 {
         out
     }
 }
+
+/// The NEON bodies, written once and compiled per level: `$features` is the
+/// target feature list and `$lanes` computes four lanes of four
+/// signed-by-signed byte products. A row's eight ggml lanes are two
+/// registers: the low sixteen block elements and the high sixteen.
+#[cfg(target_arch = "aarch64")]
+macro_rules! neon_kernels {
+    ($name:ident, $features:literal, $lanes:ident) => {
+        mod $name {
+            use std::arch::aarch64::*;
+
+            use super::super::{ActivationBlock, BlockFormat, GroupBlocks, GROUP};
+            use super::horizontal_sum;
+            use super::neon_lanes::$lanes as lanes;
+
+            dot_tile_by_format!($features);
+
+            #[target_feature(enable = $features)]
+            unsafe fn tile<const ACTS: usize, const FORMAT: u8>(
+                group: GroupBlocks<'_>,
+                activations: [&[ActivationBlock]; ACTS],
+            ) -> [[f32; GROUP]; ACTS] {
+                let blocks = group.scales.len() / GROUP;
+                let mut acc = [[[vdupq_n_f32(0.0); 2]; GROUP]; ACTS];
+                let mut min_sum = [[0f32; GROUP]; ACTS];
+                let quants = group.quants.as_ptr();
+                let (low_mask, eight) = (vdupq_n_u8(0x0F), vdupq_n_s8(8));
+                for idx in 0..blocks {
+                    let mut qx = [[vdupq_n_s8(0); 2]; GROUP];
+                    for (k, qx) in qx.iter_mut().enumerate() {
+                        if FORMAT == 2 {
+                            // SAFETY: block `idx` of lane `k` (32 bytes) lies inside the group.
+                            let block = quants.add((idx * GROUP + k) * 32) as *const i8;
+                            *qx = [vld1q_s8(block), vld1q_s8(block.add(16))];
+                        } else {
+                            // SAFETY: block `idx` of lane `k` (16 bytes of nibbles) lies inside the group.
+                            let packed = vld1q_u8(quants.add((idx * GROUP + k) * 16));
+                            let low = vreinterpretq_s8_u8(vandq_u8(packed, low_mask));
+                            let high = vreinterpretq_s8_u8(vshrq_n_u8::<4>(packed));
+                            *qx = if FORMAT == 0 { [vsubq_s8(low, eight), vsubq_s8(high, eight)] } else { [low, high] };
+                        }
+                    }
+                    for a in 0..ACTS {
+                        // SAFETY: every activation row has `blocks` blocks (checked by the caller).
+                        let act = activations[a].get_unchecked(idx);
+                        let qy = [vld1q_s8(act.quants.as_ptr()), vld1q_s8(act.quants.as_ptr().add(16))];
+                        for k in 0..GROUP {
+                            // SAFETY: one scale (and for Q4_1 one minimum) per block and lane.
+                            let scale = *group.scales.get_unchecked(idx * GROUP + k) * act.scale;
+                            if FORMAT == 1 {
+                                let min = *group.mins.get_unchecked(idx * GROUP + k);
+                                min_sum[a][k] = min.mul_add(act.sum, min_sum[a][k]);
+                            }
+                            for half in 0..2 {
+                                let sums = vcvtq_f32_s32(lanes(qx[k][half], qy[half]));
+                                acc[a][k][half] = vfmaq_n_f32(acc[a][k][half], sums, scale);
+                            }
+                        }
+                    }
+                }
+                let mut out = [[0f32; GROUP]; ACTS];
+                for a in 0..ACTS {
+                    for k in 0..GROUP {
+                        let mut ggml = [0f32; 8];
+                        vst1q_f32(ggml.as_mut_ptr(), acc[a][k][0]);
+                        vst1q_f32(ggml.as_mut_ptr().add(4), acc[a][k][1]);
+                        out[a][k] = horizontal_sum(&ggml) + min_sum[a][k];
+                    }
+                }
+                out
+            }
+        }
+    };
+}
+
+/// The four-product lane sums of each NEON level. Integer sums are exact,
+/// so both give the portable body's lanes.
+#[cfg(target_arch = "aarch64")]
+mod neon_lanes {
+    use std::arch::aarch64::*;
+
+    /// Lane `i` is `sum(x[4i..4i + 4] * y[4i..4i + 4])`: widening products
+    /// (an i8 product fits in i16), then two pairwise adds.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn mull(x: int8x16_t, y: int8x16_t) -> int32x4_t {
+        let low = vpaddlq_s16(vmull_s8(vget_low_s8(x), vget_low_s8(y)));
+        let high = vpaddlq_s16(vmull_high_s8(x, y));
+        vpaddq_s32(low, high)
+    }
+
+    /// The same lanes with one `sdot` (its intrinsic is not stable Rust yet).
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) unsafe fn sdot(x: int8x16_t, y: int8x16_t) -> int32x4_t {
+        let mut sums = vdupq_n_s32(0);
+        // SAFETY: `sdot` only reads its vector operands; the CPU has the
+        // dot-product extension (this function's target feature).
+        unsafe {
+            std::arch::asm!(
+                "sdot {sums:v}.4s, {x:v}.16b, {y:v}.16b",
+                sums = inout(vreg) sums,
+                x = in(vreg) x,
+                y = in(vreg) y,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        sums
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+neon_kernels!(neon, "neon", mull);
+#[cfg(target_arch = "aarch64")]
+neon_kernels!(neon_dot, "neon,dotprod", sdot);
