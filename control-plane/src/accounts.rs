@@ -14,7 +14,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use aios_edge_agent::db::DbError;
+use aios_daemon::db::DbError;
 use aios_shared::audit::{verify_chain, AuditEvent, ChainHead, Hash, GENESIS_HASH};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use aios_edge_agent::unix_ms;
+use aios_daemon::clock::unix_ms;
 use aios_shared::bundle::{Autonomy, BundleBody, BundleSpec, SignedBundle};
 use aios_shared::duration::parse_duration;
 use aios_shared::token::EnrollToken;
@@ -73,8 +73,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<aios_edge_agent::db::DbError> for ApiError {
-    fn from(err: aios_edge_agent::db::DbError) -> ApiError {
+impl From<aios_daemon::db::DbError> for ApiError {
+    fn from(err: aios_daemon::db::DbError) -> ApiError {
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
     }
 }

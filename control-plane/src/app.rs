@@ -41,7 +41,7 @@ pub enum StartError {
     Pki(#[from] PkiError),
     /// The database failed.
     #[error(transparent)]
-    Db(#[from] aios_edge_agent::db::DbError),
+    Db(#[from] aios_daemon::db::DbError),
     /// The QUIC endpoint failed.
     #[error(transparent)]
     Server(#[from] server::ServerError),
@@ -111,7 +111,7 @@ impl ControlPlane {
         let admin_addr = listener.local_addr().map_err(io("cannot read the admin address".into()))?;
         let (shutdown, mut shutdown_rx) = watch::channel(false);
         let router = api::router(api.clone())
-            .layer(axum::middleware::from_fn_with_state(api.metrics.http.clone(), aios_edge_agent::metrics::track))
+            .layer(axum::middleware::from_fn_with_state(api.metrics.http.clone(), aios_daemon::metrics::track))
             .into_make_service_with_connect_info::<SocketAddr>();
         tasks.push(tokio::spawn(async move {
             let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -131,7 +131,7 @@ impl ControlPlane {
     /// Stops listening, closes connections and waits for the tasks.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
-        self.endpoint.close(aios_edge_agent::transport::close_code::SHUTDOWN.into(), b"control plane shutting down");
+        self.endpoint.close(aios_daemon::transport::close_code::SHUTDOWN.into(), b"control plane shutting down");
         for task in self.tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
         }

@@ -1,6 +1,6 @@
 //! The `aios-control-plane` command line.
 //!
-//! `serve` and `up` run the daemon; every other subcommand is a client of the
+//! `serve` runs the daemon; every other subcommand is a client of the
 //! admin API of a running control plane, found through `--admin-url` or the
 //! `admin.url` and `admin-token` files in its data directory. Nothing but
 //! the daemon ever opens the database, so there is one writer.
@@ -31,7 +31,7 @@ pub struct Cli {
     pub admin_token: Option<String>,
     /// Log format: text or json.
     #[arg(long, global = true, env = "AIOS_LOG_FORMAT", default_value = "text")]
-    pub log_format: aios_edge_agent::cli::LogFormat,
+    pub log_format: aios_daemon::cli::LogFormat,
     /// Export spans over OTLP/HTTP to this collector (base URL, `/v1/traces` is appended).
     #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
@@ -44,8 +44,6 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane until SIGINT or SIGTERM.
     Serve(ServeArgs),
-    /// Start a control plane, the sample shop and two edges with sample work.
-    Up(UpArgs),
     /// Enrolment tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -253,17 +251,6 @@ pub struct ServeArgs {
     pub server_names: Vec<String>,
 }
 
-/// Options of `up`.
-#[derive(Debug, Args)]
-pub struct UpArgs {
-    /// Where all state goes [default: ./aios-data].
-    #[arg(long)]
-    pub root: Option<PathBuf>,
-    /// Listen on free ports the system picks instead of 7443, 7480, 7490, 7581 and 7582.
-    #[arg(long)]
-    pub ephemeral_ports: bool,
-}
-
 /// The configuration file of `serve`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -388,8 +375,7 @@ impl FilterArgs {
 /// Entry point shared by `aios-control-plane` and the test build of it.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let _telemetry =
-        aios_edge_agent::telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref(), "aios-control-plane")?;
+    let _telemetry = aios_daemon::telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref(), "aios-control-plane")?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(run(cli))
@@ -401,10 +387,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = || AdminClient::discover(&data_dir, cli.admin_url.clone(), cli.admin_token.clone());
     match cli.command {
         Command::Serve(args) => serve(cli.data_dir.clone(), args).await,
-        Command::Up(args) => {
-            let root = args.root.unwrap_or_else(|| PathBuf::from("aios-data"));
-            crate::up::up(crate::up::UpOptions { root, ephemeral_ports: args.ephemeral_ports }).await
-        }
         Command::Token(TokenCommand::Create { ttl }) => {
             let answer =
                 client()?.send(Method::POST, "/v1/tokens", Some(Body::Json(serde_json::json!({ "ttl": ttl })))).await?;
@@ -486,7 +468,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print_lines(client()?.send(Method::GET, &path, None).await?)
         }
         Command::Task(TaskCommand::Submit { agent, input, kind, edge, label, wait }) => {
-            let input = aios_edge_agent::task_cli::read_input(&input)?;
+            let input = aios_daemon::cli::read_input(&input)?;
             let body =
                 serde_json::json!({ "agent": agent, "input": input, "kind": kind, "edge": edge, "label": label });
             let client = client()?;
@@ -643,7 +625,7 @@ fn print_lines(value: serde_json::Value) -> anyhow::Result<()> {
 }
 
 async fn serve(data_dir_flag: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
-    let file: FileConfig = aios_edge_agent::cli::load_config(args.config.as_deref())?;
+    let file: FileConfig = aios_daemon::cli::load_config(args.config.as_deref())?;
     let mut server_names = file.server_names;
     server_names.extend(args.server_names);
     let options = Options {
@@ -663,7 +645,7 @@ async fn serve(data_dir_flag: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
         control_plane.admin_addr,
         control_plane.admin_token_file.display()
     );
-    aios_edge_agent::cli::shutdown_signal().await;
+    aios_daemon::cli::shutdown_signal().await;
     tracing::info!("shutting down");
     control_plane.stop().await;
     Ok(())

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::store::CpStore;
-use aios_edge_agent::db::DbError;
+use aios_daemon::db::DbError;
 
 /// The schema migration that adds commands.
 pub(crate) const MIGRATION: &str = r#"
@@ -121,7 +121,7 @@ fn view(conn: &Connection, id: String, edge_id: String, request: Value) -> Resul
         (None, Some(body)) => {
             if body["approve"] == Value::Bool(true) { "approved (sending)" } else { "rejected (sending)" }.to_owned()
         }
-        (None, None) if aios_edge_agent::unix_ms() > expires_ms => "expired".into(),
+        (None, None) if aios_daemon::clock::unix_ms() > expires_ms => "expired".into(),
         (None, None) => "pending".into(),
     };
     Ok(ApprovalView { id, edge_id, state, request, decision: decision_body })

@@ -11,7 +11,7 @@ use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use crate::store::CpStore;
-use aios_edge_agent::db::DbError;
+use aios_daemon::db::DbError;
 
 /// The schema migration that adds dispatches.
 pub(crate) const MIGRATION: &str = r#"

@@ -9,7 +9,6 @@
 //! - [`pki`]: the fleet CA, server certificate and bundle-signing key.
 //! - [`client`]: the admin API client the CLI uses.
 //! - [`cli`]: the `aios-control-plane` command line.
-//! - [`up`]: the one-command start (control plane and a local edge).
 //! - [`accounts`]: operator accounts, roles, tokens, sessions, operator log.
 //! - [`views`]: task and metrics read models derived from the audit log.
 
@@ -25,7 +24,5 @@ pub mod dispatch;
 pub mod metrics;
 pub mod pki;
 pub mod server;
-pub mod shop;
 pub mod store;
-pub mod up;
 pub mod views;

@@ -1,7 +1,7 @@
 //! The control plane's `/metrics`: HTTP figures, plus fleet state read from
 //! the database at scrape time (edges, tasks, approvals, audit, alarms).
 
-use aios_edge_agent::metrics::{grouped, HttpMetrics, Scrape};
+use aios_daemon::metrics::{grouped, HttpMetrics, Scrape};
 use axum::extract::State;
 use axum::response::Response;
 use rusqlite::Connection;
@@ -31,8 +31,8 @@ struct Figures {
     operator_events: f64,
 }
 
-fn figures(c: &Connection) -> Result<Figures, aios_edge_agent::db::DbError> {
-    let scalar = |sql: &str| -> Result<f64, aios_edge_agent::db::DbError> { Ok(c.query_row(sql, [], |r| r.get(0))?) };
+fn figures(c: &Connection) -> Result<Figures, aios_daemon::db::DbError> {
+    let scalar = |sql: &str| -> Result<f64, aios_daemon::db::DbError> { Ok(c.query_row(sql, [], |r| r.get(0))?) };
     Ok(Figures {
         edges: grouped(
             c,

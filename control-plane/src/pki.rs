@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aios_edge_agent::transport::SERVER_NAME;
+use aios_daemon::transport::SERVER_NAME;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::SigningKey;
 use rand::rngs::OsRng;

@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use aios_edge_agent::transport::{
+use aios_daemon::clock::unix_ms;
+use aios_daemon::transport::{
     close_code, peer_certificate, read_frame, sleep_until, spawn_frame_reader, transport_config, write_frame,
     FrameStream, ALPN,
 };
-use aios_edge_agent::unix_ms;
 use aios_shared::bundle::SignedBundle;
 use aios_shared::sync::{ControlConfig, ControlEvent, ControlSync};
 use aios_shared::token::{fingerprint, secret_hash};
@@ -116,7 +116,7 @@ pub enum ServerError {
 /// Binds the sync endpoint.
 pub fn bind(pki: &Pki, addr: SocketAddr) -> Result<quinn::Endpoint, ServerError> {
     let tls_err = |err: &dyn std::fmt::Display| ServerError::Tls(err.to_string());
-    let provider = aios_edge_agent::transport::crypto_provider();
+    let provider = aios_daemon::transport::crypto_provider();
     let mut roots = RootCertStore::empty();
     roots.add(CertificateDer::from(pki.ca_der.clone())).map_err(|e| tls_err(&e))?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use aios_edge_agent::db::{Db, DbError};
+use aios_daemon::db::{Db, DbError};
 use aios_shared::audit::{verify_chain, AuditEvent, ChainBreak, ChainHead, ChainVerifier};
 use aios_shared::bundle::{BundleBody, SignedBundle};
 use ed25519_dalek::VerifyingKey;

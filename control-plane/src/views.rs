@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use aios_edge_agent::db::DbError;
+use aios_daemon::db::DbError;
 use aios_shared::audit::{kinds, AuditEvent};
 use rusqlite::{params, Connection};
 use serde::Serialize;

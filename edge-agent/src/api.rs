@@ -39,7 +39,7 @@ pub struct ApiState {
     /// The bearer token every request must carry, if any.
     pub token: Option<Arc<str>>,
     /// Request counts and durations for `/metrics`.
-    pub http_metrics: Arc<crate::metrics::HttpMetrics>,
+    pub http_metrics: Arc<aios_daemon::metrics::HttpMetrics>,
     /// The sync link's state, for `/metrics`.
     pub link: tokio::sync::watch::Receiver<crate::uplink::LinkStatus>,
 }
@@ -61,8 +61,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<crate::db::DbError> for ApiError {
-    fn from(err: crate::db::DbError) -> Self {
+impl From<aios_daemon::db::DbError> for ApiError {
+    fn from(err: aios_daemon::db::DbError) -> Self {
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
     }
 }
@@ -98,14 +98,14 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         // Signed by the sender, not by the API token.
         .route("/v1/webhooks/{name}", post(crate::webhook::receive))
-        .layer(axum::middleware::from_fn_with_state(state.http_metrics.clone(), crate::metrics::track))
+        .layer(axum::middleware::from_fn_with_state(state.http_metrics.clone(), aios_daemon::metrics::track))
         .with_state(state)
 }
 
 /// `GET /metrics`: Prometheus figures read from the database now.
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let figures = state.runtime.store().db.read(crate::metrics::edge_figures).await?;
-    let mut scrape = crate::metrics::Scrape::new(&state.http_metrics);
+    let mut scrape = aios_daemon::metrics::Scrape::new(&state.http_metrics);
     figures.write(&mut scrape, *state.link.borrow() == crate::uplink::LinkStatus::Connected);
     Ok(scrape.into_response())
 }
@@ -208,7 +208,7 @@ async fn local_command(
         edge_id,
         by: format!("local:{}", operator.by.unwrap_or_else(|| "operator".into())),
         comment: operator.comment,
-        issued_ms: crate::unix_ms(),
+        issued_ms: aios_daemon::clock::unix_ms(),
         command,
     };
     match state.runtime.apply_command(body.clone()).await? {

@@ -9,11 +9,13 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use aios_daemon::cli::{load_config, shutdown_signal, LogFormat};
+
 use crate::daemon::{self, DaemonOptions};
 use crate::enroll::{self, EnrollOptions};
 use crate::store::EdgeStore;
-use crate::unix_ms;
 use crate::uplink::UplinkOptions;
+use aios_daemon::clock::unix_ms;
 
 /// The aios edge agent.
 #[derive(Debug, Parser)]
@@ -30,16 +32,6 @@ pub struct Cli {
     pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// How logs are written.
-#[derive(Debug, Clone, Copy, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The subcommands.
@@ -180,7 +172,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 /// Entry point shared by `aios-edge` and the test build of it.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let _telemetry = crate::telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref(), "aios-edge")?;
+    let _telemetry = aios_daemon::telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref(), "aios-edge")?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(run(cli))
@@ -260,28 +252,6 @@ async fn run_daemon(data_dir_flag: Option<PathBuf>, args: RunArgs) -> anyhow::Re
     tracing::info!("shutting down");
     handle.stop().await;
     Ok(())
-}
-
-/// Reads a daemon's TOML configuration file, or the defaults without one.
-pub fn load_config<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
-    let Some(path) = path else { return Ok(T::default()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
-}
-
-/// Waits for SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler cannot fail on unix");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn status(data_dir: &Path) -> anyhow::Result<()> {

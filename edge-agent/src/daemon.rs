@@ -12,11 +12,11 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
+use crate::model_calls::Tiers;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::store::EdgeStore;
-use crate::tiers::Tiers;
-use crate::unix_ms;
 use crate::uplink::{LinkStatus, Uplink, UplinkOptions};
+use aios_daemon::clock::unix_ms;
 
 /// How often bundle expiry is checked.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
@@ -31,7 +31,7 @@ pub enum DaemonError {
     NotEnrolled(PathBuf),
     /// The database failed.
     #[error(transparent)]
-    Db(#[from] crate::db::DbError),
+    Db(#[from] aios_daemon::db::DbError),
     /// The gateway's models cannot load.
     #[error("cannot start the gateway: {0}")]
     Gateway(String),
@@ -145,7 +145,7 @@ async fn gateway_router(
     let token = gateway
         .token
         .as_deref()
-        .map(aios_models::cloud::Credential::load)
+        .map(crate::model_calls::cloud::Credential::load)
         .transpose()
         .map_err(|err| failed(format!("gateway token: {err}")))?;
     let config = crate::gateway::GatewayConfig {
@@ -224,7 +224,7 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
             let mut app = api::router(ApiState {
                 runtime: runtime.clone(),
                 token: options.api_token.clone().map(Into::into),
-                http_metrics: Arc::new(crate::metrics::HttpMetrics::new("aios_edge")),
+                http_metrics: Arc::new(aios_daemon::metrics::HttpMetrics::new("aios_edge")),
                 link: status.clone(),
             });
             if let Some(gateway) = &options.gateway {

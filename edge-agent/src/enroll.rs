@@ -14,7 +14,7 @@ use rand::rngs::OsRng;
 
 use crate::identity::{enrollment_client_config, key_pkcs8, Identity};
 use crate::store::EdgeStore;
-use crate::transport::{read_frame, write_frame, SERVER_NAME};
+use aios_daemon::transport::{read_frame, write_frame, SERVER_NAME};
 
 /// Why enrolment failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub enum EnrollError {
     Protocol(String),
     /// The identity could not be stored.
     #[error(transparent)]
-    Store(#[from] crate::db::DbError),
+    Store(#[from] aios_daemon::db::DbError),
     /// Local TLS or key handling failed.
     #[error(transparent)]
     Tls(#[from] crate::identity::TlsError),

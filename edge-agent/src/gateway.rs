@@ -38,17 +38,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aios_models::cloud::{ChatStream, CloudClient, Credential};
-use aios_models::openai::{
+use crate::model_calls::cloud::{ChatStream, CloudClient, Credential};
+use crate::model_calls::openai::{
     ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, Choice, ChunkChoice, Delta, EmbeddingData,
     EmbeddingInput, EmbeddingUsage, EmbeddingVector, EmbeddingsRequest, EmbeddingsResponse, ErrorBody, ErrorDetail,
     ModelList, ModelObject, ResponseMessage, Usage,
 };
-use aios_models::router::{MicroUsd, TokenCount};
 use aios_models::{
     ChatMessage, ChatModel, EmbeddingModel, FinishReason, GenerateRequest, Generation, GenerationStream, ModelError,
     Prompt, SamplingParams,
 };
+use aios_shared::router::{MicroUsd, TokenCount};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -60,7 +60,7 @@ use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::tiers::{estimate_tokens, Charge, GatewayRefusal, GatewayRoute, RefusalKind, Settlement, Tiers};
+use crate::model_calls::{estimate_tokens, Charge, GatewayRefusal, GatewayRoute, RefusalKind, Settlement, Tiers};
 
 /// Most texts one embeddings request may carry (OpenAI's limit).
 const MAX_EMBEDDING_INPUTS: usize = 2048;
@@ -390,7 +390,7 @@ impl Drop for CallRecorder {
 }
 
 fn unix_seconds() -> u64 {
-    u64::try_from(crate::unix_ms() / 1000).unwrap_or_default()
+    u64::try_from(aios_daemon::clock::unix_ms() / 1000).unwrap_or_default()
 }
 
 fn authorise(state: &GatewayState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -698,7 +698,7 @@ async fn route_to_tier<T, F, Fut>(
 ) -> Result<(CallRecorder, RouteInfo, T, Charge), Response>
 where
     F: FnMut(CloudClient) -> Fut + Clone,
-    Fut: std::future::Future<Output = Result<T, aios_models::cloud::CloudError>>,
+    Fut: std::future::Future<Output = Result<T, crate::model_calls::cloud::CloudError>>,
 {
     let local = state.chat.as_ref().map(|_| state.config.chat_model.as_str());
     match tiers.route_gateway(&request.model, local, request_id, estimated, call).await {

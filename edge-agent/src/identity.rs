@@ -13,7 +13,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::transport::{crypto_provider, ALPN};
+use aios_daemon::transport::{crypto_provider, ALPN};
 
 /// Everything an enrolled edge needs to connect.
 #[derive(Clone)]
@@ -103,7 +103,7 @@ fn quic_client(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsErro
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|err| TlsError::Quic(err.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(crate::transport::transport_config()));
+    config.transport_config(Arc::new(aios_daemon::transport::transport_config()));
     Ok(config)
 }
 

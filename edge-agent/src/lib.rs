@@ -10,14 +10,10 @@
 //! - [`store`]: the edge's SQLite state: identity, audit chain, bundle.
 //! - [`memory`]: semantic memory, authoritative records, working context;
 //!   [`memory_cli`] is `aios-edge memory ...`.
-//! - [`db`]: SQLite plumbing shared with the control plane (writer thread,
-//!   group commit, migrations).
-//! - [`transport`]: frames over QUIC streams and the QUIC settings.
 
 pub mod api;
 pub mod cli;
 pub mod daemon;
-pub mod db;
 pub mod enroll;
 pub mod exec;
 pub mod exec_cli;
@@ -26,18 +22,10 @@ pub mod identity;
 pub mod memory;
 pub mod memory_cli;
 pub mod metrics;
+pub mod model_calls;
 pub mod runtime;
 pub mod store;
 pub mod task_cli;
 pub mod tasks;
-pub mod telemetry;
-pub mod tiers;
-pub mod transport;
 pub mod uplink;
 pub mod webhook;
-
-/// Milliseconds since the Unix epoch: the only wall clock the edge reads.
-pub fn unix_ms() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
-}

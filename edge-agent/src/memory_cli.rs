@@ -14,7 +14,7 @@ use aios_shared::memory::{Classification, MemorySpec};
 
 use crate::memory::{EmbedderSource, ExportOptions, Item, Memory, NewItem, Provenance, SearchRequest};
 use crate::store::EdgeStore;
-use crate::unix_ms;
+use aios_daemon::clock::unix_ms;
 
 /// The memory subcommands.
 #[derive(Debug, Subcommand)]

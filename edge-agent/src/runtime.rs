@@ -8,7 +8,7 @@
 //! [`crate::tasks`]). Model calls go to worker threads (see
 //! `aios_models::worker`), never onto tokio's workers.
 //!
-//! Which tier runs a model step is decided by [`crate::tiers`]; this module
+//! Which tier runs a model step is decided by [`crate::model_calls`]; this module
 //! only runs steps and records what happened.
 
 use std::collections::HashMap;
@@ -23,14 +23,14 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::db::DbError;
 use crate::exec::{ActOutcome, ActRequest, Applied, ExecPlane};
 use crate::identity::Identity;
 use crate::memory::{self, EmbedderSource, Memory};
+use crate::model_calls::{ModelCallError, StepCall, Tiers};
 use crate::store::EdgeStore;
 use crate::tasks::{NewTask, RunEnd, StepRecord, SubmitError, TaskRecord};
-use crate::tiers::{ModelCallError, StepCall, Tiers};
-use crate::unix_ms;
+use aios_daemon::clock::unix_ms;
+use aios_daemon::db::DbError;
 
 /// How often the dispatcher looks for due tasks when nothing wakes it.
 const IDLE_POLL: Duration = Duration::from_millis(500);
@@ -254,7 +254,7 @@ impl Runtime {
         let id = &outcome.0.id;
         let trace_id = aios_shared::trace::task_trace_hex(id);
         let span = tracing::info_span!("task.submit", task = %id, agent = %outcome.0.agent, source, %trace_id);
-        crate::telemetry::join_task_trace(&span, id);
+        aios_daemon::telemetry::join_task_trace(&span, id);
         span.in_scope(|| debug!(repeated = outcome.1, "task submitted"));
         self.inner.wake.notify_one();
         Ok(outcome)
@@ -346,7 +346,7 @@ impl Runtime {
             let defs = defs.clone();
             let trace_id = aios_shared::trace::task_trace_hex(&id);
             let span = tracing::info_span!("task", task = %id, agent = %agent_name, %trace_id);
-            crate::telemetry::join_task_trace(&span, &id);
+            aios_daemon::telemetry::join_task_trace(&span, &id);
             handles.push(tokio::spawn(
                 async move {
                     runtime.run_task(task, defs, cancel).await;
@@ -644,7 +644,7 @@ impl Runtime {
         task: &TaskRecord,
         seq: usize,
         call: StepCall<'_>,
-    ) -> Result<crate::tiers::CallOutcome, Stop> {
+    ) -> Result<crate::model_calls::CallOutcome, Stop> {
         let call_id = format!("{}:{seq}:{:08x}", task.id, rand::random::<u32>());
         if let Some(path) = &self.inner.options.call_log {
             log_call(path, &task.id, seq, &call_id);

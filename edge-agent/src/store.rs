@@ -12,8 +12,8 @@ use aios_shared::bundle::{Autonomy, BundleBody, BundleError, Offer, SignedBundle
 use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::db::{Db, DbError};
 use crate::identity::{key_from_pkcs8, key_pkcs8, Identity};
+use aios_daemon::db::{Db, DbError};
 
 /// A signed checkpoint is appended after every this many events.
 pub const CHECKPOINT_EVERY: u64 = 1000;
@@ -365,7 +365,7 @@ pub fn emit_debug_events(
     batch: u64,
     now_ms: impl Fn() -> i64,
 ) -> Result<ChainHead, DbError> {
-    let conn = crate::db::open_connection(&data_dir.join("edge.db"))?;
+    let conn = aios_daemon::db::open_connection(&data_dir.join("edge.db"))?;
     let identity = read_identity(&conn)?
         .ok_or_else(|| DbError::Corrupt("this edge has not enrolled; run `aios-edge enroll` first".into()))?;
     let mut head = ChainHead::EMPTY;

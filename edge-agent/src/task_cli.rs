@@ -1,12 +1,13 @@
 //! `aios-edge task ...`: a client of the running daemon's local API.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
+
+use aios_daemon::cli::read_input;
 
 use crate::tasks::{TaskRecord, TaskState};
 
@@ -153,18 +154,6 @@ pub async fn run(command: TaskCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Reads a task input from a file or `-` (standard input): JSON as is, any
-/// other text as `{"text": ...}`.
-pub fn read_input(path: &std::path::Path) -> anyhow::Result<Value> {
-    let mut text = String::new();
-    if path.as_os_str() == "-" {
-        std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
-    } else {
-        text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    }
-    Ok(serde_json::from_str(&text).unwrap_or_else(|_| json!({ "text": text.trim_end() })))
 }
 
 /// Prints each step as it is recorded, then the result.

@@ -18,9 +18,9 @@ use aios_shared::audit::kinds;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
-use crate::db::DbError;
 use crate::identity::Identity;
 use crate::store::{append_event, EdgeStore};
+use aios_daemon::db::DbError;
 
 /// The schema migration that adds tasks (applied after the foundation's).
 pub(crate) const MIGRATION: &str = r#"

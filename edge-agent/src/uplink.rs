@@ -20,8 +20,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::enroll::{resolve, unspecified_for};
 use crate::identity::Identity;
 use crate::store::{BundleOutcome, EdgeStore};
-use crate::transport::{close_code, sleep_until, spawn_frame_reader, write_frame, SERVER_NAME};
-use crate::unix_ms;
+use aios_daemon::clock::unix_ms;
+use aios_daemon::transport::{close_code, sleep_until, spawn_frame_reader, write_frame, SERVER_NAME};
 
 /// How often the log is checked for events written by other processes.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -84,7 +84,7 @@ impl Uplink {
     async fn accept_tasks(
         &self,
         tasks: Vec<aios_shared::wire::DispatchedTask>,
-    ) -> Result<Vec<aios_shared::wire::TaskReceipt>, crate::db::DbError> {
+    ) -> Result<Vec<aios_shared::wire::TaskReceipt>, aios_daemon::db::DbError> {
         use crate::runtime::{RuntimeError, Submission};
         use crate::tasks::SubmitError;
         let mut receipts = Vec::with_capacity(tasks.len());
@@ -113,7 +113,7 @@ impl Uplink {
     async fn apply_commands(
         &self,
         commands: Vec<aios_shared::command::SignedCommand>,
-    ) -> Result<Vec<aios_shared::wire::CommandReceipt>, crate::db::DbError> {
+    ) -> Result<Vec<aios_shared::wire::CommandReceipt>, aios_daemon::db::DbError> {
         use crate::exec::Applied;
         let mut receipts = Vec::with_capacity(commands.len());
         for command in commands {

@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex};
 use aios_edge_agent::gateway::{
     router, CallOutcome, Delivery, GatewayCall, GatewayConfig, GatewayEndpoint, GatewayObserver, GatewayState,
 };
-use aios_models::cloud::{CloudClient, CloudConfig, Credential};
-use aios_models::openai::{ChatCompletionRequest, EmbeddingInput, EmbeddingsRequest, SseDecoder, WireMessage};
+use aios_edge_agent::model_calls::cloud::{CloudClient, CloudConfig, Credential};
+use aios_edge_agent::model_calls::openai::{
+    ChatCompletionRequest, EmbeddingInput, EmbeddingsRequest, SseDecoder, WireMessage,
+};
 use aios_models::{ChatMessage, ChatModel, EmbeddingModel, GenerateRequest, Generation, LoadOptions, ModelStore};
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;

@@ -1,6 +1,6 @@
 //! The memory plane on the real all-MiniLM-L6-v2 (fetched through the model
 //! store on first use, then cached) and a real SQLite file: a product-policy
-//! fixture of 50 passages (`tests/data/policies.jsonl`) where each of 20
+//! fixture of 50 passages (`up/data/policies.jsonl`, the reference workload's) where each of 20
 //! customer questions must find its passage in the top 3; classification
 //! limits and metadata filters never crossed; expired items never returned;
 //! an erased subject gone from search, export and the embedding cache; the
@@ -25,8 +25,8 @@ use aios_shared::memory::{Classification, MemorySpec};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
 
-const POLICIES: &str = include_str!("../../tests/data/policies.jsonl");
-const POLICIES_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/policies.jsonl");
+const POLICIES: &str = include_str!("../../up/data/policies.jsonl");
+const POLICIES_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../up/data/policies.jsonl");
 const QUESTIONS: &str = include_str!("../../tests/data/policy-questions.json");
 
 fn embedder() -> Arc<LazyEmbedder> {

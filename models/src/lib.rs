@@ -1,8 +1,8 @@
-//! The edge's models. Local ones: where they come from, how they are verified
-//! and loaded, and inference for chat (GGUF, candle quantized backends) and
-//! sentence embeddings (BERT). Remote ones: a client for OpenAI-compatible
-//! endpoints. And the pure tier router that decides when a step escalates past
-//! the local model.
+//! Local inference, and nothing else: where model files come from, how they
+//! are verified and loaded, and inference for chat (GGUF: our CPU kernels,
+//! candle's backends on GPUs) and sentence embeddings (BERT). Remote model
+//! APIs are the edge's (`aios_edge_agent::model_calls`); routing decisions
+//! are the core's (`aios_shared::router`).
 //!
 //! # Layout
 //! - [`catalog`]: the TOML catalogue of models, files, digests and sources.
@@ -15,12 +15,6 @@
 //! - [`embed`]: BERT sentence embeddings (synchronous engine).
 //! - [`worker`]: one OS thread per model behind a command channel; the async
 //!   handles [`ChatModel`] and [`EmbeddingModel`] are what callers use.
-//! - [`openai`]: the OpenAI HTTP API's wire types and an SSE decoder, shared
-//!   by the cloud client and the edge's gateway.
-//! - [`cloud`]: the client for remote tiers (OpenAI-compatible endpoints,
-//!   including another edge's gateway) and [`cloud::Credential`].
-//! - [`router`]: tiers, escalation decisions, circuit breakers, budgets and
-//!   retry backoff (pure: no I/O, no clock).
 //! - [`device`]: CPU by default, CUDA / Metal behind cargo features.
 //! - [`cli`]: `aios-edge models ...` (list, pull, verify, path, bench).
 //! - [`error`]: [`StoreError`] and [`ModelError`].
@@ -28,13 +22,10 @@
 pub mod catalog;
 pub mod chat;
 pub mod cli;
-pub mod cloud;
 pub mod cpu;
 pub mod device;
 pub mod embed;
 pub mod error;
-pub mod openai;
-pub mod router;
 pub mod store;
 pub mod worker;
 

@@ -15,7 +15,8 @@
 //! - [`policy`]: the Cedar decision (allow, deny, require approval) for a side effect.
 //! - [`command`]: signed operator commands sent down to one edge.
 //! - [`token`]: one-time enrolment tokens that pin the CA.
-//! - [`backoff`]: reconnect delays with jitter.
+//! - [`router`]: model tiering decisions, circuit breakers, budget ledger.
+//! - [`backoff`]: the one backoff with jitter (reconnects, retries).
 //! - [`duration`]: `30d`-style durations for flags and files.
 //! - [`memory`]: memory classifications, retention and agents' memory access.
 //! - [`trace`]: the trace id a task carries, derived from its id.
@@ -29,6 +30,7 @@ pub mod duration;
 pub mod exec;
 pub mod memory;
 pub mod policy;
+pub mod router;
 pub mod sync;
 pub mod token;
 pub mod trace;

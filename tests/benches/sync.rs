@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use aios_control_plane::api;
 use aios_control_plane::app::{ControlPlane, Options};
+use aios_daemon::clock::unix_ms;
 use aios_edge_agent::daemon::{self, DaemonOptions, EdgeHandle};
 use aios_edge_agent::enroll::{self, EnrollOptions};
 use aios_edge_agent::store::{emit_debug_events, EdgeStore};
-use aios_edge_agent::unix_ms;
 use aios_shared::bundle::{Autonomy, BundleSpec};
 use aios_shared::token::EnrollToken;
 

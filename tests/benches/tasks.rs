@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use aios_control_plane::api;
 use aios_control_plane::app::{ControlPlane, Options};
+use aios_daemon::clock::unix_ms;
 use aios_edge_agent::daemon::{self, DaemonOptions};
 use aios_edge_agent::enroll::{self, EnrollOptions};
 use aios_edge_agent::runtime::Submission;
 use aios_edge_agent::store::EdgeStore;
-use aios_edge_agent::unix_ms;
 use aios_shared::bundle::BundleSpec;
 use aios_shared::token::EnrollToken;
 

@@ -28,6 +28,8 @@ pub struct Bins {
     pub edge: PathBuf,
     /// The control plane.
     pub control_plane: PathBuf,
+    /// The all-in-one `aios up`.
+    pub up: PathBuf,
 }
 
 /// The binaries built by this package; usable only from its tests and benches.
@@ -37,6 +39,7 @@ macro_rules! bins {
         $crate::Bins {
             edge: env!("CARGO_BIN_EXE_edge-under-test").into(),
             control_plane: env!("CARGO_BIN_EXE_control-plane-under-test").into(),
+            up: env!("CARGO_BIN_EXE_up-under-test").into(),
         }
     };
 }
@@ -91,7 +94,7 @@ fn run_output(command: &mut Command) -> anyhow::Result<Output> {
     command.stdin(Stdio::null()).output().with_context(|| format!("cannot run {command:?}"))
 }
 
-/// `aios-control-plane up --ephemeral-ports`: the one-command start, in a
+/// `aios up --ephemeral-ports`: the one-command start, in a
 /// directory of its own.
 pub struct UpProc {
     child: Option<Child>,
@@ -110,7 +113,7 @@ impl UpProc {
     pub async fn start(bins: &Bins, root: &Path) -> anyhow::Result<UpProc> {
         std::fs::create_dir_all(root)?;
         let stdout = root.join("up.stdout");
-        let child = Command::new(&bins.control_plane)
+        let child = Command::new(&bins.up)
             .args(["up", "--ephemeral-ports", "--root"])
             .arg(root)
             .env("AIOS_LOG", "info,quinn=warn")

@@ -246,7 +246,7 @@ async fn certificates_from_another_ca_and_missing_certificates_are_refused() -> 
     let mut endpoint = quinn::Endpoint::client(addr("127.0.0.1:0"))?;
     endpoint.set_default_client_config(config);
     let connection =
-        endpoint.connect(addr(&cp.sync_addr()), aios_edge_agent::transport::SERVER_NAME)?.await.context("connect")?;
+        endpoint.connect(addr(&cp.sync_addr()), aios_daemon::transport::SERVER_NAME)?.await.context("connect")?;
     let (mut send, mut recv) = connection.open_bi().await?;
     let hello = aios_shared::wire::Frame::Hello(aios_shared::wire::Hello {
         version_min: 1,
@@ -256,8 +256,8 @@ async fn certificates_from_another_ca_and_missing_certificates_are_refused() -> 
         bundle_version: 0,
         audit_head_seq: 0,
     });
-    aios_edge_agent::transport::write_frame(&mut send, &hello).await?;
-    match aios_edge_agent::transport::read_frame(&mut recv).await? {
+    aios_daemon::transport::write_frame(&mut send, &hello).await?;
+    match aios_daemon::transport::read_frame(&mut recv).await? {
         Some(aios_shared::wire::Frame::Error(error)) => {
             assert_eq!(error.code, aios_shared::wire::ErrorCode::CertificateRequired, "{}", error.message);
         }
@@ -266,10 +266,10 @@ async fn certificates_from_another_ca_and_missing_certificates_are_refused() -> 
 
     // Garbage on the stream closes that connection with a clear error...
     let connection =
-        endpoint.connect(addr(&cp.sync_addr()), aios_edge_agent::transport::SERVER_NAME)?.await.context("connect")?;
+        endpoint.connect(addr(&cp.sync_addr()), aios_daemon::transport::SERVER_NAME)?.await.context("connect")?;
     let (mut send, mut recv) = connection.open_bi().await?;
     send.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await?;
-    match aios_edge_agent::transport::read_frame(&mut recv).await? {
+    match aios_daemon::transport::read_frame(&mut recv).await? {
         Some(aios_shared::wire::Frame::Error(error)) => {
             assert_eq!(error.code, aios_shared::wire::ErrorCode::Malformed, "{}", error.message);
         }
@@ -277,10 +277,10 @@ async fn certificates_from_another_ca_and_missing_certificates_are_refused() -> 
     }
     // ...and a length beyond the limit is refused before any body arrives...
     let connection =
-        endpoint.connect(addr(&cp.sync_addr()), aios_edge_agent::transport::SERVER_NAME)?.await.context("connect")?;
+        endpoint.connect(addr(&cp.sync_addr()), aios_daemon::transport::SERVER_NAME)?.await.context("connect")?;
     let (mut send, mut recv) = connection.open_bi().await?;
     send.write_all(&u32::MAX.to_be_bytes()).await?;
-    match aios_edge_agent::transport::read_frame(&mut recv).await? {
+    match aios_daemon::transport::read_frame(&mut recv).await? {
         Some(aios_shared::wire::Frame::Error(error)) => assert!(error.message.contains("exceeds"), "{}", error.message),
         other => panic!("expected a frame-size error, got {other:?}"),
     }

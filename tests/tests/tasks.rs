@@ -11,7 +11,7 @@ use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(300);
 const TRIAGE: &str = include_str!("../data/triage.toml");
-const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/policies.jsonl");
+const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../up/data/policies.jsonl");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triage_agent_runs_end_to_end_and_the_control_plane_audits_every_step() -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use aios_edge_agent::unix_ms;
+use aios_daemon::clock::unix_ms;
 use aios_shared::bundle::{BundleBody, BundleSpec};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -29,8 +29,8 @@ impl From<ApiError> for PageError {
     }
 }
 
-impl From<aios_edge_agent::db::DbError> for PageError {
-    fn from(err: aios_edge_agent::db::DbError) -> PageError {
+impl From<aios_daemon::db::DbError> for PageError {
+    fn from(err: aios_daemon::db::DbError) -> PageError {
         PageError(err.into())
     }
 }

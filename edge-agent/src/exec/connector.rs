@@ -127,8 +127,8 @@ pub fn render_body(template: &Value, args: &Value) -> Result<Value, ConnectorErr
 }
 
 /// Loads a secret reference (`env:NAME`, `file:/path`).
-pub fn load_secret(reference: &str) -> Result<aios_models::cloud::Credential, String> {
-    aios_models::cloud::Credential::load(reference).map_err(|err| err.to_string())
+pub fn load_secret(reference: &str) -> Result<crate::model_calls::cloud::Credential, String> {
+    crate::model_calls::cloud::Credential::load(reference).map_err(|err| err.to_string())
 }
 
 #[cfg(test)]

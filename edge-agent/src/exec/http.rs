@@ -44,7 +44,7 @@ impl HttpConnector {
             request = request.bearer_auth(secret.expose());
         }
         request = request.header("Idempotency-Key", call.key);
-        if let Some(traceparent) = crate::telemetry::traceparent() {
+        if let Some(traceparent) = aios_daemon::telemetry::traceparent() {
             request = request.header("traceparent", traceparent);
         }
         if method != reqwest::Method::GET {

@@ -24,13 +24,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aios_models::router::{BreakerConfig, CircuitBreaker};
 use aios_shared::audit::kinds;
 use aios_shared::backoff::Backoff;
 use aios_shared::bundle::Autonomy;
 use aios_shared::exec::{ActionSpec, ConnectorSpec};
 use aios_shared::memory::Classification;
 use aios_shared::policy::{ActionRequest, Decision, PolicyEngine};
+use aios_shared::router::{BreakerConfig, CircuitBreaker};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -38,10 +38,10 @@ use tracing::{debug, warn, Instrument};
 
 use self::connector::{Call, Connector, ConnectorError};
 use self::outbox::{ApprovalRequest, Attempt, Intent, NewIntent};
-use crate::db::DbError;
 use crate::identity::Identity;
 use crate::store::EdgeStore;
-use crate::unix_ms;
+use aios_daemon::clock::unix_ms;
+use aios_daemon::db::DbError;
 
 pub use self::outbox::{Applied, Approval};
 

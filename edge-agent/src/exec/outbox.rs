@@ -15,9 +15,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::db::DbError;
 use crate::identity::Identity;
 use crate::store::{append_event, EdgeStore};
+use aios_daemon::db::DbError;
 
 /// The schema migration that adds the outbox.
 pub(crate) const MIGRATION: &str = r#"

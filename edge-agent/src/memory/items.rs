@@ -17,8 +17,8 @@ use super::index::tag_hash;
 use super::{
     content_hash, vector_bytes, vector_from_bytes, Added, Item, Memory, MemoryError, NewItem, Provenance, VectorIndex,
 };
-use crate::db::DbError;
 use crate::store::append_event;
+use aios_daemon::db::DbError;
 
 /// Texts embedded per call to the model worker.
 const EMBED_CHUNK: usize = 256;

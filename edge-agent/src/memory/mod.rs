@@ -46,9 +46,9 @@ pub use items::{ExportOptions, Forgotten, Stats};
 pub use records::Record;
 pub use search::{Hit, SearchRequest};
 
-use crate::db::{Db, DbError};
 use crate::identity::Identity;
 use crate::store::EdgeStore;
+use aios_daemon::db::{Db, DbError};
 
 /// The schema migration of the memory plane (schema version 3).
 pub(crate) const MIGRATION: &str = r#"

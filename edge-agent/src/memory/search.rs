@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use super::index::{dot_f32, ScanFilter};
 use super::items::{load_index, read_generation};
 use super::{effective_expiry, vector_from_bytes, Memory, MemoryError, Provenance};
-use crate::db::DbError;
 use crate::store::append_event;
+use aios_daemon::db::DbError;
 
 /// Shortlist the index proposes for exact re-ranking, at least.
 const MIN_SHORTLIST: usize = 64;

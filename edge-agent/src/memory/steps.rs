@@ -9,7 +9,7 @@ use aios_shared::agent::{AgentSpec, StepKind, StepSpec};
 use serde_json::{json, Map, Value};
 
 use super::{ContextInput, Memory, MemoryError, SearchRequest};
-use crate::db::DbError;
+use aios_daemon::db::DbError;
 
 /// Default number of items a retrieve step returns.
 pub const DEFAULT_TOP_K: u32 = 5;

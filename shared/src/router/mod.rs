@@ -16,25 +16,23 @@
 //! Nothing here does I/O or reads a clock. The stateful pieces the async
 //! driver keeps beside the router are pure values too: [`CircuitBreaker`]
 //! (one per tier), [`BudgetLedger`] (reserve before a call, settle after) and
-//! [`RetryPolicy`] (the driver only sleeps).
+//! [`RetryPolicy`] (`crate::backoff`; the driver only sleeps).
 //!
 //! # Layout
 //! - `mod.rs`: tiers, money, [`route`].
 //! - [`breaker`]: the closed / open / half-open state machine.
 //! - [`budget`]: reservations against per-task and per-agent-day limits.
-//! - [`retry`]: attempts and backoff delays for retryable failures.
 
 pub mod breaker;
 pub mod budget;
-pub mod retry;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::backoff::RetryPolicy;
 pub use breaker::{BreakerConfig, BreakerOpen, BreakerState, CircuitBreaker, Permit};
 pub use budget::{day_of, BudgetError, BudgetKey, BudgetLedger, BudgetLimits, ReservationId};
-pub use retry::RetryPolicy;
 
 /// An amount of money in millionths of a US dollar. Integer so that
 /// reservations and settlements add up exactly.

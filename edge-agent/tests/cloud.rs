@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use aios_models::cloud::{CloudClient, CloudConfig, CloudError, Credential};
-use aios_models::openai::{ChatCompletionRequest, EmbeddingInput, EmbeddingsRequest, WireMessage};
-use aios_models::router::TokenCount;
+use aios_edge_agent::model_calls::cloud::{CloudClient, CloudConfig, CloudError, Credential};
+use aios_edge_agent::model_calls::openai::{ChatCompletionRequest, EmbeddingInput, EmbeddingsRequest, WireMessage};
+use aios_shared::router::TokenCount;
 use axum::body::Body;
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};

@@ -1,11 +1,11 @@
 //! Router decision time: `route` over a three-tier table for the common
 //! cases (local accepted, escalated, every tier skipped). Prints nanoseconds
-//! per decision; run with `cargo bench -p aios-models --bench router`.
+//! per decision; run with `cargo bench -p aios-shared --bench router`.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use aios_models::router::{
+use aios_shared::router::{
     route, BudgetView, Egress, MicroUsd, Price, RiskClass, RouteInput, TierHealth, TierSpec, Tiers, TokenCount,
     Validation,
 };

@@ -1,37 +1,36 @@
-//! `aios-control-plane up`: the one-command start.
+//! `aios up`: the one-command start.
 //!
 //! Runs, in this process and with all state under `./aios-data`: a control
 //! plane, the sample shop on loopback, and two edges ("front-office" and
 //! "studio"), enrolled with tokens `up` makes itself. On first start it
 //! creates an `admin` account (printing its password once), publishes the
-//! reference bundle (`control-plane/up/bundle.toml`: the triage and content
+//! reference bundle (`up/data/bundle.toml`: the triage and content
 //! workloads), loads the edges' memories and dispatches the sample work in
-//! `control-plane/up/*.jsonl`. Then it prints the console's address. Running
+//! `up/data/*.jsonl`. Then it prints the console's address. Running
 //! it again reuses the same data: edges stay enrolled, chains continue.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aios_control_plane::accounts::{self, Role};
+use aios_control_plane::api::ApiState;
+use aios_control_plane::app::{ControlPlane, Options};
+use aios_daemon::clock::unix_ms;
 use aios_edge_agent::daemon::{self, DaemonOptions, EdgeHandle};
 use aios_edge_agent::enroll::{self, EnrollOptions};
 use aios_edge_agent::memory::Item;
 use aios_edge_agent::store::EdgeStore;
-use aios_edge_agent::unix_ms;
 use aios_edge_agent::uplink::LinkStatus;
 use aios_shared::bundle::BundleSpec;
 use aios_shared::token::EnrollToken;
 use anyhow::Context;
 
-use crate::accounts::{self, Role};
-use crate::api::ApiState;
-use crate::app::{ControlPlane, Options};
-
-const BUNDLE: &str = include_str!("../up/bundle.toml");
-const MESSAGES: &str = include_str!("../up/messages.jsonl");
-const BRIEFS: &str = include_str!("../up/briefs.jsonl");
-const NOTES: &str = include_str!("../up/notes.jsonl");
-const POLICIES: &str = include_str!("../../tests/data/policies.jsonl");
+const BUNDLE: &str = include_str!("../data/bundle.toml");
+const MESSAGES: &str = include_str!("../data/messages.jsonl");
+const BRIEFS: &str = include_str!("../data/briefs.jsonl");
+const NOTES: &str = include_str!("../data/notes.jsonl");
+const POLICIES: &str = include_str!("../data/policies.jsonl");
 
 /// The sample shop's address (fixed, so the published bundle stays valid
 /// across restarts).
@@ -137,7 +136,7 @@ pub async fn up(up: UpOptions) -> anyhow::Result<()> {
     println!("  Sample shop: http://{shop}   Published posts: {}", root.join("posts").display());
     println!("Press Ctrl-C to stop.");
 
-    aios_edge_agent::cli::shutdown_signal().await;
+    aios_daemon::cli::shutdown_signal().await;
     for handle in handles {
         handle.stop().await;
     }
@@ -176,7 +175,7 @@ async fn publish_reference_bundle(api: &ApiState, root: &Path, shop: SocketAddr)
     let posts = root.join("posts");
     std::fs::create_dir_all(&posts).with_context(|| format!("cannot create {}", posts.display()))?;
     let spec = reference_bundle(&posts, shop)?;
-    crate::api::publish(api, spec)
+    aios_control_plane::api::publish(api, spec)
         .await
         .map_err(|err| anyhow::anyhow!("cannot publish the reference bundle: {}", err.1))?;
     Ok(())

@@ -1,10 +1,13 @@
 //! Model tiers as the bundle declares them, and the one place a step's model
 //! call is made. Local tiers run on `aios_models` worker threads (loaded on
 //! first use through the verified model store); remote tiers are
-//! OpenAI-compatible endpoints reached with `aios_models::cloud`. The choice
-//! between them is `aios_models::router::route`, a pure function; this module
+//! OpenAI-compatible endpoints reached with `crate::model_calls::cloud`. The choice
+//! between them is `aios_shared::router::route`, a pure function; this module
 //! keeps the state it reads (a breaker per tier, the budget ledger) and makes
 //! the calls, retries and accounting.
+
+pub mod cloud;
+pub mod openai;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -12,24 +15,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aios_models::cloud::{ChatCompletion, CloudClient, CloudConfig, CloudError, Credential};
-use aios_models::openai::{ChatCompletionRequest, WireMessage};
-use aios_models::router::{
-    self, day_of, AirGap, BreakerConfig, BudgetKey, BudgetLedger, BudgetLimits, CircuitBreaker, MicroUsd, Permit,
-    Price, ReservationId, RetryPolicy, RiskClass, RouteInput, RouteReason, RouteTarget, TierHealth, TierId, TokenCount,
-    Validation,
-};
+use crate::model_calls::cloud::{ChatCompletion, CloudClient, CloudConfig, CloudError, Credential};
+use crate::model_calls::openai::{ChatCompletionRequest, WireMessage};
 use aios_models::{
     ChatMessage, ChatModel, GenerateRequest, LoadOptions, ModelError, ModelStore, Prompt, SamplingParams,
 };
 use aios_shared::agent::{Definitions, Risk, StepKind, StepSpec, TierKind};
+use aios_shared::router::{
+    self, day_of, AirGap, BreakerConfig, BudgetKey, BudgetLedger, BudgetLimits, CircuitBreaker, MicroUsd, Permit,
+    Price, ReservationId, RetryPolicy, RiskClass, RouteInput, RouteReason, RouteTarget, TierHealth, TierId, TokenCount,
+    Validation,
+};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use crate::db::DbError;
 use crate::store::EdgeStore;
 use crate::tasks::StepRecord;
-use crate::unix_ms;
+use aios_daemon::clock::unix_ms;
+use aios_daemon::db::DbError;
 
 /// One model call a step asks for.
 #[derive(Debug)]

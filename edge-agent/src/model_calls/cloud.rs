@@ -23,11 +23,11 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::openai::{
+use crate::model_calls::openai::{
     ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, EmbeddingInput, EmbeddingUsage,
     EmbeddingVector, EmbeddingsRequest, EmbeddingsResponse, ErrorBody, SseDecoder, StreamOptions, Usage,
 };
-use crate::router::TokenCount;
+use aios_shared::router::TokenCount;
 
 /// A secret bearer token. Never printed: `Debug` shows `***` and there is no
 /// `Display`.
