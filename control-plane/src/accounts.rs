@@ -14,8 +14,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use aios_daemon::chain::ChainTable;
 use aios_daemon::db::DbError;
-use aios_shared::audit::{verify_chain, AuditEvent, ChainHead, Hash, GENESIS_HASH};
+use aios_shared::audit::{verify_chain, AuditEvent};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -25,41 +26,8 @@ use sha2::{Digest, Sha256};
 
 use crate::store::CpStore;
 
-/// The schema migration that adds accounts, tokens, sessions and the
-/// operator log.
-pub(crate) const MIGRATION: &str = r#"
-CREATE TABLE accounts (
-    name TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    password_hash TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    password_set_ms INTEGER NOT NULL
-);
-CREATE TABLE api_tokens (
-    hash BLOB PRIMARY KEY,
-    account TEXT NOT NULL,
-    label TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    expires_ms INTEGER NOT NULL
-);
-CREATE INDEX api_tokens_by_account ON api_tokens (account);
-CREATE TABLE sessions (
-    hash BLOB PRIMARY KEY,
-    account TEXT NOT NULL,
-    csrf TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    expires_ms INTEGER NOT NULL
-);
-CREATE INDEX sessions_by_account ON sessions (account);
-CREATE TABLE operator_events (
-    seq INTEGER PRIMARY KEY,
-    ts_ms INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    prev_hash BLOB NOT NULL,
-    hash BLOB NOT NULL
-);
-"#;
+/// Where the operator log is stored.
+const OPERATOR_LOG: ChainTable = ChainTable::single("operator_events");
 
 /// The chain id of the operator log (edges' ids are UUIDs, so no clash).
 pub const OPERATOR_CHAIN: &str = "control-plane";
@@ -436,27 +404,9 @@ impl CpStore {
     ) -> Result<u64, DbError> {
         self.db
             .write(move |c| {
-                let head: Option<(i64, Vec<u8>)> = c
-                    .query_row("SELECT seq, hash FROM operator_events ORDER BY seq DESC LIMIT 1", [], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()?;
-                let head = match head {
-                    Some((seq, hash)) => ChainHead { seq: seq as u64, hash: to_hash(&hash)? },
-                    None => ChainHead { seq: 0, hash: GENESIS_HASH },
-                };
+                let head = OPERATOR_LOG.head(c, None)?;
                 let event = AuditEvent::next(OPERATOR_CHAIN, head, now_ms, kind, payload.to_string());
-                c.execute(
-                    "INSERT INTO operator_events VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        event.seq as i64,
-                        event.ts_ms,
-                        event.kind,
-                        event.payload,
-                        event.prev_hash.as_slice(),
-                        event.hash.as_slice()
-                    ],
-                )?;
+                OPERATOR_LOG.insert(c, None, &event, now_ms)?;
                 Ok(event.seq)
             })
             .await
@@ -489,29 +439,13 @@ impl CpStore {
 }
 
 fn verify_operator_log(c: &Connection) -> Result<(u64, Vec<String>), DbError> {
-    let mut stmt = c.prepare("SELECT seq, ts_ms, kind, payload, prev_hash, hash FROM operator_events ORDER BY seq")?;
-    let mut rows = stmt.query([])?;
-    let mut events = Vec::new();
-    while let Some(r) = rows.next()? {
-        events.push(AuditEvent {
-            seq: r.get::<_, i64>(0)? as u64,
-            ts_ms: r.get(1)?,
-            kind: r.get(2)?,
-            payload: r.get(3)?,
-            prev_hash: to_hash(&r.get::<_, Vec<u8>>(4)?)?,
-            hash: to_hash(&r.get::<_, Vec<u8>>(5)?)?,
-        });
-    }
+    let events = OPERATOR_LOG.load_all(c, None)?;
     let breaks = verify_chain(OPERATOR_CHAIN, None, &events, 0).iter().map(ToString::to_string).collect();
     Ok((events.len() as u64, breaks))
 }
 
 fn parse_role(role: &str) -> Result<Role, DbError> {
     role.parse().map_err(|err: AccountError| DbError::Corrupt(err.to_string()))
-}
-
-fn to_hash(bytes: &[u8]) -> Result<Hash, DbError> {
-    bytes.try_into().map_err(|_| DbError::Corrupt("a stored hash is not 32 bytes".into()))
 }
 
 #[cfg(test)]

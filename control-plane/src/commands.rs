@@ -16,25 +16,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::resend::ResendQueue;
 use crate::store::CpStore;
 use aios_daemon::db::DbError;
 
-/// The schema migration that adds commands.
-pub(crate) const MIGRATION: &str = r#"
-CREATE TABLE commands (
-    id TEXT PRIMARY KEY,
-    edge_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    body TEXT NOT NULL,
-    signature BLOB NOT NULL,
-    created_ms INTEGER NOT NULL,
-    received_ms INTEGER,
-    refused TEXT
-);
-CREATE INDEX commands_by_edge ON commands (edge_id, received_ms);
-CREATE INDEX commands_by_subject ON commands (subject);
-"#;
+/// Commands wait here for their edge's receipt.
+const COMMANDS: ResendQueue = ResendQueue::new("commands");
 
 /// An approval request as the queue shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -166,14 +153,9 @@ impl CpStore {
     pub async fn pending_commands(&self, edge_id: String) -> Result<Vec<SignedCommand>, DbError> {
         self.db
             .read(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT id, body, signature FROM commands WHERE edge_id = ?1 AND received_ms IS NULL
-                     ORDER BY created_ms, id LIMIT 1000",
-                )?;
-                let rows = stmt.query_map([edge_id], |r| {
+                COMMANDS.pending(conn, &edge_id, "id, body, signature", |r| {
                     Ok(SignedCommand { id: r.get(0)?, body: r.get(1)?, signature: r.get(2)? })
-                })?;
-                Ok(rows.collect::<Result<_, _>>()?)
+                })
             })
             .await
     }
@@ -188,11 +170,7 @@ impl CpStore {
         self.db
             .write(move |conn| {
                 for receipt in receipts {
-                    conn.execute(
-                        "UPDATE commands SET received_ms = ?3, refused = ?4
-                         WHERE id = ?1 AND edge_id = ?2 AND received_ms IS NULL",
-                        params![receipt.id, edge_id, now_ms, receipt.refused],
-                    )?;
+                    COMMANDS.acknowledge(conn, &edge_id, &receipt.id, now_ms, &[("refused", &receipt.refused)])?;
                 }
                 Ok(())
             })

@@ -10,24 +10,12 @@ use aios_shared::wire::{DispatchedTask, TaskReceipt};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
+use crate::resend::ResendQueue;
 use crate::store::CpStore;
 use aios_daemon::db::DbError;
 
-/// The schema migration that adds dispatches.
-pub(crate) const MIGRATION: &str = r#"
-CREATE TABLE dispatches (
-    id TEXT PRIMARY KEY,
-    edge_id TEXT NOT NULL,
-    agent TEXT NOT NULL,
-    kind TEXT,
-    input TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    received_ms INTEGER,
-    task_id TEXT,
-    refused TEXT
-);
-CREATE INDEX dispatches_by_edge ON dispatches (edge_id, received_ms);
-"#;
+/// Dispatches wait here for their edge's receipt.
+const DISPATCHES: ResendQueue = ResendQueue::new("dispatches");
 
 /// A dispatch with what is known of its task.
 #[derive(Debug, Clone, Serialize)]
@@ -85,14 +73,9 @@ impl CpStore {
     pub async fn pending_dispatches(&self, edge_id: String) -> Result<Vec<DispatchedTask>, DbError> {
         self.db
             .read(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT id, agent, kind, input FROM dispatches WHERE edge_id = ?1 AND received_ms IS NULL
-                     ORDER BY created_ms, id LIMIT 1000",
-                )?;
-                let rows = stmt.query_map([edge_id], |r| {
+                DISPATCHES.pending(conn, &edge_id, "id, agent, kind, input", |r| {
                     Ok(DispatchedTask { id: r.get(0)?, agent: r.get(1)?, kind: r.get(2)?, input: r.get(3)? })
-                })?;
-                Ok(rows.collect::<Result<_, _>>()?)
+                })
             })
             .await
     }
@@ -107,11 +90,9 @@ impl CpStore {
         self.db
             .write(move |conn| {
                 for receipt in receipts {
-                    conn.execute(
-                        "UPDATE dispatches SET received_ms = ?3, task_id = ?4, refused = ?5
-                         WHERE id = ?1 AND edge_id = ?2 AND received_ms IS NULL",
-                        params![receipt.id, edge_id, now_ms, receipt.task_id, receipt.refused],
-                    )?;
+                    let result: [(&str, &dyn rusqlite::ToSql); 2] =
+                        [("task_id", &receipt.task_id), ("refused", &receipt.refused)];
+                    DISPATCHES.acknowledge(conn, &edge_id, &receipt.id, now_ms, &result)?;
                 }
                 Ok(())
             })

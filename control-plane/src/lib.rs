@@ -23,6 +23,7 @@ pub mod console;
 pub mod dispatch;
 pub mod metrics;
 pub mod pki;
+pub mod resend;
 pub mod server;
 pub mod store;
 pub mod views;

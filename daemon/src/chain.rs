@@ -50,8 +50,10 @@ impl ChainTable {
         }
     }
 
-    /// Inserts one event; `Ok(false)` when a row with its sequence number
-    /// is already there (ingest is idempotent on `(scope, seq)`).
+    /// Inserts one event. In a scoped table (ingest, idempotent on
+    /// `(scope, seq)`) a row already there is left alone and `Ok(false)`
+    /// returned; in a single chain (append) it is an error, because two
+    /// writers appending after the same head would fork the chain.
     pub fn insert(
         &self,
         conn: &Connection,
@@ -64,8 +66,9 @@ impl ChainTable {
             None => (String::new(), ""),
         };
         let (received_column, received_value) = if self.received { (", received_at_ms", ", ?8") } else { ("", "") };
+        let verb = if self.scope.is_some() { "INSERT OR IGNORE" } else { "INSERT" };
         let sql = format!(
-            "INSERT OR IGNORE INTO {} ({scope_column}seq, ts_ms, kind, payload, prev_hash, hash{received_column})
+            "{verb} INTO {} ({scope_column}seq, ts_ms, kind, payload, prev_hash, hash{received_column})
              VALUES ({scope_value}?1, ?2, ?3, ?4, ?5, ?6{received_value})",
             self.table
         );
@@ -156,7 +159,10 @@ mod tests {
             let head = table.head(conn, scope).unwrap();
             let event = AuditEvent::next(chain, head, i as i64, "test", format!("{i}"));
             assert!(table.insert(conn, scope, &event, 7).unwrap());
-            assert!(!table.insert(conn, scope, &event, 7).unwrap(), "a second insert of seq {} is ignored", event.seq);
+            match scope {
+                Some(_) => assert!(!table.insert(conn, scope, &event, 7).unwrap(), "a second ingest is ignored"),
+                None => assert!(table.insert(conn, scope, &event, 7).is_err(), "a second append is refused"),
+            }
         }
     }
 

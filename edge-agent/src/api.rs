@@ -195,6 +195,20 @@ struct StateQuery {
     limit: Option<usize>,
 }
 
+impl StateQuery {
+    /// The state asked for, refused with 400 when it is not one.
+    fn parsed<T>(&self) -> Result<Option<T>, ApiError>
+    where
+        T: std::str::FromStr<Err = aios_shared::lifecycle::UnknownState>,
+    {
+        self.state
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|err: aios_shared::lifecycle::UnknownState| ApiError(StatusCode::BAD_REQUEST, err.to_string()))
+    }
+}
+
 /// Applies a command made on this machine, recorded like one from the
 /// control plane but with a `local:` operator.
 async fn local_command(
@@ -221,7 +235,7 @@ async fn list_approvals(
     State(state): State<ApiState>,
     Query(query): Query<StateQuery>,
 ) -> Result<Json<Vec<crate::exec::Approval>>, ApiError> {
-    Ok(Json(state.runtime.store().approvals(query.state.as_deref()).await?))
+    Ok(Json(state.runtime.store().approvals(query.parsed()?).await?))
 }
 
 async fn show_approval(
@@ -264,7 +278,7 @@ async fn list_intents(
     Query(query): Query<StateQuery>,
 ) -> Result<Json<Vec<crate::exec::outbox::Intent>>, ApiError> {
     let limit = query.limit.unwrap_or(100).min(1000);
-    Ok(Json(state.runtime.store().intents(query.state.as_deref(), limit).await?))
+    Ok(Json(state.runtime.store().intents(query.parsed()?, limit).await?))
 }
 
 async fn show_intent(

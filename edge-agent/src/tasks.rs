@@ -22,127 +22,23 @@ use crate::identity::Identity;
 use crate::store::{append_event, EdgeStore};
 use aios_daemon::db::DbError;
 
-/// The schema migration that adds tasks (applied after the foundation's).
-pub(crate) const MIGRATION: &str = r#"
-CREATE TABLE tasks (
-    id TEXT PRIMARY KEY,
-    agent TEXT NOT NULL,
-    agent_version INTEGER NOT NULL,
-    kind TEXT,
-    input TEXT NOT NULL,
-    idempotency_key TEXT UNIQUE,
-    source TEXT NOT NULL,
-    state TEXT NOT NULL,
-    next_step INTEGER NOT NULL DEFAULT 0,
-    starts INTEGER NOT NULL DEFAULT 0,
-    created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL,
-    deadline_ms INTEGER NOT NULL,
-    not_before_ms INTEGER NOT NULL DEFAULT 0,
-    wait_reason TEXT,
-    output TEXT,
-    error TEXT,
-    needs_review INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    cost_usd REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX tasks_by_state ON tasks (state, not_before_ms, created_ms);
-CREATE INDEX tasks_by_agent ON tasks (agent, created_ms);
-CREATE TABLE task_steps (
-    task_id TEXT NOT NULL REFERENCES tasks (id),
-    seq INTEGER NOT NULL,
-    step_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL,
-    output TEXT NOT NULL,
-    value TEXT,
-    tier TEXT,
-    reason TEXT,
-    tokens_in INTEGER NOT NULL DEFAULT 0,
-    tokens_out INTEGER NOT NULL DEFAULT 0,
-    cost_usd REAL NOT NULL DEFAULT 0,
-    latency_ms INTEGER NOT NULL DEFAULT 0,
-    confidence REAL,
-    needs_review INTEGER NOT NULL DEFAULT 0,
-    call_id TEXT,
-    created_ms INTEGER NOT NULL,
-    PRIMARY KEY (task_id, seq)
-);
-CREATE TABLE agent_spend (
-    agent TEXT NOT NULL,
-    day INTEGER NOT NULL,
-    usd REAL NOT NULL,
-    PRIMARY KEY (agent, day)
-);
-"#;
+pub use aios_shared::lifecycle::task::{TaskEvent, TaskState};
 
-/// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskState {
-    /// Persisted, not yet started.
-    Queued,
-    /// A runner owns it.
-    Running,
-    /// Paused until `not_before` (a tier is down, an approval is pending).
-    Waiting,
-    /// Finished with a result.
-    Succeeded,
-    /// Finished without one.
-    Failed,
-    /// Started too many times; an operator must look.
-    DeadLettered,
-    /// Cancelled by a user.
-    Cancelled,
+/// A stored task state.
+fn parse_state(text: &str) -> Result<TaskState, DbError> {
+    text.parse().map_err(|err: aios_shared::lifecycle::UnknownState| DbError::Corrupt(err.to_string()))
 }
 
-impl TaskState {
-    /// The name stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Queued => "queued",
-            TaskState::Running => "running",
-            TaskState::Waiting => "waiting",
-            TaskState::Succeeded => "succeeded",
-            TaskState::Failed => "failed",
-            TaskState::DeadLettered => "dead_lettered",
-            TaskState::Cancelled => "cancelled",
-        }
-    }
-
-    /// Whether the task will never run again.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::DeadLettered | TaskState::Cancelled)
-    }
-
-    fn parse(text: &str) -> Result<TaskState, DbError> {
-        Ok(match text {
-            "queued" => TaskState::Queued,
-            "running" => TaskState::Running,
-            "waiting" => TaskState::Waiting,
-            "succeeded" => TaskState::Succeeded,
-            "failed" => TaskState::Failed,
-            "dead_lettered" => TaskState::DeadLettered,
-            "cancelled" => TaskState::Cancelled,
-            other => return Err(DbError::Corrupt(format!("unknown task state {other:?}"))),
-        })
-    }
+/// The state after `event` from `from`, for a change made to every task in
+/// one state at once.
+pub(crate) fn next(from: TaskState, event: TaskEvent) -> Result<TaskState, DbError> {
+    from.transition(event).map_err(|err| DbError::Corrupt(err.to_string()))
 }
 
-impl std::fmt::Display for TaskState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for TaskState {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        TaskState::parse(text).map_err(|_| {
-            format!("unknown state {text:?} (queued, running, waiting, succeeded, failed, dead_lettered, cancelled)")
-        })
-    }
+/// The state `task` goes to on `event`; an event the lifecycle does not
+/// allow from its state rolls the transaction back.
+fn next_state(task: &TaskRecord, event: TaskEvent) -> Result<TaskState, DbError> {
+    task.state.transition(event).map_err(|err| DbError::Corrupt(format!("task {}: {err}", task.id)))
 }
 
 /// A submission.
@@ -384,8 +280,11 @@ impl EdgeStore {
     pub async fn requeue_interrupted(&self, now_ms: i64) -> Result<usize, DbError> {
         self.db
             .write(move |conn| {
-                Ok(conn
-                    .execute("UPDATE tasks SET state = 'queued', updated_ms = ?1 WHERE state = 'running'", [now_ms])?)
+                let (from, to) = (TaskState::Running, next(TaskState::Running, TaskEvent::Requeue)?);
+                Ok(conn.execute(
+                    "UPDATE tasks SET state = ?2, updated_ms = ?1 WHERE state = ?3",
+                    params![now_ms, to.as_str(), from.as_str()],
+                )?)
             })
             .await
     }
@@ -437,23 +336,24 @@ impl EdgeStore {
                     return Ok(None);
                 }
                 if task.cancel_requested {
-                    transition(conn, &identity, &task, TaskState::Cancelled, now_ms, serde_json::json!({}))?;
+                    transition(conn, &identity, &task, TaskEvent::Cancel, now_ms, serde_json::json!({}))?;
                     return Ok(None);
                 }
                 if now_ms > task.deadline_ms {
                     let error = "deadline exceeded before the task could run".to_owned();
-                    fail(conn, &identity, &task, TaskState::Failed, &error, now_ms)?;
+                    fail(conn, &identity, &task, TaskEvent::Fail, &error, now_ms)?;
                     return Ok(None);
                 }
                 if task.starts >= max_attempts {
                     let error = format!("started {} times without finishing; set aside for an operator", task.starts);
-                    fail(conn, &identity, &task, TaskState::DeadLettered, &error, now_ms)?;
+                    fail(conn, &identity, &task, TaskEvent::GiveUp, &error, now_ms)?;
                     return Ok(None);
                 }
+                let running = next_state(&task, TaskEvent::Claim)?;
                 conn.execute(
-                    "UPDATE tasks SET state = 'running', starts = starts + 1, wait_reason = NULL, updated_ms = ?2
+                    "UPDATE tasks SET state = ?3, starts = starts + 1, wait_reason = NULL, updated_ms = ?2
                      WHERE id = ?1",
-                    params![id, now_ms],
+                    params![id, now_ms, running.as_str()],
                 )?;
                 let payload = serde_json::json!({
                     "task": id,
@@ -554,10 +454,11 @@ impl EdgeStore {
                 let parked = matches!(end, RunEnd::Parked { .. });
                 match end {
                     RunEnd::Succeeded { output, needs_review } => {
+                        let succeeded = next_state(&task, TaskEvent::Finish)?;
                         conn.execute(
-                            "UPDATE tasks SET state = 'succeeded', output = ?2, updated_ms = ?3,
+                            "UPDATE tasks SET state = ?5, output = ?2, updated_ms = ?3,
                                 needs_review = needs_review OR ?4 WHERE id = ?1",
-                            params![task_id, output.to_string(), now_ms, needs_review],
+                            params![task_id, output.to_string(), now_ms, needs_review, succeeded.as_str()],
                         )?;
                         let payload = serde_json::json!({
                             "task": task_id,
@@ -569,27 +470,27 @@ impl EdgeStore {
                         });
                         append_event(conn, &identity, now_ms, kinds::TASK_SUCCEEDED, &payload.to_string())?;
                     }
-                    RunEnd::Failed(error) => fail(conn, &identity, &task, TaskState::Failed, &error, now_ms)?,
-                    RunEnd::DeadLettered(error) => {
-                        fail(conn, &identity, &task, TaskState::DeadLettered, &error, now_ms)?
-                    }
+                    RunEnd::Failed(error) => fail(conn, &identity, &task, TaskEvent::Fail, &error, now_ms)?,
+                    RunEnd::DeadLettered(error) => fail(conn, &identity, &task, TaskEvent::GiveUp, &error, now_ms)?,
                     RunEnd::Waiting { reason, until_ms } | RunEnd::Parked { reason, until_ms } => {
+                        let waiting = next_state(&task, TaskEvent::Park)?;
                         conn.execute(
-                            "UPDATE tasks SET state = 'waiting', wait_reason = ?2, not_before_ms = ?3, updated_ms = ?4,
+                            "UPDATE tasks SET state = ?6, wait_reason = ?2, not_before_ms = ?3, updated_ms = ?4,
                                 starts = CASE WHEN ?5 THEN MAX(starts - 1, 0) ELSE starts END
                              WHERE id = ?1",
-                            params![task_id, reason, until_ms, now_ms, parked],
+                            params![task_id, reason, until_ms, now_ms, parked, waiting.as_str()],
                         )?;
                         let payload = serde_json::json!({ "task": task_id, "reason": reason, "until_ms": until_ms });
                         append_event(conn, &identity, now_ms, kinds::TASK_WAITING, &payload.to_string())?;
                     }
                     RunEnd::Cancelled => {
-                        transition(conn, &identity, &task, TaskState::Cancelled, now_ms, serde_json::json!({}))?
+                        transition(conn, &identity, &task, TaskEvent::Cancel, now_ms, serde_json::json!({}))?
                     }
                     RunEnd::Released => {
+                        let queued = next_state(&task, TaskEvent::Requeue)?;
                         conn.execute(
-                            "UPDATE tasks SET state = 'queued', updated_ms = ?2 WHERE id = ?1",
-                            params![task_id, now_ms],
+                            "UPDATE tasks SET state = ?3, updated_ms = ?2 WHERE id = ?1",
+                            params![task_id, now_ms, queued.as_str()],
                         )?;
                     }
                 }
@@ -609,7 +510,7 @@ impl EdgeStore {
                 match task.state {
                     TaskState::Queued | TaskState::Waiting => {
                         let reason = serde_json::json!({ "requested_in_state": task.state });
-                        transition(conn, &identity, &task, TaskState::Cancelled, now_ms, reason)?;
+                        transition(conn, &identity, &task, TaskEvent::Cancel, now_ms, reason)?;
                     }
                     TaskState::Running => {
                         conn.execute("UPDATE tasks SET cancel_requested = 1 WHERE id = ?1", [&id])?;
@@ -725,7 +626,7 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Result<TaskRecord, DbError>> {
             input: json_column(&input, "task input")?,
             idempotency_key: r.get(5)?,
             source: r.get(6)?,
-            state: TaskState::parse(&state)?,
+            state: parse_state(&state)?,
             next_step: r.get(8)?,
             starts: r.get(9)?,
             created_ms: r.get(10)?,
@@ -795,10 +696,11 @@ fn transition(
     conn: &Connection,
     identity: &Identity,
     task: &TaskRecord,
-    to: TaskState,
+    event: TaskEvent,
     now_ms: i64,
     mut details: serde_json::Value,
 ) -> Result<(), DbError> {
+    let to = next_state(task, event)?;
     conn.execute("UPDATE tasks SET state = ?2, updated_ms = ?3 WHERE id = ?1", params![task.id, to.as_str(), now_ms])?;
     let kind = match to {
         TaskState::Cancelled => kinds::TASK_CANCELLED,
@@ -819,12 +721,12 @@ fn fail(
     conn: &Connection,
     identity: &Identity,
     task: &TaskRecord,
-    to: TaskState,
+    event: TaskEvent,
     error: &str,
     now_ms: i64,
 ) -> Result<(), DbError> {
     conn.execute("UPDATE tasks SET error = ?2 WHERE id = ?1", params![task.id, error])?;
-    transition(conn, identity, task, to, now_ms, serde_json::json!({ "error": error }))
+    transition(conn, identity, task, event, now_ms, serde_json::json!({ "error": error }))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 //! - [`token`]: one-time enrolment tokens that pin the CA.
 //! - [`router`]: model tiering decisions, circuit breakers, budget ledger.
 //! - [`backoff`]: the one backoff with jitter (reconnects, retries).
+//! - [`lifecycle`]: task, intent and approval states and their transitions.
 //! - [`duration`]: `30d`-style durations for flags and files.
 //! - [`memory`]: memory classifications, retention and agents' memory access.
 //! - [`trace`]: the trace id a task carries, derived from its id.
@@ -28,6 +29,7 @@ pub mod bundle;
 pub mod command;
 pub mod duration;
 pub mod exec;
+pub mod lifecycle;
 pub mod memory;
 pub mod policy;
 pub mod router;

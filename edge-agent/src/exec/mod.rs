@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, warn, Instrument};
 
 use self::connector::{Call, Connector, ConnectorError};
-use self::outbox::{ApprovalRequest, Attempt, Intent, NewIntent};
+use self::outbox::{ApprovalRequest, ApprovalState, Attempt, Intent, IntentEvent, IntentState, NewIntent, Verdict};
 use crate::identity::Identity;
 use crate::store::EdgeStore;
 use aios_daemon::clock::unix_ms;
@@ -282,11 +282,11 @@ impl ExecPlane {
         compensates: Option<String>,
         now: i64,
     ) -> Result<Intent, DbError> {
-        let state = match decision {
-            Decision::Allow { .. } => "pending",
-            Decision::Deny { .. } => "denied",
-            Decision::RequireApproval { .. } => "awaiting_approval",
-        };
+        let state = IntentState::declared(match decision {
+            Decision::Allow { .. } => Verdict::Allow,
+            Decision::Deny { .. } => Verdict::Deny,
+            Decision::RequireApproval { .. } => Verdict::RequireApproval,
+        });
         let (ty, id, attrs) = &request.resource;
         let resource = json!({ "type": ty, "id": id, "attrs": attrs, "classification": request.classification });
         let approval = matches!(decision, Decision::RequireApproval { .. }).then(|| ApprovalRequest {
@@ -355,29 +355,29 @@ impl ExecPlane {
         mut intent: Intent,
     ) -> Result<ActOutcome, DbError> {
         let now = unix_ms();
-        match intent.state.as_str() {
-            "done" => return Ok(ActOutcome::Done(step_output(&intent))),
-            "denied" => {
+        match intent.state {
+            IntentState::Done => return Ok(ActOutcome::Done(step_output(&intent))),
+            IntentState::Denied => {
                 let reason = intent.decision["reason"].as_str().unwrap_or("denied by policy").to_owned();
                 return Ok(ActOutcome::Failed(format!("denied by policy: {reason}")));
             }
-            "rejected" => return Ok(ActOutcome::Failed(self.rejection(&intent).await?)),
-            "expired" => return Ok(ActOutcome::Failed("the approval request lapsed unanswered".into())),
-            "discarded" => return Ok(ActOutcome::Failed("the intent was discarded by an operator".into())),
-            "dead_lettered" => return Ok(ActOutcome::DeadLettered(last_error(&intent))),
-            "awaiting_approval" => {
+            IntentState::Rejected => return Ok(ActOutcome::Failed(self.rejection(&intent).await?)),
+            IntentState::Expired => return Ok(ActOutcome::Failed("the approval request lapsed unanswered".into())),
+            IntentState::Discarded => return Ok(ActOutcome::Failed("the intent was discarded by an operator".into())),
+            IntentState::DeadLettered => return Ok(ActOutcome::DeadLettered(last_error(&intent))),
+            IntentState::AwaitingApproval => {
                 let approval_id = intent.approval_id.clone().unwrap_or_default();
                 let Some(approval) = self.store.approval(&approval_id).await? else {
                     return Ok(ActOutcome::Failed(format!("approval {approval_id} is missing")));
                 };
-                match approval.state.as_str() {
-                    "pending" if now <= approval.expires_ms => {
+                match approval.state {
+                    ApprovalState::Pending if now <= approval.expires_ms => {
                         return Ok(ActOutcome::Park {
                             reason: format!("waiting for approval {approval_id}"),
                             until_ms: approval.expires_ms + 1,
                         })
                     }
-                    "approved" => {
+                    ApprovalState::Approved => {
                         // The approval still has to pass the policy as it
                         // stands now (a forbid, the kill switch).
                         let autonomy = self.store.autonomy().await?;
@@ -387,14 +387,14 @@ impl ExecPlane {
                             return self.deny(&intent, decision).await;
                         }
                         match self.store.use_approval(&self.identity, &approval_id, &intent, now).await? {
-                            Ok(()) => intent.state = "pending".into(),
+                            Ok(()) => intent.state = IntentState::Pending,
                             Err(reason) => {
                                 self.store.expire_approval(&self.identity, &approval_id, now).await?;
                                 self.store
                                     .settle_intent(
                                         &self.identity,
                                         &intent.key,
-                                        "expired",
+                                        IntentEvent::Lapse,
                                         kinds::POLICY_DECIDED,
                                         json!({ "decision": "deny", "reason": reason }),
                                         now,
@@ -404,22 +404,29 @@ impl ExecPlane {
                             }
                         }
                     }
-                    "rejected" => return Ok(ActOutcome::Failed(self.rejection(&intent).await?)),
-                    _ => {
+                    ApprovalState::Rejected => return Ok(ActOutcome::Failed(self.rejection(&intent).await?)),
+                    ApprovalState::Pending | ApprovalState::Expired | ApprovalState::Used => {
                         self.store.expire_approval(&self.identity, &approval_id, now).await?;
                         let details = json!({ "decision": "deny", "reason": "approval request lapsed" });
                         self.store
-                            .settle_intent(&self.identity, &intent.key, "expired", kinds::POLICY_DECIDED, details, now)
+                            .settle_intent(
+                                &self.identity,
+                                &intent.key,
+                                IntentEvent::Lapse,
+                                kinds::POLICY_DECIDED,
+                                details,
+                                now,
+                            )
                             .await?;
                         return Ok(ActOutcome::Failed("the approval request lapsed unanswered".into()));
                     }
                 }
             }
-            _ => {}
+            IntentState::Pending | IntentState::InFlight | IntentState::Unknown => {}
         }
         // pending, in_flight or unknown: (re)send under the same key.
         if self.store.autonomy().await? == Autonomy::Off {
-            if intent.state == "pending" {
+            if intent.state == IntentState::Pending {
                 let decision = Decision::Deny {
                     policies: Vec::new(),
                     reason: "autonomy is off (the kill switch): every side effect is denied".into(),
@@ -445,7 +452,7 @@ impl ExecPlane {
         };
         let details = json!({ "task": intent.task_id, "decision": decision });
         self.store
-            .settle_intent(&self.identity, &intent.key, "denied", kinds::POLICY_DECIDED, details, unix_ms())
+            .settle_intent(&self.identity, &intent.key, IntentEvent::Deny, kinds::POLICY_DECIDED, details, unix_ms())
             .await?;
         Ok(ActOutcome::Failed(format!("denied by policy: {reason}")))
     }
@@ -539,7 +546,7 @@ impl ExecPlane {
         let Some(original) = self.store.intent_for_step(task_id, step_id).await? else {
             return Ok(ActOutcome::Failed(format!("task {task_id} has no intent for step `{step_id}`")));
         };
-        if original.state != "done" {
+        if original.state != IntentState::Done {
             return Ok(ActOutcome::Failed(format!("intent {} is {}, not done", original.key, original.state)));
         }
         let Some(live) = plane.connectors.get(&original.connector).cloned() else {

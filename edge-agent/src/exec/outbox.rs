@@ -2,12 +2,9 @@
 //! database. Every state change of an intent is written in the transaction
 //! that appends its audit event.
 //!
-//! Intent states: `pending` (allowed, not yet sent) → `in_flight` → `done`,
-//! with `unknown` for an attempt whose outcome was lost (resolved only by
-//! sending again with the same key), `awaiting_approval` → `pending` |
-//! `rejected` | `expired`, `denied` by policy, and `dead_lettered` (retries
-//! exhausted or a permanent error) → `pending` again or `discarded` by an
-//! operator.
+//! The states and every change between them are
+//! `aios_shared::lifecycle::{intent, approval}`: each write here asks the
+//! lifecycle for the next state in the transaction that records it.
 
 use aios_shared::audit::kinds;
 use aios_shared::command::{Command, CommandBody};
@@ -17,55 +14,10 @@ use serde_json::{json, Value};
 
 use crate::identity::Identity;
 use crate::store::{append_event, EdgeStore};
+use crate::tasks::{TaskEvent, TaskState};
 use aios_daemon::db::DbError;
-
-/// The schema migration that adds the outbox.
-pub(crate) const MIGRATION: &str = r#"
-CREATE TABLE intents (
-    key TEXT PRIMARY KEY,
-    task_id TEXT NOT NULL,
-    step_seq INTEGER NOT NULL,
-    step_id TEXT NOT NULL,
-    agent TEXT NOT NULL,
-    connector TEXT NOT NULL,
-    connector_version INTEGER NOT NULL,
-    action TEXT NOT NULL,
-    args TEXT NOT NULL,
-    args_hash TEXT NOT NULL,
-    resource TEXT NOT NULL,
-    state TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    approval_id TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    errors TEXT NOT NULL DEFAULT '[]',
-    result TEXT,
-    compensates TEXT,
-    created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE INDEX intents_by_state ON intents (state, updated_ms);
-CREATE INDEX intents_by_task ON intents (task_id, step_seq);
-CREATE TABLE approvals (
-    id TEXT PRIMARY KEY,
-    intent_key TEXT NOT NULL REFERENCES intents (key),
-    task_id TEXT NOT NULL,
-    args_hash TEXT NOT NULL,
-    request TEXT NOT NULL,
-    state TEXT NOT NULL,
-    requested_ms INTEGER NOT NULL,
-    expires_ms INTEGER NOT NULL,
-    decided_by TEXT,
-    comment TEXT,
-    decided_ms INTEGER,
-    use_by_ms INTEGER
-);
-CREATE TABLE commands (
-    id TEXT PRIMARY KEY,
-    body TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    applied_ms INTEGER NOT NULL
-);
-"#;
+pub use aios_shared::lifecycle::approval::{ApprovalEvent, ApprovalState};
+pub use aios_shared::lifecycle::intent::{IntentEvent, IntentState, Verdict};
 
 /// An intended side effect as the outbox holds it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -92,8 +44,8 @@ pub struct Intent {
     pub args_hash: String,
     /// What it touches, as the policy saw it.
     pub resource: Value,
-    /// Where it is (see the module docs).
-    pub state: String,
+    /// Where it is.
+    pub state: IntentState,
     /// The policy decision that admitted or stopped it.
     pub decision: Value,
     /// The approval request, when one was needed.
@@ -148,8 +100,8 @@ pub struct Approval {
     pub args_hash: String,
     /// What was asked.
     pub request: Value,
-    /// `pending`, `approved`, `rejected`, `used` or `expired`.
-    pub state: String,
+    /// Where it is.
+    pub state: ApprovalState,
     /// When it was asked.
     pub requested_ms: i64,
     /// When the request lapses.
@@ -217,7 +169,7 @@ fn intent_from_row(row: &Row<'_>) -> rusqlite::Result<Intent> {
         args: json(8)?,
         args_hash: row.get(9)?,
         resource: json(10)?,
-        state: row.get(11)?,
+        state: parse_state(row, 11)?,
         decision: json(12)?,
         approval_id: row.get(13)?,
         attempts: row.get(14)?,
@@ -244,7 +196,7 @@ fn approval_from_row(row: &Row<'_>) -> rusqlite::Result<Approval> {
         task_id: row.get(2)?,
         args_hash: row.get(3)?,
         request: serde_json::from_str(&row.get::<_, String>(4)?).unwrap_or(Value::Null),
-        state: row.get(5)?,
+        state: parse_state(row, 5)?,
         requested_ms: row.get(6)?,
         expires_ms: row.get(7)?,
         decided_by: row.get(8)?,
@@ -258,9 +210,36 @@ fn read_approval(conn: &Connection, id: &str) -> Result<Option<Approval>, DbErro
     Ok(conn.prepare_cached(&sql)?.query_row([id], approval_from_row).optional()?)
 }
 
-fn set_state(conn: &Connection, key: &str, state: &str, now_ms: i64) -> Result<(), DbError> {
-    conn.execute("UPDATE intents SET state = ?2, updated_ms = ?3 WHERE key = ?1", params![key, state, now_ms])?;
-    Ok(())
+/// A state column, parsed.
+fn parse_state<T>(row: &Row<'_>, column: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr<Err = aios_shared::lifecycle::UnknownState>,
+{
+    let text: String = row.get(column)?;
+    text.parse()
+        .map_err(|err| rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(err)))
+}
+
+fn lifecycle_error(err: aios_shared::lifecycle::TransitionError) -> DbError {
+    DbError::Corrupt(err.to_string())
+}
+
+/// Moves intent `key` on `event`, as its lifecycle says; returns the new state.
+fn advance_intent(conn: &Connection, key: &str, event: IntentEvent, now_ms: i64) -> Result<IntentState, DbError> {
+    let from: IntentState = conn
+        .query_row("SELECT state FROM intents WHERE key = ?1", [key], |r| parse_state(r, 0))
+        .optional()?
+        .ok_or_else(|| DbError::Corrupt(format!("no intent {key}")))?;
+    let to = from.transition(event).map_err(lifecycle_error)?;
+    conn.execute("UPDATE intents SET state = ?2, updated_ms = ?3 WHERE key = ?1", params![key, to.as_str(), now_ms])?;
+    Ok(to)
+}
+
+/// Moves `approval` on `event`, as its lifecycle says; returns the new state.
+fn advance_approval(conn: &Connection, approval: &Approval, event: ApprovalEvent) -> Result<ApprovalState, DbError> {
+    let to = approval.state.transition(event).map_err(lifecycle_error)?;
+    conn.execute("UPDATE approvals SET state = ?2 WHERE id = ?1", params![approval.id, to.as_str()])?;
+    Ok(to)
 }
 
 /// Makes a waiting task due now, so the dispatcher picks it up.
@@ -299,7 +278,7 @@ impl EdgeStore {
                         intent.args.to_string(),
                         intent.args_hash,
                         intent.resource.to_string(),
-                        intent.state,
+                        intent.state.as_str(),
                         intent.decision.to_string(),
                         intent.approval_id,
                         intent.compensates,
@@ -325,7 +304,7 @@ impl EdgeStore {
                 if let Some(approval) = &new.approval {
                     conn.execute(
                         "INSERT INTO approvals (id, intent_key, task_id, args_hash, request, state, requested_ms,
-                            expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)",
+                            expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?8, ?6, ?7)",
                         params![
                             approval.id,
                             intent.key,
@@ -333,7 +312,8 @@ impl EdgeStore {
                             intent.args_hash,
                             approval.request.to_string(),
                             now,
-                            approval.expires_ms
+                            approval.expires_ms,
+                            ApprovalState::Pending.as_str(),
                         ],
                     )?;
                     append_event(conn, &identity, now, kinds::APPROVAL_REQUESTED, &approval.request.to_string())?;
@@ -363,8 +343,8 @@ impl EdgeStore {
     }
 
     /// Intents in `state` (all when `None`), newest first.
-    pub async fn intents(&self, state: Option<&str>, limit: usize) -> Result<Vec<Intent>, DbError> {
-        let state = state.map(str::to_owned);
+    pub async fn intents(&self, state: Option<IntentState>, limit: usize) -> Result<Vec<Intent>, DbError> {
+        let state = state.map(IntentState::as_str);
         self.db
             .read(move |conn| {
                 let sql = format!(
@@ -378,20 +358,20 @@ impl EdgeStore {
             .await
     }
 
-    /// Moves an intent to `state` with an audit event of `kind`.
+    /// Moves an intent on `event` with an audit event of `kind`.
     pub async fn settle_intent(
         &self,
         identity: &Identity,
         key: &str,
-        state: &str,
+        event: IntentEvent,
         kind: &str,
         details: Value,
         now_ms: i64,
     ) -> Result<(), DbError> {
-        let (identity, key, state, kind) = (identity.clone(), key.to_owned(), state.to_owned(), kind.to_owned());
+        let (identity, key, kind) = (identity.clone(), key.to_owned(), kind.to_owned());
         self.db
             .write(move |conn| {
-                set_state(conn, &key, &state, now_ms)?;
+                let state = advance_intent(conn, &key, event, now_ms)?;
                 let mut payload = details;
                 payload["key"] = json!(key);
                 payload["state"] = json!(state);
@@ -407,10 +387,8 @@ impl EdgeStore {
         let (identity, key) = (identity.clone(), key.to_owned());
         self.db
             .write(move |conn| {
-                conn.execute(
-                    "UPDATE intents SET state = 'in_flight', attempts = attempts + 1, updated_ms = ?2 WHERE key = ?1",
-                    params![key, now_ms],
-                )?;
+                advance_intent(conn, &key, IntentEvent::Send, now_ms)?;
+                conn.execute("UPDATE intents SET attempts = attempts + 1 WHERE key = ?1", [&key])?;
                 let attempt: u32 =
                     conn.query_row("SELECT attempts FROM intents WHERE key = ?1", [&key], |r| r.get(0))?;
                 let payload = json!({ "key": key, "attempt": attempt });
@@ -434,9 +412,10 @@ impl EdgeStore {
                 let intent = read_intent(conn, &key)?.ok_or_else(|| DbError::Corrupt(format!("no intent {key}")))?;
                 match attempt {
                     Attempt::Done(result) => {
+                        advance_intent(conn, &key, IntentEvent::Succeed, now_ms)?;
                         conn.execute(
-                            "UPDATE intents SET state = 'done', result = ?2, updated_ms = ?3 WHERE key = ?1",
-                            params![key, result.to_string(), now_ms],
+                            "UPDATE intents SET result = ?2 WHERE key = ?1",
+                            params![key, result.to_string()],
                         )?;
                         let kind = if intent.compensates.is_some() {
                             kinds::INTENT_COMPENSATED
@@ -460,16 +439,10 @@ impl EdgeStore {
                         errors.push(
                             json!({ "attempt": intent.attempts, "error": error, "unknown": unknown, "at_ms": now_ms }),
                         );
-                        let state = if dead {
-                            "dead_lettered"
-                        } else if unknown {
-                            "unknown"
-                        } else {
-                            "pending"
-                        };
+                        advance_intent(conn, &key, IntentEvent::Fail { lost: unknown, last: dead }, now_ms)?;
                         conn.execute(
-                            "UPDATE intents SET state = ?2, errors = ?3, updated_ms = ?4 WHERE key = ?1",
-                            params![key, state, serde_json::to_string(&errors).expect("json"), now_ms],
+                            "UPDATE intents SET errors = ?2 WHERE key = ?1",
+                            params![key, serde_json::to_string(&errors).expect("a JSON array serialises")],
                         )?;
                         let kind = if dead { kinds::INTENT_DEAD_LETTERED } else { kinds::INTENT_RETRYING };
                         let mut payload = json!({
@@ -497,8 +470,8 @@ impl EdgeStore {
     }
 
     /// Approvals in `state` (all when `None`), oldest first.
-    pub async fn approvals(&self, state: Option<&str>) -> Result<Vec<Approval>, DbError> {
-        let state = state.map(str::to_owned);
+    pub async fn approvals(&self, state: Option<ApprovalState>) -> Result<Vec<Approval>, DbError> {
+        let state = state.map(ApprovalState::as_str);
         self.db
             .read(move |conn| {
                 let sql = format!(
@@ -530,7 +503,7 @@ impl EdgeStore {
                 let Some(approval) = read_approval(conn, &approval_id)? else {
                     return Ok(Err(format!("no approval {approval_id}")));
                 };
-                let refusal = if approval.state != "approved" {
+                let refusal = if approval.state != ApprovalState::Approved {
                     Some(format!("approval {approval_id} is {}", approval.state))
                 } else if approval.args_hash != args_hash || approval.intent_key != key {
                     Some("the approval was for other arguments".to_owned())
@@ -542,8 +515,8 @@ impl EdgeStore {
                 if let Some(reason) = refusal {
                     return Ok(Err(reason));
                 }
-                conn.execute("UPDATE approvals SET state = 'used' WHERE id = ?1", [&approval_id])?;
-                set_state(conn, &key, "pending", now_ms)?;
+                advance_approval(conn, &approval, ApprovalEvent::Use)?;
+                advance_intent(conn, &key, IntentEvent::Approve, now_ms)?;
                 let payload = json!({ "approval": approval_id, "key": key, "args_hash": args_hash });
                 append_event(conn, &identity, now_ms, kinds::APPROVAL_USED, &payload.to_string())?;
                 Ok(Ok(()))
@@ -556,11 +529,9 @@ impl EdgeStore {
         let (identity, approval_id) = (identity.clone(), approval_id.to_owned());
         self.db
             .write(move |conn| {
-                let changed = conn.execute(
-                    "UPDATE approvals SET state = 'expired' WHERE id = ?1 AND state IN ('pending', 'approved')",
-                    [&approval_id],
-                )?;
-                if changed > 0 {
+                let Some(approval) = read_approval(conn, &approval_id)? else { return Ok(()) };
+                if approval.state.transition(ApprovalEvent::Lapse).is_ok() {
+                    advance_approval(conn, &approval, ApprovalEvent::Lapse)?;
                     let payload = json!({ "approval": approval_id, "decision": "expired", "by": "edge" });
                     append_event(conn, &identity, now_ms, kinds::APPROVAL_DECIDED, &payload.to_string())?;
                 }
@@ -606,26 +577,29 @@ fn apply(conn: &Connection, identity: &Identity, body: &CommandBody, now_ms: i64
             let Some(current) = read_approval(conn, approval)? else {
                 return Ok(Applied::Refused(format!("no approval request {approval} on this edge")));
             };
-            if current.state != "pending" {
+            if current.state != ApprovalState::Pending {
                 return Ok(Applied::Refused(format!("approval {approval} is already {}", current.state)));
             }
             if &current.args_hash != args_hash {
                 return Ok(Applied::Refused(format!("approval {approval} was decided for other arguments")));
             }
             if now_ms > current.expires_ms {
-                conn.execute("UPDATE approvals SET state = 'expired' WHERE id = ?1", [approval])?;
+                advance_approval(conn, &current, ApprovalEvent::Lapse)?;
                 let payload = json!({ "approval": approval, "decision": "expired", "by": "edge" });
                 append_event(conn, identity, now_ms, kinds::APPROVAL_DECIDED, &payload.to_string())?;
                 return Ok(Applied::Refused(format!("approval request {approval} had lapsed")));
             }
-            let state = if *approve { "approved" } else { "rejected" };
+            let state = advance_approval(
+                conn,
+                &current,
+                if *approve { ApprovalEvent::Approve } else { ApprovalEvent::Reject },
+            )?;
             conn.execute(
-                "UPDATE approvals SET state = ?2, decided_by = ?3, comment = ?4, decided_ms = ?5, use_by_ms = ?6
-                 WHERE id = ?1",
-                params![approval, state, body.by, body.comment, now_ms, expires_ms],
+                "UPDATE approvals SET decided_by = ?2, comment = ?3, decided_ms = ?4, use_by_ms = ?5 WHERE id = ?1",
+                params![approval, body.by, body.comment, now_ms, expires_ms],
             )?;
             if !approve {
-                set_state(conn, &current.intent_key, "rejected", now_ms)?;
+                advance_intent(conn, &current.intent_key, IntentEvent::Reject, now_ms)?;
             }
             let payload = json!({
                 "approval": approval,
@@ -645,14 +619,12 @@ fn apply(conn: &Connection, identity: &Identity, body: &CommandBody, now_ms: i64
             let Some(intent) = read_intent(conn, key)? else {
                 return Ok(Applied::Refused(format!("no intent {key}")));
             };
-            if intent.state != "dead_lettered" {
+            if intent.state != IntentState::DeadLettered {
                 return Ok(Applied::Refused(format!("intent {key} is {}, not dead-lettered", intent.state)));
             }
             // Same key, a fresh allowance of attempts; the error history stays.
-            conn.execute(
-                "UPDATE intents SET state = 'pending', attempts = 0, updated_ms = ?2 WHERE key = ?1",
-                params![key, now_ms],
-            )?;
+            advance_intent(conn, key, IntentEvent::Retry, now_ms)?;
+            conn.execute("UPDATE intents SET attempts = 0 WHERE key = ?1", [key])?;
             let payload = json!({ "key": key, "task": intent.task_id, "by": body.by, "comment": body.comment });
             append_event(conn, identity, now_ms, kinds::INTENT_RETRIED, &payload.to_string())?;
             requeue_task(conn, identity, &intent.task_id, "dead-letter retry", &body.by, now_ms)?;
@@ -662,10 +634,10 @@ fn apply(conn: &Connection, identity: &Identity, body: &CommandBody, now_ms: i64
             let Some(intent) = read_intent(conn, key)? else {
                 return Ok(Applied::Refused(format!("no intent {key}")));
             };
-            if intent.state != "dead_lettered" {
+            if intent.state != IntentState::DeadLettered {
                 return Ok(Applied::Refused(format!("intent {key} is {}, not dead-lettered", intent.state)));
             }
-            set_state(conn, key, "discarded", now_ms)?;
+            advance_intent(conn, key, IntentEvent::Discard, now_ms)?;
             let payload = json!({ "key": key, "task": intent.task_id, "by": body.by, "comment": body.comment });
             append_event(conn, identity, now_ms, kinds::INTENT_DISCARDED, &payload.to_string())?;
             // The task runs again to its act step, which now fails with the reason.
@@ -687,10 +659,11 @@ fn requeue_task(
     by: &str,
     now_ms: i64,
 ) -> Result<(), DbError> {
+    let (from, to) = (TaskState::DeadLettered, crate::tasks::next(TaskState::DeadLettered, TaskEvent::Retry)?);
     let requeued = conn.execute(
-        "UPDATE tasks SET state = 'queued', starts = 0, error = NULL, not_before_ms = 0, updated_ms = ?2
-         WHERE id = ?1 AND state = 'dead_lettered'",
-        params![task_id, now_ms],
+        "UPDATE tasks SET state = ?3, starts = 0, error = NULL, not_before_ms = 0, updated_ms = ?2
+         WHERE id = ?1 AND state = ?4",
+        params![task_id, now_ms, to.as_str(), from.as_str()],
     )?;
     if requeued > 0 {
         let payload = json!({ "task": task_id, "reason": reason, "by": by });

@@ -24,7 +24,7 @@ fn intent(key: &str, args: Value) -> Intent {
         args_hash: crate::exec::args_hash(&args),
         args,
         resource: json!({}),
-        state: "awaiting_approval".into(),
+        state: IntentState::AwaitingApproval,
         decision: json!({ "decision": "require_approval" }),
         approval_id: Some(format!("ap-{key}")),
         attempts: 0,
@@ -73,7 +73,7 @@ async fn an_approval_is_bound_to_its_arguments_and_used_once() {
     let other = crate::exec::args_hash(&json!({ "order_id": "o-1", "amount": 999 }));
     let refused = store.apply_command(&identity, decide("c1", &approval, &other, true), T0 + 1).await.unwrap();
     assert!(matches!(&refused, Applied::Refused(r) if r.contains("other arguments")), "{refused:?}");
-    assert_eq!(store.approval(&approval).await.unwrap().unwrap().state, "pending");
+    assert_eq!(store.approval(&approval).await.unwrap().unwrap().state, ApprovalState::Pending);
 
     // Approved for these arguments; the same command again changes nothing.
     let ok = decide("c2", &approval, &declared.args_hash, true);
@@ -92,7 +92,7 @@ async fn an_approval_is_bound_to_its_arguments_and_used_once() {
 
     // Used once by the intent it was for; a second use is refused.
     assert_eq!(store.use_approval(&identity, &approval, &declared, T0 + 6).await.unwrap(), Ok(()));
-    assert_eq!(store.intent("k1").await.unwrap().unwrap().state, "pending");
+    assert_eq!(store.intent("k1").await.unwrap().unwrap().state, IntentState::Pending);
     let again = store.use_approval(&identity, &approval, &declared, T0 + 7).await.unwrap();
     assert_eq!(again, Err(format!("approval {approval} is used")));
     assert_eq!(count(&store, kinds::APPROVAL_USED).await, 1);
@@ -106,8 +106,8 @@ async fn lapsed_requests_and_stale_approvals_execute_nothing() {
     let late = decide("c1", &approval, &declared.args_hash, true);
     let refused = store.apply_command(&identity, late, T0 + TTL + 1).await.unwrap();
     assert!(matches!(&refused, Applied::Refused(r) if r.contains("lapsed")), "{refused:?}");
-    assert_eq!(store.approval(&approval).await.unwrap().unwrap().state, "expired");
-    assert_eq!(store.intent("k1").await.unwrap().unwrap().state, "awaiting_approval");
+    assert_eq!(store.approval(&approval).await.unwrap().unwrap().state, ApprovalState::Expired);
+    assert_eq!(store.intent("k1").await.unwrap().unwrap().state, IntentState::AwaitingApproval);
     assert_eq!(count(&store, kinds::APPROVAL_DECIDED).await, 1, "the lapse is on record");
 
     // Approved in time but used after its use-by time.
@@ -117,7 +117,7 @@ async fn lapsed_requests_and_stale_approvals_execute_nothing() {
     assert_eq!(store.apply_command(&identity, ok, T0 + 10).await.unwrap(), Applied::Done);
     let used = store.use_approval(&identity, &approval, &declared, T0 + 2 * TTL + 1).await.unwrap();
     assert_eq!(used, Err("the approval expired before it was used".to_owned()));
-    assert_eq!(store.intent("k2").await.unwrap().unwrap().state, "awaiting_approval");
+    assert_eq!(store.intent("k2").await.unwrap().unwrap().state, IntentState::AwaitingApproval);
 }
 
 #[tokio::test]
@@ -125,7 +125,7 @@ async fn a_dead_letter_is_retried_under_its_key_or_discarded() {
     let (_dir, store, identity) = test_store().await;
     for key in ["k1", "k2"] {
         let mut allowed = intent(key, json!({ "amount": 10 }));
-        allowed.state = "pending".into();
+        allowed.state = IntentState::Pending;
         allowed.approval_id = None;
         let new = NewIntent { intent: allowed, approval: None, decision_event: json!({}) };
         store.declare_intent(&identity, new).await.unwrap();
@@ -145,18 +145,18 @@ async fn a_dead_letter_is_retried_under_its_key_or_discarded() {
         assert_eq!(store.begin_attempt(&identity, key, T0).await.unwrap(), 1);
         let failed = Attempt::Failed { error: "422 refused".into(), unknown: false, dead: true };
         store.end_attempt(&identity, key, failed, T0 + 1).await.unwrap();
-        assert_eq!(store.intent(key).await.unwrap().unwrap().state, "dead_lettered");
+        assert_eq!(store.intent(key).await.unwrap().unwrap().state, IntentState::DeadLettered);
     }
-    assert_eq!(store.intents(Some("dead_lettered"), 10).await.unwrap().len(), 2);
+    assert_eq!(store.intents(Some(IntentState::DeadLettered), 10).await.unwrap().len(), 2);
 
     assert_eq!(store.apply_command(&identity, retry("c1", "k1"), T0 + 2).await.unwrap(), Applied::Done);
     let retried = store.intent("k1").await.unwrap().unwrap();
-    assert_eq!((retried.state.as_str(), retried.attempts), ("pending", 0));
+    assert_eq!((retried.state, retried.attempts), (IntentState::Pending, 0));
     assert_eq!(retried.errors.len(), 1, "the error history stays");
 
     let discard = CommandBody { command: Command::DiscardIntent { key: "k2".into() }, ..retry("c2", "k2") };
     assert_eq!(store.apply_command(&identity, discard, T0 + 3).await.unwrap(), Applied::Done);
-    assert_eq!(store.intent("k2").await.unwrap().unwrap().state, "discarded");
+    assert_eq!(store.intent("k2").await.unwrap().unwrap().state, IntentState::Discarded);
     let again = store.apply_command(&identity, retry("c3", "k2"), T0 + 4).await.unwrap();
     assert!(matches!(again, Applied::Refused(_)), "a discarded intent is not retried");
     assert_eq!(count(&store, kinds::COMMAND_REFUSED).await, 2);

@@ -8,8 +8,11 @@
 //! the auditor must see exactly what arrived. Ingest is idempotent by
 //! `(edge_id, seq)`.
 
+pub mod schema;
+
 use std::path::Path;
 
+use aios_daemon::chain::{to_hash, ChainTable};
 use aios_daemon::db::{Db, DbError};
 use aios_shared::audit::{verify_chain, AuditEvent, ChainBreak, ChainHead, ChainVerifier};
 use aios_shared::bundle::{BundleBody, SignedBundle};
@@ -17,64 +20,8 @@ use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-const MIGRATIONS: &[&str] = &[
-    FOUNDATION,
-    crate::dispatch::MIGRATION,
-    crate::commands::MIGRATION,
-    crate::accounts::MIGRATION,
-    crate::views::MIGRATION,
-];
-
-const FOUNDATION: &str = r#"
-CREATE TABLE tokens (
-    secret_hash TEXT PRIMARY KEY,
-    created_at_ms INTEGER NOT NULL,
-    expires_at_ms INTEGER NOT NULL,
-    used_at_ms INTEGER,
-    used_by TEXT
-);
-CREATE TABLE edges (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    cert_fingerprint TEXT NOT NULL UNIQUE,
-    public_key BLOB NOT NULL,
-    enrolled_at_ms INTEGER NOT NULL,
-    revoked_at_ms INTEGER,
-    connected INTEGER NOT NULL DEFAULT 0,
-    last_seen_ms INTEGER,
-    agent_version TEXT,
-    bundle_version INTEGER NOT NULL DEFAULT 0,
-    audit_seq INTEGER NOT NULL DEFAULT 0,
-    audit_head BLOB NOT NULL
-);
-CREATE TABLE bundles (
-    version INTEGER PRIMARY KEY,
-    body BLOB NOT NULL,
-    signature BLOB NOT NULL,
-    published_at_ms INTEGER NOT NULL
-);
-CREATE TABLE audit_events (
-    edge_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    ts_ms INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    prev_hash BLOB NOT NULL,
-    hash BLOB NOT NULL,
-    received_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (edge_id, seq)
-) WITHOUT ROWID;
-CREATE INDEX audit_events_ts ON audit_events (ts_ms);
-CREATE INDEX audit_events_kind ON audit_events (kind, ts_ms);
-CREATE TABLE alarms (
-    id INTEGER PRIMARY KEY,
-    edge_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    detail TEXT NOT NULL,
-    raised_at_ms INTEGER NOT NULL
-);
-"#;
+/// Every edge's audit chain as it arrived, keyed by `(edge_id, seq)`.
+const AUDIT_EVENTS: ChainTable = ChainTable::scoped("audit_events", "edge_id");
 
 /// An enrolled edge as the fleet view shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -197,7 +144,7 @@ pub struct CpStore {
 impl CpStore {
     /// Opens `data_dir/control-plane.db`.
     pub fn open(data_dir: &Path) -> Result<CpStore, DbError> {
-        let store = CpStore { db: Db::open(&data_dir.join("control-plane.db"), MIGRATIONS)? };
+        let store = CpStore { db: Db::open(&data_dir.join("control-plane.db"), schema::MIGRATIONS)? };
         Ok(store)
     }
 
@@ -489,10 +436,6 @@ fn to_key(bytes: &[u8]) -> Result<VerifyingKey, DbError> {
         .ok_or_else(|| DbError::Corrupt("stored edge key is not an ed25519 key".into()))
 }
 
-fn to_hash(bytes: &[u8]) -> Result<[u8; 32], DbError> {
-    bytes.try_into().map_err(|_| DbError::Corrupt("stored hash is not 32 bytes".into()))
-}
-
 fn token_state(c: &Connection, secret_hash: &str, now_ms: i64) -> Result<Result<(), TokenRefusal>, DbError> {
     let row = c
         .query_row("SELECT expires_at_ms, used_at_ms FROM tokens WHERE secret_hash = ?1", [secret_hash], |r| {
@@ -520,7 +463,6 @@ fn ingest(
     let head = ChainHead { seq: seq as u64, hash: to_hash(&head)? };
     let mut verifier = ChainVerifier::new(edge_id, Some(to_key(&key)?), head);
     let mut breaks = Vec::new();
-    let mut insert = c.prepare_cached("INSERT OR IGNORE INTO audit_events VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?;
     for event in events.iter().filter(|e| e.seq > head.seq) {
         if let Err(chain_break) = verifier.push(event) {
             c.prepare_cached("INSERT INTO alarms (edge_id, seq, detail, raised_at_ms) VALUES (?1, ?2, ?3, ?4)")?
@@ -528,17 +470,8 @@ fn ingest(
             breaks.push(chain_break);
             verifier.skip_to(event);
         }
-        let inserted = insert.execute(params![
-            edge_id,
-            event.seq as i64,
-            event.ts_ms,
-            event.kind,
-            event.payload,
-            event.prev_hash.as_slice(),
-            event.hash.as_slice(),
-            now_ms
-        ])?;
-        if inserted == 1 {
+        let inserted = AUDIT_EVENTS.insert(c, Some(edge_id), event, now_ms)?;
+        if inserted {
             crate::views::project(c, edge_id, event)?;
         }
     }
@@ -557,21 +490,7 @@ fn verify_edges(c: &Connection, only: Option<&str>) -> Result<Vec<EdgeVerificati
         stmt.query_map([only], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
     let mut reports = Vec::new();
     for (edge_id, key, acked) in edges {
-        let mut events_stmt = c.prepare_cached(
-            "SELECT seq, ts_ms, kind, payload, prev_hash, hash FROM audit_events WHERE edge_id = ?1 ORDER BY seq",
-        )?;
-        let mut events = Vec::new();
-        let mut rows = events_stmt.query([&edge_id])?;
-        while let Some(r) = rows.next()? {
-            events.push(AuditEvent {
-                seq: r.get::<_, i64>(0)? as u64,
-                ts_ms: r.get(1)?,
-                kind: r.get(2)?,
-                payload: r.get(3)?,
-                prev_hash: to_hash(&r.get::<_, Vec<u8>>(4)?)?,
-                hash: to_hash(&r.get::<_, Vec<u8>>(5)?)?,
-            });
-        }
+        let events = AUDIT_EVENTS.load_all(c, Some(&edge_id))?;
         let breaks: Vec<String> = verify_chain(&edge_id, Some(to_key(&key)?), &events, acked as u64)
             .iter()
             .map(ToString::to_string)

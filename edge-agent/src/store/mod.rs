@@ -5,6 +5,8 @@
 //! transaction, so two processes appending to the same file (the daemon and
 //! `aios-edge debug emit-audit`) can never fork the chain.
 
+pub mod schema;
+
 use std::path::Path;
 
 use aios_shared::audit::{kinds, AuditEvent, ChainHead};
@@ -13,47 +15,14 @@ use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::identity::{key_from_pkcs8, key_pkcs8, Identity};
+use aios_daemon::chain::ChainTable;
 use aios_daemon::db::{Db, DbError};
 
 /// A signed checkpoint is appended after every this many events.
 pub const CHECKPOINT_EVERY: u64 = 1000;
 
-const MIGRATIONS: &[&str] = &[
-    FOUNDATION,
-    crate::tasks::MIGRATION,
-    crate::memory::MIGRATION,
-    crate::exec::outbox::MIGRATION,
-    crate::memory::MIGRATION_RECORD_SUBJECTS,
-];
-
-const FOUNDATION: &str = r#"
-CREATE TABLE identity (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    edge_id TEXT NOT NULL,
-    control_plane TEXT NOT NULL,
-    key_pkcs8 BLOB NOT NULL,
-    cert_der BLOB NOT NULL,
-    ca_der BLOB NOT NULL,
-    bundle_key BLOB NOT NULL,
-    enrolled_at_ms INTEGER NOT NULL
-);
-CREATE TABLE audit_log (
-    seq INTEGER PRIMARY KEY,
-    ts_ms INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    prev_hash BLOB NOT NULL,
-    hash BLOB NOT NULL
-);
-CREATE TABLE bundle (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    version INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    signature BLOB NOT NULL,
-    applied_at_ms INTEGER NOT NULL
-);
-CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"#;
+/// The edge's audit chain.
+const AUDIT_LOG: ChainTable = ChainTable::single("audit_log");
 
 /// The edge's database.
 #[derive(Clone)]
@@ -77,7 +46,7 @@ impl EdgeStore {
     pub fn open(data_dir: &Path) -> Result<EdgeStore, DbError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|err| DbError::Sqlite(format!("cannot create {}: {err}", data_dir.display())))?;
-        Ok(EdgeStore { db: Db::open(&data_dir.join("edge.db"), MIGRATIONS)? })
+        Ok(EdgeStore { db: Db::open(&data_dir.join("edge.db"), schema::MIGRATIONS)? })
     }
 
     /// The identity, if this edge has enrolled.
@@ -148,12 +117,12 @@ impl EdgeStore {
 
     /// Stored events `from_seq ..`, at most `max`.
     pub async fn load_audit(&self, from_seq: u64, max: usize) -> Result<Vec<AuditEvent>, DbError> {
-        self.db.read(move |conn| load_events(conn, from_seq, max)).await
+        self.db.read(move |conn| AUDIT_LOG.load(conn, None, from_seq, max)).await
     }
 
     /// The head of the stored chain.
     pub async fn audit_head(&self) -> Result<ChainHead, DbError> {
-        self.db.read(chain_head).await
+        self.db.read(|conn| AUDIT_LOG.head(conn, None)).await
     }
 
     /// The bundle in force, as signed.
@@ -248,73 +217,16 @@ pub fn append_event(
     kind: &str,
     payload: &str,
 ) -> Result<ChainHead, DbError> {
-    let head = chain_head(conn)?;
+    let head = AUDIT_LOG.head(conn, None)?;
     let event = AuditEvent::next(&identity.edge_id, head, ts_ms, kind, payload.to_owned());
-    insert_event(conn, &event)?;
+    AUDIT_LOG.insert(conn, None, &event, ts_ms)?;
     let mut head = event.head();
     if head.seq.is_multiple_of(CHECKPOINT_EVERY) {
         let checkpoint = AuditEvent::checkpoint(&identity.edge_id, head, ts_ms, &identity.signing_key);
-        insert_event(conn, &checkpoint)?;
+        AUDIT_LOG.insert(conn, None, &checkpoint, ts_ms)?;
         head = checkpoint.head();
     }
     Ok(head)
-}
-
-fn insert_event(conn: &Connection, event: &AuditEvent) -> Result<(), DbError> {
-    conn.prepare_cached("INSERT INTO audit_log VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![
-        event.seq as i64,
-        event.ts_ms,
-        event.kind,
-        event.payload,
-        event.prev_hash.as_slice(),
-        event.hash.as_slice()
-    ])?;
-    Ok(())
-}
-
-fn chain_head(conn: &Connection) -> Result<ChainHead, DbError> {
-    let row = conn
-        .query_row("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", [], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })
-        .optional()?;
-    match row {
-        None => Ok(ChainHead::EMPTY),
-        Some((seq, hash)) => Ok(ChainHead { seq: seq as u64, hash: to_hash(&hash)? }),
-    }
-}
-
-fn to_hash(bytes: &[u8]) -> Result<[u8; 32], DbError> {
-    bytes.try_into().map_err(|_| DbError::Corrupt("stored hash is not 32 bytes".into()))
-}
-
-fn load_events(conn: &Connection, from_seq: u64, max: usize) -> Result<Vec<AuditEvent>, DbError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, ts_ms, kind, payload, prev_hash, hash FROM audit_log WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![from_seq as i64, max as i64], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, Vec<u8>>(4)?,
-            r.get::<_, Vec<u8>>(5)?,
-        ))
-    })?;
-    let mut events = Vec::new();
-    for row in rows {
-        let (seq, ts_ms, kind, payload, prev_hash, hash) = row?;
-        events.push(AuditEvent {
-            seq: seq as u64,
-            ts_ms,
-            kind,
-            payload,
-            prev_hash: to_hash(&prev_hash)?,
-            hash: to_hash(&hash)?,
-        });
-    }
-    Ok(events)
 }
 
 fn read_bundle(conn: &Connection) -> Result<Option<SignedBundle>, DbError> {
