@@ -6,7 +6,10 @@
 
 use std::sync::Arc;
 
-use aios_daemon::clock::unix_ms;
+use aios_daemon::clock::SharedClock;
+use aios_shared::lifecycle::approval::ApprovalState;
+
+use crate::commands::QueueState;
 use aios_shared::bundle::{Autonomy, BundleBody, BundleSpec, SignedBundle};
 use aios_shared::duration::parse_duration;
 use aios_shared::token::EnrollToken;
@@ -45,6 +48,8 @@ pub struct ApiState {
     pub auth: Arc<Auth>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::CpMetrics>,
+    /// Where the API reads the time.
+    pub clock: SharedClock,
 }
 
 /// An API error: a status and a message.
@@ -161,7 +166,7 @@ pub(crate) struct TokenResponse {
 async fn create_token(State(state): State<ApiState>, Json(request): Json<TokenRequest>) -> ApiResult<TokenResponse> {
     let ttl = parse_duration(&request.ttl).map_err(bad_request)?;
     let token = EnrollToken::new(rand::random(), &state.pki.ca_der);
-    let now = unix_ms();
+    let now = state.clock.unix_ms();
     let expires_at_ms = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
     state.store.create_token(token.secret_hash(), now, expires_at_ms).await?;
     Ok(Json(TokenResponse { token: token.to_text(), expires_at_ms }))
@@ -172,7 +177,7 @@ async fn list_edges(State(state): State<ApiState>) -> ApiResult<Vec<crate::store
 }
 
 async fn revoke_edge(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<serde_json::Value> {
-    if !state.store.revoke(id.clone(), unix_ms()).await? {
+    if !state.store.revoke(id.clone(), state.clock.unix_ms()).await? {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no edge {id}")));
     }
     let was_connected = state.registry.cut_off(&id);
@@ -260,8 +265,10 @@ async fn dispatch_task(
         }
         _ => return Err(bad_request("name exactly one of `edge` or `label`")),
     };
-    let ids =
-        state.store.dispatch_tasks(targets.clone(), request.agent, request.kind, request.input, unix_ms()).await?;
+    let ids = state
+        .store
+        .dispatch_tasks(targets.clone(), request.agent, request.kind, request.input, state.clock.unix_ms())
+        .await?;
     state.dispatched.send_modify(|n| *n += 1);
     let dispatched: Vec<serde_json::Value> =
         ids.iter().zip(&targets).map(|(id, edge)| serde_json::json!({ "id": id, "edge_id": edge })).collect();
@@ -321,9 +328,11 @@ pub async fn publish(state: &ApiState, spec: BundleSpec) -> Result<u64, ApiError
     spec.validate().map_err(|err| bad_request(err.to_string()))?;
     let _guard = state.publish_lock.lock().await;
     let current = state.store.bundle(None).await?.map_or(0, |(version, _)| version);
-    let body = spec.into_body(current, unix_ms()).map_err(|err| ApiError(StatusCode::CONFLICT, err.to_string()))?;
+    let body = spec
+        .into_body(current, state.clock.unix_ms())
+        .map_err(|err| ApiError(StatusCode::CONFLICT, err.to_string()))?;
     let signed = body.sign(&state.pki.bundle_key);
-    if !state.store.insert_bundle(body.version, signed.clone(), unix_ms()).await? {
+    if !state.store.insert_bundle(body.version, signed.clone(), state.clock.unix_ms()).await? {
         return Err(ApiError(StatusCode::CONFLICT, format!("version {} is not above the current one", body.version)));
     }
     state.bundles.send_replace(Some((body.version, signed)));
@@ -389,14 +398,14 @@ async fn list_approvals(
     State(state): State<ApiState>,
     Query(query): Query<ApprovalQuery>,
 ) -> ApiResult<Vec<crate::commands::ApprovalView>> {
-    Ok(Json(state.store.approvals(query.state).await?))
+    Ok(Json(state.store.approvals(query.state, state.clock.unix_ms()).await?))
 }
 
 async fn show_approval(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> ApiResult<crate::commands::ApprovalView> {
-    let approval = state.store.approval(id.clone()).await?;
+    let approval = state.store.approval(id.clone(), state.clock.unix_ms()).await?;
     Ok(Json(approval.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no approval request {id}")))?))
 }
 
@@ -425,9 +434,9 @@ pub(crate) async fn decide(
     approve: bool,
     operator: Operator,
 ) -> ApiResult<serde_json::Value> {
-    let approval = state.store.approval(id.clone()).await?;
+    let approval = state.store.approval(id.clone(), state.clock.unix_ms()).await?;
     let approval = approval.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no approval request {id}")))?;
-    if approval.state != "pending" {
+    if approval.state != QueueState::Edge(ApprovalState::Pending) {
         return Err(ApiError(StatusCode::CONFLICT, format!("approval {id} is {}", approval.state)));
     }
     let args_hash = approval.request["args_hash"].as_str().unwrap_or_default().to_owned();
@@ -444,7 +453,14 @@ async fn issue(
 ) -> ApiResult<serde_json::Value> {
     let body = state
         .store
-        .issue_command(&state.pki.bundle_key, edge_id, operator.by(), operator.comment.clone(), command, unix_ms())
+        .issue_command(
+            &state.pki.bundle_key,
+            edge_id,
+            operator.by(),
+            operator.comment.clone(),
+            command,
+            state.clock.unix_ms(),
+        )
         .await?;
     state.dispatched.send_modify(|n| *n += 1);
     Ok(Json(serde_json::to_value(body).expect("a command encodes")))
@@ -505,7 +521,7 @@ async fn show_command(
 }
 
 async fn list_users(State(state): State<ApiState>) -> ApiResult<Vec<accounts::AccountView>> {
-    Ok(Json(state.store.accounts(unix_ms()).await?))
+    Ok(Json(state.store.accounts(state.clock.unix_ms()).await?))
 }
 
 #[derive(Deserialize)]
@@ -535,7 +551,7 @@ async fn add_user(State(state): State<ApiState>, Json(user): Json<NewUser>) -> A
     let role: Role = user.role.parse()?;
     accounts::check_name(&user.name)?;
     let (hash, generated) = hash_or_generate(user.password).await?;
-    state.store.add_account(user.name.clone(), role, hash, unix_ms()).await?;
+    state.store.add_account(user.name.clone(), role, hash, state.clock.unix_ms()).await?;
     Ok(Json(serde_json::json!({ "name": user.name, "role": role, "password": generated })))
 }
 
@@ -558,7 +574,7 @@ async fn set_password(
     body: Option<Json<NewPassword>>,
 ) -> ApiResult<serde_json::Value> {
     let (hash, generated) = hash_or_generate(body.unwrap_or_default().0.password).await?;
-    if !state.store.set_password(name.clone(), hash, unix_ms()).await? {
+    if !state.store.set_password(name.clone(), hash, state.clock.unix_ms()).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no account {name}")));
     }
     Ok(Json(serde_json::json!({ "name": name, "password": generated })))
@@ -579,7 +595,7 @@ async fn issue_api_token(
 ) -> ApiResult<serde_json::Value> {
     let ttl = parse_duration(&request.ttl).map_err(bad_request)?;
     let token = accounts::new_secret("aios_");
-    let now = unix_ms();
+    let now = state.clock.unix_ms();
     let expires_ms = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
     if !state.store.add_api_token(name.clone(), accounts::secret_hash(&token), request.label, now, expires_ms).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no account {name}")));

@@ -2,6 +2,7 @@
 //! the admin API. `serve`, `up`, the benchmarks and the tests all start it
 //! through [`ControlPlane::start`].
 
+use aios_daemon::clock::SharedClock;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct Options {
     /// Whether console cookies are marked `Secure`. `None`: yes unless the
     /// admin address is loopback (a plain-HTTP console on this machine).
     pub secure_cookies: Option<bool>,
+    /// Where the control plane reads the time: the real clock, or one a test moves.
+    pub clock: SharedClock,
 }
 
 /// Why the control plane could not start.
@@ -88,8 +91,14 @@ impl ControlPlane {
         let endpoint = server::bind(&pki, options.sync_listen)?;
         let sync_addr = endpoint.local_addr().map_err(io("cannot read the sync address".into()))?;
         let (dispatched_tx, dispatched) = watch::channel(0u64);
-        let ctx =
-            SyncContext { store: store.clone(), pki: pki.clone(), registry: registry.clone(), bundles, dispatched };
+        let ctx = SyncContext {
+            store: store.clone(),
+            pki: pki.clone(),
+            registry: registry.clone(),
+            bundles,
+            dispatched,
+            clock: options.clock.clone(),
+        };
         let mut tasks = vec![tokio::spawn(server::serve(endpoint.clone(), ctx))];
 
         let api = ApiState {
@@ -104,6 +113,7 @@ impl ControlPlane {
                 options.secure_cookies.unwrap_or(!options.admin_listen.ip().is_loopback()),
             )),
             metrics: Arc::new(CpMetrics::default()),
+            clock: options.clock.clone(),
         };
         let listener = tokio::net::TcpListener::bind(options.admin_listen)
             .await

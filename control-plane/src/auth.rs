@@ -15,7 +15,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use aios_daemon::clock::unix_ms;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -85,7 +84,7 @@ impl Auth {
 /// Reads the credential of a request; `Ok(None)` when there is none or it
 /// is not (or no longer) valid.
 async fn identify(state: &ApiState, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
-    let now = unix_ms();
+    let now = state.clock.unix_ms();
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -173,7 +172,7 @@ async fn record(state: &ApiState, kind: &'static str, principal: &Principal, met
         "path": path,
         "status": status,
     });
-    if let Err(err) = state.store.record_operator_event(kind, payload, unix_ms()).await {
+    if let Err(err) = state.store.record_operator_event(kind, payload, state.clock.unix_ms()).await {
         tracing::error!(%err, "cannot record an operator action");
     }
 }
@@ -246,7 +245,7 @@ pub async fn login(state: &ApiState, peer: SocketAddr, form: LoginForm) -> Login
         let payload = serde_json::json!({ "account": name, "from": ip.to_string(), "detail": detail });
         let store = state.store.clone();
         async move {
-            if let Err(err) = store.record_operator_event(kind, payload, unix_ms()).await {
+            if let Err(err) = store.record_operator_event(kind, payload, state.clock.unix_ms()).await {
                 tracing::error!(%err, "cannot record a login");
             }
         }
@@ -276,7 +275,7 @@ pub async fn login(state: &ApiState, peer: SocketAddr, form: LoginForm) -> Login
     }
     let session = accounts::new_secret("");
     let csrf = accounts::new_secret("");
-    let now = unix_ms();
+    let now = state.clock.unix_ms();
     let ttl = state.auth.session_ttl;
     let expires = now + ttl.as_millis() as i64;
     if let Err(err) = state.store.add_session(accounts::secret_hash(&session), name.clone(), csrf, now, expires).await {

@@ -637,6 +637,7 @@ async fn serve(data_dir_flag: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
             .unwrap_or_else(|| "127.0.0.1:7480".parse().expect("valid literal")),
         server_names,
         secure_cookies: None,
+        clock: Default::default(),
     };
     let control_plane = ControlPlane::start(options).await?;
     println!("sync (QUIC) listening on {}", control_plane.sync_addr);

@@ -10,6 +10,7 @@
 //! `approval.decided` and `approval.used` events close the loop.
 
 use aios_shared::command::{Command, CommandBody, SignedCommand};
+use aios_shared::lifecycle::approval::ApprovalState;
 use aios_shared::wire::CommandReceipt;
 use ed25519_dalek::SigningKey;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -30,12 +31,72 @@ pub struct ApprovalView {
     pub id: String,
     /// The edge that asked.
     pub edge_id: String,
-    /// `pending`, `approved`, `rejected` (sent or applied), `used`, `expired`.
-    pub state: String,
+    /// Where it stands (`pending`, `approved (sending)`, `used`, ...).
+    pub state: QueueState,
     /// The request: what, why, arguments, hash, reasoning, sources, expiry.
     pub request: Value,
     /// The decision command, when one was made.
     pub decision: Option<Value>,
+}
+
+/// Where an approval request stands, as the control plane can tell: what
+/// the edge last reported through its verified audit log, or a decision on
+/// its way there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueState {
+    /// The edge reported a decision this build cannot read.
+    Decided,
+    /// As the edge reported it (or `pending` / `expired` when it has not
+    /// reported anything yet).
+    Edge(ApprovalState),
+    /// An operator decided; the edge has not reported applying it yet.
+    Sending {
+        /// Approved rather than rejected.
+        approve: bool,
+    },
+}
+
+/// What the edge last recorded about an approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeReport {
+    /// `approval.decided`, with the decision it names.
+    Decided(String),
+    /// `approval.used`.
+    Used,
+}
+
+impl QueueState {
+    /// The state of a request from what the edge reported, the decision the
+    /// control plane is still sending (`Some(approve)`), the request's
+    /// expiry and `now_ms`.
+    pub fn of(report: Option<&EdgeReport>, sending: Option<bool>, expires_ms: i64, now_ms: i64) -> QueueState {
+        match (report, sending) {
+            (Some(EdgeReport::Used), _) => QueueState::Edge(ApprovalState::Used),
+            (Some(EdgeReport::Decided(decision)), _) => {
+                decision.parse().map(QueueState::Edge).unwrap_or(QueueState::Decided)
+            }
+            (None, Some(approve)) => QueueState::Sending { approve },
+            (None, None) if now_ms > expires_ms => QueueState::Edge(ApprovalState::Expired),
+            (None, None) => QueueState::Edge(ApprovalState::Pending),
+        }
+    }
+}
+
+impl std::fmt::Display for QueueState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueState::Decided => f.write_str("decided"),
+            QueueState::Edge(state) => f.write_str(state.as_str()),
+            QueueState::Sending { approve: true } => f.write_str("approved (sending)"),
+            QueueState::Sending { approve: false } => f.write_str("rejected (sending)"),
+        }
+    }
+}
+
+impl Serialize for QueueState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// A command as stored.
@@ -64,7 +125,7 @@ fn command_kind(command: &Command) -> (&'static str, String) {
     }
 }
 
-fn read_approval(conn: &Connection, id: &str) -> Result<Option<ApprovalView>, DbError> {
+fn read_approval(conn: &Connection, id: &str, now_ms: i64) -> Result<Option<ApprovalView>, DbError> {
     let row: Option<(String, String)> = conn
         .query_row(
             "SELECT edge_id, payload FROM audit_events
@@ -74,10 +135,10 @@ fn read_approval(conn: &Connection, id: &str) -> Result<Option<ApprovalView>, Db
         )
         .optional()?;
     let Some((edge_id, payload)) = row else { return Ok(None) };
-    Ok(Some(view(conn, id.to_owned(), edge_id, serde_json::from_str(&payload).unwrap_or_default())?))
+    Ok(Some(view(conn, id.to_owned(), edge_id, serde_json::from_str(&payload).unwrap_or_default(), now_ms)?))
 }
 
-fn view(conn: &Connection, id: String, edge_id: String, request: Value) -> Result<ApprovalView, DbError> {
+fn view(conn: &Connection, id: String, edge_id: String, request: Value, now_ms: i64) -> Result<ApprovalView, DbError> {
     // What the edge last said about it.
     let edge_state: Option<(String, String)> = conn
         .query_row(
@@ -99,18 +160,17 @@ fn view(conn: &Connection, id: String, edge_id: String, request: Value) -> Resul
         .optional()?;
     let decision_body: Option<Value> = decision.as_ref().and_then(|(body, _)| serde_json::from_str(body).ok());
     let expires_ms = request["expires_ms"].as_i64().unwrap_or(i64::MAX);
-    let state = match (&edge_state, &decision_body) {
-        (Some((kind, _)), _) if kind == "approval.used" => "used".to_owned(),
-        (Some((_, payload)), _) => serde_json::from_str::<Value>(payload)
-            .ok()
-            .and_then(|p| p["decision"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| "decided".into()),
-        (None, Some(body)) => {
-            if body["approve"] == Value::Bool(true) { "approved (sending)" } else { "rejected (sending)" }.to_owned()
-        }
-        (None, None) if aios_daemon::clock::unix_ms() > expires_ms => "expired".into(),
-        (None, None) => "pending".into(),
-    };
+    let report = edge_state.map(|(kind, payload)| match kind.as_str() {
+        "approval.used" => EdgeReport::Used,
+        _ => EdgeReport::Decided(
+            serde_json::from_str::<Value>(&payload)
+                .ok()
+                .and_then(|p| p["decision"].as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        ),
+    });
+    let sending = decision_body.as_ref().map(|body| body["approve"] == Value::Bool(true));
+    let state = QueueState::of(report.as_ref(), sending, expires_ms, now_ms);
     Ok(ApprovalView { id, edge_id, state, request, decision: decision_body })
 }
 
@@ -201,8 +261,9 @@ impl CpStore {
             .await
     }
 
-    /// The approval queue, oldest request first; `state` filters (`pending`, ...).
-    pub async fn approvals(&self, state: Option<String>) -> Result<Vec<ApprovalView>, DbError> {
+    /// The approval queue at `now_ms`, oldest request first; `state` filters
+    /// by the start of the state's name (`pending`, `approved`, ...).
+    pub async fn approvals(&self, state: Option<String>, now_ms: i64) -> Result<Vec<ApprovalView>, DbError> {
         self.db
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
@@ -214,8 +275,8 @@ impl CpStore {
                     let (edge_id, payload) = row?;
                     let request: Value = serde_json::from_str(&payload).unwrap_or_default();
                     let id = request["approval"].as_str().unwrap_or_default().to_owned();
-                    let approval = view(conn, id, edge_id, request)?;
-                    if state.as_deref().is_none_or(|s| approval.state.starts_with(s)) {
+                    let approval = view(conn, id, edge_id, request, now_ms)?;
+                    if state.as_deref().is_none_or(|s| approval.state.to_string().starts_with(s)) {
                         out.push(approval);
                     }
                 }
@@ -224,9 +285,9 @@ impl CpStore {
             .await
     }
 
-    /// One approval request.
-    pub async fn approval(&self, id: String) -> Result<Option<ApprovalView>, DbError> {
-        self.db.read(move |conn| read_approval(conn, &id)).await
+    /// One approval request, as it stands at `now_ms`.
+    pub async fn approval(&self, id: String, now_ms: i64) -> Result<Option<ApprovalView>, DbError> {
+        self.db.read(move |conn| read_approval(conn, &id, now_ms)).await
     }
 
     /// Dead-lettered intents of every edge that no operator resolved yet.
@@ -283,5 +344,27 @@ impl CpStore {
                     .optional()?)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_edge_report_wins_then_a_decision_on_its_way_then_the_clock() {
+        let decided = EdgeReport::Decided("rejected".into());
+        let cases = [
+            (Some(&EdgeReport::Used), Some(true), 0, ApprovalState::Used.as_str()),
+            (Some(&decided), Some(true), 0, "rejected"),
+            (Some(&EdgeReport::Decided("fancy".into())), None, 0, "decided"),
+            (None, Some(true), 2_000, "approved (sending)"),
+            (None, Some(false), 2_000, "rejected (sending)"),
+            (None, None, 2_000, "expired"),
+            (None, None, 500, "pending"),
+        ];
+        for (report, sending, now_ms, expected) in cases {
+            assert_eq!(QueueState::of(report, sending, 1_000, now_ms).to_string(), expected, "{report:?} {sending:?}");
+        }
     }
 }

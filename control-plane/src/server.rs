@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use aios_daemon::clock::unix_ms;
+use aios_daemon::clock::SharedClock;
 use aios_daemon::transport::{
     close_code, peer_certificate, read_frame, sleep_until, spawn_frame_reader, transport_config, write_frame,
     FrameStream, ALPN,
@@ -95,6 +95,8 @@ pub struct SyncContext {
     pub bundles: BundleWatch,
     /// Changes whenever tasks are dispatched.
     pub dispatched: watch::Receiver<u64>,
+    /// Where sessions read the time.
+    pub clock: SharedClock,
 }
 
 /// Errors starting the QUIC endpoint.
@@ -257,7 +259,7 @@ async fn enroll(ctx: &SyncContext, request: EnrollRequest) -> Result<Enrolled, E
     let bad_token = |message: String| ErrorFrame { code: ErrorCode::BadToken, message };
     let internal = |message: String| ErrorFrame { code: ErrorCode::Internal, message };
     let hash = secret_hash(&request.token);
-    let now = unix_ms();
+    let now = ctx.clock.unix_ms();
     match ctx.store.check_token(hash.clone(), now).await {
         Ok(Ok(())) => {}
         Ok(Err(refusal)) => return Err(bad_token(refusal.to_string())),
@@ -300,11 +302,13 @@ impl SyncSession {
     async fn run(mut self, mut send: quinn::SendStream, recv: quinn::RecvStream, hello: Frame) {
         let (mut frames, reader) = spawn_frame_reader(recv);
         let mut sync = ControlSync::new(ControlConfig::default());
-        sync.handle_frame(Instant::now().into_std(), hello);
+        sync.handle_frame(self.ctx.clock.instant(), hello);
         let reason = self.drive(&mut sync, &mut send, &mut frames).await;
         drop(reader);
         self.ctx.registry.remove(&self.edge_id, &self.connection);
-        if let Err(err) = self.ctx.store.edge_seen(self.edge_id.clone(), false, None, None, unix_ms()).await {
+        if let Err(err) =
+            self.ctx.store.edge_seen(self.edge_id.clone(), false, None, None, self.ctx.clock.unix_ms()).await
+        {
             warn!(%err, "cannot record the disconnect");
         }
         info!(%reason, "edge disconnected");
@@ -345,18 +349,18 @@ impl SyncSession {
             let timeout = sync.poll_timeout().map(Instant::from_std);
             tokio::select! {
                 item = frames.recv(), if sync.wants_frames() => match item {
-                    Some(Ok(frame)) => sync.handle_frame(Instant::now().into_std(), frame),
+                    Some(Ok(frame)) => sync.handle_frame(self.ctx.clock.instant(), frame),
                     Some(Err(reason)) => return self.connection.close_reason().map_or(reason, |r| r.to_string()),
                     None => return "reader stopped".into(),
                 },
-                _ = sleep_until(timeout) => sync.handle_timeout(Instant::now().into_std()),
+                _ = sleep_until(timeout) => sync.handle_timeout(self.ctx.clock.instant()),
                 changed = bundles.changed(), if sync.is_connected() => {
                     if changed.is_err() {
                         return "control plane shutting down".into();
                     }
                     let latest = bundles.borrow_and_update().clone();
                     if let Some((version, signed)) = latest {
-                        sync.push_bundle(Instant::now().into_std(), version, signed);
+                        sync.push_bundle(self.ctx.clock.instant(), version, signed);
                     }
                 }
                 changed = dispatched.changed(), if sync.is_connected() => {
@@ -375,9 +379,9 @@ impl SyncSession {
     /// Sends the dispatches this edge has not acknowledged.
     async fn push_pending(&self, sync: &mut ControlSync) -> Result<(), String> {
         let pending = self.ctx.store.pending_dispatches(self.edge_id.clone()).await.map_err(|e| e.to_string())?;
-        sync.push_tasks(Instant::now().into_std(), pending);
+        sync.push_tasks(self.ctx.clock.instant(), pending);
         let commands = self.ctx.store.pending_commands(self.edge_id.clone()).await.map_err(|e| e.to_string())?;
-        sync.push_commands(Instant::now().into_std(), commands);
+        sync.push_commands(self.ctx.clock.instant(), commands);
         Ok(())
     }
 
@@ -409,7 +413,7 @@ impl SyncSession {
                         true,
                         Some(hello.agent_version.clone()),
                         Some(hello.bundle_version),
-                        unix_ms(),
+                        self.ctx.clock.unix_ms(),
                     )
                     .await
                     .map_err(|e| e.to_string())?;
@@ -418,7 +422,7 @@ impl SyncSession {
                 let latest = bundles.borrow_and_update().clone();
                 if let Some((version, signed)) = latest {
                     if hello.bundle_version < version {
-                        sync.push_bundle(Instant::now().into_std(), version, signed);
+                        sync.push_bundle(self.ctx.clock.instant(), version, signed);
                     }
                 }
                 self.push_pending(sync).await?;
@@ -426,17 +430,20 @@ impl SyncSession {
             ControlEvent::CommandsAcked(receipts) => {
                 info!(commands = receipts.len(), "commands applied by edge");
                 store
-                    .record_command_receipts(self.edge_id.clone(), receipts, unix_ms())
+                    .record_command_receipts(self.edge_id.clone(), receipts, self.ctx.clock.unix_ms())
                     .await
                     .map_err(|e| e.to_string())?;
             }
             ControlEvent::TasksAcked(receipts) => {
                 info!(tasks = receipts.len(), "dispatched tasks received by edge");
-                store.record_receipts(self.edge_id.clone(), receipts, unix_ms()).await.map_err(|e| e.to_string())?;
+                store
+                    .record_receipts(self.edge_id.clone(), receipts, self.ctx.clock.unix_ms())
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             ControlEvent::Ingest(events) => {
                 let n_events = events.len();
-                match store.ingest(self.edge_id.clone(), events, unix_ms()).await {
+                match store.ingest(self.edge_id.clone(), events, self.ctx.clock.unix_ms()).await {
                     Ok((head, breaks)) => {
                         for chain_break in breaks {
                             warn!(%chain_break, "audit chain break detected; alarm raised");

@@ -25,6 +25,7 @@ impl Harness {
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             server_names: vec!["localhost".into()],
             secure_cookies: None,
+            clock: Default::default(),
         };
         let cp = ControlPlane::start(options).await.unwrap();
         let admin_token = std::fs::read_to_string(&cp.admin_token_file).unwrap().trim().to_owned();

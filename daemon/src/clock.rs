@@ -19,8 +19,34 @@ pub trait Clock: Send + Sync + fmt::Debug {
     fn instant(&self) -> Instant;
 }
 
-/// A shared clock handle, cheap to clone into every task.
-pub type SharedClock = Arc<dyn Clock>;
+/// A clock handle, cheap to clone into every task; the real clock unless a
+/// test hands in another.
+#[derive(Debug, Clone)]
+pub struct SharedClock(Arc<dyn Clock>);
+
+impl SharedClock {
+    /// A handle on `clock`.
+    pub fn new(clock: impl Clock + 'static) -> SharedClock {
+        SharedClock(Arc::new(clock))
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn unix_ms(&self) -> i64 {
+        self.0.unix_ms()
+    }
+
+    /// A monotonic instant.
+    pub fn instant(&self) -> Instant {
+        self.0.instant()
+    }
+}
+
+impl Default for SharedClock {
+    /// The real clock.
+    fn default() -> SharedClock {
+        SharedClock::new(SystemClock)
+    }
+}
 
 /// The real clock.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,11 +60,6 @@ impl Clock for SystemClock {
     fn instant(&self) -> Instant {
         Instant::now()
     }
-}
-
-/// The real clock, as a [`SharedClock`].
-pub fn system() -> SharedClock {
-    Arc::new(SystemClock)
 }
 
 /// Milliseconds since the Unix epoch from the real clock. Drivers that hold
@@ -78,7 +99,7 @@ impl ManualClock {
 
     /// This clock as a [`SharedClock`] (the handle still moves it).
     pub fn shared(&self) -> SharedClock {
-        Arc::new(self.clone())
+        SharedClock::new(self.clone())
     }
 }
 

@@ -9,7 +9,6 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -68,11 +67,14 @@ impl HttpMetrics {
 /// Middleware that counts and times every request.
 pub async fn track(State(metrics): State<Arc<HttpMetrics>>, request: Request, next: Next) -> Response {
     let method = request.method().to_string();
-    let started = Instant::now();
+    let started = crate::clock::instant();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     metrics.requests.get_or_create(&vec![("method".into(), method.clone()), ("status".into(), status)]).inc();
-    metrics.duration.get_or_create(&vec![("method".into(), method)]).observe(started.elapsed().as_secs_f64());
+    metrics
+        .duration
+        .get_or_create(&vec![("method".into(), method)])
+        .observe(crate::clock::instant().saturating_duration_since(started).as_secs_f64());
     response
 }
 

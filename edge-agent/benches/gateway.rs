@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aios_edge_agent::gateway::{router, GatewayConfig, GatewayState, TracingObserver};
+use aios_edge_agent::http::gateway::{router, GatewayConfig, GatewayState, TracingObserver};
 use aios_models::{ChatMessage, ChatModel, GenerateRequest, LoadOptions, ModelStore};
 use serde_json::json;
 

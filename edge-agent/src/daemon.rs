@@ -11,12 +11,12 @@ use aios_shared::audit::kinds;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-use crate::api::{self, ApiState};
+use crate::http::api::{self, ApiState};
 use crate::model_calls::Tiers;
-use crate::runtime::{Runtime, RuntimeOptions};
 use crate::store::EdgeStore;
-use crate::uplink::{LinkStatus, Uplink, UplinkOptions};
-use aios_daemon::clock::unix_ms;
+use crate::sync::uplink::{LinkStatus, Uplink, UplinkOptions};
+use crate::tasks::runtime::{Runtime, RuntimeOptions};
+use aios_daemon::clock::SharedClock;
 
 /// How often bundle expiry is checked.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
@@ -64,6 +64,8 @@ pub struct DaemonOptions {
     pub runtime: RuntimeOptions,
     /// Serve the OpenAI-compatible gateway on the local API's listener.
     pub gateway: Option<GatewayOptions>,
+    /// Where the daemon reads the time: the real clock, or one a test moves.
+    pub clock: SharedClock,
 }
 
 /// Which models the gateway serves.
@@ -90,20 +92,21 @@ impl Default for GatewayOptions {
 /// Records every gateway call in the audit log.
 struct AuditObserver {
     store: EdgeStore,
-    identity: crate::identity::Identity,
+    identity: crate::sync::identity::Identity,
+    clock: SharedClock,
 }
 
-impl crate::gateway::GatewayObserver for AuditObserver {
-    fn on_call(&self, call: &crate::gateway::GatewayCall) {
+impl crate::http::gateway::GatewayObserver for AuditObserver {
+    fn on_call(&self, call: &crate::http::gateway::GatewayCall) {
         let payload = serde_json::json!({
             "endpoint": call.endpoint.path(),
             "model": call.model,
-            "stream": call.delivery == crate::gateway::Delivery::Stream,
+            "stream": call.delivery == crate::http::gateway::Delivery::Stream,
             "status": call.status,
             "outcome": match &call.outcome {
-                crate::gateway::CallOutcome::Completed => "completed".to_owned(),
-                crate::gateway::CallOutcome::Cancelled => "cancelled".to_owned(),
-                crate::gateway::CallOutcome::Failed(why) => format!("failed: {why}"),
+                crate::http::gateway::CallOutcome::Completed => "completed".to_owned(),
+                crate::http::gateway::CallOutcome::Cancelled => "cancelled".to_owned(),
+                crate::http::gateway::CallOutcome::Failed(why) => format!("failed: {why}"),
             },
             "prompt_tokens": call.prompt_tokens,
             "completion_tokens": call.completion_tokens,
@@ -113,10 +116,10 @@ impl crate::gateway::GatewayObserver for AuditObserver {
             "cost_usd": call.cost.as_usd(),
             "latency_ms": call.latency.as_secs_f64() * 1000.0,
         });
-        let (store, identity) = (self.store.clone(), self.identity.clone());
+        let (store, identity, now_ms) = (self.store.clone(), self.identity.clone(), self.clock.unix_ms());
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
         handle.spawn(async move {
-            if let Err(err) = store.append_audit(&identity, unix_ms(), kinds::GATEWAY_CALL, payload.to_string()).await {
+            if let Err(err) = store.append_audit(&identity, now_ms, kinds::GATEWAY_CALL, payload.to_string()).await {
                 warn!(%err, "cannot record a gateway call");
             }
         });
@@ -127,7 +130,7 @@ async fn gateway_router(
     options: &DaemonOptions,
     gateway: &GatewayOptions,
     store: &EdgeStore,
-    identity: &crate::identity::Identity,
+    identity: &crate::sync::identity::Identity,
     tiers: Tiers,
 ) -> Result<axum::Router, DaemonError> {
     let failed = DaemonError::Gateway;
@@ -148,16 +151,19 @@ async fn gateway_router(
         .map(crate::model_calls::cloud::Credential::load)
         .transpose()
         .map_err(|err| failed(format!("gateway token: {err}")))?;
-    let config = crate::gateway::GatewayConfig {
+    let config = crate::http::gateway::GatewayConfig {
         chat_model: gateway.chat_model.clone(),
         embedding_model: gateway.embedding_model.clone().unwrap_or_default(),
         token,
         default_max_tokens: 256,
     };
-    let observer = Arc::new(AuditObserver { store: store.clone(), identity: identity.clone() });
-    let state = crate::gateway::GatewayState::new(config, Some(chat), embedder, observer).with_tiers(tiers);
+    let clock = options.clock.clone();
+    let observer = Arc::new(AuditObserver { store: store.clone(), identity: identity.clone(), clock: clock.clone() });
+    let state = crate::http::gateway::GatewayState::new(config, Some(chat), embedder, observer)
+        .with_tiers(tiers)
+        .with_clock(clock);
     info!(chat = %gateway.chat_model, "OpenAI-compatible gateway ready");
-    Ok(crate::gateway::router(Arc::new(state)))
+    Ok(crate::http::gateway::router(Arc::new(state)))
 }
 
 impl DaemonOptions {
@@ -172,6 +178,7 @@ impl DaemonOptions {
             models: aios_models::ModelStore::from_env(),
             load: aios_models::LoadOptions::default(),
             runtime: RuntimeOptions::default(),
+            clock: SharedClock::default(),
         }
     }
 }
@@ -201,12 +208,14 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
     let store = EdgeStore::open(&options.data_dir)?;
     let identity = store.identity().await?.ok_or_else(|| DaemonError::NotEnrolled(options.data_dir.clone()))?;
     let payload = serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id() });
-    store.append_audit(&identity, unix_ms(), kinds::STARTED, payload.to_string()).await?;
-    let autonomy = store.refresh_autonomy(&identity, unix_ms()).await?;
+    let clock = options.clock.clone();
+    store.append_audit(&identity, clock.unix_ms(), kinds::STARTED, payload.to_string()).await?;
+    let autonomy = store.refresh_autonomy(&identity, clock.unix_ms()).await?;
     info!(edge_id = %identity.edge_id, %autonomy, "edge started");
 
-    let tiers = Tiers::new(options.models.clone(), options.load.clone(), Some(store.clone()));
+    let tiers = Tiers::new(options.models.clone(), options.load.clone(), Some(store.clone()), clock.clone());
     let mut runtime_options = options.runtime.clone();
+    runtime_options.clock = clock.clone();
     if runtime_options.labels.is_empty() {
         runtime_options.labels = store.labels().await?;
     }
@@ -263,7 +272,7 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
         loop {
             tokio::select! {
                 _ = sweeper.tick() => {
-                    match memory.sweep(unix_ms()).await {
+                    match memory.sweep(clock.unix_ms()).await {
                         Ok(removed) if !removed.is_empty() => {
                             info!(items = removed.len(), "memory sweeper removed expired items");
                             appended.notify_one();
@@ -273,7 +282,7 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
                     }
                 }
                 _ = ticker.tick() => {
-                    match store.refresh_autonomy(&identity, unix_ms()).await {
+                    match store.refresh_autonomy(&identity, clock.unix_ms()).await {
                         Ok(_) => appended.notify_one(),
                         Err(err) => warn!(%err, "cannot re-evaluate the autonomy mode"),
                     }

@@ -2,30 +2,22 @@
 //! keeps the hash-chained audit log and syncs with the control plane.
 //!
 //! # Layout
-//! - [`cli`]: the `aios-edge` command line.
-//! - [`daemon`]: `aios-edge run`: start-up, expiry checks, the uplink task.
-//! - [`uplink`]: the QUIC sync driver around `aios_shared::sync::EdgeSync`.
-//! - [`enroll`]: trading a one-time token for a certificate.
-//! - [`identity`]: the edge's key and pins, and TLS client configurations.
-//! - [`store`]: the edge's SQLite state: identity, audit chain, bundle.
-//! - [`memory`]: semantic memory, authoritative records, working context;
-//!   [`memory_cli`] is `aios-edge memory ...`.
+//! - [`cli`]: the `aios-edge` command line and its client subcommands.
+//! - [`daemon`]: `aios-edge run`: start-up, expiry checks, the loops.
+//! - [`sync`]: the edge's identity, enrolment and the QUIC uplink.
+//! - [`store`]: the edge's SQLite database: schema, identity, audit chain, bundle.
+//! - [`tasks`]: durable tasks: the journal, the scheduler, the step executor.
+//! - [`model_calls`]: model tiers, routing, retries and budgets; the cloud client.
+//! - [`exec`]: the execution plane: intents, approvals, connectors, outbox.
+//! - [`memory`]: semantic memory, authoritative records, working context.
+//! - [`http`]: the local HTTP API, webhooks, the OpenAI-compatible gateway, metrics.
 
-pub mod api;
 pub mod cli;
 pub mod daemon;
-pub mod enroll;
 pub mod exec;
-pub mod exec_cli;
-pub mod gateway;
-pub mod identity;
+pub mod http;
 pub mod memory;
-pub mod memory_cli;
-pub mod metrics;
 pub mod model_calls;
-pub mod runtime;
 pub mod store;
-pub mod task_cli;
+pub mod sync;
 pub mod tasks;
-pub mod uplink;
-pub mod webhook;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use aios_edge_agent::gateway::{
+use aios_edge_agent::http::gateway::{
     router, CallOutcome, Delivery, GatewayCall, GatewayConfig, GatewayEndpoint, GatewayObserver, GatewayState,
 };
 use aios_edge_agent::model_calls::cloud::{CloudClient, CloudConfig, Credential};

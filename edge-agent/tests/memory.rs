@@ -14,12 +14,12 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
-use aios_edge_agent::identity::Identity;
 use aios_edge_agent::memory::{
     build_context, ContextInput, Embed, EmbedderSource, ExportOptions, Item, LazyEmbedder, Memory, NewItem, Provenance,
     SearchRequest,
 };
 use aios_edge_agent::store::EdgeStore;
+use aios_edge_agent::sync::identity::Identity;
 use aios_models::{ChatModel, LoadOptions, ModelStore, Prompt};
 use aios_shared::memory::{Classification, MemorySpec};
 use ed25519_dalek::SigningKey;

@@ -17,8 +17,8 @@ use aios_control_plane::api;
 use aios_control_plane::app::{ControlPlane, Options};
 use aios_daemon::clock::unix_ms;
 use aios_edge_agent::daemon::{self, DaemonOptions, EdgeHandle};
-use aios_edge_agent::enroll::{self, EnrollOptions};
 use aios_edge_agent::store::{emit_debug_events, EdgeStore};
+use aios_edge_agent::sync::enroll::{self, EnrollOptions};
 use aios_shared::bundle::{Autonomy, BundleSpec};
 use aios_shared::token::EnrollToken;
 
@@ -33,6 +33,7 @@ async fn control_plane(dir: &Path) -> ControlPlane {
         admin_listen: "127.0.0.1:0".parse().expect("literal"),
         server_names: Vec::new(),
         secure_cookies: None,
+        clock: Default::default(),
     };
     ControlPlane::start(options).await.expect("control plane starts")
 }

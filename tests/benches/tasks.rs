@@ -12,9 +12,9 @@ use aios_control_plane::api;
 use aios_control_plane::app::{ControlPlane, Options};
 use aios_daemon::clock::unix_ms;
 use aios_edge_agent::daemon::{self, DaemonOptions};
-use aios_edge_agent::enroll::{self, EnrollOptions};
-use aios_edge_agent::runtime::Submission;
 use aios_edge_agent::store::EdgeStore;
+use aios_edge_agent::sync::enroll::{self, EnrollOptions};
+use aios_edge_agent::tasks::runtime::Submission;
 use aios_shared::bundle::BundleSpec;
 use aios_shared::token::EnrollToken;
 
@@ -53,6 +53,7 @@ async fn main() {
         admin_listen: "127.0.0.1:0".parse().expect("literal"),
         server_names: Vec::new(),
         secure_cookies: None,
+        clock: Default::default(),
     };
     let cp = ControlPlane::start(options).await.expect("control plane starts");
     let token = EnrollToken::new(rand::random(), &cp.api.pki.ca_der);
@@ -109,7 +110,7 @@ async fn main() {
     cp.stop().await;
 }
 
-async fn wait_succeeded(runtime: &aios_edge_agent::runtime::Runtime, n: usize, timeout: Duration) {
+async fn wait_succeeded(runtime: &aios_edge_agent::tasks::runtime::Runtime, n: usize, timeout: Duration) {
     let start = Instant::now();
     loop {
         let counts = runtime.store().task_counts().await.expect("counts");

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aios_edge_agent::webhook;
+use aios_edge_agent::http::webhook;
 use aios_tests::payments::{PaymentFaults, PaymentService};
 use aios_tests::smtp::SmtpServer;
 use aios_tests::{bins, fleet_with, wait_for, ControlPlaneProc, EdgeProc};

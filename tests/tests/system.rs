@@ -242,7 +242,7 @@ async fn certificates_from_another_ca_and_missing_certificates_are_refused() -> 
 
     // A client with no certificate may enrol but never sync.
     let fingerprint = aios_shared::token::EnrollToken::parse(&cp.token("10m")?)?.ca_fingerprint;
-    let config = aios_edge_agent::identity::enrollment_client_config(fingerprint)?;
+    let config = aios_edge_agent::sync::identity::enrollment_client_config(fingerprint)?;
     let mut endpoint = quinn::Endpoint::client(addr("127.0.0.1:0"))?;
     endpoint.set_default_client_config(config);
     let connection =

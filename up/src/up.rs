@@ -18,10 +18,10 @@ use aios_control_plane::api::ApiState;
 use aios_control_plane::app::{ControlPlane, Options};
 use aios_daemon::clock::unix_ms;
 use aios_edge_agent::daemon::{self, DaemonOptions, EdgeHandle};
-use aios_edge_agent::enroll::{self, EnrollOptions};
 use aios_edge_agent::memory::Item;
 use aios_edge_agent::store::EdgeStore;
-use aios_edge_agent::uplink::LinkStatus;
+use aios_edge_agent::sync::enroll::{self, EnrollOptions};
+use aios_edge_agent::sync::uplink::LinkStatus;
 use aios_shared::bundle::BundleSpec;
 use aios_shared::token::EnrollToken;
 use anyhow::Context;
@@ -79,6 +79,7 @@ pub async fn up(up: UpOptions) -> anyhow::Result<()> {
         admin_listen: up.addr("127.0.0.1:7480"),
         server_names: vec!["localhost".into()],
         secure_cookies: None,
+        clock: Default::default(),
     };
     let control_plane = ControlPlane::start(options).await.context("cannot start the control plane")?;
     let api = control_plane.api.clone();

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use aios_daemon::clock::unix_ms;
 use aios_shared::bundle::{BundleBody, BundleSpec};
+use aios_shared::lifecycle::approval::ApprovalState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -11,6 +11,8 @@ use axum::{Extension, Form};
 use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::commands::QueueState;
 
 use super::{badge, charts, csrf_field, error_page, json_block, layout, when, Nav};
 use crate::accounts::{Permission, Principal};
@@ -71,9 +73,9 @@ fn edge_state(edge: &EdgeRecord) -> &'static str {
     }
 }
 
-fn ago(ts_ms: Option<i64>) -> String {
+fn ago(ts_ms: Option<i64>, now_ms: i64) -> String {
     let Some(ts) = ts_ms else { return "never".into() };
-    let seconds = (unix_ms() - ts).max(0) / 1000;
+    let seconds = (now_ms - ts).max(0) / 1000;
     match seconds {
         0..=59 => format!("{seconds} s ago"),
         60..=3599 => format!("{} min ago", seconds / 60),
@@ -86,9 +88,9 @@ fn ago(ts_ms: Option<i64>) -> String {
 pub(crate) async fn fleet(State(state): State<ApiState>, Extension(principal): Extension<Principal>) -> PageResult {
     let edges = state.store.edges().await?;
     let depths = state.store.queue_depths().await?;
-    let health = state.store.tier_health(unix_ms() - 3_600_000).await?;
+    let health = state.store.tier_health(state.clock.unix_ms() - 3_600_000).await?;
     let bundle = current_bundle(&state).await?;
-    let pending = state.store.approvals(Some("pending".into())).await?.len();
+    let pending = state.store.approvals(Some("pending".into()), state.clock.unix_ms()).await?.len();
     let connected = edges.iter().filter(|e| e.connected && e.revoked_at_ms.is_none()).count();
     let current_version = bundle.as_ref().map_or(0, |(v, _)| *v);
     let body = html! {
@@ -117,7 +119,7 @@ pub(crate) async fn fleet(State(state): State<ApiState>, Extension(principal): E
                         tr data-edge=(edge.name) {
                             td { strong { (edge.name) } br; span.muted { code { (edge.id) } } }
                             td { (badge(edge_state(edge))) }
-                            td { (ago(edge.last_seen_ms)) }
+                            td { (ago(edge.last_seen_ms, state.clock.unix_ms())) }
                             td { (edge.agent_version.as_deref().unwrap_or("?")) }
                             td.bundle {
                                 "v" (edge.bundle_version)
@@ -340,10 +342,11 @@ pub(crate) async fn approvals(
     Extension(principal): Extension<Principal>,
     Query(query): Query<DoneQuery>,
 ) -> PageResult {
-    let all = state.store.approvals(None).await?;
+    let all = state.store.approvals(None, state.clock.unix_ms()).await?;
     let names = edge_names(&state.store.edges().await?);
     let can_decide = principal.role.allows(Permission::Operate);
-    let (pending, decided): (Vec<_>, Vec<_>) = all.into_iter().partition(|a| a.state == "pending");
+    let (pending, decided): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|a| a.state == QueueState::Edge(ApprovalState::Pending));
     let body = html! {
         @if let Some(done) = &query.done { div.notice { (done) } }
         div id="approvals" data-live="5" {
@@ -397,7 +400,7 @@ pub(crate) async fn approvals(
                         tr {
                             td { code { (approval.id) } }
                             td { (approval.request["connector"].as_str().unwrap_or("?")) "." (approval.request["action"].as_str().unwrap_or("?")) }
-                            td { (badge(&approval.state)) }
+                            td { (badge(&approval.state.to_string())) }
                             td { (decision["by"].as_str().unwrap_or("")) }
                             td { (decision["comment"].as_str().unwrap_or("")) }
                         }
@@ -810,7 +813,7 @@ pub(crate) async fn kill_switch(
 
 /// `GET /console/metrics`: the last 30 days.
 pub(crate) async fn metrics(State(state): State<ApiState>, Extension(principal): Extension<Principal>) -> PageResult {
-    let metrics = state.store.metrics(unix_ms() - 30 * 86_400_000).await?;
+    let metrics = state.store.metrics(state.clock.unix_ms() - 30 * 86_400_000).await?;
     let names = edge_names(&state.store.edges().await?);
     let per_agent = |f: fn(&crate::views::Figures) -> f64| -> Vec<(String, f64)> {
         metrics.by_agent.iter().map(|(name, figures)| (name.clone(), f(figures))).collect()

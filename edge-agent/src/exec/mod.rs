@@ -22,7 +22,7 @@ pub mod outbox;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aios_shared::audit::kinds;
 use aios_shared::backoff::Backoff;
@@ -38,9 +38,9 @@ use tracing::{debug, warn, Instrument};
 
 use self::connector::{Call, Connector, ConnectorError};
 use self::outbox::{ApprovalRequest, ApprovalState, Attempt, Intent, IntentEvent, IntentState, NewIntent, Verdict};
-use crate::identity::Identity;
 use crate::store::EdgeStore;
-use aios_daemon::clock::unix_ms;
+use crate::sync::identity::Identity;
+use aios_daemon::clock::SharedClock;
 use aios_daemon::db::DbError;
 
 pub use self::outbox::{Applied, Approval};
@@ -139,6 +139,8 @@ pub struct ExecPlane {
     identity: Identity,
     labels: Arc<Vec<String>>,
     plane: Arc<Mutex<Option<Arc<Plane>>>>,
+    /// Where approval lapses, breakers and retries read the time.
+    clock: SharedClock,
 }
 
 /// Hex SHA-256 of the canonical JSON of `args` (object keys sorted).
@@ -148,8 +150,8 @@ pub fn args_hash(args: &Value) -> String {
 
 impl ExecPlane {
     /// The plane for this edge; `labels` are its `key=value` labels.
-    pub fn new(store: EdgeStore, identity: Identity, labels: Vec<String>) -> Self {
-        Self { store, identity, labels: Arc::new(labels), plane: Arc::new(Mutex::new(None)) }
+    pub fn new(store: EdgeStore, identity: Identity, labels: Vec<String>, clock: SharedClock) -> Self {
+        Self { store, identity, labels: Arc::new(labels), plane: Arc::new(Mutex::new(None)), clock }
     }
 
     fn plane(&self, version: u64, defs: &aios_shared::agent::Definitions) -> Result<Arc<Plane>, String> {
@@ -207,7 +209,7 @@ impl ExecPlane {
                 request.connector, request.action
             )));
         };
-        let now = unix_ms();
+        let now = self.clock.unix_ms();
         let args = match connector::typed_args(&action, &request.args) {
             Ok(args) => args,
             Err(problem) => {
@@ -354,7 +356,7 @@ impl ExecPlane {
         action: &ActionSpec,
         mut intent: Intent,
     ) -> Result<ActOutcome, DbError> {
-        let now = unix_ms();
+        let now = self.clock.unix_ms();
         match intent.state {
             IntentState::Done => return Ok(ActOutcome::Done(step_output(&intent))),
             IntentState::Denied => {
@@ -452,7 +454,14 @@ impl ExecPlane {
         };
         let details = json!({ "task": intent.task_id, "decision": decision });
         self.store
-            .settle_intent(&self.identity, &intent.key, IntentEvent::Deny, kinds::POLICY_DECIDED, details, unix_ms())
+            .settle_intent(
+                &self.identity,
+                &intent.key,
+                IntentEvent::Deny,
+                kinds::POLICY_DECIDED,
+                details,
+                self.clock.unix_ms(),
+            )
             .await?;
         Ok(ActOutcome::Failed(format!("denied by policy: {reason}")))
     }
@@ -477,19 +486,19 @@ impl ExecPlane {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let timeout = Duration::from_millis(live.spec.timeout_ms());
         loop {
-            let permit = match live.breaker.lock().expect("breaker lock").try_acquire(Instant::now()) {
+            let permit = match live.breaker.lock().expect("breaker lock").try_acquire(self.clock.instant()) {
                 Ok(permit) => permit,
                 Err(open) => {
                     return Ok(ActOutcome::Park {
                         reason: format!("connector `{}` is failing: {open}", intent.connector),
-                        until_ms: unix_ms() + open.retry_in.as_millis() as i64 + 1,
+                        until_ms: self.clock.unix_ms() + open.retry_in.as_millis() as i64 + 1,
                     })
                 }
             };
             if let Some(limiter) = &live.limiter {
                 limiter.until_ready().await;
             }
-            let attempts = self.store.begin_attempt(&self.identity, &intent.key, unix_ms()).await?;
+            let attempts = self.store.begin_attempt(&self.identity, &intent.key, self.clock.unix_ms()).await?;
             let call = Call { action: &intent.action, spec: action, args: &intent.args, key: &intent.key, timeout };
             let span = tracing::info_span!(
                 "connector.call",
@@ -502,7 +511,7 @@ impl ExecPlane {
                 Ok(outcome) => outcome,
                 Err(_) => Err(ConnectorError::Unknown(format!("no answer within {} ms", timeout.as_millis()))),
             };
-            let now = unix_ms();
+            let now = self.clock.unix_ms();
             match outcome {
                 Ok(result) => {
                     live.breaker.lock().expect("breaker lock").record_success(permit);
@@ -511,7 +520,7 @@ impl ExecPlane {
                     return Ok(ActOutcome::Done(step_output(&done)));
                 }
                 Err(err) => {
-                    live.breaker.lock().expect("breaker lock").record_failure(permit, Instant::now());
+                    live.breaker.lock().expect("breaker lock").record_failure(permit, self.clock.instant());
                     let permanent = matches!(err, ConnectorError::Permanent(_));
                     let unknown = matches!(err, ConnectorError::Unknown(_));
                     let dead = permanent || attempts >= live.spec.max_attempts;
@@ -589,7 +598,8 @@ impl ExecPlane {
                 let decision = self.decide(&plane, &request, &args, autonomy, true);
                 let hash = args_hash(&args);
                 let compensates = Some(original.key.clone());
-                self.declare(&plane, &live.spec, &request, key, args, hash, decision, compensates, unix_ms()).await?
+                self.declare(&plane, &live.spec, &request, key, args, hash, decision, compensates, self.clock.unix_ms())
+                    .await?
             }
         };
         self.drive(&plane, &live, &undo, intent).await

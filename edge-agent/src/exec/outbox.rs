@@ -12,8 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::identity::Identity;
 use crate::store::{append_event, EdgeStore};
+use crate::sync::identity::Identity;
 use crate::tasks::{TaskEvent, TaskState};
 use aios_daemon::db::DbError;
 pub use aios_shared::lifecycle::approval::{ApprovalEvent, ApprovalState};

@@ -46,8 +46,8 @@ pub use items::{ExportOptions, Forgotten, Stats};
 pub use records::Record;
 pub use search::{Hit, SearchRequest};
 
-use crate::identity::Identity;
 use crate::store::EdgeStore;
+use crate::sync::identity::Identity;
 use aios_daemon::db::{Db, DbError};
 
 /// Errors of the memory plane.

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::model_calls::cloud::{ChatCompletion, CloudClient, CloudConfig, CloudError, Credential};
 use crate::model_calls::openai::{ChatCompletionRequest, WireMessage};
@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 use crate::store::EdgeStore;
 use crate::tasks::StepRecord;
-use aios_daemon::clock::unix_ms;
+use aios_daemon::clock::SharedClock;
 use aios_daemon::db::DbError;
 
 /// One model call a step asks for.
@@ -130,6 +130,8 @@ struct TiersInner {
     retry: RetryPolicy,
     breaker: BreakerConfig,
     remote_calls: AtomicU64,
+    /// Where breakers and budget days read the time.
+    clock: SharedClock,
 }
 
 /// The budget ledger and which accounts were seeded from the database.
@@ -143,7 +145,7 @@ struct Ledger {
 impl Tiers {
     /// Tiers that load local models from `models` and, with a store, keep
     /// each agent's daily spending across restarts.
-    pub fn new(models: ModelStore, load: LoadOptions, store: Option<EdgeStore>) -> Tiers {
+    pub fn new(models: ModelStore, load: LoadOptions, store: Option<EdgeStore>, clock: SharedClock) -> Tiers {
         Tiers {
             inner: Arc::new(TiersInner {
                 models,
@@ -157,6 +159,7 @@ impl Tiers {
                 retry: RetryPolicy::default(),
                 breaker: BreakerConfig { failure_threshold: 3, cool_down: Duration::from_secs(30) },
                 remote_calls: AtomicU64::new(0),
+                clock,
             }),
         }
     }
@@ -243,7 +246,11 @@ impl Tiers {
             .agents
             .get(call.agent)
             .ok_or_else(|| ModelCallError::Fatal(format!("agent `{}` is not defined", call.agent)))?;
-        let key = BudgetKey { task: call.task.to_owned(), agent: call.agent.to_owned(), day: day_of(unix_ms()) };
+        let key = BudgetKey {
+            task: call.task.to_owned(),
+            agent: call.agent.to_owned(),
+            day: day_of(self.inner.clock.unix_ms()),
+        };
         let limits =
             BudgetLimits { task: usd_limit(agent.budget.per_task_usd), agent_day: usd_limit(agent.budget.per_day_usd) };
         self.seed_day(&key.agent, key.day).await?;
@@ -485,7 +492,7 @@ impl Tiers {
             reason: format!("`{requested}` is not a tier this gateway routes to"),
             kind: RefusalKind::UnknownTier,
         })?;
-        let day = day_of(unix_ms());
+        let day = day_of(self.inner.clock.unix_ms());
         let refused = |err: DbError| GatewayRefusal { reason: err.to_string(), kind: RefusalKind::Unavailable };
         self.seed_day(GATEWAY_ACCOUNT, day).await.map_err(refused)?;
         let request = RouteRequest {
@@ -540,7 +547,7 @@ impl Tiers {
     }
 
     fn breaker_health(&self, tier: &str) -> TierHealth {
-        self.with_breaker(tier, |breaker| breaker.health(Instant::now()))
+        self.with_breaker(tier, |breaker| breaker.health(self.inner.clock.instant()))
     }
 
     /// Loads what `account` spent on `day`, as the database says, into the
@@ -622,7 +629,7 @@ impl Tiers {
         let mut attempts = 0;
         loop {
             let permit = self
-                .with_breaker(tier, |breaker| breaker.try_acquire(Instant::now()))
+                .with_breaker(tier, |breaker| breaker.try_acquire(self.inner.clock.instant()))
                 .map_err(|open| format!("breaker open for {:?}", open.retry_in))?;
             // Dropped with the call (a deadline, a cancellation), the guard
             // hands a probe's turn back rather than leave the tier shut for
@@ -633,7 +640,7 @@ impl Tiers {
             let result = attempt(client.clone()).await;
             let permit = held.permit.take().unwrap_or(permit);
             self.with_breaker(tier, |breaker| match &result {
-                Err(err) if err.counts_against_breaker() => breaker.record_failure(permit, Instant::now()),
+                Err(err) if err.counts_against_breaker() => breaker.record_failure(permit, self.inner.clock.instant()),
                 _ => breaker.record_success(permit),
             });
             match result {
@@ -1032,7 +1039,7 @@ price_out_per_1k = 1.5
     fn tiers() -> (tempfile::TempDir, Tiers) {
         let dir = tempfile::tempdir().expect("temp dir");
         let models = ModelStore::new(Catalog::builtin(), dir.path().to_owned());
-        let tiers = Tiers::new(models, LoadOptions::default(), None);
+        let tiers = Tiers::new(models, LoadOptions::default(), None, SharedClock::default());
         let spec = BundleSpec::from_toml(BUNDLE).expect("bundle parses");
         tiers.configure(&Arc::new(spec.definitions()));
         (dir, tiers)
@@ -1052,7 +1059,7 @@ price_out_per_1k = 1.5
         assert!(dropped.is_err(), "the call never answers, so the timeout drops it");
         assert_eq!(tiers.ledger_size(), (0, 0), "no account or reservation is left open");
         let ledger = tiers.inner.ledger.lock().expect("ledger lock");
-        let day = ledger.ledger.day_view(GATEWAY_ACCOUNT, day_of(unix_ms()), MicroUsd::UNLIMITED);
+        let day = ledger.ledger.day_view(GATEWAY_ACCOUNT, day_of(tiers.inner.clock.unix_ms()), MicroUsd::UNLIMITED);
         assert_eq!(day.committed, MicroUsd::from_usd(2.0).expect("usd"), "1000 tokens each way at 0.5 and 1.5 per 1k");
     }
 
@@ -1062,7 +1069,8 @@ price_out_per_1k = 1.5
     #[tokio::test]
     async fn a_dropped_probe_passes_its_turn_on() {
         let (_dir, tiers) = tiers();
-        let opened = Instant::now().checked_sub(tiers.inner.breaker.cool_down).expect("up longer than a cool-down");
+        let opened =
+            tiers.inner.clock.instant().checked_sub(tiers.inner.breaker.cool_down).expect("up longer than a cool-down");
         tiers.with_breaker("large", |breaker| {
             (0..3).for_each(|_| breaker.record_failure(Permit::Normal, opened));
         });

@@ -14,7 +14,7 @@ use aios_shared::bundle::{Autonomy, BundleBody, BundleError, Offer, SignedBundle
 use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::identity::{key_from_pkcs8, key_pkcs8, Identity};
+use crate::sync::identity::{key_from_pkcs8, key_pkcs8, Identity};
 use aios_daemon::chain::ChainTable;
 use aios_daemon::db::{Db, DbError};
 

@@ -35,6 +35,7 @@
 //! also carries `x-aios-cost-usd`. A budget that stops a request is a 429
 //! `insufficient_quota`; no tier able to answer is a 503 `tier_unavailable`.
 
+use aios_daemon::clock::SharedClock;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,6 +94,8 @@ pub struct GatewayState {
     started: u64,
     /// The edge's tiers, for requests that name a gateway tier.
     tiers: Option<Tiers>,
+    /// Where latencies and `created` times are read.
+    clock: SharedClock,
 }
 
 impl GatewayState {
@@ -103,7 +106,15 @@ impl GatewayState {
         embedder: Option<EmbeddingModel>,
         observer: Arc<dyn GatewayObserver>,
     ) -> GatewayState {
-        GatewayState { config, chat, embedder, observer, started: unix_seconds(), tiers: None }
+        let clock = SharedClock::default();
+        GatewayState { config, chat, embedder, observer, started: unix_seconds(&clock), tiers: None, clock }
+    }
+
+    /// Reads the time from `clock` instead of the real one.
+    pub fn with_clock(mut self, clock: SharedClock) -> GatewayState {
+        self.started = unix_seconds(&clock);
+        self.clock = clock;
+        self
     }
 
     /// Routes requests for the bundle's gateway tiers through `tiers` (the
@@ -368,7 +379,7 @@ impl CallRecorder {
         self.reported = true;
         self.call.status = status.as_u16();
         self.call.outcome = outcome;
-        self.call.latency = self.started.elapsed();
+        self.call.latency = self.state.clock.instant().saturating_duration_since(self.started);
         self.state.observer.on_call(&self.call);
     }
 
@@ -383,14 +394,14 @@ impl Drop for CallRecorder {
     fn drop(&mut self) {
         if !self.reported {
             self.reported = true;
-            self.call.latency = self.started.elapsed();
+            self.call.latency = self.state.clock.instant().saturating_duration_since(self.started);
             self.state.observer.on_call(&self.call);
         }
     }
 }
 
-fn unix_seconds() -> u64 {
-    u64::try_from(aios_daemon::clock::unix_ms() / 1000).unwrap_or_default()
+fn unix_seconds(clock: &SharedClock) -> u64 {
+    u64::try_from(clock.unix_ms() / 1000).unwrap_or_default()
 }
 
 fn authorise(state: &GatewayState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -534,7 +545,7 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut recorder = CallRecorder::new(&state, GatewayEndpoint::ChatCompletions, Instant::now());
+    let mut recorder = CallRecorder::new(&state, GatewayEndpoint::ChatCompletions, state.clock.instant());
     if let Err(error) = authorise(&state, &headers) {
         return recorder.fail(error);
     }
@@ -663,7 +674,7 @@ async fn routed_completion(
                 let response = ChatCompletionResponse {
                     id: request_id,
                     object: "chat.completion".to_owned(),
-                    created: unix_seconds(),
+                    created: unix_seconds(&state.clock),
                     model: request.model,
                     choices: vec![Choice {
                         index: 0,
@@ -731,7 +742,7 @@ async fn whole_completion(
     let response = ChatCompletionResponse {
         id: completion_id(),
         object: "chat.completion".to_owned(),
-        created: unix_seconds(),
+        created: unix_seconds(&recorder.state.clock),
         model: request.model,
         choices: vec![Choice {
             index: 0,
@@ -785,7 +796,7 @@ fn respond_with_stream(
 ) -> Response {
     let stream = CompletionStream {
         id: completion_id(),
-        created: unix_seconds(),
+        created: unix_seconds(&recorder.state.clock),
         model: request.model.clone(),
         include_usage: request.include_usage(),
         source,
@@ -976,7 +987,7 @@ async fn embeddings(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut recorder = CallRecorder::new(&state, GatewayEndpoint::Embeddings, Instant::now());
+    let mut recorder = CallRecorder::new(&state, GatewayEndpoint::Embeddings, state.clock.instant());
     if let Err(error) = authorise(&state, &headers) {
         return recorder.fail(error);
     }

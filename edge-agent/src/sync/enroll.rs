@@ -12,8 +12,8 @@ use aios_shared::wire::{EnrollRequest, Frame};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::rngs::OsRng;
 
-use crate::identity::{enrollment_client_config, key_pkcs8, Identity};
 use crate::store::EdgeStore;
+use crate::sync::identity::{enrollment_client_config, key_pkcs8, Identity};
 use aios_daemon::transport::{read_frame, write_frame, SERVER_NAME};
 
 /// Why enrolment failed.
@@ -44,7 +44,7 @@ pub enum EnrollError {
     Store(#[from] aios_daemon::db::DbError),
     /// Local TLS or key handling failed.
     #[error(transparent)]
-    Tls(#[from] crate::identity::TlsError),
+    Tls(#[from] crate::sync::identity::TlsError),
 }
 
 /// Labels and name the edge enrols with.

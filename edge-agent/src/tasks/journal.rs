@@ -18,8 +18,8 @@ use aios_shared::audit::kinds;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::Identity;
 use crate::store::{append_event, EdgeStore};
+use crate::sync::identity::Identity;
 use aios_daemon::db::DbError;
 
 pub use aios_shared::lifecycle::task::{TaskEvent, TaskState};

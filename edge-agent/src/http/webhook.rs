@@ -24,9 +24,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
-use crate::api::{ApiError, ApiState};
 use crate::exec::connector::load_secret;
-use crate::runtime::Submission;
+use crate::http::api::{ApiError, ApiState};
+use crate::tasks::runtime::Submission;
 
 /// The header that carries the signature.
 pub const SIGNATURE_HEADER: &str = "x-aios-signature";
@@ -128,7 +128,7 @@ pub async fn receive(
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("webhook `{name}` has no secret on this edge"))
     })?;
     let header = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let now_s = aios_daemon::clock::unix_ms() / 1000;
+    let now_s = state.runtime.now() / 1000;
     if let Err(err) = verify(secret.expose().as_bytes(), header, &body, now_s) {
         warn!(webhook = %name, %err, "webhook delivery refused");
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, err.to_string()));

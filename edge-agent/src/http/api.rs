@@ -13,7 +13,7 @@
 //!   queue), `GET /v1/intents/{key}`, `POST /v1/dlq/{key}/retry|discard`.
 //! - `GET /v1/health`: edge id, bundle version, running tasks, counts by state.
 //!
-//! - `POST /v1/webhooks/{name}`: an inbound webhook ([`crate::webhook`]).
+//! - `POST /v1/webhooks/{name}`: an inbound webhook ([`crate::http::webhook`]).
 //!
 //! With a token configured every request but a webhook's must carry
 //! `Authorization: Bearer`; a webhook is signed instead.
@@ -28,7 +28,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::runtime::{Runtime, RuntimeError, Submission};
+use crate::tasks::runtime::{Runtime, RuntimeError, Submission};
 use crate::tasks::{SubmitError, TaskFilter};
 
 /// What the handlers share.
@@ -41,7 +41,7 @@ pub struct ApiState {
     /// Request counts and durations for `/metrics`.
     pub http_metrics: Arc<aios_daemon::metrics::HttpMetrics>,
     /// The sync link's state, for `/metrics`.
-    pub link: tokio::sync::watch::Receiver<crate::uplink::LinkStatus>,
+    pub link: tokio::sync::watch::Receiver<crate::sync::uplink::LinkStatus>,
 }
 
 /// An error as JSON: `{"error": {"message": ..}}`.
@@ -97,16 +97,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         // Signed by the sender, not by the API token.
-        .route("/v1/webhooks/{name}", post(crate::webhook::receive))
+        .route("/v1/webhooks/{name}", post(crate::http::webhook::receive))
         .layer(axum::middleware::from_fn_with_state(state.http_metrics.clone(), aios_daemon::metrics::track))
         .with_state(state)
 }
 
 /// `GET /metrics`: Prometheus figures read from the database now.
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let figures = state.runtime.store().db.read(crate::metrics::edge_figures).await?;
+    let figures = state.runtime.store().db.read(crate::http::metrics::edge_figures).await?;
     let mut scrape = aios_daemon::metrics::Scrape::new(&state.http_metrics);
-    figures.write(&mut scrape, *state.link.borrow() == crate::uplink::LinkStatus::Connected);
+    figures.write(&mut scrape, *state.link.borrow() == crate::sync::uplink::LinkStatus::Connected);
     Ok(scrape.into_response())
 }
 
@@ -222,7 +222,7 @@ async fn local_command(
         edge_id,
         by: format!("local:{}", operator.by.unwrap_or_else(|| "operator".into())),
         comment: operator.comment,
-        issued_ms: aios_daemon::clock::unix_ms(),
+        issued_ms: state.runtime.now(),
         command,
     };
     match state.runtime.apply_command(body.clone()).await? {

@@ -2,6 +2,16 @@
 //!
 //! Parsing is separate from running (ripgrep's two stages): [`Cli`] holds only
 //! validated flags; [`run`] opens files and sockets.
+//!
+//! # Layout
+//! - `mod.rs`: `enroll`, `run`, `status`, `models` and the test hooks.
+//! - [`task`]: `aios-edge task ...`, a client of the local API.
+//! - [`exec`]: `aios-edge approvals|dlq ...`, a client of the local API.
+//! - [`memory`]: `aios-edge memory ...` (opens the database directly).
+
+pub mod exec;
+pub mod memory;
+pub mod task;
 
 use std::path::{Path, PathBuf};
 
@@ -12,9 +22,9 @@ use serde::Deserialize;
 use aios_daemon::cli::{load_config, shutdown_signal, LogFormat};
 
 use crate::daemon::{self, DaemonOptions};
-use crate::enroll::{self, EnrollOptions};
 use crate::store::EdgeStore;
-use crate::uplink::UplinkOptions;
+use crate::sync::enroll::{self, EnrollOptions};
+use crate::sync::uplink::UplinkOptions;
 use aios_daemon::clock::unix_ms;
 
 /// The aios edge agent.
@@ -45,16 +55,16 @@ pub enum Command {
     Status,
     /// Tasks on the running daemon: submit, show, list, cancel.
     #[command(subcommand)]
-    Task(crate::task_cli::TaskCommand),
+    Task(crate::cli::task::TaskCommand),
     /// Side effects waiting for approval (decided here only when air-gapped).
     #[command(subcommand)]
-    Approvals(crate::exec_cli::ApprovalCommand),
+    Approvals(crate::cli::exec::ApprovalCommand),
     /// Dead-lettered side effects: list, show, retry (same key), discard.
     #[command(subcommand)]
-    Dlq(crate::exec_cli::DlqCommand),
+    Dlq(crate::cli::exec::DlqCommand),
     /// Semantic memory on this edge: add, search, show, stats, forget, export, import, reindex.
     #[command(subcommand)]
-    Memory(crate::memory_cli::MemoryCommand),
+    Memory(crate::cli::memory::MemoryCommand),
     /// Local models: list, pull, verify, path, bench.
     #[command(subcommand)]
     Models(aios_models::ModelsCommand),
@@ -192,10 +202,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => run_daemon(cli.data_dir, args).await,
         Command::Status => status(&data_dir).await,
-        Command::Task(command) => crate::task_cli::run(command).await,
-        Command::Approvals(command) => crate::exec_cli::approvals(command).await,
-        Command::Dlq(command) => crate::exec_cli::dlq(command).await,
-        Command::Memory(command) => crate::memory_cli::run(&data_dir, command).await,
+        Command::Task(command) => crate::cli::task::run(command).await,
+        Command::Approvals(command) => crate::cli::exec::approvals(command).await,
+        Command::Dlq(command) => crate::cli::exec::dlq(command).await,
+        Command::Memory(command) => crate::cli::memory::run(&data_dir, command).await,
         Command::Models(command) => aios_models::run_models_command(command).await,
         #[cfg(feature = "debug-hooks")]
         Command::Debug(command) => debug(&data_dir, command).await,

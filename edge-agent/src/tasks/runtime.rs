@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aios_shared::agent::{run_checks, AgentSpec, Definitions, StepKind, StepSpec};
 use serde_json::{json, Value};
@@ -24,12 +24,12 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::exec::{ActOutcome, ActRequest, Applied, ExecPlane};
-use crate::identity::Identity;
 use crate::memory::{self, EmbedderSource, Memory};
 use crate::model_calls::{ModelCallError, StepCall, Tiers};
 use crate::store::EdgeStore;
+use crate::sync::identity::Identity;
 use crate::tasks::{NewTask, RunEnd, StepRecord, SubmitError, TaskRecord};
-use aios_daemon::clock::unix_ms;
+use aios_daemon::clock::SharedClock;
 use aios_daemon::db::DbError;
 
 /// How often the dispatcher looks for due tasks when nothing wakes it.
@@ -45,6 +45,8 @@ pub struct RuntimeOptions {
     pub call_log: Option<PathBuf>,
     /// The edge's labels (`key=value`), which the policy sees.
     pub labels: Vec<String>,
+    /// Where the runtime reads the time (the real clock unless a test moves one).
+    pub clock: SharedClock,
 }
 
 /// A submission as the API, the CLI or the control plane makes it.
@@ -137,7 +139,7 @@ impl From<DbError> for Stop {
 impl Runtime {
     /// A runtime over `store`; nothing runs until [`Runtime::run`].
     pub fn new(store: EdgeStore, identity: Identity, tiers: Tiers, options: RuntimeOptions) -> Runtime {
-        let exec = ExecPlane::new(store.clone(), identity.clone(), options.labels.clone());
+        let exec = ExecPlane::new(store.clone(), identity.clone(), options.labels.clone(), options.clock.clone());
         let (models, load) = tiers.model_source();
         let source = EmbedderSource::Catalog { models, load };
         let memory = Memory::new(&store, Some(identity.clone()), source, &Default::default());
@@ -154,6 +156,16 @@ impl Runtime {
                 definitions: Mutex::new(None),
             }),
         }
+    }
+
+    /// Milliseconds since the Unix epoch, from the runtime's clock.
+    pub fn now(&self) -> i64 {
+        self.inner.options.clock.unix_ms()
+    }
+
+    /// The runtime's clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.inner.options.clock
     }
 
     /// The store the runtime works on.
@@ -185,7 +197,7 @@ impl Runtime {
     /// local approval), once per id. A compensation runs in the background;
     /// its outcome is in the audit log.
     pub async fn apply_command(&self, body: aios_shared::command::CommandBody) -> Result<Applied, DbError> {
-        let applied = self.inner.store.apply_command(&self.inner.identity, body, unix_ms()).await?;
+        let applied = self.inner.store.apply_command(&self.inner.identity, body, self.now()).await?;
         if let Applied::Compensate { task, step, by } = &applied {
             if let Some((version, defs)) = self.definitions().await? {
                 let (runtime, task, step, by) = (self.clone(), task.clone(), step.clone(), by.clone());
@@ -240,7 +252,7 @@ impl Runtime {
                 accepts: agent.accepts.clone(),
             });
         }
-        let now = unix_ms();
+        let now = self.now();
         let task = NewTask {
             agent: submission.agent.clone(),
             agent_version: agent.version,
@@ -263,7 +275,7 @@ impl Runtime {
     /// Cancels a task in any state; a running one stops at once (its model
     /// call is dropped) and is recorded as cancelled.
     pub async fn cancel(&self, id: &str) -> Result<Option<TaskRecord>, DbError> {
-        let task = self.inner.store.cancel_task(&self.inner.identity, id, unix_ms()).await?;
+        let task = self.inner.store.cancel_task(&self.inner.identity, id, self.now()).await?;
         if let Some((_, flag)) = self.inner.dispatch.lock().expect("dispatch lock").running.get(id) {
             flag.store(true, Ordering::SeqCst);
         }
@@ -279,7 +291,7 @@ impl Runtime {
     /// Runs the dispatcher until `shutdown` turns true; tasks still running
     /// then are put back in the queue at their last checkpoint.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        match self.inner.store.requeue_interrupted(unix_ms()).await {
+        match self.inner.store.requeue_interrupted(self.now()).await {
             Ok(0) => {}
             Ok(n) => info!(tasks = n, "resuming tasks interrupted by the last shutdown"),
             Err(err) => warn!(%err, "cannot re-queue interrupted tasks"),
@@ -294,7 +306,7 @@ impl Runtime {
             }
             handles.retain(|h| !h.is_finished());
             let sleep = match self.inner.store.next_wake_ms().await {
-                Ok(Some(at)) => Duration::from_millis((at - unix_ms()).clamp(1, IDLE_POLL.as_millis() as i64) as u64),
+                Ok(Some(at)) => Duration::from_millis((at - self.now()).clamp(1, IDLE_POLL.as_millis() as i64) as u64),
                 _ => IDLE_POLL,
             };
             tokio::select! {
@@ -309,7 +321,7 @@ impl Runtime {
         for handle in handles {
             let _ = handle.await;
         }
-        if let Err(err) = self.inner.store.requeue_interrupted(unix_ms()).await {
+        if let Err(err) = self.inner.store.requeue_interrupted(self.now()).await {
             warn!(%err, "cannot re-queue running tasks at shutdown");
         }
     }
@@ -320,7 +332,7 @@ impl Runtime {
         if self.running() >= global {
             return Ok(());
         }
-        for (id, agent_name) in self.inner.store.due_tasks(unix_ms(), 256).await? {
+        for (id, agent_name) in self.inner.store.due_tasks(self.now(), 256).await? {
             let limit = defs.agents.get(&agent_name).map_or(1, |a| a.max_concurrent as usize);
             {
                 let dispatch = self.inner.dispatch.lock().expect("dispatch lock");
@@ -334,7 +346,7 @@ impl Runtime {
                 }
             }
             let claimed =
-                self.inner.store.claim_task(&self.inner.identity, &id, defs.runtime.max_attempts, unix_ms()).await?;
+                self.inner.store.claim_task(&self.inner.identity, &id, defs.runtime.max_attempts, self.now()).await?;
             let Some(task) = claimed else { continue };
             let cancel = Arc::new(AtomicBool::new(false));
             {
@@ -385,7 +397,7 @@ impl Runtime {
             }
         };
         debug!(?end, "task run ended");
-        if let Err(err) = self.inner.store.end_run(&self.inner.identity, &task.id, end, unix_ms()).await {
+        if let Err(err) = self.inner.store.end_run(&self.inner.identity, &task.id, end, self.now()).await {
             warn!(%err, "cannot record the end of a task run");
         }
     }
@@ -408,7 +420,7 @@ impl Runtime {
             if cancel.load(Ordering::SeqCst) || self.inner.store.cancel_requested(&task.id).await? {
                 return Err(Stop::End(RunEnd::Cancelled));
             }
-            if unix_ms() > task.deadline_ms {
+            if self.now() > task.deadline_ms {
                 return Err(Stop::End(RunEnd::Failed(format!(
                     "deadline exceeded before step `{}`",
                     agent.steps[seq].id
@@ -419,7 +431,7 @@ impl Runtime {
             // The deadline holds inside a step too: a model call or a
             // connector call still running when it passes is dropped, as on
             // cancellation, and its step is not checkpointed.
-            let left = Duration::from_millis(u64::try_from(task.deadline_ms.saturating_sub(unix_ms())).unwrap_or(0));
+            let left = Duration::from_millis(u64::try_from(task.deadline_ms.saturating_sub(self.now())).unwrap_or(0));
             let record = tokio::select! {
                 record = self.run_step(task, agent, seq, &context).instrument(span) => record?,
                 _ = cancelled(cancel) => return Err(Stop::End(RunEnd::Cancelled)),
@@ -441,7 +453,7 @@ impl Runtime {
         context: &TaskContext,
     ) -> Result<StepRecord, Stop> {
         let step = &agent.steps[seq];
-        let started = Instant::now();
+        let started = self.inner.options.clock.instant();
         let mut record = StepRecord {
             seq: seq as u32,
             step_id: step.id.clone(),
@@ -464,7 +476,7 @@ impl Runtime {
             if !condition.holds(context.value(&condition.step)) {
                 record.status = "skipped".into();
                 record.output = json!({ "skipped": format!("condition on `{}` does not hold", condition.step) });
-                record.created_ms = unix_ms();
+                record.created_ms = self.now();
                 return Ok(record);
             }
         }
@@ -515,8 +527,9 @@ impl Runtime {
                     let failures = record.output["failures"].clone();
                     let detail = format!("validation of `{target}` failed: {failures}");
                     // The failure is recorded with the step, then the task fails.
-                    record.latency_ms = started.elapsed().as_millis() as u64;
-                    record.created_ms = unix_ms();
+                    record.latency_ms =
+                        self.inner.options.clock.instant().saturating_duration_since(started).as_millis() as u64;
+                    record.created_ms = self.now();
                     self.inner.store.checkpoint_step(&self.inner.identity, &task.id, record).await?;
                     return Err(fatal(detail));
                 }
@@ -524,7 +537,7 @@ impl Runtime {
             StepKind::Retrieve | StepKind::RecordGet | StepKind::RecordPut => {
                 let render = |template: &str| context.render(template);
                 let memory = &self.inner.memory;
-                match memory::steps::run_memory_step(memory, &task.id, agent, step, seq, &render, unix_ms()).await {
+                match memory::steps::run_memory_step(memory, &task.id, agent, step, seq, &render, self.now()).await {
                     Ok(result) => {
                         record.output = result.output;
                         record.value = result.value;
@@ -551,8 +564,8 @@ impl Runtime {
                 }
             }
         }
-        record.latency_ms = started.elapsed().as_millis() as u64;
-        record.created_ms = unix_ms();
+        record.latency_ms = self.inner.options.clock.instant().saturating_duration_since(started).as_millis() as u64;
+        record.created_ms = self.now();
         Ok(record)
     }
 
@@ -653,7 +666,7 @@ impl Runtime {
             Ok(outcome) => Ok(outcome),
             Err(ModelCallError::Fatal(problem)) => Err(Stop::End(RunEnd::Failed(problem))),
             Err(ModelCallError::Unavailable(reason)) => {
-                Err(Stop::End(RunEnd::Waiting { reason, until_ms: unix_ms() + TIER_DOWN_RETRY_MS }))
+                Err(Stop::End(RunEnd::Waiting { reason, until_ms: self.now() + TIER_DOWN_RETRY_MS }))
             }
             Err(ModelCallError::Db(err)) => Err(Stop::Db(err)),
         }

@@ -17,10 +17,9 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::enroll::{resolve, unspecified_for};
-use crate::identity::Identity;
 use crate::store::{BundleOutcome, EdgeStore};
-use aios_daemon::clock::unix_ms;
+use crate::sync::enroll::{resolve, unspecified_for};
+use crate::sync::identity::Identity;
 use aios_daemon::transport::{close_code, sleep_until, spawn_frame_reader, write_frame, SERVER_NAME};
 
 /// How often the log is checked for events written by other processes.
@@ -68,7 +67,7 @@ pub struct Uplink {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) status: watch::Sender<LinkStatus>,
     /// Where dispatched tasks are submitted.
-    pub(crate) runtime: crate::runtime::Runtime,
+    pub(crate) runtime: crate::tasks::runtime::Runtime,
 }
 
 /// How one connection ended.
@@ -85,7 +84,7 @@ impl Uplink {
         &self,
         tasks: Vec<aios_shared::wire::DispatchedTask>,
     ) -> Result<Vec<aios_shared::wire::TaskReceipt>, aios_daemon::db::DbError> {
-        use crate::runtime::{RuntimeError, Submission};
+        use crate::tasks::runtime::{RuntimeError, Submission};
         use crate::tasks::SubmitError;
         let mut receipts = Vec::with_capacity(tasks.len());
         for task in tasks {
@@ -169,7 +168,7 @@ impl Uplink {
     }
 
     async fn audit(&self, kind: &str, payload: String) {
-        if let Err(err) = self.store.append_audit(&self.identity, unix_ms(), kind, payload).await {
+        if let Err(err) = self.store.append_audit(&self.identity, self.runtime.now(), kind, payload).await {
             warn!(%err, kind, "cannot append audit event");
         }
     }
@@ -225,7 +224,7 @@ impl Uplink {
             Err(err) => lost!(err, false),
         };
         let config = EdgeConfig::new(self.identity.edge_id.clone(), env!("CARGO_PKG_VERSION"));
-        let mut sync = EdgeSync::new(config, Instant::now().into_std(), bundle_version, head);
+        let mut sync = EdgeSync::new(config, self.runtime.clock().instant(), bundle_version, head);
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         loop {
             // Drain outputs until the machine is quiet.
@@ -249,12 +248,12 @@ impl Uplink {
                             self.appended.notify_one();
                         }
                         EdgeEvent::LoadAudit { from_seq, max } => match self.store.load_audit(from_seq, max).await {
-                            Ok(events) => sync.audit_loaded(Instant::now().into_std(), events),
+                            Ok(events) => sync.audit_loaded(self.runtime.clock().instant(), events),
                             Err(err) => lost!(format!("cannot read the audit log: {err}"), false),
                         },
                         EdgeEvent::AuditAcked { up_to_seq } => debug!(up_to_seq, "audit acknowledged"),
                         EdgeEvent::BundleReceived(signed) => {
-                            match self.store.offer_bundle(&self.identity, signed.clone(), unix_ms()).await {
+                            match self.store.offer_bundle(&self.identity, signed.clone(), self.runtime.now()).await {
                                 Ok(BundleOutcome::Applied(version)) => {
                                     info!(version, "policy bundle applied");
                                     sync.bundle_applied(version);
@@ -306,11 +305,11 @@ impl Uplink {
             let timeout = sync.poll_timeout().map(Instant::from_std);
             tokio::select! {
                 item = frames.recv() => match item {
-                    Some(Ok(frame)) => sync.handle_frame(Instant::now().into_std(), frame),
+                    Some(Ok(frame)) => sync.handle_frame(self.runtime.clock().instant(), frame),
                     Some(Err(reason)) => lost!(describe(connection, reason), close_is_permanent(connection)),
                     None => lost!(describe(connection, "reader stopped".into()), close_is_permanent(connection)),
                 },
-                _ = sleep_until(timeout) => sync.handle_timeout(Instant::now().into_std()),
+                _ = sleep_until(timeout) => sync.handle_timeout(self.runtime.clock().instant()),
                 _ = self.appended.notified() => self.refresh_head(&mut sync).await,
                 _ = poll.tick() => self.refresh_head(&mut sync).await,
                 _ = self.shutdown.changed() => return SessionEnd::Shutdown,

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::task_cli::{ApiArgs, Client};
+use crate::cli::task::{ApiArgs, Client};
 
 /// Who decides, and why.
 #[derive(Debug, Args)]

@@ -1,0 +1,10 @@
+//! The edge's side of the link with its control plane.
+//!
+//! # Layout
+//! - [`identity`]: the edge's key and pins, and TLS client configurations.
+//! - [`enroll`]: trading a one-time token for a certificate.
+//! - [`uplink`]: the QUIC sync driver around `aios_shared::sync::EdgeSync`.
+
+pub mod enroll;
+pub mod identity;
+pub mod uplink;

@@ -1,0 +1,16 @@
+//! Durable tasks: every task and step result is journaled in SQLite in the
+//! transaction that advances it, so a crash resumes at the first step
+//! without a result and never runs a recorded step again.
+//!
+//! # Layout
+//! - [`journal`]: the tables and every state change of a task, each with its
+//!   audit event (states and transitions: `aios_shared::lifecycle::task`).
+//! - [`runtime`]: the scheduler (who runs next, within the bundle's limits)
+//!   and the step executor.
+
+pub mod journal;
+pub mod runtime;
+
+pub(crate) use journal::next;
+pub use journal::{NewTask, RunEnd, StepRecord, SubmitError, TaskEvent, TaskFilter, TaskRecord, TaskState};
+pub use runtime::{Runtime, RuntimeError, RuntimeOptions, Submission};

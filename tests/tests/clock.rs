@@ -1,0 +1,85 @@
+//! Time as an input: an edge run on a clock the test moves. A bundle valid
+//! for one day is applied; the edge's clock is moved two days on; within a
+//! second or two of real time the edge has failed closed to supervised,
+//! recorded `autonomy.changed` at the moved time, and the control plane has
+//! the event, verified. Nothing here waits for a day to pass.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aios_control_plane::app::{ControlPlane, Options};
+use aios_control_plane::store::AuditFilter;
+use aios_daemon::clock::{ManualClock, SharedClock};
+use aios_edge_agent::daemon::{self, DaemonOptions};
+use aios_edge_agent::store::EdgeStore;
+use aios_edge_agent::sync::enroll::{self, EnrollOptions};
+use aios_shared::audit::kinds;
+use aios_shared::bundle::{Autonomy, BundleSpec};
+use aios_shared::token::EnrollToken;
+use aios_tests::wait_for;
+use anyhow::Context;
+
+const DAY_MS: i64 = 86_400_000;
+
+async fn control_plane(dir: &Path, clock: SharedClock) -> anyhow::Result<ControlPlane> {
+    let options = Options {
+        data_dir: dir.join("cp"),
+        sync_listen: "127.0.0.1:0".parse()?,
+        admin_listen: "127.0.0.1:0".parse()?,
+        server_names: Vec::new(),
+        secure_cookies: None,
+        clock,
+    };
+    Ok(ControlPlane::start(options).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_bundle_fails_closed_on_a_moved_clock() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let start_ms = aios_daemon::clock::unix_ms();
+    let clock = ManualClock::new(start_ms);
+    let cp = control_plane(tmp.path(), clock.shared()).await?;
+
+    let token = EnrollToken::new(rand::random(), &cp.api.pki.ca_der);
+    cp.api.store.create_token(token.secret_hash(), start_ms, start_ms + 600_000).await?;
+    let edge_dir = tmp.path().join("edge");
+    let store = EdgeStore::open(&edge_dir)?;
+    let options = EnrollOptions { name: "clocked".into(), labels: Vec::new() };
+    let identity = enroll::enroll(&store, &cp.sync_addr.to_string(), &token.to_text(), options, start_ms).await?;
+
+    let spec = BundleSpec::from_toml("autonomy = \"autonomous\"\nvalid_for = \"1d\"\n")?;
+    aios_control_plane::api::publish(&cp.api, spec).await.map_err(|err| anyhow::anyhow!("{err:?}"))?;
+    let mut edge_options = DaemonOptions::new(edge_dir.clone());
+    edge_options.clock = clock.shared();
+    let edge = daemon::start(edge_options).await?;
+    wait_for("the bundle applied", Duration::from_secs(30), || async {
+        Ok(store.autonomy().await? == Autonomy::Autonomous)
+    })
+    .await?;
+
+    clock.advance(Duration::from_millis(2 * DAY_MS as u64));
+    wait_for("the edge to fail closed", Duration::from_secs(15), || async {
+        Ok(store.autonomy().await? == Autonomy::Supervised)
+    })
+    .await?;
+    let events = store.load_audit(0, 10_000).await?;
+    let changed = events.iter().find(|e| e.kind == kinds::AUTONOMY_CHANGED).context("no autonomy.changed event")?;
+    assert!(changed.ts_ms >= start_ms + 2 * DAY_MS, "recorded at the moved time, not the real one: {changed:?}");
+    assert!(changed.payload.contains("supervised"), "{}", changed.payload);
+
+    let filter = AuditFilter {
+        edge: Some(identity.edge_id.clone()),
+        kind: Some(kinds::AUTONOMY_CHANGED.into()),
+        ..AuditFilter::default()
+    };
+    wait_for("the control plane to hold the event", Duration::from_secs(30), || async {
+        Ok(!cp.api.store.query_audit(filter.clone()).await?.is_empty())
+    })
+    .await?;
+    let verification = cp.api.store.verify(Some(identity.edge_id.clone())).await?;
+    assert!(verification.iter().all(|v| v.ok), "{verification:?}");
+
+    edge.stop().await;
+    cp.stop().await;
+    Ok(())
+}
