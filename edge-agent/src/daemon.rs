@@ -15,7 +15,7 @@ use crate::http::api::{self, ApiState};
 use crate::model_calls::Tiers;
 use crate::store::EdgeStore;
 use crate::sync::uplink::{LinkStatus, Uplink, UplinkOptions};
-use crate::tasks::runtime::{Runtime, RuntimeOptions};
+use crate::tasks::{Runtime, RuntimeOptions};
 use aios_daemon::clock::SharedClock;
 
 /// How often bundle expiry is checked.

@@ -14,7 +14,7 @@ use aios_daemon::clock::unix_ms;
 use aios_edge_agent::daemon::{self, DaemonOptions};
 use aios_edge_agent::store::EdgeStore;
 use aios_edge_agent::sync::enroll::{self, EnrollOptions};
-use aios_edge_agent::tasks::runtime::Submission;
+use aios_edge_agent::tasks::Submission;
 use aios_shared::bundle::BundleSpec;
 use aios_shared::token::EnrollToken;
 
@@ -110,7 +110,7 @@ async fn main() {
     cp.stop().await;
 }
 
-async fn wait_succeeded(runtime: &aios_edge_agent::tasks::runtime::Runtime, n: usize, timeout: Duration) {
+async fn wait_succeeded(runtime: &aios_edge_agent::tasks::Runtime, n: usize, timeout: Duration) {
     let start = Instant::now();
     loop {
         let counts = runtime.store().task_counts().await.expect("counts");

@@ -28,7 +28,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::tasks::runtime::{Runtime, RuntimeError, Submission};
+use crate::tasks::{Runtime, RuntimeError, Submission};
 use crate::tasks::{SubmitError, TaskFilter};
 
 /// What the handlers share.

@@ -26,7 +26,7 @@ use tracing::warn;
 
 use crate::exec::connector::load_secret;
 use crate::http::api::{ApiError, ApiState};
-use crate::tasks::runtime::Submission;
+use crate::tasks::Submission;
 
 /// The header that carries the signature.
 pub const SIGNATURE_HEADER: &str = "x-aios-signature";

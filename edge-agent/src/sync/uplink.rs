@@ -67,7 +67,7 @@ pub struct Uplink {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) status: watch::Sender<LinkStatus>,
     /// Where dispatched tasks are submitted.
-    pub(crate) runtime: crate::tasks::runtime::Runtime,
+    pub(crate) runtime: crate::tasks::Runtime,
 }
 
 /// How one connection ended.
@@ -84,8 +84,8 @@ impl Uplink {
         &self,
         tasks: Vec<aios_shared::wire::DispatchedTask>,
     ) -> Result<Vec<aios_shared::wire::TaskReceipt>, aios_daemon::db::DbError> {
-        use crate::tasks::runtime::{RuntimeError, Submission};
         use crate::tasks::SubmitError;
+        use crate::tasks::{RuntimeError, Submission};
         let mut receipts = Vec::with_capacity(tasks.len());
         for task in tasks {
             let input = match serde_json::from_str(&task.input) {

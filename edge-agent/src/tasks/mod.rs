@@ -5,12 +5,14 @@
 //! # Layout
 //! - [`journal`]: the tables and every state change of a task, each with its
 //!   audit event (states and transitions: `aios_shared::lifecycle::task`).
-//! - [`runtime`]: the scheduler (who runs next, within the bundle's limits)
-//!   and the step executor.
+//! - [`scheduler`]: the runtime's dispatcher: who runs next, within the
+//!   bundle's limits ([`scheduler::admit`]).
+//! - [`executor`]: one run of a task, step by step.
 
+pub mod executor;
 pub mod journal;
-pub mod runtime;
+pub mod scheduler;
 
 pub(crate) use journal::next;
 pub use journal::{NewTask, RunEnd, StepRecord, SubmitError, TaskEvent, TaskFilter, TaskRecord, TaskState};
-pub use runtime::{Runtime, RuntimeError, RuntimeOptions, Submission};
+pub use scheduler::{Runtime, RuntimeError, RuntimeOptions, Submission};
