@@ -131,7 +131,11 @@ impl ControlPlane {
                 tracing::error!(%err, "admin API stopped");
             }
         }));
-        // Where CLI clients on this machine find the API.
+        // Where edges on this machine (and tests that asked for port 0)
+        // find the sync endpoint, then where CLI clients find the API; the
+        // API's file comes last, so once it exists both are bound.
+        std::fs::write(options.data_dir.join("sync.addr"), format!("{sync_addr}\n"))
+            .map_err(io("cannot write sync.addr".into()))?;
         std::fs::write(options.data_dir.join("admin.url"), format!("http://{admin_addr}\n"))
             .map_err(io("cannot write admin.url".into()))?;
         info!(%sync_addr, %admin_addr, "control plane started");

@@ -230,6 +230,9 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
             let listener =
                 tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?;
             let local = listener.local_addr().map_err(|source| DaemonError::Listen { addr, source })?;
+            // The bound address, for whoever asked for port 0.
+            std::fs::write(options.data_dir.join("api.addr"), format!("{local}\n"))
+                .map_err(|source| DaemonError::Listen { addr, source })?;
             let mut app = api::router(ApiState {
                 runtime: runtime.clone(),
                 token: options.api_token.clone().map(Into::into),

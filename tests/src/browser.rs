@@ -3,9 +3,11 @@
 //!
 //! [`Browser::start`] finds Debian's `chromium` and `chromium-driver`
 //! (`/usr/bin/chromium`, `/usr/bin/chromedriver`; `AIOS_CHROMIUM` and
-//! `AIOS_CHROMEDRIVER` override). Without them it returns `None` so a
-//! developer's `cargo test` still passes, except under `CI`, where their
-//! absence is an error: `.ci/run` installs them. Screenshots go to
+//! `AIOS_CHROMEDRIVER` override). Without them the tests fail, saying how to
+//! install them (`apt-get install chromium chromium-driver`; `.ci/run` does
+//! it): a test that passes without its tool tests nothing. Chromedriver
+//! binds port 0 itself and the port it reports is read from its log.
+//! Screenshots go to
 //! `artifacts/screenshots/` at the workspace root (`AIOS_SCREENSHOTS`
 //! overrides), which CI keeps and git ignores.
 
@@ -19,7 +21,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 
-use crate::{free_tcp_port, kill9, log_file, wait_for};
+use crate::{kill9, log_file, wait_for};
 
 /// A chromedriver process and one browser session.
 pub struct Browser {
@@ -29,38 +31,48 @@ pub struct Browser {
     taken: usize,
 }
 
+/// The port chromedriver says it bound: "... started successfully on port N."
+fn reported_port(log: &str) -> Option<u16> {
+    let (_, rest) = log.split_once("started successfully on port ")?;
+    rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
 fn tool(var: &str, default: &str) -> Option<PathBuf> {
     let path = std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from);
     path.exists().then_some(path)
 }
 
 impl Browser {
-    /// Starts chromedriver and a headless session; `None` when Chromium is
-    /// not installed outside CI. `dir` holds the logs and the profile.
-    pub async fn start(dir: &Path, shots_subdir: &str) -> anyhow::Result<Option<Browser>> {
+    /// Starts chromedriver and a headless session. `dir` holds the logs and
+    /// the profile.
+    pub async fn start(dir: &Path, shots_subdir: &str) -> anyhow::Result<Browser> {
         let chromium = tool("AIOS_CHROMIUM", "/usr/bin/chromium");
         let chromedriver = tool("AIOS_CHROMEDRIVER", "/usr/bin/chromedriver");
         let (Some(chromium), Some(chromedriver)) = (chromium, chromedriver) else {
-            if std::env::var_os("CI").is_some() {
-                bail!("CI needs chromium and chromedriver (apt install chromium chromium-driver; .ci/run does)");
-            }
-            eprintln!("SKIPPED: browser test needs /usr/bin/chromium and /usr/bin/chromedriver (apt install chromium chromium-driver)");
-            return Ok(None);
+            bail!(
+                "the browser tests need Chromium and ChromeDriver at /usr/bin/chromium and /usr/bin/chromedriver \
+                 (or $AIOS_CHROMIUM and $AIOS_CHROMEDRIVER): apt-get install chromium chromium-driver"
+            );
         };
         std::fs::create_dir_all(dir)?;
-        let port = free_tcp_port();
+        let log = dir.join("chromedriver.log");
         let driver = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
+            .arg("--port=0")
             .stdin(Stdio::null())
-            .stdout(log_file(&dir.join("chromedriver.log")))
-            .stderr(log_file(&dir.join("chromedriver.log")))
+            .stdout(log_file(&log))
+            .stderr(log_file(&log))
             .spawn()
             .with_context(|| format!("cannot start {}", chromedriver.display()))?;
         let mut driver = Some(driver);
-        let url = format!("http://127.0.0.1:{port}");
+        let mut url = String::new();
         let http = reqwest::Client::new();
-        let ready = wait_for("chromedriver", Duration::from_secs(30), || async {
-            Ok(http.get(format!("{url}/status")).send().await?.status().is_success())
+        let ready = wait_for("chromedriver", Duration::from_secs(30), || {
+            let port = std::fs::read_to_string(&log).ok().and_then(|text| reported_port(&text));
+            if let Some(port) = port {
+                url = format!("http://127.0.0.1:{port}");
+            }
+            let (http, url) = (http.clone(), url.clone());
+            async move { Ok(!url.is_empty() && http.get(format!("{url}/status")).send().await?.status().is_success()) }
         })
         .await;
         if let Err(err) = ready {
@@ -96,7 +108,7 @@ impl Browser {
         let shots = std::env::var_os("AIOS_SCREENSHOTS").map_or(root, PathBuf::from).join(shots_subdir);
         let _ = std::fs::remove_dir_all(&shots);
         std::fs::create_dir_all(&shots).with_context(|| format!("cannot create {}", shots.display()))?;
-        Ok(Some(Browser { driver, client, shots, taken: 0 }))
+        Ok(Browser { driver, client, shots, taken: 0 })
     }
 
     /// The WebDriver session.

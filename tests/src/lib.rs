@@ -14,7 +14,7 @@ pub mod payments;
 pub mod relay;
 pub mod smtp;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -65,16 +65,10 @@ where
     }
 }
 
-/// A free UDP port on loopback (bound and released; fine for tests).
-pub fn free_udp_port() -> u16 {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("binding port 0 on loopback works");
-    socket.local_addr().expect("bound socket has an address").port()
-}
-
-/// A free TCP port on loopback (bound and released; fine for tests).
-pub fn free_tcp_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding port 0 on loopback works");
-    listener.local_addr().expect("bound listener has an address").port()
+/// The port in a `HOST:PORT` file a process wrote once it had bound port 0.
+fn port_in(file: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.trim().rsplit(':').next()?.parse().ok()
 }
 
 fn log_file(path: &Path) -> Stdio {
@@ -174,7 +168,9 @@ pub struct ControlPlaneProc {
     bins: Bins,
     /// Its data directory.
     pub dir: PathBuf,
-    /// The UDP port for sync; kept across restarts so edges find it again.
+    /// The UDP port for sync: 0 until the first start has bound one (the
+    /// process binds port 0 and writes `sync.addr`); kept across restarts
+    /// so edges find it again.
     pub sync_port: u16,
     child: Option<Child>,
     http: reqwest::Client,
@@ -186,7 +182,7 @@ impl ControlPlaneProc {
         let mut cp = ControlPlaneProc {
             bins: bins.clone(),
             dir: dir.to_owned(),
-            sync_port: free_udp_port(),
+            sync_port: 0,
             child: None,
             http: reqwest::Client::new(),
         };
@@ -203,6 +199,7 @@ impl ControlPlaneProc {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         kill9(&mut self.child);
         let _ = std::fs::remove_file(self.dir.join("admin.url"));
+        let _ = std::fs::remove_file(self.dir.join("sync.addr"));
         std::fs::create_dir_all(&self.dir)?;
         let child = Command::new(&self.bins.control_plane)
             .args(["--data-dir".as_ref(), self.dir.as_os_str()])
@@ -218,6 +215,7 @@ impl ControlPlaneProc {
             Ok(self.get("/v1/health").await.is_ok())
         })
         .await?;
+        self.sync_port = port_in(&self.dir.join("sync.addr")).context("the control plane wrote no sync.addr")?;
         Ok(())
     }
 
@@ -319,7 +317,9 @@ pub struct EdgeProc {
     child: Option<Child>,
     /// Dial this instead of the enrolment address (the lossy relay).
     pub control_plane_override: Option<String>,
-    /// The TCP port of its local API on loopback, kept across restarts.
+    /// The TCP port of its local API on loopback: 0 until the first start
+    /// has bound one (the process binds port 0 and writes `api.addr`); kept
+    /// across restarts.
     pub api_port: u16,
     /// Extra environment for `run`.
     pub env: Vec<(String, String)>,
@@ -343,16 +343,19 @@ impl EdgeProc {
             edge_id,
             child: None,
             control_plane_override: None,
-            api_port: free_tcp_port(),
+            api_port: 0,
             env: Vec::new(),
             run_args: Vec::new(),
             http: reqwest::Client::new(),
         })
     }
 
-    /// Starts `aios-edge run` (killing a running one first).
+    /// Starts `aios-edge run` (killing a running one first) and waits until
+    /// its local API is bound.
     pub fn start(&mut self) -> anyhow::Result<()> {
         kill9(&mut self.child);
+        let addr_file = self.dir.join("api.addr");
+        let _ = std::fs::remove_file(&addr_file);
         let mut command = Command::new(&self.bins.edge);
         command.args(["--data-dir".as_ref(), self.dir.as_os_str()]).args(["run", "--reconnect-max", "2s"]);
         command.args(["--api-listen", &self.api_addr()]);
@@ -369,7 +372,18 @@ impl EdgeProc {
             .spawn()
             .context("cannot start the edge")?;
         self.child = Some(child);
-        Ok(())
+        let start = Instant::now();
+        loop {
+            if let Some(port) = port_in(&addr_file) {
+                self.api_port = port;
+                return Ok(());
+            }
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || start.elapsed() > Duration::from_secs(30) {
+                bail!("the edge's API did not come up ({exited:?}):\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Kills the process with SIGKILL.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aios_tests::payments::{PaymentFaults, PaymentService};
-use aios_tests::{bins, free_tcp_port, wait_for, ControlPlaneProc, EdgeProc};
+use aios_tests::{bins, wait_for, ControlPlaneProc, EdgeProc};
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -82,9 +82,9 @@ fn hex(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_is_one_trace_from_submission_to_connector_call() -> anyhow::Result<()> {
     let spans: Spans = Arc::default();
-    let port = free_tcp_port();
     let collector = axum::Router::new().route("/v1/traces", post(receive)).with_state(spans.clone());
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
     let server = tokio::spawn(async move { axum::serve(listener, collector).await });
 
     let bins = bins!();
