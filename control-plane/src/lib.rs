@@ -5,12 +5,18 @@
 //! - [`app`]: assembles a running control plane.
 //! - [`server`]: the QUIC endpoint: enrolment and the sync driver.
 //! - [`api`]: the admin HTTP API (axum).
-//! - [`store`]: the SQLite state: tokens, edges, bundles, audit, alarms.
+//! - [`auth`]: bearer tokens, console sessions, CSRF, login limits, permissions.
+//! - [`console`]: the server-rendered fleet console.
+//! - [`store`]: the SQLite state (one schema): tokens, edges, bundles, audit, alarms.
+//! - [`accounts`]: operator accounts, roles, tokens, sessions, operator log.
+//! - [`dispatch`]: tasks dispatched to edges, and their results.
+//! - [`commands`]: signed operator commands and the approval queue.
+//! - [`resend`]: the resend-until-receipt queue behind dispatches and commands.
+//! - [`views`]: task and metrics read models derived from the audit log.
+//! - [`metrics`]: `/metrics` in OpenMetrics text.
 //! - [`pki`]: the fleet CA, server certificate and bundle-signing key.
 //! - [`client`]: the admin API client the CLI uses.
 //! - [`cli`]: the `aios-control-plane` command line.
-//! - [`accounts`]: operator accounts, roles, tokens, sessions, operator log.
-//! - [`views`]: task and metrics read models derived from the audit log.
 
 pub mod accounts;
 pub mod api;

@@ -6,9 +6,16 @@
 //! changes something posts the session's CSRF token, and every action route
 //! sits behind the same permission checks as the admin API, so a page that
 //! hides a button is a convenience, not the protection.
+//!
+//! # Layout
+//! - `mod.rs`: routes, the page frame, login and logout, shared widgets.
+//! - [`pages`]: fleet, tasks and traces, approvals, audit, metrics.
+//! - [`policies`]: policy history, versions, diffs, publishing, the kill switch.
+//! - [`charts`]: SVG charts drawn on the server.
 
 mod charts;
 mod pages;
+mod policies;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
@@ -43,9 +50,9 @@ pub fn pages() -> Router<ApiState> {
         .route("/console/tasks", get(pages::tasks))
         .route("/console/tasks/{id}", get(pages::task))
         .route("/console/approvals", get(pages::approvals))
-        .route("/console/policies", get(pages::policies))
-        .route("/console/policies/diff", get(pages::policy_diff))
-        .route("/console/policies/{version}", get(pages::policy_version))
+        .route("/console/policies", get(policies::policies))
+        .route("/console/policies/diff", get(policies::policy_diff))
+        .route("/console/policies/{version}", get(policies::policy_version))
         .route("/console/metrics", get(pages::metrics))
         .route("/console/logout", post(logout))
         .route_layer(from_fn_with_state(Permission::Read, authorize));
@@ -56,8 +63,8 @@ pub fn pages() -> Router<ApiState> {
         .route("/console/approvals/{id}/{decision}", post(pages::decide))
         .route_layer(from_fn_with_state(Permission::Operate, authorize));
     let administer = Router::new()
-        .route("/console/policies", post(pages::publish))
-        .route("/console/kill-switch", get(pages::kill_switch_confirm).post(pages::kill_switch))
+        .route("/console/policies", post(policies::publish))
+        .route("/console/kill-switch", get(policies::kill_switch_confirm).post(policies::kill_switch))
         .route_layer(from_fn_with_state(Permission::Administer, authorize));
     read.merge(audit).merge(operate).merge(administer)
 }
