@@ -14,36 +14,23 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aios_control_plane::api;
-use aios_control_plane::app::{ControlPlane, Options};
+use aios_control_plane::app::ControlPlane;
 use aios_daemon::clock::unix_ms;
 use aios_edge_agent::daemon::{self, DaemonOptions, EdgeHandle};
-use aios_edge_agent::store::{emit_debug_events, EdgeStore};
-use aios_edge_agent::sync::enroll::{self, EnrollOptions};
+use aios_edge_agent::store::emit_debug_events;
 use aios_shared::bundle::{Autonomy, BundleSpec};
-use aios_shared::token::EnrollToken;
+use aios_tests::in_process;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 async fn control_plane(dir: &Path) -> ControlPlane {
-    let options = Options {
-        data_dir: dir.join("cp"),
-        sync_listen: "127.0.0.1:0".parse().expect("literal"),
-        admin_listen: "127.0.0.1:0".parse().expect("literal"),
-        server_names: Vec::new(),
-        secure_cookies: None,
-        clock: Default::default(),
-    };
-    ControlPlane::start(options).await.expect("control plane starts")
+    in_process::control_plane(dir, Default::default()).await.expect("control plane starts")
 }
 
 async fn enroll_edge(cp: &ControlPlane, dir: &Path) {
-    let token = EnrollToken::new(rand::random(), &cp.api.pki.ca_der);
-    cp.api.store.create_token(token.secret_hash(), unix_ms(), unix_ms() + 600_000).await.expect("token stored");
-    let store = EdgeStore::open(dir).expect("edge store opens");
-    let options = EnrollOptions { name: "bench".into(), labels: Vec::new() };
-    enroll::enroll(&store, &cp.sync_addr.to_string(), &token.to_text(), options, unix_ms()).await.expect("enrols");
+    in_process::enroll_edge(cp, dir, "bench").await.expect("enrols");
 }
 
 async fn start_edge(dir: &Path) -> EdgeHandle {

@@ -9,14 +9,10 @@
 use std::time::{Duration, Instant};
 
 use aios_control_plane::api;
-use aios_control_plane::app::{ControlPlane, Options};
-use aios_daemon::clock::unix_ms;
 use aios_edge_agent::daemon::{self, DaemonOptions};
-use aios_edge_agent::store::EdgeStore;
-use aios_edge_agent::sync::enroll::{self, EnrollOptions};
 use aios_edge_agent::tasks::Submission;
 use aios_shared::bundle::BundleSpec;
-use aios_shared::token::EnrollToken;
+use aios_tests::in_process;
 
 const BUNDLE: &str = r#"
 autonomy = "supervised"
@@ -47,24 +43,9 @@ const MESSAGES: [&str; 4] = [
 async fn main() {
     let n_tasks: usize = std::env::var("AIOS_BENCH_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let tmp = tempfile::tempdir().expect("temp dir");
-    let options = Options {
-        data_dir: tmp.path().join("cp"),
-        sync_listen: "127.0.0.1:0".parse().expect("literal"),
-        admin_listen: "127.0.0.1:0".parse().expect("literal"),
-        server_names: Vec::new(),
-        secure_cookies: None,
-        clock: Default::default(),
-    };
-    let cp = ControlPlane::start(options).await.expect("control plane starts");
-    let token = EnrollToken::new(rand::random(), &cp.api.pki.ca_der);
-    cp.api.store.create_token(token.secret_hash(), unix_ms(), unix_ms() + 600_000).await.expect("token stored");
+    let cp = in_process::control_plane(tmp.path(), Default::default()).await.expect("control plane starts");
     let edge_dir = tmp.path().join("edge");
-    let store = EdgeStore::open(&edge_dir).expect("edge store opens");
-    let enroll_options = EnrollOptions { name: "bench".into(), labels: Vec::new() };
-    enroll::enroll(&store, &cp.sync_addr.to_string(), &token.to_text(), enroll_options, unix_ms())
-        .await
-        .expect("enrols");
-    drop(store);
+    in_process::enroll_edge(&cp, &edge_dir, "bench").await.expect("enrols");
     let edge = daemon::start(DaemonOptions::new(edge_dir)).await.expect("edge starts");
     let version = api::publish(&cp.api, BundleSpec::from_toml(BUNDLE).expect("bundle parses")).await.expect("publish");
     while edge.runtime.definitions().await.expect("definitions").map(|(v, _)| v) != Some(version) {

@@ -4,12 +4,14 @@
 //! # Layout
 //! - [`ControlPlaneProc`]: a `serve` process, its admin API and its CLI.
 //! - [`EdgeProc`]: an edge's data directory and `run` process.
-//! - [`UpProc`]: `aios-control-plane up` (control plane, shop, two edges).
+//! - [`UpProc`]: `aios up` (control plane, shop, two edges).
+//! - [`in_process`]: a control plane and edges in the test's own process.
 //! - [`browser`]: headless Chromium over WebDriver, with screenshots.
 //! - [`relay`]: a UDP relay that drops, duplicates and reorders datagrams.
 //! - [`payments`] and [`smtp`]: a payment API and an SMTP server for connectors.
 
 pub mod browser;
+pub mod in_process;
 pub mod payments;
 pub mod relay;
 pub mod smtp;

@@ -4,48 +4,28 @@
 //! recorded `autonomy.changed` at the moved time, and the control plane has
 //! the event, verified. Nothing here waits for a day to pass.
 
-use std::path::Path;
 use std::time::Duration;
 
-use aios_control_plane::app::{ControlPlane, Options};
 use aios_control_plane::store::AuditFilter;
-use aios_daemon::clock::{ManualClock, SharedClock};
+use aios_daemon::clock::ManualClock;
 use aios_edge_agent::daemon::{self, DaemonOptions};
 use aios_edge_agent::store::EdgeStore;
-use aios_edge_agent::sync::enroll::{self, EnrollOptions};
 use aios_shared::audit::kinds;
 use aios_shared::bundle::{Autonomy, BundleSpec};
-use aios_shared::token::EnrollToken;
-use aios_tests::wait_for;
+use aios_tests::{in_process, wait_for};
 use anyhow::Context;
 
 const DAY_MS: i64 = 86_400_000;
-
-async fn control_plane(dir: &Path, clock: SharedClock) -> anyhow::Result<ControlPlane> {
-    let options = Options {
-        data_dir: dir.join("cp"),
-        sync_listen: "127.0.0.1:0".parse()?,
-        admin_listen: "127.0.0.1:0".parse()?,
-        server_names: Vec::new(),
-        secure_cookies: None,
-        clock,
-    };
-    Ok(ControlPlane::start(options).await?)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_bundle_fails_closed_on_a_moved_clock() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let start_ms = aios_daemon::clock::unix_ms();
     let clock = ManualClock::new(start_ms);
-    let cp = control_plane(tmp.path(), clock.shared()).await?;
-
-    let token = EnrollToken::new(rand::random(), &cp.api.pki.ca_der);
-    cp.api.store.create_token(token.secret_hash(), start_ms, start_ms + 600_000).await?;
+    let cp = in_process::control_plane(tmp.path(), clock.shared()).await?;
     let edge_dir = tmp.path().join("edge");
+    let identity = in_process::enroll_edge(&cp, &edge_dir, "clocked").await?;
     let store = EdgeStore::open(&edge_dir)?;
-    let options = EnrollOptions { name: "clocked".into(), labels: Vec::new() };
-    let identity = enroll::enroll(&store, &cp.sync_addr.to_string(), &token.to_text(), options, start_ms).await?;
 
     let spec = BundleSpec::from_toml("autonomy = \"autonomous\"\nvalid_for = \"1d\"\n")?;
     aios_control_plane::api::publish(&cp.api, spec).await.map_err(|err| anyhow::anyhow!("{err:?}"))?;

@@ -99,6 +99,20 @@ pub struct Provenance {
     pub created_ms: i64,
 }
 
+impl Provenance {
+    /// The five provenance columns (`added_by, source, task_id, reason,
+    /// created_ms`, in that order) of a row, starting at column `first`.
+    pub(crate) fn from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Provenance> {
+        Ok(Provenance {
+            added_by: row.get(first)?,
+            source: row.get(first + 1)?,
+            task_id: row.get(first + 2)?,
+            reason: row.get(first + 3)?,
+            created_ms: row.get(first + 4)?,
+        })
+    }
+}
+
 /// An item to add (or, with an existing id, a new version of one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewItem {

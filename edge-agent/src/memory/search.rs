@@ -357,13 +357,7 @@ fn hits(conn: &Connection, ranked: Vec<Ranked>) -> Result<Vec<Hit>, DbError> {
             score: r.score,
             similarity: r.similarity,
             keyword: r.keyword,
-            provenance: Provenance {
-                added_by: row.get(4)?,
-                source: row.get(5)?,
-                task_id: row.get(6)?,
-                reason: row.get(7)?,
-                created_ms: row.get(8)?,
-            },
+            provenance: Provenance::from_row(row, 4)?,
         });
     }
     Ok(hits)
