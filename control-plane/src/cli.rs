@@ -20,6 +20,16 @@ use crate::client::{AdminClient, Body};
 #[derive(Debug, Parser)]
 #[command(name = "aios-control-plane", version, about)]
 pub struct Cli {
+    /// Flags every subcommand takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The global flags (also those of `aios`, which adds `up`).
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
     /// Data directory: keys, database, admin token [default: ./aios-data/control-plane].
     #[arg(long, global = true, env = "AIOS_CP_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -29,14 +39,9 @@ pub struct Cli {
     /// Admin API token for client subcommands [default: read from DATA_DIR/admin-token].
     #[arg(long, global = true, env = "AIOS_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Log format: text or json.
-    #[arg(long, global = true, env = "AIOS_LOG_FORMAT", default_value = "text")]
-    pub log_format: aios_daemon::cli::LogFormat,
-    /// Export spans over OTLP/HTTP to this collector (base URL, `/v1/traces` is appended).
-    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
-    #[command(subcommand)]
-    pub command: Command,
+    /// Logging.
+    #[command(flatten)]
+    pub log: aios_daemon::cli::LogArgs,
 }
 
 /// The subcommands.
@@ -375,7 +380,7 @@ impl FilterArgs {
 /// Entry point shared by `aios-control-plane` and the test build of it.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let _telemetry = aios_daemon::telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref(), "aios-control-plane")?;
+    let _telemetry = cli.global.log.init("aios-control-plane")?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(run(cli))
@@ -383,10 +388,11 @@ pub fn main() -> anyhow::Result<()> {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let data_dir = cli.data_dir.clone().unwrap_or_else(|| PathBuf::from("aios-data/control-plane"));
-    let client = || AdminClient::discover(&data_dir, cli.admin_url.clone(), cli.admin_token.clone());
+    let global = &cli.global;
+    let data_dir = global.data_dir.clone().unwrap_or_else(|| PathBuf::from("aios-data/control-plane"));
+    let client = || AdminClient::discover(&data_dir, global.admin_url.clone(), global.admin_token.clone());
     match cli.command {
-        Command::Serve(args) => serve(cli.data_dir.clone(), args).await,
+        Command::Serve(args) => serve(global.data_dir.clone(), args).await,
         Command::Token(TokenCommand::Create { ttl }) => {
             let answer =
                 client()?.send(Method::POST, "/v1/tokens", Some(Body::Json(serde_json::json!({ "ttl": ttl })))).await?;

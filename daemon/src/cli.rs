@@ -18,6 +18,24 @@ pub enum LogFormat {
     Json,
 }
 
+/// The logging flags every aios binary takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "AIOS_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// Export spans over OTLP/HTTP to this collector (base URL, `/v1/traces` is appended).
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl LogArgs {
+    /// Installs the `tracing` subscriber these flags ask for, as `service`.
+    pub fn init(&self, service: &'static str) -> Result<crate::telemetry::Telemetry, crate::telemetry::TelemetryError> {
+        crate::telemetry::init(self.log_format, self.otlp_endpoint.as_deref(), service)
+    }
+}
+
 /// Reads a daemon's TOML configuration file, or the defaults without one.
 pub fn load_config<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
     let Some(path) = path else { return Ok(T::default()) };

@@ -1,21 +1,20 @@
-//! The `aios` command line: `aios up`.
+//! The `aios` command line: `aios up`, and every subcommand of
+//! `aios-control-plane` (the admin CLI), so that `cargo run --release --`
+//! from the workspace root reaches both.
 
 use std::path::PathBuf;
 
-use aios_daemon::cli::LogFormat;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-/// aios, all in one process: a control plane and two edges with sample work.
+/// aios: `up` runs a control plane and two edges with sample work in one
+/// process; the other subcommands are the control plane's.
 #[derive(Debug, Parser)]
 #[command(name = "aios", version, about)]
 pub struct Cli {
-    /// Log format: text or json.
-    #[arg(long, global = true, env = "AIOS_LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
-    /// Export spans over OTLP/HTTP to this collector (base URL, `/v1/traces` is appended).
-    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
+    /// The control plane's global flags (data directory, admin API, logging).
+    #[command(flatten)]
+    pub global: aios_control_plane::cli::GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -25,6 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Start a control plane, the sample shop and two edges with sample work.
     Up(UpArgs),
+    /// The control plane's subcommands.
+    #[command(flatten)]
+    ControlPlane(aios_control_plane::cli::Command),
 }
 
 /// Options of `up`.
@@ -41,7 +43,7 @@ pub struct UpArgs {
 /// Entry point shared by `aios` and the test build of it.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let _telemetry = aios_daemon::telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref(), "aios")?;
+    let _telemetry = cli.global.log.init("aios")?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(run(cli))
@@ -54,5 +56,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let root = args.root.unwrap_or_else(|| PathBuf::from("aios-data"));
             crate::up::up(crate::up::UpOptions { root, ephemeral_ports: args.ephemeral_ports }).await
         }
+        Command::ControlPlane(command) => {
+            aios_control_plane::cli::run(aios_control_plane::cli::Cli { global: cli.global, command }).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn up_and_the_control_plane_subcommands_parse() {
+        Cli::command().debug_assert();
+        let up = Cli::try_parse_from(["aios", "up", "--ephemeral-ports"]).expect("up parses");
+        assert!(matches!(up.command, Command::Up(UpArgs { ephemeral_ports: true, .. })));
+        let list = Cli::try_parse_from(["aios", "--data-dir", "x", "edge", "list"]).expect("edge list parses");
+        assert!(matches!(list.command, Command::ControlPlane(_)));
+        assert_eq!(list.global.data_dir, Some(PathBuf::from("x")));
+        assert!(Cli::try_parse_from(["aios", "no-such-command"]).is_err());
     }
 }

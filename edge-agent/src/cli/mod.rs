@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use aios_daemon::cli::{load_config, shutdown_signal, LogFormat};
+use aios_daemon::cli::{load_config, shutdown_signal};
 
 use crate::daemon::{self, DaemonOptions};
 use crate::store::EdgeStore;
@@ -34,12 +34,9 @@ pub struct Cli {
     /// Directory of the edge's database and identity [default: ./aios-data/edge].
     #[arg(long, global = true, env = "AIOS_EDGE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Log format: text or json.
-    #[arg(long, global = true, env = "AIOS_LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
-    /// Export spans over OTLP/HTTP to this collector (base URL, `/v1/traces` is appended).
-    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
+    /// Logging.
+    #[command(flatten)]
+    pub log: aios_daemon::cli::LogArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -182,7 +179,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 /// Entry point shared by `aios-edge` and the test build of it.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let _telemetry = aios_daemon::telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref(), "aios-edge")?;
+    let _telemetry = cli.log.init("aios-edge")?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(run(cli))
