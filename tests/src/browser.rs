@@ -3,9 +3,10 @@
 //!
 //! [`Browser::start`] finds Debian's `chromium` and `chromium-driver`
 //! (`/usr/bin/chromium`, `/usr/bin/chromedriver`; `AIOS_CHROMIUM` and
-//! `AIOS_CHROMEDRIVER` override). Without them the tests fail, saying how to
-//! install them (`apt-get install chromium chromium-driver`; `.ci/run` does
-//! it): a test that passes without its tool tests nothing. Chromedriver
+//! `AIOS_CHROMEDRIVER` override). When they are missing and the tests run
+//! as root on a Debian-like system, they install them with `apt-get`, as
+//! the README's test command promises; otherwise the tests fail, saying how
+//! to install them: a test that passes without its tool tests nothing. Chromedriver
 //! binds port 0 itself and the port it reports is read from its log.
 //! Screenshots go to
 //! `artifacts/screenshots/` at the workspace root (`AIOS_SCREENSHOTS`
@@ -31,6 +32,38 @@ pub struct Browser {
     taken: usize,
 }
 
+/// Installs Debian's Chromium and ChromeDriver, once per process, when this
+/// runs as root with `apt-get`; otherwise leaves the caller to fail.
+fn install_chromium() -> anyhow::Result<()> {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if tool("AIOS_CHROMIUM", "/usr/bin/chromium").is_some()
+        && tool("AIOS_CHROMEDRIVER", "/usr/bin/chromedriver").is_some()
+    {
+        return Ok(());
+    }
+    let root = Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0"));
+    if !root || !Path::new("/usr/bin/apt-get").exists() {
+        return Ok(());
+    }
+    eprintln!("installing chromium and chromium-driver with apt-get for the browser tests");
+    for args in
+        [&["update", "-qq"][..], &["install", "-y", "-qq", "--no-install-recommends", "chromium", "chromium-driver"]]
+    {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .context("cannot run apt-get")?;
+        if !status.success() {
+            bail!("apt-get {} failed ({status})", args.join(" "));
+        }
+    }
+    Ok(())
+}
+
 /// The port chromedriver says it bound: "... started successfully on port N."
 fn reported_port(log: &str) -> Option<u16> {
     let (_, rest) = log.split_once("started successfully on port ")?;
@@ -46,8 +79,13 @@ impl Browser {
     /// Starts chromedriver and a headless session. `dir` holds the logs and
     /// the profile.
     pub async fn start(dir: &Path, shots_subdir: &str) -> anyhow::Result<Browser> {
-        let chromium = tool("AIOS_CHROMIUM", "/usr/bin/chromium");
-        let chromedriver = tool("AIOS_CHROMEDRIVER", "/usr/bin/chromedriver");
+        let mut chromium = tool("AIOS_CHROMIUM", "/usr/bin/chromium");
+        let mut chromedriver = tool("AIOS_CHROMEDRIVER", "/usr/bin/chromedriver");
+        if chromium.is_none() || chromedriver.is_none() {
+            tokio::task::spawn_blocking(install_chromium).await??;
+            chromium = tool("AIOS_CHROMIUM", "/usr/bin/chromium");
+            chromedriver = tool("AIOS_CHROMEDRIVER", "/usr/bin/chromedriver");
+        }
         let (Some(chromium), Some(chromedriver)) = (chromium, chromedriver) else {
             bail!(
                 "the browser tests need Chromium and ChromeDriver at /usr/bin/chromium and /usr/bin/chromedriver \
