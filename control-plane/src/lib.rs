@@ -12,6 +12,7 @@
 //! - [`dispatch`]: tasks dispatched to edges, and their results.
 //! - [`commands`]: signed operator commands and the approval queue.
 //! - [`resend`]: the resend-until-receipt queue behind dispatches and commands.
+//! - [`ingest`]: audit ingest: verify, store, raise alarms, project the views.
 //! - [`views`]: task and metrics read models derived from the audit log.
 //! - [`metrics`]: `/metrics` in OpenMetrics text.
 //! - [`pki`]: the fleet CA, server certificate and bundle-signing key.
@@ -27,6 +28,7 @@ pub mod client;
 pub mod commands;
 pub mod console;
 pub mod dispatch;
+pub mod ingest;
 pub mod metrics;
 pub mod pki;
 pub mod resend;

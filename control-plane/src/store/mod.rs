@@ -12,16 +12,16 @@ pub mod schema;
 
 use std::path::Path;
 
-use aios_daemon::chain::{to_hash, ChainTable};
+use aios_daemon::chain::ChainTable;
 use aios_daemon::db::{Db, DbError};
-use aios_shared::audit::{verify_chain, AuditEvent, ChainBreak, ChainHead, ChainVerifier};
+use aios_shared::audit::verify_chain;
 use aios_shared::bundle::{BundleBody, SignedBundle};
 use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 /// Every edge's audit chain as it arrived, keyed by `(edge_id, seq)`.
-const AUDIT_EVENTS: ChainTable = ChainTable::scoped("audit_events", "edge_id");
+pub(crate) const AUDIT_EVENTS: ChainTable = ChainTable::scoped("audit_events", "edge_id");
 
 /// An enrolled edge as the fleet view shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -146,12 +146,6 @@ impl CpStore {
     pub fn open(data_dir: &Path) -> Result<CpStore, DbError> {
         let store = CpStore { db: Db::open(&data_dir.join("control-plane.db"), schema::MIGRATIONS)? };
         Ok(store)
-    }
-
-    /// Rebuilds the task views from the audit log if they are missing
-    /// (a database from before they existed).
-    pub async fn prepare_views(&self) -> Result<(), DbError> {
-        self.db.write(crate::views::rebuild_if_empty).await
     }
 
     /// Records a new token by the hash of its secret.
@@ -322,17 +316,6 @@ impl CpStore {
             .await
     }
 
-    /// Verifies and commits a batch of consecutive events from an edge.
-    /// Returns the new stored head sequence and any breaks found.
-    pub async fn ingest(
-        &self,
-        edge_id: String,
-        events: Vec<AuditEvent>,
-        now_ms: i64,
-    ) -> Result<(u64, Vec<ChainBreak>), DbError> {
-        self.db.write(move |c| ingest(c, &edge_id, &events, now_ms)).await
-    }
-
     /// Stores a signed bundle if its version is above every stored one.
     pub async fn insert_bundle(&self, version: u64, signed: SignedBundle, now_ms: i64) -> Result<bool, DbError> {
         self.db
@@ -429,7 +412,7 @@ impl CpStore {
     }
 }
 
-fn to_key(bytes: &[u8]) -> Result<VerifyingKey, DbError> {
+pub(crate) fn to_key(bytes: &[u8]) -> Result<VerifyingKey, DbError> {
     <[u8; 32]>::try_from(bytes)
         .ok()
         .and_then(|b| VerifyingKey::from_bytes(&b).ok())
@@ -448,39 +431,6 @@ fn token_state(c: &Connection, secret_hash: &str, now_ms: i64) -> Result<Result<
         Some((expires, None)) if now_ms >= expires => Err(TokenRefusal::Expired),
         Some(_) => Ok(()),
     })
-}
-
-fn ingest(
-    c: &Connection,
-    edge_id: &str,
-    events: &[AuditEvent],
-    now_ms: i64,
-) -> Result<(u64, Vec<ChainBreak>), DbError> {
-    let (seq, head, key): (i64, Vec<u8>, Vec<u8>) =
-        c.query_row("SELECT audit_seq, audit_head, public_key FROM edges WHERE id = ?1", [edge_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
-    let head = ChainHead { seq: seq as u64, hash: to_hash(&head)? };
-    let mut verifier = ChainVerifier::new(edge_id, Some(to_key(&key)?), head);
-    let mut breaks = Vec::new();
-    for event in events.iter().filter(|e| e.seq > head.seq) {
-        if let Err(chain_break) = verifier.push(event) {
-            c.prepare_cached("INSERT INTO alarms (edge_id, seq, detail, raised_at_ms) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![edge_id, event.seq as i64, chain_break.to_string(), now_ms])?;
-            breaks.push(chain_break);
-            verifier.skip_to(event);
-        }
-        let inserted = AUDIT_EVENTS.insert(c, Some(edge_id), event, now_ms)?;
-        if inserted {
-            crate::views::project(c, edge_id, event)?;
-        }
-    }
-    let new_head = verifier.head();
-    c.execute(
-        "UPDATE edges SET audit_seq = ?2, audit_head = ?3 WHERE id = ?1",
-        params![edge_id, new_head.seq as i64, new_head.hash.as_slice()],
-    )?;
-    Ok((new_head.seq, breaks))
 }
 
 fn verify_edges(c: &Connection, only: Option<&str>) -> Result<Vec<EdgeVerification>, DbError> {
