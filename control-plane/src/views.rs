@@ -5,6 +5,7 @@
 //! The audit log stays the source of truth: both tables are derived from it
 //! and are rebuilt from it when empty (a database from before they existed).
 
+use aios_shared::lifecycle::task::TaskState;
 use std::collections::BTreeMap;
 
 use aios_daemon::db::DbError;
@@ -27,7 +28,7 @@ pub struct TaskRow {
     /// Where it came from (`api`, `cli`, `control-plane`, `webhook:NAME`).
     pub source: String,
     /// queued, running, waiting, succeeded, failed, dead_lettered, cancelled.
-    pub state: String,
+    pub state: TaskState,
     /// When it was queued.
     pub created_ms: i64,
     /// Its last event.
@@ -115,34 +116,41 @@ pub(crate) fn project(c: &Connection, edge_id: &str, event: &AuditEvent) -> Resu
     ])?;
     let text = |key: &str| payload.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
     let ts = event.ts_ms;
-    let set_state = |state: &str, finished: bool, detail: Option<String>| -> Result<(), DbError> {
+    let set_state = |state: TaskState, finished: bool, detail: Option<String>| -> Result<(), DbError> {
         c.prepare_cached(
             "UPDATE task_view SET state = ?3, updated_ms = ?4,
                 finished_ms = CASE WHEN ?5 THEN ?4 ELSE NULL END, detail = ?6
              WHERE edge_id = ?1 AND task = ?2",
         )?
-        .execute(params![edge_id, task, state, ts, finished, detail])?;
+        .execute(params![edge_id, task, state.as_str(), ts, finished, detail])?;
         Ok(())
     };
     match event.kind.as_str() {
         kinds::TASK_QUEUED => {
             c.prepare_cached(
                 "INSERT OR IGNORE INTO task_view (edge_id, task, agent, source, state, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5)",
+                 VALUES (?1, ?2, ?3, ?4, ?6, ?5, ?5)",
             )?
-            .execute(params![edge_id, task, text("agent"), text("source"), ts])?;
+            .execute(params![
+                edge_id,
+                task,
+                text("agent"),
+                text("source"),
+                ts,
+                TaskState::Queued.as_str()
+            ])?;
         }
-        kinds::TASK_RUNNING => set_state("running", false, None)?,
-        kinds::TASK_WAITING => set_state("waiting", false, Some(text("reason")))?,
+        kinds::TASK_RUNNING => set_state(TaskState::Running, false, None)?,
+        kinds::TASK_WAITING => set_state(TaskState::Waiting, false, Some(text("reason")))?,
         kinds::TASK_SUCCEEDED => {
-            set_state("succeeded", true, None)?;
+            set_state(TaskState::Succeeded, true, None)?;
             if payload.get("needs_review").and_then(Value::as_bool) == Some(true) {
                 c.execute("UPDATE task_view SET needs_review = 1 WHERE edge_id = ?1 AND task = ?2", [edge_id, task])?;
             }
         }
-        kinds::TASK_FAILED => set_state("failed", true, Some(text("error")))?,
-        kinds::TASK_DEAD_LETTERED => set_state("dead_lettered", true, Some(text("error")))?,
-        kinds::TASK_CANCELLED => set_state("cancelled", true, None)?,
+        kinds::TASK_FAILED => set_state(TaskState::Failed, true, Some(text("error")))?,
+        kinds::TASK_DEAD_LETTERED => set_state(TaskState::DeadLettered, true, Some(text("error")))?,
+        kinds::TASK_CANCELLED => set_state(TaskState::Cancelled, true, None)?,
         kinds::TASK_STEP => {
             let escalated = text("reason").starts_with("escalated");
             let number = |key: &str| payload.get(key).and_then(Value::as_f64).unwrap_or(0.0);
@@ -198,7 +206,12 @@ fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
         task: r.get(1)?,
         agent: r.get(2)?,
         source: r.get(3)?,
-        state: r.get(4)?,
+        state: {
+            let text: String = r.get(4)?;
+            text.parse().map_err(|err| {
+                rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(err))
+            })?
+        },
         created_ms: r.get(5)?,
         updated_ms: r.get(6)?,
         finished_ms: r.get(7)?,
@@ -339,7 +352,7 @@ fn figures(rows: &[&TaskRow]) -> Figures {
     let finished: Vec<&&TaskRow> = rows.iter().filter(|r| r.finished_ms.is_some()).collect();
     let mut latencies: Vec<i64> = rows
         .iter()
-        .filter(|r| r.state == "succeeded")
+        .filter(|r| r.state == TaskState::Succeeded)
         .filter_map(|r| r.finished_ms.map(|f| f - r.created_ms))
         .collect();
     latencies.sort_unstable();
@@ -359,8 +372,8 @@ fn figures(rows: &[&TaskRow]) -> Figures {
         cost_usd,
         escalation_rate: share(rows.iter().filter(|r| r.escalations > 0).count(), rows.len()),
         intervention_rate: share(rows.iter().filter(|r| r.approvals > 0 || r.needs_review).count(), rows.len()),
-        failure_rate: share(finished.iter().filter(|r| r.state == "failed").count(), finished.len()),
-        dead_letter_rate: share(finished.iter().filter(|r| r.state == "dead_lettered").count(), finished.len()),
+        failure_rate: share(finished.iter().filter(|r| r.state == TaskState::Failed).count(), finished.len()),
+        dead_letter_rate: share(finished.iter().filter(|r| r.state == TaskState::DeadLettered).count(), finished.len()),
     }
 }
 
@@ -390,7 +403,7 @@ mod tests {
             task: format!("{agent}-{latency}"),
             agent: agent.into(),
             source: "api".into(),
-            state: state.into(),
+            state: state.parse().expect("a task state"),
             created_ms: 86_400_000,
             updated_ms: 86_400_000 + latency,
             finished_ms: (state != "running").then_some(86_400_000 + latency),

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use aios_shared::bundle::BundleBody;
 use aios_shared::lifecycle::approval::ApprovalState;
+use aios_shared::lifecycle::task::TaskState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -185,7 +186,7 @@ pub(crate) async fn tasks(
         limit: 200,
     };
     let rows = state.store.tasks(filter).await?;
-    let states = ["queued", "running", "waiting", "succeeded", "failed", "dead_lettered", "cancelled"];
+    let states = TaskState::ALL.iter().map(|state| state.as_str());
     let body = html! {
         form.filters method="get" {
             label { "Edge" select name="edge" {
@@ -211,7 +212,7 @@ pub(crate) async fn tasks(
                             td { a href={ "/console/tasks/" (row.task) } { code { (row.task) } } }
                             td { (row.agent) }
                             td { (names.get(&row.edge_id).map_or(row.edge_id.as_str(), String::as_str)) }
-                            td { (badge(&row.state)) @if row.needs_review { " " span class="badge waiting" { "review" } } }
+                            td { (badge(row.state.as_str())) @if row.needs_review { " " span class="badge waiting" { "review" } } }
                             td { (when(row.created_ms)) }
                             td.num { @if let Some(f) = row.finished_ms { (charts::millis((f - row.created_ms) as f64)) } }
                             td.num { (row.steps) }
@@ -291,7 +292,7 @@ pub(crate) async fn task(
     let body = html! {
         div id="trace" data-live="3" {
             div.cards {
-                div.card { div.muted { "State" } div.value #task-state { (badge(&row.state)) } }
+                div.card { div.muted { "State" } div.value #task-state { (badge(row.state.as_str())) } }
                 div.card { div.muted { "Agent" } div.value { (row.agent) } }
                 div.card { div.muted { "Edge" } div.value { (names.get(&row.edge_id).cloned().unwrap_or(row.edge_id.clone())) } }
                 div.card { div.muted { "Cost" } div.value { (charts::dollars(row.cost_usd)) } }
@@ -302,7 +303,7 @@ pub(crate) async fn task(
                 } }
             }
             @if let Some(detail) = &row.detail {
-                @if matches!(row.state.as_str(), "failed" | "dead_lettered") { div.error #task-detail { (detail) } }
+                @if matches!(row.state, TaskState::Failed | TaskState::DeadLettered) { div.error #task-detail { (detail) } }
                 @else { div.notice #task-detail { (detail) } }
             }
             @if row.needs_review {
