@@ -104,9 +104,9 @@ impl crate::http::gateway::GatewayObserver for AuditObserver {
             "stream": call.delivery == crate::http::gateway::Delivery::Stream,
             "status": call.status,
             "outcome": match &call.outcome {
-                crate::http::gateway::CallOutcome::Completed => "completed".to_owned(),
-                crate::http::gateway::CallOutcome::Cancelled => "cancelled".to_owned(),
-                crate::http::gateway::CallOutcome::Failed(why) => format!("failed: {why}"),
+                crate::http::gateway::GatewayOutcome::Completed => "completed".to_owned(),
+                crate::http::gateway::GatewayOutcome::Cancelled => "cancelled".to_owned(),
+                crate::http::gateway::GatewayOutcome::Failed(why) => format!("failed: {why}"),
             },
             "prompt_tokens": call.prompt_tokens,
             "completion_tokens": call.completion_tokens,

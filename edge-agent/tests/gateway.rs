@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use aios_edge_agent::http::gateway::{
-    router, CallOutcome, Delivery, GatewayCall, GatewayConfig, GatewayEndpoint, GatewayObserver, GatewayState,
+    router, Delivery, GatewayCall, GatewayConfig, GatewayEndpoint, GatewayObserver, GatewayOutcome, GatewayState,
 };
 use aios_edge_agent::model_calls::cloud::{CloudClient, CloudConfig, Credential};
 use aios_edge_agent::model_calls::openai::{
@@ -171,7 +171,7 @@ async fn chat_whole_and_streamed_equal_the_direct_model() {
     assert_eq!(calls.len(), 3);
     for (call, delivery) in calls.iter().zip([Delivery::Whole, Delivery::Stream, Delivery::Stream]) {
         assert_eq!(call.endpoint, GatewayEndpoint::ChatCompletions);
-        assert_eq!((call.status, &call.outcome, call.delivery), (200, &CallOutcome::Completed, delivery));
+        assert_eq!((call.status, &call.outcome, call.delivery), (200, &GatewayOutcome::Completed, delivery));
         assert_eq!(call.model, CHAT_ID);
         assert_eq!(call.prompt_tokens, direct.prompt_tokens as u64);
         assert_eq!(call.completion_tokens, direct.completion_tokens as u64);
@@ -195,7 +195,7 @@ async fn an_abandoned_stream_is_reported_cancelled() {
         assert!(std::time::Instant::now() < deadline, "the abandoned stream was never reported");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
-    assert_eq!((call.outcome, call.status, call.delivery), (CallOutcome::Cancelled, 499, Delivery::Stream));
+    assert_eq!((call.outcome, call.status, call.delivery), (GatewayOutcome::Cancelled, 499, Delivery::Stream));
 }
 
 #[tokio::test]
@@ -332,7 +332,7 @@ async fn errors_have_openai_shape_and_status() {
     let calls = gateway.recorded.calls();
     // Every model request is reported: the cases but the unknown route, plus the bad JSON.
     assert_eq!(calls.len(), cases.len());
-    assert!(calls.iter().all(|call| matches!(call.outcome, CallOutcome::Failed(_)) && call.status >= 400));
+    assert!(calls.iter().all(|call| matches!(call.outcome, GatewayOutcome::Failed(_)) && call.status >= 400));
     assert_eq!(calls[0].model, "gpt-4o");
 }
 

@@ -10,17 +10,17 @@ pub(super) fn generate_request(
     state: &GatewayState,
     model: &ChatModel,
     request: &ChatCompletionRequest,
-) -> Result<GenerateRequest, ApiError> {
+) -> Result<GenerateRequest, OpenAiError> {
     check_request(request)?;
     let mut messages = Vec::with_capacity(request.messages.len());
     for message in &request.messages {
-        let text = message.text().map_err(|reason| ApiError::invalid(Some("messages"), reason))?;
+        let text = message.text().map_err(|reason| OpenAiError::invalid(Some("messages"), reason))?;
         messages.push(match message.role.as_str() {
             "system" | "developer" => ChatMessage::system(text),
             "user" => ChatMessage::user(text),
             "assistant" => ChatMessage::assistant(text),
             other => {
-                return Err(ApiError::invalid(
+                return Err(OpenAiError::invalid(
                     Some("messages"),
                     format!("messages with role `{other}` are not supported by the local model"),
                 ))
@@ -43,27 +43,27 @@ pub(super) fn generate_request(
         // Negative seeds are valid in OpenAI's API; any fixed mapping to u64 will do.
         sampling.seed = seed as u64;
     }
-    sampling.validate().map_err(ApiError::from_model)?;
+    sampling.validate().map_err(OpenAiError::from_model)?;
     let stop = request.stop.clone().map(|stop| stop.into_vec()).unwrap_or_default();
     if stop.len() > 4 {
-        return Err(ApiError::invalid(Some("stop"), "at most 4 stop sequences are supported"));
+        return Err(OpenAiError::invalid(Some("stop"), "at most 4 stop sequences are supported"));
     }
     Ok(GenerateRequest { prompt: Prompt::Chat(messages), max_tokens, sampling, stop, ignore_eos: false })
 }
 
 /// The checks every chat request passes, wherever it is answered.
-pub(super) fn check_request(request: &ChatCompletionRequest) -> Result<(), ApiError> {
+pub(super) fn check_request(request: &ChatCompletionRequest) -> Result<(), OpenAiError> {
     if request.messages.is_empty() {
-        return Err(ApiError::invalid(Some("messages"), "`messages` must not be empty"));
+        return Err(OpenAiError::invalid(Some("messages"), "`messages` must not be empty"));
     }
     if request.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid(Some("n"), "only n = 1 is supported"));
+        return Err(OpenAiError::invalid(Some("n"), "only n = 1 is supported"));
     }
     if request.token_limit() == Some(0) {
-        return Err(ApiError::invalid(Some("max_tokens"), "max_tokens must be at least 1"));
+        return Err(OpenAiError::invalid(Some("max_tokens"), "max_tokens must be at least 1"));
     }
     if let Some(temperature) = request.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
-        return Err(ApiError::invalid(Some("temperature"), format!("temperature {temperature} must be in [0, 2]")));
+        return Err(OpenAiError::invalid(Some("temperature"), format!("temperature {temperature} must be in [0, 2]")));
     }
     Ok(())
 }
@@ -97,12 +97,12 @@ pub(super) async fn chat_completions(
     if request.model == state.config.chat_model {
         return match state.chat.clone() {
             Some(model) => serve_locally(recorder, &state, model, request, None).await,
-            None => recorder.fail(ApiError::unknown_model(&request.model)),
+            None => recorder.fail(OpenAiError::unknown_model(&request.model)),
         };
     }
     match state.tiers.clone() {
         Some(tiers) => routed_completion(recorder, &state, tiers, request).await,
-        None => recorder.fail(ApiError::unknown_model(&request.model)),
+        None => recorder.fail(OpenAiError::unknown_model(&request.model)),
     }
 }
 
@@ -176,7 +176,7 @@ pub(super) async fn routed_completion(
     for message in &request.messages {
         match message.text() {
             Ok(text) => prompt_chars += text.len(),
-            Err(reason) => return recorder.fail(ApiError::invalid(Some("messages"), reason)),
+            Err(reason) => return recorder.fail(OpenAiError::invalid(Some("messages"), reason)),
         }
     }
     // The tier's own model, and a bounded output so the reservation bounds the cost.
@@ -225,7 +225,7 @@ pub(super) async fn routed_completion(
                     }],
                     usage: Some(Usage::new(tokens.input, tokens.output)),
                 };
-                recorder.report(StatusCode::OK, CallOutcome::Completed);
+                recorder.report(StatusCode::OK, GatewayOutcome::Completed);
                 let mut headers = route.headers();
                 if let Ok(cost) = header::HeaderValue::from_str(&recorder.call.cost.to_string()) {
                     headers.insert(header::HeaderName::from_static("x-aios-cost-usd"), cost);
@@ -255,7 +255,7 @@ where
 {
     let local = state.chat.as_ref().map(|_| state.config.chat_model.as_str());
     match tiers.route_gateway(&request.model, local, request_id, estimated, call).await {
-        Err(refusal) => Err(recorder.fail(ApiError::refused(refusal, &request.model))),
+        Err(refusal) => Err(recorder.fail(OpenAiError::refused(refusal, &request.model))),
         Ok(GatewayRoute::Local { reason, needs_review }) => {
             let route = RouteInfo { tier: state.config.chat_model.clone(), reason, needs_review };
             let model = state.chat.clone().expect("the router falls back only to a loaded local model");
@@ -277,7 +277,7 @@ pub(super) async fn whole_completion(
 ) -> Response {
     let generation = match model.generate(generate).await {
         Ok(generation) => generation,
-        Err(error) => return recorder.fail(ApiError::from_model(error)),
+        Err(error) => return recorder.fail(OpenAiError::from_model(error)),
     };
     recorder.tokens(generation.prompt_tokens as u64, generation.completion_tokens as u64);
     let usage = Usage::new(generation.prompt_tokens as u64, generation.completion_tokens as u64);
@@ -293,7 +293,7 @@ pub(super) async fn whole_completion(
         }],
         usage: Some(usage),
     };
-    recorder.report(StatusCode::OK, CallOutcome::Completed);
+    recorder.report(StatusCode::OK, GatewayOutcome::Completed);
     // Time inside the model, so callers (and the benchmark) can tell the
     // gateway's own cost from the model's.
     let model_ms = (generation.time_to_first_token + generation.decode_time).as_secs_f64() * 1000.0;
@@ -322,7 +322,7 @@ pub(super) async fn stream_completion(
                 respond_with_stream(recorder, None, request, StreamPhase::Piece(text), Some(finished))
             }
             Ok(finished) => respond_with_stream(recorder, None, request, StreamPhase::Finished(finished), None),
-            Err(error) => recorder.fail(ApiError::from_model(error)),
+            Err(error) => recorder.fail(OpenAiError::from_model(error)),
         },
     }
 }

@@ -18,34 +18,34 @@ pub(super) async fn embeddings(
     recorder.call.model.clone_from(&request.model);
     let embedder = match &state.embedder {
         Some(embedder) if request.model == state.config.embedding_model => embedder.clone(),
-        _ => return recorder.fail(ApiError::unknown_model(&request.model)),
+        _ => return recorder.fail(OpenAiError::unknown_model(&request.model)),
     };
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
         Some(other) => {
             let message = format!("encoding_format `{other}` is not supported (use `float` or `base64`)");
-            return recorder.fail(ApiError::invalid(Some("encoding_format"), message));
+            return recorder.fail(OpenAiError::invalid(Some("encoding_format"), message));
         }
     };
     let texts = match request.input {
         EmbeddingInput::One(text) => vec![text],
         EmbeddingInput::Many(texts) if texts.is_empty() => {
-            return recorder.fail(ApiError::invalid(Some("input"), "`input` must not be empty"));
+            return recorder.fail(OpenAiError::invalid(Some("input"), "`input` must not be empty"));
         }
         EmbeddingInput::Many(texts) if texts.len() > MAX_EMBEDDING_INPUTS => {
             let message = format!("at most {MAX_EMBEDDING_INPUTS} inputs per request");
-            return recorder.fail(ApiError::invalid(Some("input"), message));
+            return recorder.fail(OpenAiError::invalid(Some("input"), message));
         }
         EmbeddingInput::Many(texts) => texts,
         EmbeddingInput::Tokens(_) => {
             let message = "`input` must be a string or an array of strings; token arrays are not supported";
-            return recorder.fail(ApiError::invalid(Some("input"), message));
+            return recorder.fail(OpenAiError::invalid(Some("input"), message));
         }
     };
     let embedded = match embedder.embed_counted(texts).await {
         Ok(embedded) => embedded,
-        Err(error) => return recorder.fail(ApiError::from_model(error)),
+        Err(error) => return recorder.fail(OpenAiError::from_model(error)),
     };
     recorder.call.prompt_tokens = embedded.tokens;
     let usage = EmbeddingUsage { prompt_tokens: embedded.tokens, total_tokens: embedded.tokens };
@@ -64,6 +64,6 @@ pub(super) async fn embeddings(
             },
         })
         .collect();
-    recorder.report(StatusCode::OK, CallOutcome::Completed);
+    recorder.report(StatusCode::OK, GatewayOutcome::Completed);
     Json(EmbeddingsResponse { object: "list".to_owned(), data, model: request.model, usage }).into_response()
 }

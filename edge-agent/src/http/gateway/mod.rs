@@ -182,7 +182,7 @@ pub struct GatewayCall {
     /// The HTTP status sent (a stream that fails midway keeps its 200).
     pub status: u16,
     /// How it ended.
-    pub outcome: CallOutcome,
+    pub outcome: GatewayOutcome,
     /// Tokens in the prompt.
     pub prompt_tokens: u64,
     /// Tokens generated.
@@ -229,7 +229,7 @@ pub enum Delivery {
 
 /// How a call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallOutcome {
+pub enum GatewayOutcome {
     /// The client went away before the answer was complete.
     Cancelled,
     /// Answered in full.
@@ -252,7 +252,7 @@ pub fn router(state: Arc<GatewayState>) -> axum::Router {
 
 /// An error answered in OpenAI's shape.
 #[derive(Debug)]
-struct ApiError {
+struct OpenAiError {
     status: StatusCode,
     kind: &'static str,
     param: Option<&'static str>,
@@ -260,9 +260,9 @@ struct ApiError {
     message: String,
 }
 
-impl ApiError {
-    fn invalid(param: Option<&'static str>, message: impl Into<String>) -> ApiError {
-        ApiError {
+impl OpenAiError {
+    fn invalid(param: Option<&'static str>, message: impl Into<String>) -> OpenAiError {
+        OpenAiError {
             status: StatusCode::BAD_REQUEST,
             kind: "invalid_request_error",
             param,
@@ -271,8 +271,8 @@ impl ApiError {
         }
     }
 
-    fn unknown_model(model: &str) -> ApiError {
-        ApiError {
+    fn unknown_model(model: &str) -> OpenAiError {
+        OpenAiError {
             status: StatusCode::NOT_FOUND,
             kind: "invalid_request_error",
             param: Some("model"),
@@ -281,8 +281,8 @@ impl ApiError {
         }
     }
 
-    fn unauthorised(message: &str) -> ApiError {
-        ApiError {
+    fn unauthorised(message: &str) -> OpenAiError {
+        OpenAiError {
             status: StatusCode::UNAUTHORIZED,
             kind: "invalid_request_error",
             param: None,
@@ -291,16 +291,16 @@ impl ApiError {
         }
     }
 
-    fn refused(refusal: GatewayRefusal, model: &str) -> ApiError {
+    fn refused(refusal: GatewayRefusal, model: &str) -> OpenAiError {
         let (status, kind, code) = match refusal.kind {
-            RefusalKind::UnknownTier => return ApiError::unknown_model(model),
+            RefusalKind::UnknownTier => return OpenAiError::unknown_model(model),
             RefusalKind::Budget => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", "insufficient_quota"),
             RefusalKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "tier_unavailable"),
         };
-        ApiError { status, kind, param: None, code: Some(code), message: refusal.reason }
+        OpenAiError { status, kind, param: None, code: Some(code), message: refusal.reason }
     }
 
-    fn from_model(error: ModelError) -> ApiError {
+    fn from_model(error: ModelError) -> OpenAiError {
         let (status, kind, param, code) = match &error {
             ModelError::PromptTooLong { .. } => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error", Some("messages"), Some("context_length_exceeded"))
@@ -309,11 +309,11 @@ impl ApiError {
             ModelError::WorkerGone => (StatusCode::SERVICE_UNAVAILABLE, "server_error", None, None),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, None),
         };
-        ApiError { status, kind, param, code, message: error.to_string() }
+        OpenAiError { status, kind, param, code, message: error.to_string() }
     }
 
-    fn from_body(rejection: BytesRejection) -> ApiError {
-        ApiError {
+    fn from_body(rejection: BytesRejection) -> OpenAiError {
+        OpenAiError {
             status: rejection.status(),
             kind: "invalid_request_error",
             param: None,
@@ -334,7 +334,7 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body())).into_response()
     }
@@ -358,7 +358,7 @@ impl CallRecorder {
                 model: String::new(),
                 delivery: Delivery::Whole,
                 status: 499,
-                outcome: CallOutcome::Cancelled,
+                outcome: GatewayOutcome::Cancelled,
                 prompt_tokens: 0,
                 completion_tokens: 0,
                 tier: None,
@@ -383,7 +383,7 @@ impl CallRecorder {
         self.call.needs_review = route.needs_review;
     }
 
-    fn report(&mut self, status: StatusCode, outcome: CallOutcome) {
+    fn report(&mut self, status: StatusCode, outcome: GatewayOutcome) {
         if self.reported {
             return;
         }
@@ -395,8 +395,8 @@ impl CallRecorder {
     }
 
     /// Reports `error` and turns it into the response.
-    fn fail(&mut self, error: ApiError) -> Response {
-        self.report(error.status, CallOutcome::Failed(error.message.clone()));
+    fn fail(&mut self, error: OpenAiError) -> Response {
+        self.report(error.status, GatewayOutcome::Failed(error.message.clone()));
         error.into_response()
     }
 }
@@ -415,23 +415,23 @@ fn unix_seconds(clock: &SharedClock) -> u64 {
     u64::try_from(clock.unix_ms() / 1000).unwrap_or_default()
 }
 
-fn authorise(state: &GatewayState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn authorise(state: &GatewayState, headers: &HeaderMap) -> Result<(), OpenAiError> {
     let Some(token) = &state.config.token else { return Ok(()) };
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::unauthorised("this gateway needs `Authorization: Bearer <token>`"))?;
+        .ok_or_else(|| OpenAiError::unauthorised("this gateway needs `Authorization: Bearer <token>`"))?;
     if token.matches(presented.trim()) {
         Ok(())
     } else {
-        Err(ApiError::unauthorised("the bearer token is not valid for this gateway"))
+        Err(OpenAiError::unauthorised("the bearer token is not valid for this gateway"))
     }
 }
 
-fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let body = body.map_err(ApiError::from_body)?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::invalid(None, format!("the request body is not valid: {e}")))
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, OpenAiError> {
+    let body = body.map_err(OpenAiError::from_body)?;
+    serde_json::from_slice(&body).map_err(|e| OpenAiError::invalid(None, format!("the request body is not valid: {e}")))
 }
 
 fn model_object(id: &str, created: u64) -> ModelObject {
@@ -462,12 +462,12 @@ async fn retrieve_model(
     }
     match served_models(&state).into_iter().find(|model| model.id == id) {
         Some(model) => Json(model).into_response(),
-        None => ApiError::unknown_model(&id).into_response(),
+        None => OpenAiError::unknown_model(&id).into_response(),
     }
 }
 
 async fn unknown_route() -> Response {
-    ApiError {
+    OpenAiError {
         status: StatusCode::NOT_FOUND,
         kind: "invalid_request_error",
         param: None,

@@ -65,7 +65,7 @@ impl CompletionStream {
                 })
             }
             StreamPhase::Done => {
-                self.recorder.report(StatusCode::OK, CallOutcome::Completed);
+                self.recorder.report(StatusCode::OK, GatewayOutcome::Completed);
                 Bytes::from_static(b"data: [DONE]\n\n")
             }
         };
@@ -91,7 +91,7 @@ impl CompletionStream {
         match self.source.take()? {
             Source::Local(generation) => match generation.finish().await {
                 Ok(finished) => Some(self.local_finished(finished)),
-                Err(error) => Some(self.failed(ApiError::from_model(error).message)),
+                Err(error) => Some(self.failed(OpenAiError::from_model(error).message)),
             },
             Source::Remote { stream, mut settlement } => match stream.finish().await {
                 Ok(completion) => {
@@ -107,7 +107,7 @@ impl CompletionStream {
 
     /// The error event that ends a stream which broke off.
     fn failed(&mut self, message: String) -> Bytes {
-        let error = ApiError {
+        let error = OpenAiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             kind: "server_error",
             param: None,
@@ -116,7 +116,7 @@ impl CompletionStream {
         };
         let event = sse_event(&error.body());
         self.abandon_source();
-        self.recorder.report(StatusCode::OK, CallOutcome::Failed(error.message));
+        self.recorder.report(StatusCode::OK, GatewayOutcome::Failed(error.message));
         event
     }
 
