@@ -5,8 +5,8 @@
 //! the thread runs as many queued closures as are waiting in one transaction
 //! and replies to each caller only after `COMMIT` returned. With WAL and
 //! `synchronous=FULL`, a reply therefore means the write is on disk: callers
-//! may acknowledge it to a peer. The control plane's `up` links this module
-//! too, so both daemons share one durability story.
+//! may acknowledge it to a peer. Both daemons link this crate, so they share
+//! one durability story.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! Frames over QUIC streams, and the QUIC settings both daemons use.
 //!
-//! The control plane links this module too (through `up`), so the framing and
-//! the transport settings have exactly one definition.
+//! Both daemons link this crate, so the framing and the transport settings
+//! have exactly one definition.
 
 use std::sync::Arc;
 use std::time::Duration;

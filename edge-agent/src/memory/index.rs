@@ -10,7 +10,7 @@
 //! bounds a scan of 100,000 x 384 on a small machine), split over the cores
 //! when there are many, and keeps a shortlist several times larger than
 //! `top_k`; the caller re-ranks the shortlist with the exact f32 vectors from
-//! SQLite, under the same filter in SQL. See ARCHITECTURE.md for the
+//! SQLite, under the same filter in SQL. See docs/benchmarks.md for the
 //! measurements that chose this over an HNSW graph.
 
 use std::cell::RefCell;

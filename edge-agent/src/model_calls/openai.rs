@@ -1,7 +1,7 @@
 //! The OpenAI HTTP API's wire format, as far as aios speaks it: chat
 //! completions (whole and streamed as `chat.completion.chunk` events),
 //! embeddings, the model list and error bodies. One definition serves both
-//! sides: the [`cloud`](crate::cloud) client sends these requests and reads
+//! sides: the [`cloud`](crate::model_calls::cloud) client sends these requests and reads
 //! these responses, the edge's gateway reads the requests and writes the
 //! responses. Request types accept what clients actually send (a string or an
 //! array for `stop`, `content` and `input`; unknown fields are ignored).
