@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - `weights`: file checks and dispatch on `general.architecture`.
+//! - `ggml`: matrix products over ggml's block quantisations and float
+//!   weights with llama.cpp's arithmetic, on our CPU kernels.
 //! - `llama`: this crate's llama transformer (llama.cpp numerics, external KV cache).
 //! - `tokenizer`: the byte-level BPE tokenizer rebuilt from GGUF metadata.
 //! - `template`: the model's Jinja chat template, rendered with minijinja.

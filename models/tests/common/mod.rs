@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use aios_models::cpu::test_values;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -54,7 +55,7 @@ pub fn vocabulary() -> (Vec<String>, Vec<i32>, Vec<String>) {
 }
 
 fn quantized(shape: (usize, usize), seed: u64, dtype: GgmlDType) -> QTensor {
-    let values = pseudo_random(shape.0 * shape.1, seed, 0.08);
+    let values = test_values(seed, shape.0 * shape.1, 0.08);
     let tensor = Tensor::from_vec(values, shape, &Device::Cpu).expect("tensor");
     QTensor::quantize(&tensor, dtype).expect("quantize")
 }
@@ -62,19 +63,6 @@ fn quantized(shape: (usize, usize), seed: u64, dtype: GgmlDType) -> QTensor {
 fn ones(len: usize) -> QTensor {
     let tensor = Tensor::ones(len, DType::F32, &Device::Cpu).expect("tensor");
     QTensor::quantize(&tensor, GgmlDType::F32).expect("f32 qtensor")
-}
-
-/// Deterministic values in [-scale, scale].
-pub fn pseudo_random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
 }
 
 /// Layers, attention heads, key/value heads and feed-forward width of every
@@ -182,7 +170,7 @@ impl TinyGguf {
             gguf.norm(name("ffn_norm"), HIDDEN);
             if architecture == "qwen2" {
                 for (tensor, width) in [("attn_q", q_width), ("attn_k", kv_width), ("attn_v", kv_width)] {
-                    let bias = Tensor::from_vec(pseudo_random(width, s + 9, 0.05), width, &Device::Cpu).expect("bias");
+                    let bias = Tensor::from_vec(test_values(s + 9, width, 0.05), width, &Device::Cpu).expect("bias");
                     let bias = QTensor::quantize(&bias, GgmlDType::F32).expect("bias");
                     gguf.tensors.push((format!("blk.{layer}.{tensor}.bias"), bias));
                 }
@@ -312,7 +300,7 @@ pub fn write_tiny_bert(dir: &Path) -> TinyBert {
     let mut random = |shape: &[usize]| {
         seed += 1;
         let len = shape.iter().product();
-        Tensor::from_vec(pseudo_random(len, seed, 0.1), shape, &Device::Cpu).expect("tensor")
+        Tensor::from_vec(test_values(seed, len, 0.1), shape, &Device::Cpu).expect("tensor")
     };
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu).expect("ones");

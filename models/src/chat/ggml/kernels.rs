@@ -21,7 +21,8 @@
 //! order of operations for any one row and activation row is the same as in
 //! [`dot_portable`].
 
-use super::{ActivationBlock, BlockFormat, GroupBlocks, RowBlocks, BLOCK, GROUP};
+use super::blocks::{ActivationBlock, BlockFormat, GroupBlocks, RowBlocks};
+use super::{BLOCK, GROUP};
 use crate::cpu::Level;
 
 /// Activation rows per prompt tile.
@@ -147,7 +148,8 @@ macro_rules! simd_kernels {
         pub(super) mod $name {
             use std::arch::x86_64::*;
 
-            use super::super::{ActivationBlock, BlockFormat, GroupBlocks, GROUP};
+            use super::super::blocks::{ActivationBlock, BlockFormat, GroupBlocks};
+            use super::super::GROUP;
             use super::lanes::{$signed as signed_lanes, $unsigned as unsigned_lanes};
             use super::{horizontal_sum, lanes::unpack};
 
@@ -261,7 +263,8 @@ simd_kernels!(avx2, "avx2,fma", unsigned_avx2, signed_avx2);
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::{ActivationBlock, BlockFormat, GroupBlocks, GROUP};
+    use super::super::blocks::{ActivationBlock, BlockFormat, GroupBlocks};
+    use super::super::GROUP;
     use super::horizontal_sum;
 
     /// See [`super::dot_tile`]; the caller has checked the widths.
@@ -417,7 +420,8 @@ macro_rules! neon_kernels {
         mod $name {
             use std::arch::aarch64::*;
 
-            use super::super::{ActivationBlock, BlockFormat, GroupBlocks, GROUP};
+            use super::super::blocks::{ActivationBlock, BlockFormat, GroupBlocks};
+            use super::super::GROUP;
             use super::horizontal_sum;
             use super::neon_lanes::$lanes as lanes;
 

@@ -4,6 +4,7 @@
 use candle_core::{Device, Tensor};
 use proptest::prelude::*;
 
+use super::blocks::{round_half_even, RowBlocks};
 use super::kernels::{dot_portable, dot_rows4, dot_tile};
 use super::*;
 use crate::cpu::test_values as values;

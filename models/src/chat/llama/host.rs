@@ -277,7 +277,7 @@ impl HostModel {
     }
 
     /// Causal attention of `n` query rows (positions `start..start + n`)
-    /// over the cached keys and values ([`HostModel::per_head_rows`]): scores
+    /// over the cached keys and values ([`HostModel::per_query_row`]): scores
     /// `q . k` with `q` rounded to f16, scaled by `1 / sqrt(head_dim)`,
     /// softmax ([`vector::softmax_numerators`]), weights rounded to f16, then
     /// `sum(w * v)`. Both products add up in the order llama.cpp uses for
@@ -295,33 +295,21 @@ impl HostModel {
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let LlamaConfig { n_head, n_kv_head, head_dim, .. } = self.config;
-        let width = n_head * head_dim;
-        let kv_width = n_kv_head * head_dim;
-        let group = n_head / n_kv_head;
-        let total = start + n;
-        let scale = 1.0 / (head_dim as f32).sqrt();
         let order = vector::Order::for_rows(n);
-        let out = DisjointSlice::new(out);
-        self.per_head_rows(pool, n, total, scores, |head, query_rows, scores| {
-            let column = (head / group) * head_dim;
+        self.per_query_row(pool, start, n, q, scores, out, |row| {
+            let QueryRow { query, column, stride, scale, scores, out } = row;
             let (keys, values) = (&layer.keys[column..], &layer.values[column..]);
-            let mut query = [0f32; MAX_HEAD_DIM];
-            let query = &mut query[..head_dim];
-            for i in query_rows {
-                let visible = &mut scores[..start + i + 1];
-                query.copy_from_slice(&q[i * width + head * head_dim..][..head_dim]);
-                vector::round_to_f16(query);
-                let max = vector::scores_f16(level, order, query, keys, kv_width, scale, visible);
-                let sum = vector::softmax_numerators(level, visible, max);
-                let inverse = (1.0 / sum) as f32;
-                for score in visible.iter_mut() {
-                    *score = f16::from_f32(*score * inverse).to_f32();
-                }
-                // SAFETY: this chunk owns this head's columns of its rows.
-                let row = unsafe { out.piece(i * width + head * head_dim..i * width + (head + 1) * head_dim) };
-                vector::weighted_sum_f16(level, order, visible, values, kv_width, row);
+            let mut rounded = [0f32; MAX_HEAD_DIM];
+            let rounded = &mut rounded[..query.len()];
+            rounded.copy_from_slice(query);
+            vector::round_to_f16(rounded);
+            let max = vector::scores_f16(level, order, rounded, keys, stride, scale, scores);
+            let sum = vector::softmax_numerators(level, scores, max);
+            let inverse = (1.0 / sum) as f32;
+            for score in scores.iter_mut() {
+                *score = f16::from_f32(*score * inverse).to_f32();
             }
+            vector::weighted_sum_f16(level, order, scores, values, stride, out);
         });
     }
 
@@ -339,46 +327,71 @@ impl HostModel {
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let LlamaConfig { n_head, n_kv_head, head_dim, .. } = self.config;
-        let width = n_head * head_dim;
-        let kv_width = n_kv_head * head_dim;
-        let group = n_head / n_kv_head;
-        let total = start + n;
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        let out = DisjointSlice::new(out);
-        self.per_head_rows(pool, n, total, scores, |head, query_rows, scores| {
-            let column = (head / group) * head_dim;
-            for i in query_rows {
-                let query = &q[i * width + head * head_dim..][..head_dim];
-                // SAFETY: this chunk owns this head's columns of its rows.
-                let row = unsafe { out.piece(i * width + head * head_dim..i * width + (head + 1) * head_dim) };
-                let (keys, values) = (&layer.exact_keys[column..], &layer.exact_values[column..]);
-                dense::attend_row(level, query, keys, values, kv_width, start + i + 1, scale, scores, row);
-            }
+        self.per_query_row(pool, start, n, q, scores, out, |row| {
+            let QueryRow { query, column, stride, scale, scores, out } = row;
+            let (keys, values) = (&layer.exact_keys[column..], &layer.exact_values[column..]);
+            dense::attend_row(level, query, keys, values, stride, scores.len(), scale, scores, out);
         });
     }
 
-    /// Runs `body(head, query rows, scores)` on the pool for every head and
-    /// every block of [`ATTEND_ROWS`] of the `n` query rows, `scores` being
-    /// the chunk's own row of `total` values; the chunk owns that head's
-    /// columns of those rows of the output.
-    fn per_head_rows(
+    /// Runs `body` for every head and every one of the `n` query rows at
+    /// positions `start..start + n` (`q` and `out` hold `n` rows of
+    /// `n_head * head_dim`), on the pool: a chunk per head and block of
+    /// [`ATTEND_ROWS`] rows, with its own row of `start + n` values of
+    /// `scores` and that head's columns of those rows of `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn per_query_row(
         &self,
         pool: &Pool,
+        start: usize,
         n: usize,
-        total: usize,
+        q: &[f32],
         scores: &mut [f32],
-        body: impl Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync,
+        out: &mut [f32],
+        body: impl Fn(QueryRow<'_>) + Sync,
     ) {
-        let scores = DisjointSlice::new(scores);
+        let LlamaConfig { n_head, n_kv_head, head_dim, .. } = self.config;
+        let width = n_head * head_dim;
+        let group = n_head / n_kv_head;
+        let total = start + n;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let (scores, out) = (DisjointSlice::new(scores), DisjointSlice::new(out));
         let blocks = n.div_ceil(ATTEND_ROWS);
-        pool.run(self.config.n_head * blocks, &|chunk| {
+        pool.run(n_head * blocks, &|chunk| {
             let (head, block) = (chunk / blocks, chunk % blocks);
             // SAFETY: every chunk has its own score row.
             let scores = unsafe { scores.piece(chunk * total..(chunk + 1) * total) };
-            body(head, block * ATTEND_ROWS..((block + 1) * ATTEND_ROWS).min(n), scores);
+            for i in block * ATTEND_ROWS..((block + 1) * ATTEND_ROWS).min(n) {
+                let columns = i * width + head * head_dim..i * width + (head + 1) * head_dim;
+                body(QueryRow {
+                    query: &q[columns.clone()],
+                    column: (head / group) * head_dim,
+                    stride: n_kv_head * head_dim,
+                    scale,
+                    scores: &mut scores[..start + i + 1],
+                    // SAFETY: this chunk owns this head's columns of its rows.
+                    out: unsafe { out.piece(columns) },
+                });
+            }
         });
     }
+}
+
+/// One query row of one head, as [`HostModel::per_query_row`] hands it to
+/// the attention bodies.
+struct QueryRow<'a> {
+    /// The head's query (`head_dim` values).
+    query: &'a [f32],
+    /// Where the head's KV head starts in a cache row.
+    column: usize,
+    /// Values per cache row (`n_kv_head * head_dim`).
+    stride: usize,
+    /// `1 / sqrt(head_dim)`.
+    scale: f32,
+    /// The row's scores: one per position it sees (`start + i + 1`).
+    scores: &'a mut [f32],
+    /// The head's columns of the row's output.
+    out: &'a mut [f32],
 }
 
 /// Runs `products` on `input`: with [`Precision::Quantised`], rounded
