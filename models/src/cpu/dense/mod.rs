@@ -14,8 +14,8 @@
 //! two products per lane per instruction where the CPU has AVX-512 BF16, as
 //! llama.cpp does for bf16 weights. [`matmul`] computes `out = a · wᵀ + bias`
 //! on the pool in tiles of up to [`BLOCK_ROWS`] rows by [`GROUP_PANELS`]
-//! panels; the micro-kernel keeps an 8-row by 32-column block of `out` in
-//! registers (sixteen AVX-512 accumulators), starts it from the bias (or
+//! panels; the micro-kernel keeps a 12-row by 32-column block of `out` in
+//! registers (twenty-four AVX-512 accumulators), starts it from the bias (or
 //! from `out`, to accumulate), and each tile is finished while it is still
 //! in cache by its [`Epilogue`] (GELU, or the residual added).
 //!
