@@ -335,7 +335,7 @@ impl ExecPlane {
             args,
             args_hash: hash,
             resource,
-            state: state.into(),
+            state,
             decision: serde_json::to_value(&decision).expect("json"),
             approval_id: approval.as_ref().map(|a| a.id.clone()),
             attempts: 0,

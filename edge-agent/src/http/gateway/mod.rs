@@ -39,7 +39,7 @@
 //! - `mod.rs`: configuration, the observer, routes, errors, the call recorder, `/v1/models`.
 //! - [`chat`]: chat completions, local or routed.
 //! - [`stream`]: the server-sent events of a streamed completion.
-//! - [`embeddings`]: embeddings.
+//! - [`embeddings`]: the embeddings endpoint.
 
 mod chat;
 use chat::RouteInfo;
