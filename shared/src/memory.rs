@@ -167,41 +167,44 @@ pub fn valid_namespace(name: &str) -> bool {
 /// Checks a retrieve, record_get or record_put step against the agent's
 /// memory access: a namespace is required and must be one the agent may use.
 pub fn validate_memory_step(step: &crate::agent::StepSpec, access: &MemoryAccess) -> Result<(), String> {
-    use crate::agent::StepKind;
-    let kind = step.kind.as_str();
-    let namespace = step.namespace.as_deref().ok_or_else(|| format!("a {kind} step needs a namespace"))?;
-    let allowed = match step.kind {
-        StepKind::RecordPut => access.may_write(namespace),
-        _ => access.may_read(namespace),
+    use crate::agent::StepAction;
+    let kind = step.kind().as_str();
+    let (namespace, writes) = match &step.action {
+        StepAction::Retrieve(retrieve) => (&retrieve.namespace, false),
+        StepAction::RecordGet(get) => (&get.namespace, false),
+        StepAction::RecordPut(put) => (&put.namespace, true),
+        _ => return Err(format!("a {kind} step is not a memory step")),
     };
+    let namespace = namespace.as_deref().ok_or_else(|| format!("a {kind} step needs a namespace"))?;
+    let allowed = if writes { access.may_write(namespace) } else { access.may_read(namespace) };
     if !allowed {
-        let list = if step.kind == StepKind::RecordPut { "write" } else { "read" };
+        let list = if writes { "write" } else { "read" };
         return Err(format!("namespace `{namespace}` is not in the agent's memory.{list} list"));
     }
-    match step.kind {
-        StepKind::Retrieve => {
-            if step.prompt.is_none() {
+    match &step.action {
+        StepAction::Retrieve(retrieve) => {
+            if retrieve.prompt.is_none() {
                 return Err("a retrieve step needs a prompt (the query)".into());
             }
             if access.classifications.is_empty() {
                 return Err("the agent's memory.classifications is empty, so it may retrieve nothing".into());
             }
-            if step.top_k == Some(0) || step.top_k.is_some_and(|k| k > 100) {
+            if retrieve.top_k == Some(0) || retrieve.top_k.is_some_and(|k| k > 100) {
                 return Err("top_k must be between 1 and 100".into());
             }
-            if let Some(score) = step.min_score {
+            if let Some(score) = retrieve.min_score {
                 if !(-1.0..=1.0).contains(&score) {
                     return Err(format!("min_score {score} is not between -1 and 1"));
                 }
             }
-            if let Some(weight) = step.keyword_weight {
+            if let Some(weight) = retrieve.keyword_weight {
                 if !(0.0..=1.0).contains(&weight) {
                     return Err(format!("keyword_weight {weight} is not between 0 and 1"));
                 }
             }
         }
-        StepKind::RecordGet if step.key.is_none() => return Err("a record_get step needs a key".into()),
-        StepKind::RecordPut if step.key.is_none() || step.value.is_none() => {
+        StepAction::RecordGet(get) if get.key.is_none() => return Err("a record_get step needs a key".into()),
+        StepAction::RecordPut(put) if put.key.is_none() || put.value.is_none() => {
             return Err("a record_put step needs a key and a value".into())
         }
         _ => {}
@@ -236,28 +239,28 @@ mod tests {
         let bundle = |access: &str, step: &str| {
             format!("[agents.a]\nversion = 1\n{access}\n[[agents.a.steps]]\nid = \"s\"\n{step}\n")
         };
-        let check = |text: String| toml::from_str::<crate::agent::Definitions>(&text).unwrap().validate();
+        let check = |text: String| {
+            let definitions = toml::from_str::<crate::agent::Definitions>(&text).map_err(|err| err.to_string())?;
+            definitions.validate().map_err(|err| err.to_string())
+        };
         let access = "memory = { read = [\"policies\"], write = [\"orders\"], classifications = [\"public\"] }";
         let retrieve = "kind = \"retrieve\"\nnamespace = \"policies\"\nprompt = \"{{ input.text }}\"\ntop_k = 3";
         check(bundle(access, retrieve)).unwrap();
-        let err = check(bundle(access, &retrieve.replace("\"policies\"", "\"hr\""))).unwrap_err().to_string();
+        let err = check(bundle(access, &retrieve.replace("\"policies\"", "\"hr\""))).unwrap_err();
         assert_eq!(err, "agent `a`, step `s`: namespace `hr` is not in the agent's memory.read list");
-        let err = check(bundle("", retrieve)).unwrap_err().to_string();
+        let err = check(bundle("", retrieve)).unwrap_err();
         assert!(err.contains("memory.read"), "{err}");
         let put = "kind = \"record_put\"\nnamespace = \"orders\"\nkey = \"k\"\nvalue = \"v\"\nexpect_version = \"0\"";
         check(bundle(access, put)).unwrap();
-        let err = check(bundle(access, &put.replace("orders", "policies"))).unwrap_err().to_string();
+        let err = check(bundle(access, &put.replace("orders", "policies"))).unwrap_err();
         assert!(err.contains("memory.write"), "{err}");
-        let err = check(bundle(access, "kind = \"record_get\"\nnamespace = \"orders\"")).unwrap_err().to_string();
+        let err = check(bundle(access, "kind = \"record_get\"\nnamespace = \"orders\"")).unwrap_err();
         assert!(err.contains("memory.read"), "{err}");
         let generate = "kind = \"generate\"\nprompt = \"x\"\ntop_k = 3";
-        let err = check(format!("[tiers.local]\nkind = \"local\"\nmodel = \"m\"\n{}", bundle(access, generate)))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("`top_k` does not apply to a generate step"), "{err}");
-        let err = check(format!("[memory.retention]\nrestricted = \"0d\"\n{}", bundle(access, retrieve)))
-            .unwrap_err()
-            .to_string();
+        let err =
+            check(format!("[tiers.local]\nkind = \"local\"\nmodel = \"m\"\n{}", bundle(access, generate))).unwrap_err();
+        assert!(err.contains("step `s`: `top_k` does not apply to a generate step"), "{err}");
+        let err = check(format!("[memory.retention]\nrestricted = \"0d\"\n{}", bundle(access, retrieve))).unwrap_err();
         assert!(err.starts_with("memory: retention of restricted"), "{err}");
     }
 }

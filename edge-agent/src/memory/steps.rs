@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aios_shared::agent::{AgentSpec, StepKind, StepSpec};
+use aios_shared::agent::{AgentSpec, StepAction, StepSpec};
 use serde_json::{json, Map, Value};
 
 use super::{ContextInput, Memory, MemoryError, SearchRequest};
@@ -57,18 +57,23 @@ pub async fn run_memory_step(
     render: &(dyn Fn(&str) -> Result<String, String> + Sync),
     now_ms: i64,
 ) -> Result<StepResult, StepError> {
-    let namespace = step.namespace.clone().unwrap_or_default();
+    let (namespace, writes) = match &step.action {
+        StepAction::Retrieve(retrieve) => (&retrieve.namespace, false),
+        StepAction::RecordGet(get) => (&get.namespace, false),
+        StepAction::RecordPut(put) => (&put.namespace, true),
+        other => return Err(StepError::Failed(format!("a {} step is not a memory step", other.kind().as_str()))),
+    };
+    let namespace = namespace.clone().unwrap_or_default();
     let access = &agent.memory;
-    let allowed =
-        if step.kind == StepKind::RecordPut { access.may_write(&namespace) } else { access.may_read(&namespace) };
+    let allowed = if writes { access.may_write(&namespace) } else { access.may_read(&namespace) };
     if !allowed {
         return Err(StepError::Failed(format!("the agent may not use memory namespace `{namespace}`")));
     }
-    match step.kind {
-        StepKind::Retrieve => {
-            let query = render(step.prompt.as_deref().unwrap_or_default()).map_err(StepError::Failed)?;
+    match &step.action {
+        StepAction::Retrieve(retrieve) => {
+            let query = render(retrieve.prompt.as_deref().unwrap_or_default()).map_err(StepError::Failed)?;
             let mut filter = BTreeMap::new();
-            for (key, template) in &step.filter {
+            for (key, template) in &retrieve.filter {
                 filter.insert(key.clone(), render(template).map_err(StepError::Failed)?);
             }
             let request = SearchRequest {
@@ -76,9 +81,9 @@ pub async fn run_memory_step(
                 namespaces: vec![namespace.clone()],
                 classifications: access.classifications.clone(),
                 filter,
-                top_k: step.top_k.unwrap_or(DEFAULT_TOP_K) as usize,
-                min_score: step.min_score.unwrap_or(DEFAULT_MIN_SCORE),
-                keyword_weight: step.keyword_weight.unwrap_or(0.0),
+                top_k: retrieve.top_k.unwrap_or(DEFAULT_TOP_K) as usize,
+                min_score: retrieve.min_score.unwrap_or(DEFAULT_MIN_SCORE),
+                keyword_weight: retrieve.keyword_weight.unwrap_or(0.0),
             };
             let hits = memory.search(&request, now_ms).await?;
             memory.record_retrieval(task_id, &step.id, &request, &hits, now_ms).await?;
@@ -103,8 +108,8 @@ pub async fn run_memory_step(
                 output: json!({ "query": request.query, "namespace": namespace, "model": memory.model_id(), "items": items }),
             })
         }
-        StepKind::RecordGet => {
-            let key = render(step.key.as_deref().unwrap_or_default()).map_err(StepError::Failed)?;
+        StepAction::RecordGet(get) => {
+            let key = render(get.key.as_deref().unwrap_or_default()).map_err(StepError::Failed)?;
             let record = memory.record(&namespace, &key).await?;
             let value = record.as_ref().map(|r| value_text(&r.value));
             let output = match record {
@@ -116,11 +121,11 @@ pub async fn run_memory_step(
             };
             Ok(StepResult { output, value })
         }
-        StepKind::RecordPut => {
-            let key = render(step.key.as_deref().unwrap_or_default()).map_err(StepError::Failed)?;
-            let text = render(step.value.as_deref().unwrap_or_default()).map_err(StepError::Failed)?;
+        StepAction::RecordPut(put) => {
+            let key = render(put.key.as_deref().unwrap_or_default()).map_err(StepError::Failed)?;
+            let text = render(put.value.as_deref().unwrap_or_default()).map_err(StepError::Failed)?;
             let value = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
-            let expect = match &step.expect_version {
+            let expect = match &put.expect_version {
                 None => None,
                 Some(template) => {
                     let rendered = render(template).map_err(StepError::Failed)?;
@@ -134,7 +139,7 @@ pub async fn run_memory_step(
                     }
                 }
             };
-            let subject = match &step.subject {
+            let subject = match &put.subject {
                 Some(template) => Some(render(template).map_err(StepError::Failed)?).filter(|s| !s.trim().is_empty()),
                 None => None,
             };
@@ -149,7 +154,7 @@ pub async fn run_memory_step(
                 }),
             })
         }
-        other => Err(StepError::Failed(format!("a {} step is not a memory step", other.as_str()))),
+        other => Err(StepError::Failed(format!("a {} step is not a memory step", other.kind().as_str()))),
     }
 }
 
@@ -174,7 +179,7 @@ pub fn context_input(
         if output.get("skipped").is_some() {
             continue;
         }
-        if step.kind == StepKind::Retrieve {
+        if matches!(step.action, StepAction::Retrieve(_)) {
             for item in output["items"].as_array().into_iter().flatten() {
                 let id = item["id"].as_str().unwrap_or_default().to_owned();
                 if !retrieved.iter().any(|r| r.0 == id) {

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use crate::model_calls::cloud::{ChatCompletion, CloudClient, CloudError};
 use crate::model_calls::openai::{ChatCompletionRequest, WireMessage};
 use aios_models::{ChatMessage, ChatModel, GenerateRequest, ModelError, Prompt, SamplingParams};
-use aios_shared::agent::{Definitions, Risk, StepKind, StepSpec, TierKind};
+use aios_shared::agent::{Definitions, Risk, StepAction, StepSpec, TierKind};
 use aios_shared::router::{
     self, day_of, AirGap, BudgetKey, BudgetLimits, CircuitBreaker, MicroUsd, Permit, Price, RiskClass, RouteInput,
     RouteReason, RouteTarget, TierHealth, TierId, TokenCount, Validation,
@@ -67,7 +67,10 @@ impl Tiers {
                 Risk::High => RiskClass::High,
             },
             local_confidence: local.as_ref().and_then(|o| o.confidence),
-            confidence_threshold: if call.step.kind == StepKind::Classify { call.step.threshold() as f64 } else { 0.0 },
+            confidence_threshold: match &call.step.action {
+                StepAction::Classify(classify) => classify.threshold() as f64,
+                _ => 0.0,
+            },
             validation: if call.force_escalation.is_some() { Validation::Failed } else { Validation::NotChecked },
             estimated: estimate_tokens(call.prompt.len(), call.step.max_tokens() as u64),
             preface: call.force_escalation.clone(),
@@ -311,10 +314,17 @@ impl Tiers {
         call_id: &str,
     ) -> Result<ChatCompletion, String> {
         let step = call.step;
+        let (max_tokens, temperature) = match &step.action {
+            StepAction::Classify(_) => (16, None),
+            StepAction::Generate(generate) | StepAction::Plan(generate) => {
+                (generate.max_tokens(), generate.temperature)
+            }
+            _ => (step.max_tokens(), None),
+        };
         let request = ChatCompletionRequest {
             messages: messages.to_vec(),
-            max_tokens: Some(if step.kind == StepKind::Classify { 16 } else { step.max_tokens() }),
-            temperature: step.temperature,
+            max_tokens: Some(max_tokens),
+            temperature,
             seed: Some(seed_for(call.task, &step.id) as i64 & i64::MAX),
             ..ChatCompletionRequest::default()
         };
@@ -460,14 +470,14 @@ pub(super) fn tier_table(defs: &Definitions, local: &str, chain: &[String]) -> R
 pub(super) fn remote_messages(call: &StepCall<'_>) -> Vec<WireMessage> {
     let step = call.step;
     let mut messages = Vec::new();
-    match step.kind {
-        StepKind::Classify => {
-            let labels = step.labels.join(", ");
+    match &step.action {
+        StepAction::Classify(classify) => {
+            let labels = classify.labels.join(", ");
             messages.push(WireMessage::new(
                 "system",
                 format!("You sort messages. Answer with exactly one of these labels and nothing else: {labels}."),
             ));
-            for example in &step.examples {
+            for example in &classify.examples {
                 messages.push(WireMessage::new("user", example.text.clone()));
                 messages.push(WireMessage::new("assistant", example.label.clone()));
             }
@@ -490,16 +500,16 @@ pub(super) fn remote_outcome(
 ) -> Result<CallOutcome, String> {
     let tokens = completion.tokens().unwrap_or(TokenCount { input: 0, output: 0 });
     let text = completion.text.trim().to_owned();
-    let (output, value, confidence) = match step.kind {
-        StepKind::Classify => {
+    let (output, value, confidence) = match &step.action {
+        StepAction::Classify(classify) => {
             let answer = text.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
-            let label = step
+            let label = classify
                 .labels
                 .iter()
                 .find(|l| l.to_lowercase() == answer)
                 .or_else(|| {
                     let named: Vec<&String> =
-                        step.labels.iter().filter(|l| answer.contains(&l.to_lowercase())).collect();
+                        classify.labels.iter().filter(|l| answer.contains(&l.to_lowercase())).collect();
                     (named.len() == 1).then(|| named[0])
                 })
                 .ok_or_else(|| format!("the reply {text:?} names none of the labels"))?;
@@ -555,13 +565,13 @@ pub(super) async fn run_local(
         needs_review: false,
         call_id: call_id.to_owned(),
     };
-    match step.kind {
-        StepKind::Classify => {
-            let candidates = step.labels.iter().map(|l| format!(" {l}")).collect();
+    match &step.action {
+        StepAction::Classify(classify) => {
+            let candidates = classify.labels.iter().map(|l| format!(" {l}")).collect();
             let scored = model.score(Prompt::Text(call.prompt.clone()), candidates).await.map_err(model_error)?;
-            let best = &step.labels[scored.best];
+            let best = &classify.labels[scored.best];
             let confidence = scored.best().confidence;
-            let scores: serde_json::Map<String, Value> = step
+            let scores: serde_json::Map<String, Value> = classify
                 .labels
                 .iter()
                 .zip(&scored.candidates)
@@ -572,14 +582,14 @@ pub(super) async fn run_local(
             outcome.confidence = Some(confidence);
             outcome.tokens_in = scored.prompt_tokens as u64;
         }
-        _ => {
+        StepAction::Generate(generate) | StepAction::Plan(generate) => {
             let mut messages = Vec::new();
             if let Some(system) = &call.system {
                 messages.push(ChatMessage::system(system.clone()));
             }
             messages.push(ChatMessage::user(call.prompt.clone()));
-            let mut request = GenerateRequest::chat(messages, step.max_tokens() as usize);
-            if let Some(temperature) = step.temperature.filter(|t| *t > 0.0) {
+            let mut request = GenerateRequest::chat(messages, generate.max_tokens() as usize);
+            if let Some(temperature) = generate.temperature.filter(|t| *t > 0.0) {
                 request.sampling =
                     SamplingParams { temperature, seed: seed_for(call.task, &step.id), ..SamplingParams::default() };
             }
@@ -590,6 +600,7 @@ pub(super) async fn run_local(
             outcome.tokens_in = generation.prompt_tokens as u64;
             outcome.tokens_out = generation.completion_tokens as u64;
         }
+        other => return Err(ModelCallError::Fatal(format!("a {} step calls no model", other.kind().as_str()))),
     }
     Ok(outcome)
 }

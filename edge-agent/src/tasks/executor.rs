@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aios_shared::agent::{run_checks, AgentSpec, Definitions, StepKind, StepSpec};
+use aios_shared::agent::{run_checks, ActStep, AgentSpec, Definitions, StepAction, StepSpec};
 use serde_json::{json, Value};
 use tracing::{debug, warn, Instrument};
 
@@ -73,7 +73,7 @@ impl Runtime {
                 ))));
             }
             let step = &agent.steps[seq];
-            let span = tracing::info_span!("step", step = %step.id, kind = step.kind.as_str(), seq);
+            let span = tracing::info_span!("step", step = %step.id, kind = step.kind().as_str(), seq);
             // The deadline holds inside a step too: a model call or a
             // connector call still running when it passes is dropped, as on
             // cancellation, and its step is not checkpointed.
@@ -103,7 +103,7 @@ impl Runtime {
         let mut record = StepRecord {
             seq: seq as u32,
             step_id: step.id.clone(),
-            kind: step.kind.as_str().to_owned(),
+            kind: step.kind().as_str().to_owned(),
             status: "done".into(),
             output: Value::Null,
             value: None,
@@ -127,14 +127,21 @@ impl Runtime {
             }
         }
         let fatal = |problem: String| Stop::End(RunEnd::Failed(format!("step `{}`: {problem}", step.id)));
-        match step.kind {
-            StepKind::Classify | StepKind::Generate | StepKind::Plan => {
+        match &step.action {
+            StepAction::Classify(_) | StepAction::Generate(_) | StepAction::Plan(_) => {
                 let working = self.working_context(agent, seq, context).await?;
                 let text = working.as_ref().map(|w| w.text.as_str());
                 let render = |template: &str| context.render_with(template, text);
-                let prompt = render(step.prompt.as_deref().unwrap_or_default()).map_err(fatal)?;
-                let system = step.system.as_deref().map(render).transpose().map_err(fatal)?;
-                let subject = step.subject.as_deref().map(render).transpose().map_err(fatal)?;
+                let (prompt, system, subject) = match &step.action {
+                    StepAction::Classify(classify) => (&classify.prompt, None, classify.escalation_prompt.as_deref()),
+                    StepAction::Generate(generate) | StepAction::Plan(generate) => {
+                        (&generate.prompt, generate.system.as_deref(), None)
+                    }
+                    _ => unreachable!("a model step"),
+                };
+                let prompt = render(prompt.as_deref().unwrap_or_default()).map_err(fatal)?;
+                let system = system.map(render).transpose().map_err(fatal)?;
+                let subject = subject.map(render).transpose().map_err(fatal)?;
                 let call = StepCall {
                     agent: &task.agent,
                     task: &task.id,
@@ -159,10 +166,10 @@ impl Runtime {
                     );
                 }
             }
-            StepKind::Validate => {
-                let target = step.target.as_deref().unwrap_or_default();
+            StepAction::Validate(validate) => {
+                let target = validate.target.as_deref().unwrap_or_default();
                 let value = context.value(target).unwrap_or_default().to_owned();
-                let report = run_checks(&step.checks, &value);
+                let report = run_checks(&validate.checks, &value);
                 if report.passed {
                     record.output = json!({ "passed": true, "failures": [] });
                 } else {
@@ -180,7 +187,7 @@ impl Runtime {
                     return Err(fatal(detail));
                 }
             }
-            StepKind::Retrieve | StepKind::RecordGet | StepKind::RecordPut => {
+            StepAction::Retrieve(_) | StepAction::RecordGet(_) | StepAction::RecordPut(_) => {
                 let render = |template: &str| context.render(template);
                 let memory = &self.inner.memory;
                 match memory::steps::run_memory_step(memory, &task.id, agent, step, seq, &render, self.now()).await {
@@ -192,8 +199,8 @@ impl Runtime {
                     Err(memory::steps::StepError::Db(err)) => return Err(Stop::Db(err)),
                 }
             }
-            StepKind::Act => {
-                let request = context.act_request(task, seq, step).map_err(fatal)?;
+            StepAction::Act(act) => {
+                let request = context.act_request(task, seq, step, act).map_err(fatal)?;
                 let (version, defs) = self.definitions().await?.ok_or_else(|| fatal("no bundle in force".into()))?;
                 match self.inner.exec.act(version, &defs, request).await? {
                     ActOutcome::Done(output) => {
@@ -224,7 +231,12 @@ impl Runtime {
         context: &TaskContext,
     ) -> Result<Option<memory::WorkingContext>, Stop> {
         let step = &agent.steps[seq];
-        let Some(budget) = step.context_tokens else { return Ok(None) };
+        let budget = match &step.action {
+            StepAction::Classify(classify) => classify.context_tokens,
+            StepAction::Generate(generate) | StepAction::Plan(generate) => generate.context_tokens,
+            _ => None,
+        };
+        let Some(budget) = budget else { return Ok(None) };
         let fatal = |problem: String| Stop::End(RunEnd::Failed(format!("step `{}`: {problem}", step.id)));
         let model = match self.inner.tiers.local_model(&agent.local_tier).await {
             Ok(model) => model,
@@ -253,16 +265,24 @@ impl Runtime {
         failures: Vec<String>,
         record: &mut StepRecord,
     ) -> Result<(), Stop> {
-        let target_id = step.target.as_deref().unwrap_or_default();
+        record.output = json!({ "passed": false, "failures": failures });
+        let StepAction::Validate(validate) = &step.action else { return Ok(()) };
+        let target_id = validate.target.as_deref().unwrap_or_default();
         let target = &agent.steps[agent.step_index(target_id).expect("validated at publish")];
         let was_local = context.tier(target_id).is_some_and(|t| t == agent.local_tier);
-        record.output = json!({ "passed": false, "failures": failures });
-        if !was_local || !target.kind.uses_model() || agent.escalate_to.is_empty() {
+        let (prompt, system) = match &target.action {
+            StepAction::Classify(classify) => (&classify.prompt, None),
+            StepAction::Generate(generate) | StepAction::Plan(generate) => {
+                (&generate.prompt, generate.system.as_deref())
+            }
+            _ => return Ok(()),
+        };
+        if !was_local || agent.escalate_to.is_empty() {
             return Ok(());
         }
         let fatal = |problem: String| Stop::End(RunEnd::Failed(format!("step `{}`: {problem}", step.id)));
-        let prompt = context.render(target.prompt.as_deref().unwrap_or_default()).map_err(fatal)?;
-        let system = target.system.as_deref().map(|s| context.render(s)).transpose().map_err(fatal)?;
+        let prompt = context.render(prompt.as_deref().unwrap_or_default()).map_err(fatal)?;
+        let system = system.map(|s| context.render(s)).transpose().map_err(fatal)?;
         let reason = format!("local output of `{target_id}` failed validation: {}", failures.join("; "));
         let call = StepCall {
             agent: &task.agent,
@@ -282,7 +302,7 @@ impl Runtime {
         let mut repaired = StepRecord { ..record.clone() };
         outcome.fill(&mut repaired);
         let text = repaired.value.clone().unwrap_or_default();
-        let report = run_checks(&step.checks, &text);
+        let report = run_checks(&validate.checks, &text);
         record.tier = repaired.tier;
         record.reason = repaired.reason;
         record.tokens_in = repaired.tokens_in;
@@ -410,13 +430,13 @@ impl TaskContext {
     }
 
     /// The rendered request of an act step.
-    fn act_request(&self, task: &TaskRecord, seq: usize, step: &StepSpec) -> Result<ActRequest, String> {
+    fn act_request(&self, task: &TaskRecord, seq: usize, step: &StepSpec, act: &ActStep) -> Result<ActRequest, String> {
         let mut args = std::collections::BTreeMap::new();
-        for (name, template) in &step.args {
+        for (name, template) in &act.args {
             args.insert(name.clone(), self.render(template)?);
         }
-        let connector = step.connector.clone().unwrap_or_default();
-        let resource = match &step.resource {
+        let connector = act.connector.clone().unwrap_or_default();
+        let resource = match &act.resource {
             Some(resource) => {
                 let mut attrs = serde_json::Map::new();
                 for (name, template) in &resource.attrs {
@@ -442,10 +462,10 @@ impl TaskContext {
             seq: seq as u32,
             step_id: step.id.clone(),
             connector,
-            action: step.action.clone().unwrap_or_default(),
+            action: act.action.clone().unwrap_or_default(),
             args,
             resource,
-            reasoning: step.reasoning.as_deref().map(|r| self.render(r)).transpose()?,
+            reasoning: act.reasoning.as_deref().map(|r| self.render(r)).transpose()?,
             sources,
             classification,
             review: self.review.clone(),

@@ -106,7 +106,8 @@ fn errors_name_the_agent_the_step_and_the_problem() {
         let err = edited(from, to).expect_err(expected);
         assert!(err.contains(expected), "{to:?}: expected {expected:?} in {err:?}");
         if expected.contains("step `") {
-            assert!(err.contains("agent `triage`"), "{err}");
+            // Checks name the agent; a field refused when parsed is placed by the step's table.
+            assert!(err.contains("agent `triage`") || err.contains("[[agents.triage.steps]]"), "{err}");
         }
     }
 }
@@ -197,4 +198,138 @@ fn air_gap_allows_only_listed_hosts() {
     };
     assert_eq!(tier("https://user:pw@Example.com:8443/v1").host(), Some("Example.com"));
     assert_eq!(tier("http://[::1]:80/v1").host(), Some("::1"));
+}
+
+/// An agent with a step of every kind, each with every field its kind takes.
+const EVERY_KIND: &str = r#"
+version = 1
+
+[[steps]]
+id = "sort"
+kind = "classify"
+risk = "medium"
+escalate = true
+prompt = "Message: {{ input.text }}"
+labels = ["refund", "other"]
+examples = [{ text = "money back", label = "refund" }]
+subject = "{{ input.text }}"
+threshold = 0.7
+context_tokens = 256
+
+[[steps]]
+id = "draft"
+kind = "generate"
+when = { step = "sort", equals = "refund" }
+escalate = false
+prompt = "Reply to {{ input.text }}"
+system = "Be brief."
+max_tokens = 64
+temperature = 0.25
+context_tokens = 128
+
+[[steps]]
+id = "think"
+kind = "plan"
+risk = "high"
+escalate = true
+prompt = "Plan: {{ input.text }}"
+system = "Plan carefully."
+max_tokens = 256
+temperature = 0.5
+context_tokens = 512
+
+[[steps]]
+id = "look"
+kind = "retrieve"
+prompt = "{{ input.text }}"
+namespace = "policies"
+top_k = 3
+min_score = 0.125
+filter = { region = "{{ input.region }}" }
+keyword_weight = 0.25
+
+[[steps]]
+id = "read"
+kind = "record_get"
+when = { step = "sort", in = ["refund"], not_in = ["other"] }
+namespace = "orders"
+key = "order-{{ input.order }}"
+
+[[steps]]
+id = "write"
+kind = "record_put"
+namespace = "orders"
+key = "order-{{ input.order }}"
+value = "{\"state\": \"refunded\"}"
+expect_version = "{{ steps.read.version }}"
+subject = "{{ input.customer }}"
+
+[[steps]]
+id = "pay"
+kind = "act"
+connector = "payments"
+action = "refund"
+args = { order = "{{ input.order }}" }
+resource = { type = "Order", id = "{{ input.order }}", attrs = { amount = "{{ input.amount }}" } }
+reasoning = "The customer asked: {{ input.text }}"
+
+[[steps]]
+id = "check"
+kind = "validate"
+target = "draft"
+checks = [{ max_length = 600 }, { not_regex = "(?i)password" }, { json_schema = { type = "object" } }, { allowed = ["a"] }, { min_length = 1 }, { regex = "x" }]
+"#;
+
+/// [`EVERY_KIND`] as JSON, as bundles signed before steps were split by
+/// kind carry it (written by the flat struct with a field per option).
+const EVERY_KIND_JSON: &str = r#"{"version":1,"max_concurrent":2,"local_tier":"local","budget":{},"steps":[{"id":"sort","kind":"classify","risk":"medium","escalate":true,"prompt":"Message: {{ input.text }}","labels":["refund","other"],"examples":[{"text":"money back","label":"refund"}],"subject":"{{ input.text }}","threshold":0.7,"context_tokens":256},{"id":"draft","kind":"generate","when":{"step":"sort","equals":"refund"},"risk":"low","escalate":false,"prompt":"Reply to {{ input.text }}","system":"Be brief.","max_tokens":64,"temperature":0.25,"context_tokens":128},{"id":"think","kind":"plan","risk":"high","escalate":true,"prompt":"Plan: {{ input.text }}","system":"Plan carefully.","max_tokens":256,"temperature":0.5,"context_tokens":512},{"id":"look","kind":"retrieve","risk":"low","prompt":"{{ input.text }}","namespace":"policies","top_k":3,"min_score":0.125,"filter":{"region":"{{ input.region }}"},"keyword_weight":0.25},{"id":"read","kind":"record_get","when":{"step":"sort","in":["refund"],"not_in":["other"]},"risk":"low","namespace":"orders","key":"order-{{ input.order }}"},{"id":"write","kind":"record_put","risk":"low","subject":"{{ input.customer }}","namespace":"orders","key":"order-{{ input.order }}","value":"{\"state\": \"refunded\"}","expect_version":"{{ steps.read.version }}"},{"id":"pay","kind":"act","risk":"low","connector":"payments","action":"refund","args":{"order":"{{ input.order }}"},"resource":{"type":"Order","id":"{{ input.order }}","attrs":{"amount":"{{ input.amount }}"}},"reasoning":"The customer asked: {{ input.text }}"},{"id":"check","kind":"validate","risk":"low","target":"draft","checks":[{"max_length":600},{"not_regex":"(?i)password"},{"json_schema":{"type":"object"}},{"allowed":["a"]},{"min_length":1},{"regex":"x"}]}]}"#;
+
+#[test]
+fn every_kind_round_trips_through_json_with_the_keys_it_always_had() {
+    let agent: AgentSpec = toml::from_str(EVERY_KIND).unwrap();
+    let kinds: Vec<&str> = agent.steps.iter().map(|s| s.kind().as_str()).collect();
+    assert_eq!(kinds, ["classify", "generate", "plan", "retrieve", "record_get", "record_put", "act", "validate"]);
+    let text = serde_json::to_string(&agent).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json, serde_json::from_str::<serde_json::Value>(EVERY_KIND_JSON).unwrap(), "{text}");
+    assert_eq!(serde_json::from_str::<AgentSpec>(&text).unwrap(), agent);
+    assert_eq!(serde_json::from_str::<AgentSpec>(EVERY_KIND_JSON).unwrap(), agent, "old bundles decode the same");
+    assert_eq!(toml::from_str::<AgentSpec>(&toml::to_string_pretty(&agent).unwrap()).unwrap(), agent);
+    let written: toml::Table = toml::from_str(EVERY_KIND).unwrap();
+    for (step, table) in json["steps"].as_array().unwrap().iter().zip(written["steps"].as_array().unwrap()) {
+        let mut keys: Vec<&str> = table.as_table().unwrap().keys().map(String::as_str).chain(["risk"]).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut json_keys: Vec<&str> = step.as_object().unwrap().keys().map(String::as_str).collect();
+        json_keys.sort_unstable();
+        assert_eq!(json_keys, keys, "{step}");
+    }
+    let StepAction::Classify(classify) = &agent.steps[0].action else { panic!("{:?}", agent.steps[0]) };
+    assert_eq!(classify.escalation_prompt.as_deref(), Some("{{ input.text }}"));
+    let StepAction::RecordPut(put) = &agent.steps[5].action else { panic!("{:?}", agent.steps[5]) };
+    assert_eq!(put.subject.as_deref(), Some("{{ input.customer }}"));
+    assert!(agent.steps[0].escalates_by_default() && !agent.steps[1].escalates_by_default());
+    assert_eq!((agent.steps[0].threshold(), agent.steps[1].threshold()), (0.7, 0.5));
+    assert_eq!((agent.steps[1].max_tokens(), agent.steps[0].max_tokens()), (64, 128));
+}
+
+#[test]
+fn a_field_of_another_kind_is_refused_when_parsed() {
+    let step = |text: &str| toml::from_str::<StepSpec>(text).map_err(|err| err.to_string());
+    let cases = [
+        ("id = \"s\"\nkind = \"generate\"\nsubject = \"x\"", "step `s`: `subject` does not apply to a generate step"),
+        ("id = \"s\"\nkind = \"record_get\"\nvalue = \"v\"", "step `s`: `value` does not apply to a record_get step"),
+        ("id = \"s\"\nkind = \"validate\"\nprompt = \"p\"", "step `s`: `prompt` does not apply to a validate step"),
+        ("id = \"s\"\nkind = \"act\"\nconector = \"c\"", "step `s`: `conector` does not apply to a act step"),
+        ("id = \"s\"\nkind = \"divine\"", "step `s`: unknown variant `divine`"),
+        ("id = \"s\"\nprompt = \"p\"", "step `s`: missing field `kind`"),
+        ("id = \"s\"\nkind = \"classify\"\nthreshold = \"high\"", "step `s`: invalid type: string \"high\""),
+    ];
+    for (text, expected) in cases {
+        let err = step(text).expect_err(expected);
+        assert!(err.contains(expected), "{text:?}: expected {expected:?} in {err:?}");
+    }
+    let json = r#"{"id":"s","kind":"plan","prompt":"p","risk":"low","top_k":3}"#;
+    let err = serde_json::from_str::<StepSpec>(json).unwrap_err().to_string();
+    assert!(err.contains("step `s`: `top_k` does not apply to a plan step"), "{err}");
 }
