@@ -12,7 +12,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use crate::http::api::{self, ApiState};
-use crate::model_calls::Tiers;
+use crate::model_calls::ModelCalls;
 use crate::store::EdgeStore;
 use crate::sync::uplink::{LinkStatus, Uplink, UplinkOptions};
 use crate::tasks::{Runtime, RuntimeOptions};
@@ -131,7 +131,7 @@ async fn gateway_router(
     gateway: &GatewayOptions,
     store: &EdgeStore,
     identity: &crate::sync::identity::Identity,
-    tiers: Tiers,
+    tiers: ModelCalls,
 ) -> Result<axum::Router, DaemonError> {
     let failed = DaemonError::Gateway;
     let chat = aios_models::ChatModel::load(&options.models, &gateway.chat_model, &options.load)
@@ -213,7 +213,7 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
     let autonomy = store.refresh_autonomy(&identity, clock.unix_ms()).await?;
     info!(edge_id = %identity.edge_id, %autonomy, "edge started");
 
-    let tiers = Tiers::new(options.models.clone(), options.load.clone(), Some(store.clone()), clock.clone());
+    let tiers = ModelCalls::new(options.models.clone(), options.load.clone(), Some(store.clone()), clock.clone());
     let mut runtime_options = options.runtime.clone();
     runtime_options.clock = clock.clone();
     if runtime_options.labels.is_empty() {

@@ -6,15 +6,14 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use aios_shared::router::{
-    route, BudgetView, Egress, MicroUsd, Price, RiskClass, RouteInput, TierHealth, TierSpec, Tiers, TokenCount,
-    Validation,
+    route, BudgetView, Egress, MicroUsd, Price, RiskClass, RouteInput, Tier, TierHealth, Tiers, TokenCount, Validation,
 };
 
 fn main() {
     let tiers = Tiers::new(vec![
-        TierSpec::local("local"),
-        TierSpec::remote("gpu-edge", "10.0.0.7:8088", Price::FREE),
-        TierSpec::remote(
+        Tier::local("local"),
+        Tier::remote("gpu-edge", "10.0.0.7:8088", Price::FREE),
+        Tier::remote(
             "large",
             "api.openai.com",
             Price { input_per_1k: MicroUsd(2_500), output_per_1k: MicroUsd(10_000) },

@@ -11,7 +11,7 @@ use aios_daemon::db::DbError;
 
 use super::*;
 
-impl Tiers {
+impl ModelCalls {
     /// Closes a reservation with the call's measured tokens, and records the
     /// spending for the account's day in the database. Returns the cost.
     pub async fn settle(&self, charge: Charge, tokens: TokenCount) -> Result<MicroUsd, DbError> {
@@ -20,7 +20,7 @@ impl Tiers {
         Ok(cost)
     }
 
-    /// The ledger's part of [`Tiers::settle`] (no waiting).
+    /// The ledger's part of [`ModelCalls::settle`] (no waiting).
     pub(super) fn settle_in_ledger(&self, charge: &Charge, tokens: TokenCount) -> MicroUsd {
         let cost = charge.price.cost(tokens);
         let mut ledger = self.inner.ledger.lock().expect("ledger lock");
@@ -32,7 +32,7 @@ impl Tiers {
         cost
     }
 
-    /// The database's part of [`Tiers::settle`]: the account's day spending.
+    /// The database's part of [`ModelCalls::settle`]: the account's day spending.
     pub(super) async fn record_spend(&self, key: &BudgetKey, cost: MicroUsd) -> Result<(), DbError> {
         if let Some(store) = &self.inner.store {
             store.add_agent_spend(&key.agent, key.day, cost.as_usd()).await?;
@@ -114,14 +114,14 @@ impl Charge {
 /// broke off, the task's deadline dropped the call), it is settled at the
 /// estimate, since the tier may bill what it produced.
 pub struct Settlement {
-    tiers: Tiers,
+    tiers: ModelCalls,
     charge: Option<Charge>,
     estimated: TokenCount,
 }
 
 impl Settlement {
     /// Holds `charge`, to be settled at `estimated` if dropped.
-    pub fn new(tiers: Tiers, charge: Charge, estimated: TokenCount) -> Settlement {
+    pub fn new(tiers: ModelCalls, charge: Charge, estimated: TokenCount) -> Settlement {
         Settlement { tiers, charge: Some(charge), estimated }
     }
 

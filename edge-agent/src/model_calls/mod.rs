@@ -115,13 +115,15 @@ pub enum ModelCallError {
     Db(#[from] DbError),
 }
 
-/// The tiers of the bundle in force; cheap to clone.
+/// Where an edge's model calls are made: the tiers of the bundle in force,
+/// a breaker per tier, the budget ledger and the clients; cheap to clone.
+/// (The routing table it consults is `aios_shared::router::Tiers`.)
 #[derive(Clone)]
-pub struct Tiers {
-    inner: Arc<TiersInner>,
+pub struct ModelCalls {
+    inner: Arc<Inner>,
 }
 
-struct TiersInner {
+struct Inner {
     models: ModelStore,
     load: LoadOptions,
     store: Option<EdgeStore>,
@@ -139,12 +141,12 @@ struct TiersInner {
     clock: SharedClock,
 }
 
-impl Tiers {
-    /// Tiers that load local models from `models` and, with a store, keep
+impl ModelCalls {
+    /// Model calls that load local models from `models` and, with a store, keep
     /// each agent's daily spending across restarts.
-    pub fn new(models: ModelStore, load: LoadOptions, store: Option<EdgeStore>, clock: SharedClock) -> Tiers {
-        Tiers {
-            inner: Arc::new(TiersInner {
+    pub fn new(models: ModelStore, load: LoadOptions, store: Option<EdgeStore>, clock: SharedClock) -> ModelCalls {
+        ModelCalls {
+            inner: Arc::new(Inner {
                 models,
                 load,
                 store,
@@ -237,8 +239,6 @@ impl Tiers {
         self.definitions().gateway.tiers.clone()
     }
 }
-
-impl Tiers {}
 
 /// The account gateway requests are charged to; no agent can have this name.
 pub const GATEWAY_ACCOUNT: &str = "@gateway";

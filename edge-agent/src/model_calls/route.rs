@@ -21,7 +21,7 @@ use aios_daemon::db::DbError;
 
 use super::*;
 
-impl Tiers {
+impl ModelCalls {
     /// Runs a step's model call on the tier the router picks: the local
     /// model first (unless the step escalates by default or a validation
     /// failure forces it), then escalation tiers in order when the router
@@ -211,7 +211,7 @@ impl Tiers {
     }
 
     /// Routes a gateway request for tier `requested` (one of
-    /// [`Tiers::gateway_tiers`]) through the same router, breakers, budgets
+    /// [`ModelCalls::gateway_tiers`]) through the same router, breakers, budgets
     /// and air gap as an escalated step: `call` runs on the tier chosen
     /// (the requested one, then the tiers listed after it), with retries.
     /// `local` names the gateway's local chat model when it has one.
@@ -391,7 +391,7 @@ impl Tiers {
 /// A breaker permit held across a remote call; dropped still holding it
 /// (the call's future was dropped), it abandons the permit.
 pub(super) struct HeldPermit<'a> {
-    pub(super) tiers: &'a Tiers,
+    pub(super) tiers: &'a ModelCalls,
     pub(super) tier: &'a str,
     pub(super) permit: Option<Permit>,
 }
@@ -404,7 +404,7 @@ impl Drop for HeldPermit<'_> {
     }
 }
 
-/// What [`Tiers::route`] needs to know about one call.
+/// What [`ModelCalls::route`] needs to know about one call.
 pub(super) struct RouteRequest<'a> {
     /// The local fallback tier's name.
     pub(super) local: String,
@@ -434,11 +434,11 @@ pub(super) struct RouteRequest<'a> {
     pub(super) preface: Option<String>,
 }
 
-/// Where [`Tiers::route`] ended.
+/// Where [`ModelCalls::route`] ended.
 pub(super) enum Routed<T> {
     /// The local model answers; `needs_review` when escalation was wanted.
     Local { reason: String, needs_review: bool },
-    /// An escalation tier answered; its reservation awaits [`Tiers::settle`].
+    /// An escalation tier answered; its reservation awaits [`ModelCalls::settle`].
     Remote { tier: String, reason: String, value: T, charge: Charge },
     /// No tier can answer now.
     Wait { reason: String, decision: RouteReason },
@@ -446,13 +446,13 @@ pub(super) enum Routed<T> {
 
 /// The router's table: `local` as the fallback, then `chain` as the bundle declares it.
 pub(super) fn tier_table(defs: &Definitions, local: &str, chain: &[String]) -> Result<router::Tiers, ModelCallError> {
-    let mut specs = vec![router::TierSpec::local(local.to_owned())];
+    let mut specs = vec![router::Tier::local(local.to_owned())];
     for name in chain {
         let spec =
             defs.tiers.get(name).ok_or_else(|| ModelCallError::Fatal(format!("tier `{name}` is not declared")))?;
         specs.push(match spec.kind {
-            TierKind::Local => router::TierSpec::local(name.clone()),
-            TierKind::Openai => router::TierSpec::remote(
+            TierKind::Local => router::Tier::local(name.clone()),
+            TierKind::Openai => router::Tier::remote(
                 name.clone(),
                 spec.host().unwrap_or_default().to_owned(),
                 Price {

@@ -21,10 +21,10 @@ price_in_per_1k = 0.5
 price_out_per_1k = 1.5
 "#;
 
-fn tiers() -> (tempfile::TempDir, Tiers) {
+fn tiers() -> (tempfile::TempDir, ModelCalls) {
     let dir = tempfile::tempdir().expect("temp dir");
     let models = ModelStore::new(Catalog::builtin(), dir.path().to_owned());
-    let tiers = Tiers::new(models, LoadOptions::default(), None, SharedClock::default());
+    let tiers = ModelCalls::new(models, LoadOptions::default(), None, SharedClock::default());
     let spec = BundleSpec::from_toml(BUNDLE).expect("bundle parses");
     tiers.configure(&Arc::new(spec.definitions()));
     (dir, tiers)
@@ -76,7 +76,7 @@ fn finished_tasks_leave_the_ledger_and_resumptions_reseed() {
     let key = BudgetKey { task: "task-1".into(), agent: "sorter".into(), day: 20_000 };
     tiers.seed_task(&key, 0.25);
     tiers.seed_task(&key, 0.25);
-    let committed = |tiers: &Tiers| {
+    let committed = |tiers: &ModelCalls| {
         let ledger = tiers.inner.ledger.lock().expect("ledger lock");
         ledger.ledger.task_view("task-1", MicroUsd::UNLIMITED).committed
     };

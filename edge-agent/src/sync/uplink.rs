@@ -257,7 +257,7 @@ impl Uplink {
                                 Ok(BundleOutcome::Applied(version)) => {
                                     info!(version, "policy bundle applied");
                                     sync.bundle_applied(version);
-                                    // Tiers and memory take the new settings now, not
+                                    // Model calls and memory take the new settings now, not
                                     // at the next task: the gateway reads them too.
                                     if let Err(err) = self.runtime.definitions().await {
                                         warn!(%err, "cannot load the applied bundle's definitions");

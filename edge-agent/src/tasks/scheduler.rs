@@ -19,7 +19,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::exec::{Applied, ExecPlane};
 use crate::memory::{EmbedderSource, Memory};
-use crate::model_calls::Tiers;
+use crate::model_calls::ModelCalls;
 use crate::store::EdgeStore;
 use crate::sync::identity::Identity;
 use crate::tasks::{NewTask, RunEnd, SubmitError, TaskRecord};
@@ -100,7 +100,7 @@ pub(super) struct Inner {
     pub(super) store: EdgeStore,
     pub(super) identity: Identity,
     pub(super) options: RuntimeOptions,
-    pub(super) tiers: Tiers,
+    pub(super) tiers: ModelCalls,
     pub(super) exec: ExecPlane,
     pub(super) memory: Memory,
     pub(super) wake: Notify,
@@ -132,7 +132,7 @@ impl From<DbError> for Stop {
 
 impl Runtime {
     /// A runtime over `store`; nothing runs until [`Runtime::run`].
-    pub fn new(store: EdgeStore, identity: Identity, tiers: Tiers, options: RuntimeOptions) -> Runtime {
+    pub fn new(store: EdgeStore, identity: Identity, tiers: ModelCalls, options: RuntimeOptions) -> Runtime {
         let exec = ExecPlane::new(store.clone(), identity.clone(), options.labels.clone(), options.clock.clone());
         let (models, load) = tiers.model_source();
         let source = EmbedderSource::Catalog { models, load };
@@ -168,7 +168,7 @@ impl Runtime {
     }
 
     /// The tiers.
-    pub fn tiers(&self) -> &Tiers {
+    pub fn tiers(&self) -> &ModelCalls {
         &self.inner.tiers
     }
 

@@ -133,7 +133,7 @@ pub enum TierLocation {
 
 /// One declared tier.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TierSpec {
+pub struct Tier {
     /// The bundle's name for it (`local`, `large`, ...).
     pub name: String,
     /// Where it runs.
@@ -142,15 +142,15 @@ pub struct TierSpec {
     pub price: Price,
 }
 
-impl TierSpec {
+impl Tier {
     /// A free tier on this edge.
-    pub fn local(name: impl Into<String>) -> TierSpec {
-        TierSpec { name: name.into(), location: TierLocation::Local, price: Price::FREE }
+    pub fn local(name: impl Into<String>) -> Tier {
+        Tier { name: name.into(), location: TierLocation::Local, price: Price::FREE }
     }
 
     /// A tier behind the network.
-    pub fn remote(name: impl Into<String>, host: impl Into<String>, price: Price) -> TierSpec {
-        TierSpec { name: name.into(), location: TierLocation::Remote { host: host.into() }, price }
+    pub fn remote(name: impl Into<String>, host: impl Into<String>, price: Price) -> Tier {
+        Tier { name: name.into(), location: TierLocation::Remote { host: host.into() }, price }
     }
 }
 
@@ -164,7 +164,7 @@ pub struct TierId(pub usize);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tiers {
     /// In declared order.
-    specs: Vec<TierSpec>,
+    specs: Vec<Tier>,
     /// The first local tier: where results fall back to for review.
     fallback: TierId,
 }
@@ -182,7 +182,7 @@ pub enum TierError {
 
 impl Tiers {
     /// Validates a declared table.
-    pub fn new(specs: Vec<TierSpec>) -> Result<Tiers, TierError> {
+    pub fn new(specs: Vec<Tier>) -> Result<Tiers, TierError> {
         for (index, spec) in specs.iter().enumerate() {
             if specs[..index].iter().any(|earlier| earlier.name == spec.name) {
                 return Err(TierError::DuplicateName(spec.name.clone()));
@@ -194,12 +194,12 @@ impl Tiers {
     }
 
     /// All tiers in declared order.
-    pub fn specs(&self) -> &[TierSpec] {
+    pub fn specs(&self) -> &[Tier] {
         &self.specs
     }
 
     /// One tier.
-    pub fn spec(&self, id: TierId) -> &TierSpec {
+    pub fn spec(&self, id: TierId) -> &Tier {
         &self.specs[id.0]
     }
 
@@ -236,7 +236,7 @@ pub struct AirGap {
 
 impl AirGap {
     /// Whether `tier` may be called under this setting.
-    pub fn egress(&self, tier: &TierSpec) -> Egress {
+    pub fn egress(&self, tier: &Tier) -> Egress {
         let TierLocation::Remote { host } = &tier.location else { return Egress::Allowed };
         if !self.enabled {
             return Egress::Allowed;
@@ -593,7 +593,7 @@ fn escalation_trigger(input: &RouteInput<'_>) -> Result<Acceptance, Trigger> {
 }
 
 /// Why escalation tier `index` cannot take the call, or `None` if it can.
-fn skip_cause(spec: &TierSpec, index: usize, input: &RouteInput<'_>) -> Option<SkipCause> {
+fn skip_cause(spec: &Tier, index: usize, input: &RouteInput<'_>) -> Option<SkipCause> {
     if input.egress.get(index) != Some(&Egress::Allowed) {
         return Some(SkipCause::AirGapped);
     }

@@ -4,9 +4,9 @@ use super::*;
 fn tiers() -> Tiers {
     let price = |input, output| Price { input_per_1k: MicroUsd(input), output_per_1k: MicroUsd(output) };
     Tiers::new(vec![
-        TierSpec::local("local"),
-        TierSpec::remote("gpu-edge", "10.0.0.7:8088", Price::FREE),
-        TierSpec::remote("large", "api.openai.com", price(2_500, 10_000)),
+        Tier::local("local"),
+        Tier::remote("gpu-edge", "10.0.0.7:8088", Price::FREE),
+        Tier::remote("large", "api.openai.com", price(2_500, 10_000)),
     ])
     .unwrap()
 }
@@ -171,20 +171,17 @@ fn air_gap_allows_only_listed_hosts() {
     assert_eq!(port_pinned.egress_all(&tiers), vec![Egress::Allowed, Egress::Blocked, Egress::Allowed]);
     let off = AirGap { enabled: false, allowed_hosts: Vec::new() };
     assert_eq!(off.egress_all(&tiers), vec![Egress::Allowed; 3]);
-    let ipv6 = TierSpec::remote("v6", "[::1]:8080", Price::FREE);
+    let ipv6 = Tier::remote("v6", "[::1]:8080", Price::FREE);
     assert_eq!(AirGap { enabled: true, allowed_hosts: vec!["[::1]".into()] }.egress(&ipv6), Egress::Allowed);
     assert_eq!(AirGap { enabled: true, allowed_hosts: vec!["::1".into()] }.egress(&ipv6), Egress::Blocked);
 }
 
 #[test]
 fn tier_tables_need_unique_names_and_a_local_tier() {
-    let remote = TierSpec::remote("large", "api.openai.com", Price::FREE);
+    let remote = Tier::remote("large", "api.openai.com", Price::FREE);
     assert_eq!(Tiers::new(vec![remote.clone()]), Err(TierError::NoLocalTier));
-    assert_eq!(
-        Tiers::new(vec![TierSpec::local("a"), TierSpec::local("a")]),
-        Err(TierError::DuplicateName("a".to_owned()))
-    );
-    let tiers = Tiers::new(vec![remote, TierSpec::local("local")]).unwrap();
+    assert_eq!(Tiers::new(vec![Tier::local("a"), Tier::local("a")]), Err(TierError::DuplicateName("a".to_owned())));
+    let tiers = Tiers::new(vec![remote, Tier::local("local")]).unwrap();
     assert_eq!(tiers.fallback(), TierId(1));
     assert_eq!(tiers.find("large"), Some(TierId(0)));
 }

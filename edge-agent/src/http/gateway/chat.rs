@@ -166,7 +166,7 @@ pub(super) async fn serve_locally(
 pub(super) async fn routed_completion(
     mut recorder: CallRecorder,
     state: &GatewayState,
-    tiers: Tiers,
+    tiers: ModelCalls,
     request: ChatCompletionRequest,
 ) -> Response {
     if let Err(error) = check_request(&request) {
@@ -243,7 +243,7 @@ pub(super) async fn routed_completion(
 pub(super) async fn route_to_tier<T, F, Fut>(
     mut recorder: CallRecorder,
     state: &GatewayState,
-    tiers: &Tiers,
+    tiers: &ModelCalls,
     request: &ChatCompletionRequest,
     request_id: &str,
     estimated: TokenCount,

@@ -26,7 +26,7 @@
 //!
 //! A `model` that names one of the bundle's gateway tiers (`[gateway]
 //! tiers`, see [`aios_shared::agent::GatewaySpec`]) is routed like an
-//! agent's escalated step, through [`Tiers::route_gateway`]: the air gap,
+//! agent's escalated step, through [`ModelCalls::route_gateway`]: the air gap,
 //! the tier's breaker, retries, the fallback chain, and a budget per request
 //! and per day that is reserved before the call and settled with the tier's
 //! reported usage after it. The answer says where it came from in
@@ -72,7 +72,7 @@ use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::model_calls::{estimate_tokens, Charge, GatewayRefusal, GatewayRoute, RefusalKind, Settlement, Tiers};
+use crate::model_calls::{estimate_tokens, Charge, GatewayRefusal, GatewayRoute, ModelCalls, RefusalKind, Settlement};
 
 /// Most texts one embeddings request may carry (OpenAI's limit).
 const MAX_EMBEDDING_INPUTS: usize = 2048;
@@ -104,7 +104,7 @@ pub struct GatewayState {
     /// Unix seconds when the gateway started: the models' `created`.
     started: u64,
     /// The edge's tiers, for requests that name a gateway tier.
-    tiers: Option<Tiers>,
+    tiers: Option<ModelCalls>,
     /// Where latencies and `created` times are read.
     clock: SharedClock,
 }
@@ -130,7 +130,7 @@ impl GatewayState {
 
     /// Routes requests for the bundle's gateway tiers through `tiers` (the
     /// same instance the task runtime uses, so breakers and budgets are shared).
-    pub fn with_tiers(mut self, tiers: Tiers) -> GatewayState {
+    pub fn with_tiers(mut self, tiers: ModelCalls) -> GatewayState {
         self.tiers = Some(tiers);
         self
     }
@@ -441,7 +441,7 @@ fn model_object(id: &str, created: u64) -> ModelObject {
 fn served_models(state: &GatewayState) -> Vec<ModelObject> {
     let chat = state.chat.as_ref().map(|_| state.config.chat_model.clone());
     let embedder = state.embedder.as_ref().map(|_| state.config.embedding_model.clone());
-    let tiers = state.tiers.as_ref().map(Tiers::gateway_tiers).unwrap_or_default();
+    let tiers = state.tiers.as_ref().map(ModelCalls::gateway_tiers).unwrap_or_default();
     chat.into_iter().chain(embedder).chain(tiers).map(|id| model_object(&id, state.started)).collect()
 }
 
