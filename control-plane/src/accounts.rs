@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::store::CpStore;
 
 /// Where the operator log is stored.
-const OPERATOR_LOG: ChainTable = ChainTable::single("operator_events");
+const OPERATOR_LOG: ChainTable = aios_daemon::chain_table!("operator_events");
 
 /// The chain id of the operator log (edges' ids are UUIDs, so no clash).
 pub const OPERATOR_CHAIN: &str = "control-plane";

@@ -43,6 +43,7 @@ fn ingest(
     let head = ChainHead { seq: seq as u64, hash: to_hash(&head)? };
     let mut verifier = ChainVerifier::new(edge_id, Some(to_key(&key)?), head);
     let mut breaks = Vec::new();
+    let mut insert = AUDIT_EVENTS.inserter(c)?;
     for event in events.iter().filter(|e| e.seq > head.seq) {
         if let Err(chain_break) = verifier.push(event) {
             c.prepare_cached("INSERT INTO alarms (edge_id, seq, detail, raised_at_ms) VALUES (?1, ?2, ?3, ?4)")?
@@ -50,7 +51,7 @@ fn ingest(
             breaks.push(chain_break);
             verifier.skip_to(event);
         }
-        let inserted = AUDIT_EVENTS.insert(c, Some(edge_id), event, now_ms)?;
+        let inserted = insert.insert(Some(edge_id), event, now_ms)?;
         if inserted {
             crate::views::project(c, edge_id, event)?;
         }

@@ -10,38 +10,87 @@
 //! `aios_shared::audit`'s; this module only stores and reads.
 
 use aios_shared::audit::{AuditEvent, ChainHead, Hash};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Row};
 
 use crate::db::DbError;
 
-/// Where one kind of chain is stored.
+/// Where one kind of chain is stored: its SQL, written out at compile time
+/// by [`chain_table!`](crate::chain_table) so that appending and ingesting
+/// cost no formatting and no statement preparation per event.
 #[derive(Debug, Clone, Copy)]
 pub struct ChainTable {
-    /// The table's name.
-    table: &'static str,
-    /// The column that tells chains apart in one table, if any.
-    scope: Option<&'static str>,
-    /// Whether rows end with the time they were received.
-    received: bool,
+    /// `seq, hash` of the newest row of one chain (`?1`: the scope).
+    head_sql: &'static str,
+    /// One row (`?1..?6` the event, then `?7` scope and `?8` received time
+    /// in a scoped table).
+    insert_sql: &'static str,
+    /// Rows of one chain from a sequence number (`?1` scope, `?2` first
+    /// seq, `?3` limit).
+    load_sql: &'static str,
+    /// Whether rows carry a scope and a received time.
+    scoped: bool,
+}
+
+/// A [`ChainTable`] for a table of one chain (`chain_table!("audit_log")`),
+/// or of many told apart by a scope column, each row stamped with the time
+/// it was received (`chain_table!("audit_events", scope = "edge_id")`).
+#[macro_export]
+macro_rules! chain_table {
+    ($table:literal) => {
+        $crate::chain::ChainTable::from_sql(
+            concat!("SELECT seq, hash FROM ", $table, " WHERE ?1 IS NULL ORDER BY seq DESC LIMIT 1"),
+            concat!(
+                "INSERT INTO ",
+                $table,
+                " (seq, ts_ms, kind, payload, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ),
+            concat!(
+                "SELECT seq, ts_ms, kind, payload, prev_hash, hash FROM ",
+                $table,
+                " WHERE ?1 IS NULL AND seq >= ?2 ORDER BY seq LIMIT ?3"
+            ),
+            false,
+        )
+    };
+    ($table:literal, scope = $scope:literal) => {
+        $crate::chain::ChainTable::from_sql(
+            concat!("SELECT seq, hash FROM ", $table, " WHERE ", $scope, " = ?1 ORDER BY seq DESC LIMIT 1"),
+            concat!(
+                "INSERT OR IGNORE INTO ",
+                $table,
+                " (",
+                $scope,
+                ", seq, ts_ms, kind, payload, prev_hash, hash, received_at_ms)",
+                " VALUES (?7, ?1, ?2, ?3, ?4, ?5, ?6, ?8)"
+            ),
+            concat!(
+                "SELECT seq, ts_ms, kind, payload, prev_hash, hash FROM ",
+                $table,
+                " WHERE ",
+                $scope,
+                " = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3"
+            ),
+            true,
+        )
+    };
 }
 
 impl ChainTable {
-    /// A table holding one chain.
-    pub const fn single(table: &'static str) -> ChainTable {
-        ChainTable { table, scope: None, received: false }
-    }
-
-    /// A table holding many chains, told apart by `scope`, each row stamped
-    /// with the time it was received.
-    pub const fn scoped(table: &'static str, scope: &'static str) -> ChainTable {
-        ChainTable { table, scope: Some(scope), received: true }
+    /// Made by [`chain_table!`](crate::chain_table); not for direct use.
+    #[doc(hidden)]
+    pub const fn from_sql(
+        head_sql: &'static str,
+        insert_sql: &'static str,
+        load_sql: &'static str,
+        scoped: bool,
+    ) -> ChainTable {
+        ChainTable { head_sql, insert_sql, load_sql, scoped }
     }
 
     /// The head of the chain as stored ([`ChainHead::EMPTY`] when empty).
     pub fn head(&self, conn: &Connection, scope: Option<&str>) -> Result<ChainHead, DbError> {
-        let sql = format!("SELECT seq, hash FROM {} WHERE {} ORDER BY seq DESC LIMIT 1", self.table, self.filter());
         let row = conn
-            .prepare_cached(&sql)?
+            .prepare_cached(self.head_sql)?
             .query_row(params![scope], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
             .optional()?;
         match row {
@@ -50,10 +99,7 @@ impl ChainTable {
         }
     }
 
-    /// Inserts one event. In a scoped table (ingest, idempotent on
-    /// `(scope, seq)`) a row already there is left alone and `Ok(false)`
-    /// returned; in a single chain (append) it is an error, because two
-    /// writers appending after the same head would fork the chain.
+    /// Inserts one event; see [`Inserter::insert`].
     pub fn insert(
         &self,
         conn: &Connection,
@@ -61,30 +107,12 @@ impl ChainTable {
         event: &AuditEvent,
         received_at_ms: i64,
     ) -> Result<bool, DbError> {
-        let (scope_column, scope_value) = match self.scope {
-            Some(column) => (format!("{column}, "), "?7, "),
-            None => (String::new(), ""),
-        };
-        let (received_column, received_value) = if self.received { (", received_at_ms", ", ?8") } else { ("", "") };
-        let verb = if self.scope.is_some() { "INSERT OR IGNORE" } else { "INSERT" };
-        let sql = format!(
-            "{verb} INTO {} ({scope_column}seq, ts_ms, kind, payload, prev_hash, hash{received_column})
-             VALUES ({scope_value}?1, ?2, ?3, ?4, ?5, ?6{received_value})",
-            self.table
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let seq = event.seq as i64;
-        let (prev_hash, hash) = (event.prev_hash.as_slice(), event.hash.as_slice());
-        let mut values: Vec<&dyn rusqlite::ToSql> =
-            vec![&seq, &event.ts_ms, &event.kind, &event.payload, &prev_hash, &hash];
-        // Positional parameters must be bound in order: ?7 and ?8 only when used.
-        if self.scope.is_some() || self.received {
-            values.push(&scope);
-        }
-        if self.received {
-            values.push(&received_at_ms);
-        }
-        Ok(stmt.execute(values.as_slice())? == 1)
+        self.inserter(conn)?.insert(scope, event, received_at_ms)
+    }
+
+    /// A prepared insert, for a batch.
+    pub fn inserter<'c>(&self, conn: &'c Connection) -> Result<Inserter<'c>, DbError> {
+        Ok(Inserter { stmt: conn.prepare_cached(self.insert_sql)?, scoped: self.scoped })
     }
 
     /// Events `from_seq ..` in order, at most `max`.
@@ -95,12 +123,7 @@ impl ChainTable {
         from_seq: u64,
         max: usize,
     ) -> Result<Vec<AuditEvent>, DbError> {
-        let sql = format!(
-            "SELECT seq, ts_ms, kind, payload, prev_hash, hash FROM {} WHERE {} AND seq >= ?2 ORDER BY seq LIMIT ?3",
-            self.table,
-            self.filter()
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut stmt = conn.prepare_cached(self.load_sql)?;
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let mut rows = stmt.query(params![scope, from_seq as i64, limit])?;
         let mut events = Vec::new();
@@ -114,13 +137,39 @@ impl ChainTable {
     pub fn load_all(&self, conn: &Connection, scope: Option<&str>) -> Result<Vec<AuditEvent>, DbError> {
         self.load(conn, scope, 0, usize::MAX)
     }
+}
 
-    /// The `WHERE` clause that selects one chain: `?1` is the scope.
-    fn filter(&self) -> String {
-        match self.scope {
-            Some(column) => format!("{column} = ?1"),
-            None => "(?1 IS NULL)".to_owned(),
-        }
+/// A chain table's insert statement, prepared once for many events.
+pub struct Inserter<'c> {
+    /// The prepared `INSERT`.
+    stmt: CachedStatement<'c>,
+    /// Whether it binds a scope and a received time.
+    scoped: bool,
+}
+
+impl Inserter<'_> {
+    /// Inserts one event. In a scoped table (ingest, idempotent on
+    /// `(scope, seq)`) a row already there is left alone and `Ok(false)`
+    /// returned; in a single chain (append) it is an error, because two
+    /// writers appending after the same head would fork the chain.
+    pub fn insert(&mut self, scope: Option<&str>, event: &AuditEvent, received_at_ms: i64) -> Result<bool, DbError> {
+        let seq = event.seq as i64;
+        let (prev_hash, hash) = (event.prev_hash.as_slice(), event.hash.as_slice());
+        let inserted = if self.scoped {
+            self.stmt.execute(params![
+                seq,
+                event.ts_ms,
+                event.kind,
+                event.payload,
+                prev_hash,
+                hash,
+                scope,
+                received_at_ms
+            ])?
+        } else {
+            self.stmt.execute(params![seq, event.ts_ms, event.kind, event.payload, prev_hash, hash])?
+        };
+        Ok(inserted == 1)
     }
 }
 
@@ -170,8 +219,8 @@ mod tests {
     fn both_shapes_store_chains_that_verify() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA).unwrap();
-        let one = ChainTable::single("one");
-        let many = ChainTable::scoped("many", "scope");
+        let one = crate::chain_table!("one");
+        let many = crate::chain_table!("many", scope = "scope");
         assert_eq!(one.head(&conn, None).unwrap(), ChainHead::EMPTY);
         append(one, &conn, None, "solo", 5);
         append(many, &conn, Some("a"), "a", 3);

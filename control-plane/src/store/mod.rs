@@ -21,7 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 /// Every edge's audit chain as it arrived, keyed by `(edge_id, seq)`.
-pub(crate) const AUDIT_EVENTS: ChainTable = ChainTable::scoped("audit_events", "edge_id");
+pub(crate) const AUDIT_EVENTS: ChainTable = aios_daemon::chain_table!("audit_events", scope = "edge_id");
 
 /// An enrolled edge as the fleet view shows it.
 #[derive(Debug, Clone, Serialize)]

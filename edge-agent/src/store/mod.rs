@@ -22,7 +22,7 @@ use aios_daemon::db::{Db, DbError};
 pub const CHECKPOINT_EVERY: u64 = 1000;
 
 /// The edge's audit chain.
-const AUDIT_LOG: ChainTable = ChainTable::single("audit_log");
+const AUDIT_LOG: ChainTable = aios_daemon::chain_table!("audit_log");
 
 /// The edge's database.
 #[derive(Clone)]
