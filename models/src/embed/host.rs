@@ -219,7 +219,7 @@ impl HostBert {
                 }
             }
         }
-        self.normalise(pool, x, &self.embedding_norm);
+        self.normalise(pool, level, x, &self.embedding_norm);
         let activation = match self.activation {
             HiddenAct::Gelu => Epilogue::Gelu,
             HiddenAct::GeluApproximate => Epilogue::GeluTanh,
@@ -229,10 +229,10 @@ impl HostBert {
             dense::matmul(pool, level, x, tokens, &layer.qkv, Epilogue::Bias, qkv);
             self.attention(pool, level, &offsets, qkv, context);
             dense::matmul(pool, level, context, tokens, &layer.output, Epilogue::Residual(x), y);
-            self.normalise(pool, y, &layer.attention_norm);
+            self.normalise(pool, level, y, &layer.attention_norm);
             dense::matmul(pool, level, y, tokens, &layer.intermediate, activation, inner);
             dense::matmul(pool, level, inner, tokens, &layer.down, Epilogue::Residual(y), x);
-            self.normalise(pool, x, &layer.output_norm);
+            self.normalise(pool, level, x, &layer.output_norm);
         }
         Ok(offsets
             .windows(2)
@@ -253,7 +253,7 @@ impl HostBert {
     }
 
     /// Layer norm of every row of `rows` in place.
-    fn normalise(&self, pool: &Pool, rows: &mut [f32], norm: &Norm) {
+    fn normalise(&self, pool: &Pool, level: Level, rows: &mut [f32], norm: &Norm) {
         let h = self.hidden;
         let count = rows.len() / h;
         let rows = DisjointSlice::new(rows);
@@ -261,7 +261,7 @@ impl HostBert {
             // SAFETY: ranges are disjoint runs of whole rows.
             let rows = unsafe { rows.piece(start * h..end * h) };
             for row in rows.chunks_exact_mut(h) {
-                dense::layer_norm(row, &norm.weight, &norm.bias, self.eps);
+                dense::layer_norm(level, row, &norm.weight, &norm.bias, self.eps);
             }
         });
     }

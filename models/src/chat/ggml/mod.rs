@@ -267,8 +267,11 @@ impl Matrix {
             // The block kernels tile activations themselves: a chunk takes them all.
             Self::Blocks(_) if !exact => (band.next_multiple_of(GROUP), n_acts),
             // Exact products dequantise the band's rows in every chunk, a
-            // small cost beside the products of up to DENSE_ACTS rows.
-            Self::Blocks(_) => (band.next_multiple_of(GROUP), n_acts.min(DENSE_ACTS)),
+            // small cost beside the products of up to DENSE_ACTS rows, and
+            // pack them into panels: whole panels, or the last panel's
+            // padding columns are multiplied too.
+            Self::Blocks(_) if n_acts > EXACT_UNPACKED => (band.next_multiple_of(dense::PANEL), n_acts.min(DENSE_ACTS)),
+            Self::Blocks(_) => (band.next_multiple_of(GROUP), n_acts),
             Self::Dense(_) if n_acts == 1 => (band.next_multiple_of(dense::PANEL), 1),
             // Many rows: a few panels by a block of activation rows, sized by work.
             Self::Dense(matrix) => {

@@ -73,11 +73,51 @@ pub fn attend_row(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot`.
+        Level::Avx2 | Level::Avx512Vnni | Level::Avx512Bf16 => unsafe {
+            attend_row_fma(query, keys, values, stride, count, scale, scores, out)
+        },
+        _ => attend_row_body(query, keys, values, stride, count, scale, scores, out),
+    }
+}
+
+/// [`attend_row`] with AVX2 and FMA, so `exp` and the products inline
+/// as fused multiply-adds instead of calls to libm's `fmaf`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_row_fma(
+    query: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    count: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_row_body(query, keys, values, stride, count, scale, scores, out);
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_row_body(
+    query: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    count: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let d = out.len();
     let scores = &mut scores[..count];
     let mut max = f32::NEG_INFINITY;
     for (t, score) in scores.iter_mut().enumerate() {
-        *score = dot(level, query, &keys[t * stride..][..d]) * scale;
+        *score = dot_body(query, &keys[t * stride..][..d]) * scale;
         max = max.max(*score);
     }
     let mut sum = 0f64;
@@ -88,6 +128,6 @@ pub fn attend_row(
     let inverse = (1.0 / sum) as f32;
     out.fill(0.0);
     for (t, score) in scores.iter().enumerate() {
-        axpy(level, score * inverse, &values[t * stride..][..d], out);
+        axpy_body(score * inverse, &values[t * stride..][..d], out);
     }
 }

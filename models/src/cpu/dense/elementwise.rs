@@ -72,7 +72,23 @@ pub(crate) fn exp_negative(x: f32) -> f32 {
 }
 
 /// Layer normalisation of one row in place: `(x - mean) / sqrt(var + eps) * weight + bias`.
-pub fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+pub fn layer_norm(level: Level, x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `gelu`.
+        Level::Avx2 | Level::Avx512Vnni | Level::Avx512Bf16 => unsafe { layer_norm_fma(x, weight, bias, eps) },
+        _ => layer_norm_body(x, weight, bias, eps),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn layer_norm_fma(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    layer_norm_body(x, weight, bias, eps);
+}
+
+#[inline(always)]
+fn layer_norm_body(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     let width = x.len() as f32;
     let mean = sum16(x.iter().copied()) / width;
     let variance = sum16(x.iter().map(|v| (v - mean) * (v - mean))) / width;

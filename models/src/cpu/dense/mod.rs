@@ -22,7 +22,8 @@
 //! # Layout
 //! - `panels`: [`PackedMatrix`] and its panels ([`Kind`], [`Element`]);
 //!   bf16 activation pairs ([`round_to_bf16_pairs`]).
-//! - `portable`: the plain-Rust micro-kernels (also built with AVX2, FMA and F16C).
+//! - `portable`: the plain-Rust micro-kernels.
+//! - `avx2`: the AVX2+FMA micro-kernels (6 rows by 16 columns in registers).
 //! - `x86`: the AVX-512 and AVX-512 BF16 micro-kernels.
 //! - `neon`: the NEON micro-kernel (arm64).
 //! - `attention`: one query row's softmax attention ([`attend_row`]), [`dot`], [`axpy`].
@@ -34,6 +35,8 @@
 //! [`Level`].
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod elementwise;
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -47,6 +50,8 @@ mod x86;
 use half::bf16;
 
 pub use attention::{attend_row, axpy, dot};
+#[cfg(target_arch = "x86_64")]
+use avx2::{micro_avx2, micro_pairs_avx2};
 pub(crate) use elementwise::exp_negative;
 use elementwise::gelu_tanh;
 pub use elementwise::{erf, gelu, layer_norm};
@@ -54,8 +59,6 @@ pub use elementwise::{erf, gelu, layer_norm};
 use neon::micro_neon;
 use panels::Panels;
 pub use panels::{round_to_bf16_pairs, Element, Kind, PackedMatrix};
-#[cfg(target_arch = "x86_64")]
-use portable::{micro_fma, micro_pairs_fma};
 use portable::{micro_pairs_portable, micro_portable};
 #[cfg(target_arch = "x86_64")]
 use x86::{micro_avx512, micro_dpbf16};
@@ -312,7 +315,7 @@ pub(crate) unsafe fn products_bf16(
                 #[cfg(target_arch = "x86_64")]
                 Level::Avx512Bf16 => by_height!(height, micro_dpbf16(kernel, c)),
                 #[cfg(target_arch = "x86_64")]
-                Level::Avx2 | Level::Avx512Vnni => by_height!(height, micro_pairs_fma(kernel, c)),
+                Level::Avx2 | Level::Avx512Vnni => micro_pairs_avx2(height, kernel, c),
                 _ => by_height!(height, micro_pairs_portable(kernel, c)),
             }
         }
@@ -378,7 +381,7 @@ unsafe fn micro<E: Element>(level: Level, height: usize, kernel: Kernel<'_, f32,
             #[cfg(target_arch = "x86_64")]
             Level::Avx512Vnni | Level::Avx512Bf16 => by_height!(height, micro_avx512::<E>(kernel, c)),
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => by_height!(height, micro_fma::<E>(kernel, c)),
+            Level::Avx2 => micro_avx2::<E>(height, kernel, c),
             #[cfg(target_arch = "aarch64")]
             Level::Neon | Level::NeonDot => by_height!(height, micro_neon::<E>(kernel, c)),
             _ => by_height!(height, micro_portable::<E>(kernel, c)),

@@ -1,38 +1,19 @@
 //! The micro-kernels in plain Rust, one panel by up to
-//! [`KERNEL_ROWS`](super::KERNEL_ROWS) rows: the portable bodies, and the
-//! same bodies compiled with AVX2, FMA and F16C for [`Level::Avx2`]
-//! (f32 panels of f32, f16 or bf16 weights, and bf16 pairs).
-//!
-//! [`Level::Avx2`]: crate::cpu::Level::Avx2
+//! [`KERNEL_ROWS`](super::KERNEL_ROWS) rows (f32 panels of f32, f16 or
+//! bf16 weights, and bf16 pairs): the levels without a kernel of their own
+//! run them, and the tests hold every other level to them.
 
 use half::bf16;
 
 use super::{Element, Kernel, Kind, Start, PANEL};
 
-/// Step `k` of a panel of stored weights as f32. `F16C` says the caller
-/// runs with F16C (and AVX), so f16 runs widen with `vcvtph2ps`.
-///
-/// # Safety
-/// `panel` holds step `k`; with `F16C`, the CPU has F16C.
+/// Step `k` of a panel of stored weights as f32.
 #[inline(always)]
-unsafe fn widen_step<E: Element, const F16C: bool>(panel: &[E], k: usize) -> [f32; PANEL] {
+fn widen_step<E: Element>(panel: &[E], k: usize) -> [f32; PANEL] {
     if E::KIND == Kind::BF16 {
         return std::array::from_fn(|lane| panel[Kind::BF16.slot(k, lane)].widen());
     }
     let run = &panel[k * PANEL..(k + 1) * PANEL];
-    #[cfg(target_arch = "x86_64")]
-    if F16C && E::KIND == Kind::F16 {
-        use std::arch::x86_64::*;
-        let mut out = [0f32; PANEL];
-        // SAFETY: `run` has PANEL two-byte values and `out` PANEL floats.
-        unsafe {
-            let source = run.as_ptr().cast::<__m128i>();
-            for i in 0..PANEL / 8 {
-                _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), _mm256_cvtph_ps(_mm_loadu_si128(source.add(i))));
-            }
-        }
-        return out;
-    }
     std::array::from_fn(|i| run[i].widen())
 }
 
@@ -82,13 +63,12 @@ unsafe fn store_rows<const R: usize>(acc: &[[f32; PANEL]; R], c: *mut f32, ldc: 
 /// # Safety
 /// As [`micro`](super::micro).
 #[inline(always)]
-unsafe fn micro_body<const R: usize, E: Element, const F16C: bool>(kernel: Kernel<'_, f32, E>, c: *mut f32) {
+unsafe fn micro_body<const R: usize, E: Element>(kernel: Kernel<'_, f32, E>, c: *mut f32) {
     let Kernel { a, lda, panel, bias, ldc, columns, start } = kernel;
     // SAFETY: the caller's bounds.
     let mut acc = unsafe { start_rows::<R>(bias, start, c, ldc, columns) };
     for k in 0..lda {
-        // SAFETY: the panel holds `lda` steps; F16C as the caller promises.
-        let weights = unsafe { widen_step::<E, F16C>(panel, k) };
+        let weights = widen_step::<E>(panel, k);
         for (r, row) in acc.iter_mut().enumerate() {
             let x = a[r * lda + k];
             for (sum, w) in row.iter_mut().zip(&weights) {
@@ -103,17 +83,8 @@ unsafe fn micro_body<const R: usize, E: Element, const F16C: bool>(kernel: Kerne
 /// # Safety
 /// As [`micro`](super::micro).
 pub(super) unsafe fn micro_portable<const R: usize, E: Element>(kernel: Kernel<'_, f32, E>, c: *mut f32) {
-    // SAFETY: forwarded; no F16C promised.
-    unsafe { micro_body::<R, E, false>(kernel, c) }
-}
-
-/// # Safety
-/// As [`micro`](super::micro), on a CPU with AVX2, FMA and F16C.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn micro_fma<const R: usize, E: Element>(kernel: Kernel<'_, f32, E>, c: *mut f32) {
-    // SAFETY: forwarded; this body runs with F16C.
-    unsafe { micro_body::<R, E, true>(kernel, c) }
+    // SAFETY: forwarded.
+    unsafe { micro_body::<R, E>(kernel, c) }
 }
 
 /// The bf16-pair micro-kernel in plain Rust: each pair of products added
@@ -145,15 +116,6 @@ unsafe fn micro_pairs_body<const R: usize>(kernel: Kernel<'_, u32, bf16>, c: *mu
 /// # Safety
 /// As [`micro`](super::micro).
 pub(super) unsafe fn micro_pairs_portable<const R: usize>(kernel: Kernel<'_, u32, bf16>, c: *mut f32) {
-    // SAFETY: forwarded.
-    unsafe { micro_pairs_body::<R>(kernel, c) }
-}
-
-/// # Safety
-/// As [`micro`](super::micro), on a CPU with AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn micro_pairs_fma<const R: usize>(kernel: Kernel<'_, u32, bf16>, c: *mut f32) {
     // SAFETY: forwarded.
     unsafe { micro_pairs_body::<R>(kernel, c) }
 }

@@ -23,7 +23,9 @@ fn reference(a: &[f32], w: &[f32], bias: &[f32], m: usize, n: usize, k: usize) -
 #[test]
 fn every_level_matches_the_scalar_product_on_awkward_shapes() {
     let pool = Pool::new(2);
-    for (m, n, k) in [(1, 1, 1), (3, 5, 7), (9, 33, 17), (70, 47, 130), (130, 200, 64), (8, 32, 384)] {
+    for (m, n, k) in
+        [(1, 1, 1), (2, 40, 3), (3, 5, 7), (7, 50, 40), (9, 33, 17), (70, 47, 130), (130, 200, 64), (8, 32, 384)]
+    {
         let seed = (m * 1000 + n * 10 + k) as u64;
         let a = test_values(seed, m * k, 1.0);
         let w = test_values(seed + 1, n * k, 0.5);
@@ -70,7 +72,9 @@ fn f32_panels(matrix: &PackedMatrix) -> &[f32] {
 fn half_precision_panels_multiply_their_stored_values() {
     fn check<E: Element + Stored>(narrow: impl Fn(f32) -> E) {
         let pool = Pool::new(2);
-        for (m, n, k) in [(1, 1, 1), (1, 33, 576), (3, 70, 17), (9, 47, 130), (65, 96, 64)] {
+        for (m, n, k) in
+            [(1, 1, 1), (1, 33, 576), (2, 40, 9), (3, 70, 17), (7, 20, 33), (8, 40, 16), (9, 47, 130), (65, 96, 64)]
+        {
             let seed = (m * 7 + n * 3 + k) as u64;
             let a = test_values(seed, m * k, 1.0);
             let stored: Vec<E> = test_values(seed + 1, n * k, 0.5).into_iter().map(&narrow).collect();
@@ -129,7 +133,7 @@ fn half_precision_panels_multiply_their_stored_values() {
 /// on odd widths too.
 #[test]
 fn bf16_pairs_multiply_the_rounded_activations() {
-    for (m, n, k) in [(1, 1, 1), (1, 33, 576), (2, 5, 3), (9, 47, 131), (17, 64, 64)] {
+    for (m, n, k) in [(1, 1, 1), (1, 33, 576), (2, 5, 3), (7, 20, 33), (8, 40, 15), (9, 47, 131), (17, 64, 64)] {
         let seed = (m * 11 + n * 5 + k) as u64;
         let a = test_values(seed, m * k, 2.0);
         let words = k.div_ceil(2);
@@ -215,15 +219,17 @@ fn erf_is_within_its_bound_everywhere() {
 
 #[test]
 fn layer_norm_centres_and_scales() {
-    let mut x = test_values(7, 45, 3.0);
+    let original = test_values(7, 45, 3.0);
     let weight = test_values(8, 45, 1.0);
     let bias = test_values(9, 45, 1.0);
-    let original = x.clone();
-    layer_norm(&mut x, &weight, &bias, 1e-12);
     let mean = original.iter().map(|v| *v as f64).sum::<f64>() / 45.0;
     let variance = original.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / 45.0;
-    for i in 0..45 {
-        let want = (original[i] as f64 - mean) / variance.sqrt() * weight[i] as f64 + bias[i] as f64;
-        assert!((x[i] as f64 - want).abs() < 1e-5, "at {i}: {} vs {want}", x[i]);
+    for level in Level::available() {
+        let mut x = original.clone();
+        layer_norm(level, &mut x, &weight, &bias, 1e-12);
+        for i in 0..45 {
+            let want = (original[i] as f64 - mean) / variance.sqrt() * weight[i] as f64 + bias[i] as f64;
+            assert!((x[i] as f64 - want).abs() < 1e-5, "{level:?} at {i}: {} vs {want}", x[i]);
+        }
     }
 }

@@ -7,10 +7,17 @@
 //! softmax, whose sum is taken sixteen exponentials at a time, and in SiLU.
 //!
 //! Each kernel has a portable body and an AVX2 body that returns the same
-//! bits; [`Level`] picks one at run time. On arm64 these run the portable
-//! bodies, which the compiler vectorises for the baseline NEON.
+//! bits (the f16 attention kernels' AVX2 bodies are in `avx2`, the AVX-512
+//! ones here); [`Level`] picks one at run time. On arm64 these run the
+//! portable bodies, which the compiler vectorises for the baseline NEON.
+//!
+//! # Layout
+//! - `avx2`: the f16 attention kernels (scores, weighted sums of values) with AVX2.
 
 use half::f16;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 /// Which instruction sets the kernels may use, detected once at run time.
 ///
@@ -225,6 +232,29 @@ pub fn scores_f16(
             _ => {}
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    if level >= Level::Avx2 {
+        let rest = |t: usize| dot_f16(level, order, q, &keys[t * stride..][..d]);
+        macro_rules! fast {
+            ($quarters:literal, $gemv:literal) => {
+                // SAFETY: the CPU has AVX2, FMA and F16C at this level; the keys were checked above.
+                return unsafe { avx2::scores::<$quarters, $gemv>(q, keys, stride, scale, scores, rest) }
+            };
+        }
+        match (order, d) {
+            (Order::Gemv, 64) => fast!(4, true),
+            (Order::Gemv, 128) => fast!(8, true),
+            (Order::Gemm, 16) => fast!(1, false),
+            (Order::Gemm, 32) => fast!(2, false),
+            (Order::Gemm, 48) => fast!(3, false),
+            (Order::Gemm, 64) => fast!(4, false),
+            (Order::Gemm, 80) => fast!(5, false),
+            (Order::Gemm, 96) => fast!(6, false),
+            (Order::Gemm, 112) => fast!(7, false),
+            (Order::Gemm, 128) => fast!(8, false),
+            _ => {}
+        }
+    }
     let mut max = f32::NEG_INFINITY;
     for (t, score) in scores.iter_mut().enumerate() {
         *score = dot_f16(level, order, q, &keys[t * stride..][..d]) * scale;
@@ -253,8 +283,17 @@ pub fn weighted_sum_f16(level: Level, order: Order, weights: &[f32], values: &[f
                 }
             };
         }
+        if level >= Level::Avx2 && d.is_multiple_of(8) {
+            // SAFETY: `Level::Avx2` and above are only produced when the CPU has AVX2, FMA and F16C; the values were checked above.
+            return unsafe {
+                match order {
+                    Order::Gemm => avx2::weighted_sum::<16>(weights, values, stride, out),
+                    Order::Gemv => avx2::weighted_sum::<64>(weights, values, stride, out),
+                }
+            };
+        }
         if level >= Level::Avx2 {
-            // SAFETY: `Level::Avx2` and above are only produced when the CPU has AVX2, FMA and F16C.
+            // SAFETY: as above.
             return unsafe { weighted_sum_fma(order, weights, values, stride, out) };
         }
     }
