@@ -15,15 +15,22 @@
 //! (`AIOS_BENCH_ITERATIONS`, default 300; `AIOS_BENCH_RUNTIME=multi` for
 //! tokio's multi-threaded runtime instead of one thread, which on a small
 //! machine lets the runtime's threads compete with the model's).
+//!
+//! Then embeddings, the path office applications call for search: the 256
+//! short sentences of `aios-models bench all-minilm-l6-v2` in one
+//! `POST /v1/embeddings` against the same texts embedded directly on the
+//! `EmbeddingModel` handle, alternating, medians of `AIOS_BENCH_EMBED_ROUNDS`
+//! (default 7) rounds, in sentences per second.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aios_edge_agent::http::gateway::{router, GatewayConfig, GatewayState, TracingObserver};
-use aios_models::{ChatMessage, ChatModel, GenerateRequest, LoadOptions, ModelStore};
+use aios_models::{ChatMessage, ChatModel, EmbeddingModel, GenerateRequest, LoadOptions, ModelStore};
 use serde_json::json;
 
 const CHAT_ID: &str = "smollm2-135m-instruct";
+const EMBEDDING_ID: &str = "all-minilm-l6-v2";
 const PROMPT: &str = "Say hi.";
 
 fn percentile(samples: &[Duration], fraction: f64) -> Duration {
@@ -60,13 +67,14 @@ async fn bench(runtime: &str) {
         std::env::var("AIOS_BENCH_ITERATIONS").ok().and_then(|value| value.parse().ok()).unwrap_or(300);
     let store = ModelStore::from_env();
     let model = ChatModel::load(&store, CHAT_ID, &LoadOptions::default()).await.expect("SmolLM2 loads");
+    let embedder = EmbeddingModel::load(&store, EMBEDDING_ID, &LoadOptions::default()).await.expect("MiniLM loads");
     let config = GatewayConfig {
         chat_model: CHAT_ID.to_owned(),
-        embedding_model: String::new(),
+        embedding_model: EMBEDDING_ID.to_owned(),
         token: None,
         default_max_tokens: 1,
     };
-    let state = GatewayState::new(config, Some(model.clone()), None, Arc::new(TracingObserver));
+    let state = GatewayState::new(config, Some(model.clone()), Some(embedder.clone()), Arc::new(TracingObserver));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let address = listener.local_addr().expect("local address");
     tokio::spawn(async move { axum::serve(listener, router(Arc::new(state))).await.expect("gateway serves") });
@@ -161,4 +169,68 @@ async fn bench(runtime: &str) {
     }
     let gateway_rate = rounds as f64 / started.elapsed().as_secs_f64();
     println!("  sequential requests/s: direct {direct_rate:.1}, gateway {gateway_rate:.1}");
+
+    embeddings(&http, &format!("http://{address}/v1/embeddings"), &embedder).await;
+}
+
+/// The models bench's 256 sentences (`aios-models bench`, `bench_embed`).
+fn sentences() -> Vec<String> {
+    let subjects =
+        ["My parcel", "The refund", "Our store", "The kettle", "A customer", "The courier", "This order", "The invoice"];
+    let verbs = [
+        "arrived late",
+        "was never sent",
+        "needs checking",
+        "is broken",
+        "was cancelled",
+        "looks fine",
+        "got lost",
+        "came twice",
+    ];
+    let places =
+        ["today.", "last week.", "in Paris.", "again.", "yesterday.", "at the depot.", "on Monday.", "this morning."];
+    (0..256).map(|i| format!("{} {} {}", subjects[i % 8], verbs[(i / 8) % 8], places[(i / 64 + i) % 8])).collect()
+}
+
+async fn embeddings(http: &reqwest::Client, url: &str, embedder: &EmbeddingModel) {
+    let rounds: usize =
+        std::env::var("AIOS_BENCH_EMBED_ROUNDS").ok().and_then(|value| value.parse().ok()).unwrap_or(7);
+    let texts = sentences();
+    let body = json!({"model": EMBEDDING_ID, "input": texts});
+    let direct = || async {
+        let started = Instant::now();
+        let vectors = embedder.embed(texts.clone()).await.expect("direct embeddings");
+        assert_eq!(vectors.len(), texts.len());
+        started.elapsed()
+    };
+    let through_gateway = || async {
+        let started = Instant::now();
+        let response = http.post(url).json(&body).send().await.expect("gateway answers");
+        assert!(response.status().is_success(), "gateway status {}", response.status());
+        let answer: serde_json::Value = response.json().await.expect("embeddings body");
+        assert_eq!(answer["data"].as_array().map(Vec::len), Some(texts.len()));
+        started.elapsed()
+    };
+    direct().await;
+    through_gateway().await;
+    let (mut direct_times, mut gateway_times) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            direct_times.push(direct().await);
+            gateway_times.push(through_gateway().await);
+        } else {
+            gateway_times.push(through_gateway().await);
+            direct_times.push(direct().await);
+        }
+    }
+    let rate = |times: &[Duration]| texts.len() as f64 / percentile(times, 0.5).as_secs_f64();
+    let (direct_rate, gateway_rate) = (rate(&direct_times), rate(&gateway_times));
+    println!(
+        "embeddings, {EMBEDDING_ID}, {} sentences a request, medians of {rounds} alternating rounds",
+        texts.len()
+    );
+    println!(
+        "  direct {direct_rate:.1} sentences/s, gateway {gateway_rate:.1} sentences/s ({:.0}% of direct)",
+        100.0 * gateway_rate / direct_rate
+    );
 }

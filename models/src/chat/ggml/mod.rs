@@ -22,6 +22,9 @@
 //! # Layout
 //! - `blocks`: the block formats, [`BlockMatrix`]'s repacked layout and its
 //!   dequantisation, and the quantisation of activations ([`quantize_rows`]).
+//! - `exact`: products against f32 activations (scored choice's
+//!   arithmetic): dequantised panels for many rows, a fused
+//!   dequantise-and-multiply kernel for a few.
 //! - `kernels`: the block dot products, one body per dispatch level.
 //! - `tests`: the kernels against a scalar reference, quantisation round trips.
 //!
@@ -30,6 +33,7 @@
 //! dispatch to the block kernels or to `dense`'s.
 
 mod blocks;
+mod exact;
 mod kernels;
 #[cfg(test)]
 mod tests;
@@ -62,9 +66,6 @@ const DENSE_ACTS: usize = 72;
 /// the pool never mistakes a helper still busy with one for a helper that
 /// lost its core (`cpu::pool`'s 400 us).
 const DENSE_CHUNK_WORK: usize = 2 << 20;
-/// Activation rows up to which an exact product dots dequantised rows
-/// directly instead of packing them for the dense kernel.
-const EXACT_UNPACKED: usize = 4;
 /// The most products one fused job takes (Q, K, V).
 const MAX_FUSED: usize = 4;
 
@@ -270,7 +271,9 @@ impl Matrix {
             // small cost beside the products of up to DENSE_ACTS rows, and
             // pack them into panels: whole panels, or the last panel's
             // padding columns are multiplied too.
-            Self::Blocks(_) if n_acts > EXACT_UNPACKED => (band.next_multiple_of(dense::PANEL), n_acts.min(DENSE_ACTS)),
+            Self::Blocks(_) if n_acts > exact::UNPACKED => {
+                (band.next_multiple_of(dense::PANEL), n_acts.min(DENSE_ACTS))
+            }
             Self::Blocks(_) => (band.next_multiple_of(GROUP), n_acts),
             Self::Dense(_) if n_acts == 1 => (band.next_multiple_of(dense::PANEL), 1),
             // Many rows: a few panels by a block of activation rows, sized by work.
@@ -363,41 +366,6 @@ impl Matrix {
 }
 
 impl BlockMatrix {
-    /// [`BlockMatrix::band`] against f32 activations: the band's rows are
-    /// dequantised and repacked for [`dense`]'s kernel, then multiplied
-    /// with every activation row at once.
-    fn band_exact(&self, level: Level, activations: &[f32], groups: std::ops::Range<usize>, out: OutBand<'_>) {
-        let first = groups.start * GROUP;
-        let rows = (groups.end * GROUP).min(self.rows).saturating_sub(first);
-        let n_acts = activations.len() / self.cols;
-        if rows == 0 || n_acts == 0 {
-            return;
-        }
-        if n_acts <= EXACT_UNPACKED {
-            // Too few activation rows to repay packing: one dequantised row
-            // at a time, dotted with each.
-            let mut row = vec![0f32; self.cols];
-            for offset in 0..rows {
-                self.dequantize_row_level(level, first + offset, &mut row);
-                for (a, x) in activations.chunks_exact(self.cols).enumerate() {
-                    out.write(a, first + offset, dense::dot(level, x, &row));
-                }
-            }
-            return;
-        }
-        let packed = dense::PackedMatrix::from_rows(rows, self.cols, |row, out| {
-            self.dequantize_row_level(level, first + row, out)
-        });
-        let mut values = vec![0f32; n_acts * rows];
-        // SAFETY: `values` has `n_acts` rows of `rows` columns.
-        unsafe { dense::matmul_serial(level, activations, n_acts, &packed, values.as_mut_ptr(), rows) };
-        for (a, values) in values.chunks_exact(rows).enumerate() {
-            for (offset, value) in values.iter().enumerate() {
-                out.write(a, first + offset, *value);
-            }
-        }
-    }
-
     /// Groups `groups` against every activation row, written to
     /// `out[a * rows + r]` for the real (unpadded) rows.
     fn band(&self, level: Level, activations: &[ActivationBlock], groups: std::ops::Range<usize>, out: OutBand<'_>) {

@@ -166,14 +166,17 @@ fn exact_products_equal_dequantised_weights_times_f32_activations() {
     let cols = 3 * BLOCK;
     for threads in [1, 2] {
         let pool = Pool::new(threads);
-        // 70 rows: more than one chunk of activation rows.
-        for n_acts in [1, 3, 9, 20, 70] {
+        // 1 to 4 rows take the fused kernel (by twos, then one); 70 rows are
+        // more than one chunk of activation rows.
+        for n_acts in [1, 2, 3, 4, 9, 20, 70] {
             let x = values(n_acts as u64 + 40, n_acts * cols, 2.0);
             let first = Matrix::Blocks(matrix(GgmlDType::Q4_1, 67, cols, 3).0);
             let second = Matrix::Blocks(matrix(GgmlDType::Q4_0, 35, cols, 4).0);
+            let third = Matrix::Blocks(matrix(GgmlDType::Q8_0, 29, cols, 5).0);
             for level in Level::available() {
                 let mut out_first = vec![f32::NAN; n_acts * 67];
                 let mut out_second = values(11, n_acts * 35, 1.0);
+                let mut out_third = vec![f32::NAN; n_acts * 29];
                 let before = out_second.clone();
                 matmul(
                     &pool,
@@ -182,6 +185,7 @@ fn exact_products_equal_dequantised_weights_times_f32_activations() {
                     &mut [
                         Product { matrix: &first, out: &mut out_first, write: Write::Assign },
                         Product { matrix: &second, out: &mut out_second, write: Write::Add },
+                        Product { matrix: &third, out: &mut out_third, write: Write::Assign },
                     ],
                 );
                 let exact = |matrix: &Matrix, a: usize, r: usize| -> f64 {
@@ -191,11 +195,15 @@ fn exact_products_equal_dequantised_weights_times_f32_activations() {
                 for a in 0..n_acts {
                     for r in 0..67 {
                         let want = exact(&first, a, r);
-                        assert!((out_first[a * 67 + r] as f64 - want).abs() < 1e-4, "{level:?} {a} {r}");
+                        assert!((out_first[a * 67 + r] as f64 - want).abs() < 1e-4, "{level:?} {n_acts} {a} {r}");
                     }
                     for r in 0..35 {
                         let want = before[a * 35 + r] as f64 + exact(&second, a, r);
-                        assert!((out_second[a * 35 + r] as f64 - want).abs() < 1e-4, "{level:?} {a} {r} add");
+                        assert!((out_second[a * 35 + r] as f64 - want).abs() < 1e-4, "{level:?} {n_acts} {a} {r} add");
+                    }
+                    for r in 0..29 {
+                        let want = exact(&third, a, r);
+                        assert!((out_third[a * 29 + r] as f64 - want).abs() < 1e-3, "{level:?} {n_acts} {a} {r} q8");
                     }
                 }
             }
