@@ -51,6 +51,10 @@ pub enum ModelsCommand {
         /// Threads for the CPU kernels, the calling thread included (default: one per core)
         #[arg(long, env = "AIOS_MODEL_THREADS")]
         threads: Option<usize>,
+        /// Run the bench once per kernel level this CPU has (each in its own
+        /// process, capped with `$AIOS_CPU_LEVEL`) and print a table by level
+        #[arg(long)]
+        levels: bool,
     },
 }
 
@@ -112,7 +116,8 @@ pub async fn run_models_command(command: ModelsCommand) -> anyhow::Result<()> {
                 println!("{}", path.display());
             }
         }
-        ModelsCommand::Bench { id, device, generate_tokens, prompt_tokens, threads } => {
+        ModelsCommand::Bench { levels: true, .. } => bench_levels().await?,
+        ModelsCommand::Bench { id, device, generate_tokens, prompt_tokens, threads, levels: false } => {
             if let Some(threads) = threads {
                 crate::cpu::pool::set_threads(threads);
             }
@@ -290,11 +295,84 @@ async fn bench_embed(store: &ModelStore, id: &str, options: &LoadOptions) -> any
         embedded.tokens,
         embedded.tokens as f64 / elapsed.as_secs_f64()
     );
+    // One short text at a time, as a memory search embeds its query.
+    let mut latencies = Vec::with_capacity(200);
+    for sentence in sentences.iter().cycle().take(200) {
+        let started = Instant::now();
+        model.embed(vec![sentence.clone()]).await?;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "one short text: p50 {:.2} ms, p95 {:.2} ms (200 calls)",
+        latencies[100].as_secs_f64() * 1e3,
+        latencies[190].as_secs_f64() * 1e3
+    );
     println!("peak RSS: {}", peak_rss());
     Ok(())
 }
 
 /// Threads and instruction-set level of the CPU kernels.
+/// `bench --levels`: this process's own command line without `--levels`,
+/// run once per level with `$AIOS_CPU_LEVEL` set, its figures gathered into
+/// one table.
+async fn bench_levels() -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("no path to this executable")?;
+    let args: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--levels").collect();
+    let figures = [
+        ("prompt processing:", "prompt tok/s"),
+        ("generation:", "generation tok/s"),
+        ("scored choice", "scored choice ms"),
+        ("embeddings:", "sentences/s"),
+        ("one short text:", "one text p50 ms"),
+    ];
+    let mut rows = Vec::new();
+    for level in crate::cpu::Level::available() {
+        let command = (exe.clone(), args.clone(), level.cap_name());
+        let output = tokio::task::spawn_blocking(move || {
+            let (exe, args, cap) = command;
+            std::process::Command::new(exe).args(args).env("AIOS_CPU_LEVEL", cap).output()
+        })
+        .await
+        .context("bench task failed")?
+        .with_context(|| format!("running the bench at {}", level.name()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            anyhow::bail!("the bench at {} failed: {}", level.name(), String::from_utf8_lossy(&output.stderr));
+        }
+        print!("{stdout}");
+        // The figure is the first number after the line's colon (so "3
+        // labels, 48 prompt tokens" and "p50" are skipped).
+        let values: Vec<Option<f64>> = figures
+            .iter()
+            .map(|(label, _)| {
+                let line = stdout.lines().find(|line| line.starts_with(label))?;
+                line.split_once(": ")?.1.split_whitespace().find_map(|word| word.parse().ok())
+            })
+            .collect();
+        rows.push((level, values));
+    }
+    let present: Vec<usize> = (0..figures.len()).filter(|i| rows.iter().any(|(_, v)| v[*i].is_some())).collect();
+    println!();
+    print!("| kernels |");
+    for i in &present {
+        print!(" {} |", figures[*i].1);
+    }
+    println!();
+    println!("|---|{}", "---|".repeat(present.len()));
+    for (level, values) in &rows {
+        print!("| {} |", level.name());
+        for i in &present {
+            match values[*i] {
+                Some(value) => print!(" {value:.1} |"),
+                None => print!(" |"),
+            }
+        }
+        println!();
+    }
+    Ok(())
+}
+
 fn print_cpu() {
     println!(
         "threads: {} (of {} cores), kernels: {}",

@@ -2,7 +2,7 @@
 //! embedder's attention and the llama path's exact one) and the vector
 //! operations it is made of, [`dot`] and [`axpy`].
 
-use super::exp_negative;
+use super::{exp_negative, madd, BASELINE_FMA};
 use crate::cpu::Level;
 
 /// `a · b` in sixteen f32 lanes.
@@ -11,27 +11,29 @@ pub fn dot(level: Level, a: &[f32], b: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Level::Avx2` and above are only produced when the CPU has AVX2 and FMA.
         Level::Avx2 | Level::Avx512Vnni | Level::Avx512Bf16 => unsafe { dot_fma(a, b) },
-        _ => dot_body(a, b),
+        _ => dot_body::<BASELINE_FMA>(a, b),
     }
 }
 
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+fn dot_body<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
     let (a_runs, b_runs) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = a_runs.remainder().iter().zip(b_runs.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in a_runs.zip(b_runs) {
         for (lane, (x, y)) in lanes.iter_mut().zip(x.iter().zip(y)) {
-            *lane = x.mul_add(*y, *lane);
+            *lane = madd::<FUSED>(*x, *y, *lane);
         }
     }
-    lanes.iter().sum::<f32>() + tail
+    // A tree (`_mm512_reduce_add_ps`'s), not sixteen dependent additions:
+    // a head of 32 or 64 values takes only two or four steps of products.
+    crate::cpu::vector::reduce16(&lanes) + tail
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
-    dot_body(a, b)
+    dot_body::<true>(a, b)
 }
 
 /// `out += w * x`.
@@ -40,21 +42,21 @@ pub fn axpy(level: Level, w: f32, x: &[f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `dot`.
         Level::Avx2 | Level::Avx512Vnni | Level::Avx512Bf16 => unsafe { axpy_fma(w, x, out) },
-        _ => axpy_body(w, x, out),
+        _ => axpy_body::<BASELINE_FMA>(w, x, out),
     }
 }
 
 #[inline(always)]
-fn axpy_body(w: f32, x: &[f32], out: &mut [f32]) {
+fn axpy_body<const FUSED: bool>(w: f32, x: &[f32], out: &mut [f32]) {
     for (o, v) in out.iter_mut().zip(x) {
-        *o = w.mul_add(*v, *o);
+        *o = madd::<FUSED>(w, *v, *o);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn axpy_fma(w: f32, x: &[f32], out: &mut [f32]) {
-    axpy_body(w, x, out);
+    axpy_body::<true>(w, x, out);
 }
 
 /// Softmax attention of one query row in f32: `out = softmax(q · k_t * scale) v`
@@ -79,7 +81,7 @@ pub fn attend_row(
         Level::Avx2 | Level::Avx512Vnni | Level::Avx512Bf16 => unsafe {
             attend_row_fma(query, keys, values, stride, count, scale, scores, out)
         },
-        _ => attend_row_body(query, keys, values, stride, count, scale, scores, out),
+        _ => attend_row_body::<BASELINE_FMA>(query, keys, values, stride, count, scale, scores, out),
     }
 }
 
@@ -98,12 +100,12 @@ unsafe fn attend_row_fma(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_row_body(query, keys, values, stride, count, scale, scores, out);
+    attend_row_body::<true>(query, keys, values, stride, count, scale, scores, out);
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attend_row_body(
+fn attend_row_body<const FUSED: bool>(
     query: &[f32],
     keys: &[f32],
     values: &[f32],
@@ -117,17 +119,17 @@ fn attend_row_body(
     let scores = &mut scores[..count];
     let mut max = f32::NEG_INFINITY;
     for (t, score) in scores.iter_mut().enumerate() {
-        *score = dot_body(query, &keys[t * stride..][..d]) * scale;
+        *score = dot_body::<FUSED>(query, &keys[t * stride..][..d]) * scale;
         max = max.max(*score);
     }
     let mut sum = 0f64;
     for score in scores.iter_mut() {
-        *score = exp_negative(*score - max);
+        *score = exp_negative::<FUSED>(*score - max);
         sum += *score as f64;
     }
     let inverse = (1.0 / sum) as f32;
     out.fill(0.0);
     for (t, score) in scores.iter().enumerate() {
-        axpy_body(score * inverse, &values[t * stride..][..d], out);
+        axpy_body::<FUSED>(score * inverse, &values[t * stride..][..d], out);
     }
 }

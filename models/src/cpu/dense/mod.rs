@@ -65,6 +65,24 @@ use x86::{micro_avx512, micro_dpbf16};
 
 use crate::cpu::{Level, Pool};
 
+/// Whether this build's baseline CPU fuses multiply-adds (every arm64 CPU;
+/// an x86-64 one only in a build for it). Without the feature
+/// `f32::mul_add` is a call into compiler-builtins, a software routine
+/// where the hardware has no FMA, and about a hundred times slower than a
+/// multiply and an add even where it has: the portable bodies then round
+/// twice ([`madd`]), and only the levels compiled with FMA fuse.
+pub(crate) const BASELINE_FMA: bool = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
+
+/// `a * b + c`, in one rounding when `FUSED`, in two otherwise.
+#[inline(always)]
+pub(crate) fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// Output columns per packed panel (two AVX-512 vectors).
 pub const PANEL: usize = 32;
 /// Rows the micro-kernel holds in registers.

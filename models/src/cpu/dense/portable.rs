@@ -5,7 +5,7 @@
 
 use half::bf16;
 
-use super::{Element, Kernel, Kind, Start, PANEL};
+use super::{madd, Element, Kernel, Kind, Start, BASELINE_FMA, PANEL};
 
 /// Step `k` of a panel of stored weights as f32.
 #[inline(always)]
@@ -72,7 +72,7 @@ unsafe fn micro_body<const R: usize, E: Element>(kernel: Kernel<'_, f32, E>, c: 
         for (r, row) in acc.iter_mut().enumerate() {
             let x = a[r * lda + k];
             for (sum, w) in row.iter_mut().zip(&weights) {
-                *sum = x.mul_add(*w, *sum);
+                *sum = madd::<BASELINE_FMA>(x, *w, *sum);
             }
         }
     }
@@ -105,7 +105,7 @@ unsafe fn micro_pairs_body<const R: usize>(kernel: Kernel<'_, u32, bf16>, c: *mu
             let word = a[r * lda + p];
             let (x_even, x_odd) = (f32::from_bits(word << 16), f32::from_bits(word & 0xffff_0000));
             for ((sum, w_even), w_odd) in row.iter_mut().zip(&even).zip(&odd) {
-                *sum = x_even.mul_add(*w_even, x_odd.mul_add(*w_odd, *sum));
+                *sum = madd::<BASELINE_FMA>(x_even, *w_even, madd::<BASELINE_FMA>(x_odd, *w_odd, *sum));
             }
         }
     }

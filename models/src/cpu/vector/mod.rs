@@ -44,22 +44,45 @@ pub enum Level {
 
 impl Level {
     /// The best level this CPU runs, capped by `$AIOS_CPU_LEVEL`
-    /// (`portable`, `neon`, `avx2`, `avx512`, `avx512bf16`) when set;
-    /// detected once.
+    /// (`portable`, `neon`, `neondot`, `avx2`, `avx512`, `avx512bf16`)
+    /// when set; detected once. Any other value is warned about and caps
+    /// nothing.
     pub fn detect() -> Self {
         static DETECTED: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| {
-            let cap = match std::env::var("AIOS_CPU_LEVEL").as_deref() {
-                Ok("portable") => Self::Portable,
-                Ok("neon") => Self::Neon,
-                Ok("avx2") => Self::Avx2,
-                Ok("avx512") => Self::Avx512Vnni,
-                _ => Self::Avx512Bf16,
+            let cap = match std::env::var("AIOS_CPU_LEVEL") {
+                Ok(name) => Self::from_cap_name(&name).unwrap_or_else(|| {
+                    tracing::warn!(
+                        value = %name,
+                        "AIOS_CPU_LEVEL is not one of portable, neon, neondot, avx2, avx512, avx512bf16; kernels are not capped"
+                    );
+                    Self::Avx512Bf16
+                }),
+                Err(_) => Self::Avx512Bf16,
             };
             // The best this CPU has at or below the cap (an x86 name caps
             // nothing on arm64, and `neon` caps x86 to portable).
             Self::available().into_iter().filter(|level| *level <= cap).max().unwrap_or(Self::Portable)
         })
+    }
+
+    /// The level an `$AIOS_CPU_LEVEL` value caps at.
+    pub fn from_cap_name(name: &str) -> Option<Self> {
+        [Self::Portable, Self::Neon, Self::NeonDot, Self::Avx2, Self::Avx512Vnni, Self::Avx512Bf16]
+            .into_iter()
+            .find(|level| level.cap_name() == name)
+    }
+
+    /// The `$AIOS_CPU_LEVEL` value that caps the kernels at this level.
+    pub fn cap_name(self) -> &'static str {
+        match self {
+            Self::Portable => "portable",
+            Self::Neon => "neon",
+            Self::NeonDot => "neondot",
+            Self::Avx2 => "avx2",
+            Self::Avx512Vnni => "avx512",
+            Self::Avx512Bf16 => "avx512bf16",
+        }
     }
 
     /// Every level this CPU can run (tests check each against the portable one).
