@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`app`]: assembles a running control plane.
 //! - [`server`]: the QUIC endpoint: enrolment and the sync driver.
+//! - [`admission`]: limits on peers not yet authenticated (connections, enrolment failures).
 //! - [`api`]: the admin HTTP API (axum).
 //! - [`auth`]: bearer tokens, console sessions, CSRF, login limits, permissions.
 //! - [`console`]: the server-rendered fleet console.
@@ -20,6 +21,7 @@
 //! - [`cli`]: the `aios-control-plane` command line.
 
 pub mod accounts;
+pub mod admission;
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -4,17 +4,27 @@
 //! optional at the TLS layer so that an edge without one can enrol; a sync
 //! stream then demands one, looks its fingerprint up, and refuses unknown and
 //! revoked edges with an error frame and a close code the edge understands.
+//!
+//! Until a peer has authenticated it is held to [`crate::admission`]'s
+//! limits: a client must first prove its address with a QUIC Retry; then
+//! it takes one of the unauthenticated places (refused with QUIC's
+//! `CONNECTION_REFUSED` when its source or the endpoint has none left); the
+//! handshake and a first frame of at most [`MAX_FIRST_FRAME_LEN`] bytes
+//! must arrive within [`FIRST_FRAME_DEADLINE`]; and a source that keeps
+//! failing to enrol is slowed down. Only a known certificate opens the
+//! connection's receive window to its full size.
 //! The sync loop is a thin driver of [`ControlSync`]: a batch is acknowledged
 //! only after the store committed it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aios_daemon::clock::SharedClock;
 use aios_daemon::transport::{
-    close_code, peer_certificate, read_frame, sleep_until, spawn_frame_reader, transport_config, write_frame,
-    FrameStream, ALPN,
+    close_code, peer_certificate, read_frame_within, server_transport_config, sleep_until, spawn_frame_reader,
+    write_frame, FrameStream, TransportError, ALPN, MAX_FIRST_FRAME_LEN, RECEIVE_WINDOW,
 };
 use aios_shared::bundle::SignedBundle;
 use aios_shared::sync::{ControlConfig, ControlEvent, ControlSync};
@@ -27,8 +37,18 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::admission::{Admission, AdmissionLimits, Source};
 use crate::pki::Pki;
 use crate::store::CpStore;
+
+/// How long a connection may take from its first packet to its first
+/// complete frame. Without it a peer that opens a connection and sends
+/// nothing would be kept alive by the server's own keep-alives.
+pub const FIRST_FRAME_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Connection attempts that may wait to be handled at once; quinn refuses
+/// the rest. The accept loop disposes of each at once, so few ever wait.
+const MAX_INCOMING: usize = 1024;
 
 /// The newest published bundle, watched by every sync connection.
 pub type BundleWatch = watch::Receiver<Option<(u64, SignedBundle)>>;
@@ -137,7 +157,12 @@ pub fn bind(pki: &Pki, addr: SocketAddr) -> Result<quinn::Endpoint, ServerError>
     tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_err(&e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(server_transport_config()));
+    // Packets buffered for attempts not yet handled: no 0-RTT, so a handshake
+    // needs little, and the accept loop handles attempts at once.
+    config.max_incoming(MAX_INCOMING);
+    config.incoming_buffer_size(64 * 1024);
+    config.incoming_buffer_size_total(8 * 1024 * 1024);
     // Identity is the certificate; a changed address (NAT rebinding) is fine.
     config.migration(true);
     // Both keys derive from one persisted secret, so after a restart this
@@ -157,28 +182,116 @@ pub fn bind(pki: &Pki, addr: SocketAddr) -> Result<quinn::Endpoint, ServerError>
 
 /// Accepts connections until the endpoint is closed.
 pub async fn serve(endpoint: quinn::Endpoint, ctx: SyncContext) {
+    let admission = Arc::new(Mutex::new(Admission::new(AdmissionLimits::default())));
     while let Some(incoming) = endpoint.accept().await {
-        let ctx = ctx.clone();
-        let remote = incoming.remote_address();
-        tokio::spawn(
-            async move {
-                match incoming.await {
-                    Ok(connection) => handle_connection(connection, ctx).await,
-                    Err(err) => debug!(%err, "handshake failed"),
-                }
+        if !incoming.remote_address_validated() {
+            // A stateless Retry: the client must show it receives at its
+            // source address before that address is charged for anything.
+            if let Err(err) = incoming.retry() {
+                err.into_incoming().ignore();
             }
-            .instrument(info_span!("conn", %remote)),
-        );
+            continue;
+        }
+        let remote = incoming.remote_address();
+        let place = match Unauthenticated::take(&admission, Source::of(remote.ip())) {
+            Ok(place) => place,
+            Err(refusal) => {
+                debug!(%remote, %refusal, "connection refused before its handshake");
+                incoming.refuse();
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(handle_incoming(incoming, ctx, place).instrument(info_span!("conn", %remote)));
     }
 }
 
-async fn handle_connection(connection: quinn::Connection, ctx: SyncContext) {
-    let peer_cert = peer_certificate(&connection);
-    let (mut send, mut recv) = match connection.accept_bi().await {
-        Ok(streams) => streams,
-        Err(err) => return debug!(%err, "connection closed before opening a stream"),
+/// One connection's place among the unauthenticated ones, given back when
+/// dropped (authenticated, enrolled, refused or gone).
+struct Unauthenticated {
+    admission: Arc<Mutex<Admission>>,
+    source: Source,
+}
+
+impl Unauthenticated {
+    fn take(admission: &Arc<Mutex<Admission>>, source: Source) -> Result<Unauthenticated, crate::admission::Refusal> {
+        lock(admission).try_admit(source)?;
+        Ok(Unauthenticated { admission: admission.clone(), source })
+    }
+
+    /// Whether this source may try to enrol at `now`; `Err` with the wait.
+    fn may_enrol(&self, now: std::time::Instant) -> Result<(), Duration> {
+        lock(&self.admission).may_enrol(self.source, now)
+    }
+
+    /// Records a failed enrolment from this source.
+    fn enrol_failed(&self, now: std::time::Instant) {
+        lock(&self.admission).enrol_failed(self.source, now);
+    }
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        lock(&self.admission).release(self.source);
+    }
+}
+
+fn lock(admission: &Mutex<Admission>) -> std::sync::MutexGuard<'_, Admission> {
+    admission.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The first stream and what arrived on it first.
+type Opened = (quinn::SendStream, quinn::RecvStream, Result<Option<Frame>, TransportError>);
+
+/// Accepts the peer's stream and reads its first frame, at most
+/// [`MAX_FIRST_FRAME_LEN`] bytes.
+async fn first_frame(connection: &quinn::Connection) -> Result<Opened, quinn::ConnectionError> {
+    let (send, mut recv) = connection.accept_bi().await?;
+    let first = read_frame_within(&mut recv, MAX_FIRST_FRAME_LEN).await;
+    Ok((send, recv, first))
+}
+
+/// Completes the handshake and reads the first frame before
+/// [`FIRST_FRAME_DEADLINE`], then enrols or starts a sync session.
+async fn handle_incoming(incoming: quinn::Incoming, ctx: SyncContext, place: Unauthenticated) {
+    let deadline = tokio::time::sleep(FIRST_FRAME_DEADLINE);
+    tokio::pin!(deadline);
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(err) => return debug!(%err, "connection attempt failed"),
     };
-    let first = match read_frame(&mut recv).await {
+    let connection = tokio::select! {
+        connected = connecting => match connected {
+            Ok(connection) => connection,
+            Err(err) => return debug!(%err, "handshake failed"),
+        },
+        // Dropping the attempt abandons the handshake.
+        () = &mut deadline => return debug!("handshake not finished before the first-frame deadline"),
+    };
+    let opened = tokio::select! {
+        opened = first_frame(&connection) => opened,
+        () = &mut deadline => {
+            let reason = format!("no complete first frame within {} s of connecting", FIRST_FRAME_DEADLINE.as_secs());
+            debug!(%reason, "closing connection");
+            return connection.close(close_code::PROTOCOL.into(), reason.as_bytes());
+        }
+    };
+    match opened {
+        Ok((send, recv, first)) => handle_connection(connection, ctx, place, send, recv, first).await,
+        Err(err) => debug!(%err, "connection closed before opening a stream"),
+    }
+}
+
+async fn handle_connection(
+    connection: quinn::Connection,
+    ctx: SyncContext,
+    place: Unauthenticated,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    first: Result<Option<Frame>, TransportError>,
+) {
+    let peer_cert = peer_certificate(&connection);
+    let first = match first {
         Ok(Some(frame)) => frame,
         Ok(None) => return,
         Err(err) => {
@@ -188,9 +301,22 @@ async fn handle_connection(connection: quinn::Connection, ctx: SyncContext) {
     };
     match first {
         Frame::Enroll(request) => {
-            let reply = match enroll(&ctx, request).await {
-                Ok(enrolled) => Frame::Enrolled(enrolled),
-                Err(error) => Frame::Error(error),
+            let reply = match place.may_enrol(ctx.clock.instant()) {
+                Err(wait) => {
+                    let message =
+                        format!("too many failed enrolments from this address; retry in {} s", wait.as_secs().max(1));
+                    info!(source = %place.source, "enrolment refused: too many failures");
+                    Frame::Error(ErrorFrame { code: ErrorCode::Internal, message })
+                }
+                Ok(()) => match enroll(&ctx, request).await {
+                    Ok(enrolled) => Frame::Enrolled(enrolled),
+                    Err(error) => {
+                        if matches!(error.code, ErrorCode::BadToken | ErrorCode::Malformed) {
+                            place.enrol_failed(ctx.clock.instant());
+                        }
+                        Frame::Error(error)
+                    }
+                },
             };
             let _ = write_frame(&mut send, &reply).await;
             let _ = send.finish();
@@ -224,6 +350,10 @@ async fn handle_connection(connection: quinn::Connection, ctx: SyncContext) {
                 let error = ErrorFrame { code: ErrorCode::UnknownEdge, message };
                 return refuse(&connection, &mut send, error).await;
             }
+            // A known edge: no longer counted as unauthenticated, and its
+            // uploads get the full window.
+            drop(place);
+            connection.set_receive_window(RECEIVE_WINDOW.into());
             let span = info_span!("sync", edge_id = %edge.id);
             SyncSession { ctx, connection, edge_id: edge.id, cert_fingerprint }
                 .run(send, recv, Frame::Hello(hello))

@@ -2,6 +2,14 @@
 //!
 //! Both daemons link this crate, so the framing and the transport settings
 //! have exactly one definition.
+//!
+//! Every limit quinn would otherwise default is set here, small enough that
+//! a peer that never authenticates cannot pin much memory: one bidirectional
+//! stream per connection (all the sync protocol and enrolment use), no
+//! unidirectional streams, no datagrams, bounded stream and connection
+//! receive windows. The control plane starts each connection with an even
+//! smaller connection window ([`server_transport_config`]) and opens it to
+//! [`RECEIVE_WINDOW`] once the peer has proved who it is.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +31,31 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Keep-alives are sent well inside the idle timeout.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(4);
 
+/// Streams a peer may have open at once. The sync protocol and enrolment
+/// each use one bidirectional stream per connection; nothing opens more.
+pub const MAX_BIDI_STREAMS: u32 = 1;
+
+/// How many bytes a peer may send on one stream ahead of the reader. Larger
+/// than quinn's default (1.25 MB) so one stream keeps a long link busy; a
+/// frame (up to [`wire::MAX_FRAME_LEN`]) simply takes two windows.
+pub const STREAM_RECEIVE_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// How many bytes an authenticated peer may send on a connection ahead of
+/// the reader (quinn's default is unbounded). With one stream per
+/// connection, the stream's window.
+pub const RECEIVE_WINDOW: u32 = STREAM_RECEIVE_WINDOW;
+
+/// The connection receive window before the peer authenticated: room for
+/// the first frame (at most [`MAX_FIRST_FRAME_LEN`]) and little more.
+pub const UNAUTHENTICATED_RECEIVE_WINDOW: u32 = 64 * 1024;
+
+/// The largest first frame of a connection (`Hello` or `Enroll`, both a few
+/// hundred bytes), checked before its body is allocated.
+pub const MAX_FIRST_FRAME_LEN: usize = 32 * 1024;
+
+/// Bytes written but not yet acknowledged, per connection.
+pub const SEND_WINDOW: u64 = 8 * 1024 * 1024;
+
 /// Errors reading or writing frames.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -42,7 +75,8 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Transport settings shared by both ends.
+/// Transport settings shared by both ends, for a peer that authenticated
+/// (an edge's view of the control plane, or an enrolled edge's connection).
 pub fn transport_config() -> quinn::TransportConfig {
     let mut config = quinn::TransportConfig::default();
     config.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits a VarInt")));
@@ -50,9 +84,22 @@ pub fn transport_config() -> quinn::TransportConfig {
     config
 }
 
+/// The control plane's settings: [`transport_config`] with the connection
+/// window at [`UNAUTHENTICATED_RECEIVE_WINDOW`] until the peer is known
+/// (then `Connection::set_receive_window` opens it to [`RECEIVE_WINDOW`]).
+pub fn server_transport_config() -> quinn::TransportConfig {
+    transport_config()
+}
+
 /// Reads one frame; `Ok(None)` when the peer finished the stream cleanly
 /// between frames. The length is checked before the body is allocated.
 pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Frame>, TransportError> {
+    read_frame_within(recv, wire::MAX_FRAME_LEN).await
+}
+
+/// [`read_frame`] with a lower size limit (`max_len` at most
+/// [`wire::MAX_FRAME_LEN`]), for frames from a peer not yet authenticated.
+pub async fn read_frame_within(recv: &mut quinn::RecvStream, max_len: usize) -> Result<Option<Frame>, TransportError> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
@@ -60,6 +107,9 @@ pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Frame>, T
         Err(err) => return Err(err.into()),
     }
     let len = wire::decode_frame_len(header)?;
+    if len > max_len {
+        return Err(WireError::FrameTooLarge { len, max: max_len }.into());
+    }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await?;
     Ok(Some(wire::decode_frame_body(&body)?))

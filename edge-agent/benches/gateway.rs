@@ -71,7 +71,7 @@ async fn bench(runtime: &str) {
     let config = GatewayConfig {
         chat_model: CHAT_ID.to_owned(),
         embedding_model: EMBEDDING_ID.to_owned(),
-        token: None,
+        keys: Vec::new(),
         default_max_tokens: 1,
     };
     let state = GatewayState::new(config, Some(model.clone()), Some(embedder.clone()), Arc::new(TracingObserver));
@@ -175,8 +175,16 @@ async fn bench(runtime: &str) {
 
 /// The models bench's 256 sentences (`aios-models bench`, `bench_embed`).
 fn sentences() -> Vec<String> {
-    let subjects =
-        ["My parcel", "The refund", "Our store", "The kettle", "A customer", "The courier", "This order", "The invoice"];
+    let subjects = [
+        "My parcel",
+        "The refund",
+        "Our store",
+        "The kettle",
+        "A customer",
+        "The courier",
+        "This order",
+        "The invoice",
+    ];
     let verbs = [
         "arrived late",
         "was never sent",
@@ -193,8 +201,7 @@ fn sentences() -> Vec<String> {
 }
 
 async fn embeddings(http: &reqwest::Client, url: &str, embedder: &EmbeddingModel) {
-    let rounds: usize =
-        std::env::var("AIOS_BENCH_EMBED_ROUNDS").ok().and_then(|value| value.parse().ok()).unwrap_or(7);
+    let rounds: usize = std::env::var("AIOS_BENCH_EMBED_ROUNDS").ok().and_then(|value| value.parse().ok()).unwrap_or(7);
     let texts = sentences();
     let body = json!({"model": EMBEDDING_ID, "input": texts});
     let direct = || async {
@@ -225,10 +232,7 @@ async fn embeddings(http: &reqwest::Client, url: &str, embedder: &EmbeddingModel
     }
     let rate = |times: &[Duration]| texts.len() as f64 / percentile(times, 0.5).as_secs_f64();
     let (direct_rate, gateway_rate) = (rate(&direct_times), rate(&gateway_times));
-    println!(
-        "embeddings, {EMBEDDING_ID}, {} sentences a request, medians of {rounds} alternating rounds",
-        texts.len()
-    );
+    println!("embeddings, {EMBEDDING_ID}, {} sentences a request, medians of {rounds} alternating rounds", texts.len());
     println!(
         "  direct {direct_rate:.1} sentences/s, gateway {gateway_rate:.1} sentences/s ({:.0}% of direct)",
         100.0 * gateway_rate / direct_rate

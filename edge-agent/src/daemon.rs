@@ -35,6 +35,13 @@ pub enum DaemonError {
     /// The gateway's models cannot load.
     #[error("cannot start the gateway: {0}")]
     Gateway(String),
+    /// The local API would listen beyond loopback with no token: the API
+    /// and the gateway would be open to the network.
+    #[error(
+        "the local API may listen on {0}, beyond loopback, only with an API token \
+         (api_token in the configuration); it guards the API and the gateway"
+    )]
+    ExposedWithoutToken(SocketAddr),
     /// The local API cannot listen.
     #[error("cannot listen on {addr} for the local API: {source}")]
     Listen {
@@ -54,7 +61,8 @@ pub struct DaemonOptions {
     pub uplink: UplinkOptions,
     /// Where the local HTTP API listens (`None`: no API).
     pub api_listen: Option<SocketAddr>,
-    /// Bearer token the local API requires, if any.
+    /// Bearer token the local API requires, if any (required when
+    /// `api_listen` is not loopback). The gateway accepts it too.
     pub api_token: Option<String>,
     /// Where local models come from.
     pub models: aios_models::ModelStore,
@@ -75,7 +83,8 @@ pub struct GatewayOptions {
     pub chat_model: String,
     /// Catalogue id of the embedding model, if embeddings are served.
     pub embedding_model: Option<String>,
-    /// Bearer token callers must present (`env:NAME` / `file:PATH` reference).
+    /// A key callers may present instead of the API token (`env:NAME` /
+    /// `file:PATH` reference), so applications need not hold the API's.
     pub token: Option<String>,
 }
 
@@ -145,16 +154,23 @@ async fn gateway_router(
                 .map_err(|err| failed(format!("embedding model `{id}`: {err}")))?,
         ),
     };
-    let token = gateway
-        .token
-        .as_deref()
-        .map(crate::model_calls::cloud::Credential::load)
-        .transpose()
-        .map_err(|err| failed(format!("gateway token: {err}")))?;
+    let mut keys = Vec::new();
+    if let Some(reference) = &gateway.token {
+        keys.push(
+            crate::model_calls::cloud::Credential::load(reference)
+                .map_err(|err| failed(format!("gateway token: {err}")))?,
+        );
+    }
+    if let Some(api_token) = &options.api_token {
+        keys.push(
+            crate::model_calls::cloud::Credential::new(api_token.as_str())
+                .map_err(|err| failed(format!("the API token cannot serve as a gateway key: {err}")))?,
+        );
+    }
     let config = crate::http::gateway::GatewayConfig {
         chat_model: gateway.chat_model.clone(),
         embedding_model: gateway.embedding_model.clone().unwrap_or_default(),
-        token,
+        keys,
         default_max_tokens: 256,
     };
     let clock = options.clock.clone();
@@ -203,8 +219,21 @@ impl EdgeHandle {
     }
 }
 
+/// Refuses a local API beyond loopback without a token: everything on that
+/// listener (the API and the gateway) is guarded by it; on loopback only
+/// processes on this machine reach it.
+fn check_exposure(api_listen: Option<SocketAddr>, api_token: Option<&str>) -> Result<(), DaemonError> {
+    match api_listen {
+        Some(addr) if !addr.ip().is_loopback() && api_token.is_none_or(|token| token.trim().is_empty()) => {
+            Err(DaemonError::ExposedWithoutToken(addr))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Starts the daemon's tasks and returns at once.
 pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
+    check_exposure(options.api_listen, options.api_token.as_deref())?;
     let store = EdgeStore::open(&options.data_dir)?;
     let identity = store.identity().await?.ok_or_else(|| DaemonError::NotEnrolled(options.data_dir.clone()))?;
     let payload = serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id() });
@@ -298,4 +327,23 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
         info!("edge stopped");
     });
     Ok(EdgeHandle { status, api_addr, runtime, shutdown: shutdown_tx, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_beyond_loopback_needs_a_token() {
+        let addr = |text: &str| Some(text.parse::<SocketAddr>().expect("an address"));
+        assert!(check_exposure(None, None).is_ok());
+        assert!(check_exposure(addr("127.0.0.1:7580"), None).is_ok());
+        assert!(check_exposure(addr("[::1]:7580"), None).is_ok());
+        assert!(check_exposure(addr("0.0.0.0:7580"), Some("secret")).is_ok());
+        for (listen, token) in [("0.0.0.0:7580", None), ("192.0.2.4:7580", Some("  ")), ("[::]:7580", Some(""))] {
+            let err = check_exposure(addr(listen), token).expect_err("refused");
+            assert!(matches!(err, DaemonError::ExposedWithoutToken(_)), "{err}");
+            assert!(err.to_string().contains("api_token"), "{err}");
+        }
+    }
 }

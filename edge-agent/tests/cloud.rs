@@ -2,7 +2,8 @@
 //! OpenAI wire format and misbehaves on request: whole and streamed replies,
 //! embeddings, 500, 429 with `Retry-After`, 401 echoing the key, a hang
 //! before the headers, a stall mid-stream, a body that is not JSON, a stream
-//! that breaks off, and a refused connection.
+//! that breaks off, and a refused connection; tool calls whole and
+//! streamed in pieces, sent back with their observations.
 
 use std::time::{Duration, Instant};
 
@@ -98,10 +99,59 @@ async fn chat(Path(mode): Path<String>, headers: HeaderMap, Json(request): Json<
             });
             event_stream(Body::from_stream(stream))
         }
+        "tools" => tool_reply(&request, streamed),
         "garbage" => "this is not json".into_response(),
         "cut" => event_stream(Body::from(format!("data: {}\n\n", chunk(Some("half"), None)))),
         other => (StatusCode::NOT_FOUND, format!("no mode {other}")).into_response(),
     }
+}
+
+/// A model that calls `shop_lookup` first, then answers from the tool's
+/// observation (which must come back as a `tool` message answering its call).
+fn tool_reply(request: &Value, streamed: bool) -> Response {
+    assert_eq!(request["tools"][0]["type"], "function");
+    assert_eq!(request["tools"][0]["function"]["name"], "shop_lookup");
+    let messages = request["messages"].as_array().cloned().unwrap_or_default();
+    let observation = messages.iter().find(|m| m["role"] == "tool");
+    if let Some(observation) = observation {
+        assert_eq!(observation["tool_call_id"], "call_a");
+        let assistant = messages.iter().find(|m| m["role"] == "assistant").expect("the turn that called");
+        assert_eq!(assistant["tool_calls"][0]["function"]["arguments"], r#"{"order_id":"A-1"}"#);
+        let text = format!("The order: {}", observation["content"].as_str().unwrap_or_default());
+        return Json(json!({
+            "id": "chatcmpl-4", "object": "chat.completion", "created": 1, "model": "fake-large",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 30, "completion_tokens": 6, "total_tokens": 36}
+        }))
+        .into_response();
+    }
+    if !streamed {
+        return Json(json!({
+            "id": "chatcmpl-3", "object": "chat.completion", "created": 1, "model": "fake-large",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_a", "type": "function", "function": {"name": "shop_lookup", "arguments": "{\"order_id\":\"A-1\"}"}}
+            ]}, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}
+        }))
+        .into_response();
+    }
+    let piece = |delta: Value, finish: Option<&str>| {
+        json!({"id": "chatcmpl-3", "object": "chat.completion.chunk", "created": 1, "model": "fake-large",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut usage = json!({"id": "chatcmpl-3", "object": "chat.completion.chunk", "created": 1,
+                           "model": "fake-large", "choices": []});
+    usage["usage"] = json!({"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29});
+    event_stream(Body::from(sse(&[
+        piece(
+            json!({"role": "assistant", "content": null, "tool_calls": [
+            {"index": 0, "id": "call_a", "type": "function", "function": {"name": "shop_lookup", "arguments": ""}}]}),
+            None,
+        ),
+        piece(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"order"}}]}), None),
+        piece(json!({"tool_calls": [{"index": 0, "function": {"arguments": "_id\":\"A-1\"}"}}]}), Some("tool_calls")),
+        usage,
+    ])))
 }
 
 async fn embeddings(Json(request): Json<Value>) -> Json<Value> {
@@ -240,4 +290,58 @@ async fn refused_connections_are_retryable() {
     assert!(matches!(error, CloudError::Connect { .. }), "{error}");
     assert!(error.to_string().starts_with(&format!("cannot connect to http://{address}/ok/v1/chat/completions: ")));
     assert!(error.is_retryable());
+}
+
+#[tokio::test]
+async fn tool_calls_whole_and_streamed_and_their_observations() {
+    use aios_edge_agent::model_calls::tools::{wire_messages, WireTool};
+    use aios_shared::agent::tool_loop::{transcript, CallOutcome, LoopEntry, ToolDefinition};
+
+    let address = serve().await;
+    let tools = client(address, "tools");
+    let definition = ToolDefinition {
+        name: "shop_lookup".into(),
+        description: "Look an order up".into(),
+        parameters: json!({"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}),
+    };
+    let ask = |messages| ChatCompletionRequest {
+        messages,
+        tools: vec![WireTool::from(&definition)],
+        tool_choice: Some(json!("auto")),
+        ..Default::default()
+    };
+    let goal = transcript("rules", "Look up order A-1", &[]);
+    let whole = tools.chat(ask(wire_messages(&goal))).await.expect("a whole reply");
+    let streamed = tools.chat_stream(ask(wire_messages(&goal))).await.expect("a stream").finish().await.expect("ends");
+    for completion in [&whole, &streamed] {
+        assert_eq!(completion.finish_reason.as_deref(), Some("tool_calls"));
+        assert_eq!(completion.tokens(), Some(TokenCount { input: 20, output: 9 }));
+        let reply = completion.reply();
+        assert_eq!(reply.text, None);
+        assert_eq!(reply.calls.len(), 1);
+        assert_eq!((reply.calls[0].id.as_str(), reply.calls[0].name.as_str()), ("call_a", "shop_lookup"));
+        assert_eq!(reply.calls[0].arguments, r#"{"order_id":"A-1"}"#);
+    }
+    let journal = vec![
+        LoopEntry::Model {
+            iteration: 0,
+            tier: "big".into(),
+            reply: whole.reply(),
+            tokens_in: 20,
+            tokens_out: 9,
+            cost_usd: 0.0,
+            latency_ms: 1,
+        },
+        LoopEntry::Call {
+            iteration: 0,
+            index: 0,
+            name: "shop_lookup".into(),
+            arguments: json!({"order_id": "A-1"}),
+            outcome: CallOutcome::Done { result: json!({"total": 40}) },
+        },
+    ];
+    let answer =
+        tools.chat(ask(wire_messages(&transcript("rules", "Look up order A-1", &journal)))).await.expect("answers");
+    assert!(answer.text.contains(r#""total":40"#), "{}", answer.text);
+    assert!(answer.reply().calls.is_empty());
 }

@@ -77,7 +77,7 @@ impl Gateway {
         let config = GatewayConfig {
             chat_model: CHAT_ID.to_owned(),
             embedding_model: EMBED_ID.to_owned(),
-            token: token.map(|token| Credential::new(token).unwrap()),
+            keys: token.map(|token| Credential::new(token).unwrap()).into_iter().collect(),
             default_max_tokens: 64,
         };
         let state =
@@ -301,6 +301,20 @@ async fn errors_have_openai_shape_and_status() {
             None,
         ),
         ("/v1/chat/completions", json!({"model": CHAT_ID, "messages": [{"role": "tool", "content": "x"}]}), 400, None),
+        // Tool calling is refused, not ignored, until the gateway supports it.
+        (
+            "/v1/chat/completions",
+            json!({"model": CHAT_ID, "messages": [{"role": "user", "content": "x"}],
+                   "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}),
+            400,
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": CHAT_ID, "tool_choice": "auto", "messages": [{"role": "user", "content": "x"}]}),
+            400,
+            None,
+        ),
         ("/v1/chat/completions", json!({"model": CHAT_ID, "messages": "not a list"}), 400, None),
         ("/v1/embeddings", json!({"model": EMBED_ID, "input": [[1, 2, 3]]}), 400, None),
         ("/v1/embeddings", json!({"model": EMBED_ID, "input": []}), 400, None),

@@ -226,6 +226,11 @@ impl ControlPlaneProc {
         kill9(&mut self.child);
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn admin(&self) -> anyhow::Result<(String, String)> {
         let url = std::fs::read_to_string(self.dir.join("admin.url"))?;
         let token = std::fs::read_to_string(self.dir.join("admin-token"))?;
@@ -327,6 +332,11 @@ pub struct EdgeProc {
     pub env: Vec<(String, String)>,
     /// Extra flags for `run` (such as `--gateway`).
     pub run_args: Vec<String>,
+    /// The address the local API binds ("127.0.0.1" unless a test exposes
+    /// it, say on "0.0.0.0"); the tests still connect over loopback.
+    pub api_host: String,
+    /// The bearer token [`EdgeProc::api`] sends, when the API wants one.
+    pub api_token: Option<String>,
     http: reqwest::Client,
 }
 
@@ -348,6 +358,8 @@ impl EdgeProc {
             api_port: 0,
             env: Vec::new(),
             run_args: Vec::new(),
+            api_host: "127.0.0.1".into(),
+            api_token: None,
             http: reqwest::Client::new(),
         })
     }
@@ -360,7 +372,7 @@ impl EdgeProc {
         let _ = std::fs::remove_file(&addr_file);
         let mut command = Command::new(&self.bins.edge);
         command.args(["--data-dir".as_ref(), self.dir.as_os_str()]).args(["run", "--reconnect-max", "2s"]);
-        command.args(["--api-listen", &self.api_addr()]);
+        command.args(["--api-listen", &format!("{}:{}", self.api_host, self.api_port)]);
         if let Some(addr) = &self.control_plane_override {
             command.args(["--control-plane", addr]);
         }
@@ -442,6 +454,9 @@ impl EdgeProc {
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<(u16, serde_json::Value)> {
         let mut request = self.http.request(method, format!("http://{}{path}", self.api_addr()));
+        if let Some(token) = &self.api_token {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }

@@ -162,7 +162,9 @@ pub struct GatewayFileConfig {
     pub chat_model: Option<String>,
     /// Catalogue id of the embedding model [default: all-minilm-l6-v2]; "" for none.
     pub embedding_model: Option<String>,
-    /// Bearer token callers must present: `env:NAME` or `file:/path`.
+    /// A key callers may present instead of the API token: `env:NAME` or
+    /// `file:/path`. With any key or API token set, every gateway route
+    /// requires one of them.
     pub token: Option<String>,
 }
 
@@ -228,8 +230,11 @@ async fn run_daemon(data_dir_flag: Option<PathBuf>, args: RunArgs) -> anyhow::Re
     if api != "off" {
         let addr: std::net::SocketAddr =
             api.parse().with_context(|| format!("api_listen `{api}` is not an IP:PORT address"))?;
-        if !addr.ip().is_loopback() && file.api_token.is_none() {
-            bail!("the local API may listen on {addr}, beyond loopback, only with api_token set in the configuration");
+        if !addr.ip().is_loopback() && file.api_token.as_deref().is_none_or(|token| token.trim().is_empty()) {
+            bail!(
+                "the local API may listen on {addr}, beyond loopback, only with api_token set in the configuration \
+                 (it guards the API and the gateway)"
+            );
         }
         options.api_listen = Some(addr);
     }

@@ -246,13 +246,27 @@ pub struct ChatCompletion {
     pub model: String,
     /// The reply text.
     pub text: String,
-    /// `stop`, `length`, ...
+    /// `stop`, `length`, `tool_calls`, ...
     pub finish_reason: Option<String>,
     /// Token usage, when the endpoint reported it.
     pub usage: Option<Usage>,
+    /// The calls the model made (streamed ones assembled).
+    pub tool_calls: Vec<super::tools::WireToolCall>,
+    /// Why the model declined, when it did.
+    pub refusal: Option<String>,
 }
 
 impl ChatCompletion {
+    /// The reply as the agent loop journals it.
+    pub fn reply(&self) -> aios_shared::agent::tool_loop::ModelReply {
+        super::tools::model_reply(&super::openai::ResponseMessage {
+            role: "assistant".to_owned(),
+            content: Some(self.text.clone()),
+            tool_calls: self.tool_calls.clone(),
+            refusal: self.refusal.clone(),
+        })
+    }
+
     /// The usage as the router's token count (for settling a budget).
     pub fn tokens(&self) -> Option<TokenCount> {
         self.usage.map(|usage| TokenCount { input: usage.prompt_tokens, output: usage.completion_tokens })
@@ -337,6 +351,8 @@ impl CloudClient {
             text: choice.message.content.unwrap_or_default(),
             finish_reason: choice.finish_reason,
             usage: response.usage,
+            tool_calls: choice.message.tool_calls,
+            refusal: choice.message.refusal,
         })
     }
 
@@ -358,7 +374,10 @@ impl CloudClient {
                 text: String::new(),
                 finish_reason: None,
                 usage: None,
+                tool_calls: Vec::new(),
+                refusal: None,
             },
+            calls: super::tools::ToolCallAssembler::default(),
             done: false,
         })
     }
@@ -495,6 +514,8 @@ pub struct ChatStream {
     pending: std::collections::VecDeque<String>,
     /// What has arrived so far.
     completion: ChatCompletion,
+    /// Pieces of tool calls so far.
+    calls: super::tools::ToolCallAssembler,
     /// `[DONE]` (or the end of the body) was seen.
     done: bool,
 }
@@ -529,9 +550,13 @@ impl ChatStream {
         self.completion.usage
     }
 
-    /// Reads the rest of the stream and returns the whole reply.
+    /// Reads the rest of the stream and returns the whole reply, its tool
+    /// calls assembled.
     pub async fn finish(mut self) -> Result<ChatCompletion, CloudError> {
         while self.next_delta().await?.is_some() {}
+        let endpoint = self.client.chat_url.to_string();
+        self.completion.tool_calls =
+            self.calls.finish().map_err(|err| CloudError::Malformed { endpoint, reason: err.to_string() })?;
         Ok(self.completion)
     }
 
@@ -580,6 +605,11 @@ impl ChatStream {
         }
         let mut text = None::<String>;
         for choice in chunk.choices.into_iter().filter(|choice| choice.index == 0) {
+            for piece in &choice.delta.tool_calls {
+                self.calls
+                    .push(piece)
+                    .map_err(|err| CloudError::Malformed { endpoint: endpoint.to_owned(), reason: err.to_string() })?;
+            }
             if let Some(content) = choice.delta.content.filter(|content| !content.is_empty()) {
                 self.completion.text.push_str(&content);
                 text.get_or_insert_with(String::new).push_str(&content);

@@ -13,11 +13,14 @@
 //! - [`budget`]: reservations, settlement and persisted spend.
 //! - [`cloud`]: the client for OpenAI-compatible endpoints.
 //! - [`openai`]: the OpenAI HTTP API's wire types and an SSE decoder.
+//! - [`tools`]: OpenAI's tool-calling wire format, streamed tool-call
+//!   assembly, and translation to the agent loop's messages and replies.
 
 mod budget;
 pub mod cloud;
 pub mod openai;
 mod route;
+pub mod tools;
 
 pub use budget::{estimate_tokens, Charge, GatewayRefusal, GatewayRoute, RefusalKind, Settlement};
 use budget::{usd_limit, Ledger};

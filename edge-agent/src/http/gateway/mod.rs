@@ -21,8 +21,14 @@
 //! Sampling follows the request (`temperature`, `top_p`, `max_tokens` or
 //! `max_completion_tokens`, `stop`, `seed`); an absent temperature means
 //! greedy decoding, not OpenAI's 1.0, so the same request gets the same
-//! answer. Authentication is an optional bearer token; with none configured
-//! the caller must bind the listener to loopback.
+//! answer.
+//!
+//! Every route, the fallback included, sits behind one middleware
+//! ([`require_key`]): with keys configured (the gateway's own, and on an
+//! edge the local API's token) a request must carry one of them as
+//! `Authorization: Bearer`, compared in constant time. With none, every
+//! caller is admitted, which `daemon::start` allows only on a loopback
+//! listener.
 //!
 //! A `model` that names one of the bundle's gateway tiers (`[gateway]
 //! tiers`, see [`aios_shared::agent::GatewaySpec`]) is routed like an
@@ -84,9 +90,9 @@ pub struct GatewayConfig {
     pub chat_model: String,
     /// The `model` value that selects the local embedding model.
     pub embedding_model: String,
-    /// The bearer token callers must present; `None` admits every caller, so
-    /// the listener must then be bound to loopback.
-    pub token: Option<Credential>,
+    /// The bearer tokens that admit a caller (any one of them); empty admits
+    /// every caller, so the listener must then be bound to loopback.
+    pub keys: Vec<Credential>,
     /// Tokens generated when a request sets no limit.
     pub default_max_tokens: usize,
 }
@@ -238,8 +244,9 @@ pub enum GatewayOutcome {
     Failed(String),
 }
 
-/// The gateway's routes over `state`. Serve it with `axum::serve` on a
-/// listener the caller binds (loopback unless a token is configured).
+/// The gateway's routes over `state`, all behind [`require_key`]. Serve it
+/// with `axum::serve` on a listener the caller binds (loopback unless keys
+/// are configured).
 pub fn router(state: Arc<GatewayState>) -> axum::Router {
     axum::Router::new()
         .route("/v1/models", get(list_models))
@@ -247,7 +254,28 @@ pub fn router(state: Arc<GatewayState>) -> axum::Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .fallback(unknown_route)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_key))
         .with_state(state)
+}
+
+/// Middleware: refuses a request without one of the configured keys with
+/// OpenAI's 401 before any handler runs. A refused chat or embeddings
+/// request is still reported to the observer, like every other.
+async fn require_key(
+    State(state): State<Arc<GatewayState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Err(error) = authorise(&state, request.headers()) else {
+        return next.run(request).await;
+    };
+    let endpoint = [GatewayEndpoint::ChatCompletions, GatewayEndpoint::Embeddings]
+        .into_iter()
+        .find(|endpoint| endpoint.path() == request.uri().path());
+    match endpoint {
+        Some(endpoint) => CallRecorder::new(&state, endpoint, state.clock.instant()).fail(error),
+        None => error.into_response(),
+    }
 }
 
 /// An error answered in OpenAI's shape.
@@ -416,13 +444,17 @@ fn unix_seconds(clock: &SharedClock) -> u64 {
 }
 
 fn authorise(state: &GatewayState, headers: &HeaderMap) -> Result<(), OpenAiError> {
-    let Some(token) = &state.config.token else { return Ok(()) };
+    if state.config.keys.is_empty() {
+        return Ok(());
+    }
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .ok_or_else(|| OpenAiError::unauthorised("this gateway needs `Authorization: Bearer <token>`"))?;
-    if token.matches(presented.trim()) {
+    // Every key is compared, so the time taken does not say which one was close.
+    let matched = state.config.keys.iter().fold(false, |matched, key| key.matches(presented.trim()) | matched);
+    if matched {
         Ok(())
     } else {
         Err(OpenAiError::unauthorised("the bearer token is not valid for this gateway"))
@@ -445,21 +477,11 @@ fn served_models(state: &GatewayState) -> Vec<ModelObject> {
     chat.into_iter().chain(embedder).chain(tiers).map(|id| model_object(&id, state.started)).collect()
 }
 
-async fn list_models(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
-    if let Err(error) = authorise(&state, &headers) {
-        return error.into_response();
-    }
+async fn list_models(State(state): State<Arc<GatewayState>>) -> Response {
     Json(ModelList { object: "list".to_owned(), data: served_models(&state) }).into_response()
 }
 
-async fn retrieve_model(
-    State(state): State<Arc<GatewayState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(error) = authorise(&state, &headers) {
-        return error.into_response();
-    }
+async fn retrieve_model(State(state): State<Arc<GatewayState>>, Path(id): Path<String>) -> Response {
     match served_models(&state).into_iter().find(|model| model.id == id) {
         Some(model) => Json(model).into_response(),
         None => OpenAiError::unknown_model(&id).into_response(),

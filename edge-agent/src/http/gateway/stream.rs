@@ -44,12 +44,13 @@ impl CompletionStream {
         let event = match phase {
             StreamPhase::Role(inner) => {
                 self.phase = Some(*inner);
-                let delta = Delta { role: Some("assistant".to_owned()), content: Some(String::new()) };
+                let delta =
+                    Delta { role: Some("assistant".to_owned()), content: Some(String::new()), ..Delta::default() };
                 self.chunk(delta, None)
             }
             StreamPhase::Piece(piece) => {
                 self.phase = Some(StreamPhase::Next);
-                self.chunk(Delta { role: None, content: Some(piece) }, None)
+                self.chunk(Delta { content: Some(piece), ..Delta::default() }, None)
             }
             StreamPhase::Next => return self.next_from_model().await,
             StreamPhase::Finished(generation) => self.local_finished(generation),
@@ -86,7 +87,7 @@ impl CompletionStream {
         };
         if let Some(piece) = piece {
             self.phase = Some(StreamPhase::Next);
-            return Some(self.chunk(Delta { role: None, content: Some(piece) }, None));
+            return Some(self.chunk(Delta { content: Some(piece), ..Delta::default() }, None));
         }
         match self.source.take()? {
             Source::Local(generation) => match generation.finish().await {
