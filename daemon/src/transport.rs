@@ -81,6 +81,13 @@ pub fn transport_config() -> quinn::TransportConfig {
     let mut config = quinn::TransportConfig::default();
     config.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits a VarInt")));
     config.keep_alive_interval(Some(KEEP_ALIVE));
+    config.max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into());
+    config.max_concurrent_uni_streams(0u32.into());
+    config.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
+    config.receive_window(RECEIVE_WINDOW.into());
+    config.send_window(SEND_WINDOW);
+    // No datagrams: the protocol has none, so none are buffered.
+    config.datagram_receive_buffer_size(None);
     config
 }
 
@@ -88,7 +95,9 @@ pub fn transport_config() -> quinn::TransportConfig {
 /// window at [`UNAUTHENTICATED_RECEIVE_WINDOW`] until the peer is known
 /// (then `Connection::set_receive_window` opens it to [`RECEIVE_WINDOW`]).
 pub fn server_transport_config() -> quinn::TransportConfig {
-    transport_config()
+    let mut config = transport_config();
+    config.receive_window(UNAUTHENTICATED_RECEIVE_WINDOW.into());
+    config
 }
 
 /// Reads one frame; `Ok(None)` when the peer finished the stream cleanly
