@@ -173,36 +173,9 @@ async fn bench(runtime: &str) {
     embeddings(&http, &format!("http://{address}/v1/embeddings"), &embedder).await;
 }
 
-/// The models bench's 256 sentences (`aios-models bench`, `bench_embed`).
-fn sentences() -> Vec<String> {
-    let subjects = [
-        "My parcel",
-        "The refund",
-        "Our store",
-        "The kettle",
-        "A customer",
-        "The courier",
-        "This order",
-        "The invoice",
-    ];
-    let verbs = [
-        "arrived late",
-        "was never sent",
-        "needs checking",
-        "is broken",
-        "was cancelled",
-        "looks fine",
-        "got lost",
-        "came twice",
-    ];
-    let places =
-        ["today.", "last week.", "in Paris.", "again.", "yesterday.", "at the depot.", "on Monday.", "this morning."];
-    (0..256).map(|i| format!("{} {} {}", subjects[i % 8], verbs[(i / 8) % 8], places[(i / 64 + i) % 8])).collect()
-}
-
 async fn embeddings(http: &reqwest::Client, url: &str, embedder: &EmbeddingModel) {
     let rounds: usize = std::env::var("AIOS_BENCH_EMBED_ROUNDS").ok().and_then(|value| value.parse().ok()).unwrap_or(7);
-    let texts = sentences();
+    let texts = aios_models::bench_sentences();
     let body = json!({"model": EMBEDDING_ID, "input": texts});
     let direct = || async {
         let started = Instant::now();

@@ -248,10 +248,10 @@ async fn bench_chat(
     Ok(())
 }
 
-async fn bench_embed(store: &ModelStore, id: &str, options: &LoadOptions) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let model = EmbeddingModel::load(store, id, options).await?;
-    let load_time = started.elapsed();
+/// The 256 short sentences `bench` embeds (the gateway bench and the peer
+/// scripts embed the same ones).
+#[doc(hidden)]
+pub fn bench_sentences() -> Vec<String> {
     let subjects = [
         "My parcel",
         "The refund",
@@ -274,8 +274,14 @@ async fn bench_embed(store: &ModelStore, id: &str, options: &LoadOptions) -> any
     ];
     let places =
         ["today.", "last week.", "in Paris.", "again.", "yesterday.", "at the depot.", "on Monday.", "this morning."];
-    let sentences: Vec<String> =
-        (0..256).map(|i| format!("{} {} {}", subjects[i % 8], verbs[(i / 8) % 8], places[(i / 64 + i) % 8])).collect();
+    (0..256).map(|i| format!("{} {} {}", subjects[i % 8], verbs[(i / 8) % 8], places[(i / 64 + i) % 8])).collect()
+}
+
+async fn bench_embed(store: &ModelStore, id: &str, options: &LoadOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let model = EmbeddingModel::load(store, id, options).await?;
+    let load_time = started.elapsed();
+    let sentences = bench_sentences();
     model.embed(sentences[..32].to_vec()).await?; // warm-up
     let started = Instant::now();
     let embedded = model.embed_counted(sentences.clone()).await?;

@@ -33,7 +33,7 @@ pub use catalog::{Catalog, ModelEntry, ModelKind};
 pub use chat::{
     CandidateScore, ChatMessage, FinishReason, GenerateRequest, Generation, Prompt, Role, SamplingParams, ScoredChoice,
 };
-pub use cli::{run_models_command, ModelsCommand};
+pub use cli::{bench_sentences, run_models_command, ModelsCommand};
 pub use device::DeviceConfig;
 pub use error::{ModelError, StoreError};
 pub use store::{ModelStore, ResolvedModel};
