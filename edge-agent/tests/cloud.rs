@@ -331,6 +331,8 @@ async fn tool_calls_whole_and_streamed_and_their_observations() {
             tokens_out: 9,
             cost_usd: 0.0,
             latency_ms: 1,
+            reason: String::new(),
+            needs_review: false,
         },
         LoopEntry::Call {
             iteration: 0,

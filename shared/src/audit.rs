@@ -100,6 +100,15 @@ pub mod kinds {
     pub const MEMORY_EXPIRED: &str = "memory.expired";
     /// Stored vectors were rebuilt with another embedding model.
     pub const MEMORY_REINDEXED: &str = "memory.reindexed";
+    /// A model turn of an agent step's loop (tier, tokens, cost, the calls it proposed).
+    pub const AGENT_TURN: &str = "agent.turn";
+    /// What came of one call an agent step's model proposed (done, invalid,
+    /// refused, failed); the intent's own events carry the decision.
+    pub const AGENT_CALL: &str = "agent.call";
+    /// An agent step's model asked a person a question (`ask_human`); the task waits.
+    pub const QUESTION_ASKED: &str = "question.asked";
+    /// Someone answered it (who, and the answer the model will see).
+    pub const QUESTION_ANSWERED: &str = "question.answered";
     /// An authoritative record was written (namespace, key, version).
     pub const RECORD_PUT: &str = "memory.record_put";
 }

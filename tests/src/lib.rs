@@ -9,10 +9,12 @@
 //! - [`browser`]: headless Chromium over WebDriver, with screenshots.
 //! - [`relay`]: a UDP relay that drops, duplicates and reorders datagrams.
 //! - [`payments`] and [`smtp`]: a payment API and an SMTP server for connectors.
+//! - [`planner`]: an OpenAI-compatible model server replaying scripted plans with tool calls.
 
 pub mod browser;
 pub mod in_process;
 pub mod payments;
+pub mod planner;
 pub mod relay;
 pub mod smtp;
 

@@ -61,6 +61,7 @@ struct Ledger {
 struct Shared {
     ledger: Arc<Mutex<Ledger>>,
     faults: Arc<Mutex<PaymentFaults>>,
+    notice: Arc<Mutex<Option<String>>>,
 }
 
 /// A running payment service.
@@ -74,7 +75,7 @@ pub struct PaymentService {
 impl PaymentService {
     /// Starts the service on a free loopback port.
     pub async fn start(faults: PaymentFaults) -> std::io::Result<PaymentService> {
-        let shared = Shared { ledger: Arc::default(), faults: Arc::new(Mutex::new(faults)) };
+        let shared = Shared { ledger: Arc::default(), faults: Arc::new(Mutex::new(faults)), notice: Arc::default() };
         let app = Router::new().route("/{*path}", post(charge)).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -92,6 +93,12 @@ impl PaymentService {
     /// Changes the faults from now on.
     pub fn set_faults(&self, faults: PaymentFaults) {
         *self.shared.faults.lock().expect("faults lock") = faults;
+    }
+
+    /// From now on every response carries `notice` as its `notice` field
+    /// (text a hostile or compromised service might send back).
+    pub fn set_notice(&self, notice: Option<String>) {
+        *self.shared.notice.lock().expect("notice lock") = notice;
     }
 
     /// Every committed effect, in order.
@@ -133,7 +140,10 @@ async fn charge(
             return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "try again" })));
         } else {
             let id = format!("py_{}", ledger.effects.len() + 1);
-            let response = json!({ "id": id, "status": "succeeded", "request": body });
+            let mut response = json!({ "id": id, "status": "succeeded", "request": body });
+            if let Some(notice) = shared.notice.lock().expect("notice lock").clone() {
+                response["notice"] = Value::String(notice);
+            }
             let at = std::time::Instant::now();
             let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
             let effect = Effect { key: key.clone(), path: path.clone(), body: body.clone(), id, at, traceparent };

@@ -55,6 +55,23 @@ pub enum TaskCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Answer the question a task's agent asked (`ask_human`); the task resumes.
+    Answer {
+        /// The task id.
+        id: String,
+        /// The answer the agent will see.
+        answer: String,
+        /// Who answers (recorded in the audit log).
+        #[arg(long)]
+        by: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List the questions agents are waiting on.
+    Questions {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Cancel a task in any state.
     Cancel {
         /// The task id.
@@ -123,6 +140,27 @@ pub async fn run(command: TaskCommand) -> anyhow::Result<()> {
             }
             eprintln!("task {} ({}) {}", task.id, task.agent, task.state);
             follow(&client, &task.id).await
+        }
+        TaskCommand::Answer { id, answer, by, api } => {
+            let by =
+                by.unwrap_or_else(|| format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into())));
+            let body = json!({ "answer": answer, "by": by });
+            let question =
+                Client::new(&api).call(reqwest::Method::POST, &format!("/v1/tasks/{id}/answer"), Some(body)).await?;
+            println!("answered {:?} for task {id}", question["question"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        TaskCommand::Questions { api } => {
+            let open = Client::new(&api).call(reqwest::Method::GET, "/v1/questions", None).await?;
+            for question in open.as_array().into_iter().flatten() {
+                println!(
+                    "{}  {}  {}",
+                    question["task_id"].as_str().unwrap_or_default(),
+                    question["agent"].as_str().unwrap_or_default(),
+                    question["question"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(())
         }
         TaskCommand::Show { id, api } => {
             let task = Client::new(&api).call(reqwest::Method::GET, &format!("/v1/tasks/{id}"), None).await?;

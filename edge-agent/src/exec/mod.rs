@@ -60,8 +60,12 @@ pub struct ActRequest {
     pub connector: String,
     /// The action.
     pub action: String,
-    /// Rendered argument strings, typed by the action's schema.
-    pub args: BTreeMap<String, String>,
+    /// The arguments.
+    pub args: ActArgs,
+    /// For a call an agent step's model proposed, its key
+    /// (`aios_shared::agent::tool_loop::call_key`): the intent's key derives
+    /// from it, so each call of a loop is its own effect, made once.
+    pub call: Option<String>,
     /// The resource: Cedar type, id, attributes.
     pub resource: (String, String, Value),
     /// The agent's reasoning, for the approver.
@@ -75,6 +79,32 @@ pub struct ActRequest {
     /// wanted a bigger model ran on the local one); non-empty turns an
     /// allowed side effect into one that waits for approval.
     pub review: Vec<String>,
+}
+
+/// An act request's arguments.
+#[derive(Debug, Clone)]
+pub enum ActArgs {
+    /// An `act` step's rendered templates, typed by the action's schema.
+    Rendered(BTreeMap<String, String>),
+    /// A model's proposed call: JSON already, checked against the schema
+    /// here again before anything is declared.
+    Json(Value),
+}
+
+/// The typed arguments of `request` for `action`, checked against its schema.
+fn request_args(action: &ActionSpec, args: &ActArgs) -> Result<Value, String> {
+    match args {
+        ActArgs::Rendered(rendered) => connector::typed_args(action, rendered),
+        ActArgs::Json(value) => {
+            if !value.is_object() {
+                return Err("the arguments must be a JSON object".into());
+            }
+            if let Some(schema) = &action.schema {
+                aios_shared::exec::check_args(schema, value)?;
+            }
+            Ok(value.clone())
+        }
+    }
 }
 
 /// A side effect built on results that need review waits for a person,
@@ -110,8 +140,11 @@ pub enum ActOutcome {
         /// When to look again.
         until_ms: i64,
     },
-    /// It will not happen (denied, rejected, bad arguments): the task fails.
+    /// It will not happen: bad arguments, a connector the bundle lacks.
     Failed(String),
+    /// It will not happen because someone said no: the policy denied it, an
+    /// approver rejected it, its approval lapsed, an operator discarded it.
+    Refused(String),
     /// It is in the dead-letter queue: an operator decides.
     DeadLettered(String),
 }
@@ -210,15 +243,19 @@ impl ExecPlane {
             )));
         };
         let now = self.clock.unix_ms();
-        let args = match connector::typed_args(&action, &request.args) {
+        let args = match request_args(&action, &request.args) {
             Ok(args) => args,
             Err(problem) => {
+                let rendered = match &request.args {
+                    ActArgs::Rendered(rendered) => json!(rendered),
+                    ActArgs::Json(value) => value.clone(),
+                };
                 let payload = json!({
                     "task": request.task_id,
                     "step": request.step_id,
                     "connector": request.connector,
                     "action": request.action,
-                    "rendered_args": request.args,
+                    "rendered_args": rendered,
                     "problem": problem,
                 });
                 self.store.append_audit(&self.identity, now, kinds::INTENT_INVALID, payload.to_string()).await?;
@@ -226,7 +263,10 @@ impl ExecPlane {
             }
         };
         let hash = args_hash(&args);
-        let key = hex::encode(Sha256::digest(format!("{}\0{}\0{hash}", request.task_id, request.seq).as_bytes()));
+        let key = match &request.call {
+            Some(call) => hex::encode(Sha256::digest(format!("{}\0{call}\0{hash}", request.task_id).as_bytes())),
+            None => hex::encode(Sha256::digest(format!("{}\0{}\0{hash}", request.task_id, request.seq).as_bytes())),
+        };
         let intent = match self.store.intent_for_step(&request.task_id, &request.step_id).await? {
             Some(existing) if existing.key != key => {
                 return Ok(ActOutcome::Failed(format!(
@@ -361,11 +401,11 @@ impl ExecPlane {
             IntentState::Done => return Ok(ActOutcome::Done(step_output(&intent))),
             IntentState::Denied => {
                 let reason = intent.decision["reason"].as_str().unwrap_or("denied by policy").to_owned();
-                return Ok(ActOutcome::Failed(format!("denied by policy: {reason}")));
+                return Ok(ActOutcome::Refused(format!("denied by policy: {reason}")));
             }
-            IntentState::Rejected => return Ok(ActOutcome::Failed(self.rejection(&intent).await?)),
-            IntentState::Expired => return Ok(ActOutcome::Failed("the approval request lapsed unanswered".into())),
-            IntentState::Discarded => return Ok(ActOutcome::Failed("the intent was discarded by an operator".into())),
+            IntentState::Rejected => return Ok(ActOutcome::Refused(self.rejection(&intent).await?)),
+            IntentState::Expired => return Ok(ActOutcome::Refused("the approval request lapsed unanswered".into())),
+            IntentState::Discarded => return Ok(ActOutcome::Refused("the intent was discarded by an operator".into())),
             IntentState::DeadLettered => return Ok(ActOutcome::DeadLettered(last_error(&intent))),
             IntentState::AwaitingApproval => {
                 let approval_id = intent.approval_id.clone().unwrap_or_default();
@@ -402,11 +442,11 @@ impl ExecPlane {
                                         now,
                                     )
                                     .await?;
-                                return Ok(ActOutcome::Failed(reason));
+                                return Ok(ActOutcome::Refused(reason));
                             }
                         }
                     }
-                    ApprovalState::Rejected => return Ok(ActOutcome::Failed(self.rejection(&intent).await?)),
+                    ApprovalState::Rejected => return Ok(ActOutcome::Refused(self.rejection(&intent).await?)),
                     ApprovalState::Pending | ApprovalState::Expired | ApprovalState::Used => {
                         self.store.expire_approval(&self.identity, &approval_id, now).await?;
                         let details = json!({ "decision": "deny", "reason": "approval request lapsed" });
@@ -420,7 +460,7 @@ impl ExecPlane {
                                 now,
                             )
                             .await?;
-                        return Ok(ActOutcome::Failed("the approval request lapsed unanswered".into()));
+                        return Ok(ActOutcome::Refused("the approval request lapsed unanswered".into()));
                     }
                 }
             }
@@ -463,7 +503,7 @@ impl ExecPlane {
                 self.clock.unix_ms(),
             )
             .await?;
-        Ok(ActOutcome::Failed(format!("denied by policy: {reason}")))
+        Ok(ActOutcome::Refused(format!("denied by policy: {reason}")))
     }
 
     async fn rejection(&self, intent: &Intent) -> Result<String, DbError> {
@@ -615,7 +655,8 @@ fn replay_request(intent: &Intent) -> ActRequest {
         step_id: intent.step_id.clone(),
         connector: intent.connector.clone(),
         action: intent.action.clone(),
-        args: BTreeMap::new(),
+        args: ActArgs::Json(intent.args.clone()),
+        call: None,
         resource: (
             intent.resource["type"].as_str().unwrap_or("Connector").to_owned(),
             intent.resource["id"].as_str().unwrap_or_default().to_owned(),

@@ -4,9 +4,13 @@
 //!   (the key may also come as an `Idempotency-Key` header). `201` with the
 //!   task when it is new, `200` with the existing task when the key was seen.
 //! - `GET /v1/tasks?state=&agent=&limit=`: newest first.
-//! - `GET /v1/tasks/{id}`: the task with its step trace.
+//! - `GET /v1/tasks/{id}`: the task with its step trace, and each agent
+//!   step's loop (`loops`, by step position: model turns and call outcomes).
 //! - `POST /v1/tasks/{id}/cancel`: cancel in any state.
 //! - `POST /v1/tasks/{id}/compensate`: `{step, by?, comment?}` undoes a done act step.
+//! - `POST /v1/tasks/{id}/answer`: `{answer, by?}` answers the question the
+//!   task's agent asked (`ask_human`) and wakes it; `GET /v1/questions`:
+//!   every open question.
 //! - `GET /v1/approvals?state=`, `GET /v1/approvals/{id}`, and on an
 //!   air-gapped edge `POST /v1/approvals/{id}/approve|reject`.
 //! - `GET /v1/intents?state=` (`state=dead_lettered` is the dead-letter
@@ -88,6 +92,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tasks/{id}", get(show))
         .route("/v1/tasks/{id}/cancel", post(cancel))
         .route("/v1/tasks/{id}/compensate", post(compensate))
+        .route("/v1/tasks/{id}/answer", post(answer))
+        .route("/v1/questions", get(list_questions))
         .route("/v1/approvals", get(list_approvals))
         .route("/v1/approvals/{id}", get(show_approval))
         .route("/v1/approvals/{id}/{decision}", post(decide))
@@ -163,11 +169,60 @@ async fn list(
     Ok(Json(json!({ "tasks": tasks })))
 }
 
+/// `GET /v1/tasks/{id}`: the task, its steps, and for each agent step its
+/// loop as a transcript (`loops`: each model turn and each call's outcome).
 async fn show(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    match state.runtime.store().task(&id).await? {
-        Some(task) => Ok(Json(serde_json::to_value(task).expect("a task encodes"))),
-        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no task {id}"))),
+    let Some(task) = state.runtime.store().task(&id).await? else {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no task {id}")));
+    };
+    let mut view = serde_json::to_value(task).expect("a task encodes");
+    let mut loops = serde_json::Map::new();
+    for (seq, entry) in state.runtime.store().task_loops(&id).await? {
+        let transcript = loops.entry(seq.to_string()).or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let Some(list) = transcript.as_array_mut() {
+            list.push(serde_json::to_value(entry).expect("an entry encodes"));
+        }
     }
+    if !loops.is_empty() {
+        view["loops"] = serde_json::Value::Object(loops);
+        let questions = state.runtime.store().questions(Some(&id)).await?;
+        view["questions"] = serde_json::to_value(questions).expect("questions encode");
+    }
+    Ok(Json(view))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AnswerBody {
+    answer: String,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// `POST /v1/tasks/{id}/answer`: answers the task's open question.
+async fn answer(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Json(body): Json<AnswerBody>,
+) -> Result<Json<crate::tasks::questions::Question>, ApiError> {
+    let by = body.by.filter(|by| !by.trim().is_empty()).unwrap_or_else(|| "local-api".into());
+    if by.len() > 200 {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "`by` is longer than 200 bytes".into()));
+    }
+    let runtime = &state.runtime;
+    match runtime.store().answer(runtime.identity(), &id, &body.answer, &by, runtime.now()).await? {
+        Ok(question) => {
+            runtime.wake();
+            Ok(Json(question))
+        }
+        Err(problem) => Err(ApiError(StatusCode::CONFLICT, problem)),
+    }
+}
+
+/// `GET /v1/questions`: every open question, oldest first.
+async fn list_questions(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<crate::tasks::questions::Question>>, ApiError> {
+    Ok(Json(state.runtime.store().questions(None).await?))
 }
 
 async fn cancel(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -15,15 +15,18 @@
 //! - [`openai`]: the OpenAI HTTP API's wire types and an SSE decoder.
 //! - [`tools`]: OpenAI's tool-calling wire format, streamed tool-call
 //!   assembly, and translation to the agent loop's messages and replies.
+//! - [`turn`]: one model turn of an agent step's tool-using loop.
 
 mod budget;
 pub mod cloud;
 pub mod openai;
 mod route;
 pub mod tools;
+mod turn;
 
 pub use budget::{estimate_tokens, Charge, GatewayRefusal, GatewayRoute, RefusalKind, Settlement};
 use budget::{usd_limit, Ledger};
+pub use turn::{AgentTurn, TurnError, TurnOutcome};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -299,6 +299,8 @@ mod tests {
                 tokens_out: 1,
                 cost_usd: 0.0,
                 latency_ms: 1,
+                reason: String::new(),
+                needs_review: false,
             },
             LoopEntry::Call {
                 iteration: 0,

@@ -14,4 +14,5 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_memory.sql"),
     include_str!("migrations/0004_outbox.sql"),
     include_str!("migrations/0005_record_subjects.sql"),
+    include_str!("migrations/0006_agent_loop.sql"),
 ];

@@ -199,6 +199,7 @@ impl Runtime {
                     Err(memory::steps::StepError::Db(err)) => return Err(Stop::Db(err)),
                 }
             }
+            StepAction::Agent(_) => self.run_agent_step(task, agent, seq, context, &mut record).await?,
             StepAction::Act(act) => {
                 let request = context.act_request(task, seq, step, act).map_err(fatal)?;
                 let (version, defs) = self.definitions().await?.ok_or_else(|| fatal("no bundle in force".into()))?;
@@ -210,7 +211,7 @@ impl Runtime {
                     ActOutcome::Park { reason, until_ms } => {
                         return Err(Stop::End(RunEnd::Parked { reason, until_ms }))
                     }
-                    ActOutcome::Failed(problem) => return Err(fatal(problem)),
+                    ActOutcome::Failed(problem) | ActOutcome::Refused(problem) => return Err(fatal(problem)),
                     ActOutcome::DeadLettered(problem) => {
                         return Err(Stop::End(RunEnd::DeadLettered(format!("step `{}`: {problem}", step.id))))
                     }
@@ -356,7 +357,7 @@ fn log_call(path: &std::path::Path, task: &str, seq: usize, call_id: &str) {
 }
 
 /// What templates see, rebuilt from the recorded steps.
-struct TaskContext {
+pub(super) struct TaskContext {
     input: Value,
     steps: serde_json::Map<String, Value>,
     values: HashMap<String, String>,
@@ -364,10 +365,30 @@ struct TaskContext {
     needs_review: bool,
     /// Why, per step that fell back: "step `x` ran on `local`: reason".
     review: Vec<String>,
-    spent_usd: f64,
+    pub(super) spent_usd: f64,
 }
 
 impl TaskContext {
+    /// The task's input.
+    pub(super) fn input(&self) -> &Value {
+        &self.input
+    }
+
+    /// Why earlier results need a person's review.
+    pub(super) fn review(&self) -> &[String] {
+        &self.review
+    }
+
+    /// What the agent relied on: every item an earlier retrieve step returned.
+    pub(super) fn sources(&self) -> Vec<Value> {
+        self.steps
+            .values()
+            .filter_map(|output| output.get("items").and_then(Value::as_array))
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
     fn new(task: &TaskRecord) -> Self {
         Self {
             input: task.input.clone(),
@@ -416,7 +437,7 @@ impl TaskContext {
         self.tiers.get(step).map(String::as_str)
     }
 
-    fn render(&self, template: &str) -> Result<String, String> {
+    pub(super) fn render(&self, template: &str) -> Result<String, String> {
         self.render_with(template, None)
     }
 
@@ -447,14 +468,7 @@ impl TaskContext {
             }
             None => ("Connector".to_owned(), connector.clone(), json!({})),
         };
-        // What the agent relied on: every item an earlier retrieve step returned.
-        let sources: Vec<Value> = self
-            .steps
-            .values()
-            .filter_map(|output| output.get("items").and_then(Value::as_array))
-            .flatten()
-            .cloned()
-            .collect();
+        let sources = self.sources();
         let classification = crate::exec::highest_classification(&sources);
         Ok(ActRequest {
             task_id: task.id.clone(),
@@ -463,7 +477,8 @@ impl TaskContext {
             step_id: step.id.clone(),
             connector,
             action: act.action.clone().unwrap_or_default(),
-            args,
+            args: crate::exec::ActArgs::Rendered(args),
+            call: None,
             resource,
             reasoning: act.reasoning.as_deref().map(|r| self.render(r)).transpose()?,
             sources,

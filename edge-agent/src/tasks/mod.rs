@@ -8,9 +8,15 @@
 //! - [`scheduler`]: the runtime's dispatcher: who runs next, within the
 //!   bundle's limits ([`scheduler::admit`]).
 //! - [`executor`]: one run of a task, step by step.
+//! - [`agent_step`]: the driver of an agent step's tool-using loop.
+//! - [`loop_journal`]: that loop's journal (each model turn, each call).
+//! - [`questions`]: what a loop's model asked a person, and the answers.
 
+pub mod agent_step;
 pub mod executor;
 pub mod journal;
+pub mod loop_journal;
+pub mod questions;
 pub mod scheduler;
 
 pub(crate) use journal::next;

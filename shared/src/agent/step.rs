@@ -43,6 +43,8 @@ pub enum StepKind {
     Act,
     /// Deterministic checks of an earlier step's output.
     Validate,
+    /// A tool-using loop: the model chooses calls, the edge runs them under policy.
+    Agent,
 }
 
 impl StepKind {
@@ -57,12 +59,13 @@ impl StepKind {
             StepKind::RecordPut => "record_put",
             StepKind::Act => "act",
             StepKind::Validate => "validate",
+            StepKind::Agent => "agent",
         }
     }
 
     /// Whether the step calls a model.
     pub fn uses_model(self) -> bool {
-        matches!(self, StepKind::Classify | StepKind::Generate | StepKind::Plan)
+        matches!(self, StepKind::Classify | StepKind::Generate | StepKind::Plan | StepKind::Agent)
     }
 }
 
@@ -116,6 +119,8 @@ pub enum StepAction {
     Act(ActStep),
     /// Deterministic checks of an earlier step's output.
     Validate(ValidateStep),
+    /// A tool-using loop (see [`super::tool_loop`]).
+    Agent(super::tool_loop::AgentLoopStep),
 }
 
 /// `kind = "classify"`: a scored choice over labels.
@@ -291,6 +296,7 @@ impl StepAction {
             StepAction::RecordPut(_) => StepKind::RecordPut,
             StepAction::Act(_) => StepKind::Act,
             StepAction::Validate(_) => StepKind::Validate,
+            StepAction::Agent(_) => StepKind::Agent,
         }
     }
 }
@@ -305,6 +311,7 @@ impl StepSpec {
     pub fn max_tokens(&self) -> u32 {
         match &self.action {
             StepAction::Generate(step) | StepAction::Plan(step) => step.max_tokens(),
+            StepAction::Agent(step) => step.max_tokens(),
             _ => DEFAULT_MAX_TOKENS,
         }
     }

@@ -333,3 +333,44 @@ fn a_field_of_another_kind_is_refused_when_parsed() {
     let err = serde_json::from_str::<StepSpec>(json).unwrap_err().to_string();
     assert!(err.contains("step `s`: `top_k` does not apply to a plan step"), "{err}");
 }
+
+/// The agent-loop bundle of the whole-system tests, with `from` replaced by `to`.
+fn agent_loop(from: &str, to: &str) -> Result<BundleSpec, String> {
+    let toml = include_str!("../../../tests/data/agent_loop.toml")
+        .replace("PAYMENTS_URL", "http://127.0.0.1:9")
+        .replace("RECEIPTS_DIR", "/tmp/receipts")
+        .replace("MODEL_URL", "http://127.0.0.1:9/v1");
+    assert!(toml.contains(from), "fixture lacks {from:?}");
+    BundleSpec::from_toml(&toml.replacen(from, to, 1)).map_err(|err| err.to_string())
+}
+
+#[test]
+fn agent_steps_are_checked_at_publish() {
+    let spec = agent_loop("", "").unwrap();
+    let step = &spec.agents["desk"].steps[0];
+    let StepAction::Agent(agent) = &step.action else { panic!("an agent step: {step:?}") };
+    let tools = tool_loop::tool_definitions(agent, &spec.connectors).unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["shop_refund", "shop_note", "receipts_publish", "ask_human"]);
+    assert_eq!(tools[0].description, "Refund part of an order to one of its accounts.");
+    assert_eq!(tools[0].parameters["required"], serde_json::json!(["order_id", "amount", "account"]));
+
+    let refused = |from: &str, to: &str, says: &str| {
+        let err = agent_loop(from, to).expect_err(to);
+        assert!(err.contains(says), "{to:?}: {err}");
+        assert!(err.contains("handle") || err.contains("desk"), "the error names where: {err}");
+    };
+    refused("action = \"note\" }", "action = \"erase\" }", "connector `shop` has no action `erase`");
+    refused("action = \"note\" }", "action = \"note\", name = \"shop_refund\" }", "declared twice");
+    refused("action = \"note\" }", "action = \"note\", name = \"note to self\" }", "tool name `note to self`");
+    refused(
+        "tools = [",
+        "tools = [\n    { kind = \"ask_human\" },\n    { kind = \"ask_human\" },",
+        "`ask_human` is declared twice",
+    );
+    refused("goal = \"Case", "system = \"Case", "needs a goal");
+    refused("{{ input.case }} for", "{{ input.case for", "template");
+    refused("max_iterations = 8", "max_iterations = 0", "max_iterations must be at least 1");
+    refused("action = \"note\" }", "action = \"note\", secret = 1 }", "secret");
+    refused("type = \"Order\"", "type = \"Order Book\"", "Cedar entity type");
+}

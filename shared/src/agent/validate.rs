@@ -165,6 +165,10 @@ impl Definitions {
             if let StepAction::Act(act) = &step.action {
                 self.validate_act(act).map_err(|problem| fail(at, problem))?;
             }
+            if let StepAction::Agent(agent_step) = &step.action {
+                super::tool_loop::tool_definitions(agent_step, &self.connectors)
+                    .map_err(|problem| fail(at, problem))?;
+            }
             seen.push(&step.id);
         }
         Ok(())
@@ -261,6 +265,14 @@ fn templates(action: &StepAction) -> Vec<&String> {
             step.reasoning.iter().chain(step.args.values()).chain(resource).collect()
         }
         StepAction::Validate(_) => Vec::new(),
+        StepAction::Agent(step) => {
+            let resources = step.tools.iter().filter_map(|tool| match tool {
+                super::tool_loop::ToolRef::Connector { resource: Some(r), .. } => Some(r),
+                _ => None,
+            });
+            let resources = resources.flat_map(|r| std::iter::once(&r.id).chain(r.attrs.values()));
+            [&step.goal, &step.system].into_iter().flatten().chain(resources).collect()
+        }
     }
 }
 
@@ -313,6 +325,7 @@ fn validate_step(step: &StepSpec, earlier: &[&str], access: &MemoryAccess) -> Re
                 return Err("an act step needs a connector and an action".into());
             }
         }
+        StepAction::Agent(agent_step) => super::tool_loop::validate_step(agent_step)?,
         StepAction::Validate(validate) => {
             let target = validate.target.as_deref().ok_or("a validate step needs a target")?;
             if !earlier.contains(&target) {

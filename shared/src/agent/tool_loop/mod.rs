@@ -34,10 +34,17 @@
 //! as a fixed `act` step is.
 //!
 //! # Layout
+//! - `tools`: the tools a step declares, as the model is told about them,
+//!   and their checks at publish.
 //! - `tests`: the loop's decisions over scripted journals.
 
 #[cfg(test)]
 mod tests;
+mod tools;
+
+pub use tools::{
+    ask_human_definition, schemas, tool_definitions, valid_tool_name, validate_step, ToolDefinition, ToolRef, ASK_HUMAN,
+};
 
 use std::collections::BTreeMap;
 
@@ -131,76 +138,6 @@ pub enum Planning {
     Auto,
 }
 
-/// One tool an agent step may call, tagged by `kind`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ToolRef {
-    /// A connector action: its JSON Schema is the tool's parameters, and
-    /// every call is an intent decided by the Cedar policy.
-    Connector {
-        /// The connector.
-        connector: String,
-        /// Its action.
-        action: String,
-        /// The name the model calls it by (default `connector_action`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
-        /// What the model is told the tool does (default the action's description).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        description: Option<String>,
-    },
-    /// Ask a person: the task parks with the question until someone answers.
-    AskHuman,
-}
-
-/// The name of the built-in tool that asks a person.
-pub const ASK_HUMAN: &str = "ask_human";
-
-impl ToolRef {
-    /// The name the model calls the tool by.
-    pub fn name(&self) -> String {
-        match self {
-            ToolRef::Connector { name: Some(name), .. } => name.clone(),
-            ToolRef::Connector { connector, action, .. } => format!("{connector}_{action}"),
-            ToolRef::AskHuman => ASK_HUMAN.to_owned(),
-        }
-    }
-}
-
-/// Whether `name` is a tool name every model API takes (`[A-Za-z0-9_-]`,
-/// 1 to 64 characters).
-pub fn valid_tool_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_TOOL_NAME
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-/// A tool as the model is told about it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ToolDefinition {
-    /// The name it calls the tool by.
-    pub name: String,
-    /// What the tool does.
-    pub description: String,
-    /// JSON Schema of the arguments.
-    pub parameters: Value,
-}
-
-/// The parameters of [`ASK_HUMAN`].
-pub fn ask_human_definition() -> ToolDefinition {
-    ToolDefinition {
-        name: ASK_HUMAN.to_owned(),
-        description: "Ask a person a question when you cannot go on without their answer; the task waits for it."
-            .to_owned(),
-        parameters: json!({
-            "type": "object",
-            "properties": { "question": { "type": "string", "minLength": 1, "maxLength": 2000 } },
-            "required": ["question"],
-            "additionalProperties": false
-        }),
-    }
-}
-
 /// A call the model proposed, as it proposed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProposedCall {
@@ -285,6 +222,13 @@ pub enum LoopEntry {
         cost_usd: f64,
         /// How long it took.
         latency_ms: u64,
+        /// Why that tier (the router's sentence).
+        #[serde(default)]
+        reason: String,
+        /// The turn ran on a fallback where a bigger model was wanted: the
+        /// effects it proposes wait for a person.
+        #[serde(default)]
+        needs_review: bool,
     },
     /// What came of call `index` of turn `iteration`.
     Call {
@@ -513,7 +457,10 @@ fn check_call<'a>(
     }
     let schema = match tool {
         ToolRef::AskHuman => ask_human_definition().parameters,
-        ToolRef::Connector { .. } => schemas.get(&call.name).cloned().unwrap_or_else(|| json!({ "type": "object" })),
+        ToolRef::Connector { .. } => match schemas.get(&call.name) {
+            Some(schema) => schema.clone(),
+            None => return Err((arguments, format!("tool `{}` has no schema in force", call.name))),
+        },
     };
     if let Err(problem) = crate::exec::check_args(&schema, &arguments) {
         return Err((arguments, problem));

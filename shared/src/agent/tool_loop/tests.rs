@@ -8,8 +8,20 @@ fn step() -> AgentLoopStep {
     AgentLoopStep {
         goal: Some("Resolve: {{ input.text }}".into()),
         tools: vec![
-            ToolRef::Connector { connector: "shop".into(), action: "lookup".into(), name: None, description: None },
-            ToolRef::Connector { connector: "payments".into(), action: "refund".into(), name: None, description: None },
+            ToolRef::Connector {
+                connector: "shop".into(),
+                action: "lookup".into(),
+                name: None,
+                description: None,
+                resource: None,
+            },
+            ToolRef::Connector {
+                connector: "payments".into(),
+                action: "refund".into(),
+                name: None,
+                description: None,
+                resource: None,
+            },
             ToolRef::AskHuman,
         ],
         ..AgentLoopStep::default()
@@ -46,6 +58,8 @@ fn turn(iteration: u32, calls: Vec<ProposedCall>) -> LoopEntry {
         tokens_out: 5,
         cost_usd: 0.001,
         latency_ms: 3,
+        reason: String::new(),
+        needs_review: false,
     }
 }
 
@@ -58,6 +72,8 @@ fn answer(iteration: u32, text: &str) -> LoopEntry {
         tokens_out: 5,
         cost_usd: 0.001,
         latency_ms: 3,
+        reason: String::new(),
+        needs_review: false,
     }
 }
 
@@ -188,6 +204,8 @@ fn a_refusal_ends_the_loop() {
         tokens_out: 1,
         cost_usd: 0.0,
         latency_ms: 1,
+        reason: String::new(),
+        needs_review: false,
     }];
     assert_eq!(
         next(&step(), &schemas(), &journal, limits()),

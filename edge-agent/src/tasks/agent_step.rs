@@ -1,0 +1,279 @@
+//! The driver of an agent step's tool-using loop (`kind = "agent"`).
+//!
+//! Each round reads the step's loop journal ([`super::loop_journal`]), asks
+//! the pure `aios_shared::agent::tool_loop::next` what to do, does it, and
+//! journals the result before the next round: a model turn goes to
+//! [`crate::model_calls::ModelCalls::agent_turn`], a valid call to a
+//! connector becomes an intent of the execution plane exactly as an `act`
+//! step's does (schema, Cedar with the model's arguments, approval bound to
+//! them, outbox, breaker, rate limit, dead letters), keyed by the call's
+//! place in the loop so a resumed run never repeats it; an invalid call is
+//! journaled with the reason the model is told. An approval parks the task;
+//! the run that resumes it starts from the journal.
+
+use aios_shared::agent::tool_loop::{
+    self, call_key, plan_on, CallOutcome, Complexity, Limit, Limits, LoopEnd, LoopEntry, Next, ToolRef, DEFAULT_SYSTEM,
+};
+use aios_shared::agent::{AgentSpec, StepSpec};
+use serde_json::{json, Value};
+
+use crate::exec::{ActArgs, ActOutcome, ActRequest};
+use crate::model_calls::{AgentTurn, ModelCallError, TurnError};
+use crate::tasks::{RunEnd, StepRecord, TaskRecord};
+
+use super::executor::TaskContext;
+use super::scheduler::{Runtime, Stop, TIER_DOWN_RETRY_MS};
+
+impl Runtime {
+    /// Runs the loop of agent step `seq` until it ends, filling `record`; a
+    /// loop that ends without an answer is checkpointed and fails the task.
+    pub(super) async fn run_agent_step(
+        &self,
+        task: &TaskRecord,
+        agent: &AgentSpec,
+        seq: usize,
+        context: &TaskContext,
+        record: &mut StepRecord,
+    ) -> Result<(), Stop> {
+        let step = &agent.steps[seq];
+        let aios_shared::agent::StepAction::Agent(spec) = &step.action else {
+            unreachable!("run_agent_step runs agent steps")
+        };
+        let fatal = |problem: String| Stop::End(RunEnd::Failed(format!("step `{}`: {problem}", step.id)));
+        let (version, defs) = self.definitions().await?.ok_or_else(|| fatal("no bundle in force".into()))?;
+        let tools = tool_loop::tool_definitions(spec, &defs.connectors).map_err(fatal)?;
+        let schemas = tool_loop::schemas(&tools);
+        let goal = context.render(spec.goal.as_deref().unwrap_or_default()).map_err(fatal)?;
+        let system = match &spec.system {
+            Some(system) => context.render(system).map_err(fatal)?,
+            None => DEFAULT_SYSTEM.to_owned(),
+        };
+        let seq32 = seq as u32;
+        loop {
+            let journal = self.inner.store.loop_journal(&task.id, seq32).await?;
+            let spent_in_loop: f64 = journal.iter().map(entry_cost).sum();
+            let limits = Limits {
+                now_ms: self.now(),
+                deadline_ms: task.deadline_ms,
+                spent_usd: context.spent_usd + spent_in_loop,
+                budget_usd: agent.budget.per_task_usd,
+            };
+            let entry = match tool_loop::next(spec, &schemas, &journal, limits) {
+                Next::Finish(end) => return self.finish_loop(task, step, &journal, end, record).await,
+                Next::CallModel { iteration } => {
+                    let invalid_calls = journal
+                        .iter()
+                        .filter(|e| matches!(e, LoopEntry::Call { outcome: CallOutcome::Invalid { .. }, .. }))
+                        .count();
+                    let complexity = Complexity { tools: tools.len(), goal_bytes: goal.len(), invalid_calls };
+                    let plan = plan_on(spec.planning, !agent.escalate_to.is_empty(), complexity);
+                    let turn = AgentTurn {
+                        agent: &task.agent,
+                        task: &task.id,
+                        step,
+                        iteration,
+                        messages: tool_loop::transcript(&system, &goal, &journal),
+                        tools: &tools,
+                        plan,
+                        max_tokens: spec.max_tokens(),
+                        task_spent_usd: context.spent_usd + spent_in_loop,
+                    };
+                    let started = self.inner.options.clock.instant();
+                    let call_id = format!("{}:{seq}:{iteration}", task.id);
+                    let outcome = match self.inner.tiers.agent_turn(turn, &call_id).await {
+                        Ok(outcome) => outcome,
+                        Err(TurnError::OverBudget(reason)) => {
+                            let detail = format!("turn {iteration}: {reason}");
+                            let end = LoopEnd::Limit { limit: Limit::Budget, detail };
+                            return self.finish_loop(task, step, &journal, end, record).await;
+                        }
+                        Err(TurnError::Call(ModelCallError::Fatal(problem))) => return Err(fatal(problem)),
+                        Err(TurnError::Call(ModelCallError::Unavailable(reason))) => {
+                            return Err(Stop::End(RunEnd::Waiting {
+                                reason,
+                                until_ms: self.now() + TIER_DOWN_RETRY_MS,
+                            }))
+                        }
+                        Err(TurnError::Call(ModelCallError::Db(err))) => return Err(Stop::Db(err)),
+                    };
+                    LoopEntry::Model {
+                        iteration,
+                        tier: outcome.tier,
+                        reply: outcome.reply,
+                        tokens_in: outcome.tokens_in,
+                        tokens_out: outcome.tokens_out,
+                        cost_usd: outcome.cost_usd,
+                        latency_ms: self.inner.options.clock.instant().saturating_duration_since(started).as_millis()
+                            as u64,
+                        reason: outcome.reason,
+                        needs_review: false,
+                    }
+                }
+                Next::Reject { iteration, index, name, arguments, problem } => {
+                    LoopEntry::Call { iteration, index, name, arguments, outcome: CallOutcome::Invalid { problem } }
+                }
+                Next::RunCall { iteration, index, tool: ToolRef::AskHuman, arguments, call_id: _ } => {
+                    let key = call_key(&task.id, seq32, iteration, index);
+                    let question = arguments["question"].as_str().unwrap_or_default();
+                    let asked = self
+                        .inner
+                        .store
+                        .ask(&self.inner.identity, &key, &task.id, &task.agent, question, self.now())
+                        .await?;
+                    let (Some(answer), by) = (asked.answer, asked.answered_by) else {
+                        return Err(Stop::End(RunEnd::Parked {
+                            reason: format!("waiting for an answer to: {}", asked.question),
+                            until_ms: task.deadline_ms,
+                        }));
+                    };
+                    let outcome = CallOutcome::Done { result: json!({ "answer": answer, "answered_by": by }) };
+                    LoopEntry::Call { iteration, index, name: tool_loop::ASK_HUMAN.to_owned(), arguments, outcome }
+                }
+                Next::RunCall { iteration, index, tool, arguments, call_id: _ } => {
+                    let name = tool.name();
+                    let request =
+                        call_request(task, step, seq32, context, &journal, (iteration, index), &tool, &arguments)
+                            .map_err(fatal)?;
+                    let outcome = match self.inner.exec.act(version, &defs, request).await? {
+                        ActOutcome::Done(output) => CallOutcome::Done { result: output["result"].clone() },
+                        ActOutcome::Refused(reason) => CallOutcome::Refused { reason },
+                        ActOutcome::Failed(problem) => CallOutcome::Failed { problem },
+                        ActOutcome::Park { reason, until_ms } => {
+                            return Err(Stop::End(RunEnd::Parked { reason, until_ms }))
+                        }
+                        ActOutcome::DeadLettered(problem) => {
+                            return Err(Stop::End(RunEnd::DeadLettered(format!(
+                                "step `{}`, call {name} of turn {iteration}: {problem}",
+                                step.id
+                            ))))
+                        }
+                    };
+                    LoopEntry::Call { iteration, index, name, arguments, outcome }
+                }
+            };
+            self.inner.store.append_loop_entry(&self.inner.identity, &task.id, seq32, entry, self.now()).await?;
+        }
+    }
+
+    /// Fills the step's record from its journal; a loop that ended without
+    /// an answer is checkpointed, then fails the task with how it ended.
+    async fn finish_loop(
+        &self,
+        task: &TaskRecord,
+        step: &StepSpec,
+        journal: &[LoopEntry],
+        end: LoopEnd,
+        record: &mut StepRecord,
+    ) -> Result<(), Stop> {
+        let mut turns = 0;
+        let mut calls = 0;
+        for entry in journal {
+            match entry {
+                LoopEntry::Model { tier, tokens_in, tokens_out, cost_usd, reason, needs_review, .. } => {
+                    turns += 1;
+                    record.tier = Some(tier.clone());
+                    record.reason = Some(reason.clone());
+                    record.tokens_in += tokens_in;
+                    record.tokens_out += tokens_out;
+                    record.cost_usd += cost_usd;
+                    record.needs_review |= needs_review;
+                }
+                LoopEntry::Call { .. } => calls += 1,
+            }
+        }
+        let answer = match &end {
+            LoopEnd::Answer { text } => Some(text.trim().to_owned()),
+            _ => None,
+        };
+        record.output = json!({ "end": end, "answer": answer, "turns": turns, "calls": calls });
+        record.value = answer.clone();
+        if answer.is_some() {
+            return Ok(());
+        }
+        let detail = match &end {
+            LoopEnd::Answer { .. } => unreachable!("handled above"),
+            LoopEnd::Refusal { reason } => format!("the model refused: {reason}"),
+            LoopEnd::Limit { detail, .. } => detail.clone(),
+            LoopEnd::Invalid { problem } => problem.clone(),
+        };
+        record.status = "failed".into();
+        record.created_ms = self.now();
+        self.inner.store.checkpoint_step(&self.inner.identity, &task.id, record.clone()).await?;
+        Err(Stop::End(RunEnd::Failed(format!("step `{}`: {detail}", step.id))))
+    }
+}
+
+/// What a turn cost.
+fn entry_cost(entry: &LoopEntry) -> f64 {
+    match entry {
+        LoopEntry::Model { cost_usd, .. } => *cost_usd,
+        LoopEntry::Call { .. } => 0.0,
+    }
+}
+
+/// The act request of call `index` of turn `iteration`: the model's
+/// arguments as they are, the resource rendered over the task's input and
+/// those arguments, the turn's text as the reasoning an approver sees.
+#[allow(clippy::too_many_arguments)]
+fn call_request(
+    task: &TaskRecord,
+    step: &StepSpec,
+    seq: u32,
+    context: &TaskContext,
+    journal: &[LoopEntry],
+    (iteration, index): (u32, u32),
+    tool: &ToolRef,
+    arguments: &Value,
+) -> Result<ActRequest, String> {
+    let ToolRef::Connector { connector, action, resource, .. } = tool else {
+        return Err(format!("tool `{}` is not a connector action", tool.name()));
+    };
+    let scope = json!({ "input": context.input(), "args": arguments });
+    let render = |template: &str| aios_shared::agent::render_template(template, &scope);
+    let resource = match resource {
+        Some(resource) => {
+            let mut attrs = serde_json::Map::new();
+            for (name, template) in &resource.attrs {
+                let text = render(template)?;
+                attrs.insert(name.clone(), serde_json::from_str(&text).unwrap_or(Value::String(text)));
+            }
+            (resource.entity_type.clone(), render(&resource.id)?, Value::Object(attrs))
+        }
+        None => ("Connector".to_owned(), connector.clone(), json!({})),
+    };
+    let (tier, said) = journal
+        .iter()
+        .find_map(|entry| match entry {
+            LoopEntry::Model { iteration: i, tier, reply, .. } if *i == iteration => {
+                Some((tier.clone(), reply.text.clone().unwrap_or_default()))
+            }
+            _ => None,
+        })
+        .unwrap_or_default();
+    let mut review = context.review().to_vec();
+    for entry in journal {
+        if let LoopEntry::Model { iteration, tier, reason, needs_review: true, .. } = entry {
+            review.push(format!("turn {iteration} of step `{}` ran on `{tier}`: {reason}", step.id));
+        }
+    }
+    let sources = context.sources();
+    let classification = crate::exec::highest_classification(&sources);
+    Ok(ActRequest {
+        task_id: task.id.clone(),
+        agent: task.agent.clone(),
+        seq,
+        step_id: format!("{}#{iteration}.{index}", step.id),
+        connector: connector.clone(),
+        action: action.clone(),
+        args: ActArgs::Json(arguments.clone()),
+        call: Some(call_key(&task.id, seq, iteration, index)),
+        resource,
+        reasoning: Some(format!(
+            "proposed by the model on `{tier}` as call {index} of turn {iteration}{}",
+            if said.trim().is_empty() { String::new() } else { format!(": {}", said.trim()) }
+        )),
+        sources,
+        classification,
+        review,
+    })
+}

@@ -1,0 +1,150 @@
+//! The journal of an agent step's tool-using loop: each model turn and each
+//! call's outcome, appended in order with its audit event in one
+//! transaction, before the loop's next action starts. A run that resumes
+//! reads it back and asks `aios_shared::agent::tool_loop::next` what comes
+//! after it, so a journaled model turn is never requested again.
+
+use aios_shared::agent::tool_loop::LoopEntry;
+use aios_shared::audit::kinds;
+use rusqlite::{params, OptionalExtension};
+use serde_json::json;
+
+use crate::store::{append_event, EdgeStore};
+use crate::sync::identity::Identity;
+use aios_daemon::db::DbError;
+
+/// The place of an entry in its loop: a turn, or a call of a turn.
+fn slot(entry: &LoopEntry) -> (u32, Option<u32>) {
+    match entry {
+        LoopEntry::Model { iteration, .. } => (*iteration, None),
+        LoopEntry::Call { iteration, index, .. } => (*iteration, Some(*index)),
+    }
+}
+
+fn decode(text: &str) -> Result<LoopEntry, DbError> {
+    serde_json::from_str(text).map_err(|err| DbError::Corrupt(format!("agent loop entry: {err}")))
+}
+
+impl EdgeStore {
+    /// The loop journal of step `seq` of `task_id`, oldest first.
+    pub async fn loop_journal(&self, task_id: &str, seq: u32) -> Result<Vec<LoopEntry>, DbError> {
+        let task_id = task_id.to_owned();
+        self.db
+            .read(move |conn| {
+                let mut statement =
+                    conn.prepare("SELECT entry FROM agent_loop WHERE task_id = ?1 AND seq = ?2 ORDER BY n")?;
+                let rows = statement.query_map(params![task_id, seq], |row| row.get::<_, String>(0))?;
+                rows.map(|text| decode(&text?)).collect()
+            })
+            .await
+    }
+
+    /// Every loop journal of `task_id`, by step, for the task's view.
+    pub async fn task_loops(&self, task_id: &str) -> Result<Vec<(u32, LoopEntry)>, DbError> {
+        let task_id = task_id.to_owned();
+        self.db
+            .read(move |conn| {
+                let mut statement =
+                    conn.prepare("SELECT seq, entry FROM agent_loop WHERE task_id = ?1 ORDER BY seq, n")?;
+                let rows =
+                    statement.query_map([task_id], |row| Ok((row.get::<_, u32>(0)?, row.get::<_, String>(1)?)))?;
+                rows.map(|row| {
+                    let (seq, text) = row?;
+                    Ok((seq, decode(&text)?))
+                })
+                .collect()
+            })
+            .await
+    }
+
+    /// Appends `entry` to the loop of step `seq` of `task_id` with its audit
+    /// event. Refused (and nothing written) unless the task is running at
+    /// that step and the entry's turn or call has no entry yet.
+    pub async fn append_loop_entry(
+        &self,
+        identity: &Identity,
+        task_id: &str,
+        seq: u32,
+        entry: LoopEntry,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        let identity = identity.clone();
+        let task_id = task_id.to_owned();
+        self.db
+            .write(move |conn| {
+                let (state, next): (String, u32) = conn
+                    .query_row("SELECT state, next_step FROM tasks WHERE id = ?1", [&task_id], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?
+                    .ok_or_else(|| DbError::Corrupt(format!("no task {task_id}")))?;
+                if state != "running" || next != seq {
+                    return Err(DbError::Corrupt(format!(
+                        "task {task_id} is {state} at step {next}; refusing a loop entry for step {seq}"
+                    )));
+                }
+                let mut statement =
+                    conn.prepare("SELECT entry FROM agent_loop WHERE task_id = ?1 AND seq = ?2 ORDER BY n")?;
+                let existing: Vec<LoopEntry> = statement
+                    .query_map(params![task_id, seq], |row| row.get::<_, String>(0))?
+                    .map(|text| decode(&text?))
+                    .collect::<Result<_, _>>()?;
+                let place = slot(&entry);
+                if existing.iter().any(|e| slot(e) == place) {
+                    return Err(DbError::Corrupt(format!(
+                        "task {task_id} step {seq} already has a loop entry for {place:?}"
+                    )));
+                }
+                let text = serde_json::to_string(&entry).map_err(|err| DbError::Corrupt(err.to_string()))?;
+                conn.execute(
+                    "INSERT INTO agent_loop (task_id, seq, n, entry, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![task_id, seq, existing.len() as i64, text, now_ms],
+                )?;
+                let (kind, payload) = match &entry {
+                    LoopEntry::Model {
+                        iteration,
+                        tier,
+                        reply,
+                        tokens_in,
+                        tokens_out,
+                        cost_usd,
+                        latency_ms,
+                        reason,
+                        needs_review,
+                    } => (
+                        kinds::AGENT_TURN,
+                        json!({
+                            "task": task_id,
+                            "seq": seq,
+                            "iteration": iteration,
+                            "tier": tier,
+                            "reason": reason,
+                            "needs_review": needs_review,
+                            "tokens_in": tokens_in,
+                            "tokens_out": tokens_out,
+                            "cost_usd": cost_usd,
+                            "latency_ms": latency_ms,
+                            "text": reply.text,
+                            "refusal": reply.refusal,
+                            "calls": reply.calls,
+                        }),
+                    ),
+                    LoopEntry::Call { iteration, index, name, arguments, outcome } => (
+                        kinds::AGENT_CALL,
+                        json!({
+                            "task": task_id,
+                            "seq": seq,
+                            "iteration": iteration,
+                            "index": index,
+                            "name": name,
+                            "arguments": arguments,
+                            "outcome": outcome,
+                        }),
+                    ),
+                };
+                append_event(conn, &identity, now_ms, kind, &payload.to_string())?;
+                Ok(())
+            })
+            .await
+    }
+}
