@@ -178,6 +178,7 @@ async fn bench_chat(
         sampling: SamplingParams::greedy(),
         stop: Vec::new(),
         ignore_eos: true,
+        constraint: None,
     };
     model.generate(prefill_request.clone()).await?; // warm-up
     let mut prefill_times = Vec::new();
@@ -193,6 +194,7 @@ async fn bench_chat(
             sampling: SamplingParams::greedy(),
             stop: Vec::new(),
             ignore_eos: true,
+            constraint: None,
         })
         .await?;
     let decode_tokens = generation.completion_tokens.saturating_sub(1).max(1);

@@ -31,7 +31,8 @@ pub mod worker;
 
 pub use catalog::{Catalog, ModelEntry, ModelKind};
 pub use chat::{
-    CandidateScore, ChatMessage, FinishReason, GenerateRequest, Generation, Prompt, Role, SamplingParams, ScoredChoice,
+    CandidateScore, ChatMessage, FinishReason, GenerateRequest, Generation, OutputConstraint, Prompt, Role,
+    SamplingParams, ScoredChoice,
 };
 pub use cli::{bench_sentences, run_models_command, ModelsCommand};
 pub use device::DeviceConfig;

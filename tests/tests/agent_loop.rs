@@ -388,7 +388,8 @@ async fn kill9_anywhere_in_the_loop_repeats_no_effect_and_no_journaled_turn() ->
     Ok(())
 }
 
-/// Agents whose loops run into limits: a budget, a deadline.
+/// Agents whose loops run into limits (a budget, a deadline) or lose their
+/// planning tier.
 const LIMITED: &str = r#"
 [agents.frugal]
 version = 1
@@ -403,6 +404,19 @@ goal = "Case {{ input.case }} for order {{ input.order.id }}: {{ input.text }}"
 max_iterations = 100
 max_tool_calls = 100
 max_tokens = 64
+tools = [{ kind = "connector", connector = "shop", action = "note" }]
+
+[agents.fallback]
+version = 1
+escalate_to = ["big"]
+
+[[agents.fallback.steps]]
+id = "handle"
+kind = "agent"
+planning = "escalate"
+goal = "Case {{ input.case }} for order {{ input.order.id }}: {{ input.text }}"
+max_iterations = 3
+max_tokens = 96
 tools = [{ kind = "connector", connector = "shop", action = "note" }]
 
 [agents.hasty]
@@ -426,7 +440,7 @@ async fn budget_deadline_and_a_tier_down_mid_loop() -> anyhow::Result<()> {
     let receipts = tempfile::tempdir()?;
     let planner = Planner::start(Arc::new(script), Duration::from_millis(100)).await?;
     let toml = format!("{}{LIMITED}", bundle(&payments, receipts.path(), &planner));
-    let (_tmp, _cp, edge) = fleet_with(&bins!(), &toml).await?;
+    let (_tmp, cp, edge) = fleet_with(&bins!(), &toml).await?;
     let on = |agent: &str, order: &str| {
         let mut body = case("long", order);
         body["agent"] = json!(agent);
@@ -457,20 +471,41 @@ async fn budget_deadline_and_a_tier_down_mid_loop() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(effects(&payments, "notes", "d-1").len(), notes, "nothing runs after the deadline");
 
-    // The planning tier goes down mid-loop: the task waits, saying why, and
-    // goes on where it stopped when the tier is back; no effect twice.
-    let id = submit(&edge, case("crash", "t-1")).await?;
+    // The planning tier goes down mid-loop: the local model plans the rest
+    // (under the tools' schema), its turns are marked for review, and no
+    // effect it proposes happens without a person: each waits for an
+    // approval, which is rejected here.
+    let id = submit(&edge, on("fallback", "t-1")).await?;
     wait_for("the first call's effect", LONG, || async { Ok(!effects(&payments, "notes", "t-1").is_empty()) }).await?;
     planner.set_down(true);
-    wait_for("the task to wait for the tier", LONG, || async {
+    let mut rejected = 0;
+    let done = loop {
         let view = task(&edge, &id).await?;
-        Ok(view["state"] == "waiting" && view["wait_reason"].as_str().is_some_and(|r| r.contains("big")))
-    })
-    .await?;
-    planner.set_down(false);
-    let done = edge.finished_task(&id, LONG).await?;
-    assert_eq!(done["state"], "succeeded", "{done:#}");
-    assert_eq!(effects(&payments, "notes", "t-1").len(), 2);
-    assert_eq!(effects(&payments, "refunds", "t-1").len(), 1);
+        if ["succeeded", "failed"].contains(&view["state"].as_str().unwrap_or_default()) {
+            break view;
+        }
+        let queue = edge.api(Method::GET, "/v1/approvals?state=pending", None).await?.1;
+        for approval in queue.as_array().into_iter().flatten().filter(|a| a["request"]["task"] == id.as_str()) {
+            let review = approval["request"]["review"].to_string();
+            assert!(review.contains("ran on `local`"), "{approval:#}");
+            let approval_id = approval["id"].as_str().context("approval id")?;
+            cp.cli_ok(&["approvals", "reject", approval_id, "--by", "dana"])?;
+            rejected += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let transcript = done["loops"]["0"].as_array().context("transcript")?.clone();
+    let first_local = transcript
+        .iter()
+        .position(|e| e["entry"] == "model" && e["tier"] == "local")
+        .with_context(|| format!("no local turn: {done:#}"))?;
+    assert_eq!(transcript[first_local]["needs_review"], true, "{done:#}");
+    let done_after: Vec<&Value> = transcript[first_local..]
+        .iter()
+        .filter(|e| e["entry"] == "call" && e["outcome"]["outcome"] == "done")
+        .collect();
+    assert!(done_after.is_empty(), "effects after the fallback ran without review: {done_after:#?}");
+    assert_eq!(done["needs_review"], true, "{done:#}");
+    println!("fallback: {rejected} approvals rejected; task {}", done["state"]);
     Ok(())
 }

@@ -176,9 +176,23 @@ pub struct ExecPlane {
     clock: SharedClock,
 }
 
-/// Hex SHA-256 of the canonical JSON of `args` (object keys sorted).
+/// Hex SHA-256 of the canonical JSON of `args`: object keys sorted at every
+/// depth, whatever order they were written or parsed in.
 pub fn args_hash(args: &Value) -> String {
-    hex::encode(Sha256::digest(args.to_string().as_bytes()))
+    hex::encode(Sha256::digest(canonical(args).to_string().as_bytes()))
+}
+
+/// `value` with every object's keys in sorted order.
+fn canonical(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            Value::Object(keys.into_iter().map(|key| (key.clone(), canonical(&map[key]))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
 }
 
 impl ExecPlane {
@@ -689,6 +703,14 @@ fn last_error(intent: &Intent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_arguments_hash_ignores_key_order() {
+        let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"y": [1, {"d": 0, "c": 1}], "x": 2}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a": {"x": 2, "y": [1, {"c": 1, "d": 0}]}, "b": 1}"#).unwrap();
+        assert_eq!(args_hash(&a), args_hash(&b));
+        assert_ne!(args_hash(&a), args_hash(&serde_json::json!({ "b": 2 })));
+    }
 
     #[test]
     fn results_needing_review_turn_an_allowed_effect_into_an_approval() {

@@ -3,19 +3,22 @@
 //! breakers, budgets and retries as any escalated step; the reply comes back
 //! provider-neutral (`aios_shared::agent::tool_loop::ModelReply`).
 //!
-//! The local model does not plan yet: proposing tool calls needs decoding
-//! constrained to the tools' schemas, which the local engine lacks. A step
-//! that plans locally fails saying so, and a turn that wanted an escalation
-//! tier waits while none can answer instead of falling back.
+//! A local turn describes the tools in the system message and generates
+//! under a JSON Schema that admits one call of a declared tool with valid
+//! arguments, or an answer (`aios_shared::agent::tool_loop::local`); the
+//! engine masks sampling to it, so the reply always parses. A turn that
+//! wanted an escalation tier falls back to it when no tier can answer (down,
+//! over the day's budget, air-gapped), marked for review.
 
-use aios_shared::agent::tool_loop::{Message, ModelReply, PlanOn, ToolDefinition};
+use aios_models::{ChatMessage, GenerateRequest, OutputConstraint};
+use aios_shared::agent::tool_loop::{local, Message, ModelReply, PlanOn, Role, ToolDefinition};
 use aios_shared::agent::{Risk, StepSpec};
 use aios_shared::router::{day_of, BudgetKey, BudgetLimits, BudgetScope, RiskClass, TokenCount, Validation};
 use tracing::Instrument;
 
 use super::cloud::CloudClient;
 use super::openai::ChatCompletionRequest;
-use super::route::{seed_for, RouteRequest, Routed};
+use super::route::{model_error, seed_for, RouteRequest, Routed};
 use super::tools::{wire_messages, WireTool};
 use super::{estimate_tokens, usd_limit, ModelCallError, ModelCalls};
 
@@ -74,6 +77,9 @@ pub struct TurnOutcome {
     pub tokens_out: u64,
     /// US dollars.
     pub cost_usd: f64,
+    /// The local model planned where a bigger one was wanted: the effects
+    /// it proposes wait for a person.
+    pub needs_review: bool,
 }
 
 impl ModelCalls {
@@ -87,11 +93,8 @@ impl ModelCalls {
         let why = match &turn.plan {
             PlanOn::Escalate(why) => why.clone(),
             PlanOn::Local => {
-                return Err(TurnError::Call(ModelCallError::Fatal(format!(
-                    "step `{}` plans on the local tier `{}`, and local models cannot propose tool calls yet \
-                     (constrained decoding is not built); give the agent an escalation tier",
-                    turn.step.id, agent.local_tier
-                ))))
+                let reason = "the step plans on the local model".to_owned();
+                return self.local_turn(&agent.local_tier, &turn, reason, false, call_id).await;
             }
         };
         let key = BudgetKey {
@@ -108,7 +111,7 @@ impl ModelCalls {
                 + turn.tools.iter().map(|t| t.parameters.to_string().len() + t.description.len()).sum::<usize>();
         let request = RouteRequest {
             local: agent.local_tier.clone(),
-            local_available: false,
+            local_available: true,
             chain: &agent.escalate_to,
             key,
             limits,
@@ -151,10 +154,9 @@ impl ModelCalls {
                 Some(shortfall) if shortfall.scope == BudgetScope::Task => Err(TurnError::OverBudget(reason)),
                 _ => Err(ModelCallError::Unavailable(reason).into()),
             },
-            Routed::Local { reason, .. } => Err(ModelCallError::Unavailable(format!(
-                "{reason}; the local model cannot plan with tools, so the turn waits for an escalation tier"
-            ))
-            .into()),
+            Routed::Local { reason, needs_review } => {
+                self.local_turn(&agent.local_tier, &turn, reason, needs_review, call_id).await
+            }
             Routed::Remote { tier, reason, value: completion, charge } => {
                 let tokens = completion.tokens().unwrap_or(TokenCount { input: 0, output: 0 });
                 let cost = self.settle(charge, tokens).await?;
@@ -165,8 +167,43 @@ impl ModelCalls {
                     tokens_in: tokens.input,
                     tokens_out: tokens.output,
                     cost_usd: cost.as_usd(),
+                    needs_review: false,
                 })
             }
         }
+    }
+
+    /// One turn on local tier `tier`: the tools in the system message, the
+    /// reply generated under the schema of one call or an answer.
+    #[tracing::instrument(name = "model.call", skip_all, fields(tier = %tier, call_id = %call_id, location = "local"))]
+    async fn local_turn(
+        &self,
+        tier: &str,
+        turn: &AgentTurn<'_>,
+        reason: String,
+        needs_review: bool,
+        call_id: &str,
+    ) -> Result<TurnOutcome, TurnError> {
+        let model = self.local_model(tier).await?;
+        let messages = local::conversation(&turn.messages, turn.tools)
+            .into_iter()
+            .map(|message| match message.role {
+                Role::System => ChatMessage::system(message.text),
+                Role::Assistant => ChatMessage::assistant(message.text),
+                Role::User | Role::Tool => ChatMessage::user(message.text),
+            })
+            .collect();
+        let mut request = GenerateRequest::chat(messages, turn.max_tokens as usize);
+        request.constraint = Some(OutputConstraint::JsonSchema(local::reply_schema(turn.tools)));
+        let generation = model.generate(request).await.map_err(model_error)?;
+        Ok(TurnOutcome {
+            tier: tier.to_owned(),
+            reason,
+            reply: local::parse_reply(&generation.text, turn.iteration),
+            tokens_in: generation.prompt_tokens as u64,
+            tokens_out: generation.completion_tokens as u64,
+            cost_usd: 0.0,
+            needs_review,
+        })
     }
 }

@@ -106,7 +106,7 @@ impl Runtime {
                         latency_ms: self.inner.options.clock.instant().saturating_duration_since(started).as_millis()
                             as u64,
                         reason: outcome.reason,
-                        needs_review: false,
+                        needs_review: outcome.needs_review,
                     }
                 }
                 Next::Reject { iteration, index, name, arguments, problem } => {

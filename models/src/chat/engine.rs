@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use super::constrain::{ConstraintEnv, Masking, OutputConstraint};
 use super::llama::Precision;
 use super::sampling::{log_prob, Sampler, SamplingParams};
 use super::template::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
@@ -38,6 +39,9 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep going past end-of-turn tokens (benchmarks only).
     pub ignore_eos: bool,
+    /// What the output must be (see [`OutputConstraint`]); `None`: free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<OutputConstraint>,
 }
 
 impl GenerateRequest {
@@ -49,6 +53,7 @@ impl GenerateRequest {
             sampling: SamplingParams::greedy(),
             stop: Vec::new(),
             ignore_eos: false,
+            constraint: None,
         }
     }
 }
@@ -132,6 +137,8 @@ pub struct ChatEngine {
     context_length: usize,
     /// `general.architecture`.
     architecture: String,
+    /// The vocabulary indexed for constrained decoding, on first use.
+    constraints: std::sync::OnceLock<Result<ConstraintEnv, String>>,
 }
 
 impl ChatEngine {
@@ -155,6 +162,7 @@ impl ChatEngine {
             device: device.clone(),
             context_length: loaded.context_length,
             architecture: loaded.architecture,
+            constraints: std::sync::OnceLock::new(),
         })
     }
 
@@ -219,6 +227,15 @@ impl ChatEngine {
         self.weights.llama().filter(|m| m.runs_on_host()).map(|m| m.weight_bytes_per_token())
     }
 
+    /// A fresh constraint state for one generation under `constraint`.
+    pub fn masking(&self, constraint: &OutputConstraint) -> Result<Masking, ModelError> {
+        let env = self.constraints.get_or_init(|| ConstraintEnv::new(&self.tokenizer).map_err(|err| err.to_string()));
+        match env {
+            Ok(env) => env.masking(constraint, &self.tokenizer.end_of_turn),
+            Err(problem) => Err(ModelError::InvalidRequest(format!("constrained decoding is unavailable: {problem}"))),
+        }
+    }
+
     /// Generates a reply. `on_text` receives each new piece of text as soon as
     /// it is final (never a piece of a stop sequence, never half a UTF-8
     /// character) and returns `false` to stop; `cancelled` is polled between
@@ -238,15 +255,22 @@ impl ChatEngine {
         let mut emitted = 0usize;
         let mut text = String::new();
         let mut first_token_at = None;
+        let mut masking = request.constraint.as_ref().map(|c| self.masking(c)).transpose()?;
         let (mut model, mut logits) = self.prefill(&prompt)?;
         let finish_reason = loop {
             if request.max_tokens == 0 {
                 break FinishReason::Length;
             }
+            if let Some(masking) = masking.as_mut() {
+                masking.mask(&mut logits)?;
+            }
             let next = sampler.sample(&mut logits, &history);
             first_token_at.get_or_insert_with(|| started.elapsed());
-            if !request.ignore_eos && self.tokenizer.end_of_turn.contains(&next) {
+            if (!request.ignore_eos || masking.is_some()) && self.tokenizer.end_of_turn.contains(&next) {
                 break FinishReason::EndOfTurn;
+            }
+            if let Some(masking) = masking.as_mut() {
+                masking.advance(next)?;
             }
             generated.push(next);
             history.push(next);
@@ -265,6 +289,9 @@ impl ChatEngine {
                     break FinishReason::Cancelled;
                 }
                 emitted = safe;
+            }
+            if masking.as_ref().is_some_and(Masking::finished) {
+                break FinishReason::EndOfTurn;
             }
             if generated.len() >= request.max_tokens || history.len() >= self.context_length {
                 break FinishReason::Length;

@@ -10,7 +10,9 @@
 //! - `template`: the model's Jinja chat template, rendered with minijinja.
 //! - `sampling`: greedy / temperature / top-k / top-p / repetition penalty.
 //! - `engine`: prefill, decode, stop conditions, scored choice.
+//! - `constrain`: decoding masked to a JSON Schema (llguidance).
 
+pub mod constrain;
 pub mod engine;
 pub mod ggml;
 pub mod llama;
@@ -19,6 +21,7 @@ pub mod template;
 pub mod tokenizer;
 pub mod weights;
 
+pub use constrain::OutputConstraint;
 pub use engine::{CandidateScore, ChatEngine, FinishReason, GenerateRequest, Generation, Prompt, ScoredChoice};
 pub use sampling::SamplingParams;
 pub use template::{ChatMessage, ChatTemplate, Role};

@@ -48,7 +48,14 @@ pub(super) fn generate_request(
     if stop.len() > 4 {
         return Err(OpenAiError::invalid(Some("stop"), "at most 4 stop sequences are supported"));
     }
-    Ok(GenerateRequest { prompt: Prompt::Chat(messages), max_tokens, sampling, stop, ignore_eos: false })
+    Ok(GenerateRequest {
+        prompt: Prompt::Chat(messages),
+        max_tokens,
+        sampling,
+        stop,
+        ignore_eos: false,
+        constraint: None,
+    })
 }
 
 /// The checks every chat request passes, wherever it is answered.

@@ -34,10 +34,13 @@
 //! as a fixed `act` step is.
 //!
 //! # Layout
+//! - [`local`]: how a local model plans: the tools in the system message,
+//!   replies constrained to one call or an answer.
 //! - `tools`: the tools a step declares, as the model is told about them,
 //!   and their checks at publish.
 //! - `tests`: the loop's decisions over scripted journals.
 
+pub mod local;
 #[cfg(test)]
 mod tests;
 mod tools;
