@@ -301,14 +301,7 @@ async fn errors_have_openai_shape_and_status() {
             None,
         ),
         ("/v1/chat/completions", json!({"model": CHAT_ID, "messages": [{"role": "tool", "content": "x"}]}), 400, None),
-        // Tool calling is refused, not ignored, until the gateway supports it.
-        (
-            "/v1/chat/completions",
-            json!({"model": CHAT_ID, "messages": [{"role": "user", "content": "x"}],
-                   "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}),
-            400,
-            None,
-        ),
+        // A tool choice without tools.
         (
             "/v1/chat/completions",
             json!({"model": CHAT_ID, "tool_choice": "auto", "messages": [{"role": "user", "content": "x"}]}),
@@ -430,6 +423,28 @@ client = openai.OpenAI(base_url=base_url, api_key=token, max_retries=0)
 messages = [{"role": "user", "content": question}]
 models = [model.id for model in client.models.list()]
 whole = client.chat.completions.create(model=chat_model, messages=messages, max_tokens=16)
+tools = [{"type": "function", "function": {
+    "name": "lookup_order", "description": "Look an order up.",
+    "parameters": {"type": "object", "properties": {"order_id": {"type": "string", "pattern": "^A-[0-9]{3}$"}},
+                   "required": ["order_id"], "additionalProperties": False}}}]
+called = client.chat.completions.create(
+    model=chat_model, max_tokens=64, tools=tools, tool_choice="required",
+    messages=[{"role": "user", "content": "Where is my order A-123?"}])
+call = called.choices[0].message.tool_calls[0]
+streamed_call = {"name": "", "arguments": ""}
+for chunk in client.chat.completions.create(
+    model=chat_model, max_tokens=64, tools=tools, tool_choice="required", stream=True,
+    messages=[{"role": "user", "content": "Where is my order A-123?"}]):
+    for choice in chunk.choices:
+        for piece in choice.delta.tool_calls or []:
+            streamed_call["name"] += piece.function.name or ""
+            streamed_call["arguments"] += piece.function.arguments or ""
+rated = client.chat.completions.create(
+    model=chat_model, max_tokens=64,
+    messages=[{"role": "user", "content": "Rate: the kettle broke after a day."}],
+    response_format={"type": "json_schema", "json_schema": {"name": "rating", "strict": True, "schema": {
+        "type": "object", "properties": {"stars": {"type": "integer", "minimum": 1, "maximum": 5}},
+        "required": ["stars"], "additionalProperties": False}}})
 streamed_text, stream_usage, roles = "", None, []
 for chunk in client.chat.completions.create(
     model=chat_model, messages=messages, max_tokens=16, stream=True, stream_options={"include_usage": True}
@@ -457,6 +472,10 @@ print(json.dumps({
     "embeddings": [item.embedding for item in default_encoding.data],
     "float_embedding": floats.data[0].embedding,
     "missing_model_status": missing,
+    "tool_call": {"id": call.id, "name": call.function.name, "arguments": call.function.arguments},
+    "tool_finish": called.choices[0].finish_reason,
+    "streamed_call": streamed_call,
+    "rating": rated.choices[0].message.content,
 }))
 "#;
 
@@ -524,7 +543,118 @@ async fn the_official_openai_python_client_works() {
     let floats: Vec<f32> = serde_json::from_value(result["float_embedding"].clone()).unwrap();
     assert_eq!(floats, vectors[0]);
     assert_eq!(result["missing_model_status"], 404);
+    // Tool calls and a JSON Schema reply, whole and streamed, from the local model.
+    assert_eq!(result["tool_finish"], "tool_calls", "{result:#}");
+    assert_eq!(result["tool_call"]["name"], "lookup_order");
+    let arguments: Value = serde_json::from_str(result["tool_call"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(arguments["order_id"].as_str().is_some_and(|id| id.len() == 5 && id.starts_with("A-")), "{arguments}");
+    assert_eq!(result["streamed_call"]["name"], "lookup_order");
+    assert_eq!(result["streamed_call"]["arguments"], result["tool_call"]["arguments"], "greedy: the same call");
+    let rating: Value = serde_json::from_str(result["rating"].as_str().unwrap()).unwrap();
+    assert!(rating["stars"].as_i64().is_some_and(|stars| (1..=5).contains(&stars)), "{rating}");
     let calls = gateway.recorded.calls();
-    assert_eq!(calls.iter().filter(|call| call.delivery == Delivery::Stream).count(), 1);
-    assert_eq!(calls.len(), 5);
+    assert_eq!(calls.iter().filter(|call| call.delivery == Delivery::Stream).count(), 2);
+    assert_eq!(calls.len(), 8);
+}
+
+#[tokio::test]
+async fn the_local_model_calls_tools_and_follows_schemas() {
+    let gateway = Gateway::start(Some(TOKEN)).await;
+    let tools = json!([
+        { "type": "function", "function": {
+            "name": "shop_refund", "description": "Refund part of an order.",
+            "parameters": { "type": "object", "properties": {
+                "order_id": { "type": "string", "pattern": "^A-[0-9]{3}$" },
+                "amount": { "type": "integer", "minimum": 1, "maximum": 100 } },
+                "required": ["order_id", "amount"], "additionalProperties": false } } },
+        { "type": "function", "function": {
+            "name": "lookup_order", "description": "Look an order up.",
+            "parameters": { "type": "object", "properties": { "order_id": { "type": "string" } },
+                "required": ["order_id"], "additionalProperties": false } } }
+    ]);
+    let ask = json!({ "role": "user", "content": "Refund 20 on order A-123, it arrived broken." });
+    // A named function: its call, arguments valid for its schema.
+    let body = json!({ "model": CHAT_ID, "max_tokens": 64, "messages": [ask], "tools": tools,
+        "tool_choice": { "type": "function", "function": { "name": "shop_refund" } } });
+    let (status, reply) = gateway.post_json("/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{reply:#}");
+    assert_eq!(reply["choices"][0]["finish_reason"], "tool_calls", "{reply:#}");
+    let call = &reply["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "shop_refund");
+    assert!(reply["choices"][0]["message"]["content"].is_null());
+    let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(arguments["amount"].as_i64().is_some_and(|a| (1..=100).contains(&a)), "{arguments}");
+    assert!(arguments["order_id"].as_str().is_some_and(|id| id.starts_with("A-") && id.len() == 5), "{arguments}");
+
+    // The call and its result go back; the conversation goes on (a call or an answer).
+    let body = json!({ "model": CHAT_ID, "max_tokens": 64, "tools": tools, "messages": [
+        ask,
+        { "role": "assistant", "content": null, "tool_calls": [call] },
+        { "role": "tool", "tool_call_id": call["id"], "content": "{\"refund_id\": \"py_1\"}" },
+    ] });
+    let (status, reply) = gateway.post_json("/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{reply:#}");
+    let finish = reply["choices"][0]["finish_reason"].as_str().unwrap();
+    assert!(["tool_calls", "stop"].contains(&finish), "{reply:#}");
+
+    // The cloud client reads the streamed call back whole (its assembler), as an edge using this gateway as a tier does.
+    let client = CloudClient::new(CloudConfig {
+        base_url: gateway.url("/v1"),
+        model: CHAT_ID.to_owned(),
+        timeout: std::time::Duration::from_secs(60),
+        credential: Some(Credential::new(TOKEN).unwrap()),
+    })
+    .unwrap();
+    let mut request: ChatCompletionRequest = serde_json::from_value(json!({
+        "model": "",
+        "messages": [{ "role": "user", "content": "Look up order A-555." }],
+        "max_tokens": 64, "tools": tools, "tool_choice": "required",
+    }))
+    .unwrap();
+    let whole = client.chat(request.clone()).await.unwrap();
+    request.stream = true;
+    let streamed = client.chat_stream(request).await.unwrap().finish().await.unwrap();
+    assert_eq!(whole.tool_calls.len(), 1, "{whole:?}");
+    assert_eq!(streamed.tool_calls.len(), 1, "{streamed:?}");
+    assert_eq!(streamed.tool_calls[0].function, whole.tool_calls[0].function);
+
+    // response_format: a JSON object, and JSON valid for a schema.
+    let schema = json!({ "type": "object", "properties": {
+        "sentiment": { "type": "string", "enum": ["positive", "negative"] } },
+        "required": ["sentiment"], "additionalProperties": false });
+    for format in [
+        json!({ "type": "json_object" }),
+        json!({ "type": "json_schema", "json_schema": { "name": "s", "schema": schema } }),
+    ] {
+        let body = json!({ "model": CHAT_ID, "max_tokens": 48, "response_format": format,
+            "messages": [{ "role": "user", "content": "The kettle broke after a day." }] });
+        let (status, reply) = gateway.post_json("/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{reply:#}");
+        let content: Value = serde_json::from_str(reply["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+        assert!(content.is_object(), "{content}");
+        if format["type"] == "json_schema" {
+            assert!(["positive", "negative"].contains(&content["sentiment"].as_str().unwrap_or_default()), "{content}");
+        }
+    }
+
+    // Bad requests are refused with OpenAI's shape, naming the field.
+    for (body, param) in [
+        (json!({ "model": CHAT_ID, "messages": [ask], "tools": tools, "tool_choice": "sometimes" }), "tool_choice"),
+        (
+            json!({ "model": CHAT_ID, "messages": [ask], "tools": [{ "type": "function", "function": { "name": "bad name" } }] }),
+            "tools",
+        ),
+        (
+            json!({ "model": CHAT_ID, "messages": [ask, { "role": "tool", "tool_call_id": "x", "content": "{}" }] }),
+            "messages",
+        ),
+        (
+            json!({ "model": CHAT_ID, "messages": [ask], "response_format": { "type": "json_schema", "json_schema": { "name": "s", "schema": 5 } } }),
+            "response_format",
+        ),
+    ] {
+        let (status, reply) = gateway.post_json("/v1/chat/completions", &body).await;
+        assert_eq!(status, 400, "{reply:#}");
+        assert_eq!(reply["error"]["param"], param, "{reply:#}");
+    }
 }

@@ -5,28 +5,23 @@
 use super::stream::*;
 use super::*;
 
-/// Turns an OpenAI request into a generation request for `model`.
+/// Turns an OpenAI request into a generation request for `model`, with the
+/// tools the model may call when the request offers some.
 pub(super) fn generate_request(
     state: &GatewayState,
     model: &ChatModel,
     request: &ChatCompletionRequest,
-) -> Result<GenerateRequest, OpenAiError> {
+) -> Result<(GenerateRequest, Option<LocalTools>), OpenAiError> {
     check_request(request)?;
-    let mut messages = Vec::with_capacity(request.messages.len());
-    for message in &request.messages {
-        let text = message.text().map_err(|reason| OpenAiError::invalid(Some("messages"), reason))?;
-        messages.push(match message.role.as_str() {
-            "system" | "developer" => ChatMessage::system(text),
-            "user" => ChatMessage::user(text),
-            "assistant" => ChatMessage::assistant(text),
-            other => {
-                return Err(OpenAiError::invalid(
-                    Some("messages"),
-                    format!("messages with role `{other}` are not supported by the local model"),
-                ))
-            }
-        });
-    }
+    let tools = local_tools(request)?;
+    let messages = match &tools {
+        Some(tools) => tools.conversation(&request.messages)?,
+        None => plain_messages(request)?,
+    };
+    let constraint = match &tools {
+        Some(tools) => Some(tools.constraint()),
+        None => format_constraint(request)?,
+    };
     let max_tokens = match request.token_limit() {
         Some(limit) => usize::try_from(limit).unwrap_or(usize::MAX),
         None => state.config.default_max_tokens,
@@ -48,14 +43,32 @@ pub(super) fn generate_request(
     if stop.len() > 4 {
         return Err(OpenAiError::invalid(Some("stop"), "at most 4 stop sequences are supported"));
     }
-    Ok(GenerateRequest {
-        prompt: Prompt::Chat(messages),
-        max_tokens,
-        sampling,
-        stop,
-        ignore_eos: false,
-        constraint: None,
-    })
+    let generate =
+        GenerateRequest { prompt: Prompt::Chat(messages), max_tokens, sampling, stop, ignore_eos: false, constraint };
+    Ok((generate, tools))
+}
+
+/// The messages of a request without tools; tool calls and results need `tools`.
+fn plain_messages(request: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, OpenAiError> {
+    let mut messages = Vec::with_capacity(request.messages.len());
+    for message in &request.messages {
+        if !message.tool_calls.is_empty() || message.tool_call_id.is_some() {
+            return Err(OpenAiError::invalid(Some("messages"), "tool calls and tool results need `tools`"));
+        }
+        let text = message.text().map_err(|reason| OpenAiError::invalid(Some("messages"), reason))?;
+        messages.push(match message.role.as_str() {
+            "system" | "developer" => ChatMessage::system(text),
+            "user" => ChatMessage::user(text),
+            "assistant" => ChatMessage::assistant(text),
+            other => {
+                return Err(OpenAiError::invalid(
+                    Some("messages"),
+                    format!("messages with role `{other}` are not supported by the local model"),
+                ))
+            }
+        });
+    }
+    Ok(messages)
 }
 
 /// The checks every chat request passes, wherever it is answered.
@@ -71,14 +84,6 @@ pub(super) fn check_request(request: &ChatCompletionRequest) -> Result<(), OpenA
     }
     if let Some(temperature) = request.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
         return Err(OpenAiError::invalid(Some("temperature"), format!("temperature {temperature} must be in [0, 2]")));
-    }
-    // Refused rather than ignored: a client that sends tools acts on the
-    // calls it expects back, and would take a plain reply for an answer.
-    if !request.tools.is_empty() || request.tool_choice.is_some() {
-        return Err(OpenAiError::invalid(Some("tools"), "tool calling is not supported by this gateway yet"));
-    }
-    if request.messages.iter().any(|message| !message.tool_calls.is_empty() || message.tool_call_id.is_some()) {
-        return Err(OpenAiError::invalid(Some("messages"), "tool calls and tool results are not supported yet"));
     }
     Ok(())
 }
@@ -160,12 +165,14 @@ pub(super) async fn serve_locally(
     if let Some(route) = &route {
         recorder.routed(route);
     }
-    let generate = match generate_request(state, &model, &request) {
-        Ok(generate) => generate,
+    let (generate, tools) = match generate_request(state, &model, &request) {
+        Ok(generated) => generated,
         Err(error) => return recorder.fail(error),
     };
     let headers = route.as_ref().map(RouteInfo::headers).unwrap_or_default();
-    let response = if request.stream {
+    let response = if tools.is_some() {
+        tool_completion(recorder, model, generate, request).await
+    } else if request.stream {
         stream_completion(recorder, model, generate, request).await
     } else {
         whole_completion(recorder, model, generate, request).await
@@ -182,6 +189,16 @@ pub(super) async fn routed_completion(
 ) -> Response {
     if let Err(error) = check_request(&request) {
         return recorder.fail(error);
+    }
+    // Refused rather than ignored: a client that sends tools acts on the
+    // calls it expects back, and would take a plain reply for an answer.
+    let tool_messages = request.messages.iter().any(|m| !m.tool_calls.is_empty() || m.tool_call_id.is_some());
+    if !request.tools.is_empty() || request.response_format.is_some() || tool_messages {
+        let message = format!(
+            "tools and response_format are served by the local model `{}`; gateway tiers do not relay them yet",
+            state.config.chat_model
+        );
+        return recorder.fail(OpenAiError::invalid(Some("tools"), message));
     }
     let mut prompt_chars = 0;
     for message in &request.messages {

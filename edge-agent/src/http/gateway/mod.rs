@@ -18,6 +18,12 @@
 //! A whole completion carries `Server-Timing: model;dur=<ms>`, the time
 //! spent inside the model, so the gateway's own cost can be told apart.
 //!
+//! The local model takes `tools` (with `tool_choice`) and `response_format`
+//! (`json_object`, `json_schema`): its output is generated under the
+//! schema, so a call's arguments and a JSON reply always validate; calls
+//! come back as `tool_calls`, whole or streamed ([`tools`]). Gateway tiers
+//! refuse both with a 400 rather than drop them.
+//!
 //! Sampling follows the request (`temperature`, `top_p`, `max_tokens` or
 //! `max_completion_tokens`, `stop`, `seed`); an absent temperature means
 //! greedy decoding, not OpenAI's 1.0, so the same request gets the same
@@ -46,11 +52,14 @@
 //! - [`chat`]: chat completions, local or routed.
 //! - [`stream`]: the server-sent events of a streamed completion.
 //! - [`embeddings`]: the embeddings endpoint.
+//! - [`tools`]: tool calls and `response_format` on the local model.
 
 mod chat;
 use chat::RouteInfo;
 mod embeddings;
 mod stream;
+mod tools;
+use tools::{format_constraint, local_tools, tool_completion, LocalTools};
 
 use aios_daemon::clock::SharedClock;
 use std::sync::Arc;

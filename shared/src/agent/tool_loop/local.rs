@@ -23,6 +23,12 @@ pub struct LocalMessage {
 /// The JSON Schema of a local turn's reply: `{"tool": NAME, "arguments":
 /// {...}}` for one of `tools`, or `{"answer": TEXT}`.
 pub fn reply_schema(tools: &[ToolDefinition]) -> Value {
+    call_schema(tools, true)
+}
+
+/// [`reply_schema`], with or without the answer (a caller that requires a
+/// tool call leaves it out).
+pub fn call_schema(tools: &[ToolDefinition], answer: bool) -> Value {
     let mut choices: Vec<Value> = tools
         .iter()
         .map(|tool| {
@@ -34,12 +40,14 @@ pub fn reply_schema(tools: &[ToolDefinition]) -> Value {
             })
         })
         .collect();
-    choices.push(json!({
-        "type": "object",
-        "properties": { "answer": { "type": "string", "maxLength": 2000 } },
-        "required": ["answer"],
-        "additionalProperties": false,
-    }));
+    if answer {
+        choices.push(json!({
+            "type": "object",
+            "properties": { "answer": { "type": "string", "maxLength": 2000 } },
+            "required": ["answer"],
+            "additionalProperties": false,
+        }));
+    }
     json!({ "anyOf": choices })
 }
 
