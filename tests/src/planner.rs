@@ -29,6 +29,8 @@ pub struct Received {
     pub body: Value,
     /// When it arrived.
     pub at: std::time::Instant,
+    /// When its reply was ready to send (set once answered).
+    pub answered: Option<std::time::Instant>,
 }
 
 #[derive(Clone)]
@@ -135,12 +137,15 @@ pub fn calls(turn: usize, calls: &[(&str, Value)]) -> Value {
 }
 
 async fn complete(State(shared): State<Shared>, Json(request): Json<Value>) -> Response {
-    shared
-        .requests
-        .lock()
-        .expect("requests lock")
-        .push(Received { body: request.clone(), at: std::time::Instant::now() });
+    let position = {
+        let mut requests = shared.requests.lock().expect("requests lock");
+        requests.push(Received { body: request.clone(), at: std::time::Instant::now(), answered: None });
+        requests.len() - 1
+    };
     tokio::time::sleep(shared.delay).await;
+    let answered = |shared: &Shared| {
+        shared.requests.lock().expect("requests lock")[position].answered = Some(std::time::Instant::now());
+    };
     if shared.down.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": { "message": "overloaded" } })))
             .into_response();
@@ -155,6 +160,7 @@ async fn complete(State(shared): State<Shared>, Json(request): Json<Value>) -> R
         "total_tokens": prompt_tokens + completion_tokens,
     });
     let model = request["model"].clone();
+    answered(&shared);
     if request["stream"] != json!(true) {
         return Json(json!({
             "id": "chatcmpl-scripted",

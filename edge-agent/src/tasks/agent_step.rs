@@ -49,8 +49,9 @@ impl Runtime {
             None => DEFAULT_SYSTEM.to_owned(),
         };
         let seq32 = seq as u32;
+        // Read once; every entry appended below is pushed here after it commits.
+        let mut journal = self.inner.store.loop_journal(&task.id, seq32).await?;
         loop {
-            let journal = self.inner.store.loop_journal(&task.id, seq32).await?;
             let spent_in_loop: f64 = journal.iter().map(entry_cost).sum();
             let limits = Limits {
                 now_ms: self.now(),
@@ -151,7 +152,11 @@ impl Runtime {
                     LoopEntry::Call { iteration, index, name, arguments, outcome }
                 }
             };
-            self.inner.store.append_loop_entry(&self.inner.identity, &task.id, seq32, entry, self.now()).await?;
+            self.inner
+                .store
+                .append_loop_entry(&self.inner.identity, &task.id, seq32, entry.clone(), self.now())
+                .await?;
+            journal.push(entry);
         }
     }
 

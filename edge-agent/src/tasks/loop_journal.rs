@@ -83,22 +83,28 @@ impl EdgeStore {
                         "task {task_id} is {state} at step {next}; refusing a loop entry for step {seq}"
                     )));
                 }
-                let mut statement =
-                    conn.prepare("SELECT entry FROM agent_loop WHERE task_id = ?1 AND seq = ?2 ORDER BY n")?;
-                let existing: Vec<LoopEntry> = statement
-                    .query_map(params![task_id, seq], |row| row.get::<_, String>(0))?
-                    .map(|text| decode(&text?))
-                    .collect::<Result<_, _>>()?;
-                let place = slot(&entry);
-                if existing.iter().any(|e| slot(e) == place) {
+                let (iteration, call) = slot(&entry);
+                let call = call.map_or(-1, i64::from);
+                let taken: bool = conn.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM agent_loop WHERE task_id = ?1 AND seq = ?2 AND iteration = ?3 AND call = ?4)",
+                    params![task_id, seq, iteration, call],
+                    |row| row.get(0),
+                )?;
+                if taken {
                     return Err(DbError::Corrupt(format!(
-                        "task {task_id} step {seq} already has a loop entry for {place:?}"
+                        "task {task_id} step {seq} already has a loop entry for turn {iteration}, call {call}"
                     )));
                 }
+                let n: i64 = conn.query_row(
+                    "SELECT COALESCE(MAX(n) + 1, 0) FROM agent_loop WHERE task_id = ?1 AND seq = ?2",
+                    params![task_id, seq],
+                    |row| row.get(0),
+                )?;
                 let text = serde_json::to_string(&entry).map_err(|err| DbError::Corrupt(err.to_string()))?;
                 conn.execute(
-                    "INSERT INTO agent_loop (task_id, seq, n, entry, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![task_id, seq, existing.len() as i64, text, now_ms],
+                    "INSERT INTO agent_loop (task_id, seq, n, iteration, call, entry, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![task_id, seq, n, iteration, call, text, now_ms],
                 )?;
                 let (kind, payload) = match &entry {
                     LoopEntry::Model {

@@ -1,12 +1,17 @@
 -- The journal of agent steps' tool-using loops: one row per model turn and
 -- per call outcome, in order, written before the loop's next action starts.
+-- `iteration` and `call` (-1 for the model turn itself) place an entry in
+-- its loop; each place holds one entry.
 CREATE TABLE agent_loop (
     task_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     n INTEGER NOT NULL,
+    iteration INTEGER NOT NULL,
+    call INTEGER NOT NULL,
     entry TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
-    PRIMARY KEY (task_id, seq, n)
+    PRIMARY KEY (task_id, seq, n),
+    UNIQUE (task_id, seq, iteration, call)
 );
 
 -- Questions an agent step's model put to a person (`ask_human`), keyed by
