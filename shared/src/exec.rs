@@ -211,6 +211,10 @@ pub struct ActionSpec {
     /// `result` (default: this action's arguments).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub compensation_args: BTreeMap<String, String>,
+    /// How sensitive what the action returns is. An agent step's model turn
+    /// after such a result goes only to tiers allowed to receive it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<crate::memory::Classification>,
 }
 
 /// HTTP statuses retried when an action does not list its own.

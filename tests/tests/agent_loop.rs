@@ -119,6 +119,9 @@ fn script(request: &Value) -> Value {
         ),
         ("crash", 3) => calls(3, &[("shop_note", note("Finished."))]),
         ("crash", _) => text("Refunded 25."),
+        // A confidential result: whatever comes next must not reach `big`.
+        ("secret", 0) => calls(0, &[("shop_lookup", json!({ "order_id": order }))]),
+        ("secret", _) => text("The customer's file says: ..."),
         // A loop that never ends by itself: a limit ends it.
         ("long", n) => calls(n, &[("shop_note", note(&format!("Still looking ({n}).")))]),
         _ => text("I do not know this case."),
@@ -418,6 +421,22 @@ max_iterations = 3
 max_tokens = 96
 tools = [{ kind = "connector", connector = "shop", action = "note" }]
 
+[agents.vault]
+version = 1
+escalate_to = ["big"]
+
+[[agents.vault.steps]]
+id = "handle"
+kind = "agent"
+planning = "escalate"
+goal = "Case {{ input.case }} for order {{ input.order.id }}: {{ input.text }}"
+max_iterations = 3
+max_tokens = 96
+tools = [
+    { kind = "connector", connector = "shop", action = "lookup" },
+    { kind = "connector", connector = "shop", action = "note" },
+]
+
 [agents.hasty]
 version = 1
 escalate_to = ["big"]
@@ -456,6 +475,19 @@ async fn budget_deadline_and_a_tier_down_mid_loop() -> anyhow::Result<()> {
     let first_local = local_turns_are_reviewed(&done)?;
     let reason = done["loops"]["0"][first_local]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("budget exhausted"), "{reason}");
+
+    // A tool result classified confidential never reaches `big` (whose
+    // limit is the default, internal): the next turns stay on the edge,
+    // marked for review, and the route says why.
+    let mut body = case("secret", "s-1");
+    body["agent"] = json!("vault");
+    let id = submit(&edge, body).await?;
+    let done = finish_rejecting_reviews(&edge, &cp, &id).await?;
+    assert_eq!(requests_for(&planner, "s-1").len(), 1, "only the turn before the confidential result went out");
+    assert_eq!(effects(&payments, "lookups", "s-1").len(), 1);
+    let first_local = local_turns_are_reviewed(&done)?;
+    let reason = done["loops"]["0"][first_local]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("the data is confidential, above the internal this tier may receive"), "{reason}");
 
     // The deadline passes mid-loop: the task fails at once, saying where.
     let id = submit(&edge, on("hasty", "d-1")).await?;

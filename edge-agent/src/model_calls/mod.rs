@@ -64,6 +64,9 @@ pub struct StepCall<'a> {
     pub force_escalation: Option<String>,
     /// What the task spent on earlier steps (for its budget after a restart).
     pub task_spent_usd: f64,
+    /// The most sensitive data the task has read (retrieved items): tiers
+    /// not allowed to receive it are skipped.
+    pub classification: Option<aios_shared::memory::Classification>,
 }
 
 /// What a model call produced and what it cost.

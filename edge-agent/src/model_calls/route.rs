@@ -10,6 +10,7 @@ use crate::model_calls::cloud::{ChatCompletion, CloudClient, CloudError};
 use crate::model_calls::openai::{ChatCompletionRequest, WireMessage};
 use aios_models::{ChatMessage, ChatModel, GenerateRequest, ModelError, Prompt, SamplingParams};
 use aios_shared::agent::{Definitions, Risk, StepAction, StepSpec, TierKind};
+use aios_shared::memory::Classification;
 use aios_shared::router::{
     self, day_of, AirGap, BudgetKey, BudgetLimits, CircuitBreaker, MicroUsd, Permit, Price, RiskClass, RouteInput,
     RouteReason, RouteTarget, TierHealth, TierId, TokenCount, Validation,
@@ -74,6 +75,7 @@ impl ModelCalls {
             validation: if call.force_escalation.is_some() { Validation::Failed } else { Validation::NotChecked },
             estimated: estimate_tokens(call.prompt.len(), call.step.max_tokens() as u64),
             preface: call.force_escalation.clone(),
+            classification: call.classification,
         };
         let request_messages = remote_messages(&call);
         let (step_call, messages) = (&call, &request_messages);
@@ -126,7 +128,13 @@ impl ModelCalls {
     {
         let table = tier_table(defs, &request.local, request.chain)?;
         let air_gap = AirGap { enabled: defs.runtime.air_gapped, allowed_hosts: defs.runtime.allowed_hosts.clone() };
-        let egress = air_gap.egress_all(&table);
+        let mut egress = air_gap.egress_all(&table);
+        let limits: Vec<Option<Classification>> = table
+            .specs()
+            .iter()
+            .map(|spec| defs.tiers.get(&spec.name).and_then(aios_shared::agent::TierSpec::max_classification))
+            .collect();
+        router::limit_egress(&mut egress, &limits, request.classification);
         let (key, limits) = (&request.key, request.limits);
         // Tiers that failed during this call are passed over on the next round.
         let mut failed: HashSet<usize> = HashSet::new();
@@ -253,6 +261,7 @@ impl ModelCalls {
             validation: Validation::NotChecked,
             estimated,
             preface: None,
+            classification: None,
         };
         let routed = self
             .route(&defs, request, |tier: String| {
@@ -432,6 +441,9 @@ pub(super) struct RouteRequest<'a> {
     pub(super) estimated: TokenCount,
     /// Put before the router's reason (why escalation was forced).
     pub(super) preface: Option<String>,
+    /// The most sensitive data the call carries: tiers not allowed to
+    /// receive it are skipped.
+    pub(super) classification: Option<Classification>,
 }
 
 /// Where [`ModelCalls::route`] ended.

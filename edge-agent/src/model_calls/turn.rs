@@ -43,6 +43,9 @@ pub struct AgentTurn<'a> {
     pub max_tokens: u32,
     /// What the task spent before this run (for its budget after a restart).
     pub task_spent_usd: f64,
+    /// The most sensitive data in the conversation (retrieved items, tool
+    /// results): tiers not allowed to receive it are skipped.
+    pub classification: Option<aios_shared::memory::Classification>,
 }
 
 /// Why a turn produced no reply.
@@ -127,6 +130,7 @@ impl ModelCalls {
             validation: Validation::NotChecked,
             estimated: estimate_tokens(prompt_chars, turn.max_tokens as u64),
             preface: Some(why),
+            classification: turn.classification,
         };
         let wire = ChatCompletionRequest {
             messages: wire_messages(&turn.messages),

@@ -78,6 +78,7 @@ impl Runtime {
                         plan,
                         max_tokens: spec.max_tokens(),
                         task_spent_usd: context.spent_usd + spent_in_loop,
+                        classification: context.classification().max(results_classification(spec, &defs, &journal)),
                     };
                     let started = self.inner.options.clock.instant();
                     let call_id = format!("{}:{seq}:{iteration}", task.id);
@@ -206,6 +207,27 @@ impl Runtime {
         self.inner.store.checkpoint_step(&self.inner.identity, &task.id, record.clone()).await?;
         Err(Stop::End(RunEnd::Failed(format!("step `{}`: {detail}", step.id))))
     }
+}
+
+/// The most sensitive classification among the results the loop's calls
+/// returned, as their actions declare it.
+fn results_classification(
+    spec: &tool_loop::AgentLoopStep,
+    defs: &aios_shared::agent::Definitions,
+    journal: &[LoopEntry],
+) -> Option<aios_shared::memory::Classification> {
+    journal
+        .iter()
+        .filter_map(|entry| match entry {
+            LoopEntry::Call { name, outcome: CallOutcome::Done { .. }, .. } => match spec.tool(name)? {
+                ToolRef::Connector { connector, action, .. } => {
+                    defs.connectors.get(connector)?.actions.get(action)?.classification
+                }
+                ToolRef::AskHuman => None,
+            },
+            _ => None,
+        })
+        .max()
 }
 
 /// What a turn cost.

@@ -151,6 +151,7 @@ impl Runtime {
                     subject,
                     force_escalation: None,
                     task_spent_usd: context.spent_usd,
+                    classification: context.classification(),
                 };
                 let outcome = self.call_model(task, seq, call).await?;
                 outcome.fill(&mut record);
@@ -294,6 +295,7 @@ impl Runtime {
             subject: None,
             force_escalation: Some(reason),
             task_spent_usd: context.spent_usd,
+            classification: context.classification(),
         };
         let outcome = self.call_model(task, record.seq as usize, call).await?;
         if outcome.tier.as_deref() == Some(agent.local_tier.as_str()) {
@@ -377,6 +379,11 @@ impl TaskContext {
     /// Why earlier results need a person's review.
     pub(super) fn review(&self) -> &[String] {
         &self.review
+    }
+
+    /// The most sensitive classification among what the task retrieved.
+    pub(super) fn classification(&self) -> Option<aios_shared::memory::Classification> {
+        crate::exec::highest_classification(&self.sources()).and_then(|c| c.parse().ok())
     }
 
     /// What the agent relied on: every item an earlier retrieve step returned.

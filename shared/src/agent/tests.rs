@@ -195,6 +195,7 @@ fn air_gap_allows_only_listed_hosts() {
         price_out_per_1k: 0.0,
         timeout: None,
         credential: None,
+        max_classification: None,
     };
     assert_eq!(tier("https://user:pw@Example.com:8443/v1").host(), Some("Example.com"));
     assert_eq!(tier("http://[::1]:80/v1").host(), Some("::1"));

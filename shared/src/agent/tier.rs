@@ -41,6 +41,11 @@ pub struct TierSpec {
     /// The key itself never travels in a bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// The most sensitive data the tier may receive (default `internal`
+    /// for a remote tier; a local tier takes anything). A call whose
+    /// context is above it stays on the edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_classification: Option<crate::memory::Classification>,
 }
 
 impl TierSpec {
@@ -51,6 +56,15 @@ impl TierSpec {
             .and_then(|t| parse_duration(t).ok())
             .and_then(|d| u64::try_from(d.as_millis()).ok())
             .unwrap_or(60_000)
+    }
+
+    /// The most sensitive data the tier may receive: its own setting, or
+    /// `internal` for a remote tier; `None` for a local tier (no limit).
+    pub fn max_classification(&self) -> Option<crate::memory::Classification> {
+        match self.kind {
+            TierKind::Local => None,
+            TierKind::Openai => Some(self.max_classification.unwrap_or(crate::memory::Classification::Internal)),
+        }
     }
 
     /// The host of a remote tier's endpoint.

@@ -26,6 +26,7 @@
 pub mod breaker;
 pub mod budget;
 
+use crate::memory::Classification;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -271,7 +272,7 @@ fn host_without_port(host: &str) -> &str {
     }
 }
 
-/// The air gap's verdict on one tier.
+/// Whether a call's data may leave for one tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Egress {
@@ -279,6 +280,26 @@ pub enum Egress {
     Allowed,
     /// The air gap forbids calling it.
     Blocked,
+    /// The call's data is more sensitive than the tier may receive.
+    AboveClassification {
+        /// The most sensitive data in the call.
+        data: Classification,
+        /// The most the tier may receive.
+        limit: Classification,
+    },
+}
+
+/// `egress` with every tier whose limit (`limits`, by [`TierId`]; `None`:
+/// no limit) is below `data` turned into [`Egress::AboveClassification`].
+pub fn limit_egress(egress: &mut [Egress], limits: &[Option<Classification>], data: Option<Classification>) {
+    let Some(data) = data else { return };
+    for (verdict, limit) in egress.iter_mut().zip(limits) {
+        if let (Egress::Allowed, Some(limit)) = (*verdict, *limit) {
+            if data > limit {
+                *verdict = Egress::AboveClassification { data, limit };
+            }
+        }
+    }
 }
 
 /// Whether a tier can take a call now, as its breaker says.
@@ -504,6 +525,13 @@ pub enum SkipCause {
     BreakerOpen,
     /// The call would overspend a budget.
     BudgetExhausted(BudgetShortfall),
+    /// The call's data is more sensitive than the tier may receive.
+    AboveClassification {
+        /// The most sensitive data in the call.
+        data: Classification,
+        /// The most the tier may receive.
+        limit: Classification,
+    },
 }
 
 /// Which budget a shortfall is against.
@@ -594,8 +622,12 @@ fn escalation_trigger(input: &RouteInput<'_>) -> Result<Acceptance, Trigger> {
 
 /// Why escalation tier `index` cannot take the call, or `None` if it can.
 fn skip_cause(spec: &Tier, index: usize, input: &RouteInput<'_>) -> Option<SkipCause> {
-    if input.egress.get(index) != Some(&Egress::Allowed) {
-        return Some(SkipCause::AirGapped);
+    match input.egress.get(index) {
+        Some(Egress::Allowed) => {}
+        Some(Egress::AboveClassification { data, limit }) => {
+            return Some(SkipCause::AboveClassification { data: *data, limit: *limit })
+        }
+        Some(Egress::Blocked) | None => return Some(SkipCause::AirGapped),
     }
     if input.health.get(index) != Some(&TierHealth::Available) {
         return Some(SkipCause::BreakerOpen);
@@ -676,6 +708,9 @@ impl fmt::Display for SkipCause {
             SkipCause::AirGapped => f.write_str("air-gapped: host not on the allow-list"),
             SkipCause::BreakerOpen => f.write_str("circuit breaker open"),
             SkipCause::BudgetExhausted(shortfall) => fmt::Display::fmt(shortfall, f),
+            SkipCause::AboveClassification { data, limit } => {
+                write!(f, "the data is {}, above the {} this tier may receive", data.as_str(), limit.as_str())
+            }
         }
     }
 }

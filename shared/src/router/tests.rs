@@ -199,3 +199,27 @@ fn prices_round_up_and_money_prints_in_dollars() {
     assert_eq!(MicroUsd::from_usd(-1.0), None);
     assert_eq!(MicroUsd::from_usd(f64::NAN), None);
 }
+
+#[test]
+fn data_above_a_tiers_classification_stays_on_the_edge() {
+    use crate::memory::Classification::{Confidential, Internal, Restricted};
+    let mut egress = vec![Egress::Allowed, Egress::Allowed, Egress::Blocked];
+    let limits = [None, Some(Internal), Some(Internal)];
+    limit_egress(&mut egress, &limits, None);
+    assert_eq!(egress, [Egress::Allowed, Egress::Allowed, Egress::Blocked], "no data, no limit");
+    limit_egress(&mut egress, &limits, Some(Internal));
+    assert_eq!(egress[1], Egress::Allowed, "internal data may go to an internal tier");
+    limit_egress(&mut egress, &limits, Some(Confidential));
+    assert_eq!(egress[0], Egress::Allowed, "the local tier has no limit");
+    assert_eq!(egress[1], Egress::AboveClassification { data: Confidential, limit: Internal });
+    assert_eq!(egress[2], Egress::Blocked, "the air gap's verdict stands");
+    let input = RouteInput { kind_escalates: true, egress: &egress, ..input() };
+    let decision = route(&tiers(), &input);
+    let text = decision.reason.to_string();
+    assert!(text.contains("the data is confidential, above the internal this tier may receive"), "{text}");
+    assert_eq!(decision.target, RouteTarget::Tier(TierId(0)), "it stays local: {text}");
+    assert!(decision.needs_review);
+    let mut egress = vec![Egress::Allowed; 3];
+    limit_egress(&mut egress, &[None, Some(Restricted), Some(Internal)], Some(Confidential));
+    assert_eq!(egress[1], Egress::Allowed, "a tier cleared for restricted data takes confidential data");
+}
