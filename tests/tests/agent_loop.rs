@@ -129,8 +129,12 @@ fn script(request: &Value) -> Value {
 }
 
 fn case(case: &str, order: &str) -> Value {
+    case_for("desk", case, order)
+}
+
+fn case_for(agent: &str, case: &str, order: &str) -> Value {
     json!({
-        "agent": "desk",
+        "agent": agent,
         "input": {
             "case": case,
             "order": { "id": order, "accounts": ["acct-1"] },
@@ -181,7 +185,7 @@ fn audited(edge: &EdgeProc, kind: &str, task: &str) -> anyhow::Result<Vec<Value>
 
 /// Requests the planner got for `order`'s conversation, in order.
 fn requests_for(planner: &Planner, order: &str) -> Vec<planner::Received> {
-    planner.requests().into_iter().filter(|r| case_and_order(&r.body).1 == order).collect()
+    planner.requests().into_iter().filter(|r| case_and_order(&r.view).1 == order).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,6 +315,89 @@ async fn a_planned_loop_acts_under_policy_with_approvals_and_corrections() -> an
         Ok(events.iter().filter(|e| e["kind"] == "agent.turn").count() >= 4 + 2 + 2 + 3 + 3 + 3)
     })
     .await?;
+    Ok(())
+}
+
+/// Tiers `claude` (Anthropic's Messages API, whole replies),
+/// `claude-stream` (the same, streamed) and `big-stream` (OpenAI's chat
+/// completions, streamed), each with a copy of the desk agent escalating to it.
+fn with_more_tiers(bundle: &str, model_url: &str, key_file: &std::path::Path) -> String {
+    let mut text = bundle.to_owned();
+    let key = format!("file:{}", key_file.display());
+    for (tier, kind, stream) in
+        [("claude", "anthropic", false), ("claude-stream", "anthropic", true), ("big-stream", "openai", true)]
+    {
+        text.push_str(&format!(
+            "\n[tiers.{tier}]\nkind = \"{kind}\"\nmodel = \"scripted-{tier}\"\nbase_url = \"{model_url}\"\n\
+             credential = \"{key}\"\nstream = {stream}\nprice_in_per_1k = 3.0\nprice_out_per_1k = 15.0\ntimeout = \"10s\"\n"
+        ));
+    }
+    let desk = &BUNDLE[BUNDLE.find("[agents.desk]").expect("the desk agent")..];
+    for tier in ["claude", "claude-stream", "big-stream"] {
+        text.push('\n');
+        text.push_str(
+            &desk
+                .replace("agents.desk", &format!("agents.desk-{tier}"))
+                .replace("escalate_to = [\"big\"]", &format!("escalate_to = [\"{tier}\"]")),
+        );
+    }
+    text
+}
+
+/// The five-call plan on Anthropic's Messages API, whole and streamed, and
+/// on a streamed OpenAI tier: the same effects, turns charged from the
+/// usage each protocol reports, and requests that pass the API's own checks
+/// of a conversation (the planner answers 400 to one that does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_runs_on_anthropic_and_streamed_tiers() -> anyhow::Result<()> {
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let planner = Planner::start(Arc::new(script), Duration::ZERO).await?;
+    let keys = tempfile::tempdir()?;
+    let key_file = keys.path().join("model-key");
+    std::fs::write(&key_file, "sk-ant-test-0123\n")?;
+    let text = with_more_tiers(&bundle(&payments, receipts.path(), &planner), &planner.url(), &key_file);
+    let (_tmp, _cp, edge) = fleet_with(&bins!(), &text).await?;
+    for tier in ["claude", "claude-stream", "big-stream"] {
+        let order = format!("t-{tier}");
+        let id = submit(&edge, case_for(&format!("desk-{tier}"), "plan", &order)).await?;
+        let done = edge.finished_task(&id, LONG).await?;
+        assert_eq!(done["state"], "succeeded", "{tier}: {done:#}");
+        let step = &done["steps"][0];
+        assert_eq!(step["output"]["answer"], "Refunded 30 to acct-1 and sent the receipt.", "{tier}: {step:#}");
+        assert_eq!((step["output"]["turns"].as_u64(), step["output"]["calls"].as_u64()), (Some(4), Some(5)));
+        assert_eq!(step["tier"], tier);
+        assert!(step["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{tier}: turns are charged: {step:#}");
+        assert_eq!(
+            effects(&payments, "refunds", &order),
+            [json!({ "order": order, "amount": 30, "account": "acct-1" })],
+            "{tier}"
+        );
+        assert_eq!(effects(&payments, "notes", &order).len(), 2, "{tier}");
+        let requests = requests_for(&planner, &order);
+        assert_eq!(requests.len(), 4, "{tier}: one request per turn");
+        let header = |r: &planner::Received, name: &str| {
+            r.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default()
+        };
+        let second = &requests[1];
+        assert_eq!(second.body["stream"] == json!(true), tier.ends_with("stream"), "{tier}");
+        if tier.starts_with("claude") {
+            assert_eq!(header(second, "x-api-key"), "sk-ant-test-0123");
+            assert!(second.body["system"].is_string(), "{tier}: the system prompt is top-level");
+            let results: Vec<&str> = second.body["messages"][2]["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| b["type"] == "tool_result")
+                .filter_map(|b| b["tool_use_id"].as_str())
+                .collect();
+            assert_eq!(results, ["call_0_0", "call_0_1"], "{tier}: {:#}", second.body);
+            assert_eq!(second.body["tools"][0]["input_schema"]["type"], "object");
+        } else {
+            assert_eq!(header(second, "authorization"), "Bearer sk-ant-test-0123");
+            assert_eq!(second.body["stream_options"]["include_usage"], true);
+        }
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The client for remote tiers: any endpoint that speaks OpenAI's
-//! chat-completions and embeddings API (a cloud provider, a local server, or
-//! another aios edge's gateway).
+//! chat-completions and embeddings API (a cloud provider, an on-prem server,
+//! or another aios edge's gateway), or Anthropic's Messages API (translated
+//! by [`anthropic`](super::anthropic), so callers see one shape).
 //!
 //! Every call has a deadline: for whole replies it covers the call from
 //! connecting to the last byte; for streams it covers the wait for the
@@ -8,115 +9,25 @@
 //! keeps producing is never cut off but a silent one is. Failures come back as
 //! [`CloudError`], which names the endpoint and says whether retrying can help.
 //!
-//! The bearer credential is a [`Credential`], loaded from an environment
-//! variable or a file named in the edge's configuration. It goes only into the
-//! `Authorization` header (marked sensitive, so it is not logged by the HTTP
-//! stack); its `Debug` prints `***`, and any echo of it in an error body is
+//! The credential is a [`Credential`]. It goes only into the `Authorization`
+//! header (OpenAI) or `x-api-key` (Anthropic), both marked sensitive so the
+//! HTTP stack does not log them, and any echo of it in an error body is
 //! redacted before the body reaches a [`CloudError`] message.
 
-use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::anthropic::{self, MessagesResponse, StreamTranslator, Translated};
+pub use super::credential::{Credential, CredentialError};
 use crate::model_calls::openai::{
     ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, EmbeddingInput, EmbeddingUsage,
     EmbeddingVector, EmbeddingsRequest, EmbeddingsResponse, ErrorBody, SseDecoder, StreamOptions, Usage,
 };
 use aios_shared::router::TokenCount;
-
-/// A secret bearer token. Never printed: `Debug` shows `***` and there is no
-/// `Display`.
-#[derive(Clone)]
-pub struct Credential {
-    /// The token.
-    secret: String,
-}
-
-/// Why a credential could not be loaded. No variant carries the secret.
-#[derive(Debug, thiserror::Error)]
-pub enum CredentialError {
-    /// The reference is neither `env:NAME` nor `file:/path`.
-    #[error("credential reference `{0}` must be `env:NAME` or `file:/path`")]
-    BadReference(String),
-    /// The credential is empty.
-    #[error("the credential from `{0}` is empty")]
-    Empty(String),
-    /// The file could not be read.
-    #[error("cannot read the credential file {path}: {source}")]
-    File {
-        /// The file named by the reference.
-        path: PathBuf,
-        /// Why reading failed.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The credential holds characters that cannot go in an HTTP header.
-    #[error("the credential from `{0}` contains characters not allowed in an HTTP header")]
-    InvalidCharacters(String),
-    /// The environment variable is not set (or not UTF-8).
-    #[error("environment variable `{0}` named by the credential reference is not set")]
-    MissingEnv(String),
-}
-
-impl Credential {
-    /// Loads the credential a reference names: `env:NAME` reads an
-    /// environment variable, `file:/path` a file (surrounding whitespace,
-    /// such as a trailing newline, is dropped).
-    pub fn load(reference: &str) -> Result<Credential, CredentialError> {
-        let secret = if let Some(name) = reference.strip_prefix("env:") {
-            std::env::var(name).map_err(|_| CredentialError::MissingEnv(name.to_owned()))?
-        } else if let Some(path) = reference.strip_prefix("file:") {
-            let path = PathBuf::from(path);
-            std::fs::read_to_string(&path).map_err(|source| CredentialError::File { path, source })?
-        } else {
-            return Err(CredentialError::BadReference(reference.to_owned()));
-        };
-        Credential::checked(secret.trim().to_owned(), reference)
-    }
-
-    /// A credential from a value already in memory (tests, generated tokens).
-    pub fn new(secret: impl Into<String>) -> Result<Credential, CredentialError> {
-        Credential::checked(secret.into(), "memory")
-    }
-
-    fn checked(secret: String, origin: &str) -> Result<Credential, CredentialError> {
-        if secret.is_empty() {
-            return Err(CredentialError::Empty(origin.to_owned()));
-        }
-        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(CredentialError::InvalidCharacters(origin.to_owned()));
-        }
-        Ok(Credential { secret })
-    }
-
-    /// The secret itself, for a connector that must send it (an SMTP
-    /// password, a bearer header it builds itself). Never log it.
-    pub fn expose(&self) -> &str {
-        &self.secret
-    }
-
-    /// Whether `presented` is this credential, compared in constant time.
-    pub fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.secret.as_bytes(), presented.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-    }
-
-    /// Replaces every occurrence of the secret in `text` with `***`.
-    fn redact(&self, text: &str) -> String {
-        text.replace(&self.secret, "***")
-    }
-}
-
-impl fmt::Debug for Credential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Credential(***)")
-    }
-}
 
 /// Why a call to a remote tier failed.
 #[derive(Debug, thiserror::Error)]
@@ -204,10 +115,26 @@ impl CloudError {
     }
 }
 
+/// Which API a remote tier speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// OpenAI's chat completions (`{base}/chat/completions`, bearer token).
+    #[default]
+    OpenAi,
+    /// Anthropic's Messages (`{base}/messages`, `x-api-key`).
+    Anthropic,
+}
+
 /// How to reach one remote tier.
 #[derive(Debug, Clone)]
 pub struct CloudConfig {
+    /// The API it speaks.
+    pub protocol: Protocol,
+    /// Whether [`CloudClient::complete`] streams (the deadline then bounds
+    /// each gap between chunks, not the whole reply).
+    pub stream: bool,
     /// The API base including `/v1`: `https://api.openai.com/v1`,
+    /// `https://api.anthropic.com/v1`,
     /// `http://10.0.0.7:8088/v1` for another edge's gateway.
     pub base_url: String,
     /// The model name sent when a request leaves `model` empty.
@@ -221,6 +148,10 @@ pub struct CloudConfig {
 /// A client for one OpenAI-compatible endpoint. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct CloudClient {
+    /// The API it speaks.
+    protocol: Protocol,
+    /// Whether `complete` streams.
+    stream: bool,
     /// Connection pool.
     http: reqwest::Client,
     /// Default model name.
@@ -229,7 +160,7 @@ pub struct CloudClient {
     timeout: Duration,
     /// Bearer token.
     credential: Option<Credential>,
-    /// `{base}/chat/completions`.
+    /// `{base}/chat/completions` (OpenAI) or `{base}/messages` (Anthropic).
     chat_url: reqwest::Url,
     /// `{base}/embeddings`.
     embeddings_url: reqwest::Url,
@@ -311,12 +242,18 @@ impl CloudClient {
             .connect_timeout(config.timeout)
             .build()
             .map_err(|e| CloudError::Config(format!("HTTP client: {e}")))?;
+        let chat_path = match config.protocol {
+            Protocol::OpenAi => "chat/completions",
+            Protocol::Anthropic => "messages",
+        };
         Ok(CloudClient {
+            protocol: config.protocol,
+            stream: config.stream,
             http,
             model: config.model,
             timeout: config.timeout,
             credential: config.credential,
-            chat_url: join("chat/completions")?,
+            chat_url: join(chat_path)?,
             embeddings_url: join("embeddings")?,
             host,
         })
@@ -327,6 +264,15 @@ impl CloudClient {
         &self.host
     }
 
+    /// A reply, streamed or whole as the tier is configured, assembled.
+    pub async fn complete(&self, request: ChatCompletionRequest) -> Result<ChatCompletion, CloudError> {
+        if self.stream {
+            self.chat_stream(request).await?.finish().await
+        } else {
+            self.chat(request).await
+        }
+    }
+
     /// A whole reply. `request.model` defaults to the configured model;
     /// `stream` is turned off.
     pub async fn chat(&self, mut request: ChatCompletionRequest) -> Result<ChatCompletion, CloudError> {
@@ -334,13 +280,27 @@ impl CloudClient {
         request.stream = false;
         request.stream_options = None;
         let endpoint = self.chat_url.as_str();
-        let response: ChatCompletionResponse = self
-            .deadline(&self.chat_url, async {
-                let response = self.send(&self.chat_url, &request).await?;
-                let body = response.bytes().await.map_err(|e| self.transport_error(endpoint, e))?;
-                self.parse(endpoint, &body)
-            })
-            .await?;
+        let response: ChatCompletionResponse = match self.protocol {
+            Protocol::OpenAi => {
+                self.deadline(&self.chat_url, async {
+                    let response = self.send(&self.chat_url, &request).await?;
+                    let body = response.bytes().await.map_err(|e| self.transport_error(endpoint, e))?;
+                    self.parse(endpoint, &body)
+                })
+                .await?
+            }
+            Protocol::Anthropic => {
+                let request = self.messages_request(&request)?;
+                let reply: MessagesResponse = self
+                    .deadline(&self.chat_url, async {
+                        let response = self.send(&self.chat_url, &request).await?;
+                        let body = response.bytes().await.map_err(|e| self.transport_error(endpoint, e))?;
+                        self.parse(endpoint, &body)
+                    })
+                    .await?;
+                anthropic::response(reply)
+            }
+        };
         let choice = response.choices.into_iter().next().ok_or_else(|| CloudError::Malformed {
             endpoint: endpoint.to_owned(),
             reason: "the completion has no choices".to_owned(),
@@ -362,9 +322,17 @@ impl CloudClient {
         self.fill_model(&mut request.model);
         request.stream = true;
         request.stream_options = Some(StreamOptions { include_usage: true });
-        let response = self.deadline(&self.chat_url, self.send(&self.chat_url, &request)).await?;
+        let (response, translator) = match self.protocol {
+            Protocol::OpenAi => (self.deadline(&self.chat_url, self.send(&self.chat_url, &request)).await?, None),
+            Protocol::Anthropic => {
+                let request = self.messages_request(&request)?;
+                let response = self.deadline(&self.chat_url, self.send(&self.chat_url, &request)).await?;
+                (response, Some(StreamTranslator::default()))
+            }
+        };
         Ok(ChatStream {
             client: self.clone(),
+            translator,
             response,
             decoder: SseDecoder::new(),
             pending: std::collections::VecDeque::new(),
@@ -385,6 +353,9 @@ impl CloudClient {
     /// Embeds texts. `request.model` defaults to the configured model; the
     /// float encoding is requested.
     pub async fn embeddings(&self, mut request: EmbeddingsRequest) -> Result<Embeddings, CloudError> {
+        if self.protocol == Protocol::Anthropic {
+            return Err(CloudError::Config("an anthropic tier has no embeddings endpoint".to_owned()));
+        }
         self.fill_model(&mut request.model);
         request.encoding_format = Some("float".to_owned());
         let expected = match &request.input {
@@ -416,6 +387,11 @@ impl CloudClient {
         Ok(Embeddings { model: response.model, vectors, usage: response.usage })
     }
 
+    /// The Messages request for an OpenAI-shaped one.
+    fn messages_request(&self, request: &ChatCompletionRequest) -> Result<anthropic::MessagesRequest, CloudError> {
+        anthropic::request(request).map_err(|reason| CloudError::Config(format!("{}: {reason}", self.chat_url)))
+    }
+
     fn fill_model(&self, model: &mut String) {
         if model.is_empty() {
             model.clone_from(&self.model);
@@ -434,8 +410,18 @@ impl CloudClient {
     /// Posts `body` and returns the response if its status is a success.
     async fn send(&self, url: &reqwest::Url, body: &impl Serialize) -> Result<reqwest::Response, CloudError> {
         let mut builder = self.http.post(url.clone()).json(body);
-        if let Some(credential) = &self.credential {
-            builder = builder.bearer_auth(&credential.secret);
+        match (self.protocol, &self.credential) {
+            (Protocol::OpenAi, Some(credential)) => builder = builder.bearer_auth(credential.expose()),
+            (Protocol::OpenAi, None) => {}
+            (Protocol::Anthropic, credential) => {
+                builder = builder.header("anthropic-version", anthropic::API_VERSION);
+                if let Some(credential) = credential {
+                    let mut key = reqwest::header::HeaderValue::from_str(credential.expose())
+                        .map_err(|_| CloudError::Config("the credential cannot go in a header".to_owned()))?;
+                    key.set_sensitive(true);
+                    builder = builder.header("x-api-key", key);
+                }
+            }
         }
         let response = builder.send().await.map_err(|e| self.transport_error(url.as_str(), e))?;
         let status = response.status();
@@ -506,6 +492,8 @@ impl CloudClient {
 pub struct ChatStream {
     /// For deadlines, errors and redaction.
     client: CloudClient,
+    /// Turns Anthropic events into OpenAI chunks (`None` for OpenAI).
+    translator: Option<StreamTranslator>,
     /// The open response.
     response: reqwest::Response,
     /// Splits the body into events.
@@ -557,6 +545,14 @@ impl ChatStream {
         let endpoint = self.client.chat_url.to_string();
         self.completion.tool_calls =
             self.calls.finish().map_err(|err| CloudError::Malformed { endpoint, reason: err.to_string() })?;
+        if self.translator.is_some() {
+            // A tool_use block with no input streams no input deltas.
+            for call in &mut self.completion.tool_calls {
+                if call.function.arguments.is_empty() {
+                    call.function.arguments = "{}".to_owned();
+                }
+            }
+        }
         Ok(self.completion)
     }
 
@@ -595,7 +591,23 @@ impl ChatStream {
                 reason: self.client.redact(&error.error.message),
             });
         }
-        let chunk: ChatCompletionChunk = self.client.parse(endpoint, data.as_bytes())?;
+        let chunk: ChatCompletionChunk = match &mut self.translator {
+            None => self.client.parse(endpoint, data.as_bytes())?,
+            Some(translator) => match translator.translate(data) {
+                Ok(Translated::Chunk(chunk)) => chunk,
+                Ok(Translated::Nothing) => return Ok(None),
+                Ok(Translated::Done) => {
+                    self.done = true;
+                    return Ok(None);
+                }
+                Err(reason) => {
+                    return Err(CloudError::Malformed {
+                        endpoint: endpoint.to_owned(),
+                        reason: self.client.redact(&reason),
+                    })
+                }
+            },
+        };
         if self.completion.id.is_empty() {
             self.completion.id = chunk.id;
             self.completion.model = chunk.model;
@@ -627,38 +639,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_load_from_env_and_file_and_never_print() {
-        std::env::set_var("AIOS_TEST_CLOUD_CREDENTIAL", "sk-test-123");
-        let from_env = Credential::load("env:AIOS_TEST_CLOUD_CREDENTIAL").unwrap();
-        assert_eq!(format!("{from_env:?}"), "Credential(***)");
-        assert!(from_env.matches("sk-test-123") && !from_env.matches("sk-test-124") && !from_env.matches("sk"));
-        assert_eq!(from_env.redact("bad key sk-test-123 given"), "bad key *** given");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("key");
-        std::fs::write(&path, "sk-file-456\n").unwrap();
-        let from_file = Credential::load(&format!("file:{}", path.display())).unwrap();
-        assert!(from_file.matches("sk-file-456"));
-        let errors = [
-            Credential::load("AIOS_TEST_CLOUD_CREDENTIAL").unwrap_err(),
-            Credential::load("env:AIOS_TEST_CLOUD_CREDENTIAL_MISSING").unwrap_err(),
-            Credential::load("file:/nonexistent/aios-key").unwrap_err(),
-            Credential::new("two words").unwrap_err(),
-            Credential::new("").unwrap_err(),
-        ];
-        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert_eq!(messages[0], "credential reference `AIOS_TEST_CLOUD_CREDENTIAL` must be `env:NAME` or `file:/path`");
-        assert_eq!(
-            messages[1],
-            "environment variable `AIOS_TEST_CLOUD_CREDENTIAL_MISSING` named by the credential reference is not set"
-        );
-        assert!(messages[2].starts_with("cannot read the credential file /nonexistent/aios-key: "), "{}", messages[2]);
-        assert_eq!(messages[3], "the credential from `memory` contains characters not allowed in an HTTP header");
-        assert_eq!(messages[4], "the credential from `memory` is empty");
-    }
-
-    #[test]
     fn base_urls_are_checked_and_give_the_host() {
         let config = |base_url: &str| CloudConfig {
+            protocol: Protocol::OpenAi,
+            stream: false,
             base_url: base_url.to_owned(),
             model: "m".to_owned(),
             timeout: Duration::from_secs(1),

@@ -11,14 +11,18 @@
 //! - `mod.rs`: the tiers and their state; the outcome of a call.
 //! - [`route`]: the routing loop shared by steps and gateway requests.
 //! - [`budget`]: reservations, settlement and persisted spend.
-//! - [`cloud`]: the client for OpenAI-compatible endpoints.
+//! - [`cloud`]: the client for remote tiers (OpenAI-compatible or Anthropic).
+//! - `anthropic`: Anthropic's Messages API and its translation to OpenAI's shapes.
+//! - `credential`: secrets loaded from the environment or a file, never printed.
 //! - [`openai`]: the OpenAI HTTP API's wire types and an SSE decoder.
 //! - [`tools`]: OpenAI's tool-calling wire format, streamed tool-call
 //!   assembly, and translation to the agent loop's messages and replies.
 //! - [`turn`]: one model turn of an agent step's tool-using loop.
 
+mod anthropic;
 mod budget;
 pub mod cloud;
+mod credential;
 pub mod openai;
 mod route;
 pub mod tools;
@@ -33,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::model_calls::cloud::{CloudClient, CloudConfig, Credential};
+use crate::model_calls::cloud::{CloudClient, CloudConfig, Credential, Protocol};
 use aios_models::{ChatModel, LoadOptions, ModelStore};
 use aios_shared::agent::{Definitions, StepSpec, TierKind};
 use aios_shared::router::{BreakerConfig, CircuitBreaker, RetryPolicy};
@@ -177,12 +181,16 @@ impl ModelCalls {
     pub fn configure(&self, definitions: &Arc<Definitions>) {
         let mut remote = HashMap::new();
         for (name, spec) in &definitions.tiers {
-            if spec.kind != TierKind::Openai {
-                continue;
-            }
+            let protocol = match spec.kind {
+                TierKind::Local => continue,
+                TierKind::Openai => Protocol::OpenAi,
+                TierKind::Anthropic => Protocol::Anthropic,
+            };
             let client = match spec.credential.as_deref().map(Credential::load).transpose() {
                 Err(err) => Err(format!("tier `{name}`: {err}")),
                 Ok(credential) => CloudClient::new(CloudConfig {
+                    protocol,
+                    stream: spec.stream,
                     base_url: spec.base_url.clone().unwrap_or_default(),
                     model: spec.model.clone(),
                     timeout: Duration::from_millis(spec.timeout_ms()),

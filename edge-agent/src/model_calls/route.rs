@@ -339,7 +339,7 @@ impl ModelCalls {
         };
         self.remote_attempts(tier, move |client: CloudClient| {
             let request = request.clone();
-            async move { client.chat(request).await }
+            async move { client.complete(request).await }
         })
         .await
     }
@@ -464,7 +464,7 @@ pub(super) fn tier_table(defs: &Definitions, local: &str, chain: &[String]) -> R
             defs.tiers.get(name).ok_or_else(|| ModelCallError::Fatal(format!("tier `{name}` is not declared")))?;
         specs.push(match spec.kind {
             TierKind::Local => router::Tier::local(name.clone()),
-            TierKind::Openai => router::Tier::remote(
+            TierKind::Openai | TierKind::Anthropic => router::Tier::remote(
                 name.clone(),
                 spec.host().unwrap_or_default().to_owned(),
                 Price {

@@ -146,7 +146,7 @@ impl ModelCalls {
                 let span = tracing::info_span!("model.call", tier = %tier, call_id = %call_id, location = "remote");
                 self.remote_attempts(&tier, move |client: CloudClient| {
                     let request = wire.clone();
-                    async move { client.chat(request).await }
+                    async move { client.complete(request).await }
                 })
                 .instrument(span)
                 .await

@@ -99,7 +99,7 @@ fn errors_name_the_agent_the_step_and_the_problem() {
         (("credential = \"env:LARGE_API_KEY\"", "credential = \"sk-live-123\""), "tier `large`: credential must be"),
         (
             ("[tiers.local]\nkind = \"local\"", "[tiers.local]\nkind = \"openai\""),
-            "tier `local`: an openai tier needs base_url",
+            "tier `local`: a remote tier needs base_url",
         ),
     ];
     for ((from, to), expected) in cases {
@@ -193,6 +193,7 @@ fn air_gap_allows_only_listed_hosts() {
         base_url: Some(url.into()),
         price_in_per_1k: 0.0,
         price_out_per_1k: 0.0,
+        stream: false,
         timeout: None,
         credential: None,
         max_classification: None,

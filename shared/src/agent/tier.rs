@@ -1,6 +1,8 @@
 //! Model tiers and the task runtime's settings: a [`TierSpec`] is one model
-//! an agent's step may run on, the edge's own ([`TierKind::Local`]) or an
-//! OpenAI-compatible endpoint ([`TierKind::Openai`]); [`RuntimeSpec`] bounds
+//! an agent's step may run on, the edge's own ([`TierKind::Local`]), an
+//! OpenAI-compatible endpoint ([`TierKind::Openai`]: a cloud provider or an
+//! on-prem server) or Anthropic's Messages API ([`TierKind::Anthropic`]);
+//! [`RuntimeSpec`] bounds
 //! how many tasks run at once and which hosts an air-gapped edge may call.
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +17,15 @@ pub enum TierKind {
     Local,
     /// An OpenAI-compatible chat-completions endpoint.
     Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+impl TierKind {
+    /// Whether calls leave the edge (every kind but `local`).
+    pub fn is_remote(self) -> bool {
+        self != TierKind::Local
+    }
 }
 
 /// A model tier.
@@ -25,7 +36,8 @@ pub struct TierSpec {
     pub kind: TierKind,
     /// Catalogue id (local) or the endpoint's model name (openai).
     pub model: String,
-    /// The endpoint, such as `https://api.example.com/v1` (openai).
+    /// The endpoint, such as `https://api.example.com/v1` (openai) or
+    /// `https://api.anthropic.com/v1` (anthropic).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     /// US dollars per 1000 prompt tokens.
@@ -34,6 +46,11 @@ pub struct TierSpec {
     /// US dollars per 1000 completion tokens.
     #[serde(default)]
     pub price_out_per_1k: f64,
+    /// Stream replies (remote tiers): the timeout then bounds the wait for
+    /// the first byte and each gap between chunks, not the whole reply, so a
+    /// slow model writing a long plan is not cut off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
     /// Per-call timeout, such as `30s` (default 60 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
@@ -63,7 +80,9 @@ impl TierSpec {
     pub fn max_classification(&self) -> Option<crate::memory::Classification> {
         match self.kind {
             TierKind::Local => None,
-            TierKind::Openai => Some(self.max_classification.unwrap_or(crate::memory::Classification::Internal)),
+            TierKind::Openai | TierKind::Anthropic => {
+                Some(self.max_classification.unwrap_or(crate::memory::Classification::Internal))
+            }
         }
     }
 

@@ -84,7 +84,7 @@ impl Definitions {
         for (index, tier) in self.gateway.tiers.iter().enumerate() {
             match self.tiers.get(tier) {
                 None => return Err(format!("tiers names `{tier}`, which is not declared under [tiers]")),
-                Some(spec) if spec.kind != TierKind::Openai => {
+                Some(spec) if !spec.kind.is_remote() => {
                     return Err(format!(
                     "tier `{tier}` is local; callers reach the local model by its catalogue id, list only remote tiers"
                 ))
@@ -228,12 +228,12 @@ fn validate_tier(name: &str, tier: &TierSpec) -> Result<(), DefinitionError> {
     }
     match tier.kind {
         TierKind::Local => {
-            if tier.base_url.is_some() || tier.credential.is_some() {
-                return Err(fail("a local tier takes no base_url or credential".into()));
+            if tier.base_url.is_some() || tier.credential.is_some() || tier.stream {
+                return Err(fail("a local tier takes no base_url, credential or stream".into()));
             }
         }
-        TierKind::Openai => {
-            let url = tier.base_url.as_deref().ok_or_else(|| fail("an openai tier needs base_url".into()))?;
+        TierKind::Openai | TierKind::Anthropic => {
+            let url = tier.base_url.as_deref().ok_or_else(|| fail("a remote tier needs base_url".into()))?;
             if !(url.starts_with("http://") || url.starts_with("https://")) || tier.host().is_none() {
                 return Err(fail(format!("base_url `{url}` is not an http(s) URL")));
             }

@@ -1,10 +1,13 @@
-//! A scripted planner: an OpenAI-compatible chat completions server of the
-//! tests' own, on loopback, that replays multi-turn plans with tool calls.
-//! It speaks the real wire protocol (`tools` in, `tool_calls` out, `tool`
-//! messages with their `tool_call_id`, usage; `stream: true` answered as
-//! server-sent events with the calls in pieces), and it is stateless: the
-//! reply to a request is the script's function of that request, so a
-//! client that resends a request gets the same reply.
+//! A scripted planner: a model server of the tests' own, on loopback, that
+//! replays multi-turn plans with tool calls. It speaks two real wire
+//! protocols: OpenAI's chat completions (`tools` in, `tool_calls` out,
+//! `tool` messages with their `tool_call_id`, usage; `stream: true` answered
+//! as server-sent events with the calls in pieces) and Anthropic's Messages
+//! ([`messages`]: `tool_use` and `tool_result` blocks, typed stream events,
+//! and the API's own checks of a conversation's shape, answered 400 as it
+//! would be). It is stateless: the reply to a request is the script's
+//! function of that request, so a client that resends a request gets the
+//! same reply. Scripts see every request in OpenAI's shape.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,11 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+
+mod messages;
 
 /// What the model replies to a request: an assistant message (`content`,
 /// `tool_calls`, `refusal`), from [`text`], [`calls`] or [`refuse`].
@@ -25,8 +30,13 @@ pub type Script = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
 /// One request the planner received.
 #[derive(Debug, Clone)]
 pub struct Received {
-    /// The request body.
+    /// The request body as sent.
     pub body: Value,
+    /// The request in OpenAI's shape, as the script saw it (the body itself
+    /// for chat completions).
+    pub view: Value,
+    /// The request's headers (lower-case names).
+    pub headers: Vec<(String, String)>,
     /// When it arrived.
     pub at: std::time::Instant,
     /// When its reply was ready to send (set once answered).
@@ -53,7 +63,10 @@ impl Planner {
     /// Starts a planner on a free loopback port; each reply waits `delay`.
     pub async fn start(script: Script, delay: Duration) -> std::io::Result<Planner> {
         let shared = Shared { script, requests: Arc::default(), down: Arc::default(), delay };
-        let app = Router::new().route("/v1/chat/completions", post(complete)).with_state(shared.clone());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(complete))
+            .route("/v1/messages", post(messages::complete))
+            .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
@@ -136,17 +149,34 @@ pub fn calls(turn: usize, calls: &[(&str, Value)]) -> Value {
     json!({ "role": "assistant", "content": null, "tool_calls": calls })
 }
 
-async fn complete(State(shared): State<Shared>, Json(request): Json<Value>) -> Response {
-    let position = {
-        let mut requests = shared.requests.lock().expect("requests lock");
-        requests.push(Received { body: request.clone(), at: std::time::Instant::now(), answered: None });
+impl Shared {
+    /// Records a request; returns its position.
+    fn record(&self, body: &Value, view: &Value, headers: &HeaderMap) -> usize {
+        let headers = headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        let mut requests = self.requests.lock().expect("requests lock");
+        let at = std::time::Instant::now();
+        requests.push(Received { body: body.clone(), view: view.clone(), headers, at, answered: None });
         requests.len() - 1
-    };
-    tokio::time::sleep(shared.delay).await;
-    let answered = |shared: &Shared| {
-        shared.requests.lock().expect("requests lock")[position].answered = Some(std::time::Instant::now());
-    };
-    if shared.down.load(Ordering::SeqCst) {
+    }
+
+    /// Marks request `position` answered.
+    fn answered(&self, position: usize) {
+        self.requests.lock().expect("requests lock")[position].answered = Some(std::time::Instant::now());
+    }
+
+    /// Waits the planner's delay; `false` while it is down.
+    async fn available(&self) -> bool {
+        tokio::time::sleep(self.delay).await;
+        !self.down.load(Ordering::SeqCst)
+    }
+}
+
+async fn complete(State(shared): State<Shared>, headers: HeaderMap, Json(request): Json<Value>) -> Response {
+    let position = shared.record(&request, &request, &headers);
+    if !shared.available().await {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": { "message": "overloaded" } })))
             .into_response();
     }
@@ -160,7 +190,7 @@ async fn complete(State(shared): State<Shared>, Json(request): Json<Value>) -> R
         "total_tokens": prompt_tokens + completion_tokens,
     });
     let model = request["model"].clone();
-    answered(&shared);
+    shared.answered(position);
     if request["stream"] != json!(true) {
         return Json(json!({
             "id": "chatcmpl-scripted",
