@@ -118,6 +118,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/approvals/{id}/reject", post(reject))
         .route("/v1/dlq/{key}/{action}", post(resolve_dead_letter))
         .route("/v1/tasks/{id}/compensate", post(compensate))
+        .route("/v1/tasks/{id}/answer", post(answer_question))
         .route_layer(from_fn_with_state(Permission::Operate, authorize));
     let administer = Router::new()
         .route("/v1/tokens", post(create_token))
@@ -510,6 +511,48 @@ async fn compensate(
     let edge = edge.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no task {task}")))?;
     let command = aios_shared::command::Command::Compensate { task, step: request.step };
     issue(&state, edge, request.operator.acting_as(&principal), command).await
+}
+
+#[derive(Debug, Deserialize)]
+struct AnswerRequest {
+    answer: String,
+    #[serde(flatten)]
+    operator: Operator,
+}
+
+/// `POST /v1/tasks/{id}/answer`: answers the question the task's agent asked.
+async fn answer_question(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Result<Json<AnswerRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<serde_json::Value> {
+    let Json(request) = body.map_err(|err| bad_request(err.body_text()))?;
+    answer(state, id, request.answer, request.operator.acting_as(&principal)).await
+}
+
+/// Most bytes of an answer (as the edge takes it).
+const MAX_ANSWER_BYTES: usize = 4000;
+
+/// Sends the answer to the open question of task `id` to its edge.
+pub(crate) async fn answer(
+    state: ApiState,
+    id: String,
+    answer: String,
+    operator: Operator,
+) -> ApiResult<serde_json::Value> {
+    let answer = answer.trim().to_owned();
+    if answer.is_empty() || answer.len() > MAX_ANSWER_BYTES {
+        return Err(bad_request(format!("an answer is 1 to {MAX_ANSWER_BYTES} bytes")));
+    }
+    let question = state.store.open_question(id.clone()).await?;
+    let question =
+        question.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("task {id} has no open question")))?;
+    if question.answering {
+        return Err(ApiError(StatusCode::CONFLICT, format!("an answer to task {id}'s question is on its way")));
+    }
+    let command = aios_shared::command::Command::Answer { task: id, question: question.key, answer };
+    issue(&state, question.edge_id, operator, command).await
 }
 
 async fn show_command(

@@ -237,6 +237,15 @@ pub enum TaskCommand {
         #[command(flatten)]
         operator: OperatorArgs,
     },
+    /// Answer the question a task's agent asked (the edge resumes the task).
+    Answer {
+        /// The task id at the edge.
+        id: String,
+        /// The answer.
+        answer: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
 }
 
 /// `serve` flags; each overrides the configuration file.
@@ -512,7 +521,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        command @ (Command::Approvals(_) | Command::Dlq(_) | Command::Task(TaskCommand::Compensate { .. })) => {
+        command @ (Command::Approvals(_)
+        | Command::Dlq(_)
+        | Command::Task(TaskCommand::Compensate { .. } | TaskCommand::Answer { .. })) => {
             approvals_and_dlq(client()?, command).await
         }
         Command::Task(TaskCommand::List { limit }) => {
@@ -619,7 +630,12 @@ async fn approvals_and_dlq(client: AdminClient, command: Command) -> anyhow::Res
             let body = Body::Json(serde_json::json!({ "step": step, "by": operator.by, "comment": operator.comment }));
             sent(client.send(Method::POST, &format!("/v1/tasks/{id}/compensate"), Some(body)).await?)
         }
-        _ => unreachable!("only approval, dead-letter and compensation commands come here"),
+        Command::Task(TaskCommand::Answer { id, answer, operator }) => {
+            let body =
+                Body::Json(serde_json::json!({ "answer": answer, "by": operator.by, "comment": operator.comment }));
+            sent(client.send(Method::POST, &format!("/v1/tasks/{id}/answer"), Some(body)).await?)
+        }
+        _ => unreachable!("only approval, dead-letter, compensation and answer commands come here"),
     }
 }
 

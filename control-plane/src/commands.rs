@@ -99,6 +99,23 @@ impl Serialize for QueueState {
     }
 }
 
+/// A question an agent asked (`ask_human`) that is not answered yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpenQuestion {
+    /// The edge the task runs on.
+    pub edge_id: String,
+    /// The task.
+    pub task: String,
+    /// The question's key.
+    pub key: String,
+    /// What the agent asks.
+    pub question: String,
+    /// When it asked.
+    pub asked_ms: i64,
+    /// Whether an answer is on its way to the edge.
+    pub answering: bool,
+}
+
 /// A command as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct CommandRecord {
@@ -122,6 +139,7 @@ fn command_kind(command: &Command) -> (&'static str, String) {
         Command::RetryIntent { key } => ("retry_intent", key.clone()),
         Command::DiscardIntent { key } => ("discard_intent", key.clone()),
         Command::Compensate { task, step } => ("compensate", format!("{task}/{step}")),
+        Command::Answer { task, question, .. } => ("answer", format!("{task}/{question}")),
     }
 }
 
@@ -312,6 +330,44 @@ impl CpStore {
                     out.push(value);
                 }
                 Ok(out)
+            })
+            .await
+    }
+
+    /// The first question an agent of `task` asked that no answer has
+    /// reached the control plane for.
+    pub async fn open_question(&self, task: String) -> Result<Option<OpenQuestion>, DbError> {
+        self.db
+            .read(move |conn| {
+                let row: Option<(String, String, i64)> = conn
+                    .query_row(
+                        "SELECT q.edge_id, q.payload, q.ts_ms FROM audit_events q
+                         WHERE q.kind = 'question.asked' AND json_extract(q.payload, '$.task') = ?1
+                           AND NOT EXISTS (
+                             SELECT 1 FROM audit_events a
+                             WHERE a.edge_id = q.edge_id AND a.kind = 'question.answered'
+                               AND json_extract(a.payload, '$.key') = json_extract(q.payload, '$.key'))
+                         ORDER BY q.seq LIMIT 1",
+                        [&task],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                let Some((edge_id, payload, asked_ms)) = row else { return Ok(None) };
+                let payload: Value = serde_json::from_str(&payload).unwrap_or_default();
+                let key = payload["key"].as_str().unwrap_or_default().to_owned();
+                let answering: bool = conn.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM commands WHERE kind = 'answer' AND subject = ?1 AND refused IS NULL)",
+                    [format!("{task}/{key}")],
+                    |r| r.get(0),
+                )?;
+                Ok(Some(OpenQuestion {
+                    edge_id,
+                    task,
+                    key,
+                    question: payload["question"].as_str().unwrap_or_default().to_owned(),
+                    asked_ms,
+                    answering,
+                }))
             })
             .await
     }

@@ -1,5 +1,6 @@
 //! Operator commands the control plane sends down to one edge: approval
-//! decisions, dead-letter retries and discards, compensations.
+//! decisions, dead-letter retries and discards, compensations, answers to
+//! an agent's questions.
 //!
 //! A command is signed with the control plane's bundle key (the key every
 //! edge already trusts for policy), names the edge it is for, and has a
@@ -43,6 +44,15 @@ pub enum Command {
         task: String,
         /// The act step's id.
         step: String,
+    },
+    /// Answer the question an agent asked (`ask_human`); the task resumes.
+    Answer {
+        /// The task.
+        task: String,
+        /// The question's key (its call's place in the loop).
+        question: String,
+        /// The answer.
+        answer: String,
     },
 }
 

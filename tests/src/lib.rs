@@ -251,6 +251,13 @@ impl ControlPlaneProc {
         Ok(value)
     }
 
+    /// GET of a console page with the admin token: the status and the HTML.
+    pub async fn page(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let (url, token) = self.admin()?;
+        let response = self.http.get(format!("{url}{path}")).bearer_auth(token).send().await?;
+        Ok((response.status().as_u16(), response.text().await?))
+    }
+
     /// Runs a client subcommand of the control-plane CLI against this instance.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
         run_output(

@@ -11,11 +11,13 @@
 //! - `mod.rs`: routes, the page frame, login and logout, shared widgets.
 //! - [`pages`]: fleet, tasks and traces, approvals, audit, metrics.
 //! - [`policies`]: policy history, versions, diffs, publishing, the kill switch.
+//! - [`transcript`]: an agent loop as a transcript; answering its questions.
 //! - [`charts`]: SVG charts drawn on the server.
 
 mod charts;
 mod pages;
 mod policies;
+mod transcript;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
@@ -61,6 +63,7 @@ pub fn pages() -> Router<ApiState> {
         .route_layer(from_fn_with_state(Permission::Audit, authorize));
     let operate = Router::new()
         .route("/console/approvals/{id}/{decision}", post(pages::decide))
+        .route("/console/tasks/{id}/answer", post(transcript::answer))
         .route_layer(from_fn_with_state(Permission::Operate, authorize));
     let administer = Router::new()
         .route("/console/policies", post(policies::publish))

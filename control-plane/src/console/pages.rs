@@ -274,11 +274,13 @@ fn trace_summary(payload: &Value) -> Markup {
     }
 }
 
-/// `GET /console/tasks/{id}`: the task's trace.
+/// `GET /console/tasks/{id}`: the task's trace, its agent loops as a
+/// transcript, and the form that answers an open question.
 pub(crate) async fn task(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    Query(query): Query<DoneQuery>,
 ) -> PageResult {
     let Some((row, events)) = state.store.task_trace(id.clone()).await? else {
         return Ok(error_page(
@@ -289,7 +291,10 @@ pub(crate) async fn task(
         ));
     };
     let names = edge_names(&state.store.edges().await?);
+    let open = state.store.open_question(id.clone()).await?;
     let body = html! {
+        @if let Some(done) = &query.done { div.notice { (done) } }
+        (super::transcript::question_form(&principal, &row.task, open.as_ref()))
         div id="trace" data-live="3" {
             div.cards {
                 div.card { div.muted { "State" } div.value #task-state { (badge(row.state.as_str())) } }
@@ -312,6 +317,8 @@ pub(crate) async fn task(
                     "its side effects wait for a person's approval."
                 }
             }
+            (super::transcript::transcript(&events))
+            h2 { "Events" }
             table #trace-events {
                 thead { tr { th { "#" } th { "Time" } th { "Event" } th { "Summary" } th { "Details" } } }
                 tbody {
@@ -446,7 +453,7 @@ pub(crate) async fn decide(
     }
 }
 
-fn urlencode(text: &str) -> String {
+pub(crate) fn urlencode(text: &str) -> String {
     serde_urlencoded::to_string([("", text)]).map(|s| s.trim_start_matches('=').to_owned()).unwrap_or_default()
 }
 

@@ -647,6 +647,12 @@ fn apply(conn: &Connection, identity: &Identity, body: &CommandBody, now_ms: i64
         Command::Compensate { task, step } => {
             Ok(Applied::Compensate { task: task.clone(), step: step.clone(), by: body.by.clone() })
         }
+        Command::Answer { task, question, answer } => {
+            match crate::tasks::answer_in(conn, identity, (task, question), answer, &body.by, now_ms)? {
+                Ok(_) => Ok(Applied::Done),
+                Err(problem) => Ok(Applied::Refused(problem)),
+            }
+        }
     }
 }
 

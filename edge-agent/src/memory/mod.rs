@@ -2,7 +2,7 @@
 //! authoritative records, and the working context of a model step. The three
 //! are kept apart on purpose: retrieved items are evidence with a score and a
 //! source, never truth; records are exact, versioned business state an agent
-//! reads and writes only through `record_get` / `record_put` steps; the
+//! reads and writes only through `record_get` / `record_put` steps and tools; the
 //! working context is rebuilt for every step within a token budget.
 //!
 //! # Layout
@@ -17,6 +17,8 @@
 //! - [`context`]: the working context of a model step within a token budget.
 //! - [`steps`]: the `retrieve`, `record_get` and `record_put` steps, and the
 //!   material of a model step's working context, as the runtime calls them.
+//! - [`tools`]: the same four as tools of an agent step's loop (`retrieve`,
+//!   `remember`, `record_get`, `record_put`), each safe to run again.
 //!
 //! Embeddings are computed on the models crate's worker thread and cached in
 //! `memory_vectors` by (SHA-256 of the text, model id): a text is embedded
@@ -30,6 +32,7 @@ mod search;
 pub mod steps;
 #[cfg(test)]
 mod tests;
+pub mod tools;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};

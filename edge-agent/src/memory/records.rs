@@ -2,7 +2,7 @@
 //! namespace for business state that must be exact (an order's status, the
 //! last invoice number). Each write bumps the record's version; a writer may
 //! demand the version it read (compare-and-set, `0` meaning "absent"). Agents
-//! reach records only through `record_get` / `record_put` steps.
+//! reach records only through `record_get` / `record_put` steps and tools.
 
 use aios_shared::audit::kinds;
 use rusqlite::{params, OptionalExtension};

@@ -9,15 +9,19 @@
 //! them, outbox, breaker, rate limit, dead letters), keyed by the call's
 //! place in the loop so a resumed run never repeats it; an invalid call is
 //! journaled with the reason the model is told. An approval parks the task;
-//! the run that resumes it starts from the journal.
+//! the run that resumes it starts from the journal. Memory tools go to
+//! `crate::memory::tools` under the agent's memory access; `ask_human`
+//! parks the task on a question.
 
 use aios_shared::agent::tool_loop::{
     self, call_key, plan_on, CallOutcome, Complexity, Limit, Limits, LoopEnd, LoopEntry, Next, ToolRef, DEFAULT_SYSTEM,
 };
 use aios_shared::agent::{AgentSpec, StepSpec};
+use aios_shared::memory::Classification;
 use serde_json::{json, Value};
 
 use crate::exec::{ActArgs, ActOutcome, ActRequest};
+use crate::memory::tools::{run_memory_tool, MemoryCall, ToolError};
 use crate::model_calls::{AgentTurn, ModelCallError, TurnError};
 use crate::tasks::{RunEnd, StepRecord, TaskRecord};
 
@@ -131,6 +135,29 @@ impl Runtime {
                     let outcome = CallOutcome::Done { result: json!({ "answer": answer, "answered_by": by }) };
                     LoopEntry::Call { iteration, index, name: tool_loop::ASK_HUMAN.to_owned(), arguments, outcome }
                 }
+                Next::RunCall { iteration, index, tool, arguments, call_id: _ }
+                    if tool.memory_namespace().is_some() =>
+                {
+                    let key = call_key(&task.id, seq32, iteration, index);
+                    let step_id = format!("{}#{iteration}.{index}", step.id);
+                    let call = MemoryCall {
+                        task_id: &task.id,
+                        agent_name: &task.agent,
+                        agent,
+                        step_id: &step_id,
+                        key: &key,
+                        tool: &tool,
+                        arguments: &arguments,
+                        seen: context.classification().max(results_classification(spec, &defs, &journal)),
+                    };
+                    let outcome = match run_memory_tool(&self.inner.memory, &call, self.now()).await {
+                        Ok(result) => CallOutcome::Done { result },
+                        Err(ToolError::Refused(reason)) => CallOutcome::Refused { reason },
+                        Err(ToolError::Failed(problem)) => CallOutcome::Failed { problem },
+                        Err(ToolError::Db(err)) => return Err(Stop::Db(err)),
+                    };
+                    LoopEntry::Call { iteration, index, name: tool.name(), arguments, outcome }
+                }
                 Next::RunCall { iteration, index, tool, arguments, call_id: _ } => {
                     let name = tool.name();
                     let request =
@@ -210,20 +237,27 @@ impl Runtime {
 }
 
 /// The most sensitive classification among the results the loop's calls
-/// returned, as their actions declare it.
+/// returned: as their actions declare it, as retrieved items carry it, as a
+/// record tool declares it (default `internal`).
 fn results_classification(
     spec: &tool_loop::AgentLoopStep,
     defs: &aios_shared::agent::Definitions,
     journal: &[LoopEntry],
-) -> Option<aios_shared::memory::Classification> {
+) -> Option<Classification> {
     journal
         .iter()
         .filter_map(|entry| match entry {
-            LoopEntry::Call { name, outcome: CallOutcome::Done { .. }, .. } => match spec.tool(name)? {
+            LoopEntry::Call { name, outcome: CallOutcome::Done { result }, .. } => match spec.tool(name)? {
                 ToolRef::Connector { connector, action, .. } => {
                     defs.connectors.get(connector)?.actions.get(action)?.classification
                 }
-                ToolRef::AskHuman => None,
+                ToolRef::Retrieve { .. } => result["items"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|item| serde_json::from_value::<Classification>(item["classification"].clone()).ok())
+                    .max(),
+                ToolRef::RecordGet { classification, .. } => Some(classification.unwrap_or(Classification::Internal)),
+                ToolRef::AskHuman | ToolRef::Remember { .. } | ToolRef::RecordPut { .. } => None,
             },
             _ => None,
         })

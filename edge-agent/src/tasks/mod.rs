@@ -17,6 +17,7 @@ pub mod executor;
 pub mod journal;
 pub mod loop_journal;
 pub mod questions;
+pub(crate) use questions::answer_in;
 pub mod scheduler;
 
 pub(crate) use journal::next;

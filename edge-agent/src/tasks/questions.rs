@@ -134,36 +134,81 @@ impl EdgeStore {
         now_ms: i64,
     ) -> Result<Result<Question, String>, DbError> {
         let identity = identity.clone();
-        let (task_id, answer, by) = (task_id.to_owned(), answer.trim().to_owned(), by.to_owned());
-        if answer.is_empty() {
-            return Ok(Err("the answer is empty".into()));
-        }
-        if answer.len() > MAX_ANSWER_BYTES {
-            return Ok(Err(format!("the answer is longer than {MAX_ANSWER_BYTES} bytes")));
-        }
+        let (task_id, by) = (task_id.to_owned(), by.to_owned());
+        let answer = match checked_answer(answer) {
+            Ok(answer) => answer,
+            Err(problem) => return Ok(Err(problem)),
+        };
         self.db
             .write(move |conn| {
                 let sql = format!(
                     "SELECT {COLUMNS} FROM questions WHERE task_id = ?1 AND answer IS NULL ORDER BY asked_ms LIMIT 1"
                 );
-                let Some(mut question) = conn.query_row(&sql, [&task_id], from_row).optional()? else {
+                let Some(question) = conn.query_row(&sql, [&task_id], from_row).optional()? else {
                     return Ok(Err(format!("task {task_id} has no open question")));
                 };
-                conn.execute(
-                    "UPDATE questions SET answer = ?2, answered_by = ?3, answered_ms = ?4 WHERE key = ?1",
-                    params![question.key, answer, by, now_ms],
-                )?;
-                conn.execute(
-                    "UPDATE tasks SET not_before_ms = ?2 WHERE id = ?1 AND state = 'waiting'",
-                    params![task_id, now_ms],
-                )?;
-                let payload = json!({ "task": task_id, "key": question.key, "by": by, "answer": answer });
-                append_event(conn, &identity, now_ms, kinds::QUESTION_ANSWERED, &payload.to_string())?;
-                question.answer = Some(answer);
-                question.answered_by = Some(by);
-                question.answered_ms = Some(now_ms);
-                Ok(Ok(question))
+                Ok(Ok(record_answer(conn, &identity, question, answer, by, now_ms)?))
             })
             .await
     }
+}
+
+/// An answer as it is stored (trimmed), or why it cannot be.
+pub fn checked_answer(answer: &str) -> Result<String, String> {
+    let answer = answer.trim();
+    if answer.is_empty() {
+        return Err("the answer is empty".into());
+    }
+    if answer.len() > MAX_ANSWER_BYTES {
+        return Err(format!("the answer is longer than {MAX_ANSWER_BYTES} bytes"));
+    }
+    Ok(answer.to_owned())
+}
+
+/// Answers question `key` of `task_id` inside the caller's transaction (an
+/// operator's command from the control plane); `Err` says why not.
+pub(crate) fn answer_in(
+    conn: &Connection,
+    identity: &Identity,
+    (task_id, key): (&str, &str),
+    answer: &str,
+    by: &str,
+    now_ms: i64,
+) -> Result<Result<Question, String>, DbError> {
+    let answer = match checked_answer(answer) {
+        Ok(answer) => answer,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    let Some(question) = read(conn, key)?.filter(|q| q.task_id == task_id) else {
+        return Ok(Err(format!("task {task_id} has no question {key}")));
+    };
+    if let Some(by) = &question.answered_by {
+        return Ok(Err(format!("question {key} was already answered by {by}")));
+    }
+    Ok(Ok(record_answer(conn, identity, question, answer, by.to_owned(), now_ms)?))
+}
+
+/// Stores the answer with its audit event and makes the task due.
+fn record_answer(
+    conn: &Connection,
+    identity: &Identity,
+    mut question: Question,
+    answer: String,
+    by: String,
+    now_ms: i64,
+) -> Result<Question, DbError> {
+    conn.execute(
+        "UPDATE questions SET answer = ?2, answered_by = ?3, answered_ms = ?4 WHERE key = ?1",
+        params![question.key, answer, by, now_ms],
+    )?;
+    conn.execute(
+        "UPDATE tasks SET not_before_ms = ?2 WHERE id = ?1 AND state = 'waiting'",
+        params![question.task_id, now_ms],
+    )?;
+    let payload = json!({ "task": question.task_id, "key": question.key, "by": by, "answer": answer });
+    append_event(conn, identity, now_ms, kinds::QUESTION_ANSWERED, &payload.to_string())?;
+    question.answer = Some(answer);
+    question.answered_by = Some(by);
+    question.answered_ms = Some(now_ms);
+    Ok(question)
 }

@@ -375,4 +375,31 @@ fn agent_steps_are_checked_at_publish() {
     refused("max_iterations = 8", "max_iterations = 0", "max_iterations must be at least 1");
     refused("action = \"note\" }", "action = \"note\", secret = 1 }", "secret");
     refused("type = \"Order\"", "type = \"Order Book\"", "Cedar entity type");
+
+    // Memory tools: named after their namespace, told what they do, and only
+    // on namespaces the agent's memory access names.
+    let step = &spec.agents["clerk"].steps[0];
+    let StepAction::Agent(clerk) = &step.action else { panic!("an agent step: {step:?}") };
+    let tools = tool_loop::tool_definitions(clerk, &spec.connectors).unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["retrieve_policies", "remember_notes", "record_get_orders", "record_put_orders"]);
+    assert_eq!(tools[0].parameters["required"], serde_json::json!(["query"]));
+    assert!(tools[1].description.contains("`notes`"), "{}", tools[1].description);
+    assert_eq!(tools[3].parameters["properties"]["expect_version"]["minimum"], 0);
+    let clerk_refused = |from: &str, to: &str, says: &str| {
+        let err = agent_loop(from, to).expect_err(to);
+        assert!(err.contains(says) && err.contains("clerk"), "{to:?}: {err}");
+    };
+    clerk_refused(
+        "{ kind = \"remember\", namespace = \"notes\" }",
+        "{ kind = \"remember\", namespace = \"policies\" }",
+        "tool `remember_policies`: the agent may not write memory namespace `policies`",
+    );
+    clerk_refused(
+        "{ kind = \"retrieve\", namespace = \"policies\", top_k = 2 }",
+        "{ kind = \"retrieve\", namespace = \"notes\" }",
+        "the agent may not read memory namespace `notes`",
+    );
+    clerk_refused("top_k = 2 }", "top_k = 0 }", "top_k must be at least 1");
+    clerk_refused("namespace = \"orders\" },\n]", "namespace = \"orders\", shape = 1 },\n]", "shape");
 }

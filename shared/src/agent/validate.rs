@@ -325,7 +325,7 @@ fn validate_step(step: &StepSpec, earlier: &[&str], access: &MemoryAccess) -> Re
                 return Err("an act step needs a connector and an action".into());
             }
         }
-        StepAction::Agent(agent_step) => super::tool_loop::validate_step(agent_step)?,
+        StepAction::Agent(agent_step) => super::tool_loop::validate_step(agent_step, access)?,
         StepAction::Validate(validate) => {
             let target = validate.target.as_deref().ok_or("a validate step needs a target")?;
             if !earlier.contains(&target) {

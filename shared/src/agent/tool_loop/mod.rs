@@ -460,7 +460,7 @@ fn check_call<'a>(
     }
     let schema = match tool {
         ToolRef::AskHuman => ask_human_definition().parameters,
-        ToolRef::Connector { .. } => match schemas.get(&call.name) {
+        _ => match schemas.get(&call.name) {
             Some(schema) => schema.clone(),
             None => return Err((arguments, format!("tool `{}` has no schema in force", call.name))),
         },

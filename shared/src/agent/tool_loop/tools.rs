@@ -1,6 +1,11 @@
 //! The tools an agent step declares: what each is called, what the model
 //! is told about it (name, description, JSON Schema of the arguments), and
 //! the checks a bundle passes at publish.
+//!
+//! Connector actions are governed by the Cedar policy; the memory tools
+//! (`retrieve`, `remember`, `record_get`, `record_put`) by the agent's
+//! memory access (`[agents.X.memory]`), checked at publish and again at
+//! every call; `ask_human` parks the task on a question.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +40,61 @@ pub enum ToolRef {
     },
     /// Ask a person: the task parks with the question until someone answers.
     AskHuman,
+    /// Search semantic memory in one namespace the agent may read.
+    Retrieve {
+        /// The namespace.
+        namespace: String,
+        /// Most items a search returns (default 5).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        top_k: Option<u32>,
+        /// The name the model calls it by (default `retrieve_<namespace>`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// What the model is told it holds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
+    /// Write an item of semantic memory, with the task as its provenance,
+    /// into a namespace the agent may write.
+    Remember {
+        /// The namespace.
+        namespace: String,
+        /// The classification of what it writes (default `internal`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        classification: Option<crate::memory::Classification>,
+        /// The name the model calls it by (default `remember_<namespace>`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// What the model is told it is for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
+    /// Read an authoritative record of a namespace the agent may read.
+    RecordGet {
+        /// The namespace.
+        namespace: String,
+        /// How sensitive its records are (default `internal`), for egress.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        classification: Option<crate::memory::Classification>,
+        /// The name the model calls it by (default `record_get_<namespace>`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// What the model is told the records are.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
+    /// Write an authoritative record (compare-and-set when the model gives
+    /// the version it read) of a namespace the agent may write.
+    RecordPut {
+        /// The namespace.
+        namespace: String,
+        /// The name the model calls it by (default `record_put_<namespace>`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// What the model is told the records are.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
 }
 
 /// The name of the built-in tool that asks a person.
@@ -43,10 +103,28 @@ pub const ASK_HUMAN: &str = "ask_human";
 impl ToolRef {
     /// The name the model calls the tool by.
     pub fn name(&self) -> String {
+        let default = |verb: &str, namespace: &str| format!("{verb}_{}", namespace.replace('.', "_"));
         match self {
-            ToolRef::Connector { name: Some(name), .. } => name.clone(),
+            ToolRef::Connector { name: Some(name), .. }
+            | ToolRef::Retrieve { name: Some(name), .. }
+            | ToolRef::Remember { name: Some(name), .. }
+            | ToolRef::RecordGet { name: Some(name), .. }
+            | ToolRef::RecordPut { name: Some(name), .. } => name.clone(),
             ToolRef::Connector { connector, action, .. } => format!("{connector}_{action}"),
             ToolRef::AskHuman => ASK_HUMAN.to_owned(),
+            ToolRef::Retrieve { namespace, .. } => default("retrieve", namespace),
+            ToolRef::Remember { namespace, .. } => default("remember", namespace),
+            ToolRef::RecordGet { namespace, .. } => default("record_get", namespace),
+            ToolRef::RecordPut { namespace, .. } => default("record_put", namespace),
+        }
+    }
+
+    /// The memory namespace a memory tool uses, and whether it writes.
+    pub fn memory_namespace(&self) -> Option<(&str, bool)> {
+        match self {
+            ToolRef::Retrieve { namespace, .. } | ToolRef::RecordGet { namespace, .. } => Some((namespace, false)),
+            ToolRef::Remember { namespace, .. } | ToolRef::RecordPut { namespace, .. } => Some((namespace, true)),
+            ToolRef::Connector { .. } | ToolRef::AskHuman => None,
         }
     }
 }
@@ -85,6 +163,48 @@ pub fn ask_human_definition() -> ToolDefinition {
     }
 }
 
+/// The parameters and default description of a memory tool.
+fn memory_definition(tool: &ToolRef) -> Option<(Value, String)> {
+    let text = |max: u32| json!({ "type": "string", "minLength": 1, "maxLength": max });
+    let object = |properties: Value, required: &[&str]| json!({ "type": "object", "properties": properties, "required": required, "additionalProperties": false });
+    Some(match tool {
+        ToolRef::Retrieve { namespace, .. } => (
+            object(json!({ "query": text(2000) }), &["query"]),
+            format!("Search the `{namespace}` memory for passages relevant to a query; returns them with scores."),
+        ),
+        ToolRef::Remember { namespace, .. } => (
+            object(
+                json!({
+                    "text": text(4000),
+                    "reason": text(500),
+                    "subjects": { "type": "array", "items": text(200), "maxItems": 16 },
+                }),
+                &["text"],
+            ),
+            format!("Remember a fact in the `{namespace}` memory for later tasks, saying why."),
+        ),
+        ToolRef::RecordGet { namespace, .. } => (
+            object(json!({ "key": text(256) }), &["key"]),
+            format!("Read the record with this key from `{namespace}`; returns its value and version."),
+        ),
+        ToolRef::RecordPut { namespace, .. } => (
+            object(
+                json!({
+                    "key": text(256),
+                    "value": {},
+                    "expect_version": { "type": "integer", "minimum": 0 },
+                }),
+                &["key", "value"],
+            ),
+            format!(
+                "Write the record with this key in `{namespace}`; give expect_version (0: must not exist) to write \
+                 only if nobody changed it since you read it."
+            ),
+        ),
+        ToolRef::Connector { .. } | ToolRef::AskHuman => return None,
+    })
+}
+
 /// The tools of `step` as the model is told about them, in the step's
 /// order: a connector action's schema is its parameters (an action without
 /// one takes an empty object), its description the tool's unless the step
@@ -97,6 +217,17 @@ pub fn tool_definitions(
         .iter()
         .map(|tool| match tool {
             ToolRef::AskHuman => Ok(ask_human_definition()),
+            ToolRef::Retrieve { description, .. }
+            | ToolRef::Remember { description, .. }
+            | ToolRef::RecordGet { description, .. }
+            | ToolRef::RecordPut { description, .. } => {
+                let (parameters, default) = memory_definition(tool).expect("a memory tool");
+                Ok(ToolDefinition {
+                    name: tool.name(),
+                    description: description.clone().unwrap_or(default),
+                    parameters,
+                })
+            }
             ToolRef::Connector { connector, action, description, .. } => {
                 let spec = connectors.get(connector).and_then(|c| c.actions.get(action)).ok_or_else(|| {
                     format!("tool `{}`: connector `{connector}` has no action `{action}`", tool.name())
@@ -118,9 +249,10 @@ pub fn schemas(tools: &[ToolDefinition]) -> BTreeMap<String, Value> {
     tools.iter().map(|tool| (tool.name.clone(), tool.parameters.clone())).collect()
 }
 
-/// The checks of an agent step that need nothing but the step: a goal,
-/// limits of at least one, tool names every model API takes, used once.
-pub fn validate_step(step: &AgentLoopStep) -> Result<(), String> {
+/// The checks of an agent step that need nothing but the step and its
+/// agent's memory access: a goal, limits of at least one, tool names every
+/// model API takes, used once, memory tools on namespaces the agent may use.
+pub fn validate_step(step: &AgentLoopStep, access: &crate::memory::MemoryAccess) -> Result<(), String> {
     if step.goal.as_deref().is_none_or(|goal| goal.trim().is_empty()) {
         return Err("an agent step needs a goal".into());
     }
@@ -151,6 +283,16 @@ pub fn validate_step(step: &AgentLoopStep) -> Result<(), String> {
                     resource.entity_type
                 ));
             }
+        }
+        if let Some((namespace, writes)) = tool.memory_namespace() {
+            let allowed = if writes { access.may_write(namespace) } else { access.may_read(namespace) };
+            if !allowed {
+                let right = if writes { "write" } else { "read" };
+                return Err(format!("tool `{name}`: the agent may not {right} memory namespace `{namespace}`"));
+            }
+        }
+        if let ToolRef::Retrieve { top_k: Some(0), .. } = tool {
+            return Err(format!("tool `{name}`: top_k must be at least 1"));
         }
         names.push(name);
     }
