@@ -168,3 +168,39 @@ fn the_policy_sees_the_most_sensitive_source() {
     assert_eq!(crate::exec::highest_classification(&sources).as_deref(), Some("confidential"));
     assert_eq!(crate::exec::highest_classification(&[]), None);
 }
+
+#[tokio::test]
+async fn an_answer_command_answers_its_question_once() {
+    let (_dir, store, identity) = test_store().await;
+    let asked = store.ask(&identity, "t1:0:0.0", "t1", "desk", "Which account?", T0).await.unwrap();
+    assert_eq!(asked.answer, None);
+    let answer = |id: &str, question: &str, text: &str| CommandBody {
+        id: id.into(),
+        edge_id: "edge-test".into(),
+        by: "dave".into(),
+        comment: String::new(),
+        issued_ms: T0,
+        command: Command::Answer { task: "t1".into(), question: question.into(), answer: text.into() },
+    };
+    let refused = store.apply_command(&identity, answer("c0", "t1:0:9.9", "acct-1"), T0).await.unwrap();
+    assert_eq!(refused, Applied::Refused("task t1 has no question t1:0:9.9".into()));
+    let empty = store.apply_command(&identity, answer("c1", "t1:0:0.0", "  "), T0).await.unwrap();
+    assert_eq!(empty, Applied::Refused("the answer is empty".into()));
+    assert_eq!(
+        store.apply_command(&identity, answer("c2", "t1:0:0.0", " acct-1 "), T0 + 1).await.unwrap(),
+        Applied::Done
+    );
+    let question = store.question("t1:0:0.0").await.unwrap().unwrap();
+    assert_eq!((question.answer.as_deref(), question.answered_by.as_deref()), (Some("acct-1"), Some("dave")));
+    let again = store.apply_command(&identity, answer("c3", "t1:0:0.0", "acct-9"), T0 + 2).await.unwrap();
+    assert_eq!(again, Applied::Refused("question t1:0:0.0 was already answered by dave".into()));
+    assert_eq!(
+        store.apply_command(&identity, answer("c2", "t1:0:0.0", "acct-9"), T0 + 3).await.unwrap(),
+        Applied::Done
+    );
+    assert_eq!(
+        store.question("t1:0:0.0").await.unwrap().unwrap().answer.as_deref(),
+        Some("acct-1"),
+        "a replay does nothing"
+    );
+}
