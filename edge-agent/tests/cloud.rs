@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use aios_edge_agent::model_calls::cloud::{CloudClient, CloudConfig, CloudError, Credential};
+use aios_edge_agent::model_calls::cloud::{CloudClient, CloudConfig, CloudError, Credential, Protocol};
 use aios_edge_agent::model_calls::openai::{ChatCompletionRequest, EmbeddingInput, EmbeddingsRequest, WireMessage};
 use aios_shared::router::TokenCount;
 use axum::body::Body;
@@ -180,6 +180,8 @@ async fn serve() -> std::net::SocketAddr {
 
 fn client(address: std::net::SocketAddr, mode: &str) -> CloudClient {
     CloudClient::new(CloudConfig {
+        protocol: Protocol::OpenAi,
+        stream: false,
         base_url: format!("http://{address}/{mode}/v1"),
         model: "fake-large".to_owned(),
         timeout: TIMEOUT,

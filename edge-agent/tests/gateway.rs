@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use aios_edge_agent::http::gateway::{
     router, Delivery, GatewayCall, GatewayConfig, GatewayEndpoint, GatewayObserver, GatewayOutcome, GatewayState,
 };
-use aios_edge_agent::model_calls::cloud::{CloudClient, CloudConfig, Credential};
+use aios_edge_agent::model_calls::cloud::{CloudClient, CloudConfig, Credential, Protocol};
 use aios_edge_agent::model_calls::openai::{
     ChatCompletionRequest, EmbeddingInput, EmbeddingsRequest, SseDecoder, WireMessage,
 };
@@ -374,6 +374,8 @@ async fn a_configured_token_is_required() {
 async fn the_cloud_client_uses_the_gateway_as_a_remote_tier() {
     let gateway = Gateway::start(Some(TOKEN)).await;
     let client = CloudClient::new(CloudConfig {
+        protocol: Protocol::OpenAi,
+        stream: false,
         base_url: gateway.url("/v1"),
         model: CHAT_ID.to_owned(),
         timeout: std::time::Duration::from_secs(60),
@@ -403,6 +405,8 @@ async fn the_cloud_client_uses_the_gateway_as_a_remote_tier() {
     assert_eq!(vectors.vectors, models().await.embedder.embed(vec!["hello".to_owned()]).await.unwrap());
 
     let wrong = CloudClient::new(CloudConfig {
+        protocol: Protocol::OpenAi,
+        stream: false,
         base_url: gateway.url("/v1"),
         model: "no-such-model".to_owned(),
         timeout: std::time::Duration::from_secs(5),
@@ -599,6 +603,8 @@ async fn the_local_model_calls_tools_and_follows_schemas() {
 
     // The cloud client reads the streamed call back whole (its assembler), as an edge using this gateway as a tier does.
     let client = CloudClient::new(CloudConfig {
+        protocol: Protocol::OpenAi,
+        stream: false,
         base_url: gateway.url("/v1"),
         model: CHAT_ID.to_owned(),
         timeout: std::time::Duration::from_secs(60),

@@ -157,6 +157,19 @@ fn script(request: &Value) -> Value {
             &[("record_put_orders", json!({ "key": order, "value": { "status": "closed" }, "expect_version": 1 }))],
         ),
         ("memory", _) => text(&format!("Order {order} closed; the last write was {}.", status(0))),
+        // The lead hands the refund to the desk agent, then reports.
+        ("delegate", 0) => calls(
+            0,
+            &[(
+                "handoff_desk",
+                json!({ "input": { "case": "plan", "order": { "id": order, "accounts": ["acct-1"] },
+                                   "text": "Refund 30 to acct-1." } }),
+            )],
+        ),
+        ("delegate", _) if status(0) == "done" && seen[0].to_string().contains("Refunded 30") => {
+            text("Delegated: the desk refunded 30.")
+        }
+        ("delegate", _) => text(&format!("Delegation failed: {}", seen[0])),
         // A loop that never ends by itself: a limit ends it.
         ("long", n) => calls(n, &[("shop_note", note(&format!("Still looking ({n}).")))]),
         _ => text("I do not know this case."),
@@ -525,6 +538,36 @@ async fn memory_tools_search_remember_and_keep_records() -> anyhow::Result<()> {
     assert_eq!(item["provenance"]["reason"], "for the follow-up");
     assert!(item["text"].as_str().unwrap_or_default().starts_with("Order m-1 was refunded under policy-"), "{item:#}");
     assert_eq!(audited(&edge, "memory.retrieved", &id)?.len(), 1, "the search is audited");
+    Ok(())
+}
+
+/// A handoff: the lead's model hands the refund to the desk agent, which
+/// runs it as a sub-task with what is left of the lead's budget; the lead
+/// parks until it ends and reports its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_runs_another_agent_as_a_sub_task() -> anyhow::Result<()> {
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let planner = Planner::start(Arc::new(script), Duration::ZERO).await?;
+    let (_tmp, _cp, edge) = fleet_with(&bins!(), &bundle(&payments, receipts.path(), &planner)).await?;
+    let id = submit(&edge, case_for("lead", "delegate", "h-1")).await?;
+    let done = edge.finished_task(&id, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["steps"][0]["output"]["answer"], "Delegated: the desk refunded 30.", "{done:#}");
+    let call = &done["loops"]["0"][1];
+    assert_eq!((call["name"].as_str(), call["outcome"]["outcome"].as_str()), (Some("handoff_desk"), Some("done")));
+    let child_id = call["outcome"]["result"]["task"].as_str().context("the sub-task's id")?;
+    let child = task(&edge, child_id).await?;
+    assert_eq!((child["agent"].as_str(), child["state"].as_str()), (Some("desk"), Some("succeeded")), "{child:#}");
+    assert_eq!(child["parent"], id.as_str());
+    assert_eq!(child["source"], format!("handoff:{id}"));
+    let handed = child["budget_usd"].as_f64().context("the sub-task's budget")?;
+    let spent_before = done["loops"]["0"][0]["cost_usd"].as_f64().unwrap_or_default();
+    assert!(spent_before > 0.0 && (handed - (5.0 - spent_before)).abs() < 1e-9, "{handed} after {spent_before}");
+    assert!(child["deadline_ms"].as_i64() <= done["deadline_ms"].as_i64(), "no later than its caller");
+    assert_eq!(effects(&payments, "refunds", "h-1"), [json!({ "order": "h-1", "amount": 30, "account": "acct-1" })]);
+    // Two turns of the lead, four of the desk: the parked lead asked nothing again.
+    assert_eq!(requests_for(&planner, "h-1").len(), 6);
     Ok(())
 }
 

@@ -162,6 +162,8 @@ pub async fn run_memory_tool(memory: &Memory, call: &MemoryCall<'_>, now_ms: i64
             let written = memory.put_record(namespace, key, value, expect, &writer, None, now_ms).await?;
             Ok(json!({ "key": key, "written": true, "version": written.version }))
         }
-        ToolRef::Connector { .. } | ToolRef::AskHuman => unreachable!("memory_namespace is None for these"),
+        ToolRef::Connector { .. } | ToolRef::AskHuman | ToolRef::Handoff { .. } => {
+            unreachable!("memory_namespace is None for these")
+        }
     }
 }

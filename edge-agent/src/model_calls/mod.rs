@@ -68,6 +68,9 @@ pub struct StepCall<'a> {
     pub force_escalation: Option<String>,
     /// What the task spent on earlier steps (for its budget after a restart).
     pub task_spent_usd: f64,
+    /// The most the task may spend (its agent's budget, or what a caller
+    /// handed it); `None`: no limit.
+    pub task_budget_usd: Option<f64>,
     /// The most sensitive data the task has read (retrieved items): tiers
     /// not allowed to receive it are skipped.
     pub classification: Option<aios_shared::memory::Classification>,

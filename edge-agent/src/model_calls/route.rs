@@ -40,7 +40,7 @@ impl ModelCalls {
             day: day_of(self.inner.clock.unix_ms()),
         };
         let limits =
-            BudgetLimits { task: usd_limit(agent.budget.per_task_usd), agent_day: usd_limit(agent.budget.per_day_usd) };
+            BudgetLimits { task: usd_limit(call.task_budget_usd), agent_day: usd_limit(agent.budget.per_day_usd) };
         self.seed_day(&key.agent, key.day).await?;
         self.seed_task(&key, call.task_spent_usd);
 

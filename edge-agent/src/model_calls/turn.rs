@@ -43,6 +43,8 @@ pub struct AgentTurn<'a> {
     pub max_tokens: u32,
     /// What the task spent before this run (for its budget after a restart).
     pub task_spent_usd: f64,
+    /// The most the task may spend; `None`: no limit.
+    pub task_budget_usd: Option<f64>,
     /// The most sensitive data in the conversation (retrieved items, tool
     /// results): tiers not allowed to receive it are skipped.
     pub classification: Option<aios_shared::memory::Classification>,
@@ -106,7 +108,7 @@ impl ModelCalls {
             day: day_of(self.inner.clock.unix_ms()),
         };
         let limits =
-            BudgetLimits { task: usd_limit(agent.budget.per_task_usd), agent_day: usd_limit(agent.budget.per_day_usd) };
+            BudgetLimits { task: usd_limit(turn.task_budget_usd), agent_day: usd_limit(agent.budget.per_day_usd) };
         self.seed_day(&key.agent, key.day).await?;
         self.seed_task(&key, turn.task_spent_usd);
         let prompt_chars: usize =

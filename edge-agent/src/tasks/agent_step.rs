@@ -11,7 +11,8 @@
 //! journaled with the reason the model is told. An approval parks the task;
 //! the run that resumes it starts from the journal. Memory tools go to
 //! `crate::memory::tools` under the agent's memory access; `ask_human`
-//! parks the task on a question.
+//! parks the task on a question; `handoff` runs another agent as a
+//! sub-task ([`super::handoff`]).
 
 use aios_shared::agent::tool_loop::{
     self, call_key, plan_on, CallOutcome, Complexity, Limit, Limits, LoopEnd, LoopEntry, Next, ToolRef, DEFAULT_SYSTEM,
@@ -22,6 +23,8 @@ use serde_json::{json, Value};
 
 use crate::exec::{ActArgs, ActOutcome, ActRequest};
 use crate::memory::tools::{run_memory_tool, MemoryCall, ToolError};
+
+use super::handoff::Handoff;
 use crate::model_calls::{AgentTurn, ModelCallError, TurnError};
 use crate::tasks::{RunEnd, StepRecord, TaskRecord};
 
@@ -56,12 +59,13 @@ impl Runtime {
         // Read once; every entry appended below is pushed here after it commits.
         let mut journal = self.inner.store.loop_journal(&task.id, seq32).await?;
         loop {
-            let spent_in_loop: f64 = journal.iter().map(entry_cost).sum();
+            let spent_in_loop: f64 = journal.iter().map(|entry| entry_cost(spec, entry)).sum();
+            let budget = super::executor::task_budget(agent, task);
             let limits = Limits {
                 now_ms: self.now(),
                 deadline_ms: task.deadline_ms,
                 spent_usd: context.spent_usd + spent_in_loop,
-                budget_usd: agent.budget.per_task_usd,
+                budget_usd: budget,
             };
             let entry = match tool_loop::next(spec, &schemas, &journal, limits) {
                 Next::Finish(end) => return self.finish_loop(task, step, &journal, end, record).await,
@@ -82,6 +86,7 @@ impl Runtime {
                         plan,
                         max_tokens: spec.max_tokens(),
                         task_spent_usd: context.spent_usd + spent_in_loop,
+                        task_budget_usd: budget,
                         classification: context.classification().max(results_classification(spec, &defs, &journal)),
                     };
                     let started = self.inner.options.clock.instant();
@@ -134,6 +139,19 @@ impl Runtime {
                     };
                     let outcome = CallOutcome::Done { result: json!({ "answer": answer, "answered_by": by }) };
                     LoopEntry::Call { iteration, index, name: tool_loop::ASK_HUMAN.to_owned(), arguments, outcome }
+                }
+                Next::RunCall { iteration, index, tool: ToolRef::Handoff { agent: to, .. }, arguments, call_id: _ } => {
+                    let handoff = Handoff {
+                        task,
+                        to: &to,
+                        input: arguments["input"].clone(),
+                        key: call_key(&task.id, seq32, iteration, index),
+                        budget_left: budget.map(|limit| limit - context.spent_usd - spent_in_loop),
+                    };
+                    let outcome = self.handoff(handoff).await?;
+                    let name = spec.tools.iter().find(|t| matches!(t, ToolRef::Handoff { agent, .. } if *agent == to));
+                    let name = name.map(ToolRef::name).unwrap_or_default();
+                    LoopEntry::Call { iteration, index, name, arguments, outcome }
                 }
                 Next::RunCall { iteration, index, tool, arguments, call_id: _ }
                     if tool.memory_namespace().is_some() =>
@@ -257,17 +275,24 @@ fn results_classification(
                     .filter_map(|item| serde_json::from_value::<Classification>(item["classification"].clone()).ok())
                     .max(),
                 ToolRef::RecordGet { classification, .. } => Some(classification.unwrap_or(Classification::Internal)),
-                ToolRef::AskHuman | ToolRef::Remember { .. } | ToolRef::RecordPut { .. } => None,
+                ToolRef::AskHuman | ToolRef::Remember { .. } | ToolRef::RecordPut { .. } | ToolRef::Handoff { .. } => {
+                    None
+                }
             },
             _ => None,
         })
         .max()
 }
 
-/// What a turn cost.
-fn entry_cost(entry: &LoopEntry) -> f64 {
+/// What a turn cost, or a sub-task a handoff ran.
+fn entry_cost(spec: &tool_loop::AgentLoopStep, entry: &LoopEntry) -> f64 {
     match entry {
         LoopEntry::Model { cost_usd, .. } => *cost_usd,
+        LoopEntry::Call { name, outcome: CallOutcome::Done { result }, .. }
+            if matches!(spec.tool(name), Some(ToolRef::Handoff { .. })) =>
+        {
+            result["cost_usd"].as_f64().unwrap_or(0.0)
+        }
         LoopEntry::Call { .. } => 0.0,
     }
 }

@@ -151,6 +151,7 @@ impl Runtime {
                     subject,
                     force_escalation: None,
                     task_spent_usd: context.spent_usd,
+                    task_budget_usd: task_budget(agent, task),
                     classification: context.classification(),
                 };
                 let outcome = self.call_model(task, seq, call).await?;
@@ -295,6 +296,7 @@ impl Runtime {
             subject: None,
             force_escalation: Some(reason),
             task_spent_usd: context.spent_usd,
+            task_budget_usd: task_budget(agent, task),
             classification: context.classification(),
         };
         let outcome = self.call_model(task, record.seq as usize, call).await?;
@@ -496,5 +498,14 @@ impl TaskContext {
 
     fn output(self) -> Value {
         json!({ "steps": self.steps, "needs_review": self.needs_review })
+    }
+}
+
+/// The most `task` may spend: its agent's per-task budget, or less when a
+/// caller handed it the rest of its own.
+pub(super) fn task_budget(agent: &AgentSpec, task: &TaskRecord) -> Option<f64> {
+    match (agent.budget.per_task_usd, task.budget_usd) {
+        (Some(own), Some(handed)) => Some(own.min(handed)),
+        (own, handed) => own.or(handed),
     }
 }

@@ -58,6 +58,10 @@ pub struct NewTask {
     pub source: String,
     /// When it must be finished (ms since the epoch).
     pub deadline_ms: i64,
+    /// The task that handed this one its work, if one did.
+    pub parent: Option<String>,
+    /// The most it may spend, when less than its agent's budget allows.
+    pub budget_usd: Option<f64>,
 }
 
 /// One step's recorded result.
@@ -138,6 +142,12 @@ pub struct TaskRecord {
     pub cancel_requested: bool,
     /// Dollars spent on escalated calls.
     pub cost_usd: f64,
+    /// The task that handed this one its work, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The most it may spend, when less than its agent's budget allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
     /// The recorded steps, in order (empty in listings).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepRecord>,
@@ -245,8 +255,8 @@ impl EdgeStore {
                 let id = new_task_id(now_ms);
                 conn.execute(
                     "INSERT INTO tasks (id, agent, agent_version, kind, input, idempotency_key, source, state,
-                        created_ms, updated_ms, deadline_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?8, ?9)",
+                        created_ms, updated_ms, deadline_ms, parent_task, budget_usd)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?8, ?9, ?10, ?11)",
                     params![
                         id,
                         task.agent,
@@ -256,7 +266,9 @@ impl EdgeStore {
                         task.idempotency_key,
                         task.source,
                         now_ms,
-                        task.deadline_ms
+                        task.deadline_ms,
+                        task.parent,
+                        task.budget_usd
                     ],
                 )?;
                 let payload = serde_json::json!({
@@ -267,6 +279,8 @@ impl EdgeStore {
                     "source": task.source,
                     "idempotency_key": task.idempotency_key,
                     "deadline_ms": task.deadline_ms,
+                    "parent": task.parent,
+                    "budget_usd": task.budget_usd,
                 });
                 append_event(conn, &identity, now_ms, kinds::TASK_QUEUED, &payload.to_string())?;
                 Ok(Ok((read_task(conn, &id, false)?.expect("row just inserted"), true)))
@@ -494,6 +508,7 @@ impl EdgeStore {
                         )?;
                     }
                 }
+                wake_parent(conn, &task_id, now_ms)?;
                 Ok(())
             })
             .await
@@ -511,6 +526,7 @@ impl EdgeStore {
                     TaskState::Queued | TaskState::Waiting => {
                         let reason = serde_json::json!({ "requested_in_state": task.state });
                         transition(conn, &identity, &task, TaskEvent::Cancel, now_ms, reason)?;
+                        wake_parent(conn, &id, now_ms)?;
                     }
                     TaskState::Running => {
                         conn.execute("UPDATE tasks SET cancel_requested = 1 WHERE id = ?1", [&id])?;
@@ -601,7 +617,19 @@ impl EdgeStore {
 }
 
 const TASK_COLUMNS: &str = "id, agent, agent_version, kind, input, idempotency_key, source, state, next_step, starts,
-    created_ms, updated_ms, deadline_ms, wait_reason, output, error, needs_review, cancel_requested, cost_usd";
+    created_ms, updated_ms, deadline_ms, wait_reason, output, error, needs_review, cancel_requested, cost_usd,
+    parent_task, budget_usd";
+
+/// Makes the task that handed `task_id` its work due, if it waits: a
+/// sub-task that ended (or parked) is news for its caller.
+fn wake_parent(conn: &Connection, task_id: &str, now_ms: i64) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE tasks SET not_before_ms = ?2
+         WHERE id = (SELECT parent_task FROM tasks WHERE id = ?1) AND state = 'waiting'",
+        params![task_id, now_ms],
+    )?;
+    Ok(())
+}
 
 impl TaskRecord {
     fn not_before(&self, conn: &Connection) -> Result<i64, DbError> {
@@ -638,6 +666,8 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<Result<TaskRecord, DbError>> {
             needs_review: r.get(16)?,
             cancel_requested: r.get(17)?,
             cost_usd: r.get(18)?,
+            parent: r.get(19)?,
+            budget_usd: r.get(20)?,
             steps: Vec::new(),
         })
     };

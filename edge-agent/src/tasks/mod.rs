@@ -11,9 +11,11 @@
 //! - [`agent_step`]: the driver of an agent step's tool-using loop.
 //! - [`loop_journal`]: that loop's journal (each model turn, each call).
 //! - [`questions`]: what a loop's model asked a person, and the answers.
+//! - [`handoff`]: another agent running a loop's work as a sub-task.
 
 pub mod agent_step;
 pub mod executor;
+pub mod handoff;
 pub mod journal;
 pub mod loop_journal;
 pub mod questions;

@@ -255,6 +255,8 @@ impl Runtime {
             idempotency_key: submission.idempotency_key,
             source: source.to_owned(),
             deadline_ms: now.saturating_add(agent.deadline_ms()),
+            parent: None,
+            budget_usd: None,
         };
         let outcome = self.inner.store.submit_task(&self.inner.identity, task, now).await?;
         let id = &outcome.0.id;

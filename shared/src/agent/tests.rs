@@ -401,5 +401,13 @@ fn agent_steps_are_checked_at_publish() {
         "the agent may not read memory namespace `notes`",
     );
     clerk_refused("top_k = 2 }", "top_k = 0 }", "top_k must be at least 1");
+    let lead = &spec.agents["lead"].steps[0];
+    let StepAction::Agent(lead) = &lead.action else { panic!("an agent step") };
+    let tools = tool_loop::tool_definitions(lead, &spec.connectors).unwrap();
+    assert_eq!((tools[0].name.as_str(), tools[0].parameters["required"][0].as_str()), ("handoff_desk", Some("input")));
+    for (to, says) in [("lead", "an agent cannot hand work to itself"), ("nobody", "agent `nobody` is not defined")] {
+        let err = agent_loop("agent = \"desk\"", &format!("agent = \"{to}\"")).expect_err(to);
+        assert!(err.contains(says) && err.contains("lead"), "{err}");
+    }
     clerk_refused("namespace = \"orders\" },\n]", "namespace = \"orders\", shape = 1 },\n]", "shape");
 }

@@ -168,6 +168,19 @@ impl Definitions {
             if let StepAction::Agent(agent_step) = &step.action {
                 super::tool_loop::tool_definitions(agent_step, &self.connectors)
                     .map_err(|problem| fail(at, problem))?;
+                for tool in &agent_step.tools {
+                    if let super::tool_loop::ToolRef::Handoff { agent: to, .. } = tool {
+                        if to == name {
+                            return Err(fail(
+                                at,
+                                format!("tool `{}`: an agent cannot hand work to itself", tool.name()),
+                            ));
+                        }
+                        if !self.agents.contains_key(to) {
+                            return Err(fail(at, format!("tool `{}`: agent `{to}` is not defined", tool.name())));
+                        }
+                    }
+                }
             }
             seen.push(&step.id);
         }

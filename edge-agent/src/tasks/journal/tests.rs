@@ -13,6 +13,8 @@ fn new_task(key: Option<&str>, text: &str) -> NewTask {
         idempotency_key: key.map(str::to_owned),
         source: "api".into(),
         deadline_ms: 1_000_000,
+        parent: None,
+        budget_usd: None,
     }
 }
 

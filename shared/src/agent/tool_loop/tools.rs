@@ -5,7 +5,9 @@
 //! Connector actions are governed by the Cedar policy; the memory tools
 //! (`retrieve`, `remember`, `record_get`, `record_put`) by the agent's
 //! memory access (`[agents.X.memory]`), checked at publish and again at
-//! every call; `ask_human` parks the task on a question.
+//! every call; `ask_human` parks the task on a question; `handoff` runs
+//! another agent as a sub-task with what is left of the caller's budget and
+//! deadline, and the caller waits for its result.
 
 use std::collections::BTreeMap;
 
@@ -83,6 +85,18 @@ pub enum ToolRef {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         description: Option<String>,
     },
+    /// Hand work to another agent: a sub-task with the model's input, the
+    /// caller's remaining budget and deadline; its result is the call's.
+    Handoff {
+        /// The agent that does the work.
+        agent: String,
+        /// The name the model calls it by (default `handoff_<agent>`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// What the model is told the agent does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
     /// Write an authoritative record (compare-and-set when the model gives
     /// the version it read) of a namespace the agent may write.
     RecordPut {
@@ -109,13 +123,15 @@ impl ToolRef {
             | ToolRef::Retrieve { name: Some(name), .. }
             | ToolRef::Remember { name: Some(name), .. }
             | ToolRef::RecordGet { name: Some(name), .. }
-            | ToolRef::RecordPut { name: Some(name), .. } => name.clone(),
+            | ToolRef::RecordPut { name: Some(name), .. }
+            | ToolRef::Handoff { name: Some(name), .. } => name.clone(),
             ToolRef::Connector { connector, action, .. } => format!("{connector}_{action}"),
             ToolRef::AskHuman => ASK_HUMAN.to_owned(),
             ToolRef::Retrieve { namespace, .. } => default("retrieve", namespace),
             ToolRef::Remember { namespace, .. } => default("remember", namespace),
             ToolRef::RecordGet { namespace, .. } => default("record_get", namespace),
             ToolRef::RecordPut { namespace, .. } => default("record_put", namespace),
+            ToolRef::Handoff { agent, .. } => format!("handoff_{agent}"),
         }
     }
 
@@ -124,9 +140,21 @@ impl ToolRef {
         match self {
             ToolRef::Retrieve { namespace, .. } | ToolRef::RecordGet { namespace, .. } => Some((namespace, false)),
             ToolRef::Remember { namespace, .. } | ToolRef::RecordPut { namespace, .. } => Some((namespace, true)),
-            ToolRef::Connector { .. } | ToolRef::AskHuman => None,
+            ToolRef::Connector { .. } | ToolRef::AskHuman | ToolRef::Handoff { .. } => None,
         }
     }
+}
+
+/// The parameters of a `handoff` tool.
+pub fn handoff_parameters() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "input": { "type": "object", "description": "The sub-task's input, as the agent expects it." },
+        },
+        "required": ["input"],
+        "additionalProperties": false
+    })
 }
 
 /// Whether `name` is a tool name every model API takes (`[A-Za-z0-9_-]`,
@@ -201,7 +229,7 @@ fn memory_definition(tool: &ToolRef) -> Option<(Value, String)> {
                  only if nobody changed it since you read it."
             ),
         ),
-        ToolRef::Connector { .. } | ToolRef::AskHuman => return None,
+        ToolRef::Connector { .. } | ToolRef::AskHuman | ToolRef::Handoff { .. } => return None,
     })
 }
 
@@ -217,6 +245,13 @@ pub fn tool_definitions(
         .iter()
         .map(|tool| match tool {
             ToolRef::AskHuman => Ok(ask_human_definition()),
+            ToolRef::Handoff { agent, description, .. } => Ok(ToolDefinition {
+                name: tool.name(),
+                description: description
+                    .clone()
+                    .unwrap_or_else(|| format!("Hand work to the `{agent}` agent and wait for its result.")),
+                parameters: handoff_parameters(),
+            }),
             ToolRef::Retrieve { description, .. }
             | ToolRef::Remember { description, .. }
             | ToolRef::RecordGet { description, .. }
