@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use aios_edge_agent::http::gateway::{
@@ -483,40 +482,11 @@ print(json.dumps({
 }))
 "#;
 
-/// `python3` with the `openai` package importable, installing the package
-/// into `~/.cache/aios/python` when it is missing. Without python3 the test
-/// fails and says how to get it: a client test that passes without its
-/// client tests nothing.
+#[path = "../../tests/src/python.rs"]
+mod python;
+
 fn python_with_openai() -> (PathBuf, String) {
-    let python = PathBuf::from("python3");
-    if let Err(err) = Command::new(&python).arg("--version").output() {
-        panic!("the OpenAI client test needs python3 with pip (apt-get install python3 python3-pip): {err}");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    let target = home.join(".cache/aios/python");
-    let python_path = match std::env::var("PYTHONPATH") {
-        Ok(existing) if !existing.is_empty() => format!("{}:{existing}", target.display()),
-        _ => target.display().to_string(),
-    };
-    let importable = || {
-        let mut probe = Command::new(&python);
-        probe.args(["-c", "import openai"]).env("PYTHONPATH", &python_path).stderr(Stdio::null()).status()
-    };
-    if !importable().is_ok_and(|status| status.success()) {
-        let install = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
-            .arg(&target)
-            .arg("openai")
-            .output()
-            .expect("pip runs");
-        assert!(
-            install.status.success(),
-            "installing the openai package failed: {}",
-            String::from_utf8_lossy(&install.stderr)
-        );
-        assert!(importable().is_ok_and(|status| status.success()), "openai is not importable after installing it");
-    }
-    (python, python_path)
+    python::python_with("openai", "openai")
 }
 
 #[tokio::test]

@@ -45,6 +45,9 @@ pub enum ConnectorKind {
     Email,
     /// Documents written atomically into a directory.
     File,
+    /// The tools of an MCP server run as a child process (stdio); each
+    /// action is one tool, pinned by its input schema's hash.
+    Mcp,
 }
 
 impl ConnectorKind {
@@ -54,6 +57,7 @@ impl ConnectorKind {
             ConnectorKind::Http => "http",
             ConnectorKind::Email => "email",
             ConnectorKind::File => "file",
+            ConnectorKind::Mcp => "mcp",
         }
     }
 }
@@ -112,6 +116,10 @@ pub struct ConnectorSpec {
     /// `file`: the directory documents are written into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<String>,
+    /// `mcp`: the server's program and arguments, run with the edge's
+    /// environment cleared but for `PATH`, `HOME` and `LANG`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
     /// How long one attempt may take, such as `10s` (default 10 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
@@ -204,6 +212,11 @@ pub struct ActionSpec {
     /// another one (default `write`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// `mcp`: hex SHA-256 of the canonical JSON (keys sorted) of the tool's
+    /// input schema as the server lists it; a server that changes the tool
+    /// is refused until the bundle pins the new schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_sha256: Option<String>,
     /// The action of the same connector that undoes this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensation: Option<String>,
@@ -361,11 +374,13 @@ pub fn validate_connector(name: &str, spec: &ConnectorSpec) -> Result<(), ExecSp
         ("from", spec.from.is_some()),
         ("tls_ca", spec.tls_ca.is_some()),
         ("directory", spec.directory.is_some()),
+        ("command", !spec.command.is_empty()),
     ];
     let (allowed, required): (&[&str], &[&str]) = match spec.kind {
         ConnectorKind::Http => (&["base_url", "headers"], &["base_url"]),
         ConnectorKind::Email => (&["smtp_host", "smtp_port", "username", "from", "tls_ca"], &["smtp_host", "from"]),
         ConnectorKind::File => (&["directory"], &["directory"]),
+        ConnectorKind::Mcp => (&["command"], &["command"]),
     };
     for (field, set) in present {
         if set && !allowed.contains(&field) {
@@ -413,11 +428,13 @@ fn validate_action(kind: ConnectorKind, action: &ActionSpec) -> Result<(), Strin
         ("retryable", !action.retryable.is_empty()),
         ("response", !action.response.is_empty()),
         ("mode", action.mode.is_some()),
+        ("schema_sha256", action.schema_sha256.is_some()),
     ];
     let allowed: &[&str] = match kind {
         ConnectorKind::Http => &["method", "path", "body", "headers", "success", "retryable", "response"],
         ConnectorKind::Email => &[],
         ConnectorKind::File => &["mode"],
+        ConnectorKind::Mcp => &["schema_sha256"],
     };
     if let Some((field, _)) = present.iter().find(|(field, set)| *set && !allowed.contains(field)) {
         return Err(format!("`{field}` does not apply to a {} connector's action", kind.as_str()));
@@ -448,10 +465,18 @@ fn validate_action(kind: ConnectorKind, action: &ActionSpec) -> Result<(), Strin
     for template in templates {
         crate::agent::check_template(template)?;
     }
+    if kind == ConnectorKind::Mcp {
+        let pinned = action.schema_sha256.as_deref().unwrap_or_default();
+        if action.schema.is_none() || pinned.len() != 64 || !pinned.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("an MCP tool is pinned by `schema` and `schema_sha256` (64 hex digits; \
+                        `aios-edge mcp tools -- COMMAND` prints both)"
+                .into());
+        }
+    }
     let needed: &[&str] = match kind {
         ConnectorKind::Email => &["to", "subject", "body"],
         ConnectorKind::File => &["name", "content"],
-        ConnectorKind::Http => &[],
+        ConnectorKind::Http | ConnectorKind::Mcp => &[],
     };
     if !needed.is_empty() {
         let declared = action.schema.as_ref().and_then(|s| s.get("properties")).and_then(|p| p.as_object());

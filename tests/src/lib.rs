@@ -15,6 +15,7 @@ pub mod browser;
 pub mod in_process;
 pub mod payments;
 pub mod planner;
+pub mod python;
 pub mod relay;
 pub mod smtp;
 

@@ -170,6 +170,16 @@ fn script(request: &Value) -> Value {
             text("Delegated: the desk refunded 30.")
         }
         ("delegate", _) => text(&format!("Delegation failed: {}", seen[0])),
+        // An MCP server's tools: a lookup, a note, and a note policy forbids.
+        ("mcp", 0) => calls(
+            0,
+            &[
+                ("notes_order_status", json!({ "order_id": order })),
+                ("notes_add_note", note("Customer called about the delivery.")),
+                ("notes_add_note", note("The secret code is 1234.")),
+            ],
+        ),
+        ("mcp", _) => text(&format!("status {}, notes {} and {}", status(0), status(1), status(2))),
         // A loop that never ends by itself: a limit ends it.
         ("long", n) => calls(n, &[("shop_note", note(&format!("Still looking ({n}).")))]),
         _ => text("I do not know this case."),
@@ -568,6 +578,104 @@ async fn a_handoff_runs_another_agent_as_a_sub_task() -> anyhow::Result<()> {
     assert_eq!(effects(&payments, "refunds", "h-1"), [json!({ "order": "h-1", "amount": 30, "account": "acct-1" })]);
     // Two turns of the lead, four of the desk: the parked lead asked nothing again.
     assert_eq!(requests_for(&planner, "h-1").len(), 6);
+    Ok(())
+}
+
+/// Cedar declarations and policies for the MCP connectors `notes` and
+/// `notes2`: lookups and notes are allowed, a note with a secret is not.
+fn with_mcp(bundle: &str, pinned: &str, changed_command: &str) -> String {
+    let mut declarations = String::new();
+    let mut policies = String::new();
+    for connector in ["notes", "notes2"] {
+        declarations.push_str(&format!(
+            "action \"{connector}.add_note\" appliesTo {{ principal: Agent, resource: Connector, context: {{ autonomy: \
+             String, approved: Bool, args: {{ order_id: String, text: String }} }} }};\n\
+             action \"{connector}.order_status\" appliesTo {{ principal: Agent, resource: Connector, context: {{ \
+             autonomy: String, approved: Bool, args: {{ order_id: String }} }} }};\n"
+        ));
+        policies.push_str(&format!(
+            "\npermit (principal, action in [Action::\"{connector}.add_note\", Action::\"{connector}.order_status\"], \
+             resource);\n@id(\"no-secrets-in-{connector}\")\nforbid (principal, action == Action::\"{connector}.add_note\", \
+             resource) when {{ context.args.text like \"*secret*\" }};"
+        ));
+    }
+    let mut text = bundle.replace("'''\npolicies = '''", &format!("{declarations}'''\npolicies = '''{policies}"));
+    text.push('\n');
+    text.push_str(pinned);
+    // The same pins for a server whose `add_note` has changed since.
+    let command_line = pinned.lines().find(|line| line.starts_with("command = ")).expect("the pinned command");
+    let changed = pinned.replace("connectors.notes", "connectors.notes2").replace(command_line, changed_command);
+    text.push_str(&format!("\n{changed}\n"));
+    for (agent, connector) in [("scribe", "notes"), ("scribe2", "notes2")] {
+        text.push_str(&format!(
+            "\n[agents.{agent}]\nversion = 1\nescalate_to = [\"big\"]\n\n[[agents.{agent}.steps]]\nid = \"note\"\n\
+             kind = \"agent\"\nplanning = \"escalate\"\n\
+             goal = \"Case {{{{ input.case }}}} for order {{{{ input.order.id }}}}: {{{{ input.text }}}}\"\n\
+             tools = [{{ kind = \"connector\", connector = \"{connector}\", action = \"order_status\", name = \"notes_order_status\" }}, \
+             {{ kind = \"connector\", connector = \"{connector}\", action = \"add_note\", name = \"notes_add_note\" }}]\n"
+        ));
+    }
+    text
+}
+
+/// An MCP server written with the official `mcp` Python package (stdio) as
+/// a connector: its tools are pinned with `aios-edge mcp tools`, every call
+/// passes the policy first (a denied one never reaches the server), results
+/// come back to the model as data, and a server that changed a tool since
+/// it was pinned is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_server_tools_are_governed_like_connector_actions() -> anyhow::Result<()> {
+    let (_python, python_path) = aios_tests::python::python_with("mcp", "mcp");
+    let logs = tempfile::tempdir()?;
+    let log = logs.path().join("calls.jsonl");
+    let server = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mcp_notes.py");
+    let command = ["env", &format!("PYTHONPATH={python_path}"), "python3", server, log.to_str().context("utf-8")?];
+    let pinned = std::process::Command::new(&bins!().edge)
+        .args(["mcp", "tools", "--name", "notes", "--"])
+        .args(command)
+        .output()?;
+    assert!(pinned.status.success(), "{}", String::from_utf8_lossy(&pinned.stderr));
+    let pinned = String::from_utf8(pinned.stdout)?;
+    assert!(pinned.contains("[connectors.notes.actions.add_note]") && pinned.contains("schema_sha256 = "), "{pinned}");
+    let changed: Vec<String> =
+        command.iter().map(|part| format!("{part:?}")).chain(["\"--changed\"".to_owned()]).collect();
+    let changed = format!("command = [{}]", changed.join(", "));
+
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let planner = Planner::start(Arc::new(script), Duration::ZERO).await?;
+    let text = with_mcp(&bundle(&payments, receipts.path(), &planner), &pinned, &changed);
+    let (_tmp, _cp, edge) = fleet_with(&bins!(), &text).await?;
+
+    let id = submit(&edge, case_for("scribe", "mcp", "n-1")).await?;
+    let done = edge.finished_task(&id, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["steps"][0]["output"]["answer"], "status done, notes done and refused", "{done:#}");
+    let calls: Vec<Value> =
+        std::fs::read_to_string(&log)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(
+        calls,
+        [
+            json!({ "tool": "order_status", "order_id": "n-1" }),
+            json!({ "tool": "add_note", "order_id": "n-1", "text": "Customer called about the delivery." }),
+        ],
+        "the denied note never reached the server"
+    );
+    let transcript = done["loops"]["0"].as_array().context("transcript")?;
+    let status = &transcript[1]["outcome"]["result"]["text"];
+    assert!(status.as_str().unwrap_or_default().contains("shipped"), "{:#}", transcript[1]);
+    let refused = transcript[3]["outcome"]["reason"].as_str().unwrap_or_default();
+    assert!(refused.contains("no-secrets-in-notes"), "{:#}", transcript[3]);
+    let decided = audited(&edge, "policy.decided", &id)?;
+    assert_eq!(decided.len(), 3, "{decided:#?}");
+
+    // A server whose tool changed since it was pinned gets no call through.
+    let id = submit(&edge, case_for("scribe2", "mcp", "n-2")).await?;
+    let ended = edge.finished_task(&id, LONG).await?;
+    assert_eq!(ended["state"], "dead_lettered", "{ended:#}");
+    let error = ended["error"].as_str().unwrap_or_default();
+    assert!(error.contains("changed tool `add_note`") && error.contains("the bundle pins"), "{error}");
+    assert!(!std::fs::read_to_string(&log)?.contains("n-2"), "no call reached the changed server");
     Ok(())
 }
 

@@ -65,6 +65,10 @@ pub enum Command {
     /// Local models: list, pull, verify, path, bench.
     #[command(subcommand)]
     Models(aios_models::ModelsCommand),
+    /// MCP servers as connectors: `mcp tools -- COMMAND...` starts a server
+    /// and prints its tools as the TOML actions that pin them.
+    #[command(subcommand)]
+    Mcp(McpCommand),
     /// Test entry points (built only with the `debug-hooks` feature).
     #[cfg(feature = "debug-hooks")]
     #[command(subcommand)]
@@ -206,9 +210,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(command) => crate::cli::exec::dlq(command).await,
         Command::Memory(command) => crate::cli::memory::run(&data_dir, command).await,
         Command::Models(command) => aios_models::run_models_command(command).await,
+        Command::Mcp(McpCommand::Tools { name, command }) => {
+            let tools = crate::exec::mcp::list_tools(&command).await.map_err(anyhow::Error::msg)?;
+            println!("{}", pinned_connector(&name, &command, &tools)?.trim_end());
+            Ok(())
+        }
         #[cfg(feature = "debug-hooks")]
         Command::Debug(command) => debug(&data_dir, command).await,
     }
+}
+
+/// `aios-edge mcp`.
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Start an MCP server (stdio) and print a connector pinning its tools.
+    Tools {
+        /// The connector's name in the bundle.
+        #[arg(long, default_value = "mcp")]
+        name: String,
+        /// The server's program and arguments.
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+}
+
+/// A `[connectors.NAME]` table for the server, with an action pinning each
+/// listed tool (description, schema, schema_sha256), to add to a bundle.
+fn pinned_connector(name: &str, command: &[String], tools: &[crate::exec::mcp::ListedTool]) -> anyhow::Result<String> {
+    let mut actions = toml::map::Map::new();
+    for tool in tools {
+        let mut action = toml::map::Map::new();
+        action.insert("description".into(), toml::Value::String(tool.description.clone()));
+        action.insert("schema".into(), toml::Value::try_from(&tool.schema)?);
+        action.insert("schema_sha256".into(), toml::Value::String(tool.schema_sha256.clone()));
+        actions.insert(tool.name.clone(), toml::Value::Table(action));
+    }
+    let mut connector = toml::map::Map::new();
+    connector.insert("kind".into(), toml::Value::String("mcp".into()));
+    connector.insert("version".into(), toml::Value::Integer(1));
+    connector.insert("command".into(), toml::Value::try_from(command)?);
+    connector.insert("actions".into(), toml::Value::Table(actions));
+    let mut connectors = toml::map::Map::new();
+    connectors.insert(name.to_owned(), toml::Value::Table(connector));
+    let mut root = toml::map::Map::new();
+    root.insert("connectors".into(), toml::Value::Table(connectors));
+    Ok(toml::to_string(&toml::Value::Table(root))?)
 }
 
 async fn run_daemon(data_dir_flag: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {

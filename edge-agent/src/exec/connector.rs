@@ -55,6 +55,7 @@ pub fn build(name: &str, spec: &ConnectorSpec) -> Result<Box<dyn Connector>, Str
         ConnectorKind::Http => super::http::HttpConnector::new(spec).map(|c| Box::new(c) as Box<dyn Connector>),
         ConnectorKind::Email => super::email::EmailConnector::new(spec).map(|c| Box::new(c) as Box<dyn Connector>),
         ConnectorKind::File => Ok(Box::new(super::file::FileConnector::new(spec))),
+        ConnectorKind::Mcp => super::mcp::McpConnector::new(spec).map(|c| Box::new(c) as Box<dyn Connector>),
     };
     connector.map_err(|err| format!("connector `{name}`: {err}"))
 }

@@ -18,6 +18,7 @@ pub mod connector;
 pub mod email;
 pub mod file;
 pub mod http;
+pub mod mcp;
 pub mod outbox;
 
 use std::collections::{BTreeMap, HashMap};

@@ -91,7 +91,7 @@ fn check(headers: &HeaderMap, request: &Value) -> Result<(), String> {
     if headers.contains_key(header::AUTHORIZATION) {
         return Err("authentication goes in x-api-key".to_owned());
     }
-    if !request["max_tokens"].as_u64().is_some_and(|n| n >= 1) {
+    if request["max_tokens"].as_u64().is_none_or(|n| n < 1) {
         return Err("max_tokens: Field required".to_owned());
     }
     let turns = request["messages"].as_array().ok_or("messages: Field required")?;
