@@ -42,6 +42,18 @@ pub enum DaemonError {
          (api_token in the configuration); it guards the API and the gateway"
     )]
     ExposedWithoutToken(SocketAddr),
+    /// Another daemon runs on the same data directory: both would resume
+    /// the same tasks and could run one side effect twice at once.
+    #[error("another aios-edge runs on the data directory {0} (it holds edge.lock); stop it first")]
+    AlreadyRunning(PathBuf),
+    /// The instance lock cannot be taken.
+    #[error("cannot lock the data directory {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The local API cannot listen.
     #[error("cannot listen on {addr} for the local API: {source}")]
     Listen {
@@ -209,6 +221,8 @@ pub struct EdgeHandle {
     pub runtime: Runtime,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// `edge.lock`, held until the daemon has stopped.
+    lock: std::fs::File,
 }
 
 impl EdgeHandle {
@@ -216,6 +230,22 @@ impl EdgeHandle {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        drop(self.lock);
+    }
+}
+
+/// Takes `DATA_DIR/edge.lock` (an advisory lock the operating system
+/// releases when the process ends, even on `kill -9`): one daemon per data
+/// directory.
+fn instance_lock(data_dir: &std::path::Path) -> Result<std::fs::File, DaemonError> {
+    let path = data_dir.join("edge.lock");
+    let failed = |source| DaemonError::Lock { path: path.clone(), source };
+    std::fs::create_dir_all(data_dir).map_err(failed)?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::AlreadyRunning(data_dir.to_owned())),
+        Err(std::fs::TryLockError::Error(source)) => Err(failed(source)),
     }
 }
 
@@ -234,6 +264,7 @@ fn check_exposure(api_listen: Option<SocketAddr>, api_token: Option<&str>) -> Re
 /// Starts the daemon's tasks and returns at once.
 pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
     check_exposure(options.api_listen, options.api_token.as_deref())?;
+    let lock = instance_lock(&options.data_dir)?;
     let store = EdgeStore::open(&options.data_dir)?;
     let identity = store.identity().await?.ok_or_else(|| DaemonError::NotEnrolled(options.data_dir.clone()))?;
     let payload = serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id() });
@@ -326,7 +357,7 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
         let _ = uplink.await;
         info!("edge stopped");
     });
-    Ok(EdgeHandle { status, api_addr, runtime, shutdown: shutdown_tx, task })
+    Ok(EdgeHandle { status, api_addr, runtime, shutdown: shutdown_tx, task, lock })
 }
 
 #[cfg(test)]

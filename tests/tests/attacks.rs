@@ -7,6 +7,8 @@
 //!   key (finding 2).
 //! - A captured webhook replayed with a rewritten signature header makes no
 //!   second task (finding 3).
+//! - A second `aios-edge run` on a running edge's data directory refuses to
+//!   start instead of requeueing the first one's running tasks (finding 14).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -497,5 +499,24 @@ async fn webhook_replay_with_mutated_signature_header() -> anyhow::Result<()> {
     let tasks = tasks["tasks"].as_array().context("a task list")?;
     assert_eq!(tasks.len(), 1, "{tasks:#?}");
     assert_eq!(tasks[0]["id"], task);
+    Ok(())
+}
+
+/// A second daemon on the same data directory would put the first one's
+/// running tasks back in the queue and could run one intent twice at once
+/// (finding 14): it refuses to start, and touches nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_one_data_directory() -> anyhow::Result<()> {
+    let (_tmp, _cp, edge) = fleet_with(&bins!(), "autonomy = \"autonomous\"\nvalid_for = \"1d\"\n").await?;
+    let before = edge.api(Method::GET, "/v1/health", None).await?.1;
+    let second = std::process::Command::new(&bins!().edge)
+        .args(["--data-dir".as_ref(), edge.dir.as_os_str()])
+        .args(["run", "--api-listen", "127.0.0.1:0"])
+        .output()?;
+    assert!(!second.status.success(), "a second daemon started");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("another aios-edge runs on the data directory"), "{said}");
+    let after = edge.api(Method::GET, "/v1/health", None).await?.1;
+    assert_eq!(before["edge_id"], after["edge_id"], "the first daemon still serves");
     Ok(())
 }

@@ -65,6 +65,12 @@ fn write_document(
     std::fs::create_dir_all(directory)
         .map_err(|err| ConnectorError::Retryable(format!("cannot create {}: {err}", directory.display())))?;
     let target = directory.join(name);
+    if std::fs::symlink_metadata(&target).is_ok_and(|meta| !meta.file_type().is_file()) {
+        return Err(ConnectorError::Permanent(format!(
+            "{} is not a regular file (a link or a directory); the file connector writes only its own documents",
+            target.display()
+        )));
+    }
     let digest = hex::encode(Sha256::digest(content));
     let done = || json!({ "path": target.display().to_string(), "bytes": content.len(), "sha256": digest });
     if let Ok(existing) = std::fs::read(&target) {
@@ -75,9 +81,10 @@ fn write_document(
             return Err(ConnectorError::Permanent(format!("{} already holds another document", target.display())));
         }
     }
-    let temp = directory.join(format!(".{name}.{}.tmp", &key[..key.len().min(16)]));
+    // An unpredictable name, created only if nothing (no planted link) is there.
+    let temp = directory.join(format!(".{name}.{}.{:016x}.tmp", &key[..key.len().min(16)], rand::random::<u64>()));
     let io = |err: std::io::Error| ConnectorError::Retryable(format!("cannot write {}: {err}", target.display()));
-    let mut file = std::fs::File::create(&temp).map_err(io)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&temp).map_err(io)?;
     file.write_all(content).map_err(io)?;
     file.sync_all().map_err(io)?;
     drop(file);
@@ -132,5 +139,21 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty(), "no temporary files remain");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_link_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::os::unix::fs::symlink(&victim, out.join("letter.txt")).unwrap();
+        for publish in [false, true] {
+            let err = write_document(&out, "letter.txt", b"overwritten", publish, "k1").unwrap_err();
+            assert!(matches!(&err, ConnectorError::Permanent(p) if p.contains("not a regular file")), "{err}");
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 }

@@ -19,7 +19,12 @@ pub struct HttpConnector {
 impl HttpConnector {
     /// A connector for `spec` (kind `http`).
     pub fn new(spec: &ConnectorSpec) -> Result<Self, String> {
-        let client = reqwest::Client::builder().build().map_err(|err| format!("cannot build an HTTP client: {err}"))?;
+        // No redirects: a 307/308 would resend the body (and the bearer
+        // token) wherever the server points; a 3xx is a permanent failure.
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|err| format!("cannot build an HTTP client: {err}"))?;
         Ok(Self {
             client,
             base_url: spec.base_url.clone().unwrap_or_default().trim_end_matches('/').to_owned(),
@@ -30,7 +35,10 @@ impl HttpConnector {
 
     async fn call(&self, call: Call<'_>) -> Result<Value, ConnectorError> {
         let context = json!({ "args": call.args });
-        let path = call.spec.path.as_deref().map(|p| render(p, &context)).transpose()?.unwrap_or_default();
+        // Arguments in the path are one segment each: `../`, `?` or `#` in an
+        // argument cannot reach another endpoint.
+        let path_context = json!({ "args": path_segments(call.args) });
+        let path = call.spec.path.as_deref().map(|p| render(p, &path_context)).transpose()?.unwrap_or_default();
         let url = format!("{}{}", self.base_url, path);
         let method = call.spec.method.as_deref().unwrap_or("POST");
         let method = reqwest::Method::from_bytes(method.as_bytes())
@@ -108,4 +116,97 @@ fn snippet(text: &str) -> String {
         end -= 1;
     }
     text[..end].to_owned()
+}
+
+/// The arguments with every string percent-encoded as one path segment.
+fn path_segments(args: &Value) -> Value {
+    const SEGMENT: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+    match args {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| {
+                    let value = match value {
+                        Value::String(text) => {
+                            let encoded = percent_encoding::utf8_percent_encode(text, SEGMENT).to_string();
+                            // `.` and `..` alone are path steps however encoded.
+                            Value::String(if encoded == "." || encoded == ".." {
+                                encoded.replace('.', "%2E")
+                            } else {
+                                encoded
+                            })
+                        }
+                        other => other.clone(),
+                    };
+                    (key.clone(), value)
+                })
+                .collect::<Map<String, Value>>(),
+        ),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use aios_shared::exec::{ActionSpec, ConnectorKind};
+    use axum::http::{StatusCode, Uri};
+    use axum::response::{IntoResponse, Redirect};
+
+    use super::*;
+
+    #[test]
+    fn path_arguments_are_one_segment_each() {
+        let args = json!({ "id": "../admin?all=1#top", "dot": "..", "n": 7 });
+        let encoded = path_segments(&args);
+        assert_eq!(encoded["id"], "..%2Fadmin%3Fall%3D1%23top");
+        assert_eq!(encoded["dot"], "%2E%2E");
+        assert_eq!(encoded["n"], 7);
+    }
+
+    /// Against a real server: a hostile argument stays inside its segment,
+    /// and a redirect is not followed (the body is not resent elsewhere).
+    #[tokio::test]
+    async fn hostile_paths_and_redirects_go_nowhere_else() {
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let record = seen.clone();
+        let app = axum::Router::new().fallback(move |uri: Uri| {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().push(uri.to_string());
+                if uri.path().starts_with("/moved") {
+                    Redirect::permanent("/sink").into_response()
+                } else {
+                    (StatusCode::OK, "{}").into_response()
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let spec = ConnectorSpec {
+            kind: ConnectorKind::Http,
+            version: 1,
+            base_url: Some(format!("http://{addr}")),
+            ..serde_json::from_value(json!({ "kind": "http", "version": 1, "actions": {} })).unwrap()
+        };
+        let connector = HttpConnector::new(&spec).unwrap();
+        let action = |path: &str| ActionSpec { path: Some(path.into()), ..ActionSpec::default() };
+        let call = |spec: &'static ActionSpec, args: &'static Value| Call {
+            action: "a",
+            spec,
+            args,
+            key: "k",
+            timeout: std::time::Duration::from_secs(5),
+        };
+        let orders: &'static ActionSpec = Box::leak(Box::new(action("/orders/{{ args.id }}")));
+        let hostile: &'static Value = Box::leak(Box::new(json!({ "id": "../admin?all=1" })));
+        connector.call(call(orders, hostile)).await.unwrap();
+        let moved: &'static ActionSpec = Box::leak(Box::new(action("/moved")));
+        let none: &'static Value = Box::leak(Box::new(json!({})));
+        let err = connector.call(call(moved, none)).await.unwrap_err();
+        assert!(matches!(&err, ConnectorError::Permanent(p) if p.contains("308")), "{err}");
+        assert_eq!(*seen.lock().unwrap(), ["/orders/..%2Fadmin%3Fall%3D1", "/moved"]);
+    }
 }

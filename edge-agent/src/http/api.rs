@@ -123,7 +123,9 @@ async fn authorize(State(state): State<ApiState>, request: Request, next: Next) 
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token) {
+        let matches = presented
+            .is_some_and(|presented| crate::model_calls::constant_time_eq(presented.as_bytes(), token.as_bytes()));
+        if !matches {
             return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
         }
     }

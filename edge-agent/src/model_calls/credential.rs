@@ -81,7 +81,7 @@ impl Credential {
     /// Whether `presented` is this credential, compared in constant time.
     pub fn matches(&self, presented: &str) -> bool {
         let (a, b) = (self.secret.as_bytes(), presented.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+        constant_time_eq(a, b)
     }
 
     /// Replaces every occurrence of the secret in `text` with `***`.
@@ -94,6 +94,12 @@ impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Credential(***)")
     }
+}
+
+/// Whether `a` equals `b`, in time that depends on their lengths only (a
+/// timing side channel must not reveal how much of a guess was right).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ mod turn;
 
 pub use budget::{estimate_tokens, Charge, GatewayRefusal, GatewayRoute, RefusalKind, Settlement};
 use budget::{usd_limit, Ledger};
+pub use credential::constant_time_eq;
 pub use turn::{AgentTurn, TurnError, TurnOutcome};
 
 use std::collections::HashMap;

@@ -277,7 +277,8 @@ impl ControlSync {
     }
 
     fn handle_batch(&mut self, batch: Vec<AuditEvent>) {
-        if !batch.windows(2).all(|w| w[1].seq == w[0].seq + 1) {
+        // Checked: an enrolled edge may send any number, `u64::MAX` included.
+        if !batch.windows(2).all(|w| w[0].seq.checked_add(1) == Some(w[1].seq)) {
             let message = "audit batch is not consecutive".to_owned();
             self.reject(ErrorCode::Malformed, message.clone());
             self.events.push_back(ControlEvent::ProtocolError(message));
@@ -287,7 +288,7 @@ impl ControlSync {
         match fresh.first() {
             // Entirely a duplicate: repeat the ack in case ours was lost.
             None => self.transmits.push_back(Frame::AuditAck { up_to_seq: self.committed_seq }),
-            Some(first) if first.seq == self.ingest_up_to + 1 => {
+            Some(first) if self.ingest_up_to.checked_add(1) == Some(first.seq) => {
                 self.ingest_up_to = fresh.last().expect("non-empty").seq;
                 self.events.push_back(ControlEvent::Ingest(fresh));
             }

@@ -240,8 +240,8 @@ impl EdgeSync {
         // A retransmit may have rewound the cursor while the load was out:
         // keep only what continues from where we are now.
         let events: Vec<AuditEvent> = events.into_iter().skip_while(|e| e.seq <= self.sent_up_to).collect();
-        let contiguous = events.first().is_some_and(|e| e.seq == self.sent_up_to + 1)
-            && events.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+        let contiguous = events.first().is_some_and(|e| self.sent_up_to.checked_add(1) == Some(e.seq))
+            && events.windows(2).all(|w| w[0].seq.checked_add(1) == Some(w[1].seq));
         if contiguous {
             let last = events.last().expect("contiguous implies non-empty").seq;
             self.audit_head_seq = self.audit_head_seq.max(last);

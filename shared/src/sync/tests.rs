@@ -493,6 +493,40 @@ fn control_applies_back_pressure_until_commits_catch_up() {
     assert!(control.wants_frames());
 }
 
+/// An enrolled edge sending sequence numbers at `u64::MAX` gets a clear
+/// refusal, not an overflow panic of the control plane's connection task
+/// (issue 24, finding 19).
+#[test]
+fn audit_sequence_numbers_at_the_top_of_the_range_are_refused() {
+    let now = Instant::now();
+    for seqs in [[u64::MAX - 1, u64::MAX, 0], [u64::MAX, 0, 1]] {
+        let mut control = ControlSync::new(control_config());
+        control.handle_frame(now, hello(1, 1));
+        control.accept(0);
+        let batch: Vec<_> = seqs
+            .iter()
+            .map(|&seq| {
+                let mut event = AuditEvent::next(EDGE_ID, ChainHead::EMPTY, 0, kinds::DEBUG, "{}".into());
+                event.seq = seq;
+                event
+            })
+            .collect();
+        control.handle_frame(now, Frame::AuditBatch(batch));
+        let events: Vec<ControlEvent> = std::iter::from_fn(|| control.poll_event()).collect();
+        assert!(
+            events.iter().any(|e| matches!(e, ControlEvent::ProtocolError(m) if m.contains("not consecutive"))),
+            "{seqs:?}: {events:?}"
+        );
+    }
+    let mut control = ControlSync::new(control_config());
+    control.handle_frame(now, hello(1, 1));
+    control.accept(u64::MAX);
+    let mut event = AuditEvent::next(EDGE_ID, ChainHead::EMPTY, 0, kinds::DEBUG, "{}".into());
+    event.seq = u64::MAX;
+    control.handle_frame(now, Frame::AuditBatch(vec![event]));
+    assert!(!control.is_closed(), "a duplicate of the last event is acknowledged again");
+}
+
 #[test]
 fn edge_stops_loading_when_the_window_is_full() {
     let now = Instant::now();
