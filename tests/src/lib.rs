@@ -9,7 +9,9 @@
 //! - [`browser`]: headless Chromium over WebDriver, with screenshots.
 //! - [`relay`]: a UDP relay that drops, duplicates and reorders datagrams.
 //! - [`payments`] and [`smtp`]: a payment API and an SMTP server for connectors.
-//! - [`planner`]: an OpenAI-compatible model server replaying scripted plans with tool calls.
+//! - [`planner`]: a model server (OpenAI chat completions and Anthropic
+//!   Messages) replaying scripted plans with tool calls.
+//! - [`python`]: `python3` with a package importable (pip-installed when missing).
 
 pub mod browser;
 pub mod in_process;

@@ -1,0 +1,295 @@
+//! Whole-system tests of an agent loop's tool sources and model APIs
+//! beyond the basics: the plan on Anthropic's Messages API and streamed
+//! tiers, the memory tools, a handoff to another agent, and an MCP server's
+//! tools as a governed connector. The desk, its bundle and the script are
+//! in `support/desk.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aios_tests::payments::{PaymentFaults, PaymentService};
+use aios_tests::planner::{self, Planner};
+use aios_tests::{bins, fleet_with};
+use anyhow::Context;
+use serde_json::{json, Value};
+
+#[path = "support/desk.rs"]
+mod desk;
+use desk::*;
+
+/// Tiers `claude` (Anthropic's Messages API, whole replies),
+/// `claude-stream` (the same, streamed) and `big-stream` (OpenAI's chat
+/// completions, streamed), each with a copy of the desk agent escalating to it.
+fn with_more_tiers(bundle: &str, model_url: &str, key_file: &std::path::Path) -> String {
+    let mut text = bundle.to_owned();
+    let key = format!("file:{}", key_file.display());
+    for (tier, kind, stream) in
+        [("claude", "anthropic", false), ("claude-stream", "anthropic", true), ("big-stream", "openai", true)]
+    {
+        text.push_str(&format!(
+            "\n[tiers.{tier}]\nkind = \"{kind}\"\nmodel = \"scripted-{tier}\"\nbase_url = \"{model_url}\"\n\
+             credential = \"{key}\"\nstream = {stream}\nprice_in_per_1k = 3.0\nprice_out_per_1k = 15.0\ntimeout = \"10s\"\n"
+        ));
+    }
+    let desk = &BUNDLE[BUNDLE.find("[agents.desk]").expect("the desk agent")..];
+    for tier in ["claude", "claude-stream", "big-stream"] {
+        text.push('\n');
+        text.push_str(
+            &desk
+                .replace("agents.desk", &format!("agents.desk-{tier}"))
+                .replace("escalate_to = [\"big\"]", &format!("escalate_to = [\"{tier}\"]")),
+        );
+    }
+    text
+}
+
+/// The five-call plan on Anthropic's Messages API, whole and streamed, and
+/// on a streamed OpenAI tier: the same effects, turns charged from the
+/// usage each protocol reports, and requests that pass the API's own checks
+/// of a conversation (the planner answers 400 to one that does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_runs_on_anthropic_and_streamed_tiers() -> anyhow::Result<()> {
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let planner = Planner::start(Arc::new(script), Duration::ZERO).await?;
+    let keys = tempfile::tempdir()?;
+    let key_file = keys.path().join("model-key");
+    std::fs::write(&key_file, "sk-ant-test-0123\n")?;
+    let text = with_more_tiers(&bundle(&payments, receipts.path(), &planner), &planner.url(), &key_file);
+    let (_tmp, _cp, edge) = fleet_with(&bins!(), &text).await?;
+    for tier in ["claude", "claude-stream", "big-stream"] {
+        let order = format!("t-{tier}");
+        let id = submit(&edge, case_for(&format!("desk-{tier}"), "plan", &order)).await?;
+        let done = edge.finished_task(&id, LONG).await?;
+        assert_eq!(done["state"], "succeeded", "{tier}: {done:#}");
+        let step = &done["steps"][0];
+        assert_eq!(step["output"]["answer"], "Refunded 30 to acct-1 and sent the receipt.", "{tier}: {step:#}");
+        assert_eq!((step["output"]["turns"].as_u64(), step["output"]["calls"].as_u64()), (Some(4), Some(5)));
+        assert_eq!(step["tier"], tier);
+        assert!(step["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{tier}: turns are charged: {step:#}");
+        assert_eq!(
+            effects(&payments, "refunds", &order),
+            [json!({ "order": order, "amount": 30, "account": "acct-1" })],
+            "{tier}"
+        );
+        assert_eq!(effects(&payments, "notes", &order).len(), 2, "{tier}");
+        let requests = requests_for(&planner, &order);
+        assert_eq!(requests.len(), 4, "{tier}: one request per turn");
+        let header = |r: &planner::Received, name: &str| {
+            r.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default()
+        };
+        let second = &requests[1];
+        assert_eq!(second.body["stream"] == json!(true), tier.ends_with("stream"), "{tier}");
+        if tier.starts_with("claude") {
+            assert_eq!(header(second, "x-api-key"), "sk-ant-test-0123");
+            assert!(second.body["system"].is_string(), "{tier}: the system prompt is top-level");
+            let results: Vec<&str> = second.body["messages"][2]["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| b["type"] == "tool_result")
+                .filter_map(|b| b["tool_use_id"].as_str())
+                .collect();
+            assert_eq!(results, ["call_0_0", "call_0_1"], "{tier}: {:#}", second.body);
+            assert_eq!(second.body["tools"][0]["input_schema"]["type"], "object");
+        } else {
+            assert_eq!(header(second, "authorization"), "Bearer sk-ant-test-0123");
+            assert_eq!(second.body["stream_options"]["include_usage"], true);
+        }
+    }
+    Ok(())
+}
+
+/// The memory tools: a search of the policy passages, an order record read
+/// and written with compare-and-set, and a note remembered with the task as
+/// its provenance, each under the agent's memory access.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_tools_search_remember_and_keep_records() -> anyhow::Result<()> {
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let planner = Planner::start(Arc::new(script), Duration::ZERO).await?;
+    let (_tmp, _cp, edge) = fleet_with(&bins!(), &bundle(&payments, receipts.path(), &planner)).await?;
+    let imported = edge.edge_cli(&["memory", "import", POLICIES])?;
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+
+    let id = submit(&edge, case_for("clerk", "memory", "m-1")).await?;
+    let done = edge.finished_task(&id, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["steps"][0]["output"]["answer"], "Order m-1 closed; the last write was done.", "{done:#}");
+    let transcript = done["loops"]["0"].as_array().context("the loop's transcript")?.clone();
+    let calls: Vec<&Value> = transcript.iter().filter(|e| e["entry"] == "call").collect();
+    let names: Vec<&str> = calls.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "retrieve_policies",
+            "record_get_orders",
+            "record_put_orders",
+            "remember_notes",
+            "record_put_orders",
+            "record_put_orders"
+        ]
+    );
+    // The search found refund passages; the record did not exist yet.
+    let items = calls[0]["outcome"]["result"]["items"].as_array().context("items")?;
+    assert!(!items.is_empty() && items.len() <= 2, "{:#}", calls[0]);
+    assert!(items.iter().all(|i| i["id"].as_str().unwrap_or_default().starts_with("policy-")), "{items:#?}");
+    assert_eq!(calls[1]["outcome"]["result"], json!({ "key": "m-1", "found": false, "value": null, "version": 0 }));
+    assert_eq!(calls[2]["outcome"]["result"]["version"], 1, "{:#}", calls[2]);
+    // The stale write failed saying why, and the model was told.
+    assert_eq!(calls[4]["outcome"]["outcome"], "failed", "{:#}", calls[4]);
+    let problem = calls[4]["outcome"]["problem"].as_str().unwrap_or_default();
+    assert!(problem.contains("is at version 1, not the expected 0"), "{problem}");
+    assert_eq!(calls[5]["outcome"]["result"]["version"], 2, "{:#}", calls[5]);
+    let conn = rusqlite::Connection::open(edge.dir.join("edge.db"))?;
+    let (value, version, writer): (String, i64, String) = conn.query_row(
+        "SELECT value, version, updated_by FROM memory_records WHERE namespace = 'orders' AND key = 'm-1'",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?;
+    assert_eq!((serde_json::from_str::<Value>(&value)?, version), (json!({ "status": "closed" }), 2));
+    assert_eq!(writer, format!("task:{id}:handle#3.0"));
+    // The note is an item with the task as its provenance, classified as
+    // high as the most sensitive data the loop had seen (the record: internal).
+    let note = calls[3]["outcome"]["result"]["remembered"].as_str().context("the note's id")?;
+    let shown = edge.edge_cli(&["memory", "show", note])?;
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let item: Value = serde_json::from_slice(&shown.stdout)?;
+    assert_eq!(item["namespace"], "notes");
+    assert_eq!(item["classification"], "internal");
+    assert_eq!(item["subjects"], json!(["cust-7"]));
+    assert_eq!(item["provenance"]["added_by"], "agent:clerk");
+    assert_eq!(item["provenance"]["task_id"], id.as_str());
+    assert_eq!(item["provenance"]["reason"], "for the follow-up");
+    assert!(item["text"].as_str().unwrap_or_default().starts_with("Order m-1 was refunded under policy-"), "{item:#}");
+    assert_eq!(audited(&edge, "memory.retrieved", &id)?.len(), 1, "the search is audited");
+    Ok(())
+}
+
+/// A handoff: the lead's model hands the refund to the desk agent, which
+/// runs it as a sub-task with what is left of the lead's budget; the lead
+/// parks until it ends and reports its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_runs_another_agent_as_a_sub_task() -> anyhow::Result<()> {
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let planner = Planner::start(Arc::new(script), Duration::ZERO).await?;
+    let (_tmp, _cp, edge) = fleet_with(&bins!(), &bundle(&payments, receipts.path(), &planner)).await?;
+    let id = submit(&edge, case_for("lead", "delegate", "h-1")).await?;
+    let done = edge.finished_task(&id, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["steps"][0]["output"]["answer"], "Delegated: the desk refunded 30.", "{done:#}");
+    let call = &done["loops"]["0"][1];
+    assert_eq!((call["name"].as_str(), call["outcome"]["outcome"].as_str()), (Some("handoff_desk"), Some("done")));
+    let child_id = call["outcome"]["result"]["task"].as_str().context("the sub-task's id")?;
+    let child = task(&edge, child_id).await?;
+    assert_eq!((child["agent"].as_str(), child["state"].as_str()), (Some("desk"), Some("succeeded")), "{child:#}");
+    assert_eq!(child["parent"], id.as_str());
+    assert_eq!(child["source"], format!("handoff:{id}"));
+    let handed = child["budget_usd"].as_f64().context("the sub-task's budget")?;
+    let spent_before = done["loops"]["0"][0]["cost_usd"].as_f64().unwrap_or_default();
+    assert!(spent_before > 0.0 && (handed - (5.0 - spent_before)).abs() < 1e-9, "{handed} after {spent_before}");
+    assert!(child["deadline_ms"].as_i64() <= done["deadline_ms"].as_i64(), "no later than its caller");
+    assert_eq!(effects(&payments, "refunds", "h-1"), [json!({ "order": "h-1", "amount": 30, "account": "acct-1" })]);
+    // Two turns of the lead, four of the desk: the parked lead asked nothing again.
+    assert_eq!(requests_for(&planner, "h-1").len(), 6);
+    Ok(())
+}
+
+/// Cedar declarations and policies for the MCP connectors `notes` and
+/// `notes2`: lookups and notes are allowed, a note with a secret is not.
+fn with_mcp(bundle: &str, pinned: &str, changed_command: &str) -> String {
+    let mut declarations = String::new();
+    let mut policies = String::new();
+    for connector in ["notes", "notes2"] {
+        declarations.push_str(&format!(
+            "action \"{connector}.add_note\" appliesTo {{ principal: Agent, resource: Connector, context: {{ autonomy: \
+             String, approved: Bool, args: {{ order_id: String, text: String }} }} }};\n\
+             action \"{connector}.order_status\" appliesTo {{ principal: Agent, resource: Connector, context: {{ \
+             autonomy: String, approved: Bool, args: {{ order_id: String }} }} }};\n"
+        ));
+        policies.push_str(&format!(
+            "\npermit (principal, action in [Action::\"{connector}.add_note\", Action::\"{connector}.order_status\"], \
+             resource);\n@id(\"no-secrets-in-{connector}\")\nforbid (principal, action == Action::\"{connector}.add_note\", \
+             resource) when {{ context.args.text like \"*secret*\" }};"
+        ));
+    }
+    let mut text = bundle.replace("'''\npolicies = '''", &format!("{declarations}'''\npolicies = '''{policies}"));
+    text.push('\n');
+    text.push_str(pinned);
+    // The same pins for a server whose `add_note` has changed since.
+    let command_line = pinned.lines().find(|line| line.starts_with("command = ")).expect("the pinned command");
+    let changed = pinned.replace("connectors.notes", "connectors.notes2").replace(command_line, changed_command);
+    text.push_str(&format!("\n{changed}\n"));
+    for (agent, connector) in [("scribe", "notes"), ("scribe2", "notes2")] {
+        text.push_str(&format!(
+            "\n[agents.{agent}]\nversion = 1\nescalate_to = [\"big\"]\n\n[[agents.{agent}.steps]]\nid = \"note\"\n\
+             kind = \"agent\"\nplanning = \"escalate\"\n\
+             goal = \"Case {{{{ input.case }}}} for order {{{{ input.order.id }}}}: {{{{ input.text }}}}\"\n\
+             tools = [{{ kind = \"connector\", connector = \"{connector}\", action = \"order_status\", name = \"notes_order_status\" }}, \
+             {{ kind = \"connector\", connector = \"{connector}\", action = \"add_note\", name = \"notes_add_note\" }}]\n"
+        ));
+    }
+    text
+}
+
+/// An MCP server written with the official `mcp` Python package (stdio) as
+/// a connector: its tools are pinned with `aios-edge mcp tools`, every call
+/// passes the policy first (a denied one never reaches the server), results
+/// come back to the model as data, and a server that changed a tool since
+/// it was pinned is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_server_tools_are_governed_like_connector_actions() -> anyhow::Result<()> {
+    let (_python, python_path) = aios_tests::python::python_with("mcp", "mcp");
+    let logs = tempfile::tempdir()?;
+    let log = logs.path().join("calls.jsonl");
+    let server = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mcp_notes.py");
+    let command = ["env", &format!("PYTHONPATH={python_path}"), "python3", server, log.to_str().context("utf-8")?];
+    let pinned = std::process::Command::new(&bins!().edge)
+        .args(["mcp", "tools", "--name", "notes", "--"])
+        .args(command)
+        .output()?;
+    assert!(pinned.status.success(), "{}", String::from_utf8_lossy(&pinned.stderr));
+    let pinned = String::from_utf8(pinned.stdout)?;
+    assert!(pinned.contains("[connectors.notes.actions.add_note]") && pinned.contains("schema_sha256 = "), "{pinned}");
+    let changed: Vec<String> =
+        command.iter().map(|part| format!("{part:?}")).chain(["\"--changed\"".to_owned()]).collect();
+    let changed = format!("command = [{}]", changed.join(", "));
+
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let planner = Planner::start(Arc::new(script), Duration::ZERO).await?;
+    let text = with_mcp(&bundle(&payments, receipts.path(), &planner), &pinned, &changed);
+    let (_tmp, _cp, edge) = fleet_with(&bins!(), &text).await?;
+
+    let id = submit(&edge, case_for("scribe", "mcp", "n-1")).await?;
+    let done = edge.finished_task(&id, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["steps"][0]["output"]["answer"], "status done, notes done and refused", "{done:#}");
+    let calls: Vec<Value> =
+        std::fs::read_to_string(&log)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(
+        calls,
+        [
+            json!({ "tool": "order_status", "order_id": "n-1" }),
+            json!({ "tool": "add_note", "order_id": "n-1", "text": "Customer called about the delivery." }),
+        ],
+        "the denied note never reached the server"
+    );
+    let transcript = done["loops"]["0"].as_array().context("transcript")?;
+    let status = &transcript[1]["outcome"]["result"]["text"];
+    assert!(status.as_str().unwrap_or_default().contains("shipped"), "{:#}", transcript[1]);
+    let refused = transcript[3]["outcome"]["reason"].as_str().unwrap_or_default();
+    assert!(refused.contains("no-secrets-in-notes"), "{:#}", transcript[3]);
+    let decided = audited(&edge, "policy.decided", &id)?;
+    assert_eq!(decided.len(), 3, "{decided:#?}");
+
+    // A server whose tool changed since it was pinned gets no call through.
+    let id = submit(&edge, case_for("scribe2", "mcp", "n-2")).await?;
+    let ended = edge.finished_task(&id, LONG).await?;
+    assert_eq!(ended["state"], "dead_lettered", "{ended:#}");
+    let error = ended["error"].as_str().unwrap_or_default();
+    assert!(error.contains("changed tool `add_note`") && error.contains("the bundle pins"), "{error}");
+    assert!(!std::fs::read_to_string(&log)?.contains("n-2"), "no call reached the changed server");
+    Ok(())
+}
