@@ -187,16 +187,18 @@ pub fn request(openai: &ChatCompletionRequest) -> Result<MessagesRequest, String
             }
             other => return Err(format!("message role `{other}` has no Messages equivalent")),
         };
+        // The API refuses empty text blocks and empty turns: a message with
+        // nothing left adds nothing, and turns of one role merge.
+        let blocks: Vec<Block> =
+            blocks.into_iter().filter(|block| !matches!(block, Block::Text { text } if text.is_empty())).collect();
+        if blocks.is_empty() {
+            continue;
+        }
         match turns.last_mut() {
             Some(last) if last.role == role => last.content.extend(blocks),
             _ => turns.push(Turn { role: role.to_owned(), content: blocks }),
         }
     }
-    // The API refuses empty text blocks and empty turns.
-    for turn in &mut turns {
-        turn.content.retain(|block| !matches!(block, Block::Text { text } if text.is_empty()));
-    }
-    turns.retain(|turn| !turn.content.is_empty());
     let tools: Vec<Tool> = openai
         .tools
         .iter()

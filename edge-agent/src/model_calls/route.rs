@@ -146,7 +146,7 @@ impl ModelCalls {
                         return if request.local_available { TierHealth::Available } else { TierHealth::Unavailable };
                     }
                     if failed.contains(&idx) {
-                        return TierHealth::Unavailable;
+                        return TierHealth::FailedThisCall;
                     }
                     self.breaker_health(&table.spec(TierId(idx)).name)
                 })

@@ -310,6 +310,9 @@ pub enum TierHealth {
     Available,
     /// Open (cooling down) or half-open with a probe in flight.
     Unavailable,
+    /// It failed earlier in this same call (its breaker may still be
+    /// closed): passed over until the call ends.
+    FailedThisCall,
 }
 
 /// How much harm a wrong answer to the step can do.
@@ -523,6 +526,8 @@ pub enum SkipCause {
     AirGapped,
     /// Its breaker is open (or its half-open probe is in flight).
     BreakerOpen,
+    /// It already failed during this call.
+    FailedThisCall,
     /// The call would overspend a budget.
     BudgetExhausted(BudgetShortfall),
     /// The call's data is more sensitive than the tier may receive.
@@ -629,8 +634,10 @@ fn skip_cause(spec: &Tier, index: usize, input: &RouteInput<'_>) -> Option<SkipC
         }
         Some(Egress::Blocked) | None => return Some(SkipCause::AirGapped),
     }
-    if input.health.get(index) != Some(&TierHealth::Available) {
-        return Some(SkipCause::BreakerOpen);
+    match input.health.get(index) {
+        Some(TierHealth::Available) => {}
+        Some(TierHealth::FailedThisCall) => return Some(SkipCause::FailedThisCall),
+        Some(TierHealth::Unavailable) | None => return Some(SkipCause::BreakerOpen),
     }
     let cost = spec.price.cost(input.estimated_tokens);
     for (scope, budget) in [(BudgetScope::Task, input.task_budget), (BudgetScope::AgentDay, input.day_budget)] {
@@ -707,6 +714,7 @@ impl fmt::Display for SkipCause {
         match self {
             SkipCause::AirGapped => f.write_str("air-gapped: host not on the allow-list"),
             SkipCause::BreakerOpen => f.write_str("circuit breaker open"),
+            SkipCause::FailedThisCall => f.write_str("failed on this call"),
             SkipCause::BudgetExhausted(shortfall) => fmt::Display::fmt(shortfall, f),
             SkipCause::AboveClassification { data, limit } => {
                 write!(f, "the data is {}, above the {} this tier may receive", data.as_str(), limit.as_str())

@@ -91,6 +91,12 @@ fn unusable_tiers_are_skipped_in_order_with_their_causes() {
         RouteInput { kind_escalates: true, health: &breaker_open, ..input() },
         "large: escalated (the step kind escalates); skipped `gpu-edge`: circuit breaker open",
     );
+    // A tier that failed earlier in the same call is not said to have an open breaker.
+    let failed = [TierHealth::Available, TierHealth::FailedThisCall, TierHealth::Available];
+    check(
+        RouteInput { kind_escalates: true, health: &failed, ..input() },
+        "large: escalated (the step kind escalates); skipped `gpu-edge`: failed on this call",
+    );
     // 1000 in at 0.0025 + 500 out at 0.0100 per 1k = 0.0075; 0.0045 already spent.
     check(
         RouteInput {

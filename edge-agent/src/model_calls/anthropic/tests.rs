@@ -74,6 +74,23 @@ fn request_json(request: &ChatCompletionRequest) -> Value {
 }
 
 #[test]
+fn an_empty_message_leaves_the_turns_alternating() {
+    let request = ChatCompletionRequest {
+        messages: vec![
+            WireMessage::new("user", "first"),
+            WireMessage::new("assistant", ""),
+            WireMessage::new("user", "second"),
+        ],
+        ..ChatCompletionRequest::default()
+    };
+    let turns = request_json(&request)["messages"].clone();
+    assert_eq!(
+        turns,
+        json!([{ "role": "user", "content": [{ "type": "text", "text": "first" }, { "type": "text", "text": "second" }] }])
+    );
+}
+
+#[test]
 fn what_messages_cannot_say_is_refused() {
     let mut orphan = WireMessage::new("tool", "result");
     orphan.tool_call_id = None;
