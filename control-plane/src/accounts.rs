@@ -191,6 +191,59 @@ pub fn verify_password(stored: &str, password: &str) -> bool {
     PasswordHash::new(stored).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
 }
 
+/// Login checks waiting for the verifier thread, at most; more are refused
+/// as busy.
+const VERIFY_QUEUE: usize = 32;
+
+type VerifyJob = (Option<String>, String, tokio::sync::oneshot::Sender<bool>);
+
+/// Checks a login's password (against the decoy when the account does not
+/// exist) on one thread of its own, one at a time: an Argon2 check takes
+/// 19 MiB, and a login flood must not hold that much on every worker
+/// thread. `None`: the queue is full, try later.
+pub async fn verify_login(stored: Option<String>, password: String) -> Option<bool> {
+    static VERIFIER: std::sync::OnceLock<std::sync::mpsc::SyncSender<VerifyJob>> = std::sync::OnceLock::new();
+    let queue = VERIFIER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<VerifyJob>(VERIFY_QUEUE);
+        std::thread::Builder::new()
+            .name("aios-verify".into())
+            .spawn(move || {
+                // The Argon2 memory, allocated once and reused by every check.
+                let mut blocks: Vec<argon2::Block> = Vec::new();
+                for (stored, password, reply) in rx {
+                    let hash = stored.as_deref().unwrap_or_else(|| decoy_hash());
+                    let _ = reply.send(verify_with_memory(hash, &password, &mut blocks) && stored.is_some());
+                }
+            })
+            .expect("the verifier thread starts");
+        tx
+    });
+    let (reply, verdict) = tokio::sync::oneshot::channel();
+    queue.try_send((stored, password, reply)).ok()?;
+    verdict.await.ok()
+}
+
+/// [`verify_password`] with Argon2's memory in `blocks` (grown once to the
+/// hash's parameters), so that checks allocate nothing; the output is
+/// compared in constant time.
+fn verify_with_memory(stored: &str, password: &str, blocks: &mut Vec<argon2::Block>) -> bool {
+    let Ok(hash) = PasswordHash::new(stored) else { return false };
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else { return false };
+    let (Ok(params), Ok(algorithm)) = (argon2::Params::try_from(&hash), argon2::Algorithm::try_from(hash.algorithm))
+    else {
+        return false;
+    };
+    let Ok(version) = hash.version.map(argon2::Version::try_from).transpose() else { return false };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else { return false };
+    blocks.resize(params.block_count(), argon2::Block::default());
+    let mut out = vec![0u8; expected.len()];
+    Argon2::new(algorithm, version.unwrap_or_default(), params)
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut blocks[..])
+        .is_ok()
+        && argon2::password_hash::Output::new(&out).is_ok_and(|computed| computed == expected)
+}
+
 /// A hash to verify against when the account does not exist, so that a
 /// login for an unknown name takes as long as one with a wrong password.
 pub fn decoy_hash() -> &'static str {
@@ -477,6 +530,19 @@ mod tests {
         assert!(!verify_password(&hash, "correct horse batterY"));
         assert!(!verify_password("not a phc string", "correct horse battery"));
         assert!(hash_password("short").is_err());
+        let mut blocks = Vec::new();
+        assert!(verify_with_memory(&hash, "correct horse battery", &mut blocks));
+        assert_eq!(blocks.len(), 19 * 1024, "Argon2's default memory, kept for the next check");
+        assert!(!verify_with_memory(&hash, "correct horse batterY", &mut blocks));
+        assert!(!verify_with_memory("not a phc string", "correct horse battery", &mut blocks));
+    }
+
+    #[tokio::test]
+    async fn logins_are_checked_on_the_verifier_thread() {
+        let hash = hash_password("correct horse battery").unwrap();
+        assert_eq!(verify_login(Some(hash.clone()), "correct horse battery".into()).await, Some(true));
+        assert_eq!(verify_login(Some(hash), "wrong".into()).await, Some(false));
+        assert_eq!(verify_login(None, "correct horse battery".into()).await, Some(false), "the decoy never passes");
     }
 
     #[test]

@@ -37,12 +37,20 @@ pub struct Auth {
     pub secure_cookies: bool,
     /// How long a console session lasts.
     pub session_ttl: Duration,
-    by_name: DefaultKeyedRateLimiter<String>,
+    by_name: DefaultKeyedRateLimiter<(String, IpAddr)>,
     by_ip: DefaultKeyedRateLimiter<IpAddr>,
 }
 
+/// Limiter keys kept before idle ones are dropped.
+const PRUNE_AT: usize = 10_000;
+
+/// Longest password a login form may carry (the body itself is capped).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
 impl Auth {
-    /// Five login attempts a minute per account name, thirty per client address.
+    /// Five login attempts a minute per account name from one client
+    /// address, thirty per client address: guessing is slow, and nobody
+    /// else can lock an account (`admin` included) by failing on purpose.
     pub fn new(admin_token_hash: [u8; 32], secure_cookies: bool) -> Auth {
         let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n).expect("a positive literal"));
         Auth {
@@ -73,7 +81,14 @@ impl Auth {
         let clock = governor::clock::DefaultClock::default();
         use governor::clock::Clock;
         let ip_check = self.by_ip.check_key(&ip);
-        let name_check = self.by_name.check_key(&name.to_owned());
+        let name_check = self.by_name.check_key(&(name.to_owned(), ip));
+        // Keys of limiters whose quota has refilled carry no information.
+        if self.by_name.len() > PRUNE_AT {
+            self.by_name.retain_recent();
+        }
+        if self.by_ip.len() > PRUNE_AT {
+            self.by_ip.retain_recent();
+        }
         match (ip_check, name_check) {
             (Ok(()), Ok(())) => Ok(()),
             (Err(not_until), _) | (_, Err(not_until)) => Err(not_until.wait_time_from(clock.now())),
@@ -237,10 +252,21 @@ pub enum LoginOutcome {
     Limited(Duration),
 }
 
-/// Checks a login and opens a session; every attempt is in the operator log.
+/// Checks a login and opens a session. Sessions opened and attempts on an
+/// existing account are in the operator log; attempts refused by the rate
+/// limits or naming no possible account are only counted by the limits and
+/// traced, so an unauthenticated caller cannot grow the hash-chained log.
 pub async fn login(state: &ApiState, peer: SocketAddr, form: LoginForm) -> LoginOutcome {
     let ip = peer.ip();
     let name = form.name.trim().to_owned();
+    if accounts::check_name(&name).is_err() || form.password.len() > MAX_PASSWORD_BYTES {
+        // No account can have this name: refused without a lookup, charged
+        // to the address only, and no limiter key made of the caller's text.
+        if let Err(wait) = state.auth.allow_attempt("", ip) {
+            return LoginOutcome::Limited(wait);
+        }
+        return LoginOutcome::Refused;
+    }
     let log = |kind: &'static str, detail: &str| {
         let payload = serde_json::json!({ "account": name, "from": ip.to_string(), "detail": detail });
         let store = state.store.clone();
@@ -251,7 +277,7 @@ pub async fn login(state: &ApiState, peer: SocketAddr, form: LoginForm) -> Login
         }
     };
     if let Err(wait) = state.auth.allow_attempt(&name, ip) {
-        log("console.login_limited", "too many attempts").await;
+        tracing::warn!(account = %name, from = %ip, "login attempts over the limit");
         return LoginOutcome::Limited(wait);
     }
     let stored = match state.store.credentials(name.clone()).await {
@@ -261,16 +287,15 @@ pub async fn login(state: &ApiState, peer: SocketAddr, form: LoginForm) -> Login
             return LoginOutcome::Refused;
         }
     };
-    let password = form.password;
     let hash = stored.as_ref().map(|(hash, _)| hash.clone());
-    let verified = tokio::task::spawn_blocking(move || {
-        let stored = hash.as_deref().unwrap_or_else(|| accounts::decoy_hash());
-        accounts::verify_password(stored, &password) && hash.is_some()
-    })
-    .await
-    .unwrap_or(false);
+    let Some(verified) = accounts::verify_login(hash, form.password).await else {
+        tracing::warn!(from = %ip, "login checks queued to the limit");
+        return LoginOutcome::Limited(Duration::from_secs(1));
+    };
     if !verified {
-        log("console.login_failed", "wrong name or password").await;
+        if stored.is_some() {
+            log("console.login_failed", "wrong password").await;
+        }
         return LoginOutcome::Refused;
     }
     let session = accounts::new_secret("");
@@ -321,7 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn login_attempts_are_limited_per_name() {
+    fn login_attempts_are_limited_per_name_and_address() {
         let auth = Auth::new([0; 32], false);
         let ip = IpAddr::from([10, 0, 0, 1]);
         for _ in 0..5 {
@@ -329,5 +354,7 @@ mod tests {
         }
         assert!(auth.allow_attempt("alice", ip).is_err());
         assert!(auth.allow_attempt("bob", ip).is_ok(), "another name has its own budget");
+        let elsewhere = IpAddr::from([10, 0, 0, 2]);
+        assert!(auth.allow_attempt("alice", elsewhere).is_ok(), "failures elsewhere lock nobody out");
     }
 }

@@ -9,6 +9,9 @@
 //!   second task (finding 3).
 //! - A second `aios-edge run` on a running edge's data directory refuses to
 //!   start instead of requeueing the first one's running tasks (finding 14).
+//! - A login flood with huge and random names leaves the control plane's
+//!   memory and operator log bounded, and the admin able to log in
+//!   (finding 5).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -518,5 +521,72 @@ async fn a_second_daemon_on_one_data_directory() -> anyhow::Result<()> {
     assert!(said.contains("another aios-edge runs on the data directory"), "{said}");
     let after = edge.api(Method::GET, "/v1/health", None).await?.1;
     assert_eq!(before["edge_id"], after["edge_id"], "the first daemon still serves");
+    Ok(())
+}
+
+/// Posts a console login form; returns the status.
+async fn log_in(http: &reqwest::Client, url: &str, name: &str, password: &str) -> anyhow::Result<u16> {
+    let response =
+        http.post(format!("{url}/console/login")).form(&[("name", name), ("password", password)]).send().await?;
+    Ok(response.status().as_u16())
+}
+
+fn operator_events(cp: &ControlPlaneProc) -> anyhow::Result<i64> {
+    let conn = rusqlite::Connection::open(cp.dir.join("control-plane.db"))?;
+    Ok(conn.query_row("SELECT COUNT(*) FROM operator_events", [], |row| row.get(0))?)
+}
+
+/// Before: names of any length, limiter keys never dropped, every attempt
+/// (rate-limited ones too) appended to the hash-chained operator log, and
+/// five failures a minute from anywhere locked `admin` out (finding 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_with_huge_and_random_names() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cp = ControlPlaneProc::start(&bins!(), &tmp.path().join("cp")).await?;
+    let created = cp.cli_ok(&["user", "add", "alice", "--role", "admin"])?;
+    let password = created.split("password (shown once): ").nth(1).context("a generated password")?.trim().to_owned();
+    let url = std::fs::read_to_string(cp.dir.join("admin.url"))?.trim().to_owned();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let pid = cp.pid().context("the control plane runs")?;
+    let (rss_before, events_before) = (rss_kib(pid)?, operator_events(&cp)?);
+
+    // A 1 MiB name is not read: 413, or the connection closed before the
+    // body was sent in full.
+    let huge = "n".repeat(1 << 20);
+    for _ in 0..50 {
+        match log_in(&http, &url, &huge, "x").await {
+            Ok(status) => assert_eq!(status, 413),
+            Err(err) => assert!(format!("{err:#}").contains("writing a body"), "{err:#}"),
+        }
+    }
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let mut rss_first = 0;
+    for i in 0..2_000 {
+        let name = format!("user-{i:05}-{:016x}", rand::random::<u64>());
+        *statuses.entry(log_in(&http, &url, &name, "guess").await?).or_default() += 1;
+        if i == 0 {
+            // The first check allocates Argon2's memory (19 MiB) for good.
+            rss_first = rss_kib(pid)?;
+        }
+    }
+    assert!(statuses.keys().all(|s| [401, 429].contains(s)), "{statuses:?}");
+    // Someone else hammers alice's account from this address.
+    for _ in 0..20 {
+        let status = log_in(&http, &url, "alice", "wrong").await?;
+        assert!([401, 429].contains(&status), "{status}");
+    }
+    let (rss_after, events_after) = (rss_kib(pid)?, operator_events(&cp)?);
+    assert!(events_after - events_before <= 5, "the log grew by {} rows", events_after - events_before);
+    // Two Argon2 memories at most (the decoy hash made on first use, the
+    // verifier's reused blocks), and nothing more however many attempts.
+    assert!(rss_after.saturating_sub(rss_before) < 48 * 1024, "RSS grew from {rss_before} to {rss_after} KiB");
+    assert!(rss_after.saturating_sub(rss_first) < 4 * 1024, "RSS grew from {rss_first} to {rss_after} KiB");
+    // alice, from another address, is not locked out.
+    let alice = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()?;
+    let status = log_in(&alice, &url, "alice", &password).await?;
+    assert_eq!(status, 303, "alice logs in from her own address");
     Ok(())
 }

@@ -19,7 +19,7 @@ mod pages;
 mod policies;
 mod transcript;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -32,13 +32,15 @@ use crate::api::ApiState;
 use crate::auth::{self, authorize, LoginForm, LoginOutcome};
 
 const CSS: &str = include_str!("assets/console.css");
+/// Largest login form read: a name, a password, nothing more.
+const LOGIN_BODY_LIMIT: usize = 4096;
 const JS: &str = include_str!("assets/console.js");
 
 /// Routes that need no session: login, static assets.
 pub fn public() -> Router<ApiState> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/console") }))
-        .route("/console/login", get(login_page).post(login))
+        .route("/console/login", get(login_page).post(login).layer(DefaultBodyLimit::max(LOGIN_BODY_LIMIT)))
         .route("/console/static/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
         .route("/console/static/console.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], JS) }))
 }
