@@ -551,12 +551,16 @@ async fn a_login_flood_with_huge_and_random_names() -> anyhow::Result<()> {
     let (rss_before, events_before) = (rss_kib(pid)?, operator_events(&cp)?);
 
     // A 1 MiB name is not read: 413, or the connection closed before the
-    // body was sent in full.
+    // body was sent in full (the client then reports a broken pipe or a
+    // connection closed mid-request, whichever it notices first).
     let huge = "n".repeat(1 << 20);
     for _ in 0..50 {
         match log_in(&http, &url, &huge, "x").await {
             Ok(status) => assert_eq!(status, 413),
-            Err(err) => assert!(format!("{err:#}").contains("writing a body"), "{err:#}"),
+            Err(err) => {
+                let closed = err.downcast_ref::<reqwest::Error>().is_some_and(|e| e.is_request() && !e.is_timeout());
+                assert!(closed, "{err:#}");
+            }
         }
     }
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
