@@ -298,6 +298,7 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
                 token: options.api_token.clone().map(Into::into),
                 http_metrics: Arc::new(aios_daemon::metrics::HttpMetrics::new("aios_edge")),
                 link: status.clone(),
+                beyond_loopback: !local.ip().is_loopback(),
             });
             if let Some(gateway) = &options.gateway {
                 app = app.merge(gateway_router(&options, gateway, &store, &identity, tiers.clone()).await?);

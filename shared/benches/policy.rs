@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use aios_shared::bundle::Autonomy;
-use aios_shared::exec::PolicySpec;
+use aios_shared::exec::{ConnectorKind, PolicySpec};
 use aios_shared::policy::{ActionRequest, Decision, PolicyEngine};
 use serde_json::json;
 
@@ -52,6 +52,7 @@ fn main() {
             edge: "e1",
             labels: &labels,
             connector: "shop",
+            kind: ConnectorKind::Http,
             action: "refund",
             resource: ("Order", "o-1", &attrs),
             args: &args,

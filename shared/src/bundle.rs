@@ -79,6 +79,9 @@ pub struct BundleSpec {
     /// Inbound webhooks by name.
     #[serde(default)]
     pub webhooks: BTreeMap<String, crate::exec::WebhookSpec>,
+    /// Agents offered to MCP clients as tools, by tool name.
+    #[serde(default)]
+    pub mcp_tools: BTreeMap<String, crate::served::ServedToolSpec>,
     /// The Cedar schema and policies.
     #[serde(default)]
     pub policy: Option<crate::exec::PolicySpec>,
@@ -109,6 +112,7 @@ impl BundleSpec {
             runtime: RuntimeSpec::default(),
             connectors: BTreeMap::new(),
             webhooks: BTreeMap::new(),
+            mcp_tools: BTreeMap::new(),
             policy: None,
             memory: MemorySpec::default(),
             gateway: crate::agent::GatewaySpec::default(),
@@ -118,7 +122,8 @@ impl BundleSpec {
 
     /// A spec that keeps everything `body` says except what the caller changes.
     pub fn from_body(body: BundleBody) -> BundleSpec {
-        let Definitions { agents, tiers, runtime, connectors, webhooks, policy, memory, gateway } = body.definitions;
+        let Definitions { agents, tiers, runtime, connectors, webhooks, mcp_tools, policy, memory, gateway } =
+            body.definitions;
         BundleSpec {
             autonomy: body.autonomy,
             valid_for: None,
@@ -128,6 +133,7 @@ impl BundleSpec {
             runtime,
             connectors,
             webhooks,
+            mcp_tools,
             policy,
             memory,
             gateway,
@@ -160,6 +166,7 @@ impl BundleSpec {
             runtime: self.runtime.clone(),
             connectors: self.connectors.clone(),
             webhooks: self.webhooks.clone(),
+            mcp_tools: self.mcp_tools.clone(),
             policy: self.policy.clone(),
             memory: self.memory.clone(),
             gateway: self.gateway.clone(),

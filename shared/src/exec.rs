@@ -45,8 +45,9 @@ pub enum ConnectorKind {
     Email,
     /// Documents written atomically into a directory.
     File,
-    /// The tools of an MCP server run as a child process (stdio); each
-    /// action is one tool, pinned by its input schema's hash.
+    /// The tools of an MCP server, run as a child process (stdio) or
+    /// reached over streamable HTTP; each action is one tool, pinned by its
+    /// input schema's hash.
     Mcp,
 }
 
@@ -83,11 +84,12 @@ pub struct ConnectorSpec {
     pub kind: ConnectorKind,
     /// The definition's version, recorded with every intent.
     pub version: u32,
-    /// `http`: the API's base URL; action paths are appended to it.
+    /// `http`: the API's base URL; action paths are appended to it. `mcp`:
+    /// the server's streamable HTTP endpoint (instead of `command`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     /// Secret reference, `env:NAME` or `file:/path`: the bearer token
-    /// (`http`) or the SMTP password (`email`).
+    /// (`http`, `mcp` over HTTP) or the SMTP password (`email`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
     /// `http`: headers sent with every action (templates).
@@ -333,6 +335,14 @@ pub enum ExecSpecError {
         /// What is wrong.
         problem: String,
     },
+    /// A problem in a tool served over MCP.
+    #[error("MCP tool `{tool}`: {problem}")]
+    ServedTool {
+        /// The tool's name.
+        tool: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// A problem in the Cedar schema or policies.
     #[error("policy: {0}")]
     Policy(String),
@@ -380,8 +390,20 @@ pub fn validate_connector(name: &str, spec: &ConnectorSpec) -> Result<(), ExecSp
         ConnectorKind::Http => (&["base_url", "headers"], &["base_url"]),
         ConnectorKind::Email => (&["smtp_host", "smtp_port", "username", "from", "tls_ca"], &["smtp_host", "from"]),
         ConnectorKind::File => (&["directory"], &["directory"]),
-        ConnectorKind::Mcp => (&["command"], &["command"]),
+        ConnectorKind::Mcp => (&["command", "base_url"], &[]),
     };
+    if spec.kind == ConnectorKind::Mcp {
+        match (spec.command.is_empty(), &spec.base_url) {
+            (true, None) => return Err(fail(None, "an mcp connector needs `command` (stdio) or `base_url`".into())),
+            (false, Some(_)) => {
+                return Err(fail(None, "an mcp connector has `command` or `base_url`, not both".into()))
+            }
+            (false, None) if spec.credential.is_some() => {
+                return Err(fail(None, "`credential` applies to an mcp connector with `base_url` only".into()))
+            }
+            _ => {}
+        }
+    }
     for (field, set) in present {
         if set && !allowed.contains(&field) {
             return Err(fail(None, format!("`{field}` does not apply to a {} connector", spec.kind.as_str())));
@@ -469,7 +491,7 @@ fn validate_action(kind: ConnectorKind, action: &ActionSpec) -> Result<(), Strin
         let pinned = action.schema_sha256.as_deref().unwrap_or_default();
         if action.schema.is_none() || pinned.len() != 64 || !pinned.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err("an MCP tool is pinned by `schema` and `schema_sha256` (64 hex digits; \
-                        `aios-edge mcp tools -- COMMAND` prints both)"
+                        `aios-edge mcp tools -- COMMAND` or `--url URL` prints both)"
                 .into());
         }
     }
@@ -541,8 +563,18 @@ pub fn validate_webhook(
     Ok(())
 }
 
+/// The Cedar action id of a connector's action: `connector.action`, and
+/// `mcp.server.tool` for the tools of an MCP server, so a policy can tell a
+/// third-party tool from one of our own connectors by its name alone.
+pub fn cedar_action(connector: &str, kind: ConnectorKind, action: &str) -> String {
+    match kind {
+        ConnectorKind::Mcp => format!("mcp.{connector}.{action}"),
+        _ => format!("{connector}.{action}"),
+    }
+}
+
 /// Checks the Cedar schema and policies, and that every connector action is
-/// an action the schema declares (as `Action::"connector.action"`).
+/// an action the schema declares (as [`cedar_action`] names it).
 pub fn validate_policy(policy: &PolicySpec, connectors: &BTreeMap<String, ConnectorSpec>) -> Result<(), ExecSpecError> {
     let fail = |problem: String| ExecSpecError::Policy(problem);
     if let Some(ttl) = &policy.approval_ttl {
@@ -561,7 +593,7 @@ pub fn validate_policy(policy: &PolicySpec, connectors: &BTreeMap<String, Connec
     let declared: Vec<String> = schema.actions().map(|uid| uid.id().unescaped().to_owned()).collect();
     for (name, connector) in connectors {
         for action in connector.actions.keys() {
-            let id = format!("{name}.{action}");
+            let id = cedar_action(name, connector.kind, action);
             if !declared.contains(&id) {
                 return Err(fail(format!("the schema does not declare action \"{id}\" (connector `{name}`)")));
             }

@@ -12,6 +12,7 @@
 //! - [`audit`]: the hash-chained audit log and its verification.
 //! - [`bundle`]: signed policy bundles, their verification and freshness rules.
 //! - [`exec`]: connectors, webhooks and the Cedar policy carried in bundles.
+//! - [`served`]: agents the edge offers to MCP clients as tools.
 //! - [`policy`]: the Cedar decision (allow, deny, require approval) for a side effect.
 //! - [`command`]: signed operator commands sent down to one edge.
 //! - [`token`]: one-time enrolment tokens that pin the CA.
@@ -33,6 +34,7 @@ pub mod lifecycle;
 pub mod memory;
 pub mod policy;
 pub mod router;
+pub mod served;
 pub mod sync;
 pub mod token;
 pub mod trace;

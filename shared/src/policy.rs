@@ -21,7 +21,8 @@
 //! into `RequireApproval`.
 //!
 //! The request: principal `Agent::"<agent>"` with attributes `edge` and
-//! `labels` (a set of `key=value`), action `Action::"<connector>.<action>"`,
+//! `labels` (a set of `key=value`), action `Action::"<connector>.<action>"`
+//! (`Action::"mcp.<server>.<tool>"` for an MCP server's tools),
 //! the resource the step declares (default `Connector::"<connector>"`), and
 //! context `{ autonomy, approved, args, classification? }`.
 
@@ -32,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::bundle::Autonomy;
-use crate::exec::{render_diagnostic, PolicySpec};
+use crate::exec::{cedar_action, render_diagnostic, ConnectorKind, PolicySpec};
 
 /// A compiled policy set.
 #[derive(Debug, Clone)]
@@ -88,6 +89,9 @@ pub struct ActionRequest<'a> {
     pub labels: &'a [String],
     /// The connector.
     pub connector: &'a str,
+    /// What kind of connector it is (an MCP server's tools are named
+    /// `mcp.<server>.<tool>`).
+    pub kind: ConnectorKind,
     /// The connector's action.
     pub action: &'a str,
     /// The resource: entity type, id and attributes (a JSON object).
@@ -173,7 +177,7 @@ impl PolicyEngine {
             Ok(EntityUid::from_type_name_and_id(type_name, cedar_policy::EntityId::new(id)))
         };
         let principal = uid("Agent", request.agent)?;
-        let action = uid("Action", &format!("{}.{}", request.connector, request.action))?;
+        let action = uid("Action", &cedar_action(request.connector, request.kind, request.action))?;
         let (resource_type, resource_id, resource_attrs) = request.resource;
         let resource = uid(resource_type, resource_id)?;
         let entities = json!([

@@ -196,22 +196,26 @@ async fn a_handoff_runs_another_agent_as_a_sub_task() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cedar declarations and policies for the MCP connectors `notes` and
-/// `notes2`: lookups and notes are allowed, a note with a secret is not.
-fn with_mcp(bundle: &str, pinned: &str, changed_command: &str) -> String {
+/// The MCP connectors: `notes` (stdio), `notes2` (the same pins, a
+/// server whose `add_note` changed since) and `webnotes` (streamable HTTP),
+/// with their Cedar declarations and policies (`mcp.<server>.<tool>`):
+/// lookups and notes are allowed, a note with a secret is not. Agents
+/// `scribe`, `scribe2` and `scribe3` use one each.
+fn with_mcp(bundle: &str, pinned: &str, changed_command: &str, web_pinned: &str) -> String {
     let mut declarations = String::new();
     let mut policies = String::new();
-    for connector in ["notes", "notes2"] {
+    for connector in ["notes", "notes2", "webnotes"] {
         declarations.push_str(&format!(
-            "action \"{connector}.add_note\" appliesTo {{ principal: Agent, resource: Connector, context: {{ autonomy: \
-             String, approved: Bool, args: {{ order_id: String, text: String }} }} }};\n\
-             action \"{connector}.order_status\" appliesTo {{ principal: Agent, resource: Connector, context: {{ \
+            "action \"mcp.{connector}.add_note\" appliesTo {{ principal: Agent, resource: Connector, context: {{ \
+             autonomy: String, approved: Bool, args: {{ order_id: String, text: String }} }} }};\n\
+             action \"mcp.{connector}.order_status\" appliesTo {{ principal: Agent, resource: Connector, context: {{ \
              autonomy: String, approved: Bool, args: {{ order_id: String }} }} }};\n"
         ));
         policies.push_str(&format!(
-            "\npermit (principal, action in [Action::\"{connector}.add_note\", Action::\"{connector}.order_status\"], \
-             resource);\n@id(\"no-secrets-in-{connector}\")\nforbid (principal, action == Action::\"{connector}.add_note\", \
-             resource) when {{ context.args.text like \"*secret*\" }};"
+            "\npermit (principal, action in [Action::\"mcp.{connector}.add_note\", \
+             Action::\"mcp.{connector}.order_status\"], resource);\n@id(\"no-secrets-in-{connector}\")\n\
+             forbid (principal, action == Action::\"mcp.{connector}.add_note\", resource) \
+             when {{ context.args.text like \"*secret*\" }};"
         ));
     }
     let mut text = bundle.replace("'''\npolicies = '''", &format!("{declarations}'''\npolicies = '''{policies}"));
@@ -220,8 +224,8 @@ fn with_mcp(bundle: &str, pinned: &str, changed_command: &str) -> String {
     // The same pins for a server whose `add_note` has changed since.
     let command_line = pinned.lines().find(|line| line.starts_with("command = ")).expect("the pinned command");
     let changed = pinned.replace("connectors.notes", "connectors.notes2").replace(command_line, changed_command);
-    text.push_str(&format!("\n{changed}\n"));
-    for (agent, connector) in [("scribe", "notes"), ("scribe2", "notes2")] {
+    text.push_str(&format!("\n{changed}\n{web_pinned}\n"));
+    for (agent, connector) in [("scribe", "notes"), ("scribe2", "notes2"), ("scribe3", "webnotes")] {
         text.push_str(&format!(
             "\n[agents.{agent}]\nversion = 1\nescalate_to = [\"big\"]\n\n[[agents.{agent}.steps]]\nid = \"note\"\n\
              kind = \"agent\"\nplanning = \"escalate\"\n\
@@ -233,11 +237,12 @@ fn with_mcp(bundle: &str, pinned: &str, changed_command: &str) -> String {
     text
 }
 
-/// An MCP server written with the official `mcp` Python package (stdio) as
-/// a connector: its tools are pinned with `aios-edge mcp tools`, every call
-/// passes the policy first (a denied one never reaches the server), results
-/// come back to the model as data, and a server that changed a tool since
-/// it was pinned is refused.
+/// MCP servers written with the official `mcp` Python package, one over
+/// stdio and one over streamable HTTP with a bearer token, as connectors:
+/// their tools are pinned with `aios-edge mcp tools`, every call passes the
+/// policy first as `mcp.<server>.<tool>` (a denied one never reaches the
+/// server), results come back to the model as data, and a server that
+/// changed a tool since it was pinned is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_server_tools_are_governed_like_connector_actions() -> anyhow::Result<()> {
     let (_python, python_path) = aios_tests::python::python_with("mcp", "mcp");
@@ -256,10 +261,37 @@ async fn mcp_server_tools_are_governed_like_connector_actions() -> anyhow::Resul
         command.iter().map(|part| format!("{part:?}")).chain(["\"--changed\"".to_owned()]).collect();
     let changed = format!("command = [{}]", changed.join(", "));
 
+    assert!(pinned.contains("# Cedar actions: mcp.notes.add_note, mcp.notes.order_status"), "{pinned}");
+
+    // The same server over streamable HTTP, refusing requests without its token.
+    let web_log = logs.path().join("web-calls.jsonl");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut web = tokio::process::Command::new("python3")
+        .args([server, web_log.to_str().context("utf-8")?, "--http", &port.to_string(), "web-token-7"])
+        .env("PYTHONPATH", &python_path)
+        .kill_on_drop(true)
+        .spawn()?;
+    aios_tests::wait_for("the MCP server over HTTP", LONG, || async {
+        Ok(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok())
+    })
+    .await?;
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let token_file = logs.path().join("web-token");
+    std::fs::write(&token_file, "web-token-7\n")?;
+    let credential = format!("file:{}", token_file.display());
+    let refused = std::process::Command::new(&bins!().edge).args(["mcp", "tools", "--url", &url]).output()?;
+    assert!(!refused.status.success(), "listing without the token must fail");
+    let web_pinned = std::process::Command::new(&bins!().edge)
+        .args(["mcp", "tools", "--name", "webnotes", "--url", &url, "--credential", &credential])
+        .output()?;
+    assert!(web_pinned.status.success(), "{}", String::from_utf8_lossy(&web_pinned.stderr));
+    let web_pinned = String::from_utf8(web_pinned.stdout)?;
+    assert!(web_pinned.contains(&format!("base_url = \"{url}\"")), "{web_pinned}");
+
     let payments = PaymentService::start(PaymentFaults::default()).await?;
     let receipts = tempfile::tempdir()?;
     let planner = Planner::start(Arc::new(script), Duration::ZERO).await?;
-    let text = with_mcp(&bundle(&payments, receipts.path(), &planner), &pinned, &changed);
+    let text = with_mcp(&bundle(&payments, receipts.path(), &planner), &pinned, &changed, &web_pinned);
     let (_tmp, _cp, edge) = fleet_with(&bins!(), &text).await?;
 
     let id = submit(&edge, case_for("scribe", "mcp", "n-1")).await?;
@@ -291,5 +323,153 @@ async fn mcp_server_tools_are_governed_like_connector_actions() -> anyhow::Resul
     let error = ended["error"].as_str().unwrap_or_default();
     assert!(error.contains("changed tool `add_note`") && error.contains("the bundle pins"), "{error}");
     assert!(!std::fs::read_to_string(&log)?.contains("n-2"), "no call reached the changed server");
+
+    // Over streamable HTTP: the same governance, the same results.
+    let id = submit(&edge, case_for("scribe3", "mcp", "n-3")).await?;
+    let done = edge.finished_task(&id, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["steps"][0]["output"]["answer"], "status done, notes done and refused", "{done:#}");
+    let calls: Vec<Value> =
+        std::fs::read_to_string(&web_log)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(
+        calls,
+        [
+            json!({ "tool": "order_status", "order_id": "n-3" }),
+            json!({ "tool": "add_note", "order_id": "n-3", "text": "Customer called about the delivery." }),
+        ],
+        "the denied note never reached the HTTP server"
+    );
+    let refused = done["loops"]["0"][3]["outcome"]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(refused.contains("no-secrets-in-webnotes"), "{refused}");
+    web.kill().await?;
+    Ok(())
+}
+
+const MCP_TOKEN: &str = "edge-api-token-for-mcp-0123456789";
+
+/// An agent offered to MCP clients as the tool `refund`: one refund step,
+/// under the desk bundle's refund policy (approval above 50).
+const SERVED: &str = r#"
+[agents.refund-tool]
+version = 1
+
+[[agents.refund-tool.steps]]
+id = "refund"
+kind = "act"
+connector = "shop"
+action = "refund"
+args = { order_id = "{{ input.order }}", amount = "{{ input.amount }}", account = "{{ input.account }}" }
+resource = { type = "Order", id = "{{ input.order }}", attrs = { accounts = '["acct-1"]', order = "{{ input.order }}" } }
+
+[mcp_tools.refund]
+agent = "refund-tool"
+description = "Refund part of an order to one of its accounts."
+input_schema = { type = "object", required = ["order", "amount", "account"], additionalProperties = false, properties = { order = { type = "string" }, amount = { type = "integer", minimum = 1 }, account = { type = "string" } } }
+"#;
+
+/// The edge serves its tools over MCP: a client of the official `mcp`
+/// Python package lists and calls them on the local API with its token.
+/// Each call is a task of the tool's agent under its policies, so a refund
+/// above 50 waits for an approval and the call returns only once an
+/// operator approved; arguments outside the tool's schema make no task; no
+/// token, a wrong one, or a foreign `Host` (DNS rebinding) gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_serves_its_tools_to_mcp_clients() -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+
+    let (_python, python_path) = aios_tests::python::python_with("mcp", "mcp");
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let planner = Planner::start(Arc::new(script), Duration::ZERO).await?;
+    let text = format!("{}{SERVED}", bundle(&payments, receipts.path(), &planner));
+    let tmp = tempfile::tempdir()?;
+    let bins = bins!();
+    let cp = aios_tests::ControlPlaneProc::start(&bins, &tmp.path().join("cp")).await?;
+    let mut edge = aios_tests::EdgeProc::enroll(&bins, &tmp.path().join("edge"), &cp.sync_addr(), &cp.token("10m")?)?;
+    let config = tmp.path().join("edge.toml");
+    std::fs::write(&config, format!("api_token = \"{MCP_TOKEN}\"\n"))?;
+    edge.run_args = vec!["--config".into(), config.to_str().context("utf-8 path")?.into()];
+    edge.api_token = Some(MCP_TOKEN.into());
+    edge.start()?;
+    let version = cp.publish(&text)?;
+    aios_tests::wait_for("the edge to apply the bundle", LONG, || async {
+        let (_, health) = edge.api(reqwest::Method::GET, "/v1/health", None).await?;
+        Ok(health["bundle_version"].as_u64() == Some(version))
+    })
+    .await?;
+
+    let url = format!("http://{}/mcp", edge.api_addr());
+    let initialize = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": { "name": "probe", "version": "1" } } });
+    let http = reqwest::Client::new();
+    for (token, host, expected) in
+        [(None, None, 401), (Some("wrong-token"), None, 401), (Some(MCP_TOKEN), Some("evil.example:80"), 403)]
+    {
+        let mut request = http.post(&url).header("accept", "application/json, text/event-stream").json(&initialize);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let status = request.send().await?.status().as_u16();
+        assert_eq!(status, expected, "token {token:?}, host {host:?}");
+    }
+
+    let calls = json!([
+        ["refund", { "order": "m-1", "amount": 30, "account": "acct-1" }],
+        ["refund", { "order": "m-2", "amount": "lots", "account": "acct-1" }],
+        ["refund", { "order": "m-3", "amount": 80, "account": "acct-1" }],
+    ]);
+    let client_script = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mcp_client.py");
+    let mut client = tokio::process::Command::new("python3")
+        .args([client_script, &url, MCP_TOKEN, &calls.to_string()])
+        .env("PYTHONPATH", &python_path)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(client.stdout.take().context("stdout")?).lines();
+    let mut next = async || -> anyhow::Result<Value> {
+        let line = tokio::time::timeout(LONG, lines.next_line()).await?.context("the client ended early")?;
+        Ok(serde_json::from_str(&line.context("the client ended early")?)?)
+    };
+    let listed = next().await?;
+    let tools = listed["tools"].as_array().context("tools")?;
+    assert_eq!(tools.len(), 1, "{listed:#}");
+    assert_eq!(tools[0]["name"], "refund");
+    assert_eq!(tools[0]["schema"]["required"], json!(["order", "amount", "account"]));
+
+    let small = next().await?;
+    assert_eq!(small["is_error"], false, "{small:#}");
+    let task_id = small["structured"]["task"].as_str().context("the call's task")?.to_owned();
+    let done = task(&edge, &task_id).await?;
+    assert_eq!((done["agent"].as_str(), done["source"].as_str()), (Some("refund-tool"), Some("mcp:refund")));
+    assert_eq!(effects(&payments, "refunds", "m-1"), [json!({ "order": "m-1", "amount": 30, "account": "acct-1" })]);
+
+    let invalid = next().await?;
+    assert_eq!(invalid["is_error"], true, "{invalid:#}");
+    assert!(invalid["text"].as_str().unwrap_or_default().contains("input schema"), "{invalid:#}");
+
+    // Above 50: the task waits for an approval, and so does the call.
+    let waiting = aios_tests::wait_for("the large refund to wait", LONG, || async {
+        let (_, list) = edge.api(reqwest::Method::GET, "/v1/tasks?agent=refund-tool&state=waiting", None).await?;
+        Ok(!list["tasks"].as_array().is_none_or(Vec::is_empty))
+    });
+    waiting.await?;
+    let (_, list) = edge.api(reqwest::Method::GET, "/v1/tasks?agent=refund-tool", None).await?;
+    let tasks = list["tasks"].as_array().context("tasks")?;
+    assert_eq!(tasks.len(), 2, "the call with invalid arguments made no task: {list:#}");
+    let large = tasks.iter().find(|t| t["state"] == "waiting").context("the waiting task")?;
+    let large = large["id"].as_str().context("id")?.to_owned();
+    let approval = approval_for(&cp, &large).await?;
+    assert_eq!(approval["request"]["args"], json!({ "order_id": "m-3", "amount": 80, "account": "acct-1" }));
+    assert!(tokio::time::timeout(Duration::from_secs(1), next()).await.is_err(), "the call waits for the approval");
+    assert!(effects(&payments, "refunds", "m-3").is_empty());
+    let approval_id = approval["id"].as_str().context("approval id")?.to_owned();
+    cp.cli_ok(&["approvals", "approve", &approval_id, "--by", "alice"])?;
+    let approved = next().await?;
+    assert_eq!((approved["is_error"].as_bool(), approved["structured"]["task"].as_str()), (Some(false), Some(&*large)));
+    assert_eq!(effects(&payments, "refunds", "m-3").len(), 1);
+    assert!(client.wait().await?.success());
     Ok(())
 }

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use aios_daemon::cli::{load_config, shutdown_signal};
 
 use crate::daemon::{self, DaemonOptions};
+use crate::exec::mcp::Endpoint;
 use crate::store::EdgeStore;
 use crate::sync::enroll::{self, EnrollOptions};
 use crate::sync::uplink::UplinkOptions;
@@ -210,9 +211,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(command) => crate::cli::exec::dlq(command).await,
         Command::Memory(command) => crate::cli::memory::run(&data_dir, command).await,
         Command::Models(command) => aios_models::run_models_command(command).await,
-        Command::Mcp(McpCommand::Tools { name, command }) => {
-            let tools = crate::exec::mcp::list_tools(&command).await.map_err(anyhow::Error::msg)?;
-            println!("{}", pinned_connector(&name, &command, &tools)?.trim_end());
+        Command::Mcp(McpCommand::Tools { name, url, credential, command }) => {
+            let endpoint = match url {
+                Some(url) => Endpoint::Http { url, credential },
+                None => Endpoint::Stdio(command),
+            };
+            let tools = crate::exec::mcp::list_tools(&endpoint).await.map_err(anyhow::Error::msg)?;
+            println!("{}", pinned_connector(&name, &endpoint, &tools)?.trim_end());
             Ok(())
         }
         #[cfg(feature = "debug-hooks")]
@@ -223,20 +228,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// `aios-edge mcp`.
 #[derive(Debug, Subcommand)]
 pub enum McpCommand {
-    /// Start an MCP server (stdio) and print a connector pinning its tools.
+    /// Start an MCP server (stdio) or reach one (`--url`, streamable HTTP)
+    /// and print a connector pinning its tools, with their Cedar actions.
     Tools {
         /// The connector's name in the bundle.
         #[arg(long, default_value = "mcp")]
         name: String,
+        /// The server's streamable HTTP endpoint, instead of a command.
+        #[arg(long, conflicts_with = "command", required_unless_present = "command")]
+        url: Option<String>,
+        /// With `--url`: the bearer token's secret reference (`env:NAME`,
+        /// `file:/path`), also written into the connector.
+        #[arg(long, requires = "url")]
+        credential: Option<String>,
         /// The server's program and arguments.
-        #[arg(required = true, last = true)]
+        #[arg(last = true)]
         command: Vec<String>,
     },
 }
 
 /// A `[connectors.NAME]` table for the server, with an action pinning each
-/// listed tool (description, schema, schema_sha256), to add to a bundle.
-fn pinned_connector(name: &str, command: &[String], tools: &[crate::exec::mcp::ListedTool]) -> anyhow::Result<String> {
+/// listed tool (description, schema, schema_sha256), to add to a bundle,
+/// after a comment naming the Cedar actions the policy schema must declare.
+fn pinned_connector(name: &str, endpoint: &Endpoint, tools: &[crate::exec::mcp::ListedTool]) -> anyhow::Result<String> {
     let mut actions = toml::map::Map::new();
     for tool in tools {
         let mut action = toml::map::Map::new();
@@ -248,13 +262,27 @@ fn pinned_connector(name: &str, command: &[String], tools: &[crate::exec::mcp::L
     let mut connector = toml::map::Map::new();
     connector.insert("kind".into(), toml::Value::String("mcp".into()));
     connector.insert("version".into(), toml::Value::Integer(1));
-    connector.insert("command".into(), toml::Value::try_from(command)?);
+    match endpoint {
+        Endpoint::Stdio(command) => {
+            connector.insert("command".into(), toml::Value::try_from(command)?);
+        }
+        Endpoint::Http { url, credential } => {
+            connector.insert("base_url".into(), toml::Value::String(url.clone()));
+            if let Some(credential) = credential {
+                connector.insert("credential".into(), toml::Value::String(credential.clone()));
+            }
+        }
+    }
     connector.insert("actions".into(), toml::Value::Table(actions));
     let mut connectors = toml::map::Map::new();
     connectors.insert(name.to_owned(), toml::Value::Table(connector));
     let mut root = toml::map::Map::new();
     root.insert("connectors".into(), toml::Value::Table(connectors));
-    Ok(toml::to_string(&toml::Value::Table(root))?)
+    let cedar: Vec<String> = tools
+        .iter()
+        .map(|tool| aios_shared::exec::cedar_action(name, aios_shared::exec::ConnectorKind::Mcp, &tool.name))
+        .collect();
+    Ok(format!("# Cedar actions: {}\n{}", cedar.join(", "), toml::to_string(&toml::Value::Table(root))?))
 }
 
 async fn run_daemon(data_dir_flag: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
 //! The `mcp` connector: the tools of an MCP server, run as a child process
-//! that speaks MCP over its standard input and output (the official Rust
-//! SDK, `rmcp`), are actions like any connector's, so every call passes the
-//! same schema check, Cedar decision, approval, outbox, rate limit and
+//! that speaks MCP over its standard input and output or reached over
+//! streamable HTTP (both with the official Rust SDK, `rmcp`), are actions
+//! like any connector's, so every call passes the same schema check, Cedar
+//! decision (as `mcp.<server>.<tool>`), approval, outbox, rate limit and
 //! breaker before the server hears of it.
 //!
 //! The bundle pins each tool: its schema (what the model is told and what
@@ -10,13 +11,16 @@
 //! server that dropped a tool or changed its schema is refused (every call
 //! fails permanently, saying which tool changed) until the bundle pins the
 //! new one, so a server cannot widen or reshape a tool behind the operator's
-//! back. The server's own descriptions never reach the model. The child runs
+//! back. The server's own descriptions never reach the model. A child runs
 //! with an empty environment but for `PATH`, `HOME` and `LANG`: no
-//! credential of the edge leaks into it.
+//! credential of the edge leaks into it. An HTTP server gets the connector's
+//! `credential` as a bearer token and nothing else; redirects to another
+//! origin are refused.
 //!
 //! MCP has no idempotency key: a call whose reply is lost (a timeout, the
-//! server exiting mid-call) is `unknown`, as for any connector that cannot
-//! deduplicate, and the server is started again for the next attempt.
+//! server exiting mid-call, a dropped connection) is `unknown`, as for any
+//! connector that cannot deduplicate, and the session is started again for
+//! the next attempt.
 
 use std::collections::BTreeMap;
 
@@ -24,11 +28,12 @@ use aios_shared::exec::ConnectorSpec;
 use futures_util::future::BoxFuture;
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::{RoleClient, RunningService, ServiceExt};
-use rmcp::transport::TokioChildProcess;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use super::connector::{Call, Connector, ConnectorError};
+use super::connector::{load_secret, Call, Connector, ConnectorError};
 
 /// Environment variables a server inherits from the edge.
 const INHERITED_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
@@ -38,10 +43,38 @@ const MAX_RESULT_BYTES: usize = 256 * 1024;
 
 type Client = RunningService<RoleClient, ()>;
 
+/// Where an MCP server is.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// A child process speaking MCP on stdio: program and arguments.
+    Stdio(Vec<String>),
+    /// A streamable HTTP endpoint, with the secret reference of its bearer
+    /// token.
+    Http {
+        /// The endpoint's URL.
+        url: String,
+        /// `env:NAME` or `file:/path`.
+        credential: Option<String>,
+    },
+}
+
+impl Endpoint {
+    /// How the server is named in errors.
+    fn describe(&self) -> &str {
+        match self {
+            Endpoint::Stdio(command) => command.first().map_or("", String::as_str),
+            Endpoint::Http { url, .. } => url,
+        }
+    }
+}
+
+/// Most bytes of one HTTP response or server-sent event.
+const MAX_HTTP_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// A connection to one MCP server, started on first use.
 pub struct McpConnector {
-    /// Program and arguments.
-    command: Vec<String>,
+    /// Where the server is.
+    endpoint: Endpoint,
     /// Pinned schema hash per tool.
     pins: BTreeMap<String, String>,
     /// The running server, once started and checked.
@@ -51,20 +84,22 @@ pub struct McpConnector {
 impl McpConnector {
     /// A connector for `spec`; nothing is started yet.
     pub fn new(spec: &ConnectorSpec) -> Result<McpConnector, String> {
-        if spec.command.is_empty() {
-            return Err("an mcp connector needs `command`".into());
-        }
+        let endpoint = match (&spec.base_url, spec.command.is_empty()) {
+            (Some(url), true) => Endpoint::Http { url: url.clone(), credential: spec.credential.clone() },
+            (None, false) => Endpoint::Stdio(spec.command.clone()),
+            _ => return Err("an mcp connector needs `command` or `base_url`".into()),
+        };
         let pins = spec
             .actions
             .iter()
             .map(|(tool, action)| (tool.clone(), action.schema_sha256.clone().unwrap_or_default()))
             .collect();
-        Ok(McpConnector { command: spec.command.clone(), pins, client: Mutex::new(None) })
+        Ok(McpConnector { endpoint, pins, client: Mutex::new(None) })
     }
 
     /// Starts the server and checks its tools against the pins.
     async fn connect(&self) -> Result<Client, ConnectorError> {
-        let (client, tools) = start(&self.command).await.map_err(ConnectorError::Retryable)?;
+        let (client, tools) = start(&self.endpoint).await?;
         let offered: BTreeMap<String, String> = tools.into_iter().map(|tool| (tool.name, tool.schema_sha256)).collect();
         for (tool, pinned) in &self.pins {
             match offered.get(tool) {
@@ -86,7 +121,7 @@ impl McpConnector {
         let mut guard = self.client.lock().await;
         if guard.is_none() {
             *guard = Some(tokio::time::timeout(call.timeout, self.connect()).await.map_err(|_| {
-                ConnectorError::Retryable(format!("MCP server `{}` did not start in time", self.command[0]))
+                ConnectorError::Retryable(format!("MCP server `{}` did not start in time", self.endpoint.describe()))
             })??);
         }
         let client = guard.as_ref().expect("connected above");
@@ -146,20 +181,42 @@ pub struct ListedTool {
     pub schema_sha256: String,
 }
 
-/// Starts the server `command` and lists its tools.
-async fn start(command: &[String]) -> Result<(Client, Vec<ListedTool>), String> {
-    let program = command.first().ok_or("no MCP server command")?;
-    let mut child = tokio::process::Command::new(program);
-    child.args(&command[1..]).env_clear().kill_on_drop(true);
-    for name in INHERITED_ENV {
-        if let Some(value) = std::env::var_os(name) {
-            child.env(name, value);
+/// Starts a session with the server at `endpoint` and lists its tools.
+async fn start(endpoint: &Endpoint) -> Result<(Client, Vec<ListedTool>), ConnectorError> {
+    let name = endpoint.describe();
+    let client = match endpoint {
+        Endpoint::Stdio(command) => {
+            let program = command.first().ok_or(ConnectorError::Permanent("no MCP server command".into()))?;
+            let mut child = tokio::process::Command::new(program);
+            child.args(&command[1..]).env_clear().kill_on_drop(true);
+            for name in INHERITED_ENV {
+                if let Some(value) = std::env::var_os(name) {
+                    child.env(name, value);
+                }
+            }
+            let transport = TokioChildProcess::new(child)
+                .map_err(|err| ConnectorError::Retryable(format!("cannot start MCP server `{program}`: {err}")))?;
+            ().serve(transport).await
+        }
+        Endpoint::Http { url, credential } => {
+            // reqwest's TLS takes the process's provider: ours, ring.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                .max_json_response_size(MAX_HTTP_MESSAGE_BYTES)
+                .max_sse_event_size(MAX_HTTP_MESSAGE_BYTES)
+                .max_error_response_size(64 * 1024);
+            if let Some(reference) = credential {
+                let secret = load_secret(reference).map_err(ConnectorError::Permanent)?;
+                config = config.auth_header(secret.expose());
+            }
+            ().serve(StreamableHttpClientTransport::from_config(config)).await
         }
     }
-    let transport =
-        TokioChildProcess::new(child).map_err(|err| format!("cannot start MCP server `{program}`: {err}"))?;
-    let client = ().serve(transport).await.map_err(|err| format!("MCP server `{program}` did not initialise: {err}"))?;
-    let tools = client.list_all_tools().await.map_err(|err| format!("MCP server would not list its tools: {err}"))?;
+    .map_err(|err| ConnectorError::Retryable(format!("MCP server `{name}` did not initialise: {err}")))?;
+    let tools = client
+        .list_all_tools()
+        .await
+        .map_err(|err| ConnectorError::Retryable(format!("MCP server `{name}` would not list its tools: {err}")))?;
     let tools = tools
         .into_iter()
         .map(|tool| {
@@ -175,9 +232,11 @@ async fn start(command: &[String]) -> Result<(Client, Vec<ListedTool>), String> 
     Ok((client, tools))
 }
 
-/// The tools of the MCP server `command`, for pinning in a bundle.
-pub async fn list_tools(command: &[String]) -> Result<Vec<ListedTool>, String> {
-    let (client, tools) = start(command).await?;
+/// The tools of the MCP server at `endpoint`, for pinning in a bundle.
+pub async fn list_tools(endpoint: &Endpoint) -> Result<Vec<ListedTool>, String> {
+    let (client, tools) = start(endpoint).await.map_err(|err| match err {
+        ConnectorError::Retryable(why) | ConnectorError::Permanent(why) | ConnectorError::Unknown(why) => why,
+    })?;
     let _ = client.cancel().await;
     Ok(tools)
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 use aios_shared::audit::kinds;
 use aios_shared::backoff::Backoff;
 use aios_shared::bundle::Autonomy;
-use aios_shared::exec::{ActionSpec, ConnectorSpec};
+use aios_shared::exec::{ActionSpec, ConnectorKind, ConnectorSpec};
 use aios_shared::memory::Classification;
 use aios_shared::policy::{ActionRequest, Decision, PolicyEngine};
 use aios_shared::router::{BreakerConfig, CircuitBreaker};
@@ -308,11 +308,13 @@ impl ExecPlane {
         approved: bool,
     ) -> Decision {
         let (ty, id, attrs) = &request.resource;
+        let kind = plane.connectors.get(&request.connector).map_or(ConnectorKind::Http, |live| live.spec.kind);
         let action_request = ActionRequest {
             agent: &request.agent,
             edge: &self.identity.edge_id,
             labels: &self.labels,
             connector: &request.connector,
+            kind,
             action: &request.action,
             resource: (ty, id, attrs),
             args,

@@ -16,6 +16,8 @@
 //! - `GET /v1/intents?state=` (`state=dead_lettered` is the dead-letter
 //!   queue), `GET /v1/intents/{key}`, `POST /v1/dlq/{key}/retry|discard`.
 //! - `GET /v1/health`: edge id, bundle version, running tasks, counts by state.
+//! - `/mcp`: the bundle's `[mcp_tools]` over MCP ([`crate::http::mcp`]),
+//!   only when a token is configured.
 //!
 //! - `POST /v1/webhooks/{name}`: an inbound webhook ([`crate::http::webhook`]).
 //!
@@ -46,6 +48,9 @@ pub struct ApiState {
     pub http_metrics: Arc<aios_daemon::metrics::HttpMetrics>,
     /// The sync link's state, for `/metrics`.
     pub link: tokio::sync::watch::Receiver<crate::sync::uplink::LinkStatus>,
+    /// Whether the API listens beyond loopback (then `/mcp` accepts any
+    /// `Host`; on loopback only loopback names, against DNS rebinding).
+    pub beyond_loopback: bool,
 }
 
 /// An error as JSON: `{"error": {"message": ..}}`.
@@ -101,11 +106,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/intents/{key}", get(show_intent))
         .route("/v1/dlq/{key}/{action}", post(resolve_dead_letter))
         .route("/metrics", get(metrics))
+        .merge(mcp_router(&state))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         // Signed by the sender, not by the API token.
         .route("/v1/webhooks/{name}", post(crate::http::webhook::receive))
         .layer(axum::middleware::from_fn_with_state(state.http_metrics.clone(), aios_daemon::metrics::track))
         .with_state(state)
+}
+
+/// `/mcp`: the bundle's tools for MCP clients, only with a token configured.
+fn mcp_router(state: &ApiState) -> Router<ApiState> {
+    let service = crate::http::mcp::service(state.runtime.clone(), state.beyond_loopback);
+    Router::new()
+        .route_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(state.token.is_some(), crate::http::mcp::require_token))
 }
 
 /// `GET /metrics`: Prometheus figures read from the database now.

@@ -5,8 +5,10 @@
 //! - [`webhook`]: signed inbound webhooks that become tasks.
 //! - [`gateway`]: the OpenAI-compatible API over local models and tiers.
 //! - [`metrics`]: the edge's figures at `/metrics`.
+//! - [`mcp`]: the bundle's tools served to MCP clients at `/mcp`.
 
 pub mod api;
 pub mod gateway;
+pub mod mcp;
 pub mod metrics;
 pub mod webhook;

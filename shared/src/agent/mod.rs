@@ -85,6 +85,9 @@ pub struct Definitions {
     /// Inbound webhooks by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub webhooks: BTreeMap<String, crate::exec::WebhookSpec>,
+    /// Agents the edge offers to MCP clients as tools, by tool name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mcp_tools: BTreeMap<String, crate::served::ServedToolSpec>,
     /// The Cedar schema and policies that decide every side effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::exec::PolicySpec>,

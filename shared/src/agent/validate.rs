@@ -69,6 +69,9 @@ impl Definitions {
         for (name, webhook) in &self.webhooks {
             crate::exec::validate_webhook(name, webhook, &self.agents)?;
         }
+        for (name, tool) in &self.mcp_tools {
+            crate::served::validate_served_tool(name, tool, &self.agents)?;
+        }
         if let Some(policy) = &self.policy {
             crate::exec::validate_policy(policy, &self.connectors)?;
         }

@@ -34,6 +34,7 @@ fn decide(engine: &PolicyEngine, amount: i64, account: &str, autonomy: Autonomy)
         edge: "e1",
         labels: &labels,
         connector: "shop",
+        kind: ConnectorKind::Http,
         action: "refund",
         resource: ("Order", "o-1", &attrs),
         args: &args,
@@ -82,6 +83,7 @@ fn an_approved_request_is_still_checked() {
             edge: "e1",
             labels: &[],
             connector: "shop",
+            kind: ConnectorKind::Http,
             action: "refund",
             resource: ("Order", "o-1", &attrs),
             args: &args,
@@ -103,6 +105,7 @@ fn a_request_the_policies_cannot_evaluate_is_denied() {
         edge: "e1",
         labels: &[],
         connector: "shop",
+        kind: ConnectorKind::Http,
         action: "refund",
         resource: ("Order", "o-1", &attrs),
         args: &args,
@@ -116,6 +119,7 @@ fn a_request_the_policies_cannot_evaluate_is_denied() {
             edge: "e1",
             labels: &[],
             connector: "shop",
+            kind: ConnectorKind::Http,
             action: "refund",
             resource: ("Order", "o-1", &attrs),
             args: &json!({}),
@@ -185,6 +189,7 @@ forbid (principal, action == Action::"mail.send", resource)
             edge: "e1",
             labels: &labels,
             connector: "mail",
+            kind: ConnectorKind::Http,
             action: "send",
             resource: ("Customer", "a@b.test", &attrs),
             args: &args,
@@ -199,4 +204,68 @@ forbid (principal, action == Action::"mail.send", resource)
         matches!(&denied, Decision::Deny { policies, .. } if policies == &["nothing-restricted-leaves"]),
         "{denied:?}"
     );
+}
+
+/// An MCP server's tools are Cedar actions `mcp.<server>.<tool>`: the
+/// schema must declare them so, and a policy on the bare `<server>.<tool>`
+/// (which could be one of our own connectors) does not match them.
+#[test]
+fn mcp_tools_are_named_mcp_server_tool() {
+    let notes: ConnectorSpec = toml::from_str(
+        r#"
+kind = "mcp"
+version = 1
+command = ["notes-server"]
+[actions.add_note]
+schema = { type = "object", properties = { text = { type = "string" } } }
+schema_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+"#,
+    )
+    .unwrap();
+    crate::exec::validate_connector("notes", &notes).unwrap();
+    let connectors = std::collections::BTreeMap::from([("notes".to_owned(), notes.clone())]);
+    let declare = |action: &str| {
+        format!(
+            "entity Agent = {{ edge: String, labels: Set<String> }};\nentity Connector;\naction \"{action}\" appliesTo \
+             {{ principal: Agent, resource: Connector, context: {{ autonomy: String, approved: Bool, args: {{ text: \
+             String }} }} }};\n"
+        )
+    };
+    let bare = PolicySpec { schema: declare("notes.add_note"), policies: String::new(), approval_ttl: None };
+    let err = validate_policy(&bare, &connectors).unwrap_err().to_string();
+    assert!(err.contains("\"mcp.notes.add_note\""), "{err}");
+    let policies = "permit (principal, action == Action::\"mcp.notes.add_note\", resource);";
+    let spec = PolicySpec { schema: declare("mcp.notes.add_note"), policies: policies.into(), approval_ttl: None };
+    validate_policy(&spec, &connectors).unwrap();
+    let engine = PolicyEngine::new(&spec).unwrap();
+    let (args, attrs, labels) = (json!({ "text": "hi" }), json!({}), Vec::new());
+    let decide = |kind| {
+        engine.decide(&ActionRequest {
+            agent: "scribe",
+            edge: "e1",
+            labels: &labels,
+            connector: "notes",
+            kind,
+            action: "add_note",
+            resource: ("Connector", "notes", &attrs),
+            args: &args,
+            classification: None,
+            autonomy: Autonomy::Autonomous,
+        })
+    };
+    assert!(matches!(decide(ConnectorKind::Mcp), Decision::Allow { .. }));
+    assert!(matches!(decide(ConnectorKind::Http), Decision::Deny { .. }), "a connector `notes` is another action");
+
+    let mut both = notes.clone();
+    both.base_url = Some("http://127.0.0.1:1/mcp".into());
+    let err = crate::exec::validate_connector("notes", &both).unwrap_err().to_string();
+    assert!(err.contains("not both"), "{err}");
+    let mut http = both.clone();
+    http.command.clear();
+    http.credential = Some("env:NOTES_TOKEN".into());
+    crate::exec::validate_connector("notes", &http).unwrap();
+    let mut stdio_with_token = notes;
+    stdio_with_token.credential = Some("env:NOTES_TOKEN".into());
+    let err = crate::exec::validate_connector("notes", &stdio_with_token).unwrap_err().to_string();
+    assert!(err.contains("`base_url` only"), "{err}");
 }
