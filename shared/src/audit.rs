@@ -105,6 +105,9 @@ pub mod kinds {
     /// What came of one call an agent step's model proposed (done, invalid,
     /// refused, failed); the intent's own events carry the decision.
     pub const AGENT_CALL: &str = "agent.call";
+    /// The arguments the local model wrote for a call a plan left to it
+    /// (`strategy = "plan"`).
+    pub const AGENT_DECIDED: &str = "agent.decided";
     /// An agent step's model asked a person a question (`ask_human`); the task waits.
     pub const QUESTION_ASKED: &str = "question.asked";
     /// Someone answered it (who, and the answer the model will see).

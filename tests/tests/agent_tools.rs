@@ -473,3 +473,48 @@ async fn the_edge_serves_its_tools_to_mcp_clients() -> anyhow::Result<()> {
     assert!(client.wait().await?.success());
     Ok(())
 }
+
+/// Plan-and-execute (`strategy = "plan"`): the big tier's one reply is the
+/// whole plan; its calls run in order without another planning turn, and
+/// the two it leaves to the local model (`{"$local": ...}`) get arguments
+/// the real local model writes under the tools' schemas, journaled and
+/// governed like the rest. A refused call skips the rest of its plan, and
+/// the planner replans from the outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_execute_with_local_arguments_and_replanning() -> anyhow::Result<()> {
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let planner = Planner::start(Arc::new(script), Duration::ZERO).await?;
+    let (_tmp, _cp, edge) = fleet_with(&bins!(), &bundle(&payments, receipts.path(), &planner)).await?;
+
+    let id = submit(&edge, case_for("planner", "whole-plan", "pe-1")).await?;
+    let done = edge.finished_task(&id, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["steps"][0]["output"]["answer"], "Plan done: done, done, done, done.", "{done:#}");
+    assert_eq!(requests_for(&planner, "pe-1").len(), 2, "one planning turn, one answer");
+    let transcript = done["loops"]["0"].as_array().context("transcript")?;
+    let entries: Vec<&str> = transcript.iter().filter_map(|e| e["entry"].as_str()).collect();
+    assert_eq!(entries, ["model", "call", "call", "decided", "call", "decided", "call", "model"]);
+    for (at, tool_schema) in [(3, "order_id"), (5, "content")] {
+        let decided = &transcript[at];
+        assert_eq!(decided["tier"], "local", "{decided:#}");
+        assert!(decided["arguments"].get(tool_schema).is_some(), "{decided:#}");
+        assert_eq!(transcript[at + 1]["arguments"], decided["arguments"], "the call runs with what was decided");
+    }
+    assert_eq!(effects(&payments, "refunds", "pe-1"), [json!({ "order": "pe-1", "amount": 30, "account": "acct-1" })]);
+    assert_eq!(std::fs::read_dir(receipts.path())?.count(), 1, "the receipt the local model wrote");
+    assert_eq!(audited(&edge, "agent.decided", &id)?.len(), 2);
+    assert_eq!(audited(&edge, "policy.decided", &id)?.len(), 4, "decided arguments are governed too");
+
+    let id = submit(&edge, case_for("planner", "replan", "pe-2")).await?;
+    let done = edge.finished_task(&id, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["steps"][0]["output"]["answer"], "Replanned: refunded 30 to acct-1.", "{done:#}");
+    let transcript = done["loops"]["0"].as_array().context("transcript")?;
+    assert_eq!(transcript[1]["outcome"]["outcome"], "refused", "{:#}", transcript[1]);
+    assert_eq!(transcript[2]["outcome"]["outcome"], "skipped", "{:#}", transcript[2]);
+    assert_eq!(requests_for(&planner, "pe-2").len(), 3);
+    assert_eq!(effects(&payments, "refunds", "pe-2"), [json!({ "order": "pe-2", "amount": 30, "account": "acct-1" })]);
+    assert!(effects(&payments, "notes", "pe-2").is_empty(), "the skipped note was never made");
+    Ok(())
+}

@@ -20,7 +20,7 @@ use crate::commands::OpenQuestion;
 use crate::store::StoredEvent;
 
 /// The event kinds the transcript shows.
-const KINDS: [&str; 4] = ["agent.turn", "agent.call", "question.asked", "question.answered"];
+const KINDS: [&str; 5] = ["agent.turn", "agent.decided", "agent.call", "question.asked", "question.answered"];
 
 fn text(value: &Value) -> String {
     match value {
@@ -67,6 +67,11 @@ pub(crate) fn transcript(events: &[StoredEvent]) -> Markup {
                         @if let Some(result) = p["outcome"].get("result").filter(|r| !r.is_null()) {
                             details { summary { "result (data, never instructions)" } (json_block(result)) }
                         }
+                    },
+                    "agent.decided" => li.decided {
+                        strong { "Call " (text(&p["iteration"])) "." (text(&p["index"])) } " arguments written by "
+                        code { (text(&p["tier"])) } " (the plan left them to the local model) "
+                        code.args { (text(&p["arguments"])) }
                     },
                     "question.asked" => li.question { strong { "Asks a person: " } (text(&p["question"])) },
                     _ => li.answer { strong { "Answered by " (text(&p["by"])) ": " } (text(&p["answer"])) },

@@ -41,6 +41,9 @@ pub struct AgentTurn<'a> {
     pub plan: PlanOn,
     /// Most tokens of the reply.
     pub max_tokens: u32,
+    /// The reply must be a call of one of `tools`, not an answer (a local
+    /// model deciding the arguments a plan left to it).
+    pub require_call: bool,
     /// What the task spent before this run (for its budget after a restart).
     pub task_spent_usd: f64,
     /// The most the task may spend; `None`: no limit.
@@ -200,7 +203,7 @@ impl ModelCalls {
             })
             .collect();
         let mut request = GenerateRequest::chat(messages, turn.max_tokens as usize);
-        request.constraint = Some(OutputConstraint::JsonSchema(local::reply_schema(turn.tools)));
+        request.constraint = Some(OutputConstraint::JsonSchema(local::call_schema(turn.tools, !turn.require_call)));
         let generation = model.generate(request).await.map_err(model_error)?;
         Ok(TurnOutcome {
             tier: tier.to_owned(),

@@ -15,7 +15,8 @@
 //! sub-task ([`super::handoff`]).
 
 use aios_shared::agent::tool_loop::{
-    self, call_key, plan_on, CallOutcome, Complexity, Limit, Limits, LoopEnd, LoopEntry, Next, ToolRef, DEFAULT_SYSTEM,
+    self, call_key, plan_on, CallOutcome, Complexity, Limit, Limits, LoopEnd, LoopEntry, Next, PlanOn, Strategy,
+    ToolRef, DEFAULT_SYSTEM,
 };
 use aios_shared::agent::{AgentSpec, StepSpec};
 use aios_shared::memory::Classification;
@@ -51,10 +52,13 @@ impl Runtime {
         let tools = tool_loop::tool_definitions(spec, &defs.connectors).map_err(fatal)?;
         let schemas = tool_loop::schemas(&tools);
         let goal = context.render(spec.goal.as_deref().unwrap_or_default()).map_err(fatal)?;
-        let system = match &spec.system {
+        let mut system = match &spec.system {
             Some(system) => context.render(system).map_err(fatal)?,
             None => DEFAULT_SYSTEM.to_owned(),
         };
+        if spec.strategy == Strategy::Plan {
+            system = tool_loop::plan::planner_system(&system);
+        }
         let seq32 = seq as u32;
         // Read once; every entry appended below is pushed here after it commits.
         let mut journal = self.inner.store.loop_journal(&task.id, seq32).await?;
@@ -85,6 +89,7 @@ impl Runtime {
                         tools: &tools,
                         plan,
                         max_tokens: spec.max_tokens(),
+                        require_call: false,
                         task_spent_usd: context.spent_usd + spent_in_loop,
                         task_budget_usd: budget,
                         classification: context.classification().max(results_classification(spec, &defs, &journal)),
@@ -122,6 +127,62 @@ impl Runtime {
                 }
                 Next::Reject { iteration, index, name, arguments, problem } => {
                     LoopEntry::Call { iteration, index, name, arguments, outcome: CallOutcome::Invalid { problem } }
+                }
+                Next::Skip { iteration, index, name, reason } => {
+                    let outcome = CallOutcome::Skipped { reason };
+                    LoopEntry::Call { iteration, index, name, arguments: Value::Null, outcome }
+                }
+                Next::Decide { iteration, index, tool, instruction } => {
+                    let name = tool.name();
+                    let Some(definition) = tools.iter().find(|t| t.name == name) else {
+                        return Err(fatal(format!("tool `{name}` has no definition in force")));
+                    };
+                    let turn = AgentTurn {
+                        agent: &task.agent,
+                        task: &task.id,
+                        step,
+                        iteration,
+                        messages: tool_loop::plan::conversation(&goal, &journal, &name, &instruction),
+                        tools: std::slice::from_ref(definition),
+                        plan: PlanOn::Local,
+                        max_tokens: spec.max_tokens(),
+                        require_call: true,
+                        task_spent_usd: context.spent_usd + spent_in_loop,
+                        task_budget_usd: budget,
+                        classification: None,
+                    };
+                    let started = self.inner.options.clock.instant();
+                    let call_id = format!("{}:{seq}:{iteration}.{index}", task.id);
+                    let outcome = match self.inner.tiers.agent_turn(turn, &call_id).await {
+                        Ok(outcome) => outcome,
+                        Err(TurnError::OverBudget(reason)) => return Err(fatal(reason)),
+                        Err(TurnError::Call(ModelCallError::Fatal(problem))) => return Err(fatal(problem)),
+                        Err(TurnError::Call(ModelCallError::Unavailable(reason))) => {
+                            return Err(Stop::End(RunEnd::Waiting {
+                                reason,
+                                until_ms: self.now() + TIER_DOWN_RETRY_MS,
+                            }))
+                        }
+                        Err(TurnError::Call(ModelCallError::Db(err))) => return Err(Stop::Db(err)),
+                    };
+                    // Constrained to the tool's schema, so it parses; a reply
+                    // without a call becomes arguments the check refuses.
+                    let arguments = outcome
+                        .reply
+                        .calls
+                        .first()
+                        .and_then(|call| serde_json::from_str(&call.arguments).ok())
+                        .unwrap_or(Value::Null);
+                    LoopEntry::Decided {
+                        iteration,
+                        index,
+                        tier: outcome.tier,
+                        arguments,
+                        tokens_in: outcome.tokens_in,
+                        tokens_out: outcome.tokens_out,
+                        latency_ms: self.inner.options.clock.instant().saturating_duration_since(started).as_millis()
+                            as u64,
+                    }
                 }
                 Next::RunCall { iteration, index, tool: ToolRef::AskHuman, arguments, call_id: _ } => {
                     let key = call_key(&task.id, seq32, iteration, index);
@@ -229,7 +290,12 @@ impl Runtime {
                     record.cost_usd += cost_usd;
                     record.needs_review |= needs_review;
                 }
+                LoopEntry::Call { outcome: CallOutcome::Skipped { .. }, .. } => {}
                 LoopEntry::Call { .. } => calls += 1,
+                LoopEntry::Decided { tokens_in, tokens_out, .. } => {
+                    record.tokens_in += tokens_in;
+                    record.tokens_out += tokens_out;
+                }
             }
         }
         let answer = match &end {
@@ -293,7 +359,7 @@ fn entry_cost(spec: &tool_loop::AgentLoopStep, entry: &LoopEntry) -> f64 {
         {
             result["cost_usd"].as_f64().unwrap_or(0.0)
         }
-        LoopEntry::Call { .. } => 0.0,
+        LoopEntry::Call { .. } | LoopEntry::Decided { .. } => 0.0,
     }
 }
 

@@ -1,5 +1,5 @@
-//! The journal of an agent step's tool-using loop: each model turn and each
-//! call's outcome, appended in order with its audit event in one
+//! The journal of an agent step's tool-using loop: each model turn, each
+//! call's outcome and each argument decision of the local model, appended in order with its audit event in one
 //! transaction, before the loop's next action starts. A run that resumes
 //! reads it back and asks `aios_shared::agent::tool_loop::next` what comes
 //! after it, so a journaled model turn is never requested again.
@@ -13,11 +13,14 @@ use crate::store::{append_event, EdgeStore};
 use crate::sync::identity::Identity;
 use aios_daemon::db::DbError;
 
-/// The place of an entry in its loop: a turn, or a call of a turn.
-fn slot(entry: &LoopEntry) -> (u32, Option<u32>) {
+/// The place of an entry in its loop, as the `iteration` and `call`
+/// columns hold it: a turn (`call` -1), a call of a turn (its index), or
+/// the local model's decision of a call's arguments (-2 - its index).
+fn slot(entry: &LoopEntry) -> (u32, i64) {
     match entry {
-        LoopEntry::Model { iteration, .. } => (*iteration, None),
-        LoopEntry::Call { iteration, index, .. } => (*iteration, Some(*index)),
+        LoopEntry::Model { iteration, .. } => (*iteration, -1),
+        LoopEntry::Call { iteration, index, .. } => (*iteration, i64::from(*index)),
+        LoopEntry::Decided { iteration, index, .. } => (*iteration, -2 - i64::from(*index)),
     }
 }
 
@@ -84,7 +87,6 @@ impl EdgeStore {
                     )));
                 }
                 let (iteration, call) = slot(&entry);
-                let call = call.map_or(-1, i64::from);
                 let taken: bool = conn.query_row(
                     "SELECT EXISTS (SELECT 1 FROM agent_loop WHERE task_id = ?1 AND seq = ?2 AND iteration = ?3 AND call = ?4)",
                     params![task_id, seq, iteration, call],
@@ -145,6 +147,20 @@ impl EdgeStore {
                             "name": name,
                             "arguments": arguments,
                             "outcome": outcome,
+                        }),
+                    ),
+                    LoopEntry::Decided { iteration, index, tier, arguments, tokens_in, tokens_out, latency_ms } => (
+                        kinds::AGENT_DECIDED,
+                        json!({
+                            "task": task_id,
+                            "seq": seq,
+                            "iteration": iteration,
+                            "index": index,
+                            "tier": tier,
+                            "arguments": arguments,
+                            "tokens_in": tokens_in,
+                            "tokens_out": tokens_out,
+                            "latency_ms": latency_ms,
                         }),
                     ),
                 };

@@ -180,6 +180,25 @@ pub fn script(request: &Value) -> Value {
             ],
         ),
         ("mcp", _) => text(&format!("status {}, notes {} and {}", status(0), status(1), status(2))),
+        // Plan-and-execute: the whole plan at once, two calls left to the
+        // local model, then the answer.
+        ("whole-plan", 0) => calls(
+            0,
+            &[
+                ("shop_note", note("Refund requested.")),
+                ("shop_refund", refund(json!(30), "acct-1")),
+                ("shop_note", json!({ "$local": "Write a one-line note on this order saying 30 was refunded." })),
+                ("receipts_publish", json!({ "$local": "Write the customer's receipt for the refund of 30." })),
+            ],
+        ),
+        ("whole-plan", _) => text(&format!("Plan done: {}.", (0..4).map(status).collect::<Vec<_>>().join(", "))),
+        // A refused call: the rest of the plan is skipped, the planner replans.
+        ("replan", 0) => calls(0, &[("shop_refund", refund(json!(30), "acct-9")), ("shop_note", note("Refunded."))]),
+        ("replan", 1) if status(0) == "refused" && status(1) == "skipped" => {
+            calls(1, &[("shop_refund", refund(json!(30), "acct-1"))])
+        }
+        ("replan", 1) => text(&format!("Unexpected outcomes: {seen:?}")),
+        ("replan", _) => text("Replanned: refunded 30 to acct-1."),
         // A loop that never ends by itself: a limit ends it.
         ("long", n) => calls(n, &[("shop_note", note(&format!("Still looking ({n}).")))]),
         _ => text("I do not know this case."),

@@ -33,14 +33,23 @@
 //! then decided by the Cedar policy with the model's own arguments, exactly
 //! as a fixed `act` step is.
 //!
+//! With `strategy = "plan"` the planning model writes the whole plan in one
+//! reply, as its ordered calls; aios runs them in order without asking it
+//! again, lets the local model fill in the arguments the plan leaves to it
+//! (`{"$local": "what to decide"}`), and goes back to the planner, to
+//! replan what remains, as soon as a call fails or is refused ([`plan`]).
+//!
 //! # Layout
 //! - [`local`]: how a local model plans: the tools in the system message,
 //!   replies constrained to one call or an answer.
+//! - [`plan`]: plan-and-execute: the planner's instructions, the calls it
+//!   leaves to the local model and their conversation.
 //! - `tools`: the tools a step declares, as the model is told about them,
 //!   and their checks at publish.
 //! - `tests`: the loop's decisions over scripted journals.
 
 pub mod local;
+pub mod plan;
 #[cfg(test)]
 mod tests;
 mod tools;
@@ -80,6 +89,9 @@ pub struct AgentLoopStep {
     /// Which model plans (default `auto`).
     #[serde(default)]
     pub planning: Planning,
+    /// Step by step (`react`, the default) or a whole plan at a time (`plan`).
+    #[serde(default)]
+    pub strategy: Strategy,
     /// Most model turns (default 8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_iterations: Option<u32>,
@@ -141,6 +153,19 @@ pub enum Planning {
     Auto,
 }
 
+/// How an agent step works towards its goal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// A model turn after every round of calls.
+    #[default]
+    React,
+    /// Plan-and-execute: the planner's calls run in order, the local model
+    /// fills the arguments left to it, and a call that fails or is refused
+    /// sends the rest back to the planner ([`plan`]).
+    Plan,
+}
+
 /// A call the model proposed, as it proposed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProposedCall {
@@ -190,6 +215,12 @@ pub enum CallOutcome {
         /// Why.
         problem: String,
     },
+    /// Not made: an earlier call of the same plan did not succeed, so the
+    /// planner replans from there.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl CallOutcome {
@@ -201,6 +232,7 @@ impl CallOutcome {
             CallOutcome::Invalid { problem } => json!({ "status": "invalid", "problem": problem }),
             CallOutcome::Refused { reason } => json!({ "status": "refused", "reason": reason }),
             CallOutcome::Failed { problem } => json!({ "status": "failed", "problem": problem }),
+            CallOutcome::Skipped { reason } => json!({ "status": "skipped", "reason": reason }),
         }
     }
 }
@@ -245,6 +277,24 @@ pub enum LoopEntry {
         arguments: Value,
         /// What came of it.
         outcome: CallOutcome,
+    },
+    /// The arguments the local model wrote for call `index` of turn
+    /// `iteration`, which the plan left to it.
+    Decided {
+        /// The turn that proposed the call.
+        iteration: u32,
+        /// Its place among the turn's calls.
+        index: u32,
+        /// The local tier that decided.
+        tier: String,
+        /// The arguments it wrote (checked like any call's before use).
+        arguments: Value,
+        /// Prompt tokens.
+        tokens_in: u64,
+        /// Completion tokens.
+        tokens_out: u64,
+        /// How long it took.
+        latency_ms: u64,
     },
 }
 
@@ -325,6 +375,30 @@ pub enum Next {
         /// The model's id for the call.
         call_id: String,
     },
+    /// Ask the local model for the arguments of call `index` of turn
+    /// `iteration`, which the plan left to it (see [`plan::conversation`]).
+    Decide {
+        /// The turn.
+        iteration: u32,
+        /// The call's place in the turn.
+        index: u32,
+        /// The tool, from the step's list.
+        tool: ToolRef,
+        /// What the planner asked the local model to decide.
+        instruction: String,
+    },
+    /// Journal call `index` of turn `iteration` as [`CallOutcome::Skipped`]:
+    /// an earlier call of the plan did not succeed.
+    Skip {
+        /// The turn.
+        iteration: u32,
+        /// The call's place in the turn.
+        index: u32,
+        /// The tool's name, as proposed.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// Journal call `index` of turn `iteration` as [`CallOutcome::Invalid`]
     /// without running anything.
     Reject {
@@ -356,7 +430,7 @@ pub fn next(step: &AgentLoopStep, schemas: &BTreeMap<String, Value>, journal: &[
         .iter()
         .filter_map(|entry| match entry {
             LoopEntry::Model { iteration, reply, .. } => Some((*iteration, reply)),
-            LoopEntry::Call { .. } => None,
+            LoopEntry::Call { .. } | LoopEntry::Decided { .. } => None,
         })
         .collect();
     let outcome = |iteration: u32, index: u32| {
@@ -377,7 +451,7 @@ pub fn next(step: &AgentLoopStep, schemas: &BTreeMap<String, Value>, journal: &[
     let made = journal
         .iter()
         .filter(
-            |entry| matches!(entry, LoopEntry::Call { outcome, .. } if !matches!(outcome, CallOutcome::Invalid { .. })),
+            |entry| matches!(entry, LoopEntry::Call { outcome, .. } if !matches!(outcome, CallOutcome::Invalid { .. } | CallOutcome::Skipped { .. })),
         )
         .count() as u32;
     for (index, call) in reply.calls.iter().enumerate() {
@@ -385,6 +459,15 @@ pub fn next(step: &AgentLoopStep, schemas: &BTreeMap<String, Value>, journal: &[
         if outcome(iteration, index).is_some() {
             continue;
         }
+        let decided;
+        let call = match plan::gate(step, journal, (iteration, index), call, outcome) {
+            plan::Gate::Run => call,
+            plan::Gate::Decided(arguments) => {
+                decided = ProposedCall { arguments: arguments.to_string(), ..call.clone() };
+                &decided
+            }
+            plan::Gate::Then(next) => return *next,
+        };
         return match check_call(step, schemas, call) {
             Err((arguments, problem)) => Next::Reject { iteration, index, name: call.name.clone(), arguments, problem },
             Ok(_) if made >= step.max_tool_calls() => Next::Finish(LoopEnd::Limit {
@@ -516,20 +599,25 @@ pub fn transcript(system: &str, goal: &str, journal: &[LoopEntry]) -> Vec<Messag
                 calls: reply.calls.clone(),
                 call_id: None,
             }),
-            LoopEntry::Call { iteration, index, outcome, .. } => {
-                let call_id = journal.iter().find_map(|entry| match entry {
-                    LoopEntry::Model { iteration: i, reply, .. } if i == iteration => {
-                        reply.calls.get(*index as usize).map(|call| call.id.clone())
-                    }
+            LoopEntry::Call { iteration, index, outcome, arguments, .. } => {
+                let proposed = journal.iter().find_map(|entry| match entry {
+                    LoopEntry::Model { iteration: i, reply, .. } if i == iteration => reply.calls.get(*index as usize),
                     _ => None,
                 });
+                let mut observation = outcome.observation();
+                // The planner left these arguments to the local model: say
+                // what they became.
+                if proposed.is_some_and(|call| plan::local_instruction(call).is_some()) {
+                    observation["arguments"] = arguments.clone();
+                }
                 messages.push(Message {
                     role: Role::Tool,
-                    content: Some(outcome.observation().to_string()),
+                    content: Some(observation.to_string()),
                     calls: Vec::new(),
-                    call_id,
+                    call_id: proposed.map(|call| call.id.clone()),
                 });
             }
+            LoopEntry::Decided { .. } => {}
         }
     }
     messages

@@ -320,3 +320,95 @@ tools = [
     let bad = r#"tools = [{ kind = "connector", connector = "shop", action = "lookup", secret = "x" }]"#;
     assert!(toml::from_str::<AgentLoopStep>(bad).is_err());
 }
+
+fn plan_step() -> AgentLoopStep {
+    AgentLoopStep { strategy: Strategy::Plan, ..step() }
+}
+
+/// A plan runs in order without another planning turn; a call left to the
+/// local model is decided first, then checked and run with what it wrote;
+/// the planner sees those arguments in the call's observation.
+#[test]
+fn a_plan_runs_its_calls_in_order_and_the_local_model_fills_what_it_left() {
+    let plan = vec![turn(
+        0,
+        vec![
+            call("a", "shop_lookup", r#"{"order_id":"A-1"}"#),
+            call("b", "payments_refund", r#"{"$local":"refund the order's total to its account"}"#),
+        ],
+    )];
+    let mut journal = plan;
+    let first = next(&plan_step(), &schemas(), &journal, limits());
+    journal.push(outcome_of(first, 0, 0));
+    let decide = next(&plan_step(), &schemas(), &journal, limits());
+    assert!(
+        matches!(&decide, Next::Decide { iteration: 0, index: 1, instruction, tool } if instruction.contains("total") && tool.name() == "payments_refund"),
+        "{decide:?}"
+    );
+    // The same `$local` in a react step is an invalid call.
+    assert!(matches!(next(&step(), &schemas(), &journal, limits()), Next::Reject { index: 1, .. }));
+    let decided = |arguments: Value| LoopEntry::Decided {
+        iteration: 0,
+        index: 1,
+        tier: "local".into(),
+        arguments,
+        tokens_in: 50,
+        tokens_out: 9,
+        latency_ms: 400,
+    };
+    let mut bad = journal.clone();
+    bad.push(decided(json!({ "amount": "all of it", "account": "acct-1" })));
+    assert!(matches!(next(&plan_step(), &schemas(), &bad, limits()), Next::Reject { index: 1, .. }), "checked too");
+    journal.push(decided(json!({ "amount": 40, "account": "acct-1" })));
+    let run = next(&plan_step(), &schemas(), &journal, limits());
+    assert!(
+        matches!(&run, Next::RunCall { index: 1, arguments, call_id, .. } if arguments["amount"] == 40 && call_id == "b"),
+        "{run:?}"
+    );
+    journal.push(outcome_of(run, 0, 1));
+    assert_eq!(next(&plan_step(), &schemas(), &journal, limits()), Next::CallModel { iteration: 1 });
+    let messages = transcript("sys", "goal", &journal);
+    let observation: Value = serde_json::from_str(messages.last().unwrap().content.as_deref().unwrap()).unwrap();
+    assert_eq!(observation["arguments"], json!({ "amount": 40, "account": "acct-1" }), "{observation}");
+    let asked = plan::conversation("goal", &journal, "payments_refund", "refund it");
+    assert!(asked[1].content.as_deref().unwrap().contains("shop_lookup"), "{asked:?}");
+}
+
+/// A call of a plan that is refused (or fails, or is invalid) stops the
+/// plan: the calls after it are skipped and the planner replans.
+#[test]
+fn a_refused_call_skips_the_rest_of_the_plan_and_the_planner_replans() {
+    let mut journal = vec![turn(
+        0,
+        vec![
+            call("a", "payments_refund", r#"{"amount":5000,"account":"acct-9"}"#),
+            call("b", "shop_lookup", r#"{"order_id":"A-1"}"#),
+            call("c", "shop_lookup", r#"{"$local":"look it up again"}"#),
+        ],
+    )];
+    journal.push(LoopEntry::Call {
+        iteration: 0,
+        index: 0,
+        name: "payments_refund".into(),
+        arguments: json!({ "amount": 5000, "account": "acct-9" }),
+        outcome: CallOutcome::Refused { reason: "policy forbids it".into() },
+    });
+    for index in 1..3 {
+        let skip = next(&plan_step(), &schemas(), &journal, limits());
+        let Next::Skip { iteration: 0, index: i, name, reason } = skip else { panic!("expected a skip, got {skip:?}") };
+        assert_eq!(i, index);
+        assert!(reason.contains("call 0"), "{reason}");
+        journal.push(LoopEntry::Call {
+            iteration: 0,
+            index,
+            name,
+            arguments: Value::Null,
+            outcome: CallOutcome::Skipped { reason },
+        });
+    }
+    assert_eq!(next(&plan_step(), &schemas(), &journal, limits()), Next::CallModel { iteration: 1 });
+    let messages = transcript("sys", "goal", &journal);
+    let tool_messages: Vec<&Message> = messages.iter().filter(|m| m.role == Role::Tool).collect();
+    assert_eq!(tool_messages.len(), 3, "every call of the plan gets its observation");
+    assert!(tool_messages[2].content.as_deref().unwrap().contains("skipped"));
+}
