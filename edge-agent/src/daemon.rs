@@ -54,6 +54,9 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
+    /// The local API's token cannot be read or made.
+    #[error(transparent)]
+    Token(#[from] crate::http::guard::TokenError),
     /// The local API cannot listen.
     #[error("cannot listen on {addr} for the local API: {source}")]
     Listen {
@@ -293,15 +296,25 @@ pub async fn start(options: DaemonOptions) -> Result<EdgeHandle, DaemonError> {
             // The bound address, for whoever asked for port 0.
             std::fs::write(options.data_dir.join("api.addr"), format!("{local}\n"))
                 .map_err(|source| DaemonError::Listen { addr, source })?;
+            let configured = options.api_token.clone().filter(|token| !token.trim().is_empty());
+            let reads_need_token = configured.is_some();
+            let token = match configured {
+                Some(token) => token,
+                None => crate::http::guard::local_token(&options.data_dir)?,
+            };
             let mut app = api::router(ApiState {
                 runtime: runtime.clone(),
-                token: options.api_token.clone().map(Into::into),
+                token: token.into(),
+                reads_need_token,
                 http_metrics: Arc::new(aios_daemon::metrics::HttpMetrics::new("aios_edge")),
                 link: status.clone(),
                 beyond_loopback: !local.ip().is_loopback(),
             });
             if let Some(gateway) = &options.gateway {
                 app = app.merge(gateway_router(&options, gateway, &store, &identity, tiers.clone()).await?);
+            }
+            if local.ip().is_loopback() {
+                app = app.layer(axum::middleware::from_fn_with_state((), crate::http::guard::loopback_only));
             }
             let mut api_shutdown = shutdown.clone();
             tokio::spawn(async move {

@@ -458,6 +458,15 @@ impl EdgeProc {
         format!("127.0.0.1:{}", self.api_port)
     }
 
+    /// The API token: the configured one, or the one the edge made in its
+    /// data directory at first start.
+    pub fn token(&self) -> Option<String> {
+        self.api_token.clone().or_else(|| {
+            let text = std::fs::read_to_string(self.dir.join("api-token")).ok()?;
+            Some(text.trim().to_owned())
+        })
+    }
+
     /// Calls the local API; returns the status and the JSON body.
     pub async fn api(
         &self,
@@ -466,7 +475,7 @@ impl EdgeProc {
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<(u16, serde_json::Value)> {
         let mut request = self.http.request(method, format!("http://{}{path}", self.api_addr()));
-        if let Some(token) = &self.api_token {
+        if let Some(token) = self.token() {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {

@@ -12,6 +12,9 @@
 //! - A login flood with huge and random names leaves the control plane's
 //!   memory and operator log bounded, and the admin able to log in
 //!   (finding 5).
+//! - A local process without the edge's token, or a web page reaching the
+//!   loopback API by DNS rebinding or a cross-site form, changes nothing
+//!   (finding 4).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -592,5 +595,85 @@ async fn a_login_flood_with_huge_and_random_names() -> anyhow::Result<()> {
         .build()?;
     let status = log_in(&alice, &url, "alice", &password).await?;
     assert_eq!(status, 303, "alice logs in from her own address");
+    Ok(())
+}
+
+/// Finding 4. An edge with no configured token: a process on the machine
+/// without the token it made at first start (`api-token`, mode 0600) may
+/// read but may not submit a task, release a dead letter, compensate an
+/// effect or decide an approval; with the token it may. A request whose
+/// `Host` is another name (DNS rebinding) or whose `Origin` is another site
+/// is refused even with the token, on every route. The CLI finds the token
+/// in the data directory by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_api_without_the_token_or_from_a_foreign_origin() -> anyhow::Result<()> {
+    let files = tempfile::tempdir()?;
+    let secret_file = files.path().join("webhook-secret");
+    std::fs::write(&secret_file, WEBHOOK_SECRET)?;
+    let (_tmp, _cp, edge) = fleet_with(&bins!(), &webhook_bundle(&secret_file)).await?;
+    let token_file = edge.dir.join("api-token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&token_file)?.permissions().mode() & 0o777, 0o600);
+    }
+    let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
+    assert_eq!(token.len(), 64);
+
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", edge.api_addr());
+    let task = json!({ "agent": "note", "input": { "order": 7 } });
+    let mutations = [
+        ("/v1/tasks", task.clone()),
+        ("/v1/dlq/some-intent/retry", json!({})),
+        ("/v1/dlq/some-intent/discard", json!({})),
+        ("/v1/tasks/some-task/compensate", json!({ "step": "save" })),
+        ("/v1/tasks/some-task/cancel", json!({})),
+        ("/v1/approvals/some-approval/approve", json!({})),
+    ];
+    for (path, body) in &mutations {
+        for presented in [None, Some("wrong"), Some(&token[1..])] {
+            let mut request = http.post(url(path)).json(body);
+            if let Some(presented) = presented {
+                request = request.bearer_auth(presented);
+            }
+            let status = request.send().await?.status().as_u16();
+            assert_eq!(status, 401, "POST {path} with {presented:?}");
+        }
+    }
+    let (_, tasks) = edge.api(Method::GET, "/v1/tasks", None).await?;
+    assert_eq!(tasks["tasks"].as_array().map(Vec::len), Some(0), "nothing was submitted: {tasks}");
+    assert_eq!(http.get(url("/v1/health")).send().await?.status().as_u16(), 200, "reads stay open on loopback");
+    let created = http.post(url("/v1/tasks")).bearer_auth(&token).json(&task).send().await?;
+    assert_eq!(created.status().as_u16(), 201);
+
+    // DNS rebinding and cross-site requests: refused with the token too.
+    let port = edge.api_addr().rsplit_once(':').map(|(_, port)| port.to_owned()).unwrap_or_default();
+    for (name, value) in [
+        ("host", format!("evil.example:{port}")),
+        ("host", "localhost.evil.example".to_owned()),
+        ("origin", "http://evil.example".to_owned()),
+        ("origin", "null".to_owned()),
+    ] {
+        for (method, path) in [(Method::GET, "/v1/health"), (Method::POST, "/v1/tasks"), (Method::GET, "/v1/models")] {
+            let response = http
+                .request(method.clone(), url(path))
+                .bearer_auth(&token)
+                .header(name, &value)
+                .json(&task)
+                .send()
+                .await?;
+            assert_eq!(response.status().as_u16(), 403, "{method} {path} with {name}: {value}");
+        }
+    }
+    let same_origin = http.get(url("/v1/health")).header("origin", format!("http://127.0.0.1:{port}")).send().await?;
+    assert_eq!(same_origin.status().as_u16(), 200);
+
+    // The CLI presents the token it finds in the data directory.
+    let listed = edge.edge_cli(&["dlq", "retry", "no-such-intent", "--api", &edge.api_addr()])?;
+    let said = String::from_utf8_lossy(&listed.stderr);
+    assert!(!listed.status.success() && said.contains("no intent no-such-intent"), "{said}");
+    let (_, tasks) = edge.api(Method::GET, "/v1/tasks", None).await?;
+    assert_eq!(tasks["tasks"].as_array().map(Vec::len), Some(1), "{tasks}");
     Ok(())
 }

@@ -92,11 +92,13 @@ pub enum DlqCommand {
 }
 
 /// Runs an approvals subcommand.
-pub async fn approvals(command: ApprovalCommand) -> anyhow::Result<()> {
+pub async fn approvals(command: ApprovalCommand, data_dir: &std::path::Path) -> anyhow::Result<()> {
     match command {
         ApprovalCommand::List { state, api } => {
             let path = state.map_or("/v1/approvals".to_owned(), |s| format!("/v1/approvals?state={s}"));
-            for approval in Client::new(&api).call(Method::GET, &path, None).await?.as_array().into_iter().flatten() {
+            for approval in
+                Client::new(&api, data_dir).call(Method::GET, &path, None).await?.as_array().into_iter().flatten()
+            {
                 let request = &approval["request"];
                 println!(
                     "{:<24} {:<10} {}.{} {}",
@@ -110,12 +112,16 @@ pub async fn approvals(command: ApprovalCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ApprovalCommand::Approve { id, operator, api } => {
-            Client::new(&api).call(Method::POST, &format!("/v1/approvals/{id}/approve"), Some(operator.body())).await?;
+            Client::new(&api, data_dir)
+                .call(Method::POST, &format!("/v1/approvals/{id}/approve"), Some(operator.body()))
+                .await?;
             println!("approved {id}");
             Ok(())
         }
         ApprovalCommand::Reject { id, operator, api } => {
-            Client::new(&api).call(Method::POST, &format!("/v1/approvals/{id}/reject"), Some(operator.body())).await?;
+            Client::new(&api, data_dir)
+                .call(Method::POST, &format!("/v1/approvals/{id}/reject"), Some(operator.body()))
+                .await?;
             println!("rejected {id}");
             Ok(())
         }
@@ -123,10 +129,10 @@ pub async fn approvals(command: ApprovalCommand) -> anyhow::Result<()> {
 }
 
 /// Runs a dlq subcommand.
-pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+pub async fn dlq(command: DlqCommand, data_dir: &std::path::Path) -> anyhow::Result<()> {
     match command {
         DlqCommand::List { api } => {
-            let listed = Client::new(&api).call(Method::GET, "/v1/intents?state=dead_lettered", None).await?;
+            let listed = Client::new(&api, data_dir).call(Method::GET, "/v1/intents?state=dead_lettered", None).await?;
             for intent in listed.as_array().into_iter().flatten() {
                 let last = intent["errors"].as_array().and_then(|e| e.last()).cloned().unwrap_or_default();
                 println!(
@@ -142,17 +148,21 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DlqCommand::Show { key, api } => {
-            let intent = Client::new(&api).call(Method::GET, &format!("/v1/intents/{key}"), None).await?;
+            let intent = Client::new(&api, data_dir).call(Method::GET, &format!("/v1/intents/{key}"), None).await?;
             println!("{}", serde_json::to_string_pretty(&intent)?);
             Ok(())
         }
         DlqCommand::Retry { key, operator, api } => {
-            Client::new(&api).call(Method::POST, &format!("/v1/dlq/{key}/retry"), Some(operator.body())).await?;
+            Client::new(&api, data_dir)
+                .call(Method::POST, &format!("/v1/dlq/{key}/retry"), Some(operator.body()))
+                .await?;
             println!("intent {key} queued again with the same key");
             Ok(())
         }
         DlqCommand::Discard { key, operator, api } => {
-            Client::new(&api).call(Method::POST, &format!("/v1/dlq/{key}/discard"), Some(operator.body())).await?;
+            Client::new(&api, data_dir)
+                .call(Method::POST, &format!("/v1/dlq/{key}/discard"), Some(operator.body()))
+                .await?;
             println!("intent {key} discarded");
             Ok(())
         }

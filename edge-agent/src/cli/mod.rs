@@ -206,9 +206,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => run_daemon(cli.data_dir, args).await,
         Command::Status => status(&data_dir).await,
-        Command::Task(command) => crate::cli::task::run(command).await,
-        Command::Approvals(command) => crate::cli::exec::approvals(command).await,
-        Command::Dlq(command) => crate::cli::exec::dlq(command).await,
+        Command::Task(command) => crate::cli::task::run(command, &data_dir).await,
+        Command::Approvals(command) => crate::cli::exec::approvals(command, &data_dir).await,
+        Command::Dlq(command) => crate::cli::exec::dlq(command, &data_dir).await,
         Command::Memory(command) => crate::cli::memory::run(&data_dir, command).await,
         Command::Models(command) => aios_models::run_models_command(command).await,
         Command::Mcp(McpCommand::Tools { name, url, credential, command }) => {

@@ -87,7 +87,8 @@ pub struct ApiArgs {
     /// The daemon's local API address.
     #[arg(long = "api", env = "AIOS_EDGE_API", default_value = crate::cli::DEFAULT_API)]
     pub address: String,
-    /// Bearer token, when the daemon requires one.
+    /// Bearer token (default: the one the daemon made in the data
+    /// directory's `api-token`).
     #[arg(long = "api-token", env = "AIOS_EDGE_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
@@ -99,8 +100,9 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn new(api: &ApiArgs) -> Client {
-        Client { http: reqwest::Client::new(), base: format!("http://{}", api.address), token: api.token.clone() }
+    pub(crate) fn new(api: &ApiArgs, data_dir: &std::path::Path) -> Client {
+        let token = api.token.clone().or_else(|| crate::http::guard::token_for_cli(data_dir));
+        Client { http: reqwest::Client::new(), base: format!("http://{}", api.address), token }
     }
 
     pub(crate) async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -126,11 +128,11 @@ impl Client {
 }
 
 /// Runs a task subcommand.
-pub async fn run(command: TaskCommand) -> anyhow::Result<()> {
+pub async fn run(command: TaskCommand, data_dir: &std::path::Path) -> anyhow::Result<()> {
     match command {
         TaskCommand::Submit { agent, input, kind, idempotency_key, no_wait, api } => {
             let input = read_input(&input)?;
-            let client = Client::new(&api);
+            let client = Client::new(&api, data_dir);
             let body = json!({ "agent": agent, "input": input, "kind": kind, "idempotency_key": idempotency_key });
             let task: TaskRecord =
                 serde_json::from_value(client.call(reqwest::Method::POST, "/v1/tasks", Some(body)).await?)?;
@@ -145,13 +147,14 @@ pub async fn run(command: TaskCommand) -> anyhow::Result<()> {
             let by =
                 by.unwrap_or_else(|| format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into())));
             let body = json!({ "answer": answer, "by": by });
-            let question =
-                Client::new(&api).call(reqwest::Method::POST, &format!("/v1/tasks/{id}/answer"), Some(body)).await?;
+            let question = Client::new(&api, data_dir)
+                .call(reqwest::Method::POST, &format!("/v1/tasks/{id}/answer"), Some(body))
+                .await?;
             println!("answered {:?} for task {id}", question["question"].as_str().unwrap_or_default());
             Ok(())
         }
         TaskCommand::Questions { api } => {
-            let open = Client::new(&api).call(reqwest::Method::GET, "/v1/questions", None).await?;
+            let open = Client::new(&api, data_dir).call(reqwest::Method::GET, "/v1/questions", None).await?;
             for question in open.as_array().into_iter().flatten() {
                 println!(
                     "{}  {}  {}",
@@ -163,7 +166,7 @@ pub async fn run(command: TaskCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TaskCommand::Show { id, api } => {
-            let task = Client::new(&api).call(reqwest::Method::GET, &format!("/v1/tasks/{id}"), None).await?;
+            let task = Client::new(&api, data_dir).call(reqwest::Method::GET, &format!("/v1/tasks/{id}"), None).await?;
             println!("{}", serde_json::to_string_pretty(&task)?);
             Ok(())
         }
@@ -175,7 +178,7 @@ pub async fn run(command: TaskCommand) -> anyhow::Result<()> {
             if let Some(agent) = agent {
                 query.push_str(&format!("&agent={agent}"));
             }
-            let listed = Client::new(&api).call(reqwest::Method::GET, &query, None).await?;
+            let listed = Client::new(&api, data_dir).call(reqwest::Method::GET, &query, None).await?;
             let tasks: Vec<TaskRecord> = serde_json::from_value(listed["tasks"].clone())?;
             println!("{:<22} {:<16} {:<14} {:>5} {:>10}", "ID", "AGENT", "STATE", "STEP", "COST USD");
             for task in tasks {
@@ -187,7 +190,9 @@ pub async fn run(command: TaskCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TaskCommand::Cancel { id, api } => {
-            let task = Client::new(&api).call(reqwest::Method::POST, &format!("/v1/tasks/{id}/cancel"), None).await?;
+            let task = Client::new(&api, data_dir)
+                .call(reqwest::Method::POST, &format!("/v1/tasks/{id}/cancel"), None)
+                .await?;
             println!("{}", serde_json::to_string_pretty(&task)?);
             Ok(())
         }

@@ -16,13 +16,14 @@
 //! - `GET /v1/intents?state=` (`state=dead_lettered` is the dead-letter
 //!   queue), `GET /v1/intents/{key}`, `POST /v1/dlq/{key}/retry|discard`.
 //! - `GET /v1/health`: edge id, bundle version, running tasks, counts by state.
-//! - `/mcp`: the bundle's `[mcp_tools]` over MCP ([`crate::http::mcp`]),
-//!   only when a token is configured.
+//! - `/mcp`: the bundle's `[mcp_tools]` over MCP ([`crate::http::mcp`]).
 //!
 //! - `POST /v1/webhooks/{name}`: an inbound webhook ([`crate::http::webhook`]).
 //!
-//! With a token configured every request but a webhook's must carry
-//! `Authorization: Bearer`; a webhook is signed instead.
+//! Every mutating request and every `/mcp` request must carry the token as
+//! `Authorization: Bearer` (a configured one, or the one made at first
+//! start); reads too when it was configured ([`crate::http::guard`]). A
+//! webhook is signed instead.
 
 use std::sync::Arc;
 
@@ -42,8 +43,11 @@ use crate::tasks::{SubmitError, TaskFilter};
 pub struct ApiState {
     /// The task runtime.
     pub runtime: Runtime,
-    /// The bearer token every request must carry, if any.
-    pub token: Option<Arc<str>>,
+    /// The bearer token: configured, or made at first start
+    /// ([`crate::http::guard`]).
+    pub token: Arc<str>,
+    /// Reads need the token too (it was configured, not made).
+    pub reads_need_token: bool,
     /// Request counts and durations for `/metrics`.
     pub http_metrics: Arc<aios_daemon::metrics::HttpMetrics>,
     /// The sync link's state, for `/metrics`.
@@ -114,12 +118,10 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// `/mcp`: the bundle's tools for MCP clients, only with a token configured.
+/// `/mcp`: the bundle's tools for MCP clients (the token is always required).
 fn mcp_router(state: &ApiState) -> Router<ApiState> {
     let service = crate::http::mcp::service(state.runtime.clone(), state.beyond_loopback);
-    Router::new()
-        .route_service("/mcp", service)
-        .layer(axum::middleware::from_fn_with_state(state.token.is_some(), crate::http::mcp::require_token))
+    Router::new().route_service("/mcp", service)
 }
 
 /// `GET /metrics`: Prometheus figures read from the database now.
@@ -131,7 +133,8 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
 }
 
 async fn authorize(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
+    if crate::http::guard::needs_token(request.method(), request.uri().path(), state.reads_need_token) {
+        let token = &state.token;
         let presented = request
             .headers()
             .get(axum::http::header::AUTHORIZATION)

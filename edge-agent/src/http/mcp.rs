@@ -11,8 +11,8 @@
 //! client never sees a connector, a credential or a policy.
 //!
 //! The endpoint needs the API token on every request, even on loopback
-//! (without `api_token` in the configuration it refuses every request), and
-//! checks `Host` against loopback names unless the API listens beyond
+//! (the configured one or the one the edge made, [`crate::http::guard`]),
+//! and checks `Host` against loopback names unless the API listens beyond
 //! loopback, so a web page on the machine cannot reach it through DNS
 //! rebinding. A client that goes away mid-call leaves the task running: its
 //! result stays on the edge's task list and console.
@@ -20,10 +20,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult,
     PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -57,16 +53,6 @@ pub fn service(runtime: Runtime, beyond_loopback: bool) -> StreamableHttpService
         config = config.disable_allowed_hosts();
     }
     StreamableHttpService::new(move || Ok(EdgeTools { runtime: runtime.clone() }), Default::default(), config)
-}
-
-/// Refuses every MCP request when no API token is configured: tools that
-/// act on the world are never served to whoever reaches the port.
-pub async fn require_token(State(configured): State<bool>, request: Request, next: Next) -> Response {
-    if !configured {
-        let message = "serving tools over MCP needs api_token in the edge's configuration";
-        return (StatusCode::FORBIDDEN, axum::Json(json!({ "error": { "message": message } }))).into_response();
-    }
-    next.run(request).await
 }
 
 impl EdgeTools {

@@ -1,7 +1,9 @@
 //! What the edge serves over HTTP on its local listener.
 //!
 //! # Layout
-//! - [`api`]: `/v1/tasks`, approvals, intents, health; the bearer token.
+//! - [`api`]: `/v1/tasks`, approvals, intents, health.
+//! - [`guard`]: the bearer token (made at first start when none is
+//!   configured) and the loopback `Host`/`Origin` check.
 //! - [`webhook`]: signed inbound webhooks that become tasks.
 //! - [`gateway`]: the OpenAI-compatible API over local models and tiers.
 //! - [`metrics`]: the edge's figures at `/metrics`.
@@ -9,6 +11,7 @@
 
 pub mod api;
 pub mod gateway;
+pub mod guard;
 pub mod mcp;
 pub mod metrics;
 pub mod webhook;
