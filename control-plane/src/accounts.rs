@@ -48,15 +48,19 @@ pub enum Role {
     Operator,
     /// Read the audit log and tasks, verify chains.
     Auditor,
-    /// Read only (no audit log contents).
+    /// Read where work stands; no contents of what agents handle
+    /// ([`crate::redact`]).
     Viewer,
 }
 
 /// A class of actions, checked against a [`Role`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permission {
-    /// Fleet, tasks, approvals, policies, metrics.
+    /// Fleet, tasks, approvals, policies, metrics: where work stands.
     Read,
+    /// What agents handled: task inputs and results, approvals' arguments,
+    /// reasoning and sources, audit payloads, agent transcripts.
+    Contents,
     /// The audit log and its verification.
     Audit,
     /// Approve, reject, submit, dead-letter retries and discards.
@@ -72,8 +76,8 @@ impl Role {
             (self, permission),
             (Role::Admin, _)
                 | (_, Permission::Read)
-                | (Role::Operator, Permission::Operate)
-                | (Role::Auditor, Permission::Audit)
+                | (Role::Operator, Permission::Operate | Permission::Contents)
+                | (Role::Auditor, Permission::Audit | Permission::Contents)
         )
     }
 
@@ -509,13 +513,13 @@ mod tests {
     fn roles_allow_exactly_their_permissions() {
         use Permission::*;
         let table = [
-            (Role::Admin, [true, true, true, true]),
-            (Role::Operator, [true, false, true, false]),
-            (Role::Auditor, [true, true, false, false]),
-            (Role::Viewer, [true, false, false, false]),
+            (Role::Admin, [true, true, true, true, true]),
+            (Role::Operator, [true, true, false, true, false]),
+            (Role::Auditor, [true, true, true, false, false]),
+            (Role::Viewer, [true, false, false, false, false]),
         ];
         for (role, expected) in table {
-            let got = [Read, Audit, Operate, Administer].map(|p| role.allows(p));
+            let got = [Read, Contents, Audit, Operate, Administer].map(|p| role.allows(p));
             assert_eq!(got, expected, "{role}");
             assert_eq!(role.as_str().parse::<Role>().unwrap(), role);
         }

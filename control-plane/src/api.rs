@@ -284,15 +284,22 @@ struct DispatchQuery {
 
 async fn list_dispatches(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<DispatchQuery>,
 ) -> ApiResult<serde_json::Value> {
     let records = state.store.dispatches(None, query.limit.unwrap_or(100).min(1000)).await?;
+    let records: Vec<_> = records.into_iter().map(|r| crate::redact::dispatch(&principal, r)).collect();
     Ok(Json(serde_json::json!({ "tasks": records })))
 }
 
-async fn show_dispatch(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<serde_json::Value> {
+async fn show_dispatch(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<serde_json::Value> {
     let record = state.store.dispatches(Some(id.clone()), 1).await?.into_iter().next();
     let record = record.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no dispatched task {id}")))?;
+    let record = crate::redact::dispatch(&principal, record);
     Ok(Json(serde_json::to_value(record).expect("a dispatch encodes")))
 }
 
@@ -397,17 +404,21 @@ struct ApprovalQuery {
 
 async fn list_approvals(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<ApprovalQuery>,
 ) -> ApiResult<Vec<crate::commands::ApprovalView>> {
-    Ok(Json(state.store.approvals(query.state, state.clock.unix_ms()).await?))
+    let approvals = state.store.approvals(query.state, state.clock.unix_ms()).await?;
+    Ok(Json(approvals.into_iter().map(|a| crate::redact::approval(&principal, a)).collect()))
 }
 
 async fn show_approval(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<crate::commands::ApprovalView> {
     let approval = state.store.approval(id.clone(), state.clock.unix_ms()).await?;
-    Ok(Json(approval.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no approval request {id}")))?))
+    let approval = approval.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no approval request {id}")))?;
+    Ok(Json(crate::redact::approval(&principal, approval)))
 }
 
 async fn approve(
@@ -467,8 +478,12 @@ async fn issue(
     Ok(Json(serde_json::to_value(body).expect("a command encodes")))
 }
 
-async fn list_dead_letters(State(state): State<ApiState>) -> ApiResult<Vec<serde_json::Value>> {
-    Ok(Json(state.store.dead_letters().await?))
+async fn list_dead_letters(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+) -> ApiResult<Vec<serde_json::Value>> {
+    let letters = state.store.dead_letters().await?;
+    Ok(Json(letters.into_iter().map(|letter| crate::redact::dead_letter(&principal, letter)).collect()))
 }
 
 /// `action` is `retry` (again, same key) or `discard`.
@@ -557,10 +572,12 @@ pub(crate) async fn answer(
 
 async fn show_command(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<crate::commands::CommandRecord> {
     let command = state.store.command(id.clone()).await?;
-    Ok(Json(command.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no command {id}")))?))
+    let command = command.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no command {id}")))?;
+    Ok(Json(crate::redact::command(&principal, command)))
 }
 
 async fn list_users(State(state): State<ApiState>) -> ApiResult<Vec<accounts::AccountView>> {

@@ -12,6 +12,7 @@
 //! - [`accounts`]: operator accounts, roles, tokens, sessions, operator log.
 //! - [`dispatch`]: tasks dispatched to edges, and their results.
 //! - [`commands`]: signed operator commands and the approval queue.
+//! - [`redact`]: what a role that may not see contents (the viewer) is shown.
 //! - [`resend`]: the resend-until-receipt queue behind dispatches and commands.
 //! - [`ingest`]: audit ingest: verify, store, raise alarms, project the views.
 //! - [`views`]: task and metrics read models derived from the audit log.
@@ -33,6 +34,7 @@ pub mod dispatch;
 pub mod ingest;
 pub mod metrics;
 pub mod pki;
+pub mod redact;
 pub mod resend;
 pub mod server;
 pub mod store;

@@ -15,6 +15,8 @@
 //! - A local process without the edge's token, or a web page reaching the
 //!   loopback API by DNS rebinding or a cross-site form, changes nothing
 //!   (finding 4).
+//! - A viewer sees that a refund waits, never its arguments, input,
+//!   reasoning or audit payloads (finding 8).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -675,5 +677,70 @@ async fn local_api_without_the_token_or_from_a_foreign_origin() -> anyhow::Resul
     assert!(!listed.status.success() && said.contains("no intent no-such-intent"), "{said}");
     let (_, tasks) = edge.api(Method::GET, "/v1/tasks", None).await?;
     assert_eq!(tasks["tasks"].as_array().map(Vec::len), Some(1), "{tasks}");
+    Ok(())
+}
+
+/// Finding 8. A refund above the limit, dispatched through the control
+/// plane with a customer's details in its input, waits for approval. A
+/// viewer (API token or console) sees that it waits and for what action,
+/// but no argument, input, reasoning or audit payload; the admin sees them
+/// all on the same routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_sees_where_work_stands_not_what_agents_handled() -> anyhow::Result<()> {
+    use aios_tests::payments::{PaymentFaults, PaymentService};
+
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let bundle = include_str!("../data/refunds.toml")
+        .replace("PAYMENTS_URL", &payments.url())
+        .replace("RECEIPTS_DIR", receipts.path().to_str().context("utf-8 path")?);
+    let (_tmp, cp, edge) = fleet_with(&bins!(), &bundle).await?;
+    let url = std::fs::read_to_string(cp.dir.join("admin.url"))?.trim().to_owned();
+    let admin = std::fs::read_to_string(cp.dir.join("admin-token"))?.trim().to_owned();
+    let http = reqwest::Client::new();
+    let secrets = ["acct-77", "4242", "Jane Roe"];
+    let input = json!({
+        "order": { "id": "v-1", "accounts": ["acct-77"] },
+        "refund": { "amount": 240, "account": "acct-77" },
+        "reason": "Jane Roe, card ending 4242, asks for the full price back",
+    });
+    let body = json!({ "agent": "refunds", "kind": "refund-request", "input": input, "edge": edge.edge_id });
+    let dispatched = http.post(format!("{url}/v1/tasks")).bearer_auth(&admin).json(&body).send().await?;
+    assert!(dispatched.status().is_success(), "{}", dispatched.text().await?);
+    let approval = wait_for("the refund to wait for approval", LONG, || async {
+        Ok(cp.get("/v1/approvals?state=pending").await?.as_array().is_some_and(|a| !a.is_empty()))
+    });
+    approval.await?;
+    let queued = cp.get("/v1/approvals?state=pending").await?;
+    let approval_id = queued[0]["id"].as_str().context("approval id")?.to_owned();
+    let task_id = queued[0]["request"]["task"].as_str().context("task id")?.to_owned();
+    let dispatches = cp.get("/v1/tasks").await?;
+    let dispatch_id = dispatches["tasks"][0]["id"].as_str().context("dispatch id")?.to_owned();
+
+    cp.cli_ok(&["user", "add", "vera", "--role", "viewer"])?;
+    let viewer = cp.cli_ok(&["user", "token", "vera", "--ttl", "1h"])?.trim().to_owned();
+    let routes = [
+        "/v1/approvals".to_owned(),
+        format!("/v1/approvals/{approval_id}"),
+        "/v1/tasks".to_owned(),
+        format!("/v1/tasks/{dispatch_id}"),
+        "/v1/dlq".to_owned(),
+        "/console/approvals".to_owned(),
+        format!("/console/tasks/{task_id}"),
+    ];
+    let mut admin_saw = 0;
+    for route in &routes {
+        let seen = http.get(format!("{url}{route}")).bearer_auth(&viewer).send().await?;
+        assert_eq!(seen.status().as_u16(), 200, "viewer, {route}");
+        let text = seen.text().await?;
+        for secret in secrets {
+            assert!(!text.contains(secret), "a viewer saw `{secret}` at {route}:\n{text}");
+        }
+        let full = http.get(format!("{url}{route}")).bearer_auth(&admin).send().await?.text().await?;
+        admin_saw += usize::from(secrets.iter().all(|secret| full.contains(secret)));
+    }
+    assert!(admin_saw >= 4, "the admin sees the contents the viewer does not ({admin_saw} routes)");
+    let approvals = http.get(format!("{url}/v1/approvals")).bearer_auth(&viewer).send().await?.json::<Value>().await?;
+    assert_eq!(approvals[0]["request"]["action"], "refund", "a viewer still sees what waits: {approvals}");
     Ok(())
 }

@@ -291,7 +291,8 @@ pub(crate) async fn task(
         ));
     };
     let names = edge_names(&state.store.edges().await?);
-    let open = state.store.open_question(id.clone()).await?;
+    let contents = crate::redact::sees_contents(&principal);
+    let open = if contents { state.store.open_question(id.clone()).await? } else { None };
     let body = html! {
         @if let Some(done) = &query.done { div.notice { (done) } }
         (super::transcript::question_form(&principal, &row.task, open.as_ref()))
@@ -317,7 +318,8 @@ pub(crate) async fn task(
                     "its side effects wait for a person's approval."
                 }
             }
-            (super::transcript::transcript(&events))
+            @if contents { (super::transcript::transcript(&events)) }
+            @else { p.muted #withheld { "Payloads and the agent's transcript are " (crate::redact::WITHHELD) "." } }
             h2 { "Events" }
             table #trace-events {
                 thead { tr { th { "#" } th { "Time" } th { "Event" } th { "Summary" } th { "Details" } } }
@@ -327,8 +329,13 @@ pub(crate) async fn task(
                             td.num { (event.seq) }
                             td { (when(event.ts_ms)) }
                             td { code { (event.kind) } }
-                            td { (trace_summary(&event.payload)) }
-                            td { details { summary { "payload" } (json_block(&event.payload)) } }
+                            @if contents {
+                                td { (trace_summary(&event.payload)) }
+                                td { details { summary { "payload" } (json_block(&event.payload)) } }
+                            } @else {
+                                td.muted { "—" }
+                                td.muted { "—" }
+                            }
                         }
                     }
                 }
@@ -351,6 +358,7 @@ pub(crate) async fn approvals(
     Query(query): Query<DoneQuery>,
 ) -> PageResult {
     let all = state.store.approvals(None, state.clock.unix_ms()).await?;
+    let all: Vec<_> = all.into_iter().map(|approval| crate::redact::approval(&principal, approval)).collect();
     let names = edge_names(&state.store.edges().await?);
     let can_decide = principal.role.allows(Permission::Operate);
     let (pending, decided): (Vec<_>, Vec<_>) =
@@ -375,7 +383,10 @@ pub(crate) async fn approvals(
                             ul { @for item in review { li { (item.as_str().unwrap_or_default()) } } }
                         }
                     }
-                    h2 { "Exact arguments" } (json_block(&request["args"]))
+                    @if !crate::redact::sees_contents(&principal) {
+                        p.muted.withheld { "Arguments, reasoning and sources are " (crate::redact::WITHHELD) "." }
+                    }
+                    @if let Some(args) = request.get("args") { h2 { "Exact arguments" } (json_block(args)) }
                     div.muted { "Arguments hash " code { (request["args_hash"].as_str().unwrap_or_default()) } }
                     @if let Some(reasoning) = request.get("reasoning").filter(|v| !v.is_null()) {
                         h2 { "The agent's reasoning" } (json_block(reasoning))
