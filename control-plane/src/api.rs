@@ -84,6 +84,23 @@ impl From<aios_daemon::db::DbError> for ApiError {
     }
 }
 
+impl From<crate::commands::LookupError> for ApiError {
+    fn from(err: crate::commands::LookupError) -> ApiError {
+        match err {
+            crate::commands::LookupError::Db(err) => err.into(),
+            ambiguous => ApiError(StatusCode::CONFLICT, ambiguous.to_string()),
+        }
+    }
+}
+
+/// `?edge=ID`: which edge's item an id names, when items of several edges
+/// carry it.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct EdgeScope {
+    #[serde(default)]
+    pub edge: Option<String>,
+}
+
 fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
@@ -415,8 +432,9 @@ async fn show_approval(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    Query(scope): Query<EdgeScope>,
 ) -> ApiResult<crate::commands::ApprovalView> {
-    let approval = state.store.approval(id.clone(), state.clock.unix_ms()).await?;
+    let approval = state.store.approval(id.clone(), scope.edge, state.clock.unix_ms()).await?;
     let approval = approval.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no approval request {id}")))?;
     Ok(Json(crate::redact::approval(&principal, approval)))
 }
@@ -425,28 +443,31 @@ async fn approve(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    Query(scope): Query<EdgeScope>,
     body: Option<Json<Operator>>,
 ) -> ApiResult<serde_json::Value> {
-    decide(state, id, true, body.map(|b| b.0).unwrap_or_default().acting_as(&principal)).await
+    decide(state, id, scope.edge, true, body.map(|b| b.0).unwrap_or_default().acting_as(&principal)).await
 }
 
 async fn reject(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    Query(scope): Query<EdgeScope>,
     body: Option<Json<Operator>>,
 ) -> ApiResult<serde_json::Value> {
-    decide(state, id, false, body.map(|b| b.0).unwrap_or_default().acting_as(&principal)).await
+    decide(state, id, scope.edge, false, body.map(|b| b.0).unwrap_or_default().acting_as(&principal)).await
 }
 
 /// Signs a decision bound to the request's argument hash and expiry.
 pub(crate) async fn decide(
     state: ApiState,
     id: String,
+    edge: Option<String>,
     approve: bool,
     operator: Operator,
 ) -> ApiResult<serde_json::Value> {
-    let approval = state.store.approval(id.clone(), state.clock.unix_ms()).await?;
+    let approval = state.store.approval(id.clone(), edge, state.clock.unix_ms()).await?;
     let approval = approval.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no approval request {id}")))?;
     if approval.state != QueueState::Edge(ApprovalState::Pending) {
         return Err(ApiError(StatusCode::CONFLICT, format!("approval {id} is {}", approval.state)));
@@ -491,6 +512,7 @@ async fn resolve_dead_letter(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
     Path((key, action)): Path<(String, String)>,
+    Query(scope): Query<EdgeScope>,
     body: Option<Json<Operator>>,
 ) -> ApiResult<serde_json::Value> {
     let command = match action.as_str() {
@@ -498,7 +520,7 @@ async fn resolve_dead_letter(
         "discard" => aios_shared::command::Command::DiscardIntent { key: key.clone() },
         other => return Err(ApiError(StatusCode::NOT_FOUND, format!("no action `{other}`: retry or discard"))),
     };
-    let edge = state.store.edge_of_intent(key.clone()).await?;
+    let edge = state.store.edge_of_intent(key.clone(), scope.edge).await?;
     let edge = edge.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no intent {key}")))?;
     issue(&state, edge, body.map(|b| b.0).unwrap_or_default().acting_as(&principal), command).await
 }
@@ -515,6 +537,7 @@ async fn compensate(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    Query(scope): Query<EdgeScope>,
     body: Result<Json<CompensateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<serde_json::Value> {
     let Json(request) = body.map_err(|err| bad_request(err.body_text()))?;
@@ -522,7 +545,7 @@ async fn compensate(
         Some(dispatch) => dispatch.task_id.ok_or_else(|| bad_request(format!("dispatch {id} has no task yet")))?,
         None => id,
     };
-    let edge = state.store.edge_of_task(task.clone()).await?;
+    let edge = state.store.edge_of_task(task.clone(), scope.edge).await?;
     let edge = edge.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no task {task}")))?;
     let command = aios_shared::command::Command::Compensate { task, step: request.step };
     issue(&state, edge, request.operator.acting_as(&principal), command).await
@@ -540,10 +563,11 @@ async fn answer_question(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    Query(scope): Query<EdgeScope>,
     body: Result<Json<AnswerRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<serde_json::Value> {
     let Json(request) = body.map_err(|err| bad_request(err.body_text()))?;
-    answer(state, id, request.answer, request.operator.acting_as(&principal)).await
+    answer(state, id, scope.edge, request.answer, request.operator.acting_as(&principal)).await
 }
 
 /// Most bytes of an answer (as the edge takes it).
@@ -553,6 +577,7 @@ const MAX_ANSWER_BYTES: usize = 4000;
 pub(crate) async fn answer(
     state: ApiState,
     id: String,
+    edge: Option<String>,
     answer: String,
     operator: Operator,
 ) -> ApiResult<serde_json::Value> {
@@ -560,7 +585,7 @@ pub(crate) async fn answer(
     if answer.is_empty() || answer.len() > MAX_ANSWER_BYTES {
         return Err(bad_request(format!("an answer is 1 to {MAX_ANSWER_BYTES} bytes")));
     }
-    let question = state.store.open_question(id.clone()).await?;
+    let question = state.store.open_question(id.clone(), edge).await?;
     let question =
         question.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("task {id} has no open question")))?;
     if question.answering {

@@ -135,11 +135,20 @@ pub struct OperatorArgs {
     /// A comment recorded with the decision.
     #[arg(long, default_value = "")]
     pub comment: String,
+    /// The edge whose item the id names, when items of several edges carry it.
+    #[arg(long)]
+    pub edge: Option<String>,
 }
 
 impl OperatorArgs {
     fn body(&self) -> Body {
         Body::Json(serde_json::json!({ "by": self.by, "comment": self.comment }))
+    }
+
+    /// `?edge=ID` when an edge was named.
+    fn scope(&self) -> String {
+        let query = self.edge.as_ref().and_then(|edge| serde_urlencoded::to_string([("edge", edge)]).ok());
+        query.map(|query| format!("?{query}")).unwrap_or_default()
     }
 }
 
@@ -613,19 +622,27 @@ async fn approvals_and_dlq(client: AdminClient, command: Command) -> anyhow::Res
             println!("{}", serde_json::to_string_pretty(&approval)?);
             Ok(())
         }
-        Command::Approvals(ApprovalCommand::Approve { id, operator }) => {
-            sent(client.send(Method::POST, &format!("/v1/approvals/{id}/approve"), Some(operator.body())).await?)
-        }
-        Command::Approvals(ApprovalCommand::Reject { id, operator }) => {
-            sent(client.send(Method::POST, &format!("/v1/approvals/{id}/reject"), Some(operator.body())).await?)
-        }
+        Command::Approvals(ApprovalCommand::Approve { id, operator }) => sent(
+            client
+                .send(Method::POST, &format!("/v1/approvals/{id}/approve{}", operator.scope()), Some(operator.body()))
+                .await?,
+        ),
+        Command::Approvals(ApprovalCommand::Reject { id, operator }) => sent(
+            client
+                .send(Method::POST, &format!("/v1/approvals/{id}/reject{}", operator.scope()), Some(operator.body()))
+                .await?,
+        ),
         Command::Dlq(DlqCommand::List) => print_lines(client.send(Method::GET, "/v1/dlq", None).await?),
-        Command::Dlq(DlqCommand::Retry { key, operator }) => {
-            sent(client.send(Method::POST, &format!("/v1/dlq/{key}/retry"), Some(operator.body())).await?)
-        }
-        Command::Dlq(DlqCommand::Discard { key, operator }) => {
-            sent(client.send(Method::POST, &format!("/v1/dlq/{key}/discard"), Some(operator.body())).await?)
-        }
+        Command::Dlq(DlqCommand::Retry { key, operator }) => sent(
+            client
+                .send(Method::POST, &format!("/v1/dlq/{key}/retry{}", operator.scope()), Some(operator.body()))
+                .await?,
+        ),
+        Command::Dlq(DlqCommand::Discard { key, operator }) => sent(
+            client
+                .send(Method::POST, &format!("/v1/dlq/{key}/discard{}", operator.scope()), Some(operator.body()))
+                .await?,
+        ),
         Command::Task(TaskCommand::Compensate { id, step, operator }) => {
             let body = Body::Json(serde_json::json!({ "step": step, "by": operator.by, "comment": operator.comment }));
             sent(client.send(Method::POST, &format!("/v1/tasks/{id}/compensate"), Some(body)).await?)

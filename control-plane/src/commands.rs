@@ -143,16 +143,66 @@ fn command_kind(command: &Command) -> (&'static str, String) {
     }
 }
 
-fn read_approval(conn: &Connection, id: &str, now_ms: i64) -> Result<Option<ApprovalView>, DbError> {
-    let row: Option<(String, String)> = conn
+/// Why an id could not be resolved to one item.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// Items of more than one edge carry the id (an edge may write any id
+    /// into its own audit log): the caller must name the edge.
+    #[error("`{id}` names items of several edges ({}); name the edge with `?edge=`", .edges.join(", "))]
+    Ambiguous {
+        /// The id.
+        id: String,
+        /// The edges whose items carry it.
+        edges: Vec<String>,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// The one edge among `edges` (distinct, as found), or why there is none.
+fn one_edge(id: &str, edges: Vec<String>) -> Result<Option<String>, LookupError> {
+    match edges.len() {
+        0 => Ok(None),
+        1 => Ok(edges.into_iter().next()),
+        _ => Err(LookupError::Ambiguous { id: id.to_owned(), edges }),
+    }
+}
+
+/// The distinct edges with an event of `kind` whose payload has `value` at
+/// `path`, limited to `edge` when given (two at most: enough to tell).
+fn edges_with(
+    conn: &Connection,
+    kind: &str,
+    path: &str,
+    value: &str,
+    edge: Option<&str>,
+) -> Result<Vec<String>, DbError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT edge_id FROM audit_events
+         WHERE kind = ?1 AND json_extract(payload, ?2) = ?3 AND (?4 IS NULL OR edge_id = ?4) LIMIT 2",
+    )?;
+    let rows = stmt.query_map(params![kind, path, value, edge], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn read_approval(
+    conn: &Connection,
+    id: &str,
+    edge: Option<&str>,
+    now_ms: i64,
+) -> Result<Option<ApprovalView>, LookupError> {
+    let edges = edges_with(conn, "approval.requested", "$.approval", id, edge)?;
+    let Some(edge_id) = one_edge(id, edges)? else { return Ok(None) };
+    let payload: String = conn
         .query_row(
-            "SELECT edge_id, payload FROM audit_events
-             WHERE kind = 'approval.requested' AND json_extract(payload, '$.approval') = ?1 LIMIT 1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            "SELECT payload FROM audit_events
+         WHERE kind = 'approval.requested' AND json_extract(payload, '$.approval') = ?1 AND edge_id = ?2
+         ORDER BY seq LIMIT 1",
+            params![id, edge_id],
+            |r| r.get(0),
         )
-        .optional()?;
-    let Some((edge_id, payload)) = row else { return Ok(None) };
+        .map_err(DbError::from)?;
     Ok(Some(view(conn, id.to_owned(), edge_id, serde_json::from_str(&payload).unwrap_or_default(), now_ms)?))
 }
 
@@ -170,9 +220,9 @@ fn view(conn: &Connection, id: String, edge_id: String, request: Value, now_ms: 
         .optional()?;
     let decision: Option<(String, Option<String>)> = conn
         .query_row(
-            "SELECT body, refused FROM commands WHERE kind = 'decide' AND subject = ?1 AND
+            "SELECT body, refused FROM commands WHERE kind = 'decide' AND subject = ?1 AND edge_id = ?2 AND
                 (refused IS NULL) ORDER BY created_ms DESC LIMIT 1",
-            [&id],
+            params![id, edge_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
@@ -303,9 +353,18 @@ impl CpStore {
             .await
     }
 
-    /// One approval request, as it stands at `now_ms`.
-    pub async fn approval(&self, id: String, now_ms: i64) -> Result<Option<ApprovalView>, DbError> {
-        self.db.read(move |conn| read_approval(conn, &id, now_ms)).await
+    /// One approval request of `edge` (any edge when `None`, if only one
+    /// carries the id), as it stands at `now_ms`.
+    pub async fn approval(
+        &self,
+        id: String,
+        edge: Option<String>,
+        now_ms: i64,
+    ) -> Result<Option<ApprovalView>, LookupError> {
+        self.db
+            .read(move |conn| Ok(read_approval(conn, &id, edge.as_deref(), now_ms)))
+            .await
+            .map_err(LookupError::Db)?
     }
 
     /// Dead-lettered intents of every edge that no operator resolved yet.
@@ -334,73 +393,79 @@ impl CpStore {
             .await
     }
 
-    /// The first question an agent of `task` asked that no answer has
-    /// reached the control plane for.
-    pub async fn open_question(&self, task: String) -> Result<Option<OpenQuestion>, DbError> {
-        self.db
-            .read(move |conn| {
-                let row: Option<(String, String, i64)> = conn
-                    .query_row(
-                        "SELECT q.edge_id, q.payload, q.ts_ms FROM audit_events q
-                         WHERE q.kind = 'question.asked' AND json_extract(q.payload, '$.task') = ?1
-                           AND NOT EXISTS (
-                             SELECT 1 FROM audit_events a
-                             WHERE a.edge_id = q.edge_id AND a.kind = 'question.answered'
-                               AND json_extract(a.payload, '$.key') = json_extract(q.payload, '$.key'))
-                         ORDER BY q.seq LIMIT 1",
-                        [&task],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()?;
-                let Some((edge_id, payload, asked_ms)) = row else { return Ok(None) };
-                let payload: Value = serde_json::from_str(&payload).unwrap_or_default();
-                let key = payload["key"].as_str().unwrap_or_default().to_owned();
-                let answering: bool = conn.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM commands WHERE kind = 'answer' AND subject = ?1 AND refused IS NULL)",
-                    [format!("{task}/{key}")],
-                    |r| r.get(0),
-                )?;
-                Ok(Some(OpenQuestion {
-                    edge_id,
-                    task,
-                    key,
-                    question: payload["question"].as_str().unwrap_or_default().to_owned(),
-                    asked_ms,
-                    answering,
-                }))
-            })
-            .await
+    /// The first question an agent of `task` on `edge` (any edge when
+    /// `None`, if only one ran it) asked that no answer has reached the
+    /// control plane for.
+    pub async fn open_question(&self, task: String, edge: Option<String>) -> Result<Option<OpenQuestion>, LookupError> {
+        self.db.read(move |conn| Ok(read_open_question(conn, task, edge))).await.map_err(LookupError::Db)?
     }
 
     /// The edge a task ran on, from its audit events.
-    pub async fn edge_of_task(&self, task: String) -> Result<Option<String>, DbError> {
-        self.edge_of_event("task.queued", "$.task", task).await
+    pub async fn edge_of_task(&self, task: String, edge: Option<String>) -> Result<Option<String>, LookupError> {
+        self.edge_of_event("task.queued", "$.task", task, edge).await
     }
 
     /// The edge a dead-lettered intent belongs to.
-    pub async fn edge_of_intent(&self, key: String) -> Result<Option<String>, DbError> {
-        self.edge_of_event("intent.declared", "$.key", key).await
+    pub async fn edge_of_intent(&self, key: String, edge: Option<String>) -> Result<Option<String>, LookupError> {
+        self.edge_of_event("intent.declared", "$.key", key, edge).await
     }
 
-    /// The edge of the first event of `kind` whose payload has `value` at `path`.
+    /// The one edge with an event of `kind` whose payload has `value` at `path`.
     async fn edge_of_event(
         &self,
         kind: &'static str,
         path: &'static str,
         value: String,
-    ) -> Result<Option<String>, DbError> {
+        edge: Option<String>,
+    ) -> Result<Option<String>, LookupError> {
         self.db
-            .read(move |conn| {
-                Ok(conn
-                    .query_row(
-                        "SELECT edge_id FROM audit_events WHERE kind = ?1 AND json_extract(payload, ?2) = ?3 LIMIT 1",
-                        params![kind, path, value],
-                        |r| r.get(0),
-                    )
-                    .optional()?)
-            })
+            .read(move |conn| Ok(edges_with(conn, kind, path, &value, edge.as_deref()).map(|e| one_edge(&value, e))))
             .await
+            .map_err(LookupError::Db)?
+            .map_err(LookupError::Db)?
     }
+}
+
+fn read_open_question(
+    conn: &Connection,
+    task: String,
+    edge: Option<String>,
+) -> Result<Option<OpenQuestion>, LookupError> {
+    let edges = edges_with(conn, "question.asked", "$.task", &task, edge.as_deref())?;
+    let Some(edge_id) = one_edge(&task, edges)? else { return Ok(None) };
+    let row: Option<(String, i64)> = conn
+        .query_row(
+            "SELECT q.payload, q.ts_ms FROM audit_events q
+             WHERE q.kind = 'question.asked' AND json_extract(q.payload, '$.task') = ?1 AND q.edge_id = ?2
+               AND NOT EXISTS (
+                 SELECT 1 FROM audit_events a
+                 WHERE a.edge_id = q.edge_id AND a.kind = 'question.answered'
+                   AND json_extract(a.payload, '$.key') = json_extract(q.payload, '$.key'))
+             ORDER BY q.seq LIMIT 1",
+            params![task, edge_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(DbError::from)?;
+    let Some((payload, asked_ms)) = row else { return Ok(None) };
+    let payload: Value = serde_json::from_str(&payload).unwrap_or_default();
+    let key = payload["key"].as_str().unwrap_or_default().to_owned();
+    let answering: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM commands
+             WHERE kind = 'answer' AND subject = ?1 AND edge_id = ?2 AND refused IS NULL)",
+            params![format!("{task}/{key}"), edge_id],
+            |r| r.get(0),
+        )
+        .map_err(DbError::from)?;
+    Ok(Some(OpenQuestion {
+        edge_id,
+        task,
+        key,
+        question: payload["question"].as_str().unwrap_or_default().to_owned(),
+        asked_ms,
+        answering,
+    }))
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@
 //!   (finding 4).
 //! - A viewer sees that a refund waits, never its arguments, input,
 //!   reasoning or audit payloads (finding 8).
+//! - An enrolled edge that forges another edge's approval id into its own
+//!   audit log cannot take over or confuse the decision (finding 13).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -742,5 +744,88 @@ async fn a_viewer_sees_where_work_stands_not_what_agents_handled() -> anyhow::Re
     assert!(admin_saw >= 4, "the admin sees the contents the viewer does not ({admin_saw} routes)");
     let approvals = http.get(format!("{url}/v1/approvals")).bearer_auth(&viewer).send().await?.json::<Value>().await?;
     assert_eq!(approvals[0]["request"]["action"], "refund", "a viewer still sees what waits: {approvals}");
+    Ok(())
+}
+
+/// Finding 13. A victim edge's refund waits for approval. An attacker who
+/// controls another enrolled edge writes an `approval.requested` with the
+/// same approval id (other arguments) into its own, validly chained audit
+/// log, and it reaches the control plane. The id no longer resolves by
+/// itself: showing or deciding it without naming the edge is refused (409,
+/// naming both edges), the queue lists both requests each under its edge,
+/// and the decision scoped to the victim's edge reaches the victim, whose
+/// refund then runs once; the attacker's edge gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_forging_another_edges_approval_id() -> anyhow::Result<()> {
+    use aios_tests::payments::{PaymentFaults, PaymentService};
+
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let bundle = include_str!("../data/refunds.toml")
+        .replace("PAYMENTS_URL", &payments.url())
+        .replace("RECEIPTS_DIR", receipts.path().to_str().context("utf-8 path")?);
+    let bins = bins!();
+    let (tmp, cp, victim) = fleet_with(&bins, &bundle).await?;
+    let mut attacker = EdgeProc::enroll(&bins, &tmp.path().join("attacker"), &cp.sync_addr(), &cp.token("10m")?)?;
+    attacker.start()?;
+
+    let refund = json!({
+        "agent": "refunds", "kind": "refund-request",
+        "input": { "order": { "id": "f-1", "accounts": ["acct-1"] }, "refund": { "amount": 120, "account": "acct-1" },
+                   "reason": "double charge" },
+    });
+    let task = victim.submit(refund).await?["id"].as_str().context("task id")?.to_owned();
+    wait_for("the victim's approval request", LONG, || async {
+        Ok(cp.get("/v1/approvals?state=pending").await?.as_array().is_some_and(|a| !a.is_empty()))
+    })
+    .await?;
+    let queued = cp.get("/v1/approvals?state=pending").await?;
+    let id = queued[0]["id"].as_str().context("approval id")?.to_owned();
+
+    // The attacker forges a request with the victim's id into its own chain.
+    attacker.kill9();
+    {
+        let store = aios_edge_agent::store::EdgeStore::open(&attacker.dir)?;
+        let identity = store.identity().await?.context("the attacker's identity")?;
+        let forged = json!({ "approval": id, "edge": attacker.edge_id, "task": task, "connector": "shop",
+                             "action": "refund", "args": { "amount": 9000, "account": "acct-evil" },
+                             "args_hash": "00", "expires_ms": i64::MAX });
+        let conn = rusqlite::Connection::open(attacker.dir.join("edge.db"))?;
+        let now = aios_daemon::clock::unix_ms();
+        aios_edge_agent::store::append_event(&conn, &identity, now, "approval.requested", &forged.to_string())?;
+    }
+    attacker.start()?;
+    wait_synced(&cp, &attacker, LONG).await?;
+
+    let (url, admin) = (
+        std::fs::read_to_string(cp.dir.join("admin.url"))?.trim().to_owned(),
+        std::fs::read_to_string(cp.dir.join("admin-token"))?.trim().to_owned(),
+    );
+    let http = reqwest::Client::new();
+    let shown = http.get(format!("{url}/v1/approvals/{id}")).bearer_auth(&admin).send().await?;
+    assert_eq!(shown.status().as_u16(), 409);
+    let said = shown.text().await?;
+    assert!(said.contains(&victim.edge_id) && said.contains(&attacker.edge_id), "{said}");
+    let unscoped = http.post(format!("{url}/v1/approvals/{id}/approve")).bearer_auth(&admin).send().await?;
+    assert_eq!(unscoped.status().as_u16(), 409, "an ambiguous id is not decided");
+    let listed = cp.get("/v1/approvals").await?;
+    let edges: Vec<&str> = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["id"] == id.as_str())
+        .filter_map(|a| a["edge_id"].as_str())
+        .collect();
+    assert_eq!(edges.len(), 2, "{listed:#}");
+
+    cp.cli_ok(&["approvals", "approve", &id, "--edge", &victim.edge_id, "--by", "alice"])?;
+    let done = victim.finished_task(&task, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let refunds: Vec<Value> = payments.effects().into_iter().filter(|e| e.path == "refunds").map(|e| e.body).collect();
+    assert_eq!(refunds, [json!({ "order": "f-1", "amount": 120, "account": "acct-1" })]);
+    let victim_view = cp.get(&format!("/v1/approvals/{id}?edge={}", victim.edge_id)).await?;
+    assert_eq!(victim_view["request"]["args"]["account"], "acct-1", "{victim_view:#}");
+    let attacker_view = cp.get(&format!("/v1/approvals/{id}?edge={}", attacker.edge_id)).await?;
+    assert!(attacker_view["decision"].is_null(), "the decision went to the victim only: {attacker_view:#}");
     Ok(())
 }

@@ -292,7 +292,10 @@ pub(crate) async fn task(
     };
     let names = edge_names(&state.store.edges().await?);
     let contents = crate::redact::sees_contents(&principal);
-    let open = if contents { state.store.open_question(id.clone()).await? } else { None };
+    let open = match contents {
+        true => state.store.open_question(id.clone(), Some(row.edge_id.clone())).await.map_err(ApiError::from)?,
+        false => None,
+    };
     let body = html! {
         @if let Some(done) = &query.done { div.notice { (done) } }
         (super::transcript::question_form(&principal, &row.task, open.as_ref()))
@@ -397,11 +400,13 @@ pub(crate) async fn approvals(
                     @if can_decide {
                         form.inline method="post" action={ "/console/approvals/" (approval.id) "/approve" } {
                             (csrf_field(&principal))
+                            input type="hidden" name="edge" value=(approval.edge_id);
                             input name="comment" placeholder="comment (optional)";
                             button type="submit" { "Approve" }
                         }
                         form.inline method="post" action={ "/console/approvals/" (approval.id) "/reject" } {
                             (csrf_field(&principal))
+                            input type="hidden" name="edge" value=(approval.edge_id);
                             input name="comment" placeholder="why (optional)";
                             button.danger type="submit" { "Reject" }
                         }
@@ -435,6 +440,9 @@ pub(crate) async fn approvals(
 pub(crate) struct DecisionForm {
     #[serde(default)]
     comment: String,
+    /// The edge whose request it is (ids are not unique across edges).
+    #[serde(default)]
+    edge: Option<String>,
 }
 
 /// `POST /console/approvals/{id}/approve|reject`.
@@ -452,7 +460,7 @@ pub(crate) async fn decide(
         }
     };
     let operator = Operator { by: None, comment: form.comment }.acting_as(&principal);
-    match api::decide(state, id.clone(), approve, operator).await {
+    match api::decide(state, id.clone(), form.edge, approve, operator).await {
         Ok(_) => {
             let done = format!(
                 "{} {id}; the edge applies it on its next sync.",

@@ -92,6 +92,7 @@ pub(crate) fn question_form(principal: &Principal, task: &str, open: Option<&Ope
             } @else if principal.role.allows(Permission::Operate) {
                 form method="post" action={ "/console/tasks/" (task) "/answer" } {
                     (csrf_field(principal))
+                    input type="hidden" name="edge" value=(open.edge_id);
                     textarea name="answer" rows="3" required maxlength="4000" {}
                     button type="submit" { "Answer" }
                 }
@@ -105,6 +106,9 @@ pub(crate) fn question_form(principal: &Principal, task: &str, open: Option<&Ope
 #[derive(Deserialize)]
 pub(crate) struct AnswerForm {
     answer: String,
+    /// The edge the task runs on (ids are not unique across edges).
+    #[serde(default)]
+    edge: Option<String>,
 }
 
 /// `POST /console/tasks/{id}/answer`.
@@ -115,7 +119,7 @@ pub(crate) async fn answer(
     Form(form): Form<AnswerForm>,
 ) -> PageResult {
     let operator = Operator { by: None, comment: String::new() }.acting_as(&principal);
-    match api::answer(state, id.clone(), form.answer, operator).await {
+    match api::answer(state, id.clone(), form.edge, form.answer, operator).await {
         Ok(_) => {
             let done = "Answered; the edge resumes the task on its next sync.";
             Ok(Redirect::to(&format!("/console/tasks/{}?done={}", urlencode(&id), urlencode(done))).into_response())
