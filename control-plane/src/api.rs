@@ -326,13 +326,46 @@ async fn publish_policy(State(state): State<ApiState>, text: String) -> ApiResul
     Ok(Json(serde_json::json!({ "version": version })))
 }
 
-async fn kill_switch(State(state): State<ApiState>) -> ApiResult<serde_json::Value> {
-    let version = engage_kill_switch(&state).await?;
-    Ok(Json(serde_json::json!({ "version": version, "autonomy": "off" })))
+/// How far the kill switch goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KillLevel {
+    /// Every side effect is denied (autonomy `off`).
+    #[default]
+    Effects,
+    /// And no model is called: no local generation, no escalation, no
+    /// gateway (autonomy `halted`).
+    All,
 }
 
-/// Publishes the current bundle with autonomy off; returns its version.
-pub(crate) async fn engage_kill_switch(state: &ApiState) -> Result<u64, ApiError> {
+impl KillLevel {
+    /// The autonomy mode the level publishes.
+    pub fn autonomy(self) -> Autonomy {
+        match self {
+            KillLevel::Effects => Autonomy::Off,
+            KillLevel::All => Autonomy::Halted,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct KillSwitchRequest {
+    #[serde(default)]
+    level: KillLevel,
+}
+
+async fn kill_switch(
+    State(state): State<ApiState>,
+    body: Option<Json<KillSwitchRequest>>,
+) -> ApiResult<serde_json::Value> {
+    let level = body.map(|b| b.0).unwrap_or_default().level;
+    let version = engage_kill_switch(&state, level).await?;
+    Ok(Json(serde_json::json!({ "version": version, "autonomy": level.autonomy() })))
+}
+
+/// Publishes the current bundle with autonomy `off` (level `effects`) or
+/// `halted` (level `all`); returns its version.
+pub(crate) async fn engage_kill_switch(state: &ApiState, level: KillLevel) -> Result<u64, ApiError> {
     // Keep everything else the current bundle says; only autonomy changes.
     let mut spec = match state.store.bundle(None).await? {
         Some((_, signed)) => BundleSpec::from_body(
@@ -340,11 +373,11 @@ pub(crate) async fn engage_kill_switch(state: &ApiState) -> Result<u64, ApiError
                 .open(&state.pki.bundle_key.verifying_key())
                 .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?,
         ),
-        None => BundleSpec::new(Autonomy::Off),
+        None => BundleSpec::new(level.autonomy()),
     };
-    spec.autonomy = Autonomy::Off;
+    spec.autonomy = level.autonomy();
     let version = publish(state, spec).await?;
-    tracing::warn!(version, "kill switch: autonomy off fleet-wide");
+    tracing::warn!(version, autonomy = %level.autonomy(), "kill switch engaged fleet-wide");
     Ok(version)
 }
 

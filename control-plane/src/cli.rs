@@ -328,8 +328,14 @@ pub enum PolicyCommand {
     },
     /// List every published version.
     History,
-    /// Publish autonomy `off` fleet-wide, keeping the rest of the current bundle.
-    KillSwitch,
+    /// Engage the kill switch fleet-wide, keeping the rest of the current
+    /// bundle: `effects` (autonomy `off`) or `all` (`halted`: no model call,
+    /// no escalation, no gateway either).
+    KillSwitch {
+        /// `effects` or `all`.
+        #[arg(long, default_value = "effects", value_parser = ["effects", "all"])]
+        level: String,
+    },
 }
 
 /// `audit` subcommands.
@@ -474,9 +480,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(PolicyCommand::History) => {
             print_lines(client()?.send(Method::GET, "/v1/policy/history", None).await?)
         }
-        Command::Policy(PolicyCommand::KillSwitch) => {
-            let answer = client()?.send(Method::POST, "/v1/policy/kill-switch", None).await?;
-            println!("kill switch published as bundle version {}: autonomy off fleet-wide", answer["version"]);
+        Command::Policy(PolicyCommand::KillSwitch { level }) => {
+            let body = Body::Json(serde_json::json!({ "level": level }));
+            let answer = client()?.send(Method::POST, "/v1/policy/kill-switch", Some(body)).await?;
+            println!(
+                "kill switch published as bundle version {}: autonomy {} fleet-wide",
+                answer["version"],
+                answer["autonomy"].as_str().unwrap_or("off")
+            );
             Ok(())
         }
         Command::Audit(AuditCommand::Tail { filter, lines }) => {

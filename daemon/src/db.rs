@@ -129,6 +129,13 @@ impl Db {
         .await
     }
 
+    /// Runs `read` on the reader connection on this thread: for start-up,
+    /// outside the async workers.
+    pub fn read_now<R>(&self, read: impl FnOnce(&Connection) -> Result<R, DbError>) -> Result<R, DbError> {
+        let conn = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        read(&conn)
+    }
+
     /// Runs `read` on the reader connection, off the async workers.
     pub async fn read<R, F>(&self, read: F) -> Result<R, DbError>
     where

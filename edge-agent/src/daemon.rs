@@ -192,7 +192,8 @@ async fn gateway_router(
     let observer = Arc::new(AuditObserver { store: store.clone(), identity: identity.clone(), clock: clock.clone() });
     let state = crate::http::gateway::GatewayState::new(config, Some(chat), embedder, observer)
         .with_tiers(tiers)
-        .with_clock(clock);
+        .with_clock(clock)
+        .with_kill_switch(store.watch_autonomy());
     info!(chat = %gateway.chat_model, "OpenAI-compatible gateway ready");
     Ok(crate::http::gateway::router(Arc::new(state)))
 }

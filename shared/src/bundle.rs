@@ -27,7 +27,11 @@ const SIGNING_CONTEXT: &[u8] = b"aios-bundle-v1\0";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Autonomy {
-    /// The kill switch: every side effect is denied.
+    /// The kill switch at `all`: every side effect is denied, and no model
+    /// is called (no local generation, no escalation, no gateway); running
+    /// gateway streams stop.
+    Halted,
+    /// The kill switch at `effects`: every side effect is denied.
     Off,
     /// Every side effect needs human approval.
     Supervised,
@@ -39,6 +43,7 @@ impl Autonomy {
     /// The lower-case name used in files and on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
+            Autonomy::Halted => "halted",
             Autonomy::Off => "off",
             Autonomy::Supervised => "supervised",
             Autonomy::Autonomous => "autonomous",
@@ -403,6 +408,8 @@ mod tests {
         assert_eq!(b.effective_autonomy(b.expires_at_ms), Autonomy::Supervised);
         b.autonomy = Autonomy::Off;
         assert_eq!(b.effective_autonomy(b.expires_at_ms), Autonomy::Off);
+        b.autonomy = Autonomy::Halted;
+        assert_eq!(b.effective_autonomy(b.expires_at_ms), Autonomy::Halted);
     }
 
     #[test]

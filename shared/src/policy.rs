@@ -133,10 +133,10 @@ impl PolicyEngine {
 
     /// Decides whether the side effect may happen without an approval.
     pub fn decide(&self, request: &ActionRequest<'_>) -> Decision {
-        if request.autonomy == Autonomy::Off {
+        if request.autonomy <= Autonomy::Off {
             return Decision::Deny {
                 policies: Vec::new(),
-                reason: "autonomy is off (the kill switch): every side effect is denied".into(),
+                reason: format!("autonomy is {} (the kill switch): every side effect is denied", request.autonomy),
             };
         }
         match self.evaluate(request, false) {
@@ -159,7 +159,7 @@ impl PolicyEngine {
     /// Decides a side effect a human approved: allowed only when the policy
     /// allows it as approved (a `forbid` still wins) and autonomy is not off.
     pub fn decide_approved(&self, request: &ActionRequest<'_>) -> Decision {
-        if request.autonomy == Autonomy::Off {
+        if request.autonomy <= Autonomy::Off {
             return self.decide(request);
         }
         match self.evaluate(request, true) {

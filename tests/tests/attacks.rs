@@ -19,6 +19,8 @@
 //!   reasoning or audit payloads (finding 8).
 //! - An enrolled edge that forges another edge's approval id into its own
 //!   audit log cannot take over or confuse the decision (finding 13).
+//! - The kill switch at `all` stops a running gateway stream and every
+//!   model call (finding 22).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -827,5 +829,72 @@ async fn an_edge_forging_another_edges_approval_id() -> anyhow::Result<()> {
     assert_eq!(victim_view["request"]["args"]["account"], "acct-1", "{victim_view:#}");
     let attacker_view = cp.get(&format!("/v1/approvals/{id}?edge={}", attacker.edge_id)).await?;
     assert!(attacker_view["decision"].is_null(), "the decision went to the victim only: {attacker_view:#}");
+    Ok(())
+}
+
+/// Finding 22. The kill switch at `all` stops what `effects` leaves
+/// running: a streamed completion the edge's gateway is generating on the
+/// local model ends with the kill switch's error event, well before its
+/// token limit; every new gateway request gets 503; the edge reports
+/// autonomy `halted`. Publishing autonomy on again brings the gateway back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_switch_at_all_stops_a_running_gateway_stream() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let bins = bins!();
+    let cp = ControlPlaneProc::start(&bins, &tmp.path().join("cp")).await?;
+    let mut edge = EdgeProc::enroll(&bins, &tmp.path().join("edge"), &cp.sync_addr(), &cp.token("10m")?)?;
+    edge.run_args = vec!["--gateway".into()];
+    edge.start()?;
+    let bundle = "autonomy = \"autonomous\"\nvalid_for = \"1d\"\n";
+    let applied = |version: u64| {
+        let edge = &edge;
+        async move {
+            wait_for("the edge to apply the bundle", LONG, || async {
+                let (_, health) = edge.api(Method::GET, "/v1/health", None).await?;
+                Ok(health["bundle_version"].as_u64() == Some(version))
+            })
+            .await
+        }
+    };
+    applied(cp.publish(bundle)?).await?;
+
+    let url = format!("http://{}/v1/chat/completions", edge.api_addr());
+    let http = reqwest::Client::new();
+    let long = json!({ "model": "smollm2-135m-instruct", "stream": true, "max_tokens": 3000,
+        "messages": [{ "role": "user", "content": "Write a very long story about a lighthouse keeper, chapter by chapter." }] });
+    let mut stream = http.post(&url).json(&long).send().await?;
+    assert_eq!(stream.status().as_u16(), 200);
+    let mut before = String::new();
+    while before.matches("data: ").count() < 8 {
+        let chunk = stream.chunk().await?.context("the stream ended before the kill switch")?;
+        before.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    cp.cli_ok(&["policy", "kill-switch", "--level", "all"])?;
+    let rest = tokio::time::timeout(LONG, async {
+        let mut rest = String::new();
+        while let Some(chunk) = stream.chunk().await? {
+            rest.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        Ok::<_, anyhow::Error>(rest)
+    })
+    .await??;
+    assert!(rest.contains("kill switch is at `all`"), "the stream did not end with the kill switch: {rest}");
+    assert!(!rest.contains("[DONE]"), "a stopped stream does not claim to be done");
+    let chunks = before.matches("data: ").count() + rest.matches("data: ").count();
+    assert!(chunks < 3000, "stopped early, after {chunks} events");
+
+    let short = json!({ "model": "smollm2-135m-instruct", "max_tokens": 4,
+                        "messages": [{ "role": "user", "content": "Hello" }] });
+    let refused = http.post(&url).json(&short).send().await?;
+    assert_eq!(refused.status().as_u16(), 503);
+    assert!(refused.text().await?.contains("kill_switch"));
+    let (_, health) = edge.api(Method::GET, "/v1/health", None).await?;
+    assert_eq!(health["autonomy"], "halted", "{health}");
+
+    applied(cp.publish(bundle)?).await?;
+    wait_for("the gateway to serve again", LONG, || async {
+        Ok(http.post(&url).json(&short).send().await?.status().as_u16() == 200)
+    })
+    .await?;
     Ok(())
 }

@@ -106,8 +106,14 @@ pub(crate) async fn fleet(State(state): State<ApiState>, Extension(principal): E
                 div.card { div.muted { "Approvals waiting" } div.value { a href="/console/approvals" { (pending) } } }
                 div.card { div.muted { "Tasks in flight" } div.value { (depths.values().sum::<u64>()) } }
             }
-            @if bundle.as_ref().is_some_and(|(_, b)| b.autonomy.as_str() == "off") {
-                div.alarm { "Kill switch engaged: autonomy is off fleet-wide; every side effect is refused." }
+            @if bundle.as_ref().is_some_and(|(_, b)| b.autonomy == aios_shared::bundle::Autonomy::Off) {
+                div.alarm { "Kill switch engaged (effects): autonomy is off fleet-wide; every side effect is refused." }
+            }
+            @if bundle.as_ref().is_some_and(|(_, b)| b.autonomy == aios_shared::bundle::Autonomy::Halted) {
+                div.alarm {
+                    "Kill switch engaged (all): no side effect, no model call, no escalation and no gateway "
+                    "anywhere in the fleet."
+                }
             }
             table #edges {
                 thead { tr {

@@ -193,12 +193,19 @@ pub(crate) async fn kill_switch_confirm(
     let edges = state.store.edges().await?.into_iter().filter(|e| e.revoked_at_ms.is_none()).count();
     let body = html! {
         div.alarm {
-            "This publishes a new bundle with autonomy off. Every one of the " (edges)
-            " edges refuses every side effect from the moment it applies it, including actions already approved. "
-            "Tasks keep running their model steps; their actions wait. Publishing a bundle with autonomy on undoes it."
+            "This publishes a new bundle that stops the fleet. Every one of the " (edges)
+            " edges obeys from the moment it applies it, including actions already approved. "
+            "Publishing a bundle with autonomy on undoes it."
         }
         form method="post" action="/console/kill-switch" #kill-switch {
             (csrf_field(&principal))
+            fieldset {
+                label { input type="radio" name="level" value="effects" checked;
+                    " Side effects only: tasks keep running their model steps; their actions wait." }
+                br;
+                label { input type="radio" name="level" value="all";
+                    " Everything: no side effect, no model call, no escalation, no gateway; running gateway streams stop." }
+            }
             label { input type="checkbox" name="confirm" value="yes" required; " I understand: stop every agent's side effects now." }
             p { button.danger type="submit" { "Engage the kill switch" } " " a href="/console/policies" { "Cancel" } }
         }
@@ -210,6 +217,8 @@ pub(crate) async fn kill_switch_confirm(
 pub(crate) struct ConfirmForm {
     #[serde(default)]
     confirm: Option<String>,
+    #[serde(default)]
+    level: api::KillLevel,
 }
 
 /// `POST /console/kill-switch`: only with the confirmation ticked.
@@ -226,7 +235,7 @@ pub(crate) async fn kill_switch(
             "the kill switch needs its confirmation",
         ));
     }
-    match api::engage_kill_switch(&state).await {
+    match api::engage_kill_switch(&state, form.level).await {
         Ok(version) => Ok(Redirect::to(&format!("/console/policies?published={version}")).into_response()),
         Err(ApiError(status, message)) => Ok(error_page(&principal, Nav::Policies, status, &message)),
     }

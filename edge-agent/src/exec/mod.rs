@@ -484,11 +484,12 @@ impl ExecPlane {
             IntentState::Pending | IntentState::InFlight | IntentState::Unknown => {}
         }
         // pending, in_flight or unknown: (re)send under the same key.
-        if self.store.autonomy().await? == Autonomy::Off {
+        let autonomy = self.store.autonomy().await?;
+        if autonomy <= Autonomy::Off {
             if intent.state == IntentState::Pending {
                 let decision = Decision::Deny {
                     policies: Vec::new(),
-                    reason: "autonomy is off (the kill switch): every side effect is denied".into(),
+                    reason: format!("autonomy is {autonomy} (the kill switch): every side effect is denied"),
                 };
                 return self.deny(&intent, decision).await;
             }

@@ -234,7 +234,7 @@ async fn a_forgotten_subject_is_gone_from_search_export_and_the_cache() {
 #[tokio::test]
 async fn export_and_import_carry_provenance_and_vectors_and_reindex_follows_the_model() {
     let words = Words::new("words-v1");
-    let (_dir, _store, memory) = memory_with(words.clone(), &MemorySpec::default()).await;
+    let (_dir, store, memory) = memory_with(words.clone(), &MemorySpec::default()).await;
     let mut first = item("p1", "policies", Public, "returns accepted within thirty days");
     first.subjects = vec!["s1".into()];
     memory.add(vec![first, item("p2", "policies", Internal, "staff discount rules")], 1).await.unwrap();
@@ -256,7 +256,7 @@ async fn export_and_import_carry_provenance_and_vectors_and_reindex_follows_the_
     // A new model: old vectors are ignored until reindexed.
     let words_v2 = Words::new("words-v2");
     let switched = Memory::new(
-        &EdgeStore { db: memory.inner.db.clone() },
+        &store,
         memory.inner.identity.clone(),
         EmbedderSource::Fixed(words_v2.clone()),
         &MemorySpec::default(),

@@ -235,8 +235,20 @@ impl ModelCalls {
         states
     }
 
+    /// Refuses every model call while the kill switch is at `all`: a task's
+    /// step waits (as for a tier that is down) until an operator lifts it.
+    pub fn check_not_halted(&self) -> Result<(), ModelCallError> {
+        match &self.inner.store {
+            Some(store) if store.halted() => Err(ModelCallError::Unavailable(
+                "the kill switch is at `all`: no model is called until an operator lifts it".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The chat model of local tier `tier`, loaded on first use.
     pub async fn local_model(&self, tier: &str) -> Result<ChatModel, ModelCallError> {
+        self.check_not_halted()?;
         let defs = self.definitions();
         let spec =
             defs.tiers.get(tier).ok_or_else(|| ModelCallError::Fatal(format!("tier `{tier}` is not declared")))?;

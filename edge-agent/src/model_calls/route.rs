@@ -29,6 +29,7 @@ impl ModelCalls {
     /// says so, with retries, breakers and budgets, and the local model with
     /// the result marked for review when no escalation tier can answer.
     pub async fn run(&self, call: StepCall<'_>, call_id: &str) -> Result<CallOutcome, ModelCallError> {
+        self.check_not_halted()?;
         let defs = self.definitions();
         let agent = defs
             .agents
@@ -235,6 +236,9 @@ impl ModelCalls {
         F: FnMut(CloudClient) -> Fut + Clone,
         Fut: Future<Output = Result<T, CloudError>>,
     {
+        if let Err(err) = self.check_not_halted() {
+            return Err(GatewayRefusal { reason: err.to_string(), kind: RefusalKind::Unavailable });
+        }
         let defs = self.definitions();
         let gateway = &defs.gateway;
         let position = gateway.tiers.iter().position(|tier| tier == requested).ok_or_else(|| GatewayRefusal {

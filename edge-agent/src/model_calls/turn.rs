@@ -93,6 +93,7 @@ pub struct TurnOutcome {
 impl ModelCalls {
     /// Runs one turn of an agent step's loop on the tier its plan names.
     pub async fn agent_turn(&self, turn: AgentTurn<'_>, call_id: &str) -> Result<TurnOutcome, TurnError> {
+        self.check_not_halted()?;
         let defs = self.definitions();
         let agent = defs
             .agents

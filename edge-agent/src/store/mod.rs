@@ -28,6 +28,9 @@ const AUDIT_LOG: ChainTable = aios_daemon::chain_table!("audit_log");
 #[derive(Clone)]
 pub struct EdgeStore {
     pub(crate) db: Db,
+    /// The autonomy mode as last recorded, for those who must react at once
+    /// (model calls, the gateway's running streams).
+    autonomy: std::sync::Arc<tokio::sync::watch::Sender<Autonomy>>,
 }
 
 /// What happened to an offered bundle.
@@ -46,7 +49,9 @@ impl EdgeStore {
     pub fn open(data_dir: &Path) -> Result<EdgeStore, DbError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|err| DbError::Sqlite(format!("cannot create {}: {err}", data_dir.display())))?;
-        Ok(EdgeStore { db: Db::open(&data_dir.join("edge.db"), schema::MIGRATIONS)? })
+        let db = Db::open(&data_dir.join("edge.db"), schema::MIGRATIONS)?;
+        let recorded = db.read_now(recorded_autonomy)?;
+        Ok(EdgeStore { db, autonomy: std::sync::Arc::new(tokio::sync::watch::channel(recorded).0) })
     }
 
     /// The identity, if this edge has enrolled.
@@ -144,7 +149,9 @@ impl EdgeStore {
             .write(move |conn| {
                 let current = read_bundle(conn)?;
                 let outcome = match signed.offer(&identity.bundle_key, current.as_ref(), now_ms) {
-                    Ok(Offer::AlreadyApplied(body)) => return Ok(BundleOutcome::AlreadyApplied(body.version)),
+                    Ok(Offer::AlreadyApplied(body)) => {
+                        return Ok((BundleOutcome::AlreadyApplied(body.version), recorded_autonomy(conn)?))
+                    }
                     Ok(Offer::Apply(body)) => {
                         conn.execute(
                             "INSERT OR REPLACE INTO bundle VALUES (1, ?1, ?2, ?3, ?4)",
@@ -167,22 +174,39 @@ impl EdgeStore {
                         BundleOutcome::Refused(err)
                     }
                 };
-                refresh_autonomy(conn, &identity, now_ms)?;
-                Ok(outcome)
+                let autonomy = refresh_autonomy(conn, &identity, now_ms)?;
+                Ok((outcome, autonomy))
             })
             .await
+            .map(|(outcome, autonomy)| {
+                self.autonomy.send_replace(autonomy);
+                outcome
+            })
     }
 
     /// Re-evaluates the autonomy mode at `now_ms` (an expired bundle fails
     /// closed to supervised) and records a change in the audit log.
     pub async fn refresh_autonomy(&self, identity: &Identity, now_ms: i64) -> Result<Autonomy, DbError> {
         let identity = identity.clone();
-        self.db.write(move |conn| refresh_autonomy(conn, &identity, now_ms)).await
+        let autonomy = self.db.write(move |conn| refresh_autonomy(conn, &identity, now_ms)).await?;
+        self.autonomy.send_replace(autonomy);
+        Ok(autonomy)
     }
 
     /// The autonomy mode last recorded.
     pub async fn autonomy(&self) -> Result<Autonomy, DbError> {
         self.db.read(recorded_autonomy).await
+    }
+
+    /// The autonomy mode, watched: it changes when a bundle is applied or
+    /// re-evaluated.
+    pub fn watch_autonomy(&self) -> tokio::sync::watch::Receiver<Autonomy> {
+        self.autonomy.subscribe()
+    }
+
+    /// Whether the kill switch is at `all`: no model may be called.
+    pub fn halted(&self) -> bool {
+        *self.autonomy.borrow() == Autonomy::Halted
     }
 }
 
@@ -243,6 +267,7 @@ fn recorded_autonomy(conn: &Connection) -> Result<Autonomy, DbError> {
     Ok(match value.as_deref() {
         Some("autonomous") => Autonomy::Autonomous,
         Some("off") => Autonomy::Off,
+        Some("halted") => Autonomy::Halted,
         // Never recorded, or unreadable: fail closed.
         _ => Autonomy::Supervised,
     })

@@ -122,6 +122,9 @@ pub struct GatewayState {
     tiers: Option<ModelCalls>,
     /// Where latencies and `created` times are read.
     clock: SharedClock,
+    /// The edge's autonomy mode: at `halted` (the kill switch at `all`) the
+    /// gateway refuses every request and ends running streams.
+    autonomy: Option<tokio::sync::watch::Receiver<aios_shared::bundle::Autonomy>>,
 }
 
 impl GatewayState {
@@ -133,7 +136,39 @@ impl GatewayState {
         observer: Arc<dyn GatewayObserver>,
     ) -> GatewayState {
         let clock = SharedClock::default();
-        GatewayState { config, chat, embedder, observer, started: unix_seconds(&clock), tiers: None, clock }
+        GatewayState {
+            config,
+            chat,
+            embedder,
+            observer,
+            started: unix_seconds(&clock),
+            tiers: None,
+            clock,
+            autonomy: None,
+        }
+    }
+
+    /// Obeys the kill switch: with `autonomy` at `halted`, nothing is served.
+    pub fn with_kill_switch(mut self, autonomy: tokio::sync::watch::Receiver<aios_shared::bundle::Autonomy>) -> Self {
+        self.autonomy = Some(autonomy);
+        self
+    }
+
+    /// Whether the kill switch is at `all`.
+    fn halted(&self) -> bool {
+        self.autonomy.as_ref().is_some_and(|a| *a.borrow() == aios_shared::bundle::Autonomy::Halted)
+    }
+
+    /// Resolves once the kill switch is at `all` (never without a watch).
+    async fn until_halted(&self) {
+        match self.autonomy.clone() {
+            Some(mut autonomy) => {
+                if autonomy.wait_for(|a| *a == aios_shared::bundle::Autonomy::Halted).await.is_err() {
+                    std::future::pending::<()>().await
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
     }
 
     /// Reads the time from `clock` instead of the real one.
@@ -275,7 +310,11 @@ async fn require_key(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Err(error) = authorise(&state, request.headers()) else {
+    let checked = authorise(&state, request.headers()).and_then(|()| match state.halted() {
+        true => Err(OpenAiError::halted()),
+        false => Ok(()),
+    });
+    let Err(error) = checked else {
         return next.run(request).await;
     };
     let endpoint = [GatewayEndpoint::ChatCompletions, GatewayEndpoint::Embeddings]
@@ -315,6 +354,17 @@ impl OpenAiError {
             param: Some("model"),
             code: Some("model_not_found"),
             message: format!("the model `{model}` does not exist on this edge; GET /v1/models lists the models"),
+        }
+    }
+
+    /// The kill switch is at `all`.
+    fn halted() -> OpenAiError {
+        OpenAiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "server_error",
+            param: None,
+            code: Some("kill_switch"),
+            message: "the kill switch is at `all`: this edge calls no model until an operator lifts it".to_owned(),
         }
     }
 

@@ -74,16 +74,25 @@ impl CompletionStream {
     }
 
     async fn next_from_model(&mut self) -> Option<Bytes> {
-        let piece = match self.source.as_mut() {
+        let state = self.recorder.state.clone();
+        let read = async {
+            match self.source.as_mut() {
+                None => None,
+                Some(Source::Local(generation)) => Some(Ok(generation.next_piece().await)),
+                Some(Source::Remote { stream, .. }) => Some(stream.next_delta().await.map_err(|e| e.to_string())),
+            }
+        };
+        let read = tokio::select! {
+            read = read => read,
+            () = state.until_halted() => return Some(self.failed(OpenAiError::halted().message)),
+        };
+        let piece = match read {
             None => {
                 let finished = self.finished.take()?;
                 return Some(self.local_finished(finished));
             }
-            Some(Source::Local(generation)) => generation.next_piece().await,
-            Some(Source::Remote { stream, .. }) => match stream.next_delta().await {
-                Ok(piece) => piece,
-                Err(error) => return Some(self.failed(error.to_string())),
-            },
+            Some(Ok(piece)) => piece,
+            Some(Err(error)) => return Some(self.failed(error)),
         };
         if let Some(piece) = piece {
             self.phase = Some(StreamPhase::Next);
