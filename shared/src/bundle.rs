@@ -233,12 +233,17 @@ impl BundleBody {
         SignedBundle { body, signature: signature.to_bytes().to_vec() }
     }
 
-    /// Refuses a bundle that is not newer than `current_version` or has expired.
+    /// Refuses a bundle that is not newer than `current_version` or has
+    /// expired, unless it is a kill switch (autonomy `off` or `halted`).
     pub fn check_fresh(&self, current_version: u64, now_ms: i64) -> Result<(), BundleError> {
         if self.version <= current_version {
             return Err(BundleError::Rollback { offered: self.version, current: current_version });
         }
-        if self.is_expired(now_ms) {
+        // A kill switch is applied even when it looks expired: the edge's
+        // clock may be ahead, and refusing it would keep a looser bundle in
+        // force. Applied, it only takes autonomy away (and an expired bundle
+        // fails closed anyway).
+        if self.is_expired(now_ms) && self.autonomy > Autonomy::Off {
             return Err(BundleError::Expired { version: self.version, expires_at_ms: self.expires_at_ms });
         }
         Ok(())
@@ -400,6 +405,23 @@ mod tests {
         assert_eq!(b.check_fresh(4, 2_000), Ok(()));
         assert!(matches!(b.check_fresh(5, 2_000), Err(BundleError::Rollback { offered: 5, current: 5 })));
         assert!(matches!(b.check_fresh(4, b.expires_at_ms), Err(BundleError::Expired { .. })));
+    }
+
+    /// An edge whose clock runs ahead sees every new bundle as expired; a
+    /// kill switch is applied all the same (it only takes autonomy away),
+    /// but never an old one.
+    #[test]
+    fn a_kill_switch_is_applied_even_when_it_looks_expired() {
+        for autonomy in [Autonomy::Off, Autonomy::Halted] {
+            let mut b = body(5);
+            b.autonomy = autonomy;
+            assert_eq!(b.check_fresh(4, b.expires_at_ms + 2 * 86_400_000), Ok(()), "{autonomy}");
+            assert!(matches!(b.check_fresh(5, b.expires_at_ms), Err(BundleError::Rollback { .. })));
+            assert_eq!(b.effective_autonomy(b.expires_at_ms), autonomy, "it stays in force, failed closed");
+        }
+        let mut supervised = body(5);
+        supervised.autonomy = Autonomy::Supervised;
+        assert!(matches!(supervised.check_fresh(4, supervised.expires_at_ms), Err(BundleError::Expired { .. })));
     }
 
     #[test]

@@ -69,3 +69,61 @@ async fn an_expired_bundle_fails_closed_on_a_moved_clock() -> anyhow::Result<()>
     cp.stop().await;
     Ok(())
 }
+
+/// Issue 24, finding 18. An edge whose clock runs two days ahead of the
+/// control plane's sees every new one-day bundle as expired and refuses it;
+/// the kill switch reaches it all the same, and the next ordinary bundle
+/// is still refused, so the edge stays stopped until its clock is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_whose_clock_runs_ahead_still_obeys_the_kill_switch() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let now_ms = aios_daemon::clock::unix_ms();
+    let cp_clock = ManualClock::new(now_ms);
+    let cp = in_process::control_plane(tmp.path(), cp_clock.shared()).await?;
+    let edge_dir = tmp.path().join("edge");
+    let identity = in_process::enroll_edge(&cp, &edge_dir, "ahead").await?;
+    let store = EdgeStore::open(&edge_dir)?;
+    let edge_clock = ManualClock::new(now_ms + 2 * DAY_MS);
+    let mut edge_options = DaemonOptions::new(edge_dir.clone());
+    edge_options.clock = edge_clock.shared();
+    let edge = daemon::start(edge_options).await?;
+    let publish = |text: &'static str| {
+        let api = cp.api.clone();
+        async move {
+            let spec = BundleSpec::from_toml(text)?;
+            aios_control_plane::api::publish(&api, spec).await.map_err(|err| anyhow::anyhow!("{err:?}"))
+        }
+    };
+    let refused = |version: u64| {
+        let store = &store;
+        async move {
+            wait_for("the bundle refused as expired", Duration::from_secs(30), || async {
+                let events = store.load_audit(0, 10_000).await?;
+                Ok(events
+                    .iter()
+                    .any(|e| e.kind == kinds::BUNDLE_REFUSED && e.payload.contains(&format!("\"version\":{version}"))))
+            })
+            .await
+        }
+    };
+
+    let first = publish("autonomy = \"autonomous\"\nvalid_for = \"1d\"\n").await?;
+    refused(first).await?;
+    assert_eq!(store.autonomy().await?, Autonomy::Supervised, "no bundle in force: supervised");
+
+    publish("autonomy = \"halted\"\nvalid_for = \"1d\"\n").await?;
+    wait_for("the kill switch applied", Duration::from_secs(30), || async {
+        Ok(store.autonomy().await? == Autonomy::Halted)
+    })
+    .await?;
+
+    let after = publish("autonomy = \"autonomous\"\nvalid_for = \"1d\"\n").await?;
+    refused(after).await?;
+    assert_eq!(store.autonomy().await?, Autonomy::Halted, "still stopped");
+    let verification = cp.api.store.verify(Some(identity.edge_id.clone())).await?;
+    assert!(verification.iter().all(|v| v.ok), "{verification:?}");
+
+    edge.stop().await;
+    cp.stop().await;
+    Ok(())
+}
