@@ -1,5 +1,5 @@
-//! SQLite access for both daemons: one writer thread with group commit, one
-//! reader connection, and schema migrations.
+//! SQLite access for both daemons: one writer thread with group commit, a
+//! small pool of reader connections, and schema migrations.
 //!
 //! Every write is a closure run on the writer thread inside its own savepoint;
 //! the thread runs as many queued closures as are waiting in one transaction
@@ -7,9 +7,13 @@
 //! `synchronous=FULL`, a reply therefore means the write is on disk: callers
 //! may acknowledge it to a peer. Both daemons link this crate, so they share
 //! one durability story.
+//!
+//! Reads go through [`READERS`] connections (WAL lets each read while the
+//! writer writes), so one long read (an audit chain verified, a metrics
+//! count over every event) does not hold up authentication and sync.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -45,20 +49,56 @@ impl From<rusqlite::Error> for DbError {
 type Finisher = Box<dyn FnOnce(Result<(), DbError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Finisher + Send>;
 
-/// How much of the file the reader connection maps into memory (address
+/// How much of the file each reader connection maps into memory (address
 /// space, not memory: pages are shared with the OS cache).
 const READER_MMAP_BYTES: i64 = 1 << 30;
 
 /// Most closures committed in one transaction.
 const MAX_GROUP: usize = 512;
 
-/// A database with a single writer thread and a shared reader.
+/// Reader connections per database.
+pub const READERS: usize = 4;
+
+/// Idle reader connections; a read takes one, waiting while all are busy.
+struct Readers {
+    idle: Mutex<Vec<Connection>>,
+    returned: Condvar,
+}
+
+impl Readers {
+    /// Runs `read` on an idle connection (blocking while none is idle).
+    fn with<R>(&self, read: impl FnOnce(&Connection) -> R) -> R {
+        let conn = {
+            let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            loop {
+                match idle.pop() {
+                    Some(conn) => break conn,
+                    None => idle = self.returned.wait(idle).unwrap_or_else(|poisoned| poisoned.into_inner()),
+                }
+            }
+        };
+        // Given back even if `read` panics, so the pool never shrinks.
+        struct Return<'a>(&'a Readers, Option<Connection>);
+        impl Drop for Return<'_> {
+            fn drop(&mut self) {
+                if let Some(conn) = self.1.take() {
+                    self.0.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(conn);
+                    self.0.returned.notify_one();
+                }
+            }
+        }
+        let guard = Return(self, Some(conn));
+        read(guard.1.as_ref().expect("taken above"))
+    }
+}
+
+/// A database with a single writer thread and a pool of readers.
 #[derive(Clone)]
 pub struct Db {
     /// Queue of the writer thread.
     writer: mpsc::UnboundedSender<Job>,
-    /// Connection for reads; WAL lets it read while the writer writes.
-    reader: Arc<Mutex<Connection>>,
+    /// Connections for reads.
+    readers: Arc<Readers>,
     /// Where the file lives, for messages.
     path: PathBuf,
 }
@@ -69,11 +109,16 @@ impl Db {
     pub fn open(path: &Path, migrations: &[&str]) -> Result<Db, DbError> {
         let mut conn = open_connection(path)?;
         migrate(&mut conn, migrations)?;
-        let reader = open_connection(path)?;
-        // Reads map the file instead of copying each page through a
-        // syscall: a memory search reads a few hundred scattered pages
-        // (vectors for its shortlist), which costs a third as much mapped.
-        reader.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
+        let mut idle = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = open_connection(path)?;
+            // Reads map the file instead of copying each page through a
+            // syscall: a memory search reads a few hundred scattered pages
+            // (vectors for its shortlist), which costs a third as much mapped.
+            reader.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
+            idle.push(reader);
+        }
+        let readers = Arc::new(Readers { idle: Mutex::new(idle), returned: Condvar::new() });
         let (writer, mut queue) = mpsc::unbounded_channel::<Job>();
         std::thread::Builder::new()
             .name("aios-db-writer".into())
@@ -90,7 +135,7 @@ impl Db {
                 }
             })
             .map_err(|err| DbError::Sqlite(format!("cannot start the writer thread: {err}")))?;
-        Ok(Db { writer, reader: Arc::new(Mutex::new(reader)), path: path.to_owned() })
+        Ok(Db { writer, readers, path: path.to_owned() })
     }
 
     /// The file's path.
@@ -132,8 +177,7 @@ impl Db {
     /// Runs `read` on the reader connection on this thread: for start-up,
     /// outside the async workers.
     pub fn read_now<R>(&self, read: impl FnOnce(&Connection) -> Result<R, DbError>) -> Result<R, DbError> {
-        let conn = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        read(&conn)
+        self.readers.with(read)
     }
 
     /// Runs `read` on the reader connection, off the async workers.
@@ -142,13 +186,10 @@ impl Db {
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, DbError> + Send + 'static,
     {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            read(&conn)
-        })
-        .await
-        .map_err(|err| DbError::Sqlite(format!("reader task failed: {err}")))?
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(read))
+            .await
+            .map_err(|err| DbError::Sqlite(format!("reader task failed: {err}")))?
     }
 }
 
@@ -247,6 +288,46 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(keys, vec![1]);
+    }
+
+    /// Issue 24, finding 10: a read that takes long (it waits here until
+    /// told) leaves the other readers free; every reader busy makes the
+    /// next read wait for one, not fail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_read_does_not_hold_up_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db"), MIGRATIONS).unwrap();
+        db.write(|c| Ok(c.execute("INSERT INTO t VALUES (1, 'a')", [])?)).await.unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Arc::new(Mutex::new(held));
+        let mut long = Vec::new();
+        for _ in 0..READERS - 1 {
+            let held = held.clone();
+            long.push(tokio::spawn({
+                let db = db.clone();
+                async move {
+                    db.read(move |c| {
+                        let _ = held.lock().unwrap().recv();
+                        Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))?)
+                    })
+                    .await
+                }
+            }));
+        }
+        // With READERS - 1 readers held, reads still go through, one at a time.
+        for _ in 0..20 {
+            let quick = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                db.read(|c| Ok(c.query_row("SELECT v FROM t WHERE k = 1", [], |r| r.get::<_, String>(0))?)),
+            );
+            assert_eq!(quick.await.expect("a read waited for the long ones").unwrap(), "a");
+        }
+        for _ in 0..READERS - 1 {
+            release.send(()).unwrap();
+        }
+        for read in long {
+            assert_eq!(read.await.unwrap().unwrap(), 1);
+        }
     }
 
     #[test]
