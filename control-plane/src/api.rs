@@ -173,6 +173,9 @@ async fn health(State(state): State<ApiState>) -> Json<serde_json::Value> {
 struct TokenRequest {
     /// Validity such as `1h`.
     ttl: String,
+    /// `key=value` labels the enrolling edge gets.
+    #[serde(default)]
+    labels: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -183,10 +186,11 @@ pub(crate) struct TokenResponse {
 
 async fn create_token(State(state): State<ApiState>, Json(request): Json<TokenRequest>) -> ApiResult<TokenResponse> {
     let ttl = parse_duration(&request.ttl).map_err(bad_request)?;
+    let labels = aios_shared::token::parse_labels(&request.labels).map_err(bad_request)?;
     let token = EnrollToken::new(rand::random(), &state.pki.ca_der);
     let now = state.clock.unix_ms();
     let expires_at_ms = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-    state.store.create_token(token.secret_hash(), now, expires_at_ms).await?;
+    state.store.create_token(token.secret_hash(), now, expires_at_ms, labels).await?;
     Ok(Json(TokenResponse { token: token.to_text(), expires_at_ms }))
 }
 

@@ -297,6 +297,10 @@ pub enum TokenCommand {
         /// How long the token is valid, such as 15m or 1h.
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// A `key=value` label the enrolling edge gets (repeatable); an edge
+        /// cannot choose labels of its own.
+        #[arg(long = "label")]
+        labels: Vec<String>,
     },
 }
 
@@ -417,9 +421,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = || AdminClient::discover(&data_dir, global.admin_url.clone(), global.admin_token.clone());
     match cli.command {
         Command::Serve(args) => serve(global.data_dir.clone(), args).await,
-        Command::Token(TokenCommand::Create { ttl }) => {
-            let answer =
-                client()?.send(Method::POST, "/v1/tokens", Some(Body::Json(serde_json::json!({ "ttl": ttl })))).await?;
+        Command::Token(TokenCommand::Create { ttl, labels }) => {
+            let body = serde_json::json!({ "ttl": ttl, "labels": labels });
+            let answer = client()?.send(Method::POST, "/v1/tokens", Some(Body::Json(body))).await?;
             println!("{}", answer["token"].as_str().context("no token in the answer")?);
             Ok(())
         }

@@ -391,7 +391,9 @@ async fn enroll(ctx: &SyncContext, request: EnrollRequest) -> Result<Enrolled, E
     let hash = secret_hash(&request.token);
     let now = ctx.clock.unix_ms();
     match ctx.store.check_token(hash.clone(), now).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(bound)) => {
+            aios_shared::token::enrolment_labels(&bound, &request.labels).map_err(bad_token)?;
+        }
         Ok(Err(refusal)) => return Err(bad_token(refusal.to_string())),
         Err(err) => return Err(internal(err.to_string())),
     }
@@ -401,21 +403,20 @@ async fn enroll(ctx: &SyncContext, request: EnrollRequest) -> Result<Enrolled, E
         .pki
         .issue_edge_certificate(&edge_id, &request.csr_der, since_epoch)
         .map_err(|err| ErrorFrame { code: ErrorCode::Malformed, message: err.to_string() })?;
-    let labels: serde_json::Map<String, serde_json::Value> =
-        request.labels.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
     let name = if request.name.is_empty() { edge_id.clone() } else { request.name };
     let fp = hex::encode(fingerprint(&cert_der));
-    match ctx.store.enroll_edge(hash, now, edge_id.clone(), name, labels.into(), fp, public_key).await {
-        Ok(Ok(())) => {}
+    let labels = match ctx.store.enroll_edge(hash, now, edge_id.clone(), name, request.labels, fp, public_key).await {
+        Ok(Ok(labels)) => labels,
         Ok(Err(refusal)) => return Err(bad_token(refusal.to_string())),
         Err(err) => return Err(internal(err.to_string())),
-    }
-    info!(%edge_id, "edge enrolled");
+    };
+    info!(%edge_id, ?labels, "edge enrolled");
     Ok(Enrolled {
         edge_id,
         cert_der,
         ca_der: ctx.pki.ca_der.clone(),
         bundle_key: ctx.pki.bundle_key.verifying_key().to_bytes(),
+        labels: labels.into_iter().collect(),
     })
 }
 

@@ -7,8 +7,70 @@
 //! control plane, and the secret never reaches an impostor.
 //!
 //! Text form: `aios1.<secret: 32 hex>.<ca fingerprint: 64 hex>`.
+//!
+//! The labels an edge is targeted and judged by (`site=paris`) are bound to
+//! its token when the operator creates it, and the control plane gives the
+//! edge those: an edge cannot claim labels of its own ([`enrolment_labels`]).
+
+use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
+
+/// Most labels a token may bind.
+pub const MAX_LABELS: usize = 16;
+/// Longest label key or value.
+pub const MAX_LABEL_LEN: usize = 64;
+
+/// Parses the `key=value` labels an operator binds to a token: keys and
+/// values of letters, digits, `.`, `_` and `-`, each key once.
+pub fn parse_labels(texts: &[String]) -> Result<BTreeMap<String, String>, String> {
+    if texts.len() > MAX_LABELS {
+        return Err(format!("at most {MAX_LABELS} labels"));
+    }
+    let valid = |part: &str| {
+        !part.is_empty()
+            && part.len() <= MAX_LABEL_LEN
+            && part.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    let mut labels = BTreeMap::new();
+    for text in texts {
+        let (key, value) = text.split_once('=').ok_or_else(|| format!("label `{text}` is not KEY=VALUE"))?;
+        if !valid(key) || !valid(value) {
+            return Err(format!(
+                "label `{text}`: keys and values are 1 to {MAX_LABEL_LEN} letters, digits, `.`, `_` or `-`"
+            ));
+        }
+        if labels.insert(key.to_owned(), value.to_owned()).is_some() {
+            return Err(format!("label `{key}` is given twice"));
+        }
+    }
+    Ok(labels)
+}
+
+/// The labels an enrolling edge gets: those its token binds. A request may
+/// repeat them (older edges send what the operator typed) but not differ.
+pub fn enrolment_labels(
+    bound: &BTreeMap<String, String>,
+    requested: &[(String, String)],
+) -> Result<BTreeMap<String, String>, String> {
+    let asked: BTreeMap<String, String> = requested.iter().cloned().collect();
+    if requested.is_empty() || asked == *bound {
+        return Ok(bound.clone());
+    }
+    let show = |labels: &BTreeMap<String, String>| {
+        let list: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if list.is_empty() {
+            "none".to_owned()
+        } else {
+            list.join(", ")
+        }
+    };
+    Err(format!(
+        "labels come from the enrolment token, which binds {}; the edge asked for {}",
+        show(bound),
+        show(&asked)
+    ))
+}
 
 /// A parsed enrolment token.
 #[derive(Clone, PartialEq, Eq)]
@@ -75,6 +137,23 @@ pub fn fingerprint(der: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_come_from_the_token() {
+        let bound = parse_labels(&["site=paris".into(), "role=front-office".into()]).unwrap();
+        assert_eq!(enrolment_labels(&bound, &[]).unwrap(), bound);
+        let same = [("role".into(), "front-office".into()), ("site".into(), "paris".into())];
+        assert_eq!(enrolment_labels(&bound, &same).unwrap(), bound);
+        let claimed = [("site".into(), "paris".into()), ("role".into(), "admin".into())];
+        let err = enrolment_labels(&bound, &claimed).unwrap_err();
+        assert!(err.contains("binds role=front-office, site=paris") && err.contains("role=admin"), "{err}");
+        let err = enrolment_labels(&BTreeMap::new(), &[("site".into(), "hq".into())]).unwrap_err();
+        assert!(err.contains("binds none"), "{err}");
+        for bad in ["site", "=x", "site=", "si te=x", "site=a/b", &format!("k={}", "v".repeat(65))] {
+            assert!(parse_labels(&[bad.to_owned()]).is_err(), "{bad}");
+        }
+        assert!(parse_labels(&["a=1".into(), "a=2".into()]).unwrap_err().contains("twice"));
+    }
 
     #[test]
     fn round_trips_and_refuses_garbage() {

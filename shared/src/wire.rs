@@ -194,7 +194,9 @@ pub struct EnrollRequest {
     pub csr_der: Vec<u8>,
     /// Display name for the edge (for example the host name).
     pub name: String,
-    /// Labels the operator can target (`site=paris`).
+    /// The labels the operator gave on the edge (`site=paris`): only
+    /// checked against those the token binds, which are the ones the edge
+    /// gets.
     pub labels: Vec<(String, String)>,
 }
 
@@ -209,6 +211,8 @@ pub struct Enrolled {
     pub ca_der: Vec<u8>,
     /// The control plane's ed25519 bundle-signing public key, to pin.
     pub bundle_key: [u8; 32],
+    /// The edge's labels, as its enrolment token binds them.
+    pub labels: Vec<(String, String)>,
 }
 
 /// Errors from decoding frames.

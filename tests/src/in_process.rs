@@ -27,7 +27,7 @@ pub async fn control_plane(dir: &Path, clock: SharedClock) -> anyhow::Result<Con
 pub async fn enroll_edge(cp: &ControlPlane, dir: &Path, name: &str) -> anyhow::Result<Identity> {
     let now = cp.api.clock.unix_ms();
     let token = EnrollToken::new(rand::random(), &cp.api.pki.ca_der);
-    cp.api.store.create_token(token.secret_hash(), now, now + 600_000).await?;
+    cp.api.store.create_token(token.secret_hash(), now, now + 600_000, Default::default()).await?;
     let store = EdgeStore::open(dir)?;
     let options = EnrollOptions { name: name.into(), labels: Vec::new() };
     Ok(enroll::enroll(&store, &cp.sync_addr.to_string(), &token.to_text(), options, now).await?)

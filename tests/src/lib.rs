@@ -277,9 +277,9 @@ impl ControlPlaneProc {
         Ok(String::from_utf8(output.stdout)?)
     }
 
-    /// A fresh enrolment token.
+    /// A token binding the label `site=test`, which the tests' edges enrol with.
     pub fn token(&self, ttl: &str) -> anyhow::Result<String> {
-        Ok(self.cli_ok(&["token", "create", "--ttl", ttl])?.trim().to_owned())
+        Ok(self.cli_ok(&["token", "create", "--ttl", ttl, "--label", "site=test"])?.trim().to_owned())
     }
 
     /// Publishes a bundle from TOML text; returns its version.

@@ -21,6 +21,7 @@
 //!   audit log cannot take over or confuse the decision (finding 13).
 //! - The kill switch at `all` stops a running gateway stream and every
 //!   model call (finding 22).
+//! - An edge cannot choose its labels; they come from its token (finding 12).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -896,5 +897,50 @@ async fn kill_switch_at_all_stops_a_running_gateway_stream() -> anyhow::Result<(
         Ok(http.post(&url).json(&short).send().await?.status().as_u16() == 200)
     })
     .await?;
+    Ok(())
+}
+
+/// Finding 12. Labels decide where tasks go and what the policy allows, so
+/// an edge may not choose them: one that enrols with a token bound to
+/// `site=test` while claiming `role=admin` is refused, and nothing is
+/// recorded; one that claims none gets the token's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_claiming_labels_its_token_does_not_bind() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let bins = bins!();
+    let cp = ControlPlaneProc::start(&bins, &tmp.path().join("cp")).await?;
+    let enroll = |dir: &str, token: &str, labels: &[&str]| {
+        let mut command = std::process::Command::new(&bins.edge);
+        command.arg("--data-dir").arg(tmp.path().join(dir)).args([
+            "enroll",
+            "--control-plane",
+            &cp.sync_addr(),
+            "--token",
+            token,
+            "--name",
+            dir,
+        ]);
+        for label in labels {
+            command.args(["--label", label]);
+        }
+        command.output()
+    };
+    let claimed = enroll("claims", &cp.token("10m")?, &["site=test", "role=admin"])?;
+    assert!(!claimed.status.success(), "an edge chose its own labels");
+    let said = String::from_utf8_lossy(&claimed.stderr);
+    assert!(said.contains("labels come from the enrolment token") && said.contains("role=admin"), "{said}");
+    assert_eq!(cp.get("/v1/edges").await?.as_array().map(Vec::len), Some(0), "nothing was recorded");
+
+    let plain = enroll("plain", &cp.token("10m")?, &[])?;
+    assert!(plain.status.success(), "{}", String::from_utf8_lossy(&plain.stderr));
+    let edges = cp.get("/v1/edges").await?;
+    assert_eq!(edges[0]["labels"], json!({ "site": "test" }), "{edges}");
+    let status = std::process::Command::new(&bins.edge)
+        .arg("--data-dir")
+        .arg(tmp.path().join("plain"))
+        .arg("status")
+        .output()?;
+    let status: Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(status["labels"], json!(["site=test"]), "{status}");
     Ok(())
 }

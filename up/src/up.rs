@@ -207,8 +207,9 @@ async fn start_edge(
     let store = EdgeStore::open(&dir).with_context(|| format!("cannot open the {} database", edge.name))?;
     if store.identity().await?.is_none() {
         let token = EnrollToken::new(rand::random(), &cp.api.pki.ca_der);
-        cp.api.store.create_token(token.secret_hash(), unix_ms(), unix_ms() + 60_000).await?;
-        let labels = vec![("role".into(), edge.role.into()), ("site".into(), "local".into())];
+        let labels = vec![("role".to_owned(), edge.role.to_owned()), ("site".to_owned(), "local".to_owned())];
+        let bound = labels.iter().cloned().collect();
+        cp.api.store.create_token(token.secret_hash(), unix_ms(), unix_ms() + 60_000, bound).await?;
         let options = EnrollOptions { name: edge.name.into(), labels };
         enroll::enroll(&store, &cp.sync_addr.to_string(), &token.to_text(), options, unix_ms())
             .await

@@ -10,6 +10,7 @@
 
 pub mod schema;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use aios_daemon::chain::ChainTable;
@@ -123,6 +124,8 @@ pub enum TokenRefusal {
     Used,
     /// Past its expiry.
     Expired,
+    /// The edge asked for labels the token does not bind.
+    Labels(String),
 }
 
 impl std::fmt::Display for TokenRefusal {
@@ -131,6 +134,7 @@ impl std::fmt::Display for TokenRefusal {
             TokenRefusal::Unknown => "unknown enrolment token",
             TokenRefusal::Used => "enrolment token already used (tokens are single-use; create a new one)",
             TokenRefusal::Expired => "enrolment token expired (create a new one)",
+            TokenRefusal::Labels(problem) => problem,
         })
     }
 }
@@ -149,12 +153,20 @@ impl CpStore {
     }
 
     /// Records a new token by the hash of its secret.
-    pub async fn create_token(&self, secret_hash: String, now_ms: i64, expires_at_ms: i64) -> Result<(), DbError> {
+    pub async fn create_token(
+        &self,
+        secret_hash: String,
+        now_ms: i64,
+        expires_at_ms: i64,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), DbError> {
+        let labels = serde_json::to_string(&labels).map_err(|err| DbError::Corrupt(err.to_string()))?;
         self.db
             .write(move |c| {
                 c.execute(
-                    "INSERT INTO tokens VALUES (?1, ?2, ?3, NULL, NULL)",
-                    params![secret_hash, now_ms, expires_at_ms],
+                    "INSERT INTO tokens (secret_hash, created_at_ms, expires_at_ms, used_at_ms, used_by, labels)
+                     VALUES (?1, ?2, ?3, NULL, NULL, ?4)",
+                    params![secret_hash, now_ms, expires_at_ms, labels],
                 )?;
                 Ok(())
             })
@@ -162,7 +174,13 @@ impl CpStore {
     }
 
     /// Checks a token without using it (before the certificate is issued).
-    pub async fn check_token(&self, secret_hash: String, now_ms: i64) -> Result<Result<(), TokenRefusal>, DbError> {
+    /// Checks a token without using it (before the certificate is issued);
+    /// the labels it binds.
+    pub async fn check_token(
+        &self,
+        secret_hash: String,
+        now_ms: i64,
+    ) -> Result<Result<BTreeMap<String, String>, TokenRefusal>, DbError> {
         self.db.read(move |c| token_state(c, &secret_hash, now_ms)).await
     }
 
@@ -175,15 +193,20 @@ impl CpStore {
         now_ms: i64,
         edge_id: String,
         name: String,
-        labels: serde_json::Value,
+        requested: Vec<(String, String)>,
         cert_fingerprint: String,
         public_key: [u8; 32],
-    ) -> Result<Result<(), TokenRefusal>, DbError> {
+    ) -> Result<Result<BTreeMap<String, String>, TokenRefusal>, DbError> {
         self.db
             .write(move |c| {
-                if let Err(refusal) = token_state(c, &secret_hash, now_ms)? {
-                    return Ok(Err(refusal));
-                }
+                let bound = match token_state(c, &secret_hash, now_ms)? {
+                    Ok(bound) => bound,
+                    Err(refusal) => return Ok(Err(refusal)),
+                };
+                let labels = match aios_shared::token::enrolment_labels(&bound, &requested) {
+                    Ok(labels) => labels,
+                    Err(problem) => return Ok(Err(TokenRefusal::Labels(problem))),
+                };
                 c.execute(
                     "UPDATE tokens SET used_at_ms = ?2, used_by = ?3 WHERE secret_hash = ?1",
                     params![secret_hash, now_ms, edge_id],
@@ -194,14 +217,14 @@ impl CpStore {
                     params![
                         edge_id,
                         name,
-                        labels.to_string(),
+                        serde_json::to_string(&labels).map_err(|err| DbError::Corrupt(err.to_string()))?,
                         cert_fingerprint,
                         public_key.to_vec(),
                         now_ms,
                         vec![0u8; 32]
                     ],
                 )?;
-                Ok(Ok(()))
+                Ok(Ok(labels))
             })
             .await
     }
@@ -419,17 +442,23 @@ pub(crate) fn to_key(bytes: &[u8]) -> Result<VerifyingKey, DbError> {
         .ok_or_else(|| DbError::Corrupt("stored edge key is not an ed25519 key".into()))
 }
 
-fn token_state(c: &Connection, secret_hash: &str, now_ms: i64) -> Result<Result<(), TokenRefusal>, DbError> {
+fn token_state(
+    c: &Connection,
+    secret_hash: &str,
+    now_ms: i64,
+) -> Result<Result<BTreeMap<String, String>, TokenRefusal>, DbError> {
     let row = c
-        .query_row("SELECT expires_at_ms, used_at_ms FROM tokens WHERE secret_hash = ?1", [secret_hash], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+        .query_row("SELECT expires_at_ms, used_at_ms, labels FROM tokens WHERE secret_hash = ?1", [secret_hash], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, String>(2)?))
         })
         .optional()?;
     Ok(match row {
         None => Err(TokenRefusal::Unknown),
-        Some((_, Some(_))) => Err(TokenRefusal::Used),
-        Some((expires, None)) if now_ms >= expires => Err(TokenRefusal::Expired),
-        Some(_) => Ok(()),
+        Some((_, Some(_), _)) => Err(TokenRefusal::Used),
+        Some((expires, None, _)) if now_ms >= expires => Err(TokenRefusal::Expired),
+        Some((_, None, labels)) => {
+            Ok(serde_json::from_str(&labels).map_err(|err| DbError::Corrupt(format!("token labels: {err}")))?)
+        }
     })
 }
 

@@ -14,4 +14,5 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_commands.sql"),
     include_str!("migrations/0004_accounts.sql"),
     include_str!("migrations/0005_views.sql"),
+    include_str!("migrations/0006_token_labels.sql"),
 ];

@@ -84,7 +84,6 @@ pub async fn enroll(
         .await
         .map_err(|e| connect_err(e.to_string()))?;
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| connect_err(e.to_string()))?;
-    let labels = options.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let request = EnrollRequest { token: token.secret.clone(), csr_der, name: options.name, labels: options.labels };
     write_frame(&mut send, &Frame::Enroll(request)).await.map_err(|e| connect_err(e.to_string()))?;
     let _ = send.finish();
@@ -111,6 +110,8 @@ pub async fn enroll(
         ca_der: enrolled.ca_der,
         bundle_key,
     };
+    // The labels the token binds, as the control plane gave them.
+    let labels = enrolled.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     store.save_identity(identity.clone(), labels, now_ms).await?;
     Ok(identity)
 }
