@@ -244,6 +244,9 @@ struct Shared {
     shutdown: AtomicBool,
     /// Helpers currently looking at the slot.
     active: CacheLine<AtomicUsize>,
+    /// The epoch of the last job whose caller has run out of chunks: a
+    /// helper that registers after this reads no slot (see `run`).
+    finished: AtomicU64,
     /// The next chunk to hand out (claimed by every thread: its own line).
     next: CacheLine<AtomicUsize>,
     /// The published job.
@@ -296,6 +299,7 @@ impl Pool {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
             epoch: CacheLine(AtomicU64::new(0)),
+            finished: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
             active: CacheLine(AtomicUsize::new(0)),
             next: CacheLine(AtomicUsize::new(0)),
@@ -362,7 +366,7 @@ impl Pool {
             *shared.slot.get() = Slot { chunks, width, body: Some(body) };
         }
         shared.next.store(0, Ordering::SeqCst);
-        shared.epoch.fetch_add(1, Ordering::SeqCst);
+        let epoch = shared.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         if let Ok(sleepers) = shared.sleepers.lock() {
             for (sleeping, thread) in sleepers.iter().take(width - 1) {
                 if sleeping.swap(false, Ordering::SeqCst) {
@@ -380,7 +384,17 @@ impl Pool {
             body(chunk);
             mine += 1;
         }
-        // Every chunk is handed out; helpers still registered are finishing one.
+        // Every chunk is handed out. Close the job, then look for helpers
+        // still registered. Both sides store, fence (SeqCst), then load: a
+        // Dekker handshake, in which a helper that registers after this
+        // load finds the job closed and reads no slot, and one that
+        // registered before it is waited for, so the slot is never read
+        // while it is cleared below. Without it a late helper read the slot
+        // as the caller cleared it: a data race (issue 24, finding 21;
+        // `models/tests/pool_protocol.rs` shows it with loom).
+        shared.finished.store(epoch, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        // Helpers still registered are finishing one chunk.
         if shared.active.load(Ordering::SeqCst) != 0 {
             let started = Instant::now();
             // A helper that claimed the last chunk just before the caller ran
@@ -491,8 +505,16 @@ fn helper_loop(shared: &Shared, index: usize, sleeping: &AtomicBool) {
             continue;
         }
         seen = epoch;
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if shared.finished.load(Ordering::SeqCst) == epoch {
+            // The caller closed this job before seeing us register: it may
+            // be clearing the slot now.
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
         // SAFETY: registered in `active` after the epoch that published the
-        // slot, so the caller is not writing it.
+        // slot and before the caller closed the job, so the caller waits
+        // for us before it writes the slot again.
         let slot = unsafe { *shared.slot.get() };
         if let Some(body) = slot.body.filter(|_| index < slot.width) {
             loop {
