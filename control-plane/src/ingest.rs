@@ -36,12 +36,13 @@ fn ingest(
     events: &[AuditEvent],
     now_ms: i64,
 ) -> Result<(u64, Vec<ChainBreak>), DbError> {
-    let (seq, head, key): (i64, Vec<u8>, Vec<u8>) =
-        c.query_row("SELECT audit_seq, audit_head, public_key FROM edges WHERE id = ?1", [edge_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
+    let (seq, head, key, checkpoint): (i64, Vec<u8>, Vec<u8>, i64) = c.query_row(
+        "SELECT audit_seq, audit_head, public_key, audit_checkpoint FROM edges WHERE id = ?1",
+        [edge_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
     let head = ChainHead { seq: seq as u64, hash: to_hash(&head)? };
-    let mut verifier = ChainVerifier::new(edge_id, Some(to_key(&key)?), head);
+    let mut verifier = ChainVerifier::new(edge_id, Some(to_key(&key)?), head).after_checkpoint(checkpoint as u64);
     let mut breaks = Vec::new();
     let mut insert = AUDIT_EVENTS.inserter(c)?;
     for event in events.iter().filter(|e| e.seq > head.seq) {
@@ -58,8 +59,8 @@ fn ingest(
     }
     let new_head = verifier.head();
     c.execute(
-        "UPDATE edges SET audit_seq = ?2, audit_head = ?3 WHERE id = ?1",
-        params![edge_id, new_head.seq as i64, new_head.hash.as_slice()],
+        "UPDATE edges SET audit_seq = ?2, audit_head = ?3, audit_checkpoint = ?4 WHERE id = ?1",
+        params![edge_id, new_head.seq as i64, new_head.hash.as_slice(), verifier.last_checkpoint() as i64],
     )?;
     Ok((new_head.seq, breaks))
 }

@@ -9,6 +9,13 @@
 //! tell an event forged by someone who recomputed the hashes from one the edge
 //! wrote.
 //!
+//! A chain verified with the edge's key must carry a checkpoint within every
+//! [`CHECKPOINT_EVERY`] events (the edge writes one after each such run): an
+//! event further than that from the last checkpoint is a break
+//! ([`ChainBreak::Unsigned`]). Without the rule someone who can write the
+//! control plane's database could edit an event, turn the checkpoints after
+//! it into ordinary events and recompute every hash.
+//!
 //! The control plane also remembers the highest sequence it acknowledged, so a
 //! truncated tail is caught by comparing the stored chain's head against it.
 
@@ -21,6 +28,11 @@ pub type Hash = [u8; 32];
 
 /// The `prev_hash` of the first event of every chain.
 pub const GENESIS_HASH: Hash = [0; 32];
+
+/// An edge appends a signed checkpoint after every this many events, and a
+/// chain verified with its key may hold no more than this many events after
+/// its last checkpoint.
+pub const CHECKPOINT_EVERY: u64 = 1000;
 
 /// Event kinds recorded by the foundation. Later layers add their own; kinds
 /// are dotted, lower-case names.
@@ -229,6 +241,14 @@ pub enum ChainBreak {
         /// What is wrong with it.
         reason: String,
     },
+    /// More than [`CHECKPOINT_EVERY`] events follow the last checkpoint.
+    #[error("event {seq} is more than {CHECKPOINT_EVERY} events after the last signed checkpoint ({since})")]
+    Unsigned {
+        /// The first event past the bound.
+        seq: u64,
+        /// The last checkpoint's sequence (0: none yet).
+        since: u64,
+    },
     /// The chain ends before the head the control plane acknowledged.
     #[error("chain truncated: ends at event {found}, expected at least {expected}")]
     Truncated {
@@ -248,17 +268,33 @@ pub struct ChainVerifier {
     key: Option<VerifyingKey>,
     /// The head verified so far.
     head: ChainHead,
+    /// The sequence of the last checkpoint verified (0: none yet).
+    last_checkpoint: u64,
 }
 
 impl ChainVerifier {
-    /// Starts verifying after `head` (use [`ChainHead::EMPTY`] for a whole chain).
+    /// Starts verifying after `head` (use [`ChainHead::EMPTY`] for a whole
+    /// chain); a verifier that starts mid-chain is told where the last
+    /// checkpoint is with [`ChainVerifier::after_checkpoint`].
     pub fn new(edge_id: &str, key: Option<VerifyingKey>, head: ChainHead) -> ChainVerifier {
-        ChainVerifier { edge_id: edge_id.to_owned(), key, head }
+        ChainVerifier { edge_id: edge_id.to_owned(), key, head, last_checkpoint: head.seq }
+    }
+
+    /// Counts the unsigned run from checkpoint `seq` (0: the chain's start).
+    pub fn after_checkpoint(mut self, seq: u64) -> ChainVerifier {
+        self.last_checkpoint = seq;
+        self
     }
 
     /// The head verified so far.
     pub fn head(&self) -> ChainHead {
         self.head
+    }
+
+    /// Where the current unsigned run starts: the last checkpoint verified
+    /// (or the event a reported [`ChainBreak::Unsigned`] was at).
+    pub fn last_checkpoint(&self) -> u64 {
+        self.last_checkpoint
     }
 
     /// Checks that `event` extends the chain; on success it becomes the head.
@@ -276,6 +312,12 @@ impl ChainVerifier {
         }
         if event.kind == kinds::CHECKPOINT {
             self.check_checkpoint(event)?;
+            self.last_checkpoint = event.seq;
+        } else if self.key.is_some() && event.seq - self.last_checkpoint > CHECKPOINT_EVERY {
+            let since = self.last_checkpoint;
+            // Reported once per run, not for every event after it.
+            self.last_checkpoint = event.seq;
+            return Err(ChainBreak::Unsigned { seq: event.seq, since });
         }
         self.head = event.head();
         Ok(())

@@ -536,6 +536,26 @@ pub fn is_secret_ref(reference: &str) -> bool {
     rest.is_some_and(|r| !r.is_empty())
 }
 
+/// Checks what a source of tasks (a webhook, a served tool) names: its own
+/// name, an agent that exists, and a task kind that agent accepts.
+pub(crate) fn check_task_source(
+    name: &str,
+    agent: &str,
+    kind: Option<&str>,
+    agents: &BTreeMap<String, crate::agent::AgentSpec>,
+) -> Result<(), String> {
+    if !crate::agent::valid_name(name) {
+        return Err("names use letters, digits, `-` and `_` only".into());
+    }
+    let spec = agents.get(agent).ok_or_else(|| format!("agent `{agent}` is not defined"))?;
+    match kind {
+        Some(kind) if !spec.accepts.is_empty() && !spec.accepts.iter().any(|k| k == kind) => {
+            Err(format!("agent `{agent}` does not accept tasks of kind `{kind}`"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Checks a webhook against the agents it may start.
 pub fn validate_webhook(
     name: &str,
@@ -543,15 +563,7 @@ pub fn validate_webhook(
     agents: &BTreeMap<String, crate::agent::AgentSpec>,
 ) -> Result<(), ExecSpecError> {
     let fail = |problem: String| ExecSpecError::Webhook { webhook: name.to_owned(), problem };
-    if !crate::agent::valid_name(name) {
-        return Err(fail("names use letters, digits, `-` and `_` only".into()));
-    }
-    let agent = agents.get(&spec.agent).ok_or_else(|| fail(format!("agent `{}` is not defined", spec.agent)))?;
-    if let Some(kind) = &spec.kind {
-        if !agent.accepts.is_empty() && !agent.accepts.contains(kind) {
-            return Err(fail(format!("agent `{}` does not accept tasks of kind `{kind}`", spec.agent)));
-        }
-    }
+    check_task_source(name, &spec.agent, spec.kind.as_deref(), agents).map_err(fail)?;
     if !is_secret_ref(&spec.secret) {
         return Err(fail("secret must be `env:NAME` or `file:/path`".into()));
     }

@@ -43,15 +43,7 @@ pub fn validate_served_tool(
     agents: &BTreeMap<String, AgentSpec>,
 ) -> Result<(), ExecSpecError> {
     let fail = |problem: String| ExecSpecError::ServedTool { tool: name.to_owned(), problem };
-    if !crate::agent::valid_name(name) {
-        return Err(fail("names use letters, digits, `-` and `_` only".into()));
-    }
-    let agent = agents.get(&spec.agent).ok_or_else(|| fail(format!("agent `{}` is not defined", spec.agent)))?;
-    if let Some(kind) = &spec.kind {
-        if !agent.accepts.is_empty() && !agent.accepts.contains(kind) {
-            return Err(fail(format!("agent `{}` does not accept tasks of kind `{kind}`", spec.agent)));
-        }
-    }
+    crate::exec::check_task_source(name, &spec.agent, spec.kind.as_deref(), agents).map_err(fail)?;
     if spec.description.trim().is_empty() {
         return Err(fail("a description is required: it is all a client's model knows of the tool".into()));
     }

@@ -18,8 +18,9 @@ use crate::sync::identity::{key_from_pkcs8, key_pkcs8, Identity};
 use aios_daemon::chain::ChainTable;
 use aios_daemon::db::{Db, DbError};
 
-/// A signed checkpoint is appended after every this many events.
-pub const CHECKPOINT_EVERY: u64 = 1000;
+/// A signed checkpoint is appended after every this many events (the bound
+/// the control plane's verifier holds chains to).
+pub use aios_shared::audit::CHECKPOINT_EVERY;
 
 /// The edge's audit chain.
 const AUDIT_LOG: ChainTable = aios_daemon::chain_table!("audit_log");

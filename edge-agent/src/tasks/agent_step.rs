@@ -103,14 +103,7 @@ impl Runtime {
                             let end = LoopEnd::Limit { limit: Limit::Budget, detail };
                             return self.finish_loop(task, step, &journal, end, record).await;
                         }
-                        Err(TurnError::Call(ModelCallError::Fatal(problem))) => return Err(fatal(problem)),
-                        Err(TurnError::Call(ModelCallError::Unavailable(reason))) => {
-                            return Err(Stop::End(RunEnd::Waiting {
-                                reason,
-                                until_ms: self.now() + TIER_DOWN_RETRY_MS,
-                            }))
-                        }
-                        Err(TurnError::Call(ModelCallError::Db(err))) => return Err(Stop::Db(err)),
+                        Err(TurnError::Call(err)) => return Err(self.call_failed(step, err)),
                     };
                     LoopEntry::Model {
                         iteration,
@@ -156,14 +149,7 @@ impl Runtime {
                     let outcome = match self.inner.tiers.agent_turn(turn, &call_id).await {
                         Ok(outcome) => outcome,
                         Err(TurnError::OverBudget(reason)) => return Err(fatal(reason)),
-                        Err(TurnError::Call(ModelCallError::Fatal(problem))) => return Err(fatal(problem)),
-                        Err(TurnError::Call(ModelCallError::Unavailable(reason))) => {
-                            return Err(Stop::End(RunEnd::Waiting {
-                                reason,
-                                until_ms: self.now() + TIER_DOWN_RETRY_MS,
-                            }))
-                        }
-                        Err(TurnError::Call(ModelCallError::Db(err))) => return Err(Stop::Db(err)),
+                        Err(TurnError::Call(err)) => return Err(self.call_failed(step, err)),
                     };
                     // Constrained to the tool's schema, so it parses; a reply
                     // without a call becomes arguments the check refuses.
@@ -264,6 +250,18 @@ impl Runtime {
                 .append_loop_entry(&self.inner.identity, &task.id, seq32, entry.clone(), self.now())
                 .await?;
             journal.push(entry);
+        }
+    }
+
+    /// How a failed model call stops the run: a fatal error fails the task,
+    /// a tier that is down (or the kill switch at `all`) makes it wait.
+    fn call_failed(&self, step: &StepSpec, err: ModelCallError) -> Stop {
+        match err {
+            ModelCallError::Fatal(problem) => Stop::End(RunEnd::Failed(format!("step `{}`: {problem}", step.id))),
+            ModelCallError::Unavailable(reason) => {
+                Stop::End(RunEnd::Waiting { reason, until_ms: self.now() + TIER_DOWN_RETRY_MS })
+            }
+            ModelCallError::Db(err) => Stop::Db(err),
         }
     }
 

@@ -101,3 +101,74 @@ proptest! {
         prop_assert!(!verify(&events, n as u64).is_empty());
     }
 }
+
+/// A chain as an edge writes it: a checkpoint after every
+/// [`CHECKPOINT_EVERY`] events.
+fn edge_chain(n: u64) -> Vec<AuditEvent> {
+    let mut head = ChainHead::EMPTY;
+    let mut events = Vec::new();
+    while head.seq < n {
+        let event = AuditEvent::next(EDGE, head, 1_000, kinds::DEBUG, format!("{{\"at\":{}}}", head.seq));
+        head = event.head();
+        events.push(event);
+        if head.seq.is_multiple_of(CHECKPOINT_EVERY) {
+            let checkpoint = AuditEvent::checkpoint(EDGE, head, 1_000, &key());
+            head = checkpoint.head();
+            events.push(checkpoint);
+        }
+    }
+    events
+}
+
+/// Issue 24, finding 7: someone who can write the stored chain edits an
+/// event, turns the checkpoint after it into an ordinary event and
+/// recomputes every hash from there. Every link and hash checks out, but
+/// the run without a signed checkpoint is too long. A chain that never had
+/// checkpoints fails the same way; without the edge's key (the operator
+/// log) there is no such rule.
+#[test]
+fn a_chain_whose_checkpoint_was_rewritten_fails() {
+    let events = edge_chain(2500);
+    assert_eq!(verify(&events, events.len() as u64), vec![]);
+    let checkpoint = events.iter().position(|e| e.seq == 2001).unwrap();
+    assert_eq!(events[checkpoint].kind, kinds::CHECKPOINT);
+    let mut forged = events[..checkpoint - 1].to_vec();
+    let mut head = forged.last().unwrap().head();
+    for event in &events[checkpoint - 1..] {
+        let (kind, payload) = match event.seq {
+            2000 => (kinds::DEBUG, "{\"at\":\"edited\"}".to_owned()),
+            2001 => (kinds::DEBUG, "{\"renamed\":true}".to_owned()),
+            _ => (event.kind.as_str(), event.payload.clone()),
+        };
+        let rewritten = AuditEvent::next(EDGE, head, event.ts_ms, kind, payload);
+        head = rewritten.head();
+        forged.push(rewritten);
+    }
+    let breaks = verify(&forged, forged.len() as u64);
+    assert_eq!(breaks, vec![ChainBreak::Unsigned { seq: 2002, since: 1001 }], "{breaks:?}");
+
+    let unsigned: Vec<AuditEvent> = {
+        let mut head = ChainHead::EMPTY;
+        (0..1500)
+            .map(|i| {
+                let event = AuditEvent::next(EDGE, head, 1_000, kinds::DEBUG, format!("{{\"i\":{i}}}"));
+                head = event.head();
+                event
+            })
+            .collect()
+    };
+    assert_eq!(verify(&unsigned, 1500), vec![ChainBreak::Unsigned { seq: 1001, since: 0 }]);
+    assert_eq!(verify_chain(EDGE, None, &unsigned, 1500), vec![], "no key, no checkpoint rule");
+
+    // Incrementally, from a stored head and its last checkpoint, as ingest does.
+    let mut verifier =
+        ChainVerifier::new(EDGE, Some(key().verifying_key()), forged[1500].head()).after_checkpoint(1001);
+    let mut found = Vec::new();
+    for event in &forged[1501..] {
+        if let Err(chain_break) = verifier.push(event) {
+            found.push(chain_break);
+            verifier.skip_to(event);
+        }
+    }
+    assert_eq!(found, vec![ChainBreak::Unsigned { seq: 2002, since: 1001 }]);
+}
