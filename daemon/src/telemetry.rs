@@ -52,6 +52,11 @@ pub struct TelemetryError {
 /// default `info,quinn=warn`) and, given `otlp` (a base URL), the span
 /// exporter naming this process `service`. Only binaries call this.
 pub fn init(format: LogFormat, otlp: Option<&str>, service: &'static str) -> Result<Telemetry, TelemetryError> {
+    // reqwest 0.13 is built with rustls and no crypto provider of its own
+    // (features unify between the OTLP exporter and rmcp's MCP client): it
+    // takes the process's, which must be installed before any client is
+    // built. Ring, as for QUIC.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_env("AIOS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn"));
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
