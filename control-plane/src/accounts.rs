@@ -16,10 +16,11 @@ use std::str::FromStr;
 
 use aios_daemon::chain::ChainTable;
 use aios_daemon::db::DbError;
-use aios_shared::audit::{verify_chain, AuditEvent};
+use aios_shared::audit::{verify_chain, AuditEvent, CHECKPOINT_EVERY};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -453,17 +454,26 @@ impl CpStore {
     }
 
     /// Appends to the operator log.
+    /// Appends to the operator log, and after every `CHECKPOINT_EVERY`
+    /// events a checkpoint signed with `key` (the control plane's signing
+    /// key), so the log is held to the same rule as an edge's chain.
     pub async fn record_operator_event(
         &self,
         kind: &'static str,
         payload: serde_json::Value,
         now_ms: i64,
+        key: &SigningKey,
     ) -> Result<u64, DbError> {
+        let key = key.clone();
         self.db
             .write(move |c| {
                 let head = OPERATOR_LOG.head(c, None)?;
                 let event = AuditEvent::next(OPERATOR_CHAIN, head, now_ms, kind, payload.to_string());
                 OPERATOR_LOG.insert(c, None, &event, now_ms)?;
+                if event.seq.is_multiple_of(CHECKPOINT_EVERY) {
+                    let checkpoint = AuditEvent::checkpoint(OPERATOR_CHAIN, event.head(), now_ms, &key);
+                    OPERATOR_LOG.insert(c, None, &checkpoint, now_ms)?;
+                }
                 Ok(event.seq)
             })
             .await
@@ -489,15 +499,17 @@ impl CpStore {
             .await
     }
 
-    /// Verifies the whole operator log: its length and any breaks.
-    pub async fn verify_operator_log(&self) -> Result<(u64, Vec<String>), DbError> {
-        self.db.read(verify_operator_log).await
+    /// Verifies the whole operator log against the control plane's key:
+    /// its length and any breaks (a checkpoint missing or not signed by
+    /// `key` included).
+    pub async fn verify_operator_log(&self, key: VerifyingKey) -> Result<(u64, Vec<String>), DbError> {
+        self.db.read(move |c| verify_operator_log(c, key)).await
     }
 }
 
-fn verify_operator_log(c: &Connection) -> Result<(u64, Vec<String>), DbError> {
+fn verify_operator_log(c: &Connection, key: VerifyingKey) -> Result<(u64, Vec<String>), DbError> {
     let events = OPERATOR_LOG.load_all(c, None)?;
-    let breaks = verify_chain(OPERATOR_CHAIN, None, &events, 0).iter().map(ToString::to_string).collect();
+    let breaks = verify_chain(OPERATOR_CHAIN, Some(key), &events, 0).iter().map(ToString::to_string).collect();
     Ok((events.len() as u64, breaks))
 }
 
@@ -561,10 +573,11 @@ mod tests {
     async fn the_operator_log_is_a_verifiable_chain() {
         let dir = tempfile::tempdir().unwrap();
         let store = CpStore::open(dir.path()).unwrap();
+        let key = SigningKey::from_bytes(&[3; 32]);
         for n in 0..3 {
-            store.record_operator_event("api.action", serde_json::json!({ "n": n }), 1000 + n).await.unwrap();
+            store.record_operator_event("api.action", serde_json::json!({ "n": n }), 1000 + n, &key).await.unwrap();
         }
-        assert_eq!(store.verify_operator_log().await.unwrap(), (3, vec![]));
+        assert_eq!(store.verify_operator_log(key.verifying_key()).await.unwrap(), (3, vec![]));
         store
             .db
             .write(|c| {
@@ -573,9 +586,47 @@ mod tests {
             })
             .await
             .unwrap();
-        let (count, breaks) = store.verify_operator_log().await.unwrap();
+        let (count, breaks) = store.verify_operator_log(key.verifying_key()).await.unwrap();
         assert_eq!(count, 3);
         assert!(!breaks.is_empty(), "an edited entry must be found");
+    }
+
+    /// Issue 24, finding 7, for the operator log: signed checkpoints every
+    /// `CHECKPOINT_EVERY` entries; renaming one and recomputing every hash
+    /// after it is caught, and so is a checkpoint signed by another key.
+    #[tokio::test]
+    async fn the_operator_log_is_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CpStore::open(dir.path()).unwrap();
+        let key = SigningKey::from_bytes(&[3; 32]);
+        for n in 0..2100 {
+            store.record_operator_event("api.action", serde_json::json!({ "n": n }), 1000, &key).await.unwrap();
+        }
+        let (count, breaks) = store.verify_operator_log(key.verifying_key()).await.unwrap();
+        assert_eq!((count, breaks), (2102, vec![]), "two signed checkpoints");
+        let other = SigningKey::from_bytes(&[4; 32]).verifying_key();
+        let (_, breaks) = store.verify_operator_log(other).await.unwrap();
+        assert!(breaks.iter().any(|b| b.contains("checkpoint")), "{breaks:?}");
+        // Rename the first checkpoint and rebuild the chain after it.
+        store
+            .db
+            .write(|c| {
+                let events = OPERATOR_LOG.load_all(c, None)?;
+                c.execute("DELETE FROM operator_events WHERE seq >= 1001", [])?;
+                let mut head = events[999].head();
+                for event in &events[1000..] {
+                    let kind = if event.seq == 1001 { "api.action" } else { event.kind.as_str() };
+                    let rebuilt = AuditEvent::next(OPERATOR_CHAIN, head, event.ts_ms, kind, event.payload.clone());
+                    OPERATOR_LOG.insert(c, None, &rebuilt, event.ts_ms)?;
+                    head = rebuilt.head();
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let (_, breaks) = store.verify_operator_log(key.verifying_key()).await.unwrap();
+        assert!(breaks.iter().any(|b| b.contains("event 1001") && b.contains("after the last signed checkpoint (0)")));
+        assert!(breaks.iter().all(|b| !b.contains("altered") && !b.contains("link")), "hashes check out: {breaks:?}");
     }
 
     #[tokio::test]

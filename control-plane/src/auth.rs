@@ -187,7 +187,8 @@ async fn record(state: &ApiState, kind: &'static str, principal: &Principal, met
         "path": path,
         "status": status,
     });
-    if let Err(err) = state.store.record_operator_event(kind, payload, state.clock.unix_ms()).await {
+    let key = &state.pki.bundle_key;
+    if let Err(err) = state.store.record_operator_event(kind, payload, state.clock.unix_ms(), key).await {
         tracing::error!(%err, "cannot record an operator action");
     }
 }
@@ -271,7 +272,8 @@ pub async fn login(state: &ApiState, peer: SocketAddr, form: LoginForm) -> Login
         let payload = serde_json::json!({ "account": name, "from": ip.to_string(), "detail": detail });
         let store = state.store.clone();
         async move {
-            if let Err(err) = store.record_operator_event(kind, payload, state.clock.unix_ms()).await {
+            let key = &state.pki.bundle_key;
+            if let Err(err) = store.record_operator_event(kind, payload, state.clock.unix_ms(), key).await {
                 tracing::error!(%err, "cannot record a login");
             }
         }

@@ -344,7 +344,7 @@ impl ChainVerifier {
         let bytes = hex::decode(&payload.signature).map_err(|_| bad("signature is not hex"))?;
         let signature = Signature::from_slice(&bytes).map_err(|_| bad("signature has the wrong length"))?;
         key.verify(&checkpoint_message(&self.edge_id, self.head), &signature)
-            .map_err(|_| bad("signature does not verify with the edge's key"))
+            .map_err(|_| bad("signature does not verify with the chain's key"))
     }
 }
 

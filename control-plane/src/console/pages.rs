@@ -518,7 +518,8 @@ pub(crate) async fn audit(
     let edges = state.store.edges().await?;
     let names = edge_names(&edges);
     let reports = state.store.verify(None).await?;
-    let (operator_count, operator_breaks) = state.store.verify_operator_log().await?;
+    let (operator_count, operator_breaks) =
+        state.store.verify_operator_log(state.pki.bundle_key.verifying_key()).await?;
     let broken: Vec<_> = reports.iter().filter(|r| !r.ok).collect();
     let since_ms = query.since.as_deref().filter(|s| !s.is_empty()).and_then(parse_when);
     let until_ms = query.until.as_deref().filter(|s| !s.is_empty()).and_then(parse_when);
