@@ -282,6 +282,20 @@ impl ControlPlaneProc {
         Ok(self.cli_ok(&["token", "create", "--ttl", ttl, "--label", "site=test"])?.trim().to_owned())
     }
 
+    /// The pending approval request for `task` as this control plane
+    /// queues it, waiting up to five minutes for it to arrive.
+    pub async fn pending_approval(&self, task: &str) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let queue = self.get("/v1/approvals?state=pending").await?;
+            if let Some(approval) = queue.as_array().into_iter().flatten().find(|a| a["request"]["task"] == task) {
+                return Ok(approval.clone());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no approval request for {task} at the control plane");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Publishes a bundle from TOML text; returns its version.
     pub fn publish(&self, toml: &str) -> anyhow::Result<u64> {
         let path = self.dir.join(format!("bundle-{}.toml", rand::random::<u32>()));

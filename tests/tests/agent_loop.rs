@@ -81,7 +81,7 @@ async fn a_planned_loop_acts_under_policy_with_approvals_and_corrections() -> an
     // Over the limit: the task parks, the approver sees the model's exact
     // arguments, and the loop resumes after the approval.
     let id = submit(&edge, case("approval", "a-1")).await?;
-    let approval = approval_for(&cp, &id).await?;
+    let approval = cp.pending_approval(&id).await?;
     assert_eq!(approval["request"]["args"], json!({ "order_id": "a-1", "amount": 120, "account": "acct-1" }));
     assert!(approval["request"]["reasoning"].as_str().unwrap_or_default().contains("turn 0"), "{approval:#}");
     assert!(effects(&payments, "refunds", "a-1").is_empty(), "nothing happens before the approval");
@@ -95,7 +95,7 @@ async fn a_planned_loop_acts_under_policy_with_approvals_and_corrections() -> an
 
     // Rejected: the model is told, and the loop ends without the effect.
     let id = submit(&edge, case("approval", "a-2")).await?;
-    let approval = approval_for(&cp, &id).await?;
+    let approval = cp.pending_approval(&id).await?;
     cp.cli_ok(&["approvals", "reject", approval["id"].as_str().context("id")?, "--by", "bob", "--comment", "no"])?;
     let done = edge.finished_task(&id, LONG).await?;
     assert_eq!(done["state"], "succeeded", "{done:#}");

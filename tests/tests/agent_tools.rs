@@ -461,7 +461,7 @@ async fn the_edge_serves_its_tools_to_mcp_clients() -> anyhow::Result<()> {
     assert_eq!(tasks.len(), 2, "the call with invalid arguments made no task: {list:#}");
     let large = tasks.iter().find(|t| t["state"] == "waiting").context("the waiting task")?;
     let large = large["id"].as_str().context("id")?.to_owned();
-    let approval = approval_for(&cp, &large).await?;
+    let approval = cp.pending_approval(&large).await?;
     assert_eq!(approval["request"]["args"], json!({ "order_id": "m-3", "amount": 80, "account": "acct-1" }));
     assert!(tokio::time::timeout(Duration::from_secs(1), next()).await.is_err(), "the call waits for the approval");
     assert!(effects(&payments, "refunds", "m-3").is_empty());

@@ -13,7 +13,7 @@ use std::time::Duration;
 use aios_edge_agent::http::webhook;
 use aios_tests::payments::{PaymentFaults, PaymentService};
 use aios_tests::smtp::SmtpServer;
-use aios_tests::{bins, fleet_with, wait_for, ControlPlaneProc, EdgeProc};
+use aios_tests::{bins, fleet_with, wait_for, EdgeProc};
 use anyhow::Context;
 use rand::Rng;
 use reqwest::Method;
@@ -54,19 +54,6 @@ async fn wait_state(edge: &EdgeProc, id: &str, state: &str) -> anyhow::Result<Va
     task(edge, id).await
 }
 
-/// The pending approval request for `task` as the control plane queues it.
-async fn approval_for(cp: &ControlPlaneProc, task: &str) -> anyhow::Result<Value> {
-    let deadline = std::time::Instant::now() + LONG;
-    loop {
-        let queue = cp.get("/v1/approvals?state=pending").await?;
-        if let Some(approval) = queue.as_array().into_iter().flatten().find(|a| a["request"]["task"] == task) {
-            return Ok(approval.clone());
-        }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "no approval request for {task} at the control plane");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn refunds_of(payments: &PaymentService, order: &str) -> Vec<Value> {
     payments.effects().into_iter().filter(|e| e.path == "refunds" && e.body["order"] == order).map(|e| e.body).collect()
 }
@@ -100,7 +87,7 @@ async fn refunds_are_allowed_denied_or_approved_by_policy_and_the_kill_switch_st
     let large = submit(&edge, refund("o-3", 120, "acct-1")).await?;
     let waiting = wait_state(&edge, &large, "waiting").await?;
     assert!(waiting["wait_reason"].as_str().unwrap_or_default().contains("approval"), "{waiting:#}");
-    let approval = approval_for(&cp, &large).await?;
+    let approval = cp.pending_approval(&large).await?;
     assert_eq!(approval["request"]["args"], json!({ "order_id": "o-3", "amount": 120, "account": "acct-1" }));
     assert_eq!(approval["request"]["reasoning"], "customer asked for 120 back on o-3");
     assert!(refunds_of(&payments, "o-3").is_empty(), "nothing happens before the approval");
@@ -115,7 +102,7 @@ async fn refunds_are_allowed_denied_or_approved_by_policy_and_the_kill_switch_st
     // Rejected: the task fails without the side effect.
     let rejected = submit(&edge, refund("o-4", 80, "acct-1")).await?;
     wait_state(&edge, &rejected, "waiting").await?;
-    let approval = approval_for(&cp, &rejected).await?;
+    let approval = cp.pending_approval(&rejected).await?;
     let id = approval["id"].as_str().context("approval id")?;
     cp.cli_ok(&["approvals", "reject", id, "--by", "bob", "--comment", "duplicate claim"])?;
     let failed = edge.finished_task(&rejected, LONG).await?;
@@ -133,7 +120,7 @@ async fn refunds_are_allowed_denied_or_approved_by_policy_and_the_kill_switch_st
     // The kill switch: a refund approved after autonomy went off never runs.
     let held = submit(&edge, refund("o-5", 90, "acct-1")).await?;
     wait_state(&edge, &held, "waiting").await?;
-    let approval = approval_for(&cp, &held).await?;
+    let approval = cp.pending_approval(&held).await?;
     cp.cli_ok(&["policy", "kill-switch"])?;
     wait_for("the edge to apply the kill switch", LONG, || async { Ok(edge.status()?["autonomy"] == "off") }).await?;
     cp.cli_ok(&["approvals", "approve", approval["id"].as_str().context("id")?])?;

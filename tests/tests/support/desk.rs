@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use aios_tests::payments::PaymentService;
 use aios_tests::planner::{self, calls, observations, text, Planner};
-use aios_tests::{ControlPlaneProc, EdgeProc};
+use aios_tests::EdgeProc;
 use anyhow::Context;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -226,18 +226,6 @@ pub async fn submit(edge: &EdgeProc, body: Value) -> anyhow::Result<String> {
 
 pub async fn task(edge: &EdgeProc, id: &str) -> anyhow::Result<Value> {
     Ok(edge.api(Method::GET, &format!("/v1/tasks/{id}"), None).await?.1)
-}
-
-pub async fn approval_for(cp: &ControlPlaneProc, task: &str) -> anyhow::Result<Value> {
-    let deadline = std::time::Instant::now() + LONG;
-    loop {
-        let queue = cp.get("/v1/approvals?state=pending").await?;
-        if let Some(approval) = queue.as_array().into_iter().flatten().find(|a| a["request"]["task"] == task) {
-            return Ok(approval.clone());
-        }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "no approval request for {task} at the control plane");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The payment API's effects on `order` at `path`.
