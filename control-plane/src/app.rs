@@ -88,7 +88,7 @@ impl ControlPlane {
         let latest = store.bundle(None).await?;
         let (bundles_tx, bundles) = watch::channel(latest);
         let registry = Arc::new(Registry::default());
-        let endpoint = server::bind(&pki, options.sync_listen)?;
+        let endpoint = server::bind(&pki, options.sync_listen, &options.clock)?;
         let sync_addr = endpoint.local_addr().map_err(io("cannot read the sync address".into()))?;
         let (dispatched_tx, dispatched) = watch::channel(0u64);
         let ctx = SyncContext {

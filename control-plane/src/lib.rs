@@ -18,6 +18,7 @@
 //! - [`views`]: task and metrics read models derived from the audit log.
 //! - [`metrics`]: `/metrics` in OpenMetrics text.
 //! - [`pki`]: the fleet CA, server certificate and bundle-signing key.
+//! - [`renewal`]: edge certificate renewal over the sync connection.
 //! - [`client`]: the admin API client the CLI uses.
 //! - [`cli`]: the `aios-control-plane` command line.
 
@@ -35,6 +36,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod pki;
 pub mod redact;
+pub mod renewal;
 pub mod resend;
 pub mod server;
 pub mod store;

@@ -136,7 +136,8 @@ pub enum ServerError {
 }
 
 /// Binds the sync endpoint.
-pub fn bind(pki: &Pki, addr: SocketAddr) -> Result<quinn::Endpoint, ServerError> {
+/// Client certificates are checked against `clock`'s time.
+pub fn bind(pki: &Pki, addr: SocketAddr, clock: &SharedClock) -> Result<quinn::Endpoint, ServerError> {
     let tls_err = |err: &dyn std::fmt::Display| ServerError::Tls(err.to_string());
     let provider = aios_daemon::transport::crypto_provider();
     let mut roots = RootCertStore::empty();
@@ -146,7 +147,7 @@ pub fn bind(pki: &Pki, addr: SocketAddr) -> Result<quinn::Endpoint, ServerError>
         .build()
         .map_err(|e| tls_err(&e))?;
     let (chain, key) = pki.server_identity();
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let mut tls = rustls::ServerConfig::builder_with_details(provider, aios_daemon::transport::tls_time(clock))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_err(&e))?
         .with_client_cert_verifier(verifier)
@@ -355,7 +356,7 @@ async fn handle_connection(
             drop(place);
             connection.set_receive_window(RECEIVE_WINDOW.into());
             let span = info_span!("sync", edge_id = %edge.id);
-            SyncSession { ctx, connection, edge_id: edge.id, cert_fingerprint }
+            SyncSession { ctx, connection, edge_id: edge.id, cert_fingerprint, cert_der: cert }
                 .run(send, recv, Frame::Hello(hello))
                 .instrument(span)
                 .await;
@@ -410,6 +411,10 @@ async fn enroll(ctx: &SyncContext, request: EnrollRequest) -> Result<Enrolled, E
         Ok(Err(refusal)) => return Err(bad_token(refusal.to_string())),
         Err(err) => return Err(internal(err.to_string())),
     };
+    if let Ok(facts) = aios_daemon::cert::facts(&cert_der) {
+        let not_after_ms = facts.validity.not_after_ms;
+        ctx.store.certificate_expiry(edge_id.clone(), not_after_ms).await.map_err(|err| internal(err.to_string()))?;
+    }
     info!(%edge_id, ?labels, "edge enrolled");
     Ok(Enrolled {
         edge_id,
@@ -427,6 +432,8 @@ struct SyncSession {
     edge_id: String,
     /// SHA-256 of the edge's certificate, hex: the key to its record.
     cert_fingerprint: String,
+    /// The certificate the edge presented (DER).
+    cert_der: Vec<u8>,
 }
 
 impl SyncSession {
@@ -537,6 +544,13 @@ impl SyncSession {
                     sync.reject(ErrorCode::Revoked, message);
                     return Ok(());
                 }
+                let promoted = store
+                    .certificate_presented(self.edge_id.clone(), self.cert_fingerprint.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if promoted {
+                    info!("the edge presents its renewed certificate; the old one is retired");
+                }
                 self.ctx.registry.insert(&self.edge_id, self.connection.clone());
                 store
                     .edge_seen(
@@ -594,6 +608,14 @@ impl SyncSession {
                 store.edge_bundle_acked(self.edge_id.clone(), version).await.map_err(|e| e.to_string())?;
             }
             ControlEvent::BundleRefused { version, reason } => warn!(version, %reason, "bundle refused by edge"),
+            ControlEvent::RenewalRequested(csr_der) => {
+                let grant = crate::renewal::renew(&self.ctx, &self.edge_id, &self.cert_der, &csr_der)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(grant) = grant {
+                    sync.certificate_issued(grant);
+                }
+            }
             ControlEvent::PeerError(error) => return Err(format!("edge closed: {}", error.message)),
             ControlEvent::ProtocolError(message) => warn!(%message, "protocol error"),
         }

@@ -7,12 +7,14 @@
 //! # Layout
 //! - [`db`]: one writer thread with group commit, a reader, migrations.
 //! - [`chain`]: a hash-chained event table (head, append, load) over `db`.
+//! - [`cert`]: what a certificate says: its validity, its key, its issuer.
 //! - [`transport`]: frames over QUIC streams, the QUIC settings, close codes.
 //! - [`telemetry`]: the `tracing` subscriber and OTLP export.
 //! - [`metrics`]: HTTP request metrics and the OpenMetrics scrape.
 //! - [`clock`]: the one place real time is read; a clock tests can move.
 //! - [`cli`]: log format, configuration file, shutdown signal, task input.
 
+pub mod cert;
 pub mod chain;
 pub mod cli;
 pub mod clock;

@@ -75,6 +75,23 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Certificate validity is checked against `clock`, not the process's
+/// clock, so a test that moves a virtual clock by a year moves the TLS
+/// handshakes with it.
+pub fn tls_time(clock: &crate::clock::SharedClock) -> Arc<dyn rustls::time_provider::TimeProvider> {
+    Arc::new(TlsTime(clock.clone()))
+}
+
+#[derive(Debug)]
+struct TlsTime(crate::clock::SharedClock);
+
+impl rustls::time_provider::TimeProvider for TlsTime {
+    fn current_time(&self) -> Option<rustls::pki_types::UnixTime> {
+        let ms = u64::try_from(self.0.unix_ms()).ok()?;
+        Some(rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_millis(ms)))
+    }
+}
+
 /// Transport settings shared by both ends, for a peer that authenticated
 /// (an edge's view of the control plane, or an enrolled edge's connection).
 pub fn transport_config() -> quinn::TransportConfig {

@@ -41,6 +41,10 @@ pub mod kinds {
     pub const STARTED: &str = "edge.started";
     /// The edge enrolled with a control plane.
     pub const ENROLLED: &str = "edge.enrolled";
+    /// The edge took a renewed certificate (same key, later expiry).
+    pub const CERTIFICATE_RENEWED: &str = "identity.renewed";
+    /// The control plane refused the edge as revoked: all autonomy stops.
+    pub const REVOKED: &str = "identity.revoked";
     /// A sync connection completed its handshake.
     pub const CONNECTED: &str = "sync.connected";
     /// A sync connection ended.

@@ -16,6 +16,7 @@
 //! - [`policy`]: the Cedar decision (allow, deny, require approval) for a side effect.
 //! - [`command`]: signed operator commands sent down to one edge.
 //! - [`token`]: one-time enrolment tokens that pin the CA.
+//! - [`identity`]: when edge certificates are renewed and granted.
 //! - [`router`]: model tiering decisions, circuit breakers, budget ledger.
 //! - [`backoff`]: the one backoff with jitter (reconnects, retries).
 //! - [`lifecycle`]: task, intent and approval states and their transitions.
@@ -30,6 +31,7 @@ pub mod bundle;
 pub mod command;
 pub mod duration;
 pub mod exec;
+pub mod identity;
 pub mod lifecycle;
 pub mod memory;
 pub mod policy;

@@ -80,6 +80,19 @@ pub enum Frame {
     Commands(Vec<crate::command::SignedCommand>),
     /// Edge -> control plane: these commands are applied (or refused).
     CommandsAck(Vec<CommandReceipt>),
+    /// Edge -> control plane, once connected: a certificate signing request
+    /// (DER) for the key this connection authenticated with, sent when the
+    /// edge's certificate is two thirds through its life.
+    RenewCertificate(Vec<u8>),
+    /// Control plane -> edge: the renewed certificate.
+    Certificate(CertificateGrant),
+}
+
+/// The control plane's answer to [`Frame::RenewCertificate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateGrant {
+    /// The new certificate (DER), for the same key, signed by the fleet CA.
+    pub cert_der: Vec<u8>,
 }
 
 /// The edge's receipt for a command.

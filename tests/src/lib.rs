@@ -458,6 +458,15 @@ impl EdgeProc {
         run_output(Command::new(&self.bins.edge).args(["--data-dir".as_ref(), self.dir.as_os_str()]).args(args))
     }
 
+    /// Payloads of this edge's own audit events of `kind`, oldest first,
+    /// read straight from its database (the daemon may be running).
+    pub fn audit_payloads(&self, kind: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let conn = rusqlite::Connection::open(self.dir.join("edge.db"))?;
+        let mut statement = conn.prepare("SELECT payload FROM audit_log WHERE kind = ?1 ORDER BY seq")?;
+        let rows = statement.query_map([kind], |row| row.get::<_, String>(0))?;
+        rows.map(|row| Ok(serde_json::from_str(&row?)?)).collect()
+    }
+
     /// `aios-edge status` as JSON.
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
         let output = self.edge_cli(&["status"])?;

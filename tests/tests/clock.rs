@@ -1,15 +1,19 @@
-//! Time as an input: an edge run on a clock the test moves. A bundle valid
-//! for one day is applied; the edge's clock is moved two days on; within a
-//! second or two of real time the edge has failed closed to supervised,
-//! recorded `autonomy.changed` at the moved time, and the control plane has
-//! the event, verified. Nothing here waits for a day to pass.
+//! Time as an input: edges and a control plane run on a clock the test
+//! moves. A bundle valid for one day is applied; the edge's clock is moved
+//! two days on; within a second or two of real time the edge has failed
+//! closed to supervised, recorded `autonomy.changed` at the moved time, and
+//! the control plane has the event, verified. Two edges live through two
+//! years of certificate renewals. Nothing here waits for a day to pass.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aios_control_plane::app::ControlPlane;
 use aios_control_plane::store::AuditFilter;
 use aios_daemon::clock::ManualClock;
-use aios_edge_agent::daemon::{self, DaemonOptions};
+use aios_edge_agent::daemon::{self, DaemonOptions, EdgeHandle};
 use aios_edge_agent::store::EdgeStore;
+use aios_edge_agent::sync::uplink::LinkStatus;
 use aios_shared::audit::kinds;
 use aios_shared::bundle::{Autonomy, BundleSpec};
 use aios_tests::{in_process, wait_for};
@@ -125,5 +129,124 @@ async fn an_edge_whose_clock_runs_ahead_still_obeys_the_kill_switch() -> anyhow:
 
     edge.stop().await;
     cp.stop().await;
+    Ok(())
+}
+
+/// Issue 24, finding 9. Edge certificates last a year; two edges and the
+/// control plane run on one clock moved a month at a time for two years,
+/// with TLS checking certificates at the moved time. In odd months the
+/// edges keep running (a running connection renews by itself), in even
+/// months they restart (a fresh handshake with whatever certificate is
+/// stored). After every step both are connected with a certificate valid
+/// now and not yet due, and the control plane holds their whole audit log.
+/// A copy of one edge taken before its first renewal still holds the old
+/// certificate: once the edge presented its new one, the old one opens
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_edges_renew_their_certificates_across_two_years_and_never_lose_sync() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let clock = ManualClock::new(aios_daemon::clock::unix_ms());
+    let cp = in_process::control_plane(tmp.path(), clock.shared()).await?;
+    let start = |dir: &Path| {
+        let mut options = DaemonOptions::new(dir.to_owned());
+        options.clock = clock.shared();
+        daemon::start(options)
+    };
+    let mut edges = Vec::new();
+    for name in ["north", "south"] {
+        let dir = tmp.path().join(name);
+        let identity = in_process::enroll_edge(&cp, &dir, name).await?;
+        let handle = start(&dir).await?;
+        edges.push(Edge { id: identity.edge_id, store: EdgeStore::open(&dir)?, dir, handle: Some(handle) });
+    }
+    let stale_copy = tmp.path().join("north-before-renewal");
+    for month in 1..=24 {
+        clock.advance(Duration::from_millis(30 * DAY_MS as u64));
+        if month % 2 == 0 {
+            for edge in &mut edges {
+                if let Some(handle) = edge.handle.take() {
+                    handle.stop().await;
+                }
+                if month == 8 && edge.dir.ends_with("north") {
+                    copy_dir(&edge.dir, &stale_copy)?;
+                }
+                edge.handle = Some(start(&edge.dir).await?);
+            }
+        }
+        let now_ms = clock.shared().unix_ms();
+        for edge in &edges {
+            let what = format!("{} in month {month}: connected on a current certificate, audit in sync", edge.id);
+            wait_for(&what, Duration::from_secs(60), || edge.in_good_standing(&cp, now_ms)).await?;
+        }
+        if month == 10 {
+            // North renewed in month 9 and presents the new certificate.
+            let stale = start(&stale_copy).await?;
+            let refused = offline_reason(&stale).await?;
+            assert!(
+                refused.contains("unknown edge certificate"),
+                "the retired certificate opened a connection: {refused}"
+            );
+            stale.stop().await;
+        }
+    }
+
+    for edge in &mut edges {
+        let events = edge.store.load_audit(0, 100_000).await?;
+        let renewals = events.iter().filter(|e| e.kind == kinds::CERTIFICATE_RENEWED).count();
+        assert!(renewals >= 2, "{} renewed {renewals} times in two years", edge.id);
+        let verification = cp.api.store.verify(Some(edge.id.clone())).await?;
+        assert!(verification.iter().all(|v| v.ok), "{verification:?}");
+        if let Some(handle) = edge.handle.take() {
+            handle.stop().await;
+        }
+    }
+
+    cp.stop().await;
+    Ok(())
+}
+
+struct Edge {
+    id: String,
+    dir: PathBuf,
+    store: EdgeStore,
+    handle: Option<EdgeHandle>,
+}
+
+impl Edge {
+    /// Connected, on a certificate valid at `now_ms` and not yet due for
+    /// renewal, with every event it wrote held by the control plane.
+    async fn in_good_standing(&self, cp: &ControlPlane, now_ms: i64) -> anyhow::Result<bool> {
+        let connected = self.handle.as_ref().is_some_and(|h| *h.status.borrow() == LinkStatus::Connected);
+        let identity = self.store.identity().await?.context("enrolled")?;
+        let validity = aios_daemon::cert::facts(&identity.cert_der)?.validity;
+        let head = self.store.audit_head().await?.seq;
+        let edges = cp.api.store.edges().await?;
+        let held = edges.iter().find(|e| e.id == self.id).map(|e| e.audit_seq);
+        Ok(connected && validity.contains(now_ms) && !validity.renewal_due(now_ms) && held == Some(head))
+    }
+}
+
+/// Why the edge's link is down, once it is.
+async fn offline_reason(edge: &EdgeHandle) -> anyhow::Result<String> {
+    let mut status = edge.status.clone();
+    let wait = async {
+        loop {
+            if let LinkStatus::Offline(reason) = status.borrow_and_update().clone() {
+                return Ok::<_, anyhow::Error>(reason);
+            }
+            status.changed().await?;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait).await?
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
     Ok(())
 }

@@ -172,7 +172,8 @@ async fn revoked_edge_is_cut_off_and_refused_from_then_on() -> anyhow::Result<()
     let cp = ControlPlaneProc::start(&bins, &tmp.path().join("cp")).await?;
     let mut edge = EdgeProc::enroll(&bins, &tmp.path().join("edge"), &cp.sync_addr(), &cp.token("10m")?)?;
     edge.start()?;
-    wait_for("edge connected", LONG, || async { Ok(cp.edge(&edge.edge_id).await?["connected"] == true) }).await?;
+    cp.publish("autonomy = \"autonomous\"\nvalid_for = \"1d\"\n")?;
+    wait_for("the edge autonomous", LONG, || async { Ok(autonomy(&edge).await? == "autonomous") }).await?;
     cp.cli_ok(&["edge", "revoke", &edge.edge_id])?;
     let cut_off = wait_for("edge cut off", Duration::from_secs(10), || async {
         Ok(cp.edge(&edge.edge_id).await?["connected"] == false)
@@ -189,6 +190,16 @@ async fn revoked_edge_is_cut_off_and_refused_from_then_on() -> anyhow::Result<()
     // The edge runs with --reconnect-max 2s, and a refused edge waits at least
     // a tenth of that between attempts: at most 10 in 2 s, never a tight loop.
     assert!(attempts <= 10, "a refused edge must back off, not retry in a loop ({attempts} attempts in 2 s)");
+
+    // Finding 9: refused as revoked, the edge stops all autonomy (no side
+    // effects, no model calls, no gateway), recorded in its own log, and
+    // stays stopped across a restart, before it even reaches the control plane.
+    assert_eq!(autonomy(&edge).await?, "halted");
+    let revoked = edge.audit_payloads("identity.revoked")?;
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    edge.kill9();
+    edge.start()?;
+    assert_eq!(autonomy(&edge).await?, "halted", "a restart gives a revoked edge nothing back");
     Ok(())
 }
 
@@ -396,4 +407,9 @@ async fn sync_completes_over_a_lossy_reordering_link() -> anyhow::Result<()> {
     eprintln!("relay: {counts:?}");
     assert!(counts.dropped > 0 && counts.reordered > 0 && counts.duplicated > 0, "{counts:?}");
     Ok(())
+}
+
+/// The autonomy the edge reports on its health endpoint.
+async fn autonomy(edge: &EdgeProc) -> anyhow::Result<serde_json::Value> {
+    Ok(edge.api(reqwest::Method::GET, "/v1/health", None).await?.1["autonomy"].clone())
 }

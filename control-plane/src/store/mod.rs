@@ -47,6 +47,9 @@ pub struct EdgeRecord {
     pub bundle_version: u64,
     /// Highest audit sequence stored.
     pub audit_seq: u64,
+    /// When its current certificate expires (it renews at two thirds of
+    /// the certificate's life).
+    pub cert_not_after_ms: Option<i64>,
 }
 
 /// An edge's identity as the sync handler needs it.
@@ -229,13 +232,15 @@ impl CpStore {
             .await
     }
 
-    /// The edge holding the certificate with this fingerprint.
+    /// The edge holding the certificate with this fingerprint: its current
+    /// one, or the renewed one it has not presented yet.
     pub async fn edge_by_fingerprint(&self, fingerprint: String) -> Result<Option<EdgeAuth>, DbError> {
         self.db
             .read(move |c| {
                 let row = c
                     .query_row(
-                        "SELECT id, public_key, revoked_at_ms, audit_seq FROM edges WHERE cert_fingerprint = ?1",
+                        "SELECT id, public_key, revoked_at_ms, audit_seq FROM edges
+                         WHERE cert_fingerprint = ?1 OR pending_fingerprint = ?1",
                         [fingerprint],
                         |r| {
                             Ok((
@@ -318,7 +323,7 @@ impl CpStore {
             .read(|c| {
                 let mut stmt = c.prepare(
                     "SELECT id, name, labels, enrolled_at_ms, revoked_at_ms, connected, last_seen_ms, agent_version,
-                            bundle_version, audit_seq FROM edges ORDER BY enrolled_at_ms, id",
+                            bundle_version, audit_seq, cert_not_after_ms FROM edges ORDER BY enrolled_at_ms, id",
                 )?;
                 let rows = stmt.query_map([], |r| {
                     Ok(EdgeRecord {
@@ -332,6 +337,7 @@ impl CpStore {
                         agent_version: r.get(7)?,
                         bundle_version: r.get::<_, i64>(8)? as u64,
                         audit_seq: r.get::<_, i64>(9)? as u64,
+                        cert_not_after_ms: r.get(10)?,
                     })
                 })?;
                 Ok(rows.collect::<Result<_, _>>()?)

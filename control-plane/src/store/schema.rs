@@ -16,4 +16,5 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_views.sql"),
     include_str!("migrations/0006_token_labels.sql"),
     include_str!("migrations/0007_audit_checkpoint.sql"),
+    include_str!("migrations/0008_certificate_renewal.sql"),
 ];

@@ -95,6 +95,48 @@ impl EdgeStore {
             .await
     }
 
+    /// Replaces the edge's certificate with a renewed one (same key) and
+    /// records it; the next connection presents it.
+    pub async fn replace_certificate(
+        &self,
+        identity: &Identity,
+        cert_der: Vec<u8>,
+        not_after_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        let identity = identity.clone();
+        self.db
+            .write(move |conn| {
+                conn.execute("UPDATE identity SET cert_der = ?1", [cert_der])?;
+                let payload = serde_json::json!({ "not_after_ms": not_after_ms }).to_string();
+                append_event(conn, &identity, now_ms, kinds::CERTIFICATE_RENEWED, &payload)?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The control plane refused this edge as revoked: from now on the edge
+    /// is halted (no side effects, no model calls), across restarts. Only
+    /// enrolling again, in a new data directory, gives an edge autonomy back.
+    pub async fn mark_revoked(&self, identity: &Identity, reason: String, now_ms: i64) -> Result<(), DbError> {
+        let identity = identity.clone();
+        let autonomy = self
+            .db
+            .write(move |conn| {
+                let already: Option<String> =
+                    conn.query_row("SELECT value FROM settings WHERE key = 'revoked'", [], |r| r.get(0)).optional()?;
+                if already.is_none() {
+                    conn.execute("INSERT INTO settings VALUES ('revoked', ?1)", [&reason])?;
+                    let payload = serde_json::json!({ "reason": reason }).to_string();
+                    append_event(conn, &identity, now_ms, kinds::REVOKED, &payload)?;
+                }
+                refresh_autonomy(conn, &identity, now_ms)
+            })
+            .await?;
+        self.autonomy.send_replace(autonomy);
+        Ok(())
+    }
+
     /// The labels the edge enrolled with, `key=value`.
     pub async fn labels(&self) -> Result<Vec<String>, DbError> {
         self.db
@@ -279,7 +321,10 @@ fn refresh_autonomy(conn: &Connection, identity: &Identity, now_ms: i64) -> Resu
         Some(signed) => Some(signed.open(&identity.bundle_key).map_err(|err| DbError::Corrupt(err.to_string()))?),
         None => None,
     };
+    let revoked: Option<String> =
+        conn.query_row("SELECT value FROM settings WHERE key = 'revoked'", [], |r| r.get(0)).optional()?;
     let (effective, reason) = match &body {
+        _ if revoked.is_some() => (Autonomy::Halted, "revoked by the control plane".to_owned()),
         None => (Autonomy::Supervised, "no policy bundle yet".to_owned()),
         Some(body) if body.is_expired(now_ms) => {
             (body.effective_autonomy(now_ms), format!("bundle version {} expired", body.version))

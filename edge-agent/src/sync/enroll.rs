@@ -116,7 +116,7 @@ pub async fn enroll(
     Ok(identity)
 }
 
-fn certificate_request(key: &SigningKey) -> Result<Vec<u8>, EnrollError> {
+pub(crate) fn certificate_request(key: &SigningKey) -> Result<Vec<u8>, EnrollError> {
     let pkcs8 = key_pkcs8(key)?;
     let key_pair = rcgen::KeyPair::try_from(pkcs8.as_slice())
         .map_err(|err| EnrollError::Protocol(format!("cannot load the new key: {err}")))?;

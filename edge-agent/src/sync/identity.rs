@@ -13,7 +13,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use aios_daemon::transport::{crypto_provider, ALPN};
+use aios_daemon::clock::SharedClock;
+use aios_daemon::transport::{crypto_provider, tls_time, ALPN};
 
 /// Everything an enrolled edge needs to connect.
 #[derive(Clone)]
@@ -63,13 +64,14 @@ pub fn key_from_pkcs8(der: &[u8]) -> Result<SigningKey, TlsError> {
 }
 
 impl Identity {
-    /// The mutual-TLS client configuration for sync connections.
-    pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
+    /// The mutual-TLS client configuration for sync connections; the
+    /// control plane's certificate is checked at `clock`'s time.
+    pub fn client_config(&self, clock: &SharedClock) -> Result<quinn::ClientConfig, TlsError> {
         let provider = crypto_provider();
         let mut roots = RootCertStore::empty();
         roots.add(CertificateDer::from(self.ca_der.clone()))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8(&self.signing_key)?));
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        let mut tls = rustls::ClientConfig::builder_with_details(provider, tls_time(clock))
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(roots)
             .with_client_auth_cert(vec![CertificateDer::from(self.cert_der.clone())], key)?;

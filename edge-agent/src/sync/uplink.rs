@@ -73,7 +73,15 @@ pub struct Uplink {
 /// How one connection ended.
 enum SessionEnd {
     Shutdown,
-    Lost { connected: bool, reason: String, permanent: bool },
+    Lost {
+        connected: bool,
+        reason: String,
+        permanent: bool,
+    },
+    /// A renewed certificate was stored: reconnect at once to present it.
+    Renewed,
+    /// The control plane refused this edge as revoked.
+    Revoked(String),
 }
 
 impl Uplink {
@@ -143,8 +151,14 @@ impl Uplink {
             }
             let _ = self.status.send(LinkStatus::Connecting);
             let span = info_span!("sync", edge_id = %self.identity.edge_id, control_plane = %addr_text);
-            match self.session(&addr_text).instrument(span).await {
+            match self.session(&addr_text).instrument(span.clone()).await {
                 SessionEnd::Shutdown => return,
+                SessionEnd::Renewed => continue,
+                SessionEnd::Revoked(reason) => {
+                    self.revoked(reason.clone()).instrument(span).await;
+                    backoff.saturate();
+                    let _ = self.status.send(LinkStatus::Offline(reason));
+                }
                 SessionEnd::Lost { connected, reason, permanent } => {
                     if connected {
                         backoff.reset();
@@ -179,7 +193,7 @@ impl Uplink {
             Ok(addr) => addr,
             Err(err) => return lost(err.to_string(), false),
         };
-        let client_config = match self.identity.client_config() {
+        let client_config = match self.identity.client_config(self.runtime.clock()) {
             Ok(config) => config,
             Err(err) => return lost(err.to_string(), true),
         };
@@ -198,9 +212,15 @@ impl Uplink {
             },
             _ = self.shutdown.changed() => return SessionEnd::Shutdown,
         };
-        let end = self.drive(&connection).await;
-        if let SessionEnd::Shutdown = end {
-            connection.close(close_code::SHUTDOWN.into(), b"edge shutting down");
+        let mut end = self.drive(&connection).await;
+        match &end {
+            SessionEnd::Shutdown | SessionEnd::Renewed => {
+                connection.close(close_code::SHUTDOWN.into(), b"edge shutting down");
+            }
+            SessionEnd::Lost { reason, .. } if closed_as_revoked(&connection) => {
+                end = SessionEnd::Revoked(reason.clone())
+            }
+            _ => {}
         }
         endpoint.close(close_code::SHUTDOWN.into(), b"");
         end
@@ -246,7 +266,13 @@ impl Uplink {
                             let payload = serde_json::json!({ "audit_acked_seq": audit_acked_seq }).to_string();
                             self.audit(aios_shared::audit::kinds::CONNECTED, payload).await;
                             self.appended.notify_one();
+                            self.maybe_renew(&mut sync);
                         }
+                        EdgeEvent::CertificateIssued(grant) => match self.take_certificate(grant).await {
+                            Ok(true) => return SessionEnd::Renewed,
+                            Ok(false) => {}
+                            Err(err) => lost!(err, false),
+                        },
                         EdgeEvent::LoadAudit { from_seq, max } => match self.store.load_audit(from_seq, max).await {
                             Ok(events) => sync.audit_loaded(self.runtime.clock().instant(), events),
                             Err(err) => lost!(format!("cannot read the audit log: {err}"), false),
@@ -286,6 +312,9 @@ impl Uplink {
                             }
                             Err(err) => lost!(format!("cannot apply commands: {err}"), false),
                         },
+                        EdgeEvent::Refused(error) if error.code == aios_shared::wire::ErrorCode::Revoked => {
+                            return SessionEnd::Revoked(error.message)
+                        }
                         EdgeEvent::Refused(error) => {
                             lost!(format!("refused by the control plane: {}", error.message), error.code.is_permanent())
                         }
@@ -311,7 +340,10 @@ impl Uplink {
                 },
                 _ = sleep_until(timeout) => sync.handle_timeout(self.runtime.clock().instant()),
                 _ = self.appended.notified() => self.refresh_head(&mut sync).await,
-                _ = poll.tick() => self.refresh_head(&mut sync).await,
+                _ = poll.tick() => {
+                    self.refresh_head(&mut sync).await;
+                    self.maybe_renew(&mut sync);
+                }
                 _ = self.shutdown.changed() => return SessionEnd::Shutdown,
             }
         }
@@ -337,6 +369,12 @@ fn describe(connection: &quinn::Connection, fallback: String) -> String {
         Some(reason) => reason.to_string(),
         None => fallback,
     }
+}
+
+/// Whether the control plane closed the connection because this edge is revoked.
+fn closed_as_revoked(connection: &quinn::Connection) -> bool {
+    matches!(connection.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(close))
+        if close.error_code == close_code::REVOKED.into())
 }
 
 fn close_is_permanent(connection: &quinn::Connection) -> bool {

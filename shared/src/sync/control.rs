@@ -53,6 +53,10 @@ pub enum ControlEvent {
     TasksAcked(Vec<TaskReceipt>),
     /// The edge applied (or refused) commands: record the receipts.
     CommandsAcked(Vec<crate::wire::CommandReceipt>),
+    /// The edge asks for a renewed certificate (a CSR, DER): check it and
+    /// the edge's standing, then call [`ControlSync::certificate_issued`], or
+    /// nothing to decline (the edge asks again on its next connection).
+    RenewalRequested(Vec<u8>),
     /// The edge closed the connection with a reason.
     PeerError(ErrorFrame),
     /// The edge broke the protocol; close the connection.
@@ -160,6 +164,9 @@ impl ControlSync {
                 self.commands.acknowledged(|command| receipts.iter().any(|r| r.id == command.id));
                 self.events.push_back(ControlEvent::CommandsAcked(receipts));
             }
+            (State::Connected, Frame::RenewCertificate(csr_der)) => {
+                self.events.push_back(ControlEvent::RenewalRequested(csr_der))
+            }
             (State::Connected, Frame::BundleRefused { version, reason }) => {
                 self.settle_bundle(version);
                 self.events.push_back(ControlEvent::BundleRefused { version, reason });
@@ -222,6 +229,13 @@ impl ControlSync {
         self.ingest_up_to = committed_seq;
         self.hello_ack = Some(ack.clone());
         self.transmits.push_back(Frame::HelloAck(ack));
+    }
+
+    /// The answer to [`ControlEvent::RenewalRequested`].
+    pub fn certificate_issued(&mut self, grant: crate::wire::CertificateGrant) {
+        if self.state == State::Connected {
+            self.transmits.push_back(Frame::Certificate(grant));
+        }
     }
 
     /// Refuses the connection with a reason the edge will show.

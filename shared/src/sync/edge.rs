@@ -68,6 +68,9 @@ pub enum EdgeEvent {
     /// A bundle arrived: verify and persist it, then call
     /// [`EdgeSync::bundle_applied`] or [`EdgeSync::bundle_refused`].
     BundleReceived(SignedBundle),
+    /// The control plane answered [`EdgeSync::request_certificate`]: check
+    /// the certificate and store it; the next connection presents it.
+    CertificateIssued(crate::wire::CertificateGrant),
     /// The peer broke the protocol; close the connection.
     ProtocolError(String),
 }
@@ -101,6 +104,8 @@ pub struct EdgeSync {
     sent_up_to: u64,
     /// A `LoadAudit` is outstanding.
     loading: bool,
+    /// A `RenewCertificate` was sent and not answered.
+    renewal_requested: bool,
     /// Last time the acknowledged position moved (or a batch was sent).
     last_progress: Instant,
     transmits: VecDeque<Frame>,
@@ -118,6 +123,7 @@ impl EdgeSync {
             acked_seq: 0,
             sent_up_to: 0,
             loading: false,
+            renewal_requested: false,
             last_progress: now,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -182,6 +188,10 @@ impl EdgeSync {
                 self.events.push_back(EdgeEvent::CommandsReceived(commands))
             }
             (State::Connected, Frame::Tasks(tasks)) => self.events.push_back(EdgeEvent::TasksReceived(tasks)),
+            (State::Connected, Frame::Certificate(grant)) if self.renewal_requested => {
+                self.renewal_requested = false;
+                self.events.push_back(EdgeEvent::CertificateIssued(grant));
+            }
             (state, frame) => self.fail(format!("unexpected {} in state {state:?}", frame_name(&frame))),
         }
     }
@@ -252,6 +262,24 @@ impl EdgeSync {
             self.transmits.push_back(Frame::AuditBatch(events));
         }
         self.request_audit();
+    }
+
+    /// Asks for a renewed certificate for the key in `csr_der`. Once per
+    /// connection, and only when connected (the request rides on the
+    /// authenticated connection); returns whether it was sent.
+    pub fn request_certificate(&mut self, csr_der: Vec<u8>) -> bool {
+        if self.state != State::Connected || self.renewal_requested {
+            return false;
+        }
+        self.renewal_requested = true;
+        self.transmits.push_back(Frame::RenewCertificate(csr_der));
+        true
+    }
+
+    /// Whether a certificate was requested on this connection and not yet
+    /// answered.
+    pub fn renewal_pending(&self) -> bool {
+        self.renewal_requested
     }
 
     /// The bundle of `version` is persisted and in force.
@@ -330,5 +358,7 @@ pub(crate) fn frame_name(frame: &Frame) -> &'static str {
         Frame::TasksAck(_) => "TasksAck",
         Frame::Commands(_) => "Commands",
         Frame::CommandsAck(_) => "CommandsAck",
+        Frame::RenewCertificate(_) => "RenewCertificate",
+        Frame::Certificate(_) => "Certificate",
     }
 }

@@ -286,6 +286,7 @@ impl Sim {
                 self.edge.sync.commands_applied(receipts);
             }
             EdgeEvent::Connected { .. } | EdgeEvent::AuditAcked { .. } => {}
+            EdgeEvent::CertificateIssued(_) => panic!("the simulated edge never asks for a certificate"),
             EdgeEvent::Refused(error) => panic!("edge refused: {error:?}"),
             EdgeEvent::ProtocolError(message) => panic!("edge protocol error: {message}"),
         }
@@ -319,6 +320,7 @@ impl Sim {
                 }
                 self.control.sync.committed(last);
             }
+            ControlEvent::RenewalRequested(_) => panic!("the simulated edge never asks for a certificate"),
             ControlEvent::BundleAcked { version } => {
                 self.control.edge_bundle_version = self.control.edge_bundle_version.max(version);
             }
@@ -593,4 +595,36 @@ fn dispatched_tasks_are_resent_until_acknowledged_and_never_twice_at_once() {
     while edge.poll_event().is_some() {}
     edge.handle_frame(now, Frame::Tasks(vec![task("d3")]));
     assert_eq!(edge.poll_event(), Some(EdgeEvent::TasksReceived(vec![task("d3")])));
+}
+
+#[test]
+fn a_certificate_is_requested_once_per_connection_and_only_once_connected() {
+    let now = Instant::now();
+    let mut edge = EdgeSync::new(edge_config(), now, 0, 0);
+    let _hello = edge.poll_transmit();
+    assert!(!edge.request_certificate(vec![1]), "not before the handshake");
+    edge.handle_frame(now, Frame::HelloAck(crate::wire::HelloAck { version: 1, audit_acked_seq: 0 }));
+    while edge.poll_event().is_some() {}
+    assert!(edge.request_certificate(vec![1, 2]));
+    assert!(!edge.request_certificate(vec![1, 2]), "one outstanding request at a time");
+    assert_eq!(edge.poll_transmit(), Some(Frame::RenewCertificate(vec![1, 2])));
+
+    let mut control = ControlSync::new(control_config());
+    control.certificate_issued(crate::wire::CertificateGrant { cert_der: vec![9] });
+    assert_eq!(control.poll_transmit(), None, "nothing is granted before the handshake");
+    control.handle_frame(now, hello(1, 1));
+    assert!(matches!(control.poll_event(), Some(ControlEvent::HelloReceived(_))));
+    control.accept(0);
+    let _ack = control.poll_transmit();
+    control.handle_frame(now, Frame::RenewCertificate(vec![1, 2]));
+    assert_eq!(control.poll_event(), Some(ControlEvent::RenewalRequested(vec![1, 2])));
+    let grant = crate::wire::CertificateGrant { cert_der: vec![9] };
+    control.certificate_issued(grant.clone());
+    assert_eq!(control.poll_transmit(), Some(Frame::Certificate(grant.clone())));
+
+    edge.handle_frame(now, Frame::Certificate(grant.clone()));
+    assert_eq!(edge.poll_event(), Some(EdgeEvent::CertificateIssued(grant.clone())));
+    assert!(!edge.renewal_pending());
+    edge.handle_frame(now, Frame::Certificate(grant));
+    assert!(edge.is_closed(), "a certificate nobody asked for is a protocol error");
 }

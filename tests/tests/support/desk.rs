@@ -235,17 +235,7 @@ pub fn effects(payments: &PaymentService, path: &str, order: &str) -> Vec<Value>
 
 /// Events of `kind` about `task` in the edge's own audit log.
 pub fn audited(edge: &EdgeProc, kind: &str, task: &str) -> anyhow::Result<Vec<Value>> {
-    let conn = rusqlite::Connection::open(edge.dir.join("edge.db"))?;
-    let mut statement = conn.prepare("SELECT payload FROM audit_log WHERE kind = ?1 ORDER BY seq")?;
-    let rows = statement.query_map([kind], |row| row.get::<_, String>(0))?;
-    let mut found = Vec::new();
-    for row in rows {
-        let payload: Value = serde_json::from_str(&row?)?;
-        if payload["task"] == task {
-            found.push(payload);
-        }
-    }
-    Ok(found)
+    Ok(edge.audit_payloads(kind)?.into_iter().filter(|payload| payload["task"] == task).collect())
 }
 
 /// Requests the planner got for `order`'s conversation, in order.
