@@ -198,9 +198,20 @@ async fn gateway_router(
     Ok(crate::http::gateway::router(Arc::new(state)))
 }
 
+/// What bundles may reach by default: secrets in `DATA_DIR/secrets`, files
+/// written to `DATA_DIR/files`, no environment variables, no programs.
+pub fn default_access(data_dir: &std::path::Path) -> aios_shared::access::BundleAccess {
+    aios_shared::access::BundleAccess {
+        secrets_dir: Some(data_dir.join("secrets")),
+        output_dirs: vec![data_dir.join("files")],
+        ..Default::default()
+    }
+}
+
 impl DaemonOptions {
     /// Defaults for a data directory: no API, models from the environment's store.
     pub fn new(data_dir: PathBuf) -> DaemonOptions {
+        let runtime = RuntimeOptions { access: default_access(&data_dir), ..RuntimeOptions::default() };
         DaemonOptions {
             data_dir,
             uplink: UplinkOptions::default(),
@@ -209,7 +220,7 @@ impl DaemonOptions {
             gateway: None,
             models: aios_models::ModelStore::from_env(),
             load: aios_models::LoadOptions::default(),
-            runtime: RuntimeOptions::default(),
+            runtime,
             clock: SharedClock::default(),
         }
     }

@@ -334,6 +334,9 @@ pub enum BundleError {
     /// The signature is not the pinned bundle key's.
     #[error("signature does not verify with the pinned bundle key")]
     BadSignature,
+    /// The bundle reaches secrets, files or programs the edge does not allow.
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
     /// The signed body does not decode.
     #[error("malformed bundle: {0}")]
     Malformed(String),

@@ -12,6 +12,7 @@
 //! - [`audit`]: the hash-chained audit log and its verification.
 //! - [`bundle`]: signed policy bundles, their verification and freshness rules.
 //! - [`exec`]: connectors, webhooks and the Cedar policy carried in bundles.
+//! - [`access`]: which secrets, files and programs an edge lets bundles reach.
 //! - [`served`]: agents the edge offers to MCP clients as tools.
 //! - [`policy`]: the Cedar decision (allow, deny, require approval) for a side effect.
 //! - [`command`]: signed operator commands sent down to one edge.
@@ -24,6 +25,7 @@
 //! - [`memory`]: memory classifications, retention and agents' memory access.
 //! - [`trace`]: the trace id a task carries, derived from its id.
 
+pub mod access;
 pub mod agent;
 pub mod audit;
 pub mod backoff;

@@ -90,6 +90,12 @@ fn kill9(child: &mut Option<Child>) {
     }
 }
 
+/// What test edges let bundles reach: the machine's temporary directory.
+fn temp_dir_access() -> Vec<String> {
+    let tmp = std::env::temp_dir().display().to_string();
+    vec!["--secrets-dir".into(), tmp.clone(), "--output-dir".into(), tmp]
+}
+
 /// Runs a command to completion, with its output captured.
 fn run_output(command: &mut Command) -> anyhow::Result<Output> {
     command.stdin(Stdio::null()).output().with_context(|| format!("cannot run {command:?}"))
@@ -358,6 +364,11 @@ pub struct EdgeProc {
     pub env: Vec<(String, String)>,
     /// Extra flags for `run` (such as `--gateway`).
     pub run_args: Vec<String>,
+    /// Flags saying what bundles may reach: by default the machine's
+    /// temporary directory (where tests keep receipts and secret files),
+    /// as secrets directory and output directory. Empty: the edge's own
+    /// defaults (inside its data directory).
+    pub access_args: Vec<String>,
     /// The address the local API binds ("127.0.0.1" unless a test exposes
     /// it, say on "0.0.0.0"); the tests still connect over loopback.
     pub api_host: String,
@@ -384,6 +395,7 @@ impl EdgeProc {
             api_port: 0,
             env: Vec::new(),
             run_args: Vec::new(),
+            access_args: temp_dir_access(),
             api_host: "127.0.0.1".into(),
             api_token: None,
             http: reqwest::Client::new(),
@@ -402,7 +414,7 @@ impl EdgeProc {
         if let Some(addr) = &self.control_plane_override {
             command.args(["--control-plane", addr]);
         }
-        command.args(&self.run_args);
+        command.args(&self.access_args).args(&self.run_args);
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = command
             .env("AIOS_LOG", "info,quinn=warn")
@@ -583,10 +595,20 @@ pub fn addr(text: &str) -> SocketAddr {
 
 /// A control plane and one enrolled, running edge with `bundle` applied.
 pub async fn fleet_with(bins: &Bins, bundle: &str) -> anyhow::Result<(tempfile::TempDir, ControlPlaneProc, EdgeProc)> {
+    fleet_with_args(bins, bundle, &[]).await
+}
+
+/// [`fleet_with`], the edge run with `run_args` (`--allow-program env`).
+pub async fn fleet_with_args(
+    bins: &Bins,
+    bundle: &str,
+    run_args: &[&str],
+) -> anyhow::Result<(tempfile::TempDir, ControlPlaneProc, EdgeProc)> {
     let tmp = tempfile::tempdir()?;
     let cp = ControlPlaneProc::start(bins, &tmp.path().join("cp")).await?;
     let token = cp.token("10m")?;
     let mut edge = EdgeProc::enroll(bins, &tmp.path().join("edge"), &cp.sync_addr(), &token)?;
+    edge.run_args = run_args.iter().map(|arg| arg.to_string()).collect();
     edge.start()?;
     let version = cp.publish(bundle)?;
     wait_for("the edge to apply the bundle", Duration::from_secs(300), || async {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aios_tests::payments::{PaymentFaults, PaymentService};
 use aios_tests::planner::{self, Planner};
-use aios_tests::{bins, fleet_with};
+use aios_tests::{bins, fleet_with, fleet_with_args};
 use anyhow::Context;
 use serde_json::{json, Value};
 
@@ -292,7 +292,8 @@ async fn mcp_server_tools_are_governed_like_connector_actions() -> anyhow::Resul
     let receipts = tempfile::tempdir()?;
     let planner = Planner::start(Arc::new(script), Duration::ZERO).await?;
     let text = with_mcp(&bundle(&payments, receipts.path(), &planner), &pinned, &changed, &web_pinned);
-    let (_tmp, _cp, edge) = fleet_with(&bins!(), &text).await?;
+    // The server runs as `env PYTHONPATH=... python3 ...`: the edge must allow `env`.
+    let (_tmp, _cp, edge) = fleet_with_args(&bins!(), &text, &["--allow-program", "env"]).await?;
 
     let id = submit(&edge, case_for("scribe", "mcp", "n-1")).await?;
     let done = edge.finished_task(&id, LONG).await?;

@@ -24,6 +24,8 @@
 //! - An edge cannot choose its labels; they come from its token (finding 12).
 //! - A stored chain whose checkpoint was rewritten, every hash recomputed,
 //!   fails verification (finding 7).
+//! - Bundles that name the machine's files, environment variables, outside
+//!   directories or programs are refused by the edge (finding 20).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

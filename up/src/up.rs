@@ -219,6 +219,11 @@ async fn start_edge(
     drop(store);
     let mut options = DaemonOptions::new(dir);
     options.api_listen = Some(api);
+    // The reference bundle writes posts under ROOT/posts and may escalate
+    // with the key in AIOS_LARGE_API_KEY; the edges allow exactly that.
+    let posts = std::path::absolute(root.join("posts")).context("cannot resolve the posts folder")?;
+    options.runtime.access.output_dirs = vec![posts];
+    options.runtime.access.secret_env.insert("AIOS_LARGE_API_KEY".into());
     let handle = daemon::start(options).await.with_context(|| format!("cannot start {}", edge.name))?;
     Ok((id, handle))
 }

@@ -116,6 +116,22 @@ pub struct RunArgs {
     /// (a GPU needs a build with `--features cuda` or `metal`).
     #[arg(long, env = "AIOS_MODEL_DEVICE")]
     pub model_device: Option<aios_models::DeviceConfig>,
+    /// Directory bundles' `file:` secrets and trust files must be in
+    /// [default: DATA_DIR/secrets].
+    #[arg(long, env = "AIOS_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
+    /// An environment variable bundles may name as a secret (`env:NAME`);
+    /// repeatable [default: none].
+    #[arg(long = "secret-env", value_name = "NAME")]
+    pub secret_env: Vec<String>,
+    /// A directory the file connector may write into; repeatable
+    /// [default: DATA_DIR/files].
+    #[arg(long = "output-dir", value_name = "DIR")]
+    pub output_dirs: Vec<PathBuf>,
+    /// A program bundles may start as an MCP server, as they name it;
+    /// repeatable [default: none].
+    #[arg(long = "allow-program", value_name = "PROGRAM")]
+    pub programs: Vec<String>,
 }
 
 /// Test entry points.
@@ -157,6 +173,27 @@ pub struct FileConfig {
     pub gateway: Option<GatewayFileConfig>,
     /// Where local models run: `cpu`, `cuda[:N]` or `metal[:N]`.
     pub model_device: Option<aios_models::DeviceConfig>,
+    /// What bundles may reach on this machine.
+    pub bundle_access: Option<AccessFileConfig>,
+}
+
+/// `[bundle_access]` in the edge's configuration file: the secrets, files
+/// and programs bundles from the control plane may reference. Flags add to
+/// the lists and override the directory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessFileConfig {
+    /// Where `file:` secrets and trust files must be [default: DATA_DIR/secrets].
+    pub secrets_dir: Option<PathBuf>,
+    /// Environment variables bundles may name as `env:NAME`.
+    #[serde(default)]
+    pub secret_env: Vec<String>,
+    /// Directories the file connector may write into [default: DATA_DIR/files].
+    #[serde(default)]
+    pub output_dirs: Vec<PathBuf>,
+    /// Programs bundles may start as MCP servers.
+    #[serde(default)]
+    pub programs: Vec<String>,
 }
 
 /// `[gateway]` in the edge's configuration file.
@@ -294,6 +331,15 @@ async fn run_daemon(data_dir_flag: Option<PathBuf>, args: RunArgs) -> anyhow::Re
     }
     let mut options = DaemonOptions::new(data_dir);
     options.uplink = uplink;
+    let access = file.bundle_access.unwrap_or_default();
+    let defaults = options.runtime.access.clone();
+    let output_dirs: Vec<PathBuf> = access.output_dirs.into_iter().chain(args.output_dirs).collect();
+    options.runtime.access = aios_shared::access::BundleAccess {
+        secrets_dir: args.secrets_dir.or(access.secrets_dir).or(defaults.secrets_dir),
+        secret_env: access.secret_env.into_iter().chain(args.secret_env).collect(),
+        output_dirs: if output_dirs.is_empty() { defaults.output_dirs } else { output_dirs },
+        programs: access.programs.into_iter().chain(args.programs).collect(),
+    };
     if let Some(device) = args.model_device.or(file.model_device) {
         // Opened once now, so a build without the backend or a missing GPU
         // stops the start instead of the first task.
@@ -377,7 +423,8 @@ async fn debug(data_dir: &Path, command: DebugCommand) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let signed: aios_shared::bundle::SignedBundle =
                 serde_json::from_str(&text).context("not a signed bundle as served by the admin API")?;
-            match store.offer_bundle(&identity, signed, unix_ms()).await? {
+            let access = crate::daemon::default_access(data_dir);
+            match store.offer_bundle(&identity, signed, &access, unix_ms()).await? {
                 crate::store::BundleOutcome::Refused(err) => bail!("bundle refused: {err}"),
                 outcome => {
                     println!("{outcome:?}");
@@ -410,6 +457,16 @@ mod tests {
         assert!(err.to_string().contains("unknown device `tpu`"), "{err}");
     }
 
+    #[test]
+    fn the_example_configuration_and_bundle_access_parse() {
+        toml::from_str::<FileConfig>(include_str!("../../examples/edge.toml")).expect("the example parses");
+        let text = "[bundle_access]\nsecrets_dir = \"/etc/aios\"\nsecret_env = [\"A\"]\nprograms = [\"/opt/x\"]\n";
+        let access = toml::from_str::<FileConfig>(text).expect("parses").bundle_access.expect("present");
+        assert_eq!(access.secrets_dir.as_deref(), Some(std::path::Path::new("/etc/aios")));
+        assert_eq!((access.secret_env, access.programs), (vec!["A".to_owned()], vec!["/opt/x".to_owned()]));
+        assert!(toml::from_str::<FileConfig>("[bundle_access]\nsecret = 1\n").is_err(), "unknown keys are refused");
+    }
+
     /// A GPU this build cannot drive stops `run` before anything starts.
     #[cfg(not(feature = "cuda"))]
     #[tokio::test]
@@ -422,6 +479,10 @@ mod tests {
             api_listen: Some("off".into()),
             gateway: false,
             model_device: Some(DeviceConfig::Cuda(0)),
+            secrets_dir: None,
+            secret_env: Vec::new(),
+            output_dirs: Vec::new(),
+            programs: Vec::new(),
         };
         let err = run_daemon(Some(dir.path().to_owned()), args).await.expect_err("refused");
         let message = format!("{err:#}");

@@ -9,6 +9,7 @@ pub mod schema;
 
 use std::path::Path;
 
+use aios_shared::access::BundleAccess;
 use aios_shared::audit::{kinds, AuditEvent, ChainHead};
 use aios_shared::bundle::{Autonomy, BundleBody, BundleError, Offer, SignedBundle};
 use ed25519_dalek::VerifyingKey;
@@ -185,13 +186,22 @@ impl EdgeStore {
         &self,
         identity: &Identity,
         signed: SignedBundle,
+        access: &BundleAccess,
         now_ms: i64,
     ) -> Result<BundleOutcome, DbError> {
         let identity = identity.clone();
+        let access = access.clone();
         self.db
             .write(move |conn| {
                 let current = read_bundle(conn)?;
-                let outcome = match signed.offer(&identity.bundle_key, current.as_ref(), now_ms) {
+                let offer =
+                    signed.offer(&identity.bundle_key, current.as_ref(), now_ms).and_then(|offer| match offer {
+                        Offer::Apply(body) => {
+                            access.check(&body.definitions).map(|()| Offer::Apply(body)).map_err(Into::into)
+                        }
+                        already => Ok(already),
+                    });
+                let outcome = match offer {
                     Ok(Offer::AlreadyApplied(body)) => {
                         return Ok((BundleOutcome::AlreadyApplied(body.version), recorded_autonomy(conn)?))
                     }

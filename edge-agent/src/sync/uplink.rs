@@ -279,7 +279,11 @@ impl Uplink {
                         },
                         EdgeEvent::AuditAcked { up_to_seq } => debug!(up_to_seq, "audit acknowledged"),
                         EdgeEvent::BundleReceived(signed) => {
-                            match self.store.offer_bundle(&self.identity, signed.clone(), self.runtime.now()).await {
+                            match self
+                                .store
+                                .offer_bundle(&self.identity, signed.clone(), self.runtime.access(), self.runtime.now())
+                                .await
+                            {
                                 Ok(BundleOutcome::Applied(version)) => {
                                     info!(version, "policy bundle applied");
                                     sync.bundle_applied(version);

@@ -41,6 +41,8 @@ pub struct RuntimeOptions {
     pub labels: Vec<String>,
     /// Where the runtime reads the time (the real clock unless a test moves one).
     pub clock: SharedClock,
+    /// What bundles may reach on this machine (secrets, files, programs).
+    pub access: aios_shared::access::BundleAccess,
 }
 
 /// A submission as the API, the CLI or the control plane makes it.
@@ -158,6 +160,11 @@ impl Runtime {
     }
 
     /// The runtime's clock.
+    pub fn access(&self) -> &aios_shared::access::BundleAccess {
+        &self.inner.options.access
+    }
+
+    /// Where the runtime reads the time.
     pub fn clock(&self) -> &SharedClock {
         &self.inner.options.clock
     }
@@ -225,6 +232,11 @@ impl Runtime {
             }
         }
         let body = signed.open(&self.inner.identity.bundle_key).map_err(|err| DbError::Corrupt(err.to_string()))?;
+        // Checked when offered too; again here, in case the edge's
+        // configuration was narrowed since.
+        self.inner.options.access.check(&body.definitions).map_err(|err| {
+            DbError::Corrupt(format!("the bundle in force reaches further than this edge allows: {err}"))
+        })?;
         let defs = Arc::new(body.definitions);
         self.inner.tiers.configure(&defs);
         self.inner.memory.configure(&defs.memory);

@@ -1,5 +1,5 @@
 //! Attacks on identities, roles and the fleet's controls (issue 24,
-//! findings 4, 7, 8, 12, 13 and 22), in the `attacks` test binary.
+//! findings 4, 7, 8, 12, 13, 20 and 22), in the `attacks` test binary.
 
 use super::*;
 
@@ -406,3 +406,76 @@ async fn a_rewritten_checkpoint_is_detected() -> anyhow::Result<()> {
     assert!(!report.contains("altered") && !report.contains("does not link"), "every hash checks out: {report}");
     Ok(())
 }
+
+/// Finding 20. Someone who can publish bundles tries to make an edge read
+/// its machine's files and environment, write outside its directories and
+/// run a program. The edge runs with its defaults (secrets only in
+/// `DATA_DIR/secrets`, files only to `DATA_DIR/files`, no environment
+/// variables, no programs): each bundle is refused with the reference and
+/// what is allowed, the bundle in force stays, and nothing was read, written
+/// or run. The same reference inside the allowed place is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_cannot_reach_files_environment_or_programs_the_edge_does_not_allow() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let bins = bins!();
+    let cp = ControlPlaneProc::start(&bins, &tmp.path().join("cp")).await?;
+    let mut edge = EdgeProc::enroll(&bins, &tmp.path().join("edge"), &cp.sync_addr(), &cp.token("10m")?)?;
+    edge.access_args.clear();
+    edge.start()?;
+    let head = "autonomy = \"autonomous\"\nvalid_for = \"1d\"\n";
+    let first = cp.publish(head)?;
+    wait_for("the first bundle", LONG, || async { Ok(version(&edge).await? == Some(first)) }).await?;
+
+    let marker = tmp.path().join("ran");
+    let outside = tmp.path().join("outside");
+    let hook = |secret: &str| format!("{head}[webhooks.w]\nagent = \"a\"\nsecret = \"{secret}\"\n{AGENT}");
+    let attacks = [
+        ("a file of the machine", hook("file:/etc/hostname"), "/etc/hostname"),
+        ("a file reached with ..", hook(&format!("file:{}/secrets/../api-token", edge.dir.display())), "api-token"),
+        ("the environment", hook("env:HOME"), "env:HOME"),
+        (
+            "a directory outside",
+            format!(
+                "{head}[connectors.f]\nkind = \"file\"\nversion = 1\ndirectory = \"{}\"\n[connectors.f.actions.write]\nschema = {{ type = \"object\", properties = {{ name = {{ type = \"string\" }}, content = {{ type = \"string\" }} }} }}\n{AGENT}",
+                outside.display()
+            ),
+            "directory",
+        ),
+        (
+            "a program",
+            format!(
+                "{head}[connectors.m]\nkind = \"mcp\"\nversion = 1\ncommand = [\"touch\", \"{}\"]\n[connectors.m.actions.x]\nschema = {{ type = \"object\" }}\nschema_sha256 = \"{}\"\n{AGENT}",
+                marker.display(),
+                "0".repeat(64)
+            ),
+            "touch",
+        ),
+    ];
+    for (what, bundle, named) in attacks {
+        let refused = cp.publish(&bundle)?;
+        wait_for(&format!("{what} refused"), LONG, || async {
+            Ok(edge.audit_payloads("bundle.refused")?.iter().any(|e| e["version"] == refused))
+        })
+        .await?;
+        let reason = edge.audit_payloads("bundle.refused")?.into_iter().find(|e| e["version"] == refused);
+        let reason = reason.map(|e| e["reason"].as_str().unwrap_or_default().to_owned()).unwrap_or_default();
+        assert!(reason.contains(named) && reason.contains("does not allow"), "{what}: {reason}");
+        assert_eq!(version(&edge).await?, Some(first), "{what}: the bundle in force stays");
+    }
+    assert!(!marker.exists() && !outside.exists(), "nothing was run or written");
+
+    let secrets = edge.dir.join("secrets");
+    std::fs::create_dir_all(&secrets)?;
+    std::fs::write(secrets.join("hook"), "whsec_allowed")?;
+    let allowed = cp.publish(&hook(&format!("file:{}", secrets.join("hook").display())))?;
+    wait_for("the allowed secret applied", LONG, || async { Ok(version(&edge).await? == Some(allowed)) }).await?;
+    Ok(())
+}
+
+/// The bundle version the edge has in force.
+async fn version(edge: &EdgeProc) -> anyhow::Result<Option<u64>> {
+    Ok(edge.api(Method::GET, "/v1/health", None).await?.1["bundle_version"].as_u64())
+}
+
+/// An agent for the bundles above.
+const AGENT: &str = "[agents.a]\nversion = 1\nmemory = { write = [\"n\"] }\n[[agents.a.steps]]\nid = \"s\"\nkind = \"record_put\"\nnamespace = \"n\"\nkey = \"k\"\nvalue = \"{}\"\n";
