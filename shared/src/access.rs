@@ -1,7 +1,8 @@
 //! What an edge lets the bundles it receives reach on its machine.
 //!
 //! A bundle names secrets (`env:NAME`, `file:/path`), trust files, output
-//! directories and programs (MCP servers on stdio). A bundle comes from the
+//! directories, programs (MCP servers on stdio) and the hosts its
+//! connectors talk to (HTTP APIs, MCP servers over HTTP, SMTP relays). A bundle comes from the
 //! control plane, so without limits anyone who can publish one could read
 //! an edge's files and environment, write anywhere its user can, or run any
 //! program. The edge's own configuration, which only someone on the machine
@@ -28,6 +29,8 @@ pub struct BundleAccess {
     pub output_dirs: Vec<PathBuf>,
     /// Programs an MCP connector may start, as the bundle names them.
     pub programs: BTreeSet<String>,
+    /// Hosts (names or addresses, lower case) connectors may reach.
+    pub hosts: BTreeSet<String>,
 }
 
 /// A reference outside what the edge allows.
@@ -64,6 +67,12 @@ impl BundleAccess {
                     return Err(refused(place, dir, why));
                 }
             }
+            if let Some(base_url) = &spec.base_url {
+                self.url_host(&format!("connector `{name}` base_url"), base_url)?;
+            }
+            if let Some(host) = &spec.smtp_host {
+                self.host(&format!("connector `{name}` smtp_host"), host)?;
+            }
             if let Some(program) = spec.command.first() {
                 if !self.programs.contains(program) {
                     let why = format!("programs allowed are {}", list(self.programs.iter()));
@@ -75,6 +84,21 @@ impl BundleAccess {
             self.secret(&format!("webhook `{name}` secret"), &spec.secret)?;
         }
         Ok(())
+    }
+
+    fn url_host(&self, place: &str, url: &str) -> Result<(), AccessError> {
+        let host = url::Url::parse(url).ok().and_then(|url| url.host_str().map(str::to_owned));
+        match host {
+            Some(host) => self.host(place, host.trim_start_matches('[').trim_end_matches(']')),
+            None => Err(refused(place.to_owned(), url, "it is not a URL with a host".into())),
+        }
+    }
+
+    fn host(&self, place: &str, host: &str) -> Result<(), AccessError> {
+        if self.hosts.contains(&host.to_ascii_lowercase()) {
+            return Ok(());
+        }
+        Err(refused(place.to_owned(), host, format!("hosts allowed are {}", list(self.hosts.iter()))))
     }
 
     fn secret(&self, place: &str, reference: &str) -> Result<(), AccessError> {
@@ -134,6 +158,7 @@ mod tests {
             secret_env: ["AIOS_SECRET_PAYMENTS".to_owned()].into(),
             output_dirs: vec!["/srv/out".into()],
             programs: ["/opt/mcp/notes".to_owned()].into(),
+            hosts: ["payments.example".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()].into(),
         }
     }
 
@@ -143,8 +168,15 @@ mod tests {
             r#"
 [connectors.pay]
 kind = "http"
-base_url = "http://127.0.0.1:1"
+base_url = "https://Payments.Example/api"
 credential = "env:AIOS_SECRET_PAYMENTS"
+[connectors.local]
+kind = "mcp"
+base_url = "http://[::1]:8080/mcp"
+[connectors.mail]
+kind = "email"
+smtp_host = "127.0.0.1"
+from = "a@b.c"
 [connectors.files]
 kind = "file"
 directory = "/srv/out/receipts"
@@ -170,6 +202,16 @@ secret = "file:/etc/aios/secrets/orders"
             ("[connectors.f]\nkind = \"file\"\ndirectory = \"/srv/out/../../root\"\n", "`/srv/out`"),
             ("[connectors.f]\nkind = \"file\"\ndirectory = \"/srv/outside\"\n", "`/srv/out`"),
             ("[connectors.m]\nkind = \"mcp\"\ncommand = [\"sh\", \"-c\", \"id\"]\n", "`/opt/mcp/notes`"),
+            ("[connectors.h]\nkind = \"http\"\nbase_url = \"http://169.254.169.254/latest\"\n", "`payments.example`"),
+            (
+                "[connectors.h]\nkind = \"http\"\nbase_url = \"http://payments.example@evil.example/\"\n",
+                "hosts allowed",
+            ),
+            ("[connectors.h]\nkind = \"http\"\nbase_url = \"payments.example\"\n", "not a URL"),
+            (
+                "[connectors.e]\nkind = \"email\"\nsmtp_host = \"smtp.evil.example\"\nfrom = \"a@b.c\"\n",
+                "hosts allowed",
+            ),
             (
                 "[connectors.e]\nkind = \"email\"\nsmtp_host = \"x\"\nfrom = \"a@b.c\"\ntls_ca = \"/root/ca.pem\"\n",
                 "inside",

@@ -90,10 +90,12 @@ fn kill9(child: &mut Option<Child>) {
     }
 }
 
-/// What test edges let bundles reach: the machine's temporary directory.
-fn temp_dir_access() -> Vec<String> {
+/// What test edges let bundles reach: the machine's temporary directory
+/// and services on loopback.
+fn test_access() -> Vec<String> {
     let tmp = std::env::temp_dir().display().to_string();
-    vec!["--secrets-dir".into(), tmp.clone(), "--output-dir".into(), tmp]
+    let flags = ["--secrets-dir", &tmp, "--output-dir", &tmp, "--allow-host", "127.0.0.1", "--allow-host", "localhost"];
+    flags.map(str::to_owned).to_vec()
 }
 
 /// Runs a command to completion, with its output captured.
@@ -366,8 +368,8 @@ pub struct EdgeProc {
     pub run_args: Vec<String>,
     /// Flags saying what bundles may reach: by default the machine's
     /// temporary directory (where tests keep receipts and secret files),
-    /// as secrets directory and output directory. Empty: the edge's own
-    /// defaults (inside its data directory).
+    /// as secrets directory and output directory, and loopback hosts.
+    /// Empty: the edge's own defaults (nothing outside its data directory).
     pub access_args: Vec<String>,
     /// The address the local API binds ("127.0.0.1" unless a test exposes
     /// it, say on "0.0.0.0"); the tests still connect over loopback.
@@ -395,7 +397,7 @@ impl EdgeProc {
             api_port: 0,
             env: Vec::new(),
             run_args: Vec::new(),
-            access_args: temp_dir_access(),
+            access_args: test_access(),
             api_host: "127.0.0.1".into(),
             api_token: None,
             http: reqwest::Client::new(),

@@ -224,6 +224,7 @@ async fn start_edge(
     let posts = std::path::absolute(root.join("posts")).context("cannot resolve the posts folder")?;
     options.runtime.access.output_dirs = vec![posts];
     options.runtime.access.secret_env.insert("AIOS_LARGE_API_KEY".into());
+    options.runtime.access.hosts.insert(SHOP_ADDR.split(':').next().unwrap_or("127.0.0.1").to_owned());
     let handle = daemon::start(options).await.with_context(|| format!("cannot start {}", edge.name))?;
     Ok((id, handle))
 }

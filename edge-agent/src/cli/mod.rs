@@ -132,6 +132,10 @@ pub struct RunArgs {
     /// repeatable [default: none].
     #[arg(long = "allow-program", value_name = "PROGRAM")]
     pub programs: Vec<String>,
+    /// A host (name or address) bundles' connectors may reach; repeatable
+    /// [default: none].
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub hosts: Vec<String>,
 }
 
 /// Test entry points.
@@ -194,6 +198,9 @@ pub struct AccessFileConfig {
     /// Programs bundles may start as MCP servers.
     #[serde(default)]
     pub programs: Vec<String>,
+    /// Hosts bundles' connectors may reach (HTTP APIs, MCP over HTTP, SMTP).
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// `[gateway]` in the edge's configuration file.
@@ -339,6 +346,7 @@ async fn run_daemon(data_dir_flag: Option<PathBuf>, args: RunArgs) -> anyhow::Re
         secret_env: access.secret_env.into_iter().chain(args.secret_env).collect(),
         output_dirs: if output_dirs.is_empty() { defaults.output_dirs } else { output_dirs },
         programs: access.programs.into_iter().chain(args.programs).collect(),
+        hosts: access.hosts.into_iter().chain(args.hosts).map(|host| host.to_ascii_lowercase()).collect(),
     };
     if let Some(device) = args.model_device.or(file.model_device) {
         // Opened once now, so a build without the backend or a missing GPU
@@ -483,6 +491,7 @@ mod tests {
             secret_env: Vec::new(),
             output_dirs: Vec::new(),
             programs: Vec::new(),
+            hosts: Vec::new(),
         };
         let err = run_daemon(Some(dir.path().to_owned()), args).await.expect_err("refused");
         let message = format!("{err:#}");

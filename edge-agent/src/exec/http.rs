@@ -40,6 +40,14 @@ impl HttpConnector {
         let path_context = json!({ "args": path_segments(call.args) });
         let path = call.spec.path.as_deref().map(|p| render(p, &path_context)).transpose()?.unwrap_or_default();
         let url = format!("{}{}", self.base_url, path);
+        // The bundle's path template cannot move the request to another
+        // host than the one the edge allowed (`@host`, `.evil.example`).
+        let origin = |text: &str| {
+            reqwest::Url::parse(text).ok().map(|u| (u.host_str().map(str::to_owned), u.port_or_known_default()))
+        };
+        if origin(&url).is_none() || origin(&url) != origin(&self.base_url) {
+            return Err(ConnectorError::Permanent(format!("{url} is not on the connector's host")));
+        }
         let method = call.spec.method.as_deref().unwrap_or("POST");
         let method = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|_| ConnectorError::Permanent(format!("bad method {method}")))?;
@@ -207,6 +215,10 @@ mod tests {
         let none: &'static Value = Box::leak(Box::new(json!({})));
         let err = connector.call(call(moved, none)).await.unwrap_err();
         assert!(matches!(&err, ConnectorError::Permanent(p) if p.contains("308")), "{err}");
+        // A path template that would move the request to another host.
+        let elsewhere: &'static ActionSpec = Box::leak(Box::new(action(".evil.example/x")));
+        let err = connector.call(call(elsewhere, none)).await.unwrap_err();
+        assert!(matches!(&err, ConnectorError::Permanent(p) if p.contains("not on the connector's host")), "{err}");
         assert_eq!(*seen.lock().unwrap(), ["/orders/..%2Fadmin%3Fall%3D1", "/moved"]);
     }
 }

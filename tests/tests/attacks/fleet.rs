@@ -407,11 +407,11 @@ async fn a_rewritten_checkpoint_is_detected() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Finding 20. Someone who can publish bundles tries to make an edge read
-/// its machine's files and environment, write outside its directories and
-/// run a program. The edge runs with its defaults (secrets only in
+/// Findings 20 and 15 (host allow-list). Someone who can publish bundles
+/// tries to make an edge read its machine's files and environment, write
+/// outside its directories, reach an internal address and run a program. The edge runs with its defaults (secrets only in
 /// `DATA_DIR/secrets`, files only to `DATA_DIR/files`, no environment
-/// variables, no programs): each bundle is refused with the reference and
+/// variables, programs or hosts): each bundle is refused with the reference and
 /// what is allowed, the bundle in force stays, and nothing was read, written
 /// or run. The same reference inside the allowed place is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,6 +440,13 @@ async fn bundles_cannot_reach_files_environment_or_programs_the_edge_does_not_al
                 outside.display()
             ),
             "directory",
+        ),
+        (
+            "an internal address",
+            format!(
+                "{head}[connectors.h]\nkind = \"http\"\nversion = 1\nbase_url = \"http://169.254.169.254/latest\"\n[connectors.h.actions.get]\nmethod = \"GET\"\npath = \"/meta-data\"\n{AGENT}"
+            ),
+            "169.254.169.254",
         ),
         (
             "a program",
