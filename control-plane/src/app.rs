@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Mutex};
 use tracing::info;
 
+use crate::admin_tls::{AdminTls, AdminTlsError};
 use crate::api::{self, ApiState};
 use crate::auth::Auth;
 use crate::metrics::CpMetrics;
@@ -29,9 +30,9 @@ pub struct Options {
     pub admin_listen: SocketAddr,
     /// Extra DNS names for the server certificate.
     pub server_names: Vec<String>,
-    /// Whether console cookies are marked `Secure`. `None`: yes unless the
-    /// admin address is loopback (a plain-HTTP console on this machine).
-    pub secure_cookies: Option<bool>,
+    /// How the admin API is secured: HTTPS beyond loopback by default.
+    /// Console cookies are marked `Secure` whenever it speaks HTTPS.
+    pub admin_tls: AdminTls,
     /// Where the control plane reads the time: the real clock, or one a test moves.
     pub clock: SharedClock,
 }
@@ -48,6 +49,9 @@ pub enum StartError {
     /// The QUIC endpoint failed.
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    /// The admin API's TLS cannot be set up, or is missing where required.
+    #[error(transparent)]
+    AdminTls(#[from] AdminTlsError),
     /// A file or socket failed.
     #[error("{what}: {source}")]
     Io {
@@ -64,6 +68,8 @@ pub struct ControlPlane {
     pub sync_addr: SocketAddr,
     /// The bound admin API address.
     pub admin_addr: SocketAddr,
+    /// Its URL (`https://` when it speaks TLS).
+    pub admin_url: String,
     /// The file holding the admin token.
     pub admin_token_file: PathBuf,
     /// The API's state, for in-process use (`up`, benchmarks).
@@ -100,6 +106,10 @@ impl ControlPlane {
             clock: options.clock.clone(),
         };
         let mut tasks = vec![tokio::spawn(server::serve(endpoint.clone(), ctx))];
+        let tls = match options.admin_tls.enabled(options.admin_listen)? {
+            true => Some(options.admin_tls.server_config(&pki)?),
+            false => None,
+        };
 
         let api = ApiState {
             store,
@@ -108,10 +118,7 @@ impl ControlPlane {
             bundles: Arc::new(bundles_tx),
             dispatched: Arc::new(dispatched_tx),
             publish_lock: Arc::new(Mutex::new(())),
-            auth: Arc::new(Auth::new(
-                token_hash,
-                options.secure_cookies.unwrap_or(!options.admin_listen.ip().is_loopback()),
-            )),
+            auth: Arc::new(Auth::new(token_hash, tls.is_some())),
             metrics: Arc::new(CpMetrics::default()),
             clock: options.clock.clone(),
         };
@@ -119,27 +126,29 @@ impl ControlPlane {
             .await
             .map_err(io(format!("cannot listen on {}", options.admin_listen)))?;
         let admin_addr = listener.local_addr().map_err(io("cannot read the admin address".into()))?;
-        let (shutdown, mut shutdown_rx) = watch::channel(false);
+        let (shutdown, shutdown_rx) = watch::channel(false);
         let router = api::router(api.clone())
             .layer(axum::middleware::from_fn_with_state(api.metrics.http.clone(), aios_daemon::metrics::track))
             .into_make_service_with_connect_info::<SocketAddr>();
-        tasks.push(tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                let _ = shutdown_rx.changed().await;
-            });
-            if let Err(err) = serve.await {
-                tracing::error!(%err, "admin API stopped");
-            }
-        }));
+        tasks.push(tokio::spawn(serve_admin(listener, router, tls.clone(), shutdown_rx)));
         // Where edges on this machine (and tests that asked for port 0)
         // find the sync endpoint, then where CLI clients find the API; the
         // API's file comes last, so once it exists both are bound.
         std::fs::write(options.data_dir.join("sync.addr"), format!("{sync_addr}\n"))
             .map_err(io("cannot write sync.addr".into()))?;
-        std::fs::write(options.data_dir.join("admin.url"), format!("http://{admin_addr}\n"))
+        // For clients on this machine: an unspecified address is reached on loopback.
+        let local = match admin_addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], admin_addr.port())),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], admin_addr.port()))
+            }
+            _ => admin_addr,
+        };
+        let admin_url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
+        std::fs::write(options.data_dir.join("admin.url"), format!("{admin_url}\n"))
             .map_err(io("cannot write admin.url".into()))?;
         info!(%sync_addr, %admin_addr, "control plane started");
-        Ok(ControlPlane { sync_addr, admin_addr, admin_token_file, api, endpoint, shutdown, tasks })
+        Ok(ControlPlane { sync_addr, admin_addr, admin_url, admin_token_file, api, endpoint, shutdown, tasks })
     }
 
     /// Stops listening, closes connections and waits for the tasks.
@@ -152,6 +161,50 @@ impl ControlPlane {
         self.endpoint.wait_idle().await;
     }
 }
+
+/// Serves the admin router over HTTPS (rustls, with a deadline on the
+/// handshake) or plain HTTP, until `shutdown` changes.
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    router: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let result = match tls {
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.changed().await;
+                })
+                .await
+        }
+        Some(config) => {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                let _ = shutdown.changed().await;
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+            });
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(
+                axum_server::tls_rustls::RustlsConfig::from_config(config),
+            )
+            .handshake_timeout(ADMIN_HANDSHAKE_TIMEOUT);
+            match listener.into_std() {
+                Ok(listener) => match axum_server::from_tcp(listener) {
+                    Ok(server) => server.acceptor(acceptor).handle(handle).serve(router).await,
+                    Err(err) => Err(err),
+                },
+                Err(err) => Err(err),
+            }
+        }
+    };
+    if let Err(err) = result {
+        tracing::error!(%err, "admin API stopped");
+    }
+}
+
+/// How long a client may take over the TLS handshake.
+const ADMIN_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reads the admin token file, creating it on first start; returns its path
 /// and the token's hash.

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use reqwest::Method;
 use serde::Deserialize;
 
+use crate::admin_tls::AdminTls;
 use crate::app::{ControlPlane, Options};
 use crate::client::{AdminClient, Body};
 
@@ -36,6 +37,10 @@ pub struct GlobalArgs {
     /// Admin API base URL for client subcommands [default: read from DATA_DIR/admin.url].
     #[arg(long, global = true, env = "AIOS_ADMIN_URL")]
     pub admin_url: Option<String>,
+    /// CA certificate (PEM) an `https://` admin API must chain to
+    /// [default: DATA_DIR/pki/ca.crt, the fleet CA].
+    #[arg(long, global = true, env = "AIOS_ADMIN_CA")]
+    pub admin_ca: Option<PathBuf>,
     /// Admin API token for client subcommands [default: read from DATA_DIR/admin-token].
     #[arg(long, global = true, env = "AIOS_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -272,6 +277,16 @@ pub struct ServeArgs {
     /// Extra DNS name for the server certificate; repeatable.
     #[arg(long = "server-name")]
     pub server_names: Vec<String>,
+    /// HTTPS for the admin API and console: auto (beyond loopback, with a
+    /// fleet-CA certificate), on, or off (loopback only) [default: auto].
+    #[arg(long, env = "AIOS_ADMIN_TLS")]
+    pub admin_tls: Option<AdminTls>,
+    /// The admin API's own certificate chain (PEM), instead of a fleet-CA one.
+    #[arg(long, env = "AIOS_ADMIN_CERT", requires = "admin_key")]
+    pub admin_cert: Option<PathBuf>,
+    /// The key of `--admin-cert` (PEM).
+    #[arg(long, env = "AIOS_ADMIN_KEY", requires = "admin_cert")]
+    pub admin_key: Option<PathBuf>,
 }
 
 /// The configuration file of `serve`.
@@ -287,6 +302,12 @@ pub struct FileConfig {
     /// Extra DNS names for the server certificate.
     #[serde(default)]
     pub server_names: Vec<String>,
+    /// `auto`, `on` or `off`.
+    pub admin_tls: Option<String>,
+    /// The admin API's own certificate chain (PEM).
+    pub admin_cert: Option<PathBuf>,
+    /// Its key (PEM).
+    pub admin_key: Option<PathBuf>,
 }
 
 /// `token` subcommands.
@@ -418,7 +439,14 @@ pub fn main() -> anyhow::Result<()> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let global = &cli.global;
     let data_dir = global.data_dir.clone().unwrap_or_else(|| PathBuf::from("aios-data/control-plane"));
-    let client = || AdminClient::discover(&data_dir, global.admin_url.clone(), global.admin_token.clone());
+    let client = || {
+        AdminClient::discover(
+            &data_dir,
+            global.admin_url.clone(),
+            global.admin_token.clone(),
+            global.admin_ca.as_deref(),
+        )
+    };
     match cli.command {
         Command::Serve(args) => serve(global.data_dir.clone(), args).await,
         Command::Token(TokenCommand::Create { ttl, labels }) => {
@@ -682,6 +710,14 @@ async fn serve(data_dir_flag: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     let file: FileConfig = aios_daemon::cli::load_config(args.config.as_deref())?;
     let mut server_names = file.server_names;
     server_names.extend(args.server_names);
+    let admin_tls = match (args.admin_cert.or(file.admin_cert), args.admin_key.or(file.admin_key)) {
+        (Some(cert), Some(key)) => AdminTls::Files { cert, key },
+        (None, None) => match args.admin_tls {
+            Some(mode) => mode,
+            None => file.admin_tls.as_deref().unwrap_or("auto").parse().map_err(anyhow::Error::msg)?,
+        },
+        _ => anyhow::bail!("admin_cert and admin_key go together"),
+    };
     let options = Options {
         data_dir: data_dir_flag.or(file.data_dir).unwrap_or_else(|| PathBuf::from("aios-data/control-plane")),
         sync_listen: args.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:7443".parse().expect("valid literal")),
@@ -690,16 +726,12 @@ async fn serve(data_dir_flag: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
             .or(file.admin_listen)
             .unwrap_or_else(|| "127.0.0.1:7480".parse().expect("valid literal")),
         server_names,
-        secure_cookies: None,
+        admin_tls,
         clock: Default::default(),
     };
     let control_plane = ControlPlane::start(options).await?;
     println!("sync (QUIC) listening on {}", control_plane.sync_addr);
-    println!(
-        "admin API on http://{} (token in {})",
-        control_plane.admin_addr,
-        control_plane.admin_token_file.display()
-    );
+    println!("admin API on {} (token in {})", control_plane.admin_url, control_plane.admin_token_file.display());
     aios_daemon::cli::shutdown_signal().await;
     tracing::info!("shutting down");
     control_plane.stop().await;

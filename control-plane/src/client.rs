@@ -14,8 +14,15 @@ pub struct AdminClient {
 
 impl AdminClient {
     /// Finds the API from flags, or from the files a local control plane
-    /// writes into its data directory.
-    pub fn discover(data_dir: &Path, url: Option<String>, token: Option<String>) -> anyhow::Result<AdminClient> {
+    /// writes into its data directory. An `https://` API is trusted if its
+    /// certificate chains to `ca` (PEM), or else to the fleet CA in
+    /// `DATA_DIR/pki/ca.crt`.
+    pub fn discover(
+        data_dir: &Path,
+        url: Option<String>,
+        token: Option<String>,
+        ca: Option<&Path>,
+    ) -> anyhow::Result<AdminClient> {
         let base = match url {
             Some(url) => url,
             None => {
@@ -34,7 +41,19 @@ impl AdminClient {
                 || format!("cannot read the admin token in {}; pass --admin-token", data_dir.display()),
             )?,
         };
-        Ok(AdminClient { base: base.trim_end_matches('/').to_owned(), token, http: reqwest::Client::new() })
+        let mut http = reqwest::Client::builder();
+        let fleet_ca = data_dir.join("pki").join("ca.crt");
+        let ca = ca.map(Path::to_owned).or_else(|| fleet_ca.exists().then_some(fleet_ca));
+        if let Some(ca) = ca {
+            let pem = std::fs::read(&ca).with_context(|| format!("cannot read the admin API's CA {}", ca.display()))?;
+            let certificate = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+            http = http.add_root_certificate(certificate);
+        } else if base.starts_with("https://") {
+            bail!("{base} speaks TLS: pass --admin-ca with the control plane's CA (its DATA_DIR/pki/ca.crt)");
+        }
+        let http = http.build().context("cannot build the admin API client")?;
+        Ok(AdminClient { base: base.trim_end_matches('/').to_owned(), token, http })
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {

@@ -6,6 +6,7 @@
 //! - [`server`]: the QUIC endpoint: enrolment and the sync driver.
 //! - [`admission`]: limits on peers not yet authenticated (connections, enrolment failures).
 //! - [`api`]: the admin HTTP API (axum).
+//! - [`admin_tls`]: HTTPS for the admin API and console.
 //! - [`auth`]: bearer tokens, console sessions, CSRF, login limits, permissions.
 //! - [`console`]: the server-rendered fleet console.
 //! - [`store`]: the SQLite state (one schema): tokens, edges, bundles, audit, alarms.
@@ -23,6 +24,7 @@
 //! - [`cli`]: the `aios-control-plane` command line.
 
 pub mod accounts;
+pub mod admin_tls;
 pub mod admission;
 pub mod api;
 pub mod app;

@@ -107,7 +107,9 @@ impl Pki {
             SigningKey::from_pkcs8_pem(&read(&bundle_path)?).map_err(|_| PkiError::BadKey(bundle_path.clone()))?;
 
         let server_key = KeyPair::generate()?;
-        let mut names = vec![SERVER_NAME.to_owned()];
+        // The admin API's HTTPS uses this certificate too: loopback names
+        // let a CLI on this machine verify it.
+        let mut names = vec![SERVER_NAME.to_owned(), "localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
         names.extend(extra_names.iter().cloned());
         let mut params = CertificateParams::new(names)?;
         params.distinguished_name.push(DnType::CommonName, SERVER_NAME);

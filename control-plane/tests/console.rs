@@ -24,7 +24,7 @@ impl Harness {
             sync_listen: "127.0.0.1:0".parse().unwrap(),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             server_names: vec!["localhost".into()],
-            secure_cookies: None,
+            admin_tls: Default::default(),
             clock: Default::default(),
         };
         let cp = ControlPlane::start(options).await.unwrap();

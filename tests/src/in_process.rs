@@ -17,7 +17,7 @@ pub async fn control_plane(dir: &Path, clock: SharedClock) -> anyhow::Result<Con
         sync_listen: "127.0.0.1:0".parse()?,
         admin_listen: "127.0.0.1:0".parse()?,
         server_names: Vec::new(),
-        secure_cookies: None,
+        admin_tls: Default::default(),
         clock: clock.clone(),
     };
     Ok(ControlPlane::start(options).await?)

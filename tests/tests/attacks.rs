@@ -24,6 +24,8 @@
 //! - An edge cannot choose its labels; they come from its token (finding 12).
 //! - A stored chain whose checkpoint was rewritten, every hash recomputed,
 //!   fails verification (finding 7).
+//! - The admin API on a network address answers only over TLS, with a
+//!   `Secure` session cookie (finding 11).
 //! - Bundles that name the machine's files, environment variables, outside
 //!   directories or programs are refused by the edge (finding 20).
 
@@ -609,5 +611,7 @@ async fn a_login_flood_with_huge_and_random_names() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[path = "attacks/admin.rs"]
+mod admin;
 #[path = "attacks/fleet.rs"]
 mod fleet;

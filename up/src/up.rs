@@ -78,7 +78,7 @@ pub async fn up(up: UpOptions) -> anyhow::Result<()> {
         sync_listen: up.addr("127.0.0.1:7443"),
         admin_listen: up.addr("127.0.0.1:7480"),
         server_names: vec!["localhost".into()],
-        secure_cookies: None,
+        admin_tls: Default::default(),
         clock: Default::default(),
     };
     let control_plane = ControlPlane::start(options).await.context("cannot start the control plane")?;
