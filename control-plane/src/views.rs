@@ -246,13 +246,28 @@ impl CpStore {
             .await
     }
 
-    /// One task and every audit event that names it, in order.
-    pub async fn task_trace(&self, task: String) -> Result<Option<(TaskRow, Vec<StoredEvent>)>, DbError> {
-        self.db
+    /// One task and every audit event that names it, in order. Task ids
+    /// are the edges' own, so two edges' tasks may share one (an enrolled
+    /// edge can write any id): then `edge` must say whose.
+    pub async fn task_trace(
+        &self,
+        task: String,
+        edge: Option<String>,
+    ) -> Result<Option<(TaskRow, Vec<StoredEvent>)>, crate::commands::LookupError> {
+        let task_id = task.clone();
+        Ok(self
+            .db
             .read(move |c| {
-                let sql = format!("SELECT {TASK_COLUMNS} FROM task_view WHERE task = ?1 LIMIT 1");
-                let row = c.prepare_cached(&sql)?.query_map([&task], task_row)?.next().transpose()?;
-                let Some(row) = row else { return Ok(None) };
+                let sql = format!(
+                    "SELECT {TASK_COLUMNS} FROM task_view WHERE task = ?1 AND (?2 IS NULL OR edge_id = ?2)
+                     ORDER BY edge_id"
+                );
+                let rows: Vec<TaskRow> =
+                    c.prepare_cached(&sql)?.query_map(params![task, edge], task_row)?.collect::<Result<_, _>>()?;
+                if rows.len() > 1 {
+                    return Ok(Err(rows.into_iter().map(|row| row.edge_id).collect::<Vec<_>>()));
+                }
+                let Some(row) = rows.into_iter().next() else { return Ok(Ok(None)) };
                 let mut stmt = c.prepare_cached(
                     "SELECT e.edge_id, e.seq, e.ts_ms, e.kind, e.payload, e.hash FROM task_events t
                      JOIN audit_events e ON e.edge_id = t.edge_id AND e.seq = t.seq
@@ -270,9 +285,10 @@ impl CpStore {
                         })
                     })?
                     .collect::<Result<_, _>>()?;
-                Ok(Some((row, events)))
+                Ok(Ok(Some((row, events))))
             })
-            .await
+            .await?
+            .map_err(|edges| crate::commands::LookupError::Ambiguous { id: task_id, edges })?)
     }
 
     /// Queued, running and waiting tasks per edge.
@@ -491,12 +507,12 @@ mod tests {
         assert_eq!((row.state.as_str(), row.steps, row.escalations, row.approvals), ("succeeded", 3, 2, 1));
         assert_eq!((row.tokens, row.needs_review, row.finished_ms), (165, true, Some(1800)));
         assert!((row.cost_usd - 0.25).abs() < 1e-9);
-        let (_, trace) = store.task_trace("t1".into()).await.unwrap().unwrap();
+        let (_, trace) = store.task_trace("t1".into(), None).await.unwrap().unwrap();
         assert_eq!(trace.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6, 8]);
         let health = store.tier_health(0).await.unwrap();
         assert_eq!(health[&("e1".to_owned(), "local".to_owned())], (1, 0));
         assert_eq!(health[&("e1".to_owned(), "large".to_owned())], (1, 1));
-        assert!(store.task_trace("nope".into()).await.unwrap().is_none());
+        assert!(store.task_trace("nope".into(), None).await.unwrap().is_none());
     }
 
     #[test]

@@ -215,7 +215,7 @@ pub(crate) async fn tasks(
                 tbody {
                     @for row in &rows {
                         tr data-task=(row.task) {
-                            td { a href={ "/console/tasks/" (row.task) } { code { (row.task) } } }
+                            td { a href={ "/console/tasks/" (row.task) "?edge=" (row.edge_id) } { code { (row.task) } } }
                             td { (row.agent) }
                             td { (names.get(&row.edge_id).map_or(row.edge_id.as_str(), String::as_str)) }
                             td { (badge(row.state.as_str())) @if row.needs_review { " " span class="badge waiting" { "review" } } }
@@ -288,7 +288,20 @@ pub(crate) async fn task(
     Path(id): Path<String>,
     Query(query): Query<DoneQuery>,
 ) -> PageResult {
-    let Some((row, events)) = state.store.task_trace(id.clone()).await? else {
+    let found = match state.store.task_trace(id.clone(), query.edge.clone().filter(|e| !e.is_empty())).await {
+        Ok(found) => found,
+        Err(crate::commands::LookupError::Ambiguous { edges, .. }) => {
+            let links: Vec<String> = edges.iter().map(|edge| format!("/console/tasks/{id}?edge={edge}")).collect();
+            return Ok(error_page(
+                &principal,
+                Nav::Tasks,
+                StatusCode::CONFLICT,
+                &format!("Tasks of several edges carry the id {id}; open one: {}", links.join(" ")),
+            ));
+        }
+        Err(crate::commands::LookupError::Db(err)) => return Err(err.into()),
+    };
+    let Some((row, events)) = found else {
         return Ok(error_page(
             &principal,
             Nav::Tasks,
@@ -358,6 +371,9 @@ pub(crate) async fn task(
 pub(crate) struct DoneQuery {
     #[serde(default)]
     done: Option<String>,
+    /// Whose task, when edges' tasks share the id.
+    #[serde(default)]
+    edge: Option<String>,
 }
 
 /// `GET /console/approvals`: the queue with everything an approver must see.
@@ -383,7 +399,7 @@ pub(crate) async fn approvals(
                     div {
                         strong { (request["connector"].as_str().unwrap_or("?")) "." (request["action"].as_str().unwrap_or("?")) }
                         " on " (names.get(&approval.edge_id).cloned().unwrap_or(approval.edge_id.clone()))
-                        " · task " a href={ "/console/tasks/" (request["task"].as_str().unwrap_or_default()) } { code { (request["task"].as_str().unwrap_or_default()) } }
+                        " · task " a href={ "/console/tasks/" (request["task"].as_str().unwrap_or_default()) "?edge=" (approval.edge_id) } { code { (request["task"].as_str().unwrap_or_default()) } }
                         " · expires " (when(request["expires_ms"].as_i64().unwrap_or(0)))
                     }
                     div.notice.why {
@@ -524,7 +540,20 @@ pub(crate) async fn audit(
     let since_ms = query.since.as_deref().filter(|s| !s.is_empty()).and_then(parse_when);
     let until_ms = query.until.as_deref().filter(|s| !s.is_empty()).and_then(parse_when);
     let mut events = match non_empty(query.task.clone()) {
-        Some(task) => state.store.task_trace(task).await?.map(|(_, events)| events).unwrap_or_default(),
+        Some(task) => match state.store.task_trace(task, non_empty(query.edge.clone())).await {
+            Ok(found) => found.map(|(_, events)| events).unwrap_or_default(),
+            Err(crate::commands::LookupError::Db(err)) => return Err(err.into()),
+            // Several edges' tasks carry the id: their events, all of them.
+            Err(crate::commands::LookupError::Ambiguous { edges, id }) => {
+                let mut all = Vec::new();
+                for edge in edges {
+                    if let Ok(Some((_, events))) = state.store.task_trace(id.clone(), Some(edge)).await {
+                        all.extend(events);
+                    }
+                }
+                all
+            }
+        },
         None => {
             let filter = AuditFilter {
                 edge: non_empty(query.edge.clone()),

@@ -119,10 +119,12 @@ pub(crate) async fn answer(
     Form(form): Form<AnswerForm>,
 ) -> PageResult {
     let operator = Operator { by: None, comment: String::new() }.acting_as(&principal);
+    let edge = form.edge.clone().unwrap_or_default();
     match api::answer(state, id.clone(), form.edge, form.answer, operator).await {
         Ok(_) => {
             let done = "Answered; the edge resumes the task on its next sync.";
-            Ok(Redirect::to(&format!("/console/tasks/{}?done={}", urlencode(&id), urlencode(done))).into_response())
+            let to = format!("/console/tasks/{}?edge={}&done={}", urlencode(&id), urlencode(&edge), urlencode(done));
+            Ok(Redirect::to(&to).into_response())
         }
         Err(ApiError(status, message)) => Ok(error_page(&principal, Nav::Tasks, status, &message)),
     }

@@ -151,8 +151,9 @@ async fn a_viewer_sees_where_work_stands_not_what_agents_handled() -> anyhow::Re
 /// Finding 13. A victim edge's refund waits for approval. An attacker who
 /// controls another enrolled edge writes an `approval.requested` with the
 /// same approval id (other arguments) into its own, validly chained audit
-/// log, and it reaches the control plane. The id no longer resolves by
-/// itself: showing or deciding it without naming the edge is refused (409,
+/// log, with a task under the victim's task id, and it reaches the control
+/// plane. Neither id resolves by itself any more (the console's task page
+/// names both edges too): showing or deciding it without naming the edge is refused (409,
 /// naming both edges), the queue lists both requests each under its edge,
 /// and the decision scoped to the victim's edge reaches the victim, whose
 /// refund then runs once; the attacker's edge gets nothing.
@@ -194,6 +195,9 @@ async fn an_edge_forging_another_edges_approval_id() -> anyhow::Result<()> {
         let conn = rusqlite::Connection::open(attacker.dir.join("edge.db"))?;
         let now = aios_daemon::clock::unix_ms();
         aios_edge_agent::store::append_event(&conn, &identity, now, "approval.requested", &forged.to_string())?;
+        // And a task of its own under the victim's task id.
+        let queued = json!({ "task": task, "agent": "refunds", "source": "api" });
+        aios_edge_agent::store::append_event(&conn, &identity, now, "task.queued", &queued.to_string())?;
     }
     attacker.start()?;
     wait_synced(&cp, &attacker, LONG).await?;
@@ -224,6 +228,13 @@ async fn an_edge_forging_another_edges_approval_id() -> anyhow::Result<()> {
     assert_eq!(done["state"], "succeeded", "{done:#}");
     let refunds: Vec<Value> = payments.effects().into_iter().filter(|e| e.path == "refunds").map(|e| e.body).collect();
     assert_eq!(refunds, [json!({ "order": "f-1", "amount": 120, "account": "acct-1" })]);
+    // The console's task page does not pick one of the two tasks for the
+    // operator: it names both, and each opens under its edge.
+    let (status, html) = cp.page(&format!("/console/tasks/{task}")).await?;
+    assert_eq!(status, 409, "{html}");
+    assert!(html.contains(&victim.edge_id) && html.contains(&attacker.edge_id), "{html}");
+    let (status, html) = cp.page(&format!("/console/tasks/{task}?edge={}", victim.edge_id)).await?;
+    assert!(status == 200 && html.contains("refund-request"), "the victim's own task: {status}: {html}");
     let victim_view = cp.get(&format!("/v1/approvals/{id}?edge={}", victim.edge_id)).await?;
     assert_eq!(victim_view["request"]["args"]["account"], "acct-1", "{victim_view:#}");
     let attacker_view = cp.get(&format!("/v1/approvals/{id}?edge={}", attacker.edge_id)).await?;
