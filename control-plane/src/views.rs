@@ -255,8 +255,7 @@ impl CpStore {
         edge: Option<String>,
     ) -> Result<Option<(TaskRow, Vec<StoredEvent>)>, crate::commands::LookupError> {
         let task_id = task.clone();
-        Ok(self
-            .db
+        self.db
             .read(move |c| {
                 let sql = format!(
                     "SELECT {TASK_COLUMNS} FROM task_view WHERE task = ?1 AND (?2 IS NULL OR edge_id = ?2)
@@ -288,7 +287,7 @@ impl CpStore {
                 Ok(Ok(Some((row, events))))
             })
             .await?
-            .map_err(|edges| crate::commands::LookupError::Ambiguous { id: task_id, edges })?)
+            .map_err(|edges| crate::commands::LookupError::Ambiguous { id: task_id, edges })
     }
 
     /// Queued, running and waiting tasks per edge.
