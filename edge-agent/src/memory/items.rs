@@ -218,6 +218,9 @@ impl Memory {
             }
         }
         let mut embedded: HashMap<[u8; 32], Vec<f32>> = HashMap::new();
+        if !missing.is_empty() {
+            self.check_not_halted()?;
+        }
         for chunk in missing.chunks(EMBED_CHUNK) {
             let batch: Vec<String> = chunk.iter().map(|(idx, _)| texts[*idx].to_owned()).collect();
             let vectors = embedder.embed(batch).await?;

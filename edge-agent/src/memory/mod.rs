@@ -268,6 +268,9 @@ struct Inner {
     source: EmbedderSource,
     /// The settings in force and the embedder for their model.
     settings: Mutex<Settings>,
+    /// The edge's autonomy: at `halted` (the kill switch at `all`) no text
+    /// is embedded, as no model is called.
+    autonomy: tokio::sync::watch::Receiver<aios_shared::bundle::Autonomy>,
     /// The vector index of the current model's items; rebuilt when the
     /// database's memory generation moves without this process knowing.
     index: RwLock<Option<VectorIndex>>,
@@ -290,6 +293,7 @@ impl Memory {
                 identity,
                 source,
                 settings: Mutex::new(Settings { retention: spec.retention_ms(), embedder }),
+                autonomy: store.watch_autonomy(),
                 index: RwLock::new(None),
             }),
         }
@@ -314,6 +318,17 @@ impl Memory {
 
     fn embedder(&self) -> Arc<dyn Embed> {
         self.inner.settings.lock().expect("memory settings lock").embedder.clone()
+    }
+
+    /// Refuses to embed while the kill switch is at `all`.
+    fn check_not_halted(&self) -> Result<(), MemoryError> {
+        if *self.inner.autonomy.borrow() == aios_shared::bundle::Autonomy::Halted {
+            return Err(MemoryError::Embedding {
+                model: self.model_id(),
+                reason: "the kill switch is at `all`: no model is called until an operator lifts it".into(),
+            });
+        }
+        Ok(())
     }
 
     fn retention(&self) -> BTreeMap<Classification, i64> {

@@ -79,6 +79,7 @@ impl Memory {
         if request.top_k == 0 || request.classifications.is_empty() || !self.scope_has_items(request).await? {
             return Ok(Vec::new());
         }
+        self.check_not_halted()?;
         let vector = self.embedder().embed(vec![request.query.clone()]).await?.pop().unwrap_or_default();
         self.search_vector(request, &vector, now_ms).await
     }

@@ -291,3 +291,19 @@ async fn records_compare_and_set_and_a_repeated_writer_is_recognised() {
     assert_eq!(memory.record("orders", "o-1").await.unwrap().unwrap().value, json!("lost"));
     assert_eq!(audit_kinds(&store).await.iter().filter(|k| *k == "memory.record_put").count(), 3);
 }
+
+/// Issue 24, finding 22: at autonomy `halted` (here: the edge was revoked)
+/// no text is embedded, neither to store it nor to search.
+#[tokio::test]
+async fn nothing_is_embedded_while_halted() {
+    let (_dir, store, identity) = crate::store::test_store().await;
+    let source = EmbedderSource::Fixed(Words::new("words-v1"));
+    let memory = Memory::new(&store, Some(identity.clone()), source, &MemorySpec::default());
+    memory.add(vec![item("a", "policies", Public, "refunds are paid in five days")], 10).await.unwrap();
+    store.mark_revoked(&identity, "test".into(), 11).await.unwrap();
+    let halted = |err: MemoryError| err.to_string().contains("kill switch is at `all`");
+    let searched = memory.search(&request("refunds", &["policies"], &[Public]), 12).await.unwrap_err();
+    assert!(halted(searched));
+    let added = memory.add(vec![item("b", "policies", Public, "a new text")], 13).await.unwrap_err();
+    assert!(halted(added));
+}
