@@ -1,25 +1,51 @@
 //! The control plane's `/metrics`: HTTP figures, plus fleet state read from
 //! the database at scrape time (edges, tasks, approvals, audit, alarms).
+//!
+//! `/metrics` needs no authentication, so it can never take more than one
+//! of the database's reader connections (authentication and sync need the
+//! others): one scrape reads at a time, and figures read in the last
+//! [`FRESH_FOR`] are served again; a request that finds a read running and
+//! nothing fresh gets 503 with `Retry-After`.
 
 use aios_daemon::metrics::{grouped, HttpMetrics, Scrape};
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use rusqlite::Connection;
 
 use crate::api::{ApiError, ApiState};
+
+/// How long figures read from the database are served again.
+pub const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The control plane's long-lived metrics.
 pub struct CpMetrics {
     /// Request counts and durations of the admin API and console.
     pub http: std::sync::Arc<HttpMetrics>,
+    /// One database read for `/metrics` at a time.
+    reading: tokio::sync::Semaphore,
+    /// The last figures read, and when.
+    last: std::sync::Mutex<Option<(std::time::Instant, Figures)>>,
 }
 
 impl Default for CpMetrics {
     fn default() -> CpMetrics {
-        CpMetrics { http: std::sync::Arc::new(HttpMetrics::new("aios_cp")) }
+        CpMetrics {
+            http: std::sync::Arc::new(HttpMetrics::new("aios_cp")),
+            reading: tokio::sync::Semaphore::new(1),
+            last: std::sync::Mutex::new(None),
+        }
     }
 }
 
+impl CpMetrics {
+    /// Figures read at most [`FRESH_FOR`] before `now`, if any.
+    fn fresh(&self, now: std::time::Instant) -> Option<Figures> {
+        let last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        last.as_ref().filter(|(at, _)| now.saturating_duration_since(*at) < FRESH_FOR).map(|(_, f)| f.clone())
+    }
+}
+
+#[derive(Clone)]
 struct Figures {
     edges: Vec<(String, f64)>,
     tasks: Vec<(String, f64)>,
@@ -51,7 +77,25 @@ fn figures(c: &Connection) -> Result<Figures, aios_daemon::db::DbError> {
 
 /// `GET /metrics`.
 pub async fn serve(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let f = state.store.db.read(figures).await?;
+    let metrics = &state.metrics;
+    let f = match metrics.fresh(state.clock.instant()) {
+        Some(f) => f,
+        None => {
+            let Ok(_permit) = metrics.reading.try_acquire() else {
+                let mut busy = ApiError(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "a scrape is being read; retry in a second".into(),
+                )
+                .into_response();
+                busy.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+                return Ok(busy);
+            };
+            let f = state.store.db.read(figures).await?;
+            *metrics.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                Some((state.clock.instant(), f.clone()));
+            f
+        }
+    };
     let mut scrape = Scrape::new(&state.metrics.http);
     scrape.gauge("aios_cp_connected_edges", "Edges with an open sync connection", state.registry.len() as f64);
     scrape.gauge_by("aios_cp_edges", "Enrolled edges by status", "status", f.edges);
