@@ -502,15 +502,27 @@ impl CpStore {
     /// Verifies the whole operator log against the control plane's key:
     /// its length and any breaks (a checkpoint missing or not signed by
     /// `key` included).
-    pub async fn verify_operator_log(&self, key: VerifyingKey) -> Result<(u64, Vec<String>), DbError> {
-        self.db.read(move |c| verify_operator_log(c, key)).await
+    /// Verifies the operator log; its checkpoints are signed by the bundle
+    /// key in force when each was written, one of `keys`.
+    pub async fn verify_operator_log(&self, keys: Vec<VerifyingKey>) -> Result<(u64, Vec<String>), DbError> {
+        self.db.read(move |c| verify_operator_log(c, &keys)).await
     }
 }
 
-fn verify_operator_log(c: &Connection, key: VerifyingKey) -> Result<(u64, Vec<String>), DbError> {
+fn verify_operator_log(c: &Connection, keys: &[VerifyingKey]) -> Result<(u64, Vec<String>), DbError> {
     let events = OPERATOR_LOG.load_all(c, None)?;
-    let breaks = verify_chain(OPERATOR_CHAIN, Some(key), &events, 0).iter().map(ToString::to_string).collect();
-    Ok((events.len() as u64, breaks))
+    // Verified once per key: a break is real only if every key finds it (a
+    // checkpoint made before a rotation fails under the later keys only).
+    let mut breaks: Option<Vec<String>> = None;
+    for key in keys {
+        let found: Vec<String> =
+            verify_chain(OPERATOR_CHAIN, Some(*key), &events, 0).iter().map(ToString::to_string).collect();
+        breaks = Some(match breaks {
+            None => found,
+            Some(before) => before.into_iter().filter(|b| found.contains(b)).collect(),
+        });
+    }
+    Ok((events.len() as u64, breaks.unwrap_or_default()))
 }
 
 fn parse_role(role: &str) -> Result<Role, DbError> {
@@ -577,7 +589,7 @@ mod tests {
         for n in 0..3 {
             store.record_operator_event("api.action", serde_json::json!({ "n": n }), 1000 + n, &key).await.unwrap();
         }
-        assert_eq!(store.verify_operator_log(key.verifying_key()).await.unwrap(), (3, vec![]));
+        assert_eq!(store.verify_operator_log(vec![key.verifying_key()]).await.unwrap(), (3, vec![]));
         store
             .db
             .write(|c| {
@@ -586,9 +598,29 @@ mod tests {
             })
             .await
             .unwrap();
-        let (count, breaks) = store.verify_operator_log(key.verifying_key()).await.unwrap();
+        let (count, breaks) = store.verify_operator_log(vec![key.verifying_key()]).await.unwrap();
         assert_eq!(count, 3);
         assert!(!breaks.is_empty(), "an edited entry must be found");
+    }
+
+    /// The bundle key signs the operator log's checkpoints; across a key
+    /// rotation each checkpoint verifies with the key of its time, and the
+    /// log verifies against all of them, not against either alone.
+    #[tokio::test]
+    async fn the_operator_log_verifies_across_a_key_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CpStore::open(dir.path()).unwrap();
+        let (old, new) = (SigningKey::from_bytes(&[3; 32]), SigningKey::from_bytes(&[5; 32]));
+        for n in 0..2100 {
+            let key = if n < 1500 { &old } else { &new };
+            store.record_operator_event("api.action", serde_json::json!({ "n": n }), 1000, key).await.unwrap();
+        }
+        let both = vec![old.verifying_key(), new.verifying_key()];
+        assert_eq!(store.verify_operator_log(both).await.unwrap(), (2102, vec![]));
+        for alone in [old.verifying_key(), new.verifying_key()] {
+            let (_, breaks) = store.verify_operator_log(vec![alone]).await.unwrap();
+            assert!(!breaks.is_empty(), "one key alone cannot verify both checkpoints");
+        }
     }
 
     /// Issue 24, finding 7, for the operator log: signed checkpoints every
@@ -602,10 +634,10 @@ mod tests {
         for n in 0..2100 {
             store.record_operator_event("api.action", serde_json::json!({ "n": n }), 1000, &key).await.unwrap();
         }
-        let (count, breaks) = store.verify_operator_log(key.verifying_key()).await.unwrap();
+        let (count, breaks) = store.verify_operator_log(vec![key.verifying_key()]).await.unwrap();
         assert_eq!((count, breaks), (2102, vec![]), "two signed checkpoints");
         let other = SigningKey::from_bytes(&[4; 32]).verifying_key();
-        let (_, breaks) = store.verify_operator_log(other).await.unwrap();
+        let (_, breaks) = store.verify_operator_log(vec![other]).await.unwrap();
         assert!(breaks.iter().any(|b| b.contains("checkpoint")), "{breaks:?}");
         // Rename the first checkpoint and rebuild the chain after it.
         store
@@ -624,7 +656,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let (_, breaks) = store.verify_operator_log(key.verifying_key()).await.unwrap();
+        let (_, breaks) = store.verify_operator_log(vec![key.verifying_key()]).await.unwrap();
         assert!(breaks.iter().any(|b| b.contains("event 1001") && b.contains("after the last signed checkpoint (0)")));
         assert!(breaks.iter().all(|b| !b.contains("altered") && !b.contains("link")), "hashes check out: {breaks:?}");
     }

@@ -142,6 +142,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/edges/{id}/revoke", post(revoke_edge))
         .route("/v1/policy", post(publish_policy))
         .route("/v1/policy/kill-switch", post(kill_switch))
+        .route("/v1/pki/bundle-key/rotate", post(crate::key_rotation::rotate))
         .route("/v1/users", get(list_users).post(add_user))
         .route("/v1/users/{name}", delete(remove_user))
         .route("/v1/users/{name}/password", post(set_password))
@@ -229,7 +230,7 @@ async fn policy_version(State(state): State<ApiState>, Path(version): Path<u64>)
 async fn view(state: &ApiState, version: Option<u64>) -> ApiResult<Option<BundleView>> {
     let Some((version, signed)) = state.store.bundle(version).await? else { return Ok(Json(None)) };
     let body = signed
-        .open(&state.pki.bundle_key.verifying_key())
+        .open(&state.pki.bundle_root())
         .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("stored bundle {version}: {err}")))?;
     Ok(Json(Some(BundleView { version, body, signed })))
 }
@@ -374,7 +375,7 @@ pub(crate) async fn engage_kill_switch(state: &ApiState, level: KillLevel) -> Re
     let mut spec = match state.store.bundle(None).await? {
         Some((_, signed)) => BundleSpec::from_body(
             signed
-                .open(&state.pki.bundle_key.verifying_key())
+                .open(&state.pki.bundle_root())
                 .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?,
         ),
         None => BundleSpec::new(level.autonomy()),
@@ -393,7 +394,9 @@ pub async fn publish(state: &ApiState, spec: BundleSpec) -> Result<u64, ApiError
     let body = spec
         .into_body(current, state.clock.unix_ms())
         .map_err(|err| ApiError(StatusCode::CONFLICT, err.to_string()))?;
-    let signed = body.sign(&state.pki.bundle_key);
+    let mut body = body;
+    body.key_endorsements = state.pki.endorsements();
+    let signed = body.sign(&state.pki.bundle_key());
     if !state.store.insert_bundle(body.version, signed.clone(), state.clock.unix_ms()).await? {
         return Err(ApiError(StatusCode::CONFLICT, format!("version {} is not above the current one", body.version)));
     }
@@ -524,7 +527,7 @@ async fn issue(
     let body = state
         .store
         .issue_command(
-            &state.pki.bundle_key,
+            &state.pki.bundle_key(),
             edge_id,
             operator.by(),
             operator.comment.clone(),

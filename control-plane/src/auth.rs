@@ -187,7 +187,7 @@ async fn record(state: &ApiState, kind: &'static str, principal: &Principal, met
         "path": path,
         "status": status,
     });
-    let key = &state.pki.bundle_key;
+    let key = &state.pki.bundle_key();
     if let Err(err) = state.store.record_operator_event(kind, payload, state.clock.unix_ms(), key).await {
         tracing::error!(%err, "cannot record an operator action");
     }
@@ -272,7 +272,7 @@ pub async fn login(state: &ApiState, peer: SocketAddr, form: LoginForm) -> Login
         let payload = serde_json::json!({ "account": name, "from": ip.to_string(), "detail": detail });
         let store = state.store.clone();
         async move {
-            let key = &state.pki.bundle_key;
+            let key = &state.pki.bundle_key();
             if let Err(err) = store.record_operator_event(kind, payload, state.clock.unix_ms(), key).await {
                 tracing::error!(%err, "cannot record a login");
             }

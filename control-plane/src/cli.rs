@@ -361,6 +361,10 @@ pub enum PolicyCommand {
         #[arg(long, default_value = "effects", value_parser = ["effects", "all"])]
         level: String,
     },
+    /// Replace the bundle-signing key: the current key endorses a new one,
+    /// and the bundle in force is published again, signed with it, to
+    /// announce it; edges follow without enrolling again.
+    RotateKey,
 }
 
 /// `audit` subcommands.
@@ -520,6 +524,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 answer["version"],
                 answer["autonomy"].as_str().unwrap_or("off")
             );
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::RotateKey) => {
+            let answer = client()?.send(Method::POST, "/v1/pki/bundle-key/rotate", None).await?;
+            match answer["announced_in"].as_u64() {
+                Some(version) => {
+                    println!("bundle key {} in force, announced in bundle version {version}", answer["bundle_key"])
+                }
+                None => {
+                    println!("bundle key {} in force; the next published bundle announces it", answer["bundle_key"])
+                }
+            }
             Ok(())
         }
         Command::Audit(AuditCommand::Tail { filter, lines }) => {

@@ -19,6 +19,7 @@
 //! - [`views`]: task and metrics read models derived from the audit log.
 //! - [`metrics`]: `/metrics` in OpenMetrics text.
 //! - [`pki`]: the fleet CA, server certificate and bundle-signing key.
+//! - [`key_rotation`]: rotating the bundle-signing key, announced in a bundle.
 //! - [`renewal`]: edge certificate renewal over the sync connection.
 //! - [`client`]: the admin API client the CLI uses.
 //! - [`cli`]: the `aios-control-plane` command line.
@@ -35,6 +36,7 @@ pub mod commands;
 pub mod console;
 pub mod dispatch;
 pub mod ingest;
+pub mod key_rotation;
 pub mod metrics;
 pub mod pki;
 pub mod redact;

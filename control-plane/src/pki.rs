@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aios_daemon::transport::SERVER_NAME;
+use aios_shared::rotation::KeyEndorsement;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::rngs::OsRng;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
@@ -44,6 +45,23 @@ pub enum PkiError {
     BadRequest(String),
 }
 
+/// The file holding the bundle key after its first rotation, with the
+/// endorsements that lead to it.
+const ROTATION_FILE: &str = "bundle-rotation.json";
+
+/// The bundle-signing key in force and how it was reached.
+struct BundleSigner {
+    key: SigningKey,
+    endorsements: Vec<KeyEndorsement>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredRotation {
+    /// The current key, PKCS#8 PEM.
+    key: String,
+    endorsements: Vec<KeyEndorsement>,
+}
+
 /// The control plane's key material.
 pub struct Pki {
     /// The fleet CA certificate (DER); edges pin its fingerprint.
@@ -54,8 +72,12 @@ pub struct Pki {
     pub server_cert_der: Vec<u8>,
     /// The server certificate's key (PKCS#8 DER).
     server_key_der: Vec<u8>,
-    /// Signs policy bundles.
-    pub bundle_key: SigningKey,
+    /// Signs policy bundles and commands: the current key and the
+    /// endorsements that lead to it from the first one (rotatable while
+    /// running).
+    bundle: std::sync::RwLock<BundleSigner>,
+    /// Where the keys live.
+    dir: PathBuf,
     /// Key of QUIC stateless resets. Kept across restarts so a restarted
     /// control plane can reset connections its previous run left open, and
     /// edges reconnect at once instead of waiting out the idle timeout.
@@ -69,6 +91,7 @@ impl Pki {
         let dir = data_dir.join("pki");
         std::fs::create_dir_all(&dir).map_err(|source| PkiError::Io { path: dir.clone(), source })?;
         let (ca_key_path, ca_cert_path, bundle_path) = (dir.join("ca.key"), dir.join("ca.crt"), dir.join("bundle.key"));
+        let rotation_path = dir.join(ROTATION_FILE);
         let reset_path = dir.join("quic-reset.key");
 
         if !ca_key_path.exists() {
@@ -85,7 +108,7 @@ impl Pki {
             write_new(&ca_cert_path, cert.pem().as_bytes())?;
             write_new(&ca_key_path, key.serialize_pem().as_bytes())?;
         }
-        if !bundle_path.exists() {
+        if !bundle_path.exists() && !rotation_path.exists() {
             let key = SigningKey::generate(&mut OsRng);
             let pem = key.to_pkcs8_pem(Default::default()).map_err(|_| PkiError::BadKey(bundle_path.clone()))?;
             write_new(&bundle_path, pem.as_bytes())?;
@@ -103,8 +126,16 @@ impl Pki {
         let ca_pem = read(&ca_cert_path)?;
         let ca_der = pem_to_der(&ca_pem).ok_or_else(|| PkiError::BadKey(ca_cert_path.clone()))?;
         let ca_issuer = Issuer::from_ca_cert_der(&CertificateDer::from(ca_der.clone()), ca_key)?;
-        let bundle_key =
-            SigningKey::from_pkcs8_pem(&read(&bundle_path)?).map_err(|_| PkiError::BadKey(bundle_path.clone()))?;
+        let bundle = if rotation_path.exists() {
+            let stored: StoredRotation =
+                serde_json::from_str(&read(&rotation_path)?).map_err(|_| PkiError::BadKey(rotation_path.clone()))?;
+            let key = SigningKey::from_pkcs8_pem(&stored.key).map_err(|_| PkiError::BadKey(rotation_path.clone()))?;
+            BundleSigner { key, endorsements: stored.endorsements }
+        } else {
+            let key =
+                SigningKey::from_pkcs8_pem(&read(&bundle_path)?).map_err(|_| PkiError::BadKey(bundle_path.clone()))?;
+            BundleSigner { key, endorsements: Vec::new() }
+        };
 
         let server_key = KeyPair::generate()?;
         // The admin API's HTTPS uses this certificate too: loopback names
@@ -123,9 +154,64 @@ impl Pki {
             ca_issuer,
             server_cert_der: server_cert.der().to_vec(),
             server_key_der: server_key.serialize_der(),
-            bundle_key,
+            bundle: std::sync::RwLock::new(bundle),
+            dir,
             quic_reset_key,
         })
+    }
+
+    /// The key bundles and commands are signed with now.
+    pub fn bundle_key(&self) -> SigningKey {
+        self.signer().key.clone()
+    }
+
+    /// The endorsements from the first bundle key to the current one.
+    pub fn endorsements(&self) -> Vec<KeyEndorsement> {
+        self.signer().endorsements.clone()
+    }
+
+    /// The first bundle key (what edges enrolled before any rotation
+    /// pinned): a stored bundle opens with it through its endorsements.
+    pub fn bundle_root(&self) -> VerifyingKey {
+        let signer = self.signer();
+        signer
+            .endorsements
+            .first()
+            .and_then(|first| hex::decode(&first.from).ok())
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
+            .unwrap_or_else(|| signer.key.verifying_key())
+    }
+
+    /// Every bundle key so far, first to current.
+    pub fn bundle_keys(&self) -> Vec<VerifyingKey> {
+        aios_shared::rotation::chain(self.bundle_root(), &self.endorsements())
+    }
+
+    /// Replaces the bundle-signing key: a new key, endorsed by the current
+    /// one, stored with every endorsement in one file written whole and
+    /// renamed into place (so a crash leaves the old state or the new one),
+    /// then the old key's file is deleted. Returns the new public key.
+    pub fn rotate_bundle_key(&self) -> Result<VerifyingKey, PkiError> {
+        let mut signer = self.bundle.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let new = SigningKey::generate(&mut OsRng);
+        let mut endorsements = signer.endorsements.clone();
+        endorsements.push(KeyEndorsement::sign(&signer.key, &new.verifying_key()));
+        let path = self.dir.join(ROTATION_FILE);
+        let key = new.to_pkcs8_pem(Default::default()).map_err(|_| PkiError::BadKey(path.clone()))?;
+        let stored = StoredRotation { key: key.to_string(), endorsements: endorsements.clone() };
+        let text = serde_json::to_string_pretty(&stored).expect("keys encode");
+        let temp = self.dir.join(format!("{ROTATION_FILE}.new"));
+        let _ = std::fs::remove_file(&temp);
+        write_new(&temp, text.as_bytes())?;
+        std::fs::rename(&temp, &path).map_err(|source| PkiError::Io { path: path.clone(), source })?;
+        let _ = std::fs::remove_file(self.dir.join("bundle.key"));
+        *signer = BundleSigner { key: new, endorsements };
+        Ok(signer.key.verifying_key())
+    }
+
+    fn signer(&self) -> std::sync::RwLockReadGuard<'_, BundleSigner> {
+        self.bundle.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The server's chain (leaf, then CA) and key, for rustls.

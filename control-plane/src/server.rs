@@ -420,7 +420,7 @@ async fn enroll(ctx: &SyncContext, request: EnrollRequest) -> Result<Enrolled, E
         edge_id,
         cert_der,
         ca_der: ctx.pki.ca_der.clone(),
-        bundle_key: ctx.pki.bundle_key.verifying_key().to_bytes(),
+        bundle_key: ctx.pki.bundle_key().verifying_key().to_bytes(),
         labels: labels.into_iter().collect(),
     })
 }

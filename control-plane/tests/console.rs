@@ -190,8 +190,8 @@ async fn sessions_need_their_csrf_token_and_roles_are_enforced_by_the_server() {
     assert!(by_ada.iter().any(|e| e.payload["path"] == "/console/kill-switch"), "{events:?}");
     let refused: Vec<_> = events.iter().filter(|e| e.kind == "operator.refused").collect();
     assert!(refused.iter().any(|e| e.payload["account"] == "victor"), "forgeries are logged too");
-    let key = h.cp.api.pki.bundle_key.verifying_key();
-    assert_eq!(h.cp.api.store.verify_operator_log(key).await.unwrap().1, Vec::<String>::new());
+    let keys = h.cp.api.pki.bundle_keys();
+    assert_eq!(h.cp.api.store.verify_operator_log(keys).await.unwrap().1, Vec::<String>::new());
 
     // A made-up session goes to the login page; logging out ends a real one.
     let made_up =

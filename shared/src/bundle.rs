@@ -202,6 +202,7 @@ impl BundleSpec {
             autonomy: self.autonomy,
             definitions: self.definitions(),
             extensions: self.extensions,
+            key_endorsements: Vec::new(),
         })
     }
 }
@@ -223,6 +224,10 @@ pub struct BundleBody {
     /// Opaque sections for later layers.
     #[serde(default)]
     pub extensions: serde_json::Map<String, serde_json::Value>,
+    /// Every rotation of the bundle-signing key so far, oldest first
+    /// (`crate::rotation`); the body is signed by the last key they lead to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_endorsements: Vec<crate::rotation::KeyEndorsement>,
 }
 
 impl BundleBody {
@@ -275,11 +280,32 @@ pub struct SignedBundle {
 }
 
 impl SignedBundle {
-    /// Checks the signature against the pinned key and decodes the body.
+    /// Checks the signature against the key the pinned key leads to through
+    /// the body's key endorsements (the pinned key itself without any), and
+    /// decodes the body.
     pub fn open(&self, key: &VerifyingKey) -> Result<BundleBody, BundleError> {
+        let signer = self.signer(key);
         let signature = Signature::from_slice(&self.signature).map_err(|_| BundleError::BadSignature)?;
-        key.verify(&signing_message(&self.body), &signature).map_err(|_| BundleError::BadSignature)?;
+        signer.verify(&signing_message(&self.body), &signature).map_err(|_| BundleError::BadSignature)?;
         serde_json::from_slice(&self.body).map_err(|err| BundleError::Malformed(err.to_string()))
+    }
+
+    /// The keys from `pinned` through the body's endorsements (read before
+    /// the signature is checked: each link is checked by the key before it).
+    pub fn key_chain(&self, pinned: &VerifyingKey) -> Vec<VerifyingKey> {
+        #[derive(Deserialize)]
+        struct Endorsements {
+            #[serde(default)]
+            key_endorsements: Vec<crate::rotation::KeyEndorsement>,
+        }
+        let endorsements = serde_json::from_slice::<Endorsements>(&self.body).map(|e| e.key_endorsements);
+        crate::rotation::chain(*pinned, &endorsements.unwrap_or_default())
+    }
+
+    /// The key this bundle must be signed with, for an edge that pinned
+    /// `pinned`; commands are verified with the one of the bundle in force.
+    pub fn signer(&self, pinned: &VerifyingKey) -> VerifyingKey {
+        *self.key_chain(pinned).last().expect("a chain starts with the pinned key")
     }
 
     /// Decides what an edge does with this bundle when it is offered, given
@@ -289,6 +315,11 @@ impl SignedBundle {
         let body = self.open(key)?;
         if current.is_some_and(|current| current == self) {
             return Ok(Offer::AlreadyApplied(body));
+        }
+        if let Some(current) = current {
+            if !crate::rotation::extends(&current.key_chain(key), &self.key_chain(key)) {
+                return Err(BundleError::RetiredKey);
+            }
         }
         let current_version = match current {
             Some(current) => current.open(key)?.version,
@@ -334,6 +365,9 @@ pub enum BundleError {
     /// The signature is not the pinned bundle key's.
     #[error("signature does not verify with the pinned bundle key")]
     BadSignature,
+    /// Signed with a key the key of the bundle in force replaced.
+    #[error("signed with a bundle key that has been rotated out")]
+    RetiredKey,
     /// The bundle reaches secrets, files or programs the edge does not allow.
     #[error(transparent)]
     Access(#[from] crate::access::AccessError),
@@ -445,5 +479,27 @@ mod tests {
         assert!(err.to_string().contains("valid_for"), "{err}");
         let err = BundleSpec::from_toml("autonomy = \"off\"\nsurprise = 1").unwrap_err();
         assert!(err.to_string().contains("surprise"), "{err}");
+    }
+
+    #[test]
+    fn a_rotated_key_takes_over_and_the_retired_one_is_refused() {
+        use crate::rotation::KeyEndorsement;
+        let (old, new) = (key(), SigningKey::from_bytes(&[9; 32]));
+        let pinned = old.verifying_key();
+        let first = body(2).sign(&old);
+        let mut rotated = body(3);
+        rotated.key_endorsements = vec![KeyEndorsement::sign(&old, &new.verifying_key())];
+        let rotated = rotated.sign(&new);
+        assert!(matches!(rotated.offer(&pinned, Some(&first), 1_000), Ok(Offer::Apply(_))));
+        assert_eq!(rotated.signer(&pinned), new.verifying_key(), "commands now verify with the new key");
+        // The retired key signs a newer bundle: refused once the new one is in force.
+        let replay = body(4).sign(&old);
+        assert_eq!(replay.offer(&pinned, Some(&rotated), 1_000).err(), Some(BundleError::RetiredKey));
+        // A rotated bundle signed with the old key does not open at all.
+        let mut wrong = body(4);
+        wrong.key_endorsements = vec![KeyEndorsement::sign(&old, &new.verifying_key())];
+        assert_eq!(wrong.sign(&old).open(&pinned), Err(BundleError::BadSignature));
+        // The stored rotated bundle still opens with the pinned key.
+        assert_eq!(rotated.open(&pinned).unwrap().version, 3);
     }
 }

@@ -15,6 +15,7 @@
 //! - [`access`]: which secrets, files and programs an edge lets bundles reach.
 //! - [`served`]: agents the edge offers to MCP clients as tools.
 //! - [`policy`]: the Cedar decision (allow, deny, require approval) for a side effect.
+//! - [`rotation`]: bundle-signing key rotation: endorsements and the chain edges follow.
 //! - [`command`]: signed operator commands sent down to one edge.
 //! - [`token`]: one-time enrolment tokens that pin the CA.
 //! - [`identity`]: when edge certificates are renewed and granted.
@@ -37,6 +38,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod memory;
 pub mod policy;
+pub mod rotation;
 pub mod router;
 pub mod served;
 pub mod sync;

@@ -165,9 +165,9 @@ pub fn reference_bundle(posts_dir: &Path, shop: SocketAddr) -> anyhow::Result<Bu
 async fn publish_reference_bundle(api: &ApiState, root: &Path, shop: SocketAddr) -> anyhow::Result<()> {
     let current = api.store.bundle(None).await?;
     let has_workloads = match &current {
-        Some((_, signed)) => signed
-            .open(&api.pki.bundle_key.verifying_key())
-            .is_ok_and(|body| body.definitions.agents.contains_key("triage")),
+        Some((_, signed)) => {
+            signed.open(&api.pki.bundle_root()).is_ok_and(|body| body.definitions.agents.contains_key("triage"))
+        }
         None => false,
     };
     if has_workloads {

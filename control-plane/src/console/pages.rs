@@ -55,7 +55,7 @@ pub(crate) fn page(principal: &Principal, here: Nav, title: &str, body: Markup) 
 pub(crate) async fn current_bundle(state: &ApiState) -> Result<Option<(u64, BundleBody)>, ApiError> {
     let Some((version, signed)) = state.store.bundle(None).await? else { return Ok(None) };
     let body = signed
-        .open(&state.pki.bundle_key.verifying_key())
+        .open(&state.pki.bundle_root())
         .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("stored bundle {version}: {err}")))?;
     Ok(Some((version, body)))
 }
@@ -534,8 +534,7 @@ pub(crate) async fn audit(
     let edges = state.store.edges().await?;
     let names = edge_names(&edges);
     let reports = state.store.verify(None).await?;
-    let (operator_count, operator_breaks) =
-        state.store.verify_operator_log(state.pki.bundle_key.verifying_key()).await?;
+    let (operator_count, operator_breaks) = state.store.verify_operator_log(state.pki.bundle_keys()).await?;
     let broken: Vec<_> = reports.iter().filter(|r| !r.ok).collect();
     let since_ms = query.since.as_deref().filter(|s| !s.is_empty()).and_then(parse_when);
     let until_ms = query.until.as_deref().filter(|s| !s.is_empty()).and_then(parse_when);

@@ -123,8 +123,12 @@ impl Uplink {
     ) -> Result<Vec<aios_shared::wire::CommandReceipt>, aios_daemon::db::DbError> {
         use crate::exec::Applied;
         let mut receipts = Vec::with_capacity(commands.len());
+        // Commands are signed with the key of the bundle in force (after
+        // any rotation of the bundle-signing key).
+        let pinned = self.identity.bundle_key;
+        let key = self.store.bundle().await?.map_or(pinned, |bundle| bundle.signer(&pinned));
         for command in commands {
-            let refused = match command.open(&self.identity.bundle_key, &self.identity.edge_id) {
+            let refused = match command.open(&key, &self.identity.edge_id) {
                 Ok(body) => match self.runtime.apply_command(body).await? {
                     Applied::Refused(reason) => Some(reason),
                     Applied::Done | Applied::Compensate { .. } => None,

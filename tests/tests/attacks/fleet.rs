@@ -1,5 +1,5 @@
 //! Attacks on identities, roles and the fleet's controls (issue 24,
-//! findings 4, 7, 8, 12, 13, 20 and 22), in the `attacks` test binary.
+//! findings 4, 7, 8, 9, 12, 13, 20 and 22), in the `attacks` test binary.
 
 use super::*;
 
@@ -487,6 +487,75 @@ async fn bundles_cannot_reach_files_environment_or_programs_the_edge_does_not_al
     std::fs::write(secrets.join("hook"), "whsec_allowed")?;
     let allowed = cp.publish(&hook(&format!("file:{}", secrets.join("hook").display())))?;
     wait_for("the allowed secret applied", LONG, || async { Ok(version(&edge).await? == Some(allowed)) }).await?;
+    Ok(())
+}
+
+/// Finding 9 (the bundle key). The control plane rotates its
+/// bundle-signing key while one edge is online, with a refund waiting for
+/// approval, and another is off. The online edge takes the announcing
+/// bundle, the approval (a command signed with the new key) and the next
+/// bundle; the edge that was off catches up on its next connection from
+/// the key it pinned at enrolment; an edge enrolled afterwards pins the new
+/// key. The retired key's file is gone, and a copy of it taken before the
+/// rotation signs a newer bundle: every edge refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundle_key_rotates_and_the_retired_key_is_refused() -> anyhow::Result<()> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+
+    use aios_tests::payments::{PaymentFaults, PaymentService};
+    let payments = PaymentService::start(PaymentFaults::default()).await?;
+    let receipts = tempfile::tempdir()?;
+    let bundle = include_str!("../../data/refunds.toml")
+        .replace("PAYMENTS_URL", &payments.url())
+        .replace("RECEIPTS_DIR", receipts.path().to_str().context("utf-8 path")?);
+    let bins = bins!();
+    let (tmp, cp, online) = fleet_with(&bins, &bundle).await?;
+    let mut offline = EdgeProc::enroll(&bins, &tmp.path().join("offline"), &cp.sync_addr(), &cp.token("10m")?)?;
+    offline.start()?;
+    wait_for("the second edge on version 1", LONG, || async { Ok(version(&offline).await? == Some(1)) }).await?;
+    offline.kill9();
+    let retired = std::fs::read_to_string(cp.dir.join("pki").join("bundle.key"))?;
+    // A refund that waits for a decision across the rotation.
+    let refund = json!({
+        "agent": "refunds", "kind": "refund-request",
+        "input": { "order": { "id": "r-1", "accounts": ["acct-1"] }, "refund": { "amount": 120, "account": "acct-1" },
+                   "reason": "double charge" },
+    });
+    let task = online.submit(refund).await?["id"].as_str().context("task id")?.to_owned();
+    let approval = cp.pending_approval(&task).await?["id"].as_str().context("approval id")?.to_owned();
+
+    let said = cp.cli_ok(&["policy", "rotate-key"])?;
+    assert!(said.contains("announced in bundle version 2"), "{said}");
+    assert!(!cp.dir.join("pki").join("bundle.key").exists(), "the retired key is deleted");
+    wait_for("the announcement applied", LONG, || async { Ok(version(&online).await? == Some(2)) }).await?;
+    // The decision is a command signed with the new key.
+    cp.cli_ok(&["approvals", "approve", &approval, "--by", "alice"])?;
+    let done = online.finished_task(&task, LONG).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(payments.effects().iter().filter(|e| e.path == "refunds").count(), 1);
+    let third = cp.publish(&bundle)?;
+    wait_for("a bundle of the new key applied", LONG, || async { Ok(version(&online).await? == Some(third)) }).await?;
+    offline.start()?;
+    wait_for("the edge that was off caught up", LONG, || async { Ok(version(&offline).await? == Some(third)) }).await?;
+    let mut late = EdgeProc::enroll(&bins, &tmp.path().join("late"), &cp.sync_addr(), &cp.token("10m")?)?;
+    late.start()?;
+    wait_for("an edge enrolled after the rotation", LONG, || async { Ok(version(&late).await? == Some(third)) })
+        .await?;
+
+    let old = ed25519_dalek::SigningKey::from_pkcs8_pem(&retired)?;
+    let spec = aios_shared::bundle::BundleSpec::from_toml("autonomy = \"autonomous\"\nvalid_for = \"1d\"\n")?;
+    let forged = spec.into_body(third + 10, aios_daemon::clock::unix_ms())?.sign(&old);
+    let file = tmp.path().join("forged.json");
+    std::fs::write(&file, serde_json::to_string(&forged)?)?;
+    for edge in [&online, &offline, &late] {
+        let offered = edge.edge_cli(&["debug", "offer-bundle", file.to_str().context("utf-8 path")?])?;
+        let stderr = String::from_utf8_lossy(&offered.stderr);
+        assert!(
+            !offered.status.success() && (stderr.contains("rotated out") || stderr.contains("signature")),
+            "{stderr}"
+        );
+        assert_eq!(version(edge).await?, Some(third), "the bundle in force stays");
+    }
     Ok(())
 }
 
