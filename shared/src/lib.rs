@@ -13,6 +13,7 @@
 //! - [`bundle`]: signed policy bundles, their verification and freshness rules.
 //! - [`exec`]: connectors, webhooks and the Cedar policy carried in bundles.
 //! - [`access`]: which secrets, files and programs an edge lets bundles reach.
+//! - [`webhook`]: webhook signature headers: strict parsing and HMAC checks.
 //! - [`served`]: agents the edge offers to MCP clients as tools.
 //! - [`policy`]: the Cedar decision (allow, deny, require approval) for a side effect.
 //! - [`rotation`]: bundle-signing key rotation: endorsements and the chain edges follow.
@@ -44,4 +45,5 @@ pub mod served;
 pub mod sync;
 pub mod token;
 pub mod trace;
+pub mod webhook;
 pub mod wire;
