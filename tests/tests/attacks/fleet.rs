@@ -152,31 +152,19 @@ async fn a_viewer_sees_where_work_stands_not_what_agents_handled() -> anyhow::Re
 /// controls another enrolled edge writes an `approval.requested` with the
 /// same approval id (other arguments) into its own, validly chained audit
 /// log, with a task under the victim's task id, and it reaches the control
-/// plane. Neither id resolves by itself any more (the console's task page
-/// names both edges too): showing or deciding it without naming the edge is refused (409,
-/// naming both edges), the queue lists both requests each under its edge,
+/// plane. Neither id resolves by itself any more: showing or deciding the
+/// approval, or opening the task's console page, without naming the edge
+/// is refused (409, naming both edges), the queue lists both requests each under its edge,
 /// and the decision scoped to the victim's edge reaches the victim, whose
 /// refund then runs once; the attacker's edge gets nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_forging_another_edges_approval_id() -> anyhow::Result<()> {
-    use aios_tests::payments::{PaymentFaults, PaymentService};
-
-    let payments = PaymentService::start(PaymentFaults::default()).await?;
-    let receipts = tempfile::tempdir()?;
-    let bundle = include_str!("../../data/refunds.toml")
-        .replace("PAYMENTS_URL", &payments.url())
-        .replace("RECEIPTS_DIR", receipts.path().to_str().context("utf-8 path")?);
-    let bins = bins!();
-    let (tmp, cp, victim) = fleet_with(&bins, &bundle).await?;
-    let mut attacker = EdgeProc::enroll(&bins, &tmp.path().join("attacker"), &cp.sync_addr(), &cp.token("10m")?)?;
+    let refunds = RefundsFleet::start().await?;
+    let (cp, victim, payments) = (&refunds.cp, &refunds.edge, &refunds.payments);
+    let mut attacker = refunds.second_edge("attacker")?;
     attacker.start()?;
 
-    let refund = json!({
-        "agent": "refunds", "kind": "refund-request",
-        "input": { "order": { "id": "f-1", "accounts": ["acct-1"] }, "refund": { "amount": 120, "account": "acct-1" },
-                   "reason": "double charge" },
-    });
-    let task = victim.submit(refund).await?["id"].as_str().context("task id")?.to_owned();
+    let task = submit_refund(victim, "f-1").await?;
     wait_for("the victim's approval request", LONG, || async {
         Ok(cp.get("/v1/approvals?state=pending").await?.as_array().is_some_and(|a| !a.is_empty()))
     })
@@ -200,7 +188,7 @@ async fn an_edge_forging_another_edges_approval_id() -> anyhow::Result<()> {
         aios_edge_agent::store::append_event(&conn, &identity, now, "task.queued", &queued.to_string())?;
     }
     attacker.start()?;
-    wait_synced(&cp, &attacker, LONG).await?;
+    wait_synced(cp, &attacker, LONG).await?;
 
     let (url, admin) = (
         std::fs::read_to_string(cp.dir.join("admin.url"))?.trim().to_owned(),
@@ -502,42 +490,31 @@ async fn bundles_cannot_reach_files_environment_or_programs_the_edge_does_not_al
 async fn the_bundle_key_rotates_and_the_retired_key_is_refused() -> anyhow::Result<()> {
     use ed25519_dalek::pkcs8::DecodePrivateKey;
 
-    use aios_tests::payments::{PaymentFaults, PaymentService};
-    let payments = PaymentService::start(PaymentFaults::default()).await?;
-    let receipts = tempfile::tempdir()?;
-    let bundle = include_str!("../../data/refunds.toml")
-        .replace("PAYMENTS_URL", &payments.url())
-        .replace("RECEIPTS_DIR", receipts.path().to_str().context("utf-8 path")?);
-    let bins = bins!();
-    let (tmp, cp, online) = fleet_with(&bins, &bundle).await?;
-    let mut offline = EdgeProc::enroll(&bins, &tmp.path().join("offline"), &cp.sync_addr(), &cp.token("10m")?)?;
+    let refunds = RefundsFleet::start().await?;
+    let (cp, online, payments) = (&refunds.cp, &refunds.edge, &refunds.payments);
+    let mut offline = refunds.second_edge("offline")?;
     offline.start()?;
     wait_for("the second edge on version 1", LONG, || async { Ok(version(&offline).await? == Some(1)) }).await?;
     offline.kill9();
     let retired = std::fs::read_to_string(cp.dir.join("pki").join("bundle.key"))?;
     // A refund that waits for a decision across the rotation.
-    let refund = json!({
-        "agent": "refunds", "kind": "refund-request",
-        "input": { "order": { "id": "r-1", "accounts": ["acct-1"] }, "refund": { "amount": 120, "account": "acct-1" },
-                   "reason": "double charge" },
-    });
-    let task = online.submit(refund).await?["id"].as_str().context("task id")?.to_owned();
+    let task = submit_refund(online, "r-1").await?;
     let approval = cp.pending_approval(&task).await?["id"].as_str().context("approval id")?.to_owned();
 
     let said = cp.cli_ok(&["policy", "rotate-key"])?;
     assert!(said.contains("announced in bundle version 2"), "{said}");
     assert!(!cp.dir.join("pki").join("bundle.key").exists(), "the retired key is deleted");
-    wait_for("the announcement applied", LONG, || async { Ok(version(&online).await? == Some(2)) }).await?;
+    wait_for("the announcement applied", LONG, || async { Ok(version(online).await? == Some(2)) }).await?;
     // The decision is a command signed with the new key.
     cp.cli_ok(&["approvals", "approve", &approval, "--by", "alice"])?;
     let done = online.finished_task(&task, LONG).await?;
     assert_eq!(done["state"], "succeeded", "{done:#}");
     assert_eq!(payments.effects().iter().filter(|e| e.path == "refunds").count(), 1);
-    let third = cp.publish(&bundle)?;
-    wait_for("a bundle of the new key applied", LONG, || async { Ok(version(&online).await? == Some(third)) }).await?;
+    let third = cp.publish(&refunds.bundle)?;
+    wait_for("a bundle of the new key applied", LONG, || async { Ok(version(online).await? == Some(third)) }).await?;
     offline.start()?;
     wait_for("the edge that was off caught up", LONG, || async { Ok(version(&offline).await? == Some(third)) }).await?;
-    let mut late = EdgeProc::enroll(&bins, &tmp.path().join("late"), &cp.sync_addr(), &cp.token("10m")?)?;
+    let mut late = refunds.second_edge("late")?;
     late.start()?;
     wait_for("an edge enrolled after the rotation", LONG, || async { Ok(version(&late).await? == Some(third)) })
         .await?;
@@ -545,9 +522,9 @@ async fn the_bundle_key_rotates_and_the_retired_key_is_refused() -> anyhow::Resu
     let old = ed25519_dalek::SigningKey::from_pkcs8_pem(&retired)?;
     let spec = aios_shared::bundle::BundleSpec::from_toml("autonomy = \"autonomous\"\nvalid_for = \"1d\"\n")?;
     let forged = spec.into_body(third + 10, aios_daemon::clock::unix_ms())?.sign(&old);
-    let file = tmp.path().join("forged.json");
+    let file = refunds.tmp.path().join("forged.json");
     std::fs::write(&file, serde_json::to_string(&forged)?)?;
-    for edge in [&online, &offline, &late] {
+    for edge in [online, &offline, &late] {
         let offered = edge.edge_cli(&["debug", "offer-bundle", file.to_str().context("utf-8 path")?])?;
         let stderr = String::from_utf8_lossy(&offered.stderr);
         assert!(
@@ -557,6 +534,48 @@ async fn the_bundle_key_rotates_and_the_retired_key_is_refused() -> anyhow::Resu
         assert_eq!(version(edge).await?, Some(third), "the bundle in force stays");
     }
     Ok(())
+}
+
+/// A control plane and an edge with `tests/data/refunds.toml` applied,
+/// against the test payment service.
+struct RefundsFleet {
+    payments: aios_tests::payments::PaymentService,
+    _receipts: tempfile::TempDir,
+    tmp: tempfile::TempDir,
+    cp: ControlPlaneProc,
+    edge: EdgeProc,
+    bins: aios_tests::Bins,
+    /// The bundle's text, as published.
+    bundle: String,
+}
+
+impl RefundsFleet {
+    async fn start() -> anyhow::Result<RefundsFleet> {
+        use aios_tests::payments::{PaymentFaults, PaymentService};
+        let payments = PaymentService::start(PaymentFaults::default()).await?;
+        let receipts = tempfile::tempdir()?;
+        let bundle = include_str!("../../data/refunds.toml")
+            .replace("PAYMENTS_URL", &payments.url())
+            .replace("RECEIPTS_DIR", receipts.path().to_str().context("utf-8 path")?);
+        let bins = bins!();
+        let (tmp, cp, edge) = fleet_with(&bins, &bundle).await?;
+        Ok(RefundsFleet { payments, _receipts: receipts, tmp, cp, edge, bins, bundle })
+    }
+
+    /// Another edge enrolled with this control plane (not started).
+    fn second_edge(&self, name: &str) -> anyhow::Result<EdgeProc> {
+        EdgeProc::enroll(&self.bins, &self.tmp.path().join(name), &self.cp.sync_addr(), &self.cp.token("10m")?)
+    }
+}
+
+/// Submits a refund of 120 on `order` (over the approval threshold); its task id.
+async fn submit_refund(edge: &EdgeProc, order: &str) -> anyhow::Result<String> {
+    let refund = json!({
+        "agent": "refunds", "kind": "refund-request",
+        "input": { "order": { "id": order, "accounts": ["acct-1"] }, "refund": { "amount": 120, "account": "acct-1" },
+                   "reason": "double charge" },
+    });
+    Ok(edge.submit(refund).await?["id"].as_str().context("task id")?.to_owned())
 }
 
 /// The bundle version the edge has in force.
