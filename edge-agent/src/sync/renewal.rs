@@ -8,7 +8,7 @@
 //! compromised key is answered by revoking the edge and enrolling it again.
 
 use aios_daemon::cert;
-use aios_shared::identity::check_grant;
+use aios_shared::identity::{check_grant, Validity};
 use aios_shared::sync::EdgeSync;
 use aios_shared::wire::CertificateGrant;
 use tracing::{info, warn};
@@ -17,17 +17,23 @@ use crate::sync::enroll::certificate_request;
 use crate::sync::uplink::Uplink;
 
 impl Uplink {
-    /// Asks for a renewed certificate if the current one is due and none
-    /// was asked for on this connection.
-    pub(crate) fn maybe_renew(&self, sync: &mut EdgeSync) {
-        if !sync.is_connected() || sync.renewal_pending() {
-            return;
+    /// The validity of the certificate this session presents (read once
+    /// per connection: it changes only by a renewal, which reconnects).
+    pub(crate) fn own_validity(&self) -> Option<Validity> {
+        match cert::facts(&self.identity.cert_der) {
+            Ok(facts) => Some(facts.validity),
+            Err(err) => {
+                warn!(%err, "cannot read the edge's own certificate");
+                None
+            }
         }
-        let validity = match cert::facts(&self.identity.cert_der) {
-            Ok(facts) => facts.validity,
-            Err(err) => return warn!(%err, "cannot read the edge's own certificate"),
-        };
-        if !validity.renewal_due(self.runtime.now()) {
+    }
+
+    /// Asks for a renewed certificate if the current one (of `validity`)
+    /// is due and none was asked for on this connection.
+    pub(crate) fn maybe_renew(&self, sync: &mut EdgeSync, validity: Option<Validity>) {
+        let Some(validity) = validity else { return };
+        if !sync.is_connected() || sync.renewal_pending() || !validity.renewal_due(self.runtime.now()) {
             return;
         }
         match certificate_request(&self.identity.signing_key) {

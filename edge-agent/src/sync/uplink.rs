@@ -250,6 +250,7 @@ impl Uplink {
         let config = EdgeConfig::new(self.identity.edge_id.clone(), env!("CARGO_PKG_VERSION"));
         let mut sync = EdgeSync::new(config, self.runtime.clock().instant(), bundle_version, head);
         let mut poll = tokio::time::interval(POLL_INTERVAL);
+        let validity = self.own_validity();
         loop {
             // Drain outputs until the machine is quiet.
             loop {
@@ -270,7 +271,7 @@ impl Uplink {
                             let payload = serde_json::json!({ "audit_acked_seq": audit_acked_seq }).to_string();
                             self.audit(aios_shared::audit::kinds::CONNECTED, payload).await;
                             self.appended.notify_one();
-                            self.maybe_renew(&mut sync);
+                            self.maybe_renew(&mut sync, validity);
                         }
                         EdgeEvent::CertificateIssued(grant) => match self.take_certificate(grant).await {
                             Ok(true) => return SessionEnd::Renewed,
@@ -350,7 +351,7 @@ impl Uplink {
                 _ = self.appended.notified() => self.refresh_head(&mut sync).await,
                 _ = poll.tick() => {
                     self.refresh_head(&mut sync).await;
-                    self.maybe_renew(&mut sync);
+                    self.maybe_renew(&mut sync, validity);
                 }
                 _ = self.shutdown.changed() => return SessionEnd::Shutdown,
             }
