@@ -86,7 +86,10 @@ impl AdminTls {
 
     /// The rustls configuration of the listener (TLS 1.2 and 1.3, HTTP/1.1).
     pub fn server_config(&self, pki: &Pki) -> Result<Arc<rustls::ServerConfig>, AdminTlsError> {
-        let (chain, key) = match self {
+        let builder = rustls::ServerConfig::builder_with_provider(aios_daemon::transport::crypto_provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth();
+        let mut config = match self {
             AdminTls::Files { cert, key } => {
                 let problem = |path: &PathBuf| {
                     let path = path.clone();
@@ -99,14 +102,12 @@ impl AdminTls {
                 if chain.is_empty() {
                     return Err(AdminTlsError::Files { path: cert.clone(), problem: "no certificate in it".into() });
                 }
-                (chain, PrivateKeyDer::from_pem_file(key).map_err(problem(key))?)
+                builder.with_single_cert(chain, PrivateKeyDer::from_pem_file(key).map_err(problem(key))?)?
             }
-            _ => pki.server_identity(),
+            // The fleet CA's server certificate of the moment (it changes
+            // when the CA rotates).
+            _ => builder.with_cert_resolver(pki.ca.clone()),
         };
-        let mut config = rustls::ServerConfig::builder_with_provider(aios_daemon::transport::crypto_provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }

@@ -143,6 +143,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/policy", post(publish_policy))
         .route("/v1/policy/kill-switch", post(kill_switch))
         .route("/v1/pki/bundle-key/rotate", post(crate::key_rotation::rotate))
+        .route("/v1/pki/ca/rotate", post(crate::key_rotation::rotate_ca))
         .route("/v1/users", get(list_users).post(add_user))
         .route("/v1/users/{name}", delete(remove_user))
         .route("/v1/users/{name}/password", post(set_password))
@@ -188,7 +189,7 @@ pub(crate) struct TokenResponse {
 async fn create_token(State(state): State<ApiState>, Json(request): Json<TokenRequest>) -> ApiResult<TokenResponse> {
     let ttl = parse_duration(&request.ttl).map_err(bad_request)?;
     let labels = aios_shared::token::parse_labels(&request.labels).map_err(bad_request)?;
-    let token = EnrollToken::new(rand::random(), &state.pki.ca_der);
+    let token = EnrollToken::new(rand::random(), &state.pki.ca_der());
     let now = state.clock.unix_ms();
     let expires_at_ms = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
     state.store.create_token(token.secret_hash(), now, expires_at_ms, labels).await?;

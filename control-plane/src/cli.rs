@@ -17,6 +17,8 @@ use crate::admin_tls::AdminTls;
 use crate::app::{ControlPlane, Options};
 use crate::client::{AdminClient, Body};
 
+mod pki;
+
 /// The aios control plane.
 #[derive(Debug, Parser)]
 #[command(name = "aios-control-plane", version, about)]
@@ -78,6 +80,9 @@ pub enum Command {
     /// Operator accounts of the console and the admin API.
     #[command(subcommand)]
     User(UserCommand),
+    /// The control plane's keys: the fleet CA and the bundle-signing key.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
 }
 
 /// `user` subcommands.
@@ -361,10 +366,6 @@ pub enum PolicyCommand {
         #[arg(long, default_value = "effects", value_parser = ["effects", "all"])]
         level: String,
     },
-    /// Replace the bundle-signing key: the current key endorses a new one,
-    /// and the bundle in force is published again, signed with it, to
-    /// announce it; edges follow without enrolling again.
-    RotateKey,
 }
 
 /// `audit` subcommands.
@@ -526,18 +527,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Policy(PolicyCommand::RotateKey) => {
-            let answer = client()?.send(Method::POST, "/v1/pki/bundle-key/rotate", None).await?;
-            match answer["announced_in"].as_u64() {
-                Some(version) => {
-                    println!("bundle key {} in force, announced in bundle version {version}", answer["bundle_key"])
-                }
-                None => {
-                    println!("bundle key {} in force; the next published bundle announces it", answer["bundle_key"])
-                }
-            }
-            Ok(())
-        }
+        Command::Pki(command) => pki::run(client()?, command).await,
         Command::Audit(AuditCommand::Tail { filter, lines }) => {
             let path = format!("/v1/audit?{}&newest_first=true&limit={lines}", filter.query());
             let mut events = client()?.send(Method::GET, &path, None).await?;

@@ -35,6 +35,7 @@ pub mod client;
 pub mod commands;
 pub mod console;
 pub mod dispatch;
+pub mod fleet_ca;
 pub mod ingest;
 pub mod key_rotation;
 pub mod metrics;

@@ -1,5 +1,6 @@
-//! The control plane's keys: the fleet CA, the server certificate it issues
-//! itself at every start, and the separate ed25519 bundle-signing key.
+//! The control plane's keys: the fleet CA (`crate::fleet_ca`: it issues the
+//! server certificate at every start and rotates with an overlap) and the
+//! separate ed25519 bundle-signing key.
 //!
 //! Keys are created on first start in `DATA_DIR/pki/`, readable by the owner
 //! only, and never leave it. Edge certificates are issued from CSRs, so edge
@@ -9,19 +10,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aios_daemon::transport::SERVER_NAME;
+use std::sync::Arc;
+
 use aios_shared::rotation::KeyEndorsement;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::rngs::OsRng;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
-};
-use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-/// How long an edge certificate is valid.
-const EDGE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
+use crate::fleet_ca::FleetCa;
 
 /// Errors creating, loading or using keys.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +39,15 @@ pub enum PkiError {
     /// The edge's certificate request is unacceptable.
     #[error("certificate request refused: {0}")]
     BadRequest(String),
+    /// rustls refused a certificate or key.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// A CA rotation is still in its overlap.
+    #[error("the last CA rotation's overlap runs until {until_ms} (ms since the epoch); rotate again after it")]
+    RotationRunning {
+        /// When it ends.
+        until_ms: i64,
+    },
 }
 
 /// The file holding the bundle key after its first rotation, with the
@@ -64,14 +69,8 @@ struct StoredRotation {
 
 /// The control plane's key material.
 pub struct Pki {
-    /// The fleet CA certificate (DER); edges pin its fingerprint.
-    pub ca_der: Vec<u8>,
-    /// Issues edge and server certificates.
-    ca_issuer: Issuer<'static, KeyPair>,
-    /// This run's server certificate (DER), issued by the CA.
-    pub server_cert_der: Vec<u8>,
-    /// The server certificate's key (PKCS#8 DER).
-    server_key_der: Vec<u8>,
+    /// The fleet CA: edge and server certificates, trust during rotation.
+    pub ca: Arc<FleetCa>,
     /// Signs policy bundles and commands: the current key and the
     /// endorsements that lead to it from the first one (rotatable while
     /// running).
@@ -90,24 +89,10 @@ impl Pki {
     pub fn load_or_create(data_dir: &Path, extra_names: &[String]) -> Result<Pki, PkiError> {
         let dir = data_dir.join("pki");
         std::fs::create_dir_all(&dir).map_err(|source| PkiError::Io { path: dir.clone(), source })?;
-        let (ca_key_path, ca_cert_path, bundle_path) = (dir.join("ca.key"), dir.join("ca.crt"), dir.join("bundle.key"));
+        let bundle_path = dir.join("bundle.key");
         let rotation_path = dir.join(ROTATION_FILE);
         let reset_path = dir.join("quic-reset.key");
 
-        if !ca_key_path.exists() {
-            let key = KeyPair::generate()?;
-            let mut params = CertificateParams::default();
-            let mut name = DistinguishedName::new();
-            name.push(DnType::CommonName, "aios fleet CA");
-            params.distinguished_name = name;
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            params.not_before = rcgen::date_time_ymd(2025, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2045, 1, 1);
-            let cert = params.self_signed(&key)?;
-            write_new(&ca_cert_path, cert.pem().as_bytes())?;
-            write_new(&ca_key_path, key.serialize_pem().as_bytes())?;
-        }
         if !bundle_path.exists() && !rotation_path.exists() {
             let key = SigningKey::generate(&mut OsRng);
             let pem = key.to_pkcs8_pem(Default::default()).map_err(|_| PkiError::BadKey(bundle_path.clone()))?;
@@ -122,10 +107,7 @@ impl Pki {
             .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
             .ok_or_else(|| PkiError::BadKey(reset_path.clone()))?;
 
-        let ca_key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(|_| PkiError::BadKey(ca_key_path.clone()))?;
-        let ca_pem = read(&ca_cert_path)?;
-        let ca_der = pem_to_der(&ca_pem).ok_or_else(|| PkiError::BadKey(ca_cert_path.clone()))?;
-        let ca_issuer = Issuer::from_ca_cert_der(&CertificateDer::from(ca_der.clone()), ca_key)?;
+        let ca = Arc::new(FleetCa::load_or_create(&dir, extra_names)?);
         let bundle = if rotation_path.exists() {
             let stored: StoredRotation =
                 serde_json::from_str(&read(&rotation_path)?).map_err(|_| PkiError::BadKey(rotation_path.clone()))?;
@@ -137,27 +119,7 @@ impl Pki {
             BundleSigner { key, endorsements: Vec::new() }
         };
 
-        let server_key = KeyPair::generate()?;
-        // The admin API's HTTPS uses this certificate too: loopback names
-        // let a CLI on this machine verify it.
-        let mut names = vec![SERVER_NAME.to_owned(), "localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-        names.extend(extra_names.iter().cloned());
-        let mut params = CertificateParams::new(names)?;
-        params.distinguished_name.push(DnType::CommonName, SERVER_NAME);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.not_before = rcgen::date_time_ymd(2025, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2045, 1, 1);
-        let server_cert = params.signed_by(&server_key, &ca_issuer)?;
-
-        Ok(Pki {
-            ca_der,
-            ca_issuer,
-            server_cert_der: server_cert.der().to_vec(),
-            server_key_der: server_key.serialize_der(),
-            bundle: std::sync::RwLock::new(bundle),
-            dir,
-            quic_reset_key,
-        })
+        Ok(Pki { ca, bundle: std::sync::RwLock::new(bundle), dir, quic_reset_key })
     }
 
     /// The key bundles and commands are signed with now.
@@ -214,53 +176,28 @@ impl Pki {
         self.bundle.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The server's chain (leaf, then CA) and key, for rustls.
-    pub fn server_identity(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let chain = vec![CertificateDer::from(self.server_cert_der.clone()), CertificateDer::from(self.ca_der.clone())];
-        (chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key_der.clone())))
+    /// The CA that issues now (DER): what new enrolment tokens pin.
+    pub fn ca_der(&self) -> Vec<u8> {
+        self.ca.ca_der()
     }
 
-    /// Issues an edge certificate for `edge_id` from its CSR. Returns the
-    /// certificate (DER) and the edge's raw ed25519 public key.
+    /// Issues an edge certificate (see [`FleetCa::issue_edge_certificate`]).
     pub fn issue_edge_certificate(
         &self,
         edge_id: &str,
         csr_der: &[u8],
         now: Duration,
     ) -> Result<(Vec<u8>, [u8; 32]), PkiError> {
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-            .map_err(|err| PkiError::BadRequest(err.to_string()))?;
-        if csr.public_key.algorithm() != &rcgen::PKCS_ED25519 {
-            return Err(PkiError::BadRequest("edge keys must be ed25519".into()));
-        }
-        let public_key: [u8; 32] = csr
-            .public_key
-            .der_bytes()
-            .try_into()
-            .map_err(|_| PkiError::BadRequest("malformed ed25519 public key".into()))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, edge_id);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let now = time_from(now);
-        params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + time::Duration::try_from(EDGE_CERT_VALIDITY).expect("validity fits");
-        let csr = CertificateSigningRequestParams { params, public_key: csr.public_key };
-        let cert = csr.signed_by(&self.ca_issuer)?;
-        Ok((cert.der().to_vec(), public_key))
+        self.ca.issue_edge_certificate(edge_id, csr_der, now)
     }
 }
 
-fn time_from(since_epoch: Duration) -> time::OffsetDateTime {
-    time::OffsetDateTime::UNIX_EPOCH + time::Duration::try_from(since_epoch).expect("the clock fits")
-}
-
-fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+pub(crate) fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     let body: String = pem.lines().filter(|line| !line.starts_with("-----")).collect();
     base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body).ok()
 }
 
-fn read(path: &Path) -> Result<String, PkiError> {
+pub(crate) fn read(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_owned(), source })
 }
 

@@ -1,9 +1,10 @@
 //! Edge certificate renewal, the control plane's half.
 //!
 //! An edge asks on its authenticated sync connection with a CSR for the key
-//! it already has. The control plane grants a certificate when the one the
-//! edge presented is past half its life (`aios_shared::identity`) and the
-//! CSR's key is the edge's. The new certificate is recorded as *pending*:
+//! it already has. The control plane grants a certificate when the CSR's
+//! key is the edge's and the certificate the edge presented is past half
+//! its life (`aios_shared::identity`) or was issued by a CA being retired
+//! (`crate::fleet_ca`). The new certificate is recorded as *pending*:
 //! both it and the current one open a connection until the edge presents
 //! the new one, which then becomes current and retires the old one. An edge
 //! that never received its grant (a dropped connection) keeps its old
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use aios_daemon::cert;
 use aios_daemon::db::DbError;
+use aios_shared::identity;
 use aios_shared::token::fingerprint;
 use aios_shared::wire::CertificateGrant;
 use rusqlite::params;
@@ -37,7 +39,8 @@ pub async fn renew(
             return Ok(None);
         }
     };
-    if !presented.validity.renewal_grantable(now_ms) {
+    let from_issuing_ca = ctx.pki.ca.issued_by_current(presented_der);
+    if !identity::renewal_granted(presented.validity, from_issuing_ca, now_ms) {
         info!(
             not_after_ms = presented.validity.not_after_ms,
             "renewal declined: the certificate is not half through its life"

@@ -30,9 +30,6 @@ use aios_shared::bundle::SignedBundle;
 use aios_shared::sync::{ControlConfig, ControlEvent, ControlSync};
 use aios_shared::token::{fingerprint, secret_hash};
 use aios_shared::wire::{EnrollRequest, Enrolled, ErrorCode, ErrorFrame, Frame};
-use rustls::pki_types::CertificateDer;
-use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -140,19 +137,11 @@ pub enum ServerError {
 pub fn bind(pki: &Pki, addr: SocketAddr, clock: &SharedClock) -> Result<quinn::Endpoint, ServerError> {
     let tls_err = |err: &dyn std::fmt::Display| ServerError::Tls(err.to_string());
     let provider = aios_daemon::transport::crypto_provider();
-    let mut roots = RootCertStore::empty();
-    roots.add(CertificateDer::from(pki.ca_der.clone())).map_err(|e| tls_err(&e))?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| tls_err(&e))?;
-    let (chain, key) = pki.server_identity();
     let mut tls = rustls::ServerConfig::builder_with_details(provider, aios_daemon::transport::tls_time(clock))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_err(&e))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| tls_err(&e))?;
+        .with_client_cert_verifier(pki.ca.client_verifier())
+        .with_cert_resolver(pki.ca.clone());
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // No 0-RTT: early data could be replayed.
     tls.max_early_data_size = 0;
@@ -419,7 +408,7 @@ async fn enroll(ctx: &SyncContext, request: EnrollRequest) -> Result<Enrolled, E
     Ok(Enrolled {
         edge_id,
         cert_der,
-        ca_der: ctx.pki.ca_der.clone(),
+        ca_der: ctx.pki.ca_der(),
         bundle_key: ctx.pki.bundle_key().verifying_key().to_bytes(),
         labels: labels.into_iter().collect(),
     })
@@ -460,6 +449,8 @@ impl SyncSession {
     ) -> String {
         let mut bundles = self.ctx.bundles.clone();
         let mut dispatched = self.ctx.dispatched.clone();
+        let mut rotations = self.ctx.pki.ca.watch();
+        rotations.mark_unchanged();
         loop {
             loop {
                 let mut busy = false;
@@ -508,6 +499,13 @@ impl SyncSession {
                     if let Err(reason) = self.push_pending(sync).await {
                         return reason;
                     }
+                }
+                changed = rotations.changed(), if sync.is_connected() => {
+                    if changed.is_err() {
+                        return "control plane shutting down".into();
+                    }
+                    // A CA rotation: connected edges hear of it at once.
+                    sync.announce_trust_anchors(self.ctx.pki.ca.announcement(self.ctx.clock.unix_ms()));
                 }
                 reason = self.connection.closed() => return reason.to_string(),
             }
@@ -563,6 +561,9 @@ impl SyncSession {
                     .await
                     .map_err(|e| e.to_string())?;
                 sync.accept(edge.audit_seq);
+                // The CAs to trust, on every connection: during a CA
+                // rotation this is how edges learn the new one.
+                sync.announce_trust_anchors(self.ctx.pki.ca.announcement(self.ctx.clock.unix_ms()));
                 info!(audit_acked_seq = edge.audit_seq, edge_head = hello.audit_head_seq, "edge connected");
                 let latest = bundles.borrow_and_update().clone();
                 if let Some((version, signed)) = latest {

@@ -15,6 +15,9 @@ pub enum CertError {
     /// The issuer's signature does not verify.
     #[error("not signed by the fleet CA")]
     Signature,
+    /// It is not a CA certificate.
+    #[error("not a CA certificate")]
+    NotCa,
 }
 
 /// A parsed certificate's facts.
@@ -43,6 +46,21 @@ pub fn verify_issued_by(der: &[u8], ca_der: &[u8]) -> Result<(), CertError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|err| CertError::Parse(err.to_string()))?;
     let (_, ca) = X509Certificate::from_der(ca_der).map_err(|err| CertError::Parse(err.to_string()))?;
     cert.verify_signature(Some(ca.public_key())).map_err(|_| CertError::Signature)
+}
+
+/// Checks that `der` is a CA certificate (basic constraints say so).
+pub fn check_ca(der: &[u8]) -> Result<(), CertError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|err| CertError::Parse(err.to_string()))?;
+    if cert.is_ca() {
+        Ok(())
+    } else {
+        Err(CertError::NotCa)
+    }
+}
+
+/// Whether any of `cas` signed `der`.
+pub fn issued_by_any<'a>(der: &[u8], mut cas: impl Iterator<Item = &'a [u8]>) -> bool {
+    cas.any(|ca| verify_issued_by(der, ca).is_ok())
 }
 
 #[cfg(test)]

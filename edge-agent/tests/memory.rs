@@ -44,7 +44,7 @@ async fn memory(spec: &MemorySpec) -> (tempfile::TempDir, EdgeStore, Memory) {
         control_plane: "127.0.0.1:1".into(),
         signing_key: SigningKey::from_bytes(&[3; 32]),
         cert_der: vec![],
-        ca_der: vec![],
+        trust_anchors: vec![aios_shared::wire::TrustedCa { der: vec![], retires_at_ms: None }],
         bundle_key: SigningKey::from_bytes(&[4; 32]).verifying_key(),
     };
     store.save_identity(identity.clone(), Vec::new(), 0).await.expect("identity saved");

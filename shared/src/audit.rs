@@ -43,6 +43,8 @@ pub mod kinds {
     pub const ENROLLED: &str = "edge.enrolled";
     /// The edge took a renewed certificate (same key, later expiry).
     pub const CERTIFICATE_RENEWED: &str = "identity.renewed";
+    /// The edge took a new set of fleet CAs to trust (a CA rotation).
+    pub const TRUST_CHANGED: &str = "identity.trust_changed";
     /// The control plane refused the edge as revoked: all autonomy stops.
     pub const REVOKED: &str = "identity.revoked";
     /// A sync connection completed its handshake.

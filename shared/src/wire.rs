@@ -17,8 +17,13 @@ use crate::bundle::SignedBundle;
 
 /// Oldest protocol version this build speaks.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
-/// Newest protocol version this build speaks.
-pub const PROTOCOL_VERSION_MAX: u16 = 1;
+/// Newest protocol version this build speaks. Version 2 adds
+/// [`Frame::TrustAnchors`], which the control plane sends unasked, so only
+/// to an edge that speaks it.
+pub const PROTOCOL_VERSION_MAX: u16 = 2;
+
+/// The first version with [`Frame::TrustAnchors`].
+pub const TRUST_ANCHORS_SINCE: u16 = 2;
 
 /// Largest frame body accepted, in bytes. Audit batches are sized well below
 /// this; a bundle larger than this cannot be published.
@@ -86,6 +91,19 @@ pub enum Frame {
     RenewCertificate(Vec<u8>),
     /// Control plane -> edge: the renewed certificate.
     Certificate(CertificateGrant),
+    /// Control plane -> edge, once connected: the fleet CAs the edge is to
+    /// trust, the issuing one first, then any being retired with the time
+    /// they stop being trusted (`aios_shared::identity`).
+    TrustAnchors(Vec<TrustedCa>),
+}
+
+/// A fleet CA an edge trusts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustedCa {
+    /// The CA certificate (DER).
+    pub der: Vec<u8>,
+    /// When it stops being trusted; `None` for the CA that issues now.
+    pub retires_at_ms: Option<i64>,
 }
 
 /// The control plane's answer to [`Frame::RenewCertificate`].

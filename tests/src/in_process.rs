@@ -25,10 +25,23 @@ pub async fn control_plane(dir: &Path, clock: SharedClock) -> anyhow::Result<Con
 
 /// Enrols a new edge in `dir` with a fresh token, as `name`.
 pub async fn enroll_edge(cp: &ControlPlane, dir: &Path, name: &str) -> anyhow::Result<Identity> {
+    let token = token(cp, std::time::Duration::from_secs(600)).await?;
+    enroll_with(cp, dir, name, &token).await
+}
+
+/// A fresh enrolment token (text), valid for `ttl` by the control plane's clock.
+pub async fn token(cp: &ControlPlane, ttl: std::time::Duration) -> anyhow::Result<String> {
     let now = cp.api.clock.unix_ms();
-    let token = EnrollToken::new(rand::random(), &cp.api.pki.ca_der);
-    cp.api.store.create_token(token.secret_hash(), now, now + 600_000, Default::default()).await?;
+    let ttl_ms = i64::try_from(ttl.as_millis())?;
+    let token = EnrollToken::new(rand::random(), &cp.api.pki.ca_der());
+    cp.api.store.create_token(token.secret_hash(), now, now + ttl_ms, Default::default()).await?;
+    Ok(token.to_text())
+}
+
+/// Enrols a new edge in `dir` with `token`, as `name`.
+pub async fn enroll_with(cp: &ControlPlane, dir: &Path, name: &str, token: &str) -> anyhow::Result<Identity> {
     let store = EdgeStore::open(dir)?;
     let options = EnrollOptions { name: name.into(), labels: Vec::new() };
-    Ok(enroll::enroll(&store, &cp.sync_addr.to_string(), &token.to_text(), options, now).await?)
+    let now = cp.api.clock.unix_ms();
+    Ok(enroll::enroll(&store, &cp.sync_addr.to_string(), token, options, now).await?)
 }

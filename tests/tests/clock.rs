@@ -3,7 +3,8 @@
 //! two days on; within a second or two of real time the edge has failed
 //! closed to supervised, recorded `autonomy.changed` at the moved time, and
 //! the control plane has the event, verified. Two edges live through two
-//! years of certificate renewals. Nothing here waits for a day to pass.
+//! years of certificate renewals, three through a CA rotation. Nothing here
+//! waits for a day to pass.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,11 +12,14 @@ use std::time::Duration;
 use aios_control_plane::app::ControlPlane;
 use aios_control_plane::store::AuditFilter;
 use aios_daemon::clock::ManualClock;
+use aios_daemon::transport::{read_frame, write_frame, SERVER_NAME};
 use aios_edge_agent::daemon::{self, DaemonOptions, EdgeHandle};
 use aios_edge_agent::store::EdgeStore;
+use aios_edge_agent::sync::identity::Identity;
 use aios_edge_agent::sync::uplink::LinkStatus;
 use aios_shared::audit::kinds;
 use aios_shared::bundle::{Autonomy, BundleSpec};
+use aios_shared::wire::{Frame, Hello, TrustedCa, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use aios_tests::{in_process, wait_for};
 use anyhow::Context;
 
@@ -205,6 +209,118 @@ async fn two_edges_renew_their_certificates_across_two_years_and_never_lose_sync
     Ok(())
 }
 
+/// Issue 24, finding 9: the fleet CA rotates with a 30-day overlap, three
+/// edges live through it, and none loses sync. North and south are
+/// connected when the CA rotates: they hear of the new CA on their live
+/// connection, renew from it at once and reconnect. West is off; it comes
+/// back ten days in, still trusting only the old CA and holding a
+/// certificate from it: the server's chain (its new certificate and the
+/// cross certificate) checks out against the old CA, and west renews too.
+/// An enrolment token made before the rotation still enrols an edge during
+/// the overlap. When the overlap ends every edge, restarted, trusts only
+/// the new CA and is in sync, and a copy of west taken before it came back
+/// (the old CA's certificate) opens nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_edges_live_through_a_ca_rotation_and_never_lose_sync() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let clock = ManualClock::new(aios_daemon::clock::unix_ms());
+    let cp = in_process::control_plane(tmp.path(), clock.shared()).await?;
+    let start = |dir: &Path| {
+        let mut options = DaemonOptions::new(dir.to_owned());
+        options.clock = clock.shared();
+        daemon::start(options)
+    };
+    let old_ca = cp.api.pki.ca_der();
+    let mut edges = Vec::new();
+    for name in ["north", "south", "west"] {
+        let dir = tmp.path().join(name);
+        let identity = in_process::enroll_edge(&cp, &dir, name).await?;
+        let handle = start(&dir).await?;
+        edges.push(Edge { id: identity.edge_id, store: EdgeStore::open(&dir)?, dir, handle: Some(handle) });
+    }
+    let now_ms = clock.shared().unix_ms();
+    for edge in &edges {
+        wait_for(&format!("{} connected", edge.id), Duration::from_secs(30), || edge.in_good_standing(&cp, now_ms))
+            .await?;
+    }
+    let early_token = in_process::token(&cp, Duration::from_millis(20 * DAY_MS as u64)).await?;
+    edges[2].handle.take().context("west runs")?.stop().await;
+    let west_before = tmp.path().join("west-before-rotation");
+    copy_dir(&edges[2].dir, &west_before)?;
+
+    // Rotate through the admin API, as `pki rotate-ca` does.
+    let admin = reqwest::Client::new();
+    let token = std::fs::read_to_string(&cp.admin_token_file)?;
+    let rotate = || {
+        admin
+            .post(format!("{}/v1/pki/ca/rotate", cp.admin_url))
+            .bearer_auth(token.trim())
+            .json(&serde_json::json!({ "overlap_days": 30 }))
+            .send()
+    };
+    let rotated: serde_json::Value = rotate().await?.error_for_status()?.json().await?;
+    assert_eq!(rotated["generation"], 2, "{rotated}");
+    assert_eq!(rotate().await?.status(), reqwest::StatusCode::CONFLICT, "one rotation at a time");
+    let new_ca = cp.api.pki.ca_der();
+    assert_ne!(new_ca, old_ca);
+
+    for edge in &edges[..2] {
+        let what = format!("{} renewed from the new CA on its live connection", edge.id);
+        wait_for(&what, Duration::from_secs(30), || renewed_from(edge, &cp, &new_ca)).await?;
+        let identity = edge.store.identity().await?.context("enrolled")?;
+        assert_eq!(identity.trust_anchors.len(), 2, "{} trusts both CAs during the overlap", edge.id);
+    }
+
+    clock.advance(Duration::from_millis(10 * DAY_MS as u64));
+    edges[2].handle = Some(start(&edges[2].dir).await?);
+    wait_for("west, back after the rotation, renewed from the new CA", Duration::from_secs(30), || {
+        renewed_from(&edges[2], &cp, &new_ca)
+    })
+    .await?;
+    let late = tmp.path().join("late");
+    let identity = in_process::enroll_with(&cp, &late, "late", &early_token).await?;
+    assert_eq!(identity.issuing_ca(), new_ca.as_slice(), "a token made before the rotation enrols during it");
+
+    // West's pre-rotation certificate (the old CA's), presented by a client
+    // that trusts the new CA: during the overlap TLS accepts it, and the
+    // sync stream refuses it as retired by west's renewal.
+    let mut stale_identity = EdgeStore::open(&west_before)?.identity().await?.context("enrolled")?;
+    stale_identity.trust_anchors = vec![TrustedCa { der: new_ca.clone(), retires_at_ms: None }];
+    let answer = sync_handshake(&stale_identity, &cp, &clock).await?;
+    assert!(matches!(&answer, Frame::Error(error) if error.message.contains("unknown edge certificate")), "{answer:?}");
+
+    clock.advance(Duration::from_millis(25 * DAY_MS as u64));
+    for edge in &mut edges {
+        edge.handle.take().context("running")?.stop().await;
+        edge.handle = Some(start(&edge.dir).await?);
+    }
+    for edge in &edges {
+        wait_for(&format!("{} in sync after the overlap", edge.id), Duration::from_secs(30), || {
+            renewed_from(edge, &cp, &new_ca)
+        })
+        .await?;
+        let identity = edge.store.identity().await?.context("enrolled")?;
+        let trusted: Vec<_> = identity.trusted_cas(cp.api.clock.unix_ms()).collect();
+        assert_eq!(trusted, vec![new_ca.as_slice()], "{} trusts only the new CA after the overlap", edge.id);
+        let verification = cp.api.store.verify(Some(edge.id.clone())).await?;
+        assert!(verification.iter().all(|v| v.ok), "{verification:?}");
+    }
+    // After the overlap the old CA opens nothing: the control plane refuses
+    // its certificate in the handshake, and an edge that still trusts only
+    // the old CA refuses the control plane (the cross certificate expired).
+    let refused = sync_handshake(&stale_identity, &cp, &clock).await.expect_err("the retired CA's certificate");
+    assert!(format!("{refused:#}").contains("UnknownIssuer"), "{refused:#}");
+    let stale = start(&west_before).await?;
+    let reason = offline_reason(&stale).await?;
+    assert!(reason.contains("certificate expired"), "{reason}");
+    stale.stop().await;
+    for edge in &mut edges {
+        edge.handle.take().context("running")?.stop().await;
+    }
+    cp.stop().await;
+    Ok(())
+}
+
 struct Edge {
     id: String,
     dir: PathBuf,
@@ -224,6 +340,34 @@ impl Edge {
         let held = edges.iter().find(|e| e.id == self.id).map(|e| e.audit_seq);
         Ok(connected && validity.contains(now_ms) && !validity.renewal_due(now_ms) && held == Some(head))
     }
+}
+
+/// In good standing (see [`Edge::in_good_standing`]) on a certificate `ca` issued.
+async fn renewed_from(edge: &Edge, cp: &ControlPlane, ca: &[u8]) -> anyhow::Result<bool> {
+    let identity = edge.store.identity().await?.context("enrolled")?;
+    let renewed = aios_daemon::cert::verify_issued_by(&identity.cert_der, ca).is_ok();
+    Ok(renewed && edge.in_good_standing(cp, cp.api.clock.unix_ms()).await?)
+}
+
+/// Opens a sync stream as `identity` and returns the control plane's
+/// answer to a `Hello`.
+async fn sync_handshake(identity: &Identity, cp: &ControlPlane, clock: &ManualClock) -> anyhow::Result<Frame> {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let config = identity.client_config(&clock.shared())?;
+    let connection = endpoint.connect_with(config, cp.sync_addr, SERVER_NAME)?.await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let hello = Hello {
+        version_min: PROTOCOL_VERSION_MIN,
+        version_max: PROTOCOL_VERSION_MAX,
+        edge_id: identity.edge_id.clone(),
+        agent_version: "test".into(),
+        bundle_version: 0,
+        audit_head_seq: 0,
+    };
+    write_frame(&mut send, &Frame::Hello(hello)).await?;
+    let answer = read_frame(&mut recv).await?.context("no answer")?;
+    connection.close(0u32.into(), b"done");
+    Ok(answer)
 }
 
 /// Why the edge's link is down, once it is.

@@ -206,7 +206,7 @@ async fn start_edge(
     let dir = root.join("edges").join(edge.name);
     let store = EdgeStore::open(&dir).with_context(|| format!("cannot open the {} database", edge.name))?;
     if store.identity().await?.is_none() {
-        let token = EnrollToken::new(rand::random(), &cp.api.pki.ca_der);
+        let token = EnrollToken::new(rand::random(), &cp.api.pki.ca_der());
         let labels = vec![("role".to_owned(), edge.role.to_owned()), ("site".to_owned(), "local".to_owned())];
         let bound = labels.iter().cloned().collect();
         cp.api.store.create_token(token.secret_hash(), unix_ms(), unix_ms() + 60_000, bound).await?;

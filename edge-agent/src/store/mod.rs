@@ -12,6 +12,7 @@ use std::path::Path;
 use aios_shared::access::BundleAccess;
 use aios_shared::audit::{kinds, AuditEvent, ChainHead};
 use aios_shared::bundle::{Autonomy, BundleBody, BundleError, Offer, SignedBundle};
+use aios_shared::wire::TrustedCa;
 use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -75,15 +76,18 @@ impl EdgeStore {
                     )));
                 }
                 conn.execute(
-                    "INSERT INTO identity VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO identity (id, edge_id, control_plane, key_pkcs8, cert_der, ca_der, bundle_key,
+                                           enrolled_at_ms, trust_anchors)
+                     VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     params![
                         identity.edge_id,
                         identity.control_plane,
                         key,
                         identity.cert_der,
-                        identity.ca_der,
+                        identity.issuing_ca().to_vec(),
                         identity.bundle_key.as_bytes().to_vec(),
-                        now_ms
+                        now_ms,
+                        anchors_json(&identity.trust_anchors)
                     ],
                 )?;
                 let labels = serde_json::Value::from(labels);
@@ -111,6 +115,38 @@ impl EdgeStore {
                 conn.execute("UPDATE identity SET cert_der = ?1", [cert_der])?;
                 let payload = serde_json::json!({ "not_after_ms": not_after_ms }).to_string();
                 append_event(conn, &identity, now_ms, kinds::CERTIFICATE_RENEWED, &payload)?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Replaces the fleet CAs the edge trusts with an announcement it
+    /// checked, and records it.
+    pub async fn replace_trust_anchors(
+        &self,
+        identity: &Identity,
+        anchors: Vec<TrustedCa>,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        let identity = identity.clone();
+        self.db
+            .write(move |conn| {
+                let issuing = anchors.first().map(|ca| ca.der.clone()).unwrap_or_default();
+                conn.execute(
+                    "UPDATE identity SET ca_der = ?1, trust_anchors = ?2",
+                    params![issuing, anchors_json(&anchors)],
+                )?;
+                let described: Vec<serde_json::Value> = anchors
+                    .iter()
+                    .map(|ca| {
+                        serde_json::json!({
+                            "sha256": hex::encode(aios_shared::token::fingerprint(&ca.der)),
+                            "retires_at_ms": ca.retires_at_ms,
+                        })
+                    })
+                    .collect();
+                let payload = serde_json::json!({ "cas": described }).to_string();
+                append_event(conn, &identity, now_ms, kinds::TRUST_CHANGED, &payload)?;
                 Ok(())
             })
             .await
@@ -265,24 +301,36 @@ impl EdgeStore {
 
 fn read_identity(conn: &Connection) -> Result<Option<Identity>, DbError> {
     let row = conn
-        .query_row("SELECT edge_id, control_plane, key_pkcs8, cert_der, ca_der, bundle_key FROM identity", [], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-                r.get::<_, Vec<u8>>(4)?,
-                r.get::<_, Vec<u8>>(5)?,
-            ))
-        })
+        .query_row(
+            "SELECT edge_id, control_plane, key_pkcs8, cert_der, ca_der, bundle_key, trust_anchors FROM identity",
+            [],
+            |r| {
+                Ok((
+                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                    (r.get::<_, Vec<u8>>(2)?, r.get::<_, Vec<u8>>(3)?),
+                    (r.get::<_, Vec<u8>>(4)?, r.get::<_, Vec<u8>>(5)?, r.get::<_, Option<String>>(6)?),
+                ))
+            },
+        )
         .optional()?;
-    let Some((edge_id, control_plane, key, cert_der, ca_der, bundle_key)) = row else { return Ok(None) };
+    let Some(((edge_id, control_plane), (key, cert_der), (ca_der, bundle_key, anchors))) = row else {
+        return Ok(None);
+    };
+    let trust_anchors = match anchors {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|err| DbError::Corrupt(format!("stored trust anchors do not parse: {err}")))?,
+        None => vec![TrustedCa { der: ca_der, retires_at_ms: None }],
+    };
     let signing_key = key_from_pkcs8(&key).map_err(|err| DbError::Corrupt(err.to_string()))?;
     let bundle_key = <[u8; 32]>::try_from(bundle_key.as_slice())
         .ok()
         .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
         .ok_or_else(|| DbError::Corrupt("stored bundle key is not an ed25519 key".into()))?;
-    Ok(Some(Identity { edge_id, control_plane, signing_key, cert_der, ca_der, bundle_key }))
+    Ok(Some(Identity { edge_id, control_plane, signing_key, cert_der, trust_anchors, bundle_key }))
+}
+
+fn anchors_json(anchors: &[TrustedCa]) -> String {
+    serde_json::to_string(anchors).expect("trust anchors encode")
 }
 
 /// Appends one event, and a signed checkpoint after it when one is due.
@@ -387,7 +435,7 @@ pub(crate) async fn test_store() -> (tempfile::TempDir, EdgeStore, Identity) {
         control_plane: "127.0.0.1:1".into(),
         signing_key: SigningKey::from_bytes(&[7; 32]),
         cert_der: vec![],
-        ca_der: vec![],
+        trust_anchors: vec![TrustedCa { der: vec![], retires_at_ms: None }],
         bundle_key: SigningKey::from_bytes(&[8; 32]).verifying_key(),
     };
     store.save_identity(identity.clone(), Vec::new(), 0).await.expect("identity saved");

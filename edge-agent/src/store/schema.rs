@@ -16,4 +16,5 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_record_subjects.sql"),
     include_str!("migrations/0006_agent_loop.sql"),
     include_str!("migrations/0007_handoff.sql"),
+    include_str!("migrations/0008_trust_anchors.sql"),
 ];

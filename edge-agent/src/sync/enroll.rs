@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use aios_shared::token::{fingerprint, EnrollToken};
-use aios_shared::wire::{EnrollRequest, Frame};
+use aios_shared::wire::{EnrollRequest, Frame, TrustedCa};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::rngs::OsRng;
 
@@ -97,8 +97,17 @@ pub async fn enroll(
         Some(other) => return Err(EnrollError::Protocol(format!("{other:?}"))),
         None => return Err(EnrollError::Protocol("the control plane closed the stream without answering".into())),
     };
+    // The handshake proved the server holds a certificate chaining to the
+    // CA the token pins. The CA it now issues from is that one, or, during
+    // a CA rotation, the new one (vouched for by the pinned CA's cross
+    // certificate in the same chain): either is trusted from here on.
     if fingerprint(&enrolled.ca_der) != token.ca_fingerprint {
-        return Err(EnrollError::Protocol("the CA sent does not match the token's fingerprint".into()));
+        tracing::info!("the control plane issues from a newer CA than the token pins (a CA rotation)");
+    }
+    let usable = aios_daemon::cert::check_ca(&enrolled.ca_der)
+        .and_then(|()| aios_daemon::cert::verify_issued_by(&enrolled.cert_der, &enrolled.ca_der));
+    if let Err(err) = usable {
+        return Err(EnrollError::Protocol(format!("the CA sent did not issue this edge's certificate: {err}")));
     }
     let bundle_key = VerifyingKey::from_bytes(&enrolled.bundle_key)
         .map_err(|_| EnrollError::Protocol("the bundle key is not an ed25519 key".into()))?;
@@ -107,7 +116,7 @@ pub async fn enroll(
         control_plane: control_plane.to_owned(),
         signing_key,
         cert_der: enrolled.cert_der,
-        ca_der: enrolled.ca_der,
+        trust_anchors: vec![TrustedCa { der: enrolled.ca_der, retires_at_ms: None }],
         bundle_key,
     };
     // The labels the token binds, as the control plane gave them.

@@ -1,10 +1,12 @@
-//! The edge's identity: its key, its certificate, and what it pinned at
-//! enrolment (the fleet CA and the bundle-signing key), plus the TLS client
+//! The edge's identity: its key, its certificate, the fleet CAs it trusts
+//! (pinned at enrolment, then as the control plane announces them during a
+//! CA rotation) and the bundle-signing key it pinned, plus the TLS client
 //! configurations built from them.
 
 use std::sync::Arc;
 
 use aios_shared::token::fingerprint;
+use aios_shared::wire::TrustedCa;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -27,8 +29,8 @@ pub struct Identity {
     pub signing_key: SigningKey,
     /// The edge's certificate, signed by the fleet CA.
     pub cert_der: Vec<u8>,
-    /// The pinned fleet CA certificate.
-    pub ca_der: Vec<u8>,
+    /// The fleet CAs trusted, the issuing one first (never empty).
+    pub trust_anchors: Vec<TrustedCa>,
     /// The pinned bundle-signing key.
     pub bundle_key: VerifyingKey,
 }
@@ -64,12 +66,25 @@ pub fn key_from_pkcs8(der: &[u8]) -> Result<SigningKey, TlsError> {
 }
 
 impl Identity {
-    /// The mutual-TLS client configuration for sync connections; the
-    /// control plane's certificate is checked at `clock`'s time.
+    /// The CA that issues certificates now (DER).
+    pub fn issuing_ca(&self) -> &[u8] {
+        self.trust_anchors.first().map_or(&[], |ca| ca.der.as_slice())
+    }
+
+    /// The CAs trusted at `now_ms` (a retiring one until its overlap ends).
+    pub fn trusted_cas(&self, now_ms: i64) -> impl Iterator<Item = &[u8]> {
+        aios_shared::identity::trusted_at(&self.trust_anchors, now_ms).map(|ca| ca.der.as_slice())
+    }
+
+    /// The mutual-TLS client configuration for sync connections: the
+    /// control plane's certificate must chain to a CA trusted at `clock`'s
+    /// time, and is checked at that time.
     pub fn client_config(&self, clock: &SharedClock) -> Result<quinn::ClientConfig, TlsError> {
         let provider = crypto_provider();
         let mut roots = RootCertStore::empty();
-        roots.add(CertificateDer::from(self.ca_der.clone()))?;
+        for ca in self.trusted_cas(clock.unix_ms()) {
+            roots.add(CertificateDer::from(ca.to_vec()))?;
+        }
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8(&self.signing_key)?));
         let mut tls = rustls::ClientConfig::builder_with_details(provider, tls_time(clock))
             .with_protocol_versions(&[&rustls::version::TLS13])?

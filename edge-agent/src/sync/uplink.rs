@@ -250,7 +250,7 @@ impl Uplink {
         let config = EdgeConfig::new(self.identity.edge_id.clone(), env!("CARGO_PKG_VERSION"));
         let mut sync = EdgeSync::new(config, self.runtime.clock().instant(), bundle_version, head);
         let mut poll = tokio::time::interval(POLL_INTERVAL);
-        let validity = self.own_validity();
+        let mut own = self.own_certificate();
         loop {
             // Drain outputs until the machine is quiet.
             loop {
@@ -271,10 +271,18 @@ impl Uplink {
                             let payload = serde_json::json!({ "audit_acked_seq": audit_acked_seq }).to_string();
                             self.audit(aios_shared::audit::kinds::CONNECTED, payload).await;
                             self.appended.notify_one();
-                            self.maybe_renew(&mut sync, validity);
+                            self.maybe_renew(&mut sync, own);
                         }
                         EdgeEvent::CertificateIssued(grant) => match self.take_certificate(grant).await {
                             Ok(true) => return SessionEnd::Renewed,
+                            Ok(false) => {}
+                            Err(err) => lost!(err, false),
+                        },
+                        EdgeEvent::TrustAnchors(anchors) => match self.take_trust_anchors(anchors).await {
+                            Ok(true) => {
+                                own = self.own_certificate();
+                                self.maybe_renew(&mut sync, own);
+                            }
                             Ok(false) => {}
                             Err(err) => lost!(err, false),
                         },
@@ -351,7 +359,7 @@ impl Uplink {
                 _ = self.appended.notified() => self.refresh_head(&mut sync).await,
                 _ = poll.tick() => {
                     self.refresh_head(&mut sync).await;
-                    self.maybe_renew(&mut sync, validity);
+                    self.maybe_renew(&mut sync, own);
                 }
                 _ = self.shutdown.changed() => return SessionEnd::Shutdown,
             }

@@ -79,6 +79,8 @@ pub struct ControlSync {
     state: State,
     /// The accepted handshake's answer, re-sent if the edge repeats `Hello`.
     hello_ack: Option<HelloAck>,
+    /// The protocol version agreed with the edge: the newest both speak.
+    version: u16,
     /// Highest sequence durably committed.
     committed_seq: u64,
     /// Highest sequence handed to the driver for commit.
@@ -100,6 +102,7 @@ impl ControlSync {
             config,
             state: State::AwaitHello,
             hello_ack: None,
+            version: PROTOCOL_VERSION_MIN,
             committed_seq: 0,
             ingest_up_to: 0,
             pending_bundle: None,
@@ -143,6 +146,7 @@ impl ControlSync {
                     return self.reject(ErrorCode::UnsupportedVersion, message);
                 }
                 self.state = State::Verifying;
+                self.version = hello.version_max.min(PROTOCOL_VERSION_MAX);
                 self.events.push_back(ControlEvent::HelloReceived(hello));
             }
             // A repeated Hello (its HelloAck was lost) gets the same answer.
@@ -223,7 +227,7 @@ impl ControlSync {
         if self.state != State::Verifying {
             return;
         }
-        let ack = HelloAck { version: PROTOCOL_VERSION_MAX, audit_acked_seq: committed_seq };
+        let ack = HelloAck { version: self.version, audit_acked_seq: committed_seq };
         self.state = State::Connected;
         self.committed_seq = committed_seq;
         self.ingest_up_to = committed_seq;
@@ -235,6 +239,14 @@ impl ControlSync {
     pub fn certificate_issued(&mut self, grant: crate::wire::CertificateGrant) {
         if self.state == State::Connected {
             self.transmits.push_back(Frame::Certificate(grant));
+        }
+    }
+
+    /// Announces the fleet CAs the edge is to trust (once connected, and
+    /// only to an edge whose protocol version has the frame).
+    pub fn announce_trust_anchors(&mut self, anchors: Vec<crate::wire::TrustedCa>) {
+        if self.state == State::Connected && self.version >= crate::wire::TRUST_ANCHORS_SINCE {
+            self.transmits.push_back(Frame::TrustAnchors(anchors));
         }
     }
 

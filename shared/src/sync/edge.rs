@@ -71,6 +71,9 @@ pub enum EdgeEvent {
     /// The control plane answered [`EdgeSync::request_certificate`]: check
     /// the certificate and store it; the next connection presents it.
     CertificateIssued(crate::wire::CertificateGrant),
+    /// The control plane announced the fleet CAs to trust: check them
+    /// (`aios_shared::identity::check_anchors`) and store them.
+    TrustAnchors(Vec<crate::wire::TrustedCa>),
     /// The peer broke the protocol; close the connection.
     ProtocolError(String),
 }
@@ -192,6 +195,7 @@ impl EdgeSync {
                 self.renewal_requested = false;
                 self.events.push_back(EdgeEvent::CertificateIssued(grant));
             }
+            (State::Connected, Frame::TrustAnchors(anchors)) => self.events.push_back(EdgeEvent::TrustAnchors(anchors)),
             (state, frame) => self.fail(format!("unexpected {} in state {state:?}", frame_name(&frame))),
         }
     }
@@ -360,5 +364,6 @@ pub(crate) fn frame_name(frame: &Frame) -> &'static str {
         Frame::CommandsAck(_) => "CommandsAck",
         Frame::RenewCertificate(_) => "RenewCertificate",
         Frame::Certificate(_) => "Certificate",
+        Frame::TrustAnchors(_) => "TrustAnchors",
     }
 }

@@ -287,6 +287,7 @@ impl Sim {
             }
             EdgeEvent::Connected { .. } | EdgeEvent::AuditAcked { .. } => {}
             EdgeEvent::CertificateIssued(_) => panic!("the simulated edge never asks for a certificate"),
+            EdgeEvent::TrustAnchors(_) => panic!("the simulated control plane never announces CAs"),
             EdgeEvent::Refused(error) => panic!("edge refused: {error:?}"),
             EdgeEvent::ProtocolError(message) => panic!("edge protocol error: {message}"),
         }
@@ -627,4 +628,38 @@ fn a_certificate_is_requested_once_per_connection_and_only_once_connected() {
     assert!(!edge.renewal_pending());
     edge.handle_frame(now, Frame::Certificate(grant));
     assert!(edge.is_closed(), "a certificate nobody asked for is a protocol error");
+}
+
+#[test]
+fn trust_anchors_are_announced_only_once_connected() {
+    let now = Instant::now();
+    let anchors = vec![crate::wire::TrustedCa { der: vec![2], retires_at_ms: None }];
+    let mut control = ControlSync::new(control_config());
+    control.announce_trust_anchors(anchors.clone());
+    assert_eq!(control.poll_transmit(), None, "nothing is announced before the handshake");
+    control.handle_frame(now, hello(1, 2));
+    let _ = control.poll_event();
+    control.accept(0);
+    assert!(matches!(control.poll_transmit(), Some(Frame::HelloAck(ack)) if ack.version == 2));
+    control.announce_trust_anchors(anchors.clone());
+    assert_eq!(control.poll_transmit(), Some(Frame::TrustAnchors(anchors.clone())));
+
+    // An edge of protocol version 1 does not know the frame: it gets none.
+    let mut control = ControlSync::new(control_config());
+    control.handle_frame(now, hello(1, 1));
+    let _ = control.poll_event();
+    control.accept(0);
+    assert!(matches!(control.poll_transmit(), Some(Frame::HelloAck(ack)) if ack.version == 1));
+    control.announce_trust_anchors(anchors.clone());
+    assert_eq!(control.poll_transmit(), None);
+
+    let mut edge = EdgeSync::new(edge_config(), now, 0, 0);
+    let _hello = edge.poll_transmit();
+    edge.handle_frame(now, Frame::TrustAnchors(anchors.clone()));
+    assert!(edge.is_closed(), "an announcement before the handshake is a protocol error");
+    let mut edge = EdgeSync::new(edge_config(), now, 0, 0);
+    edge.handle_frame(now, Frame::HelloAck(crate::wire::HelloAck { version: 1, audit_acked_seq: 0 }));
+    while edge.poll_event().is_some() {}
+    edge.handle_frame(now, Frame::TrustAnchors(anchors.clone()));
+    assert_eq!(edge.poll_event(), Some(EdgeEvent::TrustAnchors(anchors)));
 }

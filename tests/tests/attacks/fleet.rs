@@ -501,7 +501,7 @@ async fn the_bundle_key_rotates_and_the_retired_key_is_refused() -> anyhow::Resu
     let task = submit_refund(online, "r-1").await?;
     let approval = cp.pending_approval(&task).await?["id"].as_str().context("approval id")?.to_owned();
 
-    let said = cp.cli_ok(&["policy", "rotate-key"])?;
+    let said = cp.cli_ok(&["pki", "rotate-bundle-key"])?;
     assert!(said.contains("announced in bundle version 2"), "{said}");
     assert!(!cp.dir.join("pki").join("bundle.key").exists(), "the retired key is deleted");
     wait_for("the announcement applied", LONG, || async { Ok(version(online).await? == Some(2)) }).await?;
