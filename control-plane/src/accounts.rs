@@ -165,10 +165,7 @@ pub struct OperatorEvent {
 
 /// Checks a login name: 1 to 64 of `a-z 0-9 . _ -`.
 pub fn check_name(name: &str) -> Result<(), AccountError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        && name != ADMIN_TOKEN_ACCOUNT;
+    let ok = aios_shared::login::valid_account_name(name) && name != ADMIN_TOKEN_ACCOUNT;
     if ok {
         Ok(())
     } else {

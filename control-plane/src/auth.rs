@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use aios_shared::login::{self, LoginForm};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -43,9 +44,6 @@ pub struct Auth {
 
 /// Limiter keys kept before idle ones are dropped.
 const PRUNE_AT: usize = 10_000;
-
-/// Longest password a login form may carry (the body itself is capped).
-pub const MAX_PASSWORD_BYTES: usize = 1024;
 
 impl Auth {
     /// Five login attempts a minute per account name from one client
@@ -234,15 +232,6 @@ pub async fn authorize(State(permission): State<Permission>, request: Request, n
     }
 }
 
-/// The login form's fields.
-#[derive(serde::Deserialize)]
-pub struct LoginForm {
-    /// Account name.
-    pub name: String,
-    /// Password.
-    pub password: String,
-}
-
 /// Why a login failed, for the page to show.
 pub enum LoginOutcome {
     /// Logged in: the `Set-Cookie` value.
@@ -259,8 +248,11 @@ pub enum LoginOutcome {
 /// traced, so an unauthenticated caller cannot grow the hash-chained log.
 pub async fn login(state: &ApiState, peer: SocketAddr, form: LoginForm) -> LoginOutcome {
     let ip = peer.ip();
-    let name = form.name.trim().to_owned();
-    if accounts::check_name(&name).is_err() || form.password.len() > MAX_PASSWORD_BYTES {
+    let name = match login::screen(&form) {
+        login::Screened::Candidate { name } if name != ADMIN_TOKEN_ACCOUNT => name.to_owned(),
+        _ => String::new(),
+    };
+    if name.is_empty() {
         // No account can have this name: refused without a lookup, charged
         // to the address only, and no limiter key made of the caller's text.
         if let Err(wait) = state.auth.allow_attempt("", ip) {

@@ -19,7 +19,8 @@
 //! - [`rotation`]: bundle-signing key rotation: endorsements and the chain edges follow.
 //! - [`command`]: signed operator commands sent down to one edge.
 //! - [`token`]: one-time enrolment tokens that pin the CA.
-//! - [`identity`]: when edge certificates are renewed and granted.
+//! - [`identity`]: when edge certificates are renewed and granted; which fleet CAs are trusted.
+//! - [`login`]: the console login form before authentication: decoding and screening.
 //! - [`router`]: model tiering decisions, circuit breakers, budget ledger.
 //! - [`backoff`]: the one backoff with jitter (reconnects, retries).
 //! - [`lifecycle`]: task, intent and approval states and their transitions.
@@ -37,6 +38,7 @@ pub mod duration;
 pub mod exec;
 pub mod identity;
 pub mod lifecycle;
+pub mod login;
 pub mod memory;
 pub mod policy;
 pub mod rotation;

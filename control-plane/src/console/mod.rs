@@ -24,23 +24,24 @@ use axum::http::{header, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use maud::{html, Markup, DOCTYPE};
 
 use crate::accounts::{Permission, Principal};
 use crate::api::ApiState;
-use crate::auth::{self, authorize, LoginForm, LoginOutcome};
+use crate::auth::{self, authorize, LoginOutcome};
 
 const CSS: &str = include_str!("assets/console.css");
-/// Largest login form read: a name, a password, nothing more.
-const LOGIN_BODY_LIMIT: usize = 4096;
 const JS: &str = include_str!("assets/console.js");
 
 /// Routes that need no session: login, static assets.
 pub fn public() -> Router<ApiState> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/console") }))
-        .route("/console/login", get(login_page).post(login).layer(DefaultBodyLimit::max(LOGIN_BODY_LIMIT)))
+        .route(
+            "/console/login",
+            get(login_page).post(login).layer(DefaultBodyLimit::max(aios_shared::login::MAX_FORM_BYTES)),
+        )
         .route("/console/static/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
         .route("/console/static/console.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], JS) }))
 }
@@ -190,8 +191,14 @@ async fn login_page() -> Response {
 async fn login(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    Form(form): Form<LoginForm>,
+    body: axum::body::Bytes,
 ) -> Response {
+    // Decoded by the fuzzed decoder (`aios_shared::login`), not a generic
+    // form extractor.
+    let form = match aios_shared::login::decode_form(&body) {
+        Ok(form) => form,
+        Err(err) => return login_frame(Some(("error", &err.to_string())), StatusCode::BAD_REQUEST),
+    };
     match auth::login(&state, peer, form).await {
         LoginOutcome::Ok(cookie) => ([(header::SET_COOKIE, cookie)], Redirect::to("/console/fleet")).into_response(),
         LoginOutcome::Refused => {
