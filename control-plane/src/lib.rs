@@ -18,8 +18,9 @@
 //! - [`ingest`]: audit ingest: verify, store, raise alarms, project the views.
 //! - [`views`]: task and metrics read models derived from the audit log.
 //! - [`metrics`]: `/metrics` in OpenMetrics text.
-//! - [`pki`]: the fleet CA, server certificate and bundle-signing key.
-//! - [`key_rotation`]: rotating the bundle-signing key, announced in a bundle.
+//! - [`pki`]: the control plane's keys: the fleet CA and the bundle-signing key.
+//! - [`fleet_ca`]: the fleet CA, the server certificate, and CA rotation with an overlap.
+//! - [`key_rotation`]: rotating the bundle-signing key (announced in a bundle) and the fleet CA.
 //! - [`renewal`]: edge certificate renewal over the sync connection.
 //! - [`client`]: the admin API client the CLI uses.
 //! - [`cli`]: the `aios-control-plane` command line.
