@@ -124,6 +124,11 @@ impl FleetCa {
                 }),
                 None => None,
             };
+            // A crash between the two renames of a rotation leaves the old
+            // CA in `ca.crt`: the rotation file is the truth.
+            if read(&cert_path).ok().as_deref() != Some(stored.cert.as_str()) {
+                replace(&cert_path, stored.cert.as_bytes())?;
+            }
             (stored.generation, stored.key, stored.cert, retiring)
         } else {
             if !key_path.exists() {
@@ -243,7 +248,7 @@ impl FleetCa {
     /// Verifies client certificates against the CAs trusted at the
     /// handshake's time.
     pub fn client_verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
-        Arc::new(verifier::FleetClientVerifier { ca: self.clone(), provider: self.provider.clone() })
+        Arc::new(verifier::FleetClientVerifier { ca: self.clone() })
     }
 
     fn verifier_at(&self, now_ms: i64) -> Arc<dyn ClientCertVerifier> {
@@ -362,7 +367,6 @@ mod verifier {
     use std::sync::Arc;
 
     use rustls::client::danger::HandshakeSignatureValid;
-    use rustls::crypto::CryptoProvider;
     use rustls::pki_types::{CertificateDer, UnixTime};
     use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
     use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
@@ -372,7 +376,6 @@ mod verifier {
     #[derive(Debug)]
     pub(super) struct FleetClientVerifier {
         pub(super) ca: Arc<FleetCa>,
-        pub(super) provider: Arc<CryptoProvider>,
     }
 
     impl ClientCertVerifier for FleetClientVerifier {
@@ -398,13 +401,14 @@ mod verifier {
             self.ca.verifier_at(now_ms).verify_client_cert(end_entity, intermediates, now)
         }
 
+        // Handshake signatures do not depend on which CAs are trusted.
         fn verify_tls12_signature(
             &self,
             message: &[u8],
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+            self.ca.read().issuing_only.verify_tls12_signature(message, cert, dss)
         }
 
         fn verify_tls13_signature(
@@ -413,11 +417,11 @@ mod verifier {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+            self.ca.read().issuing_only.verify_tls13_signature(message, cert, dss)
         }
 
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.provider.signature_verification_algorithms.supported_schemes()
+            self.ca.read().issuing_only.supported_verify_schemes()
         }
     }
 }
@@ -452,9 +456,11 @@ mod tests {
         assert!(ca.issued_by_current(&after));
         assert!(matches!(ca.rotate(Duration::from_secs(86_400), now + DAY_MS), Err(PkiError::RotationRunning { .. })));
 
-        // A restart reads the same CAs.
+        // A restart reads the same CAs (and repairs a stale `ca.crt`).
+        std::fs::write(dir.path().join("ca.crt"), "stale").unwrap();
         let again = FleetCa::load_or_create(dir.path(), &[]).unwrap();
         assert_eq!(again.ca_der(), ca.ca_der());
+        assert_eq!(pem_to_der(&read(&dir.path().join("ca.crt")).unwrap()), Some(ca.ca_der()));
         let during = again.announcement(now + DAY_MS);
         assert_eq!(during.len(), 2);
         assert_eq!((during[1].der.clone(), during[1].retires_at_ms), (old, Some(now + 30 * DAY_MS)));

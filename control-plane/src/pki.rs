@@ -8,7 +8,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use std::sync::Arc;
 
@@ -179,16 +178,6 @@ impl Pki {
     /// The CA that issues now (DER): what new enrolment tokens pin.
     pub fn ca_der(&self) -> Vec<u8> {
         self.ca.ca_der()
-    }
-
-    /// Issues an edge certificate (see [`FleetCa::issue_edge_certificate`]).
-    pub fn issue_edge_certificate(
-        &self,
-        edge_id: &str,
-        csr_der: &[u8],
-        now: Duration,
-    ) -> Result<(Vec<u8>, [u8; 32]), PkiError> {
-        self.ca.issue_edge_certificate(edge_id, csr_der, now)
     }
 }
 

@@ -48,7 +48,7 @@ pub async fn renew(
         return Ok(None);
     }
     let now = Duration::from_millis(u64::try_from(now_ms).unwrap_or_default());
-    let (cert_der, public_key) = match ctx.pki.issue_edge_certificate(edge_id, csr_der, now) {
+    let (cert_der, public_key) = match ctx.pki.ca.issue_edge_certificate(edge_id, csr_der, now) {
         Ok(issued) => issued,
         Err(err) => {
             warn!(%err, "renewal declined");

@@ -391,6 +391,7 @@ async fn enroll(ctx: &SyncContext, request: EnrollRequest) -> Result<Enrolled, E
     let since_epoch = std::time::Duration::from_millis(now as u64);
     let (cert_der, public_key) = ctx
         .pki
+        .ca
         .issue_edge_certificate(&edge_id, &request.csr_der, since_epoch)
         .map_err(|err| ErrorFrame { code: ErrorCode::Malformed, message: err.to_string() })?;
     let name = if request.name.is_empty() { edge_id.clone() } else { request.name };

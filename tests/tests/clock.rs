@@ -151,18 +151,8 @@ async fn two_edges_renew_their_certificates_across_two_years_and_never_lose_sync
     let tmp = tempfile::tempdir()?;
     let clock = ManualClock::new(aios_daemon::clock::unix_ms());
     let cp = in_process::control_plane(tmp.path(), clock.shared()).await?;
-    let start = |dir: &Path| {
-        let mut options = DaemonOptions::new(dir.to_owned());
-        options.clock = clock.shared();
-        daemon::start(options)
-    };
-    let mut edges = Vec::new();
-    for name in ["north", "south"] {
-        let dir = tmp.path().join(name);
-        let identity = in_process::enroll_edge(&cp, &dir, name).await?;
-        let handle = start(&dir).await?;
-        edges.push(Edge { id: identity.edge_id, store: EdgeStore::open(&dir)?, dir, handle: Some(handle) });
-    }
+    let start = |dir: &Path| start_edge(&clock, dir.to_owned());
+    let mut edges = enrolled_edges(&cp, &clock, tmp.path(), &["north", "south"]).await?;
     let stale_copy = tmp.path().join("north-before-renewal");
     for month in 1..=24 {
         clock.advance(Duration::from_millis(30 * DAY_MS as u64));
@@ -225,19 +215,9 @@ async fn three_edges_live_through_a_ca_rotation_and_never_lose_sync() -> anyhow:
     let tmp = tempfile::tempdir()?;
     let clock = ManualClock::new(aios_daemon::clock::unix_ms());
     let cp = in_process::control_plane(tmp.path(), clock.shared()).await?;
-    let start = |dir: &Path| {
-        let mut options = DaemonOptions::new(dir.to_owned());
-        options.clock = clock.shared();
-        daemon::start(options)
-    };
+    let start = |dir: &Path| start_edge(&clock, dir.to_owned());
     let old_ca = cp.api.pki.ca_der();
-    let mut edges = Vec::new();
-    for name in ["north", "south", "west"] {
-        let dir = tmp.path().join(name);
-        let identity = in_process::enroll_edge(&cp, &dir, name).await?;
-        let handle = start(&dir).await?;
-        edges.push(Edge { id: identity.edge_id, store: EdgeStore::open(&dir)?, dir, handle: Some(handle) });
-    }
+    let mut edges = enrolled_edges(&cp, &clock, tmp.path(), &["north", "south", "west"]).await?;
     let now_ms = clock.shared().unix_ms();
     for edge in &edges {
         wait_for(&format!("{} connected", edge.id), Duration::from_secs(30), || edge.in_good_standing(&cp, now_ms))
@@ -319,6 +299,30 @@ async fn three_edges_live_through_a_ca_rotation_and_never_lose_sync() -> anyhow:
     }
     cp.stop().await;
     Ok(())
+}
+
+/// An edge daemon on `clock`.
+async fn start_edge(clock: &ManualClock, dir: PathBuf) -> anyhow::Result<EdgeHandle> {
+    let mut options = DaemonOptions::new(dir);
+    options.clock = clock.shared();
+    Ok(daemon::start(options).await?)
+}
+
+/// Edges enrolled under `root/NAME` and started.
+async fn enrolled_edges(
+    cp: &ControlPlane,
+    clock: &ManualClock,
+    root: &Path,
+    names: &[&str],
+) -> anyhow::Result<Vec<Edge>> {
+    let mut edges = Vec::new();
+    for name in names {
+        let dir = root.join(name);
+        let identity = in_process::enroll_edge(cp, &dir, name).await?;
+        let handle = start_edge(clock, dir.clone()).await?;
+        edges.push(Edge { id: identity.edge_id, store: EdgeStore::open(&dir)?, dir, handle: Some(handle) });
+    }
+    Ok(edges)
 }
 
 struct Edge {
